@@ -1,0 +1,23 @@
+"""dsseg: zero-shot segmentation from the attention of a frozen Stable Diffusion UNet.
+
+Public API: ``segment_image``, ``segment_attention``, ``Segmentation``; ``load_backbone`` to
+load a model once and pass it to ``segment_image``.
+"""
+
+from dsseg.api import Segmentation, segment_attention, segment_image
+from dsseg.backbone import Backbone, BackboneNotFoundError, load_backbone
+from dsseg.extract import AttentionBundle, AttentionExtractor, ExtractConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionBundle",
+    "AttentionExtractor",
+    "Backbone",
+    "BackboneNotFoundError",
+    "ExtractConfig",
+    "Segmentation",
+    "load_backbone",
+    "segment_attention",
+    "segment_image",
+]

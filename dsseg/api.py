@@ -1,0 +1,129 @@
+"""The public entry points: ``segment_image`` and ``segment_attention``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dsseg.backbone import DEFAULT_BACKBONE, Backbone, cached_backbone
+from dsseg.extract import AttentionBundle, AttentionExtractor, ExtractConfig
+from dsseg.image import as_rgb_array, prepare_image, to_model_input
+from dsseg.masks import encode_labels
+from dsseg.methods import get_method
+from dsseg.timing import StageTimer
+from dsseg.upsample import labels_to_original, resize_labels
+
+EXTRACT_PARAMS = frozenset(f.name for f in fields(ExtractConfig))
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """One image's segmentation.
+
+    ``labels``: (H, W) int32 segment ids 0..S−1 at the image's original size; segments
+    partition the image. ``names``/``scores``: per-segment label and score where the method
+    provides them. ``timings_ms``: per-stage wall time for this image.
+    """
+
+    labels: np.ndarray
+    method: str
+    names: list[str | None] | None = None
+    scores: list[float | None] | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def num_segments(self) -> int:
+        return int(self.labels.max()) + 1
+
+    def to_rles(self) -> list[dict]:
+        """Segments as COCO compressed RLE dicts (see ``dsseg.masks.encode_labels``)."""
+        return encode_labels(self.labels)
+
+
+def split_params(method: str, params: Mapping[str, Any]) -> tuple[ExtractConfig, Any]:
+    """Split keyword parameters into an ``ExtractConfig`` and the method's config.
+
+    Extraction fields (``timestep``, ``noise``, ``geometry``, …) go to the former, the rest to
+    the method; unknown names raise a ``TypeError`` listing both sets.
+    """
+    spec = get_method(method)
+    extract_params = {k: v for k, v in params.items() if k in EXTRACT_PARAMS}
+    method_params = {k: v for k, v in params.items() if k not in EXTRACT_PARAMS}
+    try:
+        method_config = spec.make_config(method_params)
+    except TypeError as error:
+        raise TypeError(f"{error}; extraction parameters: {sorted(EXTRACT_PARAMS)}") from None
+    return replace(spec.extraction_defaults(), **extract_params), method_config
+
+
+def segment_image(
+    image: str | Image.Image | np.ndarray,
+    method: str = "diffseg",
+    backbone: str | Backbone = DEFAULT_BACKBONE,
+    device: str | None = None,
+    dtype: str | None = None,
+    **params: Any,
+) -> Segmentation:
+    """Segment one image (path, PIL image or (H, W, 3) uint8 array) with one UNet step.
+
+    ``backbone``: ``"tiny"``, ``"sd-v1-random"``, a hub id, a local folder or a loaded
+    ``Backbone`` (loaded ones are cached per name). ``params``: extraction fields
+    (``ExtractConfig``) and method parameters (e.g. ``kl_threshold`` for DiffSeg).
+    """
+    extract_config, method_config = split_params(method, params)
+    if not isinstance(backbone, Backbone):
+        backbone = cached_backbone(backbone, device=device, dtype=dtype)
+    timer = StageTimer(backbone.device)
+    with timer.stage("decode"):
+        rgb = as_rgb_array(image)
+        pixels, geometry = prepare_image(rgb, extract_config.image_size, extract_config.geometry, extract_config.antialias)
+    bundle = AttentionExtractor(backbone, extract_config)(to_model_input(pixels[None], backbone.device, backbone.dtype), timer)
+    result = get_method(method).segment(bundle, method_config, timer)[0]
+    with timer.stage("upsample"):
+        labels = labels_to_original(result.labels.cpu().numpy(), geometry).astype(np.int32)
+    return Segmentation(labels=labels, method=method, names=result.names, scores=result.scores, timings_ms=timer.ms)
+
+
+def segment_attention(
+    attn: Mapping[int | tuple[int, int], np.ndarray | torch.Tensor],
+    method: str = "diffseg",
+    output_size: tuple[int, int] = (512, 512),
+    **params: Any,
+) -> np.ndarray:
+    """Segment cached self-attention of one image.
+
+    ``attn`` maps a latent resolution r (64, 32, 16, 8 for SD at 512²) — or a grid (h, w) — to
+    self-attention of shape (heads, N, N) or (N, N), N = r², rows are queries summing to 1
+    (the layout the official DiffSeg code takes). Returns (H, W) int32 labels at ``output_size``.
+    """
+    bundle = bundle_from_attention(attn)
+    _, method_config = split_params(method, params)
+    result = get_method(method).segment(bundle, method_config, None)[0]
+    return resize_labels(result.labels.cpu().numpy(), tuple(output_size)).astype(np.int32)
+
+
+def bundle_from_attention(attn: Mapping[int | tuple[int, int], np.ndarray | torch.Tensor]) -> AttentionBundle:
+    """A one-image ``AttentionBundle`` from user-supplied per-resolution self-attention."""
+    if not attn:
+        raise ValueError("attn is empty: give at least one resolution → (heads, N, N) or (N, N) array")
+    self_attention = {}
+    for key, value in attn.items():
+        maps = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value).float()
+        if maps.ndim == 3:
+            maps = maps.mean(0)
+        if maps.ndim != 2 or maps.shape[0] != maps.shape[1]:
+            raise ValueError(f"attn[{key}] must be (heads, N, N) or (N, N); got {tuple(np.shape(value))}")
+        grid = tuple(key) if isinstance(key, tuple) else (int(key), int(key))
+        if grid[0] * grid[1] != maps.shape[0]:
+            side = math.isqrt(maps.shape[0])
+            raise ValueError(f"attn[{key}] has N = {maps.shape[0]} tokens, expected {grid[0] * grid[1]} (did you mean {side}?)")
+        self_attention[grid] = maps[None]
+    largest = max(self_attention, key=lambda g: g[0] * g[1])
+    ordered = dict(sorted(self_attention.items(), key=lambda item: -item[0][0] * item[0][1]))
+    return AttentionBundle(self_attention=ordered, cross_attention={}, latent_hw=largest, timestep=-1)

@@ -1,0 +1,219 @@
+"""Stable Diffusion backbones: real weights from the hub or a folder, and in-process random ones.
+
+``load_backbone(name)`` accepts
+- ``"tiny"``: SD v1's classes and layer layout (16 self-attention layers: 64²×5, 32²×5,
+  16²×5, 8²×1 for a 512² input) with small widths and seeded random weights, built in a
+  second or two; the real CLIP tokenizer. For tests and smoke runs.
+- ``"sd-v1-random"``: the full-size SD v1 architecture with seeded random weights: the same
+  FLOPs and memory as the real model, for speed measurements without weights.
+- a hub id (default ``CompVis/stable-diffusion-v1-4``) or a local folder in diffusers layout
+  (``unet/ vae/ text_encoder/ tokenizer/ scheduler/``), any SD v1.x or v2.x.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from dsseg.tokenizer import CONTEXT_LENGTH, clip_tokenizer
+
+DEFAULT_BACKBONE = "CompVis/stable-diffusion-v1-4"
+RANDOM_BACKBONES = ("tiny", "sd-v1-random")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# SD v1 noise schedule (scheduler/scheduler_config.json of the v1.x checkpoints).
+SD_V1_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+)
+_CROSS_DOWN = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
+_CROSS_UP = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
+
+# Architectures: SD v1 at full size, and the same layout at small widths.
+_ARCHITECTURES = {
+    "sd-v1-random": dict(
+        unet=dict(block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32),
+        vae=dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32),
+        text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, projection_dim=768),
+        qk_gain=1.0,
+    ),
+    "tiny": dict(
+        unet=dict(block_out_channels=(32, 64, 64, 64), cross_attention_dim=32, attention_head_dim=2, norm_num_groups=8),
+        vae=dict(block_out_channels=(8, 16, 32, 32), layers_per_block=1, norm_num_groups=8),
+        text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, projection_dim=32),
+        # Random projections give near-uniform attention; sharpening the query/key weights makes
+        # the tiny model's attention follow local colour and texture, so smoke runs segment something.
+        qk_gain=5.0,
+    ),
+}
+
+
+class BackboneNotFoundError(RuntimeError):
+    """Stable Diffusion weights could not be loaded; the message says how to provide them."""
+
+
+@dataclass
+class Backbone:
+    """The frozen parts of a Stable Diffusion pipeline that dsseg runs, on one device."""
+
+    name: str
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: DDIMScheduler
+    device: torch.device
+    dtype: torch.dtype
+    _prompt_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along each axis (8 for SD)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_scaling(self) -> float:
+        """Multiplier applied to the VAE posterior mean (0.18215 for SD v1/v2)."""
+        return float(self.vae.config.scaling_factor)
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """Text-encoder states for one prompt: (1, 77, D) in the model dtype, cached."""
+        if prompt not in self._prompt_cache:
+            ids = self.tokenizer(
+                prompt, padding="max_length", max_length=CONTEXT_LENGTH, truncation=True, return_tensors="pt"
+            ).input_ids.to(self.device)
+            self._prompt_cache[prompt] = self.text_encoder(ids)[0].to(self.dtype)
+        return self._prompt_cache[prompt]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` → CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None``/``"auto"`` → float16 on CUDA, float32 on CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def load_backbone(
+    name: str = DEFAULT_BACKBONE,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    offline: bool = False,
+    seed: int = 0,
+) -> Backbone:
+    """Load a backbone by name (see module docstring); frozen, in eval mode, on ``device``.
+
+    ``offline=True`` never contacts the hub (weights must be in a local folder or the HF cache).
+    ``seed`` only affects the random backbones.
+    """
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    if name in RANDOM_BACKBONES:
+        parts = _build_random(name, seed)
+    else:
+        parts = _load_pretrained(name, dtype, offline)
+    backbone = Backbone(name=name, device=device, dtype=dtype, **parts)
+    for module in (backbone.vae, backbone.unet, backbone.text_encoder):
+        # nn.Module.to, not diffusers' override: that one warns on every dtype cast (diffusers 0.42).
+        torch.nn.Module.to(module, device=device, dtype=dtype).eval().requires_grad_(False)
+    return backbone
+
+
+@functools.lru_cache(maxsize=2)
+def cached_backbone(name: str, device: str | None = None, dtype: str | None = None, offline: bool = False) -> Backbone:
+    """``load_backbone`` memoised per (name, device, dtype, offline), for interactive use."""
+    return load_backbone(name, device=device, dtype=dtype, offline=offline)
+
+
+def _build_random(name: str, seed: int) -> dict:
+    arch = _ARCHITECTURES[name]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=64,
+            layers_per_block=2,
+            down_block_types=_CROSS_DOWN,
+            up_block_types=_CROSS_UP,
+            **arch["unet"],
+        )
+        vae = AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            latent_channels=4,
+            sample_size=512,
+            scaling_factor=0.18215,
+            **arch["vae"],
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(vocab_size=49408, max_position_embeddings=CONTEXT_LENGTH, hidden_act="quick_gelu", **arch["text"])
+        )
+        if arch["qk_gain"] != 1.0:
+            _sharpen_attention(unet, arch["qk_gain"])
+    return dict(
+        vae=vae,
+        unet=unet,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        scheduler=DDIMScheduler(**SD_V1_SCHEDULER),
+    )
+
+
+@torch.no_grad()
+def _sharpen_attention(unet: UNet2DConditionModel, gain: float) -> None:
+    """Scale every query and key projection by ``gain`` (logits scale by gain²)."""
+    for name, module in unet.named_modules():
+        if name.endswith(("attn1", "attn2")):
+            module.to_q.weight.mul_(gain)
+            module.to_k.weight.mul_(gain)
+
+
+def _load_pretrained(source: str, dtype: torch.dtype, offline: bool) -> dict:
+    looks_local = source.startswith((".", "/", "~")) or Path(source).expanduser().exists()
+    if looks_local and not (Path(source).expanduser() / "unet").is_dir():
+        raise BackboneNotFoundError(_missing_weights_message(source, f"{source} has no unet/ folder"))
+    source = str(Path(source).expanduser()) if looks_local else source
+    common = dict(local_files_only=offline)
+    try:
+        return dict(
+            tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common),
+            text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype, **common),
+            vae=AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **common),
+            unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **common),
+            scheduler=DDIMScheduler.from_pretrained(source, subfolder="scheduler", **common),
+        )
+    except (OSError, ValueError) as error:  # hub errors and missing files are OSError subclasses
+        raise BackboneNotFoundError(_missing_weights_message(source, f"{type(error).__name__}: {error}")) from error
+
+
+def _missing_weights_message(source: str, reason: str) -> str:
+    return (
+        f"Could not load Stable Diffusion weights from {source!r} ({reason.splitlines()[0]}).\n"
+        "dsseg needs a diffusers-format SD v1.x/v2.x pipeline (folders unet/, vae/, text_encoder/, "
+        "tokenizer/, scheduler/). To provide one:\n"
+        f"  1. on a machine with internet access: huggingface-cli download {DEFAULT_BACKBONE} "
+        "--local-dir /models/sd-v1-4 (accept the licence on huggingface.co first; set HF_TOKEN),\n"
+        "     then pass --backbone /models/sd-v1-4 (a local folder), or\n"
+        "  2. keep a hub id and point HF_HOME at a cache that holds it; add --offline on machines without internet.\n"
+        "For a smoke test without weights use --backbone tiny (random weights, same layout)."
+    )

@@ -1,0 +1,99 @@
+"""Label maps ⇄ COCO compressed RLE segments.
+
+A segment is a dict ``{"segment_id", "rle": {"size": [h, w], "counts": str}, "area", "bbox"}``
+with ``bbox`` = [x, y, w, h] in pixels. RLE is COCO's column-major run-length encoding,
+compressed to a string; ``pycocotools.mask.decode`` reads it after ``counts.encode()``.
+
+Encoding finds the runs of the column-major label sequence once (O(H·W) in NumPy) and builds
+every segment's run lengths from them, instead of scanning one binary mask per segment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+
+def label_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of equal values in column-major order: (starts, lengths, values), each (R,)."""
+    flat = np.asarray(labels).ravel(order="F")
+    if flat.size == 0:
+        raise ValueError("empty label map")
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    starts = np.concatenate(([0], change))
+    lengths = np.diff(np.concatenate((starts, [flat.size])))
+    return starts, lengths, flat[starts]
+
+
+def segment_counts(starts: np.ndarray, lengths: np.ndarray, total: int) -> list[int]:
+    """Uncompressed COCO counts (alternating 0-runs and 1-runs, starting with 0s) of one
+    segment's runs, given their column-major starts and lengths (ascending). As pycocotools
+    writes them: no trailing run of 0s when the segment reaches the last pixel."""
+    ends = starts + lengths
+    gaps = starts - np.concatenate(([0], ends[:-1]))
+    counts = np.empty(2 * len(starts) + 1, dtype=np.int64)
+    counts[0:-1:2] = gaps
+    counts[1::2] = lengths
+    counts[-1] = total - ends[-1]
+    return counts[:-1].tolist() if counts[-1] == 0 else counts.tolist()
+
+
+def encode_labels(labels: np.ndarray) -> list[dict]:
+    """(H, W) integer label map → one segment dict per distinct label, ordered by label.
+
+    Segments partition the image: their areas sum to H·W.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"label map must be 2-D; got shape {labels.shape}")
+    height, width = labels.shape
+    starts, lengths, values = label_runs(labels)
+    order = np.argsort(values, kind="stable")
+    ids, first = np.unique(values[order], return_index=True)
+    bounds = np.append(first, len(order))
+    uncompressed = [
+        {"size": [height, width], "counts": segment_counts(starts[order[a:b]], lengths[order[a:b]], height * width)}
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ]
+    rles = mask_utils.frPyObjects(uncompressed, height, width)
+    boxes = mask_utils.toBbox(rles)
+    areas = mask_utils.area(rles)
+    return [
+        {
+            "segment_id": int(segment_id),
+            "rle": {"size": [height, width], "counts": rle["counts"].decode("ascii")},
+            "area": int(area),
+            "bbox": [float(v) for v in box],
+        }
+        for segment_id, rle, area, box in zip(ids, rles, areas, boxes)
+    ]
+
+
+def rle_to_mask(rle: dict) -> np.ndarray:
+    """A segment's ``rle`` dict (string or bytes counts) → (H, W) bool mask."""
+    counts = rle["counts"]
+    coco = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return mask_utils.decode(coco).astype(bool)
+
+
+def decode_segments(segments: Sequence[dict], size: tuple[int, int] | None = None) -> np.ndarray:
+    """Segment dicts → (H, W) int32 label map of their ``segment_id``s.
+
+    Raises ``ValueError`` unless the segments partition the image (every pixel in exactly one).
+    """
+    if not segments:
+        raise ValueError("no segments to decode")
+    size = tuple(size or segments[0]["rle"]["size"])
+    labels = np.full(size, -1, dtype=np.int32)
+    covered = np.zeros(size, dtype=np.int32)
+    for segment in segments:
+        mask = rle_to_mask(segment["rle"])
+        if mask.shape != size:
+            raise ValueError(f"segment {segment['segment_id']} has size {mask.shape}, expected {size}")
+        labels[mask] = segment["segment_id"]
+        covered += mask
+    if (covered != 1).any():
+        raise ValueError(f"segments do not partition the image: {(covered == 0).sum()} pixels uncovered, {(covered > 1).sum()} covered twice")
+    return labels

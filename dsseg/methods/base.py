@@ -1,0 +1,49 @@
+"""What every method returns, and how methods are registered."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from dsseg.extract import AttentionBundle, ExtractConfig
+from dsseg.timing import StageTimer
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """One image's segmentation in the model-input frame.
+
+    ``labels``: (h, w) int64 segment ids 0..S−1 at the model input's pixel size (h, w).
+    ``names``/``scores``/``parents``: optional per-segment label, score and parent segment id,
+    indexed by segment id (filled by methods that name segments or build hierarchies).
+    """
+
+    labels: torch.Tensor
+    names: list[str | None] | None = None
+    scores: list[float | None] | None = None
+    parents: list[int | None] | None = None
+
+
+@dataclass(frozen=True)
+class Method:
+    """A segmentation method: its config class, what it needs extracted, and its function."""
+
+    name: str
+    config_class: type
+    segment: Callable[[AttentionBundle, Any, StageTimer | None], list[MethodResult]]
+    needs_cross_attention: bool = False
+
+    def make_config(self, params: dict[str, Any]) -> Any:
+        """The method's frozen config from keyword parameters, with a clear error for unknown names."""
+        known = {f.name for f in fields(self.config_class)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise TypeError(f"unknown parameter(s) {unknown} for method {self.name!r}; valid: {sorted(known)}")
+        return self.config_class(**params)
+
+    def extraction_defaults(self) -> ExtractConfig:
+        """The extraction the method's paper uses."""
+        return ExtractConfig(cross_attention=self.needs_cross_attention)

@@ -1,0 +1,167 @@
+"""DiffSeg (Tian et al., CVPR 2024): iterative KL merging of aggregated self-attention.
+
+1. Anchors: a regular grid of query positions (16×16 on a 64×64 latent: rows and columns
+   1, 5, …, 61, the official sampling grid).
+2. Iteration 0: each anchor's attention map is compared with all N maps by symmetric KL,
+   ½·(KL(p‖q) + KL(q‖p)); its proposal is the mean of the maps closer than τ.
+3. Iterations 1…: greedily, in order, each proposal not yet absorbed becomes the mean of all
+   proposals (absorbed ones included, as in the official code) closer than τ, and marks them absorbed.
+4. Optional k-means refinement of the proposals over the N maps.
+5. Proposals are upsampled ×8 (bilinear) and each pixel takes the arg-max proposal.
+
+All pairwise KLs come from matrix products: KL_sym(p, q) = ½·(Σp log p + Σq log q − p·log q −
+q·log p), with log guarded at the smallest normal float32 instead of the official code's
+float16 (which produces NaN and silently drops merges). Same code on CPU and GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dsseg.aggregate import aggregate_self_attention
+from dsseg.attention import Grid
+from dsseg.extract import AttentionBundle
+from dsseg.methods.base import MethodResult
+from dsseg.timing import StageTimer
+from dsseg.upsample import upsample_argmax
+
+LOG_FLOOR = torch.finfo(torch.float32).tiny
+
+
+@dataclass(frozen=True)
+class DiffSegConfig:
+    """DiffSeg parameters.
+
+    ``kl_threshold``: τ for every merge iteration, or one per iteration (1.1 for COCO-Stuff,
+    0.9 for Cityscapes in the paper). ``anchor_spacing``: latent cells between anchors (4 → a
+    16×16 grid on 64×64). ``refine``: k-means refinement with at most ``kmeans_iterations``
+    Lloyd steps. ``resolutions``/``resolution_weights``: levels to aggregate (None = all
+    four, weights ∝ size). ``upsample_factor``: proposal upsampling before the arg-max
+    (8 = pixel resolution of SD's latent).
+    """
+
+    kl_threshold: float | tuple[float, ...] = 1.1
+    iterations: int = 3
+    anchor_spacing: int = 4
+    refine: bool = False
+    kmeans_iterations: int = 300
+    resolutions: tuple[int, ...] | None = None
+    resolution_weights: tuple[float, ...] | None = None
+    upsample_factor: int = 8
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be ≥ 1; got {self.iterations}")
+        thresholds = self.kl_threshold
+        if isinstance(thresholds, (int, float)):
+            thresholds = (float(thresholds),) * self.iterations
+        thresholds = tuple(float(t) for t in thresholds)
+        if len(thresholds) != self.iterations:
+            raise ValueError(f"kl_threshold needs 1 or {self.iterations} values; got {len(thresholds)}")
+        if min(thresholds) <= 0:
+            raise ValueError(f"kl_threshold must be positive; got {thresholds}")
+        object.__setattr__(self, "kl_threshold", thresholds)
+        if self.anchor_spacing < 1 or self.kmeans_iterations < 1 or self.upsample_factor < 1:
+            raise ValueError("anchor_spacing, kmeans_iterations and upsample_factor must be ≥ 1")
+        for name in ("resolutions", "resolution_weights"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
+
+
+def anchor_indices(grid: Grid, spacing: int = 4) -> torch.Tensor:
+    """Flat query indices of the anchor grid, row-major: (A,) int64.
+
+    Per axis of length L: n = L // spacing points, step (L−1)//(n−1), centred (the official
+    grid: 1, 5, …, 61 for L = 64).
+    """
+    axes = []
+    for length in grid:
+        count = max(1, length // spacing)
+        step = (length - 1) // (count - 1) if count > 1 else 0
+        start = (length - 1 - step * (count - 1)) // 2
+        axes.append(torch.arange(count) * step + start)
+    rows, cols = torch.meshgrid(axes[0], axes[1], indexing="ij")
+    return (rows * grid[1] + cols).reshape(-1)
+
+
+def symmetric_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Pairwise ½(KL(p‖q) + KL(q‖p)) between rows: p (A, N), q (M, N) distributions → (A, M)."""
+    log_p = p.clamp_min(LOG_FLOOR).log()
+    log_q = q.clamp_min(LOG_FLOOR).log()
+    neg_entropy_p = (p * log_p).sum(-1)
+    neg_entropy_q = (q * log_q).sum(-1)
+    cross = p @ log_q.T + log_p @ q.T
+    return 0.5 * (neg_entropy_p[:, None] + neg_entropy_q[None, :] - cross)
+
+
+def merge_anchors(attention: torch.Tensor, anchors: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Iteration 0: attention (N, N) rows, anchors (A,) → proposals (A, N), each the mean of the
+    rows within ``threshold`` of its anchor row."""
+    close = (symmetric_kl(attention[anchors], attention) < threshold).to(attention.dtype)
+    close[torch.arange(len(anchors)), anchors] = 1.0  # an anchor always matches itself
+    return (close @ attention) / close.sum(-1, keepdim=True)
+
+
+def merge_proposals(proposals: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Iterations ≥ 1: greedy merge of proposals (K, N) → (K', N), K' ≤ K.
+
+    Visiting proposals in order, each not yet absorbed becomes the mean of every proposal
+    within ``threshold`` of it (absorbed ones included) and marks those absorbed.
+    """
+    close = (symmetric_kl(proposals, proposals) < threshold).cpu()
+    close.fill_diagonal_(True)
+    absorbed = torch.zeros(len(proposals), dtype=torch.bool)
+    groups = []
+    for index in range(len(proposals)):  # sequential by definition; K ≤ number of anchors
+        if absorbed[index]:
+            continue
+        groups.append(close[index])
+        absorbed |= close[index]
+    members = torch.stack(groups).to(proposals.device, proposals.dtype)
+    return (members @ proposals) / members.sum(-1, keepdim=True)
+
+
+def kmeans_refine(attention: torch.Tensor, centres: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Lloyd's k-means of the rows of ``attention`` (N, N) from ``centres`` (K, N); empty
+    clusters are dropped. Returns the final cluster means (K', N)."""
+    assignment = None
+    for _ in range(iterations):
+        distances = (centres * centres).sum(-1)[None, :] - 2.0 * attention @ centres.T
+        new_assignment = distances.argmin(-1)
+        if assignment is not None and torch.equal(new_assignment, assignment):
+            break
+        assignment = new_assignment
+        one_hot = torch.zeros(len(centres), len(attention), dtype=attention.dtype, device=attention.device)
+        one_hot[assignment, torch.arange(len(attention), device=attention.device)] = 1.0
+        counts = one_hot.sum(-1)
+        centres = (one_hot[counts > 0] @ attention) / counts[counts > 0, None]
+    return centres
+
+
+def diffseg_proposals(attention: torch.Tensor, grid: Grid, config: DiffSegConfig) -> torch.Tensor:
+    """Aggregated attention (N, N) of one image → merged proposals (K, N) float32."""
+    attention = attention.float()
+    proposals = merge_anchors(attention, anchor_indices(grid, config.anchor_spacing).to(attention.device), config.kl_threshold[0])
+    for threshold in config.kl_threshold[1:]:
+        proposals = merge_proposals(proposals, threshold)
+    if config.refine:
+        proposals = kmeans_refine(attention, proposals, config.kmeans_iterations)
+    return proposals
+
+
+def segment_diffseg(bundle: AttentionBundle, config: DiffSegConfig, timer: StageTimer | None = None) -> list[MethodResult]:
+    """DiffSeg on every image of ``bundle``: label maps at (f·H, f·W) for the latent grid (H, W)
+    and upsampling factor f (512² for SD at 512²). Stages timed: aggregate, segment."""
+    timer = timer or StageTimer()
+    with timer.stage("aggregate"):
+        aggregated, grid = aggregate_self_attention(bundle.self_attention, config.resolutions, config.resolution_weights)
+    results = []
+    with timer.stage("segment"):
+        for attention in aggregated:
+            proposals = diffseg_proposals(attention, grid, config)
+            labels = upsample_argmax(proposals.reshape(-1, *grid), config.upsample_factor)
+            results.append(MethodResult(labels=labels))
+    return results

@@ -1,0 +1,52 @@
+"""The Parquet schema of segment-job output (one row per image × method config)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+TIMING_STAGES = ("decode", "encode", "invert", "unet", "aggregate", "segment", "upsample", "rle")
+
+RLE_TYPE = pa.struct([("size", pa.list_(pa.int32(), 2)), ("counts", pa.string())])
+SEGMENT_TYPE = pa.struct(
+    [
+        ("segment_id", pa.int32()),
+        ("rle", RLE_TYPE),
+        ("area", pa.int64()),
+        ("bbox", pa.list_(pa.float32(), 4)),
+        ("label", pa.string()),
+        ("score", pa.float32()),
+        ("parent", pa.int32()),
+    ]
+)
+TIMINGS_TYPE = pa.struct([(stage, pa.float32()) for stage in TIMING_STAGES])
+
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("source", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("method", pa.string()),
+        ("config_id", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("segments", pa.list_(SEGMENT_TYPE)),
+        ("timings_ms", TIMINGS_TYPE),
+    ]
+)
+
+# Between the CPU decode stage and the GPU stage: the prepared model input of each image.
+DECODED_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("source", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("error", pa.string()),
+        ("pixels", pa.binary()),  # (input_h, input_w, 3) uint8, C order
+        ("input_h", pa.int32()),
+        ("input_w", pa.int32()),
+        ("box", pa.list_(pa.int32(), 4)),  # (top, left, height, width) in original pixels
+        ("decode_ms", pa.float32()),
+    ]
+)

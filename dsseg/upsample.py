@@ -1,0 +1,62 @@
+"""From latent-grid maps to label maps at the model input and at the original image size."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dsseg.image import Geometry
+
+# Proposals upsampled at once in upsample_argmax: bounds memory at ~CHUNK × (f·H) × (f·W) floats.
+ARGMAX_CHUNK = 16
+
+
+def upsample_argmax(maps: torch.Tensor, factor: int) -> torch.Tensor:
+    """Per-pixel arg-max of bilinearly upsampled maps, as compact labels.
+
+    maps (K, H, W) float → (f·H, f·W) int64 ids 0..S−1 in order of first map index (maps that
+    win no pixel are dropped). Upsampling uses half-pixel centres (TF/Keras bilinear).
+    Processed in chunks of maps so memory stays bounded for large K.
+    """
+    size = (maps.shape[1] * factor, maps.shape[2] * factor)
+    best_value = torch.full(size, -torch.inf, device=maps.device)
+    best_index = torch.zeros(size, dtype=torch.int64, device=maps.device)
+    for start in range(0, len(maps), ARGMAX_CHUNK):
+        chunk = F.interpolate(maps[None, start : start + ARGMAX_CHUNK].float(), size=size, mode="bilinear", align_corners=False)[0]
+        value, index = chunk.max(dim=0)
+        better = value > best_value  # strict: ties keep the earlier map, as arg-max does
+        best_value = torch.where(better, value, best_value)
+        best_index = torch.where(better, index + start, best_index)
+    return compact_labels(best_index)
+
+
+def compact_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Renumber ids to 0..S−1 keeping their order: any int tensor → int64 tensor of the same shape."""
+    _, compact = torch.unique(labels, sorted=True, return_inverse=True)
+    return compact.reshape(labels.shape)
+
+
+def nearest_indices(out_size: int, box_start: int, box_extent: int, src_size: int) -> np.ndarray:
+    """For each of ``out_size`` output pixels, the nearest pixel of a ``src_size`` map that covers
+    the output span [box_start, box_start + box_extent) (half-pixel centres, clamped at the edges)."""
+    centres = (np.arange(out_size) + 0.5 - box_start) * (src_size / box_extent)
+    return np.clip(np.floor(centres).astype(np.int64), 0, src_size - 1)
+
+
+def labels_to_original(labels: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Model-frame labels (h, w) → (H, W) labels of the original image, nearest neighbour.
+
+    Pixels outside the crop box (centre-crop geometry) take the label of the nearest box pixel.
+    """
+    top, left, box_h, box_w = geometry.box
+    rows = nearest_indices(geometry.original_hw[0], top, box_h, labels.shape[0])
+    cols = nearest_indices(geometry.original_hw[1], left, box_w, labels.shape[1])
+    return labels[rows[:, None], cols[None, :]]
+
+
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an (h, w) label map to ``size`` (H, W)."""
+    rows = nearest_indices(size[0], 0, size[0], labels.shape[0])
+    cols = nearest_indices(size[1], 0, size[1], labels.shape[1])
+    return labels[rows[:, None], cols[None, :]]

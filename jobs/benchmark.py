@@ -1,0 +1,141 @@
+"""Per-stage latency of the segmentation path, printed as JSON (and a table on stderr).
+
+    python jobs/benchmark.py --backbone tiny|sd-v1-random|HUB_ID --device cpu|cuda
+                             [--batch-sizes 1,4] [--repeats 3] [--image PATH] [--json OUT.json]
+                             [--method diffseg] [--param NAME=VALUE ...] [--noise ...]
+
+Stages: decode (file bytes → prepared 512² input), encode (VAE), invert (noise or DDIM
+inversion), unet (one step with capture), aggregate, segment, upsample (labels to the original
+size), rle. For each batch size: the median over ``--repeats`` runs (after one warm-up) of
+milliseconds per image for each stage, end-to-end images/s, and peak host and device memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from dsseg.api import split_params  # noqa: E402
+from dsseg.backbone import load_backbone  # noqa: E402
+from dsseg.cli import add_method_arguments, add_model_arguments, params_from_args  # noqa: E402
+from dsseg.extract import AttentionExtractor  # noqa: E402
+from dsseg.image import decode_image, prepare_image, to_model_input  # noqa: E402
+from dsseg.masks import encode_labels  # noqa: E402
+from dsseg.methods import get_method  # noqa: E402
+from dsseg.pipeline import library_versions  # noqa: E402
+from dsseg.schema import TIMING_STAGES  # noqa: E402
+from dsseg.timing import StageTimer  # noqa: E402
+from dsseg.upsample import labels_to_original  # noqa: E402
+
+DEFAULT_IMAGE = Path(__file__).resolve().parents[1] / "tests" / "data" / "images" / "135069.jpg"
+
+
+def run_once(extractor, method, method_config, extract_config, data: bytes, batch_size: int) -> dict[str, float]:
+    """One pass over a batch of copies of the image; milliseconds per image by stage."""
+    backbone = extractor.backbone
+    timer = StageTimer(backbone.device)
+    with timer.stage("decode"):
+        prepared = [prepare_image(np.asarray(decode_image(data)), extract_config.image_size, extract_config.geometry) for _ in range(batch_size)]
+    pixels = np.stack([p for p, _ in prepared])
+    bundle = extractor(to_model_input(pixels, backbone.device, backbone.dtype), timer)
+    results = method.segment(bundle, method_config, timer)
+    for result, (_, geometry) in zip(results, prepared):
+        with timer.stage("upsample"):
+            labels = labels_to_original(result.labels.cpu().numpy(), geometry)
+        with timer.stage("rle"):
+            encode_labels(labels)
+    return {stage: timer.ms.get(stage, 0.0) / batch_size for stage in TIMING_STAGES}
+
+
+def benchmark(args: argparse.Namespace) -> dict:
+    params = params_from_args(args)
+    extract_config, method_config = split_params(args.method, params)
+    start = time.perf_counter()
+    backbone = load_backbone(args.backbone, device=args.device, dtype=args.dtype, offline=args.offline)
+    load_seconds = time.perf_counter() - start
+    extractor = AttentionExtractor(backbone, extract_config)
+    method = get_method(args.method)
+    data = Path(args.image).read_bytes()
+    runs = []
+    for batch_size in args.batch_sizes:
+        if backbone.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        run_once(extractor, method, method_config, extract_config, data, batch_size)  # warm-up
+        samples = [run_once(extractor, method, method_config, extract_config, data, batch_size) for _ in range(args.repeats)]
+        stages = {stage: statistics.median(s[stage] for s in samples) for stage in TIMING_STAGES}
+        total = statistics.median(sum(s.values()) for s in samples)
+        runs.append(
+            {
+                "batch_size": batch_size,
+                "ms_per_image": {k: round(v, 2) for k, v in stages.items()},
+                "images_per_second": {k: round(1000.0 / v, 2) if v > 0 else None for k, v in stages.items()},
+                "end_to_end_ms_per_image": round(total, 2),
+                "end_to_end_images_per_second": round(1000.0 / total, 3),
+                "peak_device_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if backbone.device.type == "cuda" else None,
+            }
+        )
+    return {
+        "backbone": args.backbone,
+        "device": str(backbone.device),
+        "device_name": torch.cuda.get_device_name() if backbone.device.type == "cuda" else platform.processor() or platform.machine(),
+        "dtype": str(backbone.dtype).removeprefix("torch."),
+        "torch_threads": torch.get_num_threads(),
+        "method": args.method,
+        "method_config": {k: getattr(method_config, k) for k in method_config.__dataclass_fields__},
+        "extract_config": {k: getattr(extract_config, k) for k in extract_config.__dataclass_fields__},
+        "image": str(args.image),
+        "repeats": args.repeats,
+        "backbone_load_seconds": round(load_seconds, 2),
+        "peak_host_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "versions": library_versions(),
+        "runs": runs,
+    }
+
+
+def print_table(report: dict) -> None:
+    header = f"{'batch':>5} " + " ".join(f"{stage:>9}" for stage in TIMING_STAGES) + f" {'total':>9} {'img/s':>7}"
+    print(f"{report['backbone']} on {report['device']} ({report['dtype']}), ms per image (median of {report['repeats']})", file=sys.stderr)
+    print(header, file=sys.stderr)
+    for run in report["runs"]:
+        cells = " ".join(f"{run['ms_per_image'][stage]:9.1f}" for stage in TIMING_STAGES)
+        print(f"{run['batch_size']:>5} {cells} {run['end_to_end_ms_per_image']:9.1f} {run['end_to_end_images_per_second']:7.2f}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", default=str(DEFAULT_IMAGE), help="image to segment (default: a BSDS500 test image)")
+    parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per batch size after one warm-up")
+    parser.add_argument("--json", help="also write the report to this file")
+    add_model_arguments(parser)
+    add_method_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+        split_params(args.method, params_from_args(args))
+    except (TypeError, ValueError) as error:
+        parser.error(str(error))
+    if args.repeats < 1 or min(args.batch_sizes) < 1:
+        parser.error("--repeats and batch sizes must be ≥ 1")
+    report = benchmark(args)
+    print_table(report)
+    text = json.dumps(report, indent=2, default=str)
+    if args.json:
+        Path(args.json).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

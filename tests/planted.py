@@ -1,0 +1,49 @@
+"""Planted-partition self-attention for tests: regions that attend to themselves."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def planted_regions(size: int = 64) -> np.ndarray:
+    """(size, size) int64 map of 5 regions: four quadrant-ish blocks and a central disc."""
+    rows, cols = np.mgrid[0:size, 0:size] / size
+    regions = (rows >= 0.45).astype(np.int64) * 2 + (cols >= 0.6)
+    regions[(rows - 0.5) ** 2 + (cols - 0.45) ** 2 < 0.04] = 4
+    return regions
+
+
+def downsample_regions(regions: np.ndarray, size: int) -> np.ndarray:
+    """Nearest (cell-centre) downsampling of a region map to (size, size)."""
+    step = regions.shape[0] // size
+    return regions[step // 2 :: step, step // 2 :: step][:size, :size]
+
+
+def planted_attention(
+    regions: np.ndarray,
+    resolutions=(64, 32, 16, 8),
+    heads: int = 2,
+    affinity: float = 8.0,
+    locality: float = 0.15,
+    noise: float = 0.3,
+    seed: int = 0,
+) -> dict[int, np.ndarray]:
+    """``{r: (heads, r², r²) float32}`` whose rows sum to 1.
+
+    Logits: ``affinity`` for query/key pairs in the same region, minus squared distance /
+    (2·locality²) (distances in units of the image side), plus Gaussian noise of std ``noise``.
+    """
+    rng = np.random.default_rng(seed)
+    out = {}
+    for r in resolutions:
+        labels = downsample_regions(regions, r).reshape(-1)
+        coords = (np.stack(np.mgrid[0:r, 0:r], -1).reshape(-1, 2) + 0.5) / r
+        dist2 = ((coords[:, None, :] - coords[None, :, :]) ** 2).sum(-1)
+        logits = affinity * (labels[:, None] == labels[None, :]) - dist2 / (2 * locality**2)
+        maps = []
+        for _ in range(heads):
+            head = logits + noise * rng.standard_normal(logits.shape)
+            head = np.exp(head - head.max(-1, keepdims=True))
+            maps.append(head / head.sum(-1, keepdims=True))
+        out[r] = np.stack(maps).astype(np.float32)
+    return out

@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from dsseg.attention import attention_layers
+from dsseg.backbone import BackboneNotFoundError, load_backbone, resolve_dtype
+from dsseg.tokenizer import clip_tokenizer
+
+
+def test_tokenizer_is_the_real_clip_vocabulary():
+    tokenizer = clip_tokenizer()
+    assert len(tokenizer) == 49408
+    # Known ids of OpenAI's CLIP tokenizer: <start> a photo of a cat <end>.
+    assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    padded = tokenizer("", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    assert padded.shape == (1, 77) and padded[0, 0] == 49406 and (padded[0, 1:] == 49407).all()
+
+
+def test_tiny_backbone_has_sd_v1_layout(tiny):
+    layers = attention_layers(tiny.unet)
+    self_layers = [layer for layer in layers if layer.kind == "self"]
+    assert len(self_layers) == 16 and len(layers) == 32
+    assert [layer.block for layer in self_layers].count("mid") == 1
+    assert type(tiny.unet).__name__ == "UNet2DConditionModel"
+    assert type(tiny.vae).__name__ == "AutoencoderKL"
+    assert type(tiny.text_encoder).__name__ == "CLIPTextModel"
+    assert type(tiny.scheduler).__name__ == "DDIMScheduler"
+    assert tiny.vae_scale_factor == 8 and tiny.latent_scaling == pytest.approx(0.18215)
+
+
+def test_tiny_backbone_is_seeded():
+    a = load_backbone("tiny", seed=3)
+    b = load_backbone("tiny", seed=3)
+    c = load_backbone("tiny", seed=4)
+    weight = "conv_in.weight"
+    assert torch.equal(a.unet.state_dict()[weight], b.unet.state_dict()[weight])
+    assert not torch.equal(a.unet.state_dict()[weight], c.unet.state_dict()[weight])
+
+
+def test_missing_weights_give_one_clear_error(tmp_path):
+    with pytest.raises(BackboneNotFoundError) as info:
+        load_backbone(str(tmp_path / "no-such-model"), offline=True)
+    message = str(info.value)
+    assert "huggingface-cli download" in message and "--backbone tiny" in message
+
+
+def test_uncached_hub_id_offline_is_a_clear_error():
+    with pytest.raises(BackboneNotFoundError, match="dsseg-tests/no-such-model"):
+        load_backbone("dsseg-tests/no-such-model", offline=True)
+
+
+def test_dtype_choice():
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        resolve_dtype("float8", torch.device("cpu"))

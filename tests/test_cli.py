@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import IMAGES
+from dsseg.cli import job_main, main, parse_param_values
+
+
+def test_dsseg_segment_writes_overlay_and_label_pngs(tmp_path, capsys):
+    code = main(["segment", str(IMAGES / "135069.jpg"), "--out", str(tmp_path), "--backbone", "tiny", "--param", "kl_threshold=0.5"])
+    assert code == 0
+    overlay = Image.open(tmp_path / "135069_overlay.png")
+    labels = np.asarray(Image.open(tmp_path / "135069_labels.png"))
+    assert overlay.size == (481, 321) and labels.shape == (321, 481)
+    assert len(np.unique(labels)) > 1
+    assert "segments in" in capsys.readouterr().out
+
+
+def test_dsseg_segment_reports_bad_files_and_goes_on(tmp_path, capsys):
+    code = main(["segment", str(IMAGES), "--out", str(tmp_path), "--backbone", "tiny", "--limit", "2"])
+    assert code == 1  # corrupt.jpg failed
+    assert "corrupt.jpg: error" in capsys.readouterr().err
+    assert (tmp_path / "135069_overlay.png").exists()
+
+
+def test_wrong_flags_say_what_to_do(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        job_main(["--input", str(IMAGES), "--output", str(tmp_path), "--param", "tau=1"])
+    assert info.value.code == 2
+    assert "unknown parameter(s) ['tau']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        job_main(["--input", str(tmp_path / "nope"), "--output", str(tmp_path)])
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        job_main(["--input", str(IMAGES), "--output", str(tmp_path), "--noise", "gauss"])
+    assert "invalid choice" in capsys.readouterr().err
+    assert main([]) == 2
+
+
+def test_param_values_are_parsed_as_json():
+    assert parse_param_values(["kl_threshold=0.9", "refine=true", "resolutions=[64,32]", "prompt=a cat"]) == {
+        "kl_threshold": 0.9,
+        "refine": True,
+        "resolutions": (64, 32),
+        "prompt": "a cat",
+    }
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        parse_param_values(["kl_threshold"])

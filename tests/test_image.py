@@ -1,0 +1,66 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dsseg.image import Geometry, decode_image, plan_geometry, prepare_image
+from dsseg.upsample import labels_to_original, resize_labels
+
+
+def _encode(image: Image.Image, fmt="JPEG", **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def test_center_crop_geometry_matches_the_official_crop():
+    geometry = plan_geometry((321, 481), 512, "center_crop")
+    assert geometry == Geometry((321, 481), (0, 80, 321, 321), (512, 512))
+    assert plan_geometry((481, 321), 512, "center_crop").box == (80, 0, 321, 321)
+
+
+def test_aspect_geometry_keeps_the_whole_image_at_multiples_of_64():
+    assert plan_geometry((321, 481), 512, "aspect").input_hw == (320, 512)
+    assert plan_geometry((2000, 100), 512, "aspect").input_hw == (512, 64)
+    assert plan_geometry((321, 481), 512, "squash") == Geometry((321, 481), (0, 0, 321, 481), (512, 512))
+
+
+def test_prepare_image_resizes_bilinearly_without_antialias(bsds_image):
+    pixels, geometry = prepare_image(bsds_image, 512, "center_crop")
+    assert pixels.shape == (512, 512, 3) and pixels.dtype == np.uint8
+    # Upsampling 321 → 512: output pixel 0 sits on source pixel 0 of the crop (half-pixel centres).
+    assert np.abs(pixels[0, 0].astype(int) - bsds_image[0, 80].astype(int)).max() <= 1
+    constant = np.full((100, 300, 3), 77, dtype=np.uint8)
+    assert (prepare_image(constant, 256, "aspect")[0] == 77).all()
+
+
+def test_decode_errors_are_readable():
+    with pytest.raises(ValueError, match="empty file"):
+        decode_image(b"")
+    with pytest.raises(ValueError, match="cannot decode image"):
+        decode_image(b"this is not an image")
+    data = _encode(Image.new("RGB", (64, 64), "red"))
+    with pytest.raises(ValueError, match="cannot decode image"):
+        decode_image(data[: len(data) // 2])
+
+
+def test_decode_converts_modes_and_applies_exif_orientation():
+    gray = decode_image(_encode(Image.new("L", (40, 20), 128), "PNG"))
+    assert gray.mode == "RGB" and gray.size == (40, 20)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    rotated = decode_image(_encode(Image.new("RGB", (40, 20), "blue"), exif=exif))
+    assert rotated.size == (20, 40)
+
+
+def test_labels_back_to_the_original_image():
+    labels = np.arange(16).reshape(4, 4)
+    same = labels_to_original(labels, Geometry((4, 4), (0, 0, 4, 4), (4, 4)))
+    assert np.array_equal(same, labels)
+    # Centre crop of a 4×8 image: columns outside the box copy the nearest box column.
+    wide = labels_to_original(labels, Geometry((4, 8), (0, 2, 4, 4), (4, 4)))
+    assert wide.shape == (4, 8)
+    assert np.array_equal(wide[:, 2:6], labels)
+    assert np.array_equal(wide[:, 0], labels[:, 0]) and np.array_equal(wide[:, 7], labels[:, 3])
+    assert np.array_equal(resize_labels(labels, (8, 8))[::2, ::2], labels)

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+from scipy.io import loadmat
+
+from conftest import GROUND_TRUTH
+from dsseg.masks import decode_segments, encode_labels, rle_to_mask
+
+
+def _real_label_maps() -> dict[str, np.ndarray]:
+    bsds = loadmat(GROUND_TRUTH / "135069.mat")["groundTruth"]
+    horse = np.asarray(Image.open(GROUND_TRUTH / "horse001_figure_ground.jpg").convert("L")) > 127
+    return {
+        "bsds-annotator-0": bsds[0, 0]["Segmentation"][0, 0].astype(np.int64),
+        "bsds-annotator-1": bsds[0, 1]["Segmentation"][0, 0].astype(np.int64),
+        "camvid": np.asarray(Image.open(GROUND_TRUTH / "0001TP_009990.png")).astype(np.int64),
+        "cityscapes": np.asarray(Image.open(GROUND_TRUTH / "frankfurt_000000_000294_gtFine_labelIds.png")).astype(np.int64),
+        "horse": horse.astype(np.int64),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_real_label_maps()))
+def test_rle_round_trip_on_real_ground_truth(name):
+    labels = _real_label_maps()[name]
+    segments = encode_labels(labels)
+    assert [s["segment_id"] for s in segments] == np.unique(labels).tolist()
+    assert sum(s["area"] for s in segments) == labels.size
+    assert np.array_equal(decode_segments(segments), labels)
+    for segment in segments[:5]:
+        binary = np.asfortranarray((labels == segment["segment_id"]).astype(np.uint8))
+        coco = mask_utils.encode(binary)
+        assert segment["rle"]["counts"] == coco["counts"].decode("ascii")
+        assert segment["rle"]["size"] == list(labels.shape)
+        assert segment["bbox"] == mask_utils.toBbox(coco).tolist()
+        assert segment["area"] == int(binary.sum())
+        assert np.array_equal(rle_to_mask(segment["rle"]), binary.astype(bool))
+
+
+def test_single_segment_and_single_pixel_maps():
+    whole = encode_labels(np.zeros((3, 5), dtype=np.int32))
+    assert len(whole) == 1 and whole[0]["area"] == 15 and whole[0]["bbox"] == [0.0, 0.0, 5.0, 3.0]
+    assert encode_labels(np.array([[7]]))[0]["segment_id"] == 7
+
+
+def test_decode_rejects_segments_that_do_not_partition():
+    labels = np.array([[0, 0, 1], [1, 2, 2]])
+    segments = encode_labels(labels)
+    with pytest.raises(ValueError, match="partition"):
+        decode_segments(segments[:2])
+    overlapping = segments + [dict(segments[0], segment_id=9)]
+    with pytest.raises(ValueError, match="covered twice"):
+        decode_segments(overlapping)
+    with pytest.raises(ValueError, match="2-D"):
+        encode_labels(np.zeros((2, 2, 2)))
