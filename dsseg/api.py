@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from dsseg.backbone import DEFAULT_BACKBONE, Backbone, cached_backbone
-from dsseg.extract import AttentionBundle, AttentionExtractor, ExtractConfig
-from dsseg.image import as_rgb_array, prepare_image, to_model_input
+from dsseg.extract import AttentionBundle, AttentionExtractor, ExtractConfig, check_resolutions
+from dsseg.image import Geometry, as_rgb_array, prepare_image, to_model_input
 from dsseg.masks import encode_labels
-from dsseg.methods import get_method
+from dsseg.methods import MethodResult, get_method
 from dsseg.timing import StageTimer
 from dsseg.upsample import labels_to_original, resize_labels
 
@@ -27,14 +27,15 @@ class Segmentation:
     """One image's segmentation.
 
     ``labels``: (H, W) int32 segment ids 0..S−1 at the image's original size; segments
-    partition the image. ``names``/``scores``: per-segment label and score where the method
-    provides them. ``timings_ms``: per-stage wall time for this image.
+    partition the image. ``names``/``scores``/``parents``: per-segment label, score and parent
+    id where the method provides them. ``timings_ms``: per-stage wall time (ms) for this image.
     """
 
     labels: np.ndarray
     method: str
     names: list[str | None] | None = None
     scores: list[float | None] | None = None
+    parents: list[int | None] | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -42,8 +43,15 @@ class Segmentation:
         return int(self.labels.max()) + 1
 
     def to_rles(self) -> list[dict]:
-        """Segments as COCO compressed RLE dicts (see ``dsseg.masks.encode_labels``)."""
-        return encode_labels(self.labels)
+        """Segments as COCO compressed RLE dicts (see ``dsseg.masks.encode_labels``) with their
+        ``label``, ``score`` and ``parent`` (None where the method gives none)."""
+        segments = encode_labels(self.labels)
+        for segment in segments:
+            sid = segment["segment_id"]
+            segment["label"] = self.names[sid] if self.names else None
+            segment["score"] = self.scores[sid] if self.scores else None
+            segment["parent"] = self.parents[sid] if self.parents else None
+        return segments
 
 
 def split_params(method: str, params: Mapping[str, Any]) -> tuple[ExtractConfig, Any]:
@@ -59,7 +67,38 @@ def split_params(method: str, params: Mapping[str, Any]) -> tuple[ExtractConfig,
         method_config = spec.make_config(method_params)
     except TypeError as error:
         raise TypeError(f"{error}; extraction parameters: {sorted(EXTRACT_PARAMS)}") from None
-    return replace(spec.extraction_defaults(), **extract_params), method_config
+    method_resolutions = getattr(method_config, "resolutions", None)
+    if method_resolutions is not None and "capture_resolutions" not in extract_params:
+        extract_params["capture_resolutions"] = method_resolutions  # capture only the levels the method uses
+    extract_config = replace(spec.extraction_defaults(), **extract_params)
+    if method_resolutions is not None:
+        check_resolutions(method_resolutions, extract_config)
+        captured = extract_config.capture_resolutions
+        if captured is not None and not set(method_resolutions) <= set(captured):
+            raise ValueError(f"method resolutions {list(method_resolutions)} are not all captured (capture_resolutions={list(captured)})")
+    return extract_config, method_config
+
+
+def to_segmentation(result: MethodResult, geometry: Geometry, method: str, timer: StageTimer) -> Segmentation:
+    """A method's model-frame result → ``Segmentation`` at the original size, ids compacted
+    (segments too thin to survive the resize are dropped) and per-segment fields remapped."""
+    with timer.stage("upsample"):
+        labels = labels_to_original(result.labels.cpu().numpy(), geometry)
+        present = np.bincount(labels.ravel(), minlength=1) > 0
+        kept = np.flatnonzero(present)
+        labels = (np.cumsum(present) - 1)[labels].astype(np.int32)
+
+    def pick(values: list | None) -> list | None:
+        return None if values is None else [values[i] for i in kept]
+
+    return Segmentation(
+        labels=labels,
+        method=method,
+        names=pick(result.names),
+        scores=pick(result.scores),
+        parents=pick(result.parents),
+        timings_ms=timer.ms,
+    )
 
 
 def segment_image(
@@ -85,9 +124,7 @@ def segment_image(
         pixels, geometry = prepare_image(rgb, extract_config.image_size, extract_config.geometry, extract_config.antialias)
     bundle = AttentionExtractor(backbone, extract_config)(to_model_input(pixels[None], backbone.device, backbone.dtype), timer)
     result = get_method(method).segment(bundle, method_config, timer)[0]
-    with timer.stage("upsample"):
-        labels = labels_to_original(result.labels.cpu().numpy(), geometry).astype(np.int32)
-    return Segmentation(labels=labels, method=method, names=result.names, scores=result.scores, timings_ms=timer.ms)
+    return to_segmentation(result, geometry, method, timer)
 
 
 def segment_attention(

@@ -167,19 +167,21 @@ def attend_and_average(
     """Attention output and head-averaged probabilities.
 
     query (B, H, N, d), key and value (B, H, M, d) → output (B, H, N, d) in value's dtype and
-    probabilities (B, N, M) float32 (softmax in float32, mean over the H heads). Heads are
+    probabilities (B, N, M) float32 (logits and softmax in float32, mean over the H heads). Heads are
     processed in chunks so at most ``MAX_CHUNK_ELEMENTS`` scores exist at once.
     """
     batch, heads, tokens, _ = query.shape
     keys = key.shape[2]
     chunk = max(1, min(heads, MAX_CHUNK_ELEMENTS // (batch * tokens * keys)))
-    query = query * scale  # scaling (N, d) is cheaper than scaling (N, M) scores
+    # Logits in float32 whatever the model dtype: half-precision QKᵀ overflows (why SD 2.x sets
+    # upcast_attention) and bfloat16 logits shift the maps compared against KL thresholds.
+    query, key = query.float() * scale, key.float()  # scaling (N, d) is cheaper than (N, M) scores
     output = value.new_empty(batch, heads, tokens, value.shape[-1])
     head_sum: torch.Tensor | None = None
     for start in range(0, heads, chunk):
         stop = min(start + chunk, heads)
         scores = torch.matmul(query[:, start:stop], key[:, start:stop].transpose(-1, -2))
-        probs = scores.softmax(dim=-1, dtype=torch.float32)
+        probs = scores.softmax(dim=-1)
         del scores
         chunk_sum = probs.sum(dim=1)
         head_sum = chunk_sum if head_sum is None else head_sum.add_(chunk_sum)

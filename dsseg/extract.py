@@ -22,6 +22,8 @@ from dsseg.backbone import Backbone
 from dsseg.image import GEOMETRIES, SIDE_MULTIPLE, GeometryMode
 from dsseg.timing import StageTimer
 
+LATENT_FACTOR = 8  # image pixels per latent cell in every SD VAE
+UNET_LEVELS = 4  # attention resolutions of the SD UNet: the latent and three halvings
 NoiseMode = Literal["none", "noise", "ddim_inversion"]
 NOISE_MODES: tuple[NoiseMode, ...] = ("none", "noise", "ddim_inversion")
 DEFAULT_TIMESTEP = 300
@@ -33,7 +35,8 @@ class ExtractConfig:
 
     ``timestep``: the UNet step for ``none``/``noise`` (default 300); with ``ddim_inversion`` it
     is fixed by the inversion (the n-th of N DDIM timesteps) and must stay None.
-    ``resolutions``: latent sizes whose self-attention is captured (None = all levels).
+    ``capture_resolutions``: latent sizes whose attention is captured (None = all levels; by
+    default the levels the method aggregates).
     """
 
     image_size: int = 512
@@ -47,7 +50,7 @@ class ExtractConfig:
     prompt: str = ""
     cross_attention: bool = False
     blocks: tuple[Block, ...] = BLOCKS
-    resolutions: tuple[int, ...] | None = None
+    capture_resolutions: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.image_size < SIDE_MULTIPLE or self.image_size % SIDE_MULTIPLE:
@@ -66,13 +69,29 @@ class ExtractConfig:
             )
         # Normalise list inputs (e.g. from JSON) so configs hash and compare by value.
         object.__setattr__(self, "blocks", tuple(self.blocks))
-        if self.resolutions is not None:
-            object.__setattr__(self, "resolutions", tuple(sorted(set(self.resolutions), reverse=True)))
-        self.capture_spec()  # validates blocks and resolutions
+        if self.capture_resolutions is not None:
+            object.__setattr__(self, "capture_resolutions", tuple(sorted(set(self.capture_resolutions), reverse=True)))
+            check_resolutions(self.capture_resolutions, self)
+        self.capture_spec()  # validates blocks
+
+    @property
+    def level_sizes(self) -> tuple[int, ...]:
+        """Attention resolutions (longer latent side per UNet level): 64, 32, 16, 8 at 512 px."""
+        return tuple(self.image_size // LATENT_FACTOR // 2**level for level in range(UNET_LEVELS))
 
     def capture_spec(self) -> CaptureSpec:
         return CaptureSpec(
-            self_attention=True, cross_attention=self.cross_attention, blocks=self.blocks, resolutions=self.resolutions
+            self_attention=True, cross_attention=self.cross_attention, blocks=self.blocks, resolutions=self.capture_resolutions
+        )
+
+
+def check_resolutions(resolutions: tuple[int, ...], config: ExtractConfig) -> None:
+    """Raise a ``ValueError`` unless every resolution is a UNet level at ``config.image_size``."""
+    missing = sorted(set(resolutions) - set(config.level_sizes), reverse=True)
+    if missing:
+        raise ValueError(
+            f"resolutions {missing} do not exist at image_size {config.image_size}: "
+            f"the attention levels are {list(config.level_sizes)}"
         )
 
 
@@ -159,8 +178,9 @@ class AttentionExtractor:
         timer = timer or StageTimer(images.device)
         with timer.stage("encode"):
             latents = self.encode(images)
-        with timer.stage("invert"):
-            latents = self.add_noise(latents)
+        if self.config.noise != "none":
+            with timer.stage("invert"):
+                latents = self.add_noise(latents)
         latent_hw = tuple(latents.shape[-2:])
         with timer.stage("unet"), capture_attention(self.backbone.unet, self.config.capture_spec(), latent_hw) as store:
             self._unet(latents, self.timestep)

@@ -17,7 +17,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 GeometryMode = Literal["center_crop", "squash", "aspect"]
@@ -81,15 +80,42 @@ def as_rgb_array(image: str | Image.Image | np.ndarray) -> np.ndarray:
         return np.asarray(decode_image(handle.read()))
 
 
+def bilinear_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """1-D bilinear resampling with half-pixel centres and no antialiasing (TF2 ``resize``,
+    torch ``align_corners=False``): for each output pixel the two source indices (low, high)
+    and the weight of ``high``, float32."""
+    source = np.clip((np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5, 0.0, size_in - 1)
+    low = np.floor(source).astype(np.int64)
+    high = np.minimum(low + 1, size_in - 1)
+    return low, high, (source - low).astype(np.float32)
+
+
+def resize_bilinear(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 → (h, w, 3) uint8, bilinear without antialiasing.
+
+    Only the source rows and columns that output pixels sample are read, so memory stays at
+    O(h·W) however large the image.
+    """
+    r_low, r_high, r_frac = bilinear_taps(rgb.shape[0], size[0])
+    c_low, c_high, c_frac = bilinear_taps(rgb.shape[1], size[1])
+    rows = rgb[r_low] * (1.0 - r_frac)[:, None, None] + rgb[r_high] * r_frac[:, None, None]
+    out = rows[:, c_low] * (1.0 - c_frac)[None, :, None] + rows[:, c_high] * c_frac[None, :, None]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def prepare_image(rgb: np.ndarray, size: int, mode: GeometryMode, antialias: bool = False) -> tuple[np.ndarray, Geometry]:
-    """Crop and resize an (H, W, 3) uint8 image to the model input: ((h, w, 3) uint8, geometry)."""
+    """Crop and resize an (H, W, 3) uint8 image to the model input: ((h, w, 3) uint8, geometry).
+
+    ``antialias=False`` (the official DiffSeg preprocessing) samples bilinearly; ``True`` uses
+    PIL's bilinear filter, which widens its support when shrinking.
+    """
     geometry = plan_geometry(rgb.shape[:2], size, mode)
     top, left, box_h, box_w = geometry.box
-    crop = torch.tensor(rgb[top : top + box_h, left : left + box_w])  # a copy: inputs may be read-only
-    pixels = crop.permute(2, 0, 1)[None].float()
-    resized = F.interpolate(pixels, size=geometry.input_hw, mode="bilinear", align_corners=False, antialias=antialias)
-    out = resized[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
-    return out, geometry
+    crop = rgb[top : top + box_h, left : left + box_w]
+    if antialias:
+        resized = Image.fromarray(np.ascontiguousarray(crop)).resize(geometry.input_hw[::-1], Image.Resampling.BILINEAR)
+        return np.asarray(resized), geometry
+    return resize_bilinear(crop, geometry.input_hw), geometry
 
 
 def to_model_input(batch: np.ndarray | torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,15 +24,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from dsseg.api import split_params
+from dsseg.api import split_params, to_segmentation
 from dsseg.backbone import DEFAULT_BACKBONE, load_backbone
 from dsseg.extract import AttentionExtractor, ExtractConfig
 from dsseg.image import Geometry, decode_image, prepare_image, to_model_input
-from dsseg.masks import encode_labels
 from dsseg.methods import get_method
 from dsseg.schema import DECODED_SCHEMA, OUTPUT_SCHEMA, TIMING_STAGES
 from dsseg.timing import StageTimer
-from dsseg.upsample import labels_to_original
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
 SEGMENTS_DIR = "segments"
@@ -87,6 +86,7 @@ class SegmentJob:
         extract, method_config = self.configs()
         key = {
             "backbone": self.backbone,
+            "dtype": self.dtype,
             "extract": dataclasses.asdict(extract),
             "method": self.method,
             "params": dataclasses.asdict(method_config),
@@ -133,14 +133,15 @@ def decode_batch(batch: dict[str, np.ndarray], extract: ExtractConfig) -> pa.Tab
 class SegmentWorker:
     """GPU (or CPU) actor: loads the backbone once, then segments batches of decoded rows."""
 
-    def __init__(self, job: SegmentJob, config_id: str, torch_threads: int | None = None) -> None:
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
+    def __init__(self, job: SegmentJob, config_id: str) -> None:
         self.job = job
         self.config_id = config_id
         self.extract_config, self.method_config = job.configs()
         self.method = get_method(job.method)
         self.backbone = load_backbone(job.backbone, device=job.device, dtype=job.dtype, offline=job.offline)
+        if self.backbone.device.type == "cpu":
+            # Ray limits an actor to its num_cpus threads; a CPU model actor may use the node's cores.
+            torch.set_num_threads(os.cpu_count() or 1)
         self.extractor = AttentionExtractor(self.backbone, self.extract_config)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -180,15 +181,9 @@ class SegmentWorker:
         for row, result in zip(rows, results):
             image_timer = StageTimer()
             geometry = Geometry((row["height"], row["width"]), tuple(row["box"]), shape[:2])
-            with image_timer.stage("upsample"):
-                labels = labels_to_original(result.labels.cpu().numpy(), geometry)
+            segmentation = to_segmentation(result, geometry, self.job.method, image_timer)
             with image_timer.stage("rle"):
-                segments = encode_labels(labels)
-            for segment in segments:
-                sid = segment["segment_id"]
-                segment["label"] = result.names[sid] if result.names else None
-                segment["score"] = result.scores[sid] if result.scores else None
-                segment["parent"] = result.parents[sid] if result.parents else None
+                segments = segmentation.to_rles()
             timings = {**shared, **image_timer.ms, "decode": row["decode_ms"]}
             out.append(self._row(row, "ok", None, segments, timings))
         return out
@@ -211,19 +206,21 @@ class SegmentWorker:
         }
 
 
-def init_ray(address: str | None = None) -> None:
+def init_ray(address: str | None = None) -> bool:
     """Connect to ``address`` (or ``$RAY_ADDRESS``, as under ``ray job submit``), else start an
-    embedded local Ray with room for the read tasks beside the actor pool."""
+    embedded local Ray with room for the read tasks beside the actor pool. Returns True when
+    connected to an existing cluster (which may autoscale)."""
     import ray
 
-    if ray.is_initialized():
-        return
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address)
-        return
-    # Logical CPUs above the physical count keep read tasks running beside a CPU actor
-    # (an actor pool that takes every CPU starves the read tasks and hangs).
-    ray.init(num_cpus=(os.cpu_count() or 1) + 2, include_dashboard=False)
+        if not ray.is_initialized():
+            ray.init(address=address)
+        return True
+    if not ray.is_initialized():
+        # Logical CPUs above the physical count keep read tasks running beside a CPU actor
+        # (an actor pool that takes every CPU starves the read tasks and hangs).
+        ray.init(num_cpus=(os.cpu_count() or 1) + 2, include_dashboard=False)
+    return False
 
 
 def run_segment_job(job: SegmentJob, address: str | None = None) -> dict[str, Any]:
@@ -238,9 +235,11 @@ def run_segment_job(job: SegmentJob, address: str | None = None) -> dict[str, An
             raise FileExistsError(f"{segments_dir} already holds results; pass --overwrite to replace them or choose another --output")
         shutil.rmtree(segments_dir)
     items = list_images(job.input, job.limit)
-    init_ray(address)
+    on_cluster = init_ray(address)
     extract, _ = job.configs()
     gpus = _gpus_per_worker(job)
+    if gpus and not on_cluster and ray.cluster_resources().get("GPU", 0) < gpus:
+        raise RuntimeError(f"{gpus} GPU(s) per worker requested but this machine's Ray has none; use --device cpu")
     config_id = job.config_id()
     workers = min(job.num_workers, len(items))
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * workers)))
@@ -249,11 +248,7 @@ def run_segment_job(job: SegmentJob, address: str | None = None) -> dict[str, An
     )
     dataset = dataset.map_batches(
         SegmentWorker,
-        fn_constructor_kwargs={
-            "job": job,
-            "config_id": config_id,
-            "torch_threads": None if gpus else os.cpu_count(),
-        },
+        fn_constructor_kwargs={"job": job, "config_id": config_id},
         compute=ray.data.ActorPoolStrategy(size=workers),
         batch_size=job.batch_size,
         batch_format="pyarrow",
@@ -275,16 +270,21 @@ def run_segment_job(job: SegmentJob, address: str | None = None) -> dict[str, An
 
 
 def _gpus_per_worker(job: SegmentJob) -> float:
+    """GPUs per model actor: as given; else 0 for ``--device cpu``, 1 for ``--device cuda``
+    (also on an autoscaling cluster whose GPU nodes are not up yet), and for ``auto`` 1 when
+    the cluster has GPUs now."""
     import ray
 
     if job.gpus_per_worker is not None:
         return job.gpus_per_worker
     if job.device == "cpu":
         return 0.0
-    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
-    if job.device == "cuda" and not has_gpus:
-        raise RuntimeError("--device cuda but the Ray cluster has no GPUs; use --device cpu or a GPU cluster")
-    return 1.0 if has_gpus else 0.0
+    if job.device == "cuda":
+        return 1.0
+    if ray.cluster_resources().get("GPU", 0) > 0:
+        return 1.0
+    print("dsseg: no GPUs in the Ray cluster, running the model on CPU (on an autoscaling cluster pass --device cuda)", file=sys.stderr)
+    return 0.0
 
 
 def library_versions() -> dict[str, str]:

@@ -8,6 +8,9 @@ Stages: decode (file bytes → prepared 512² input), encode (VAE), invert (nois
 inversion), unet (one step with capture), aggregate, segment, upsample (labels to the original
 size), rle. For each batch size: the median over ``--repeats`` runs (after one warm-up) of
 milliseconds per image for each stage, end-to-end images/s, and peak host and device memory.
+``--compare`` adds DiffSeg's aggregation + merging timed against the float64 loop-by-loop
+transcription of the official algorithm (``dsseg.methods.diffseg_reference``) on the same
+attention, with the speed-up and the pixel agreement of the two label maps.
 """
 
 from __future__ import annotations
@@ -26,17 +29,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dsseg.api import split_params  # noqa: E402
+from dsseg.api import split_params, to_segmentation  # noqa: E402
 from dsseg.backbone import load_backbone  # noqa: E402
 from dsseg.cli import add_method_arguments, add_model_arguments, params_from_args  # noqa: E402
 from dsseg.extract import AttentionExtractor  # noqa: E402
 from dsseg.image import decode_image, prepare_image, to_model_input  # noqa: E402
-from dsseg.masks import encode_labels  # noqa: E402
 from dsseg.methods import get_method  # noqa: E402
+from dsseg.methods.diffseg import segment_diffseg  # noqa: E402
+from dsseg.methods.diffseg_reference import reference_diffseg  # noqa: E402
+from dsseg.metrics import relabelled_agreement  # noqa: E402
 from dsseg.pipeline import library_versions  # noqa: E402
 from dsseg.schema import TIMING_STAGES  # noqa: E402
 from dsseg.timing import StageTimer  # noqa: E402
-from dsseg.upsample import labels_to_original  # noqa: E402
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[1] / "tests" / "data" / "images" / "135069.jpg"
 
@@ -46,16 +50,48 @@ def run_once(extractor, method, method_config, extract_config, data: bytes, batc
     backbone = extractor.backbone
     timer = StageTimer(backbone.device)
     with timer.stage("decode"):
-        prepared = [prepare_image(np.asarray(decode_image(data)), extract_config.image_size, extract_config.geometry) for _ in range(batch_size)]
+        prepared = [
+            prepare_image(np.asarray(decode_image(data)), extract_config.image_size, extract_config.geometry, extract_config.antialias)
+            for _ in range(batch_size)
+        ]
     pixels = np.stack([p for p, _ in prepared])
     bundle = extractor(to_model_input(pixels, backbone.device, backbone.dtype), timer)
     results = method.segment(bundle, method_config, timer)
     for result, (_, geometry) in zip(results, prepared):
-        with timer.stage("upsample"):
-            labels = labels_to_original(result.labels.cpu().numpy(), geometry)
+        segmentation = to_segmentation(result, geometry, method.name, timer)
         with timer.stage("rle"):
-            encode_labels(labels)
-    return {stage: timer.ms.get(stage, 0.0) / batch_size for stage in TIMING_STAGES}
+            segmentation.to_rles()
+    return {stage: timer.ms[stage] / batch_size for stage in TIMING_STAGES if stage in timer.ms}
+
+
+def compare_with_reference(extractor, method_config, extract_config, data: bytes) -> dict:
+    """DiffSeg aggregation + merging, ours (float32 torch, KL by matrix products) against the
+    float64 loop-by-loop transcription of the official algorithm, on one image's attention."""
+    backbone = extractor.backbone
+    pixels, _ = prepare_image(np.asarray(decode_image(data)), extract_config.image_size, extract_config.geometry, extract_config.antialias)
+    bundle = extractor(to_model_input(pixels[None], backbone.device, backbone.dtype))
+    segment_diffseg(bundle, method_config)  # warm-up
+    timer = StageTimer(backbone.device)
+    ours = segment_diffseg(bundle, method_config, timer)[0].labels.cpu().numpy()
+    ours_ms = timer.ms["aggregate"] + timer.ms["segment"]
+    attention = {grid[0]: maps[0].cpu().numpy() for grid, maps in bundle.self_attention.items()}
+    start = time.perf_counter()
+    reference = reference_diffseg(
+        attention,
+        kl_threshold=method_config.kl_threshold,
+        iterations=method_config.iterations,
+        num_points=bundle.latent_hw[0] // method_config.anchor_spacing,
+        upsample_factor=method_config.upsample_factor,
+    )
+    reference_ms = (time.perf_counter() - start) * 1000.0
+    return {
+        "stage": "aggregate+segment (DiffSeg)",
+        "ours_ms": round(ours_ms, 1),
+        "straightforward_ms": round(reference_ms, 1),
+        "speedup": round(reference_ms / ours_ms, 1),
+        "segments": [int(ours.max()) + 1, int(reference.max()) + 1],
+        "pixel_agreement": round(relabelled_agreement(ours, reference), 5),
+    }
 
 
 def benchmark(args: argparse.Namespace) -> dict:
@@ -68,18 +104,23 @@ def benchmark(args: argparse.Namespace) -> dict:
     method = get_method(args.method)
     data = Path(args.image).read_bytes()
     runs = []
+    comparison = None
+    if args.compare:
+        if args.method != "diffseg" or extract_config.geometry == "aspect":
+            raise SystemExit("--compare covers DiffSeg on square inputs")
+        comparison = compare_with_reference(extractor, method_config, extract_config, data)
     for batch_size in args.batch_sizes:
         if backbone.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         run_once(extractor, method, method_config, extract_config, data, batch_size)  # warm-up
         samples = [run_once(extractor, method, method_config, extract_config, data, batch_size) for _ in range(args.repeats)]
-        stages = {stage: statistics.median(s[stage] for s in samples) for stage in TIMING_STAGES}
+        stages = {stage: statistics.median(s[stage] for s in samples) for stage in samples[0]}
         total = statistics.median(sum(s.values()) for s in samples)
         runs.append(
             {
                 "batch_size": batch_size,
                 "ms_per_image": {k: round(v, 2) for k, v in stages.items()},
-                "images_per_second": {k: round(1000.0 / v, 2) if v > 0 else None for k, v in stages.items()},
+                "images_per_second": {k: round(1000.0 / v, 2) for k, v in stages.items()},
                 "end_to_end_ms_per_image": round(total, 2),
                 "end_to_end_images_per_second": round(1000.0 / total, 3),
                 "peak_device_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if backbone.device.type == "cuda" else None,
@@ -100,6 +141,7 @@ def benchmark(args: argparse.Namespace) -> dict:
         "peak_host_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "versions": library_versions(),
         "runs": runs,
+        "comparison": comparison,
     }
 
 
@@ -108,7 +150,7 @@ def print_table(report: dict) -> None:
     print(f"{report['backbone']} on {report['device']} ({report['dtype']}), ms per image (median of {report['repeats']})", file=sys.stderr)
     print(header, file=sys.stderr)
     for run in report["runs"]:
-        cells = " ".join(f"{run['ms_per_image'][stage]:9.1f}" for stage in TIMING_STAGES)
+        cells = " ".join(f"{run['ms_per_image'].get(stage, float('nan')):9.1f}" for stage in TIMING_STAGES)
         print(f"{run['batch_size']:>5} {cells} {run['end_to_end_ms_per_image']:9.1f} {run['end_to_end_images_per_second']:7.2f}", file=sys.stderr)
 
 
@@ -118,6 +160,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per batch size after one warm-up")
     parser.add_argument("--json", help="also write the report to this file")
+    parser.add_argument("--compare", action="store_true", help="also time the float64 loop transcription of official DiffSeg (slow)")
     add_model_arguments(parser)
     add_method_arguments(parser)
     args = parser.parse_args(argv)

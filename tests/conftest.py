@@ -36,18 +36,3 @@ def ray_local():
     init_ray()
     yield ray
     ray.shutdown()
-
-
-def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
-    """Adjusted Rand index of two labelings of the same pixels."""
-    _, a_ids = np.unique(a.ravel(), return_inverse=True)
-    _, b_ids = np.unique(b.ravel(), return_inverse=True)
-    table = np.zeros((a_ids.max() + 1, b_ids.max() + 1))
-    np.add.at(table, (a_ids, b_ids), 1)
-
-    def pairs(x):
-        return (x * (x - 1) / 2).sum()
-
-    index, rows, cols, total = pairs(table), pairs(table.sum(1)), pairs(table.sum(0)), pairs(np.array([a.size]))
-    expected = rows * cols / total
-    return float((index - expected) / ((rows + cols) / 2 - expected))

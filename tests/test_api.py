@@ -34,12 +34,30 @@ def test_segment_attention_errors_say_what_to_do(attention):
 
 
 def test_segment_image_returns_labels_at_the_original_size(tiny, bsds_image):
-    result = dsseg.segment_image(bsds_image, backbone=tiny)
+    result = dsseg.segment_image(bsds_image, backbone=tiny, kl_threshold=0.5)
     assert result.labels.shape == (321, 481) and result.labels.dtype == np.int32
-    assert result.method == "diffseg" and result.num_segments == len(np.unique(result.labels))
+    assert result.method == "diffseg" and result.num_segments > 1
+    assert np.array_equal(np.unique(result.labels), np.arange(result.num_segments))  # compact ids
     assert {"decode", "encode", "unet", "aggregate", "segment", "upsample"} <= set(result.timings_ms)
     rles = result.to_rles()
-    assert sum(r["area"] for r in rles) == 321 * 481
+    assert [r["segment_id"] for r in rles] == list(range(result.num_segments))
+    assert all(r["label"] is None and r["parent"] is None for r in rles)
+
+
+def test_segments_lost_in_the_resize_are_dropped_and_ids_compacted():
+    from dsseg.api import to_segmentation
+    from dsseg.image import Geometry
+    from dsseg.methods import MethodResult
+    from dsseg.timing import StageTimer
+
+    labels = torch.zeros(8, 8, dtype=torch.int64)
+    labels[:, 4:] = 2
+    labels[3, 3] = 1  # one pixel: gone after shrinking 8×8 → 2×2
+    result = MethodResult(labels=labels, names=["sky", "bird", "sea"], scores=[0.9, 0.5, 0.8])
+    segmentation = to_segmentation(result, Geometry((2, 2), (0, 0, 2, 2), (8, 8)), "diffseg", StageTimer())
+    assert segmentation.labels.tolist() == [[0, 1], [0, 1]]
+    assert segmentation.names == ["sky", "sea"] and segmentation.scores == [0.9, 0.8]
+    assert [s["label"] for s in segmentation.to_rles()] == ["sky", "sea"]
 
 
 def test_path_pil_and_array_inputs_agree(tiny, bsds_image):
@@ -52,12 +70,27 @@ def test_path_pil_and_array_inputs_agree(tiny, bsds_image):
 
 
 def test_segment_image_with_aspect_geometry_and_sd2_size(tiny, bsds_image):
-    aspect = dsseg.segment_image(bsds_image, backbone=tiny, geometry="aspect", image_size=256)
-    assert aspect.labels.shape == (321, 481)
-    sd2 = dsseg.segment_image(bsds_image, backbone=tiny, image_size=768, resolutions=(48, 24, 12))
-    assert sd2.labels.shape == (321, 481)
+    aspect = dsseg.segment_image(bsds_image, backbone=tiny, geometry="aspect", image_size=256, kl_threshold=0.5)
+    assert aspect.labels.shape == (321, 481) and aspect.num_segments > 1
+    # Aspect geometry covers the whole image: its left and right borders are segmented, not copied.
+    cropped = dsseg.segment_image(bsds_image, backbone=tiny, image_size=256, kl_threshold=0.5)
+    assert (cropped.labels[:, :80] == cropped.labels[:, 80:81]).all()
+    assert not (aspect.labels[:, :80] == aspect.labels[:, 80:81]).all()
+    # SD 2.x size: 768 px → attention levels 96, 48, 24, 12.
+    sd2 = dsseg.segment_image(bsds_image, backbone=tiny, image_size=768, resolutions=(48, 24, 12), kl_threshold=0.5)
+    assert sd2.labels.shape == (321, 481) and sd2.num_segments > 1
+    with pytest.raises(ValueError, match=r"do not exist at image_size 768: the attention levels are \[96, 48, 24, 12\]"):
+        dsseg.segment_image(bsds_image, backbone=tiny, image_size=768, resolutions=(64, 32))
 
 
 def test_segment_image_rejects_unknown_parameters(tiny, bsds_image):
     with pytest.raises(TypeError, match="extraction parameters"):
         dsseg.segment_image(bsds_image, backbone=tiny, timesteps=100)
+
+
+def test_extraction_captures_only_the_levels_the_method_aggregates():
+    extract, method_config = dsseg.api.split_params("diffseg", {"resolutions": [64, 32, 16], "timestep": 100})
+    assert method_config.resolutions == (64, 32, 16) and extract.capture_resolutions == (64, 32, 16)
+    assert extract.timestep == 100
+    default_extract, _ = dsseg.api.split_params("diffseg", {})
+    assert default_extract.capture_resolutions is None  # DiffSeg's default aggregates every level

@@ -110,3 +110,34 @@ def test_layer_names_and_kinds(tiny):
     assert all(layer.name.endswith(".processor") for layer in layers)
     with pytest.raises(ValueError, match="blocks"):
         CaptureSpec(blocks=("left",))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_get_float32_logits(dtype):
+    """Large fp16 logits overflow (SD 2.x's reason for upcast_attention); capture stays exact."""
+    from dsseg.attention import attend_and_average
+
+    generator = torch.Generator().manual_seed(0)
+    query = (torch.randn(1, 2, 16, 8, generator=generator) * 120).to(dtype)
+    key = (torch.randn(1, 2, 16, 8, generator=generator) * 120).to(dtype)
+    value = torch.randn(1, 2, 16, 8, generator=generator).to(dtype)
+    scale = 8**-0.5
+    if dtype == torch.float16:  # the hazard is real: fp16 logits overflow to inf
+        assert not torch.isfinite(torch.matmul(query, key.transpose(-1, -2))).all()
+    output, probs = attend_and_average(query, key, value, scale)
+    exact = torch.softmax(query.double() @ key.double().transpose(-1, -2) * scale, dim=-1)
+    assert output.dtype == dtype and probs.dtype == torch.float32
+    torch.testing.assert_close(probs.double(), exact.mean(1), atol=1e-5, rtol=1e-4)
+
+
+def test_bfloat16_backbone_captures_valid_maps():
+    from dsseg.backbone import load_backbone
+
+    backbone = load_backbone("tiny", device="cpu", dtype="bfloat16")
+    latents = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    with torch.no_grad(), capture_attention(backbone.unet, CaptureSpec(), (32, 32)) as store:
+        out = _run(backbone.unet, latents, backbone.encode_prompt(""))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    for grid, maps in store.means("self").items():
+        assert maps.dtype == torch.float32 and torch.isfinite(maps).all()
+        torch.testing.assert_close(maps.sum(-1), torch.ones(1, grid[0] * grid[1]), atol=1e-5, rtol=0)

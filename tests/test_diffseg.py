@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import adjusted_rand_index
 from dsseg.api import segment_attention
+from dsseg.metrics import adjusted_rand_index, relabelled_agreement
 from dsseg.methods.diffseg import DiffSegConfig, anchor_indices, merge_proposals, symmetric_kl
 from dsseg.methods.diffseg_reference import kl_to_all, reference_diffseg, sampling_grid
 from planted import planted_attention, planted_regions
@@ -13,19 +13,6 @@ from planted import planted_attention, planted_regions
 def planted():
     regions = planted_regions(64)
     return regions, planted_attention(regions)
-
-
-def _same_up_to_relabelling(a: np.ndarray, b: np.ndarray) -> float:
-    """Fraction of pixels that agree under the best one-to-one relabelling (greedy on overlap)."""
-    table = np.zeros((a.max() + 1, b.max() + 1), dtype=np.int64)
-    np.add.at(table, (a.ravel(), b.ravel()), 1)
-    agree = 0
-    while table.size and table.max() > 0:
-        i, j = np.unravel_index(table.argmax(), table.shape)
-        agree += table[i, j]
-        table[i, :] = 0
-        table[:, j] = 0
-    return agree / a.size
 
 
 def test_recovers_planted_regions_from_all_four_resolutions(planted):
@@ -42,7 +29,7 @@ def test_same_label_map_as_the_official_algorithm_on_a_small_latent():
     ours = segment_attention(attention, output_size=(256, 256), anchor_spacing=4)
     reference = reference_diffseg(attention, num_points=8)
     assert len(np.unique(ours)) == len(np.unique(reference)) >= 4
-    assert _same_up_to_relabelling(ours, reference) >= 0.999
+    assert relabelled_agreement(ours, reference) >= 0.999
 
 
 def test_same_label_map_as_the_official_algorithm_on_real_tiny_unet_attention(tiny, bsds_image):
@@ -56,7 +43,7 @@ def test_same_label_map_as_the_official_algorithm_on_real_tiny_unet_attention(ti
         ours = segment_attention(attention, output_size=(256, 256), kl_threshold=threshold)
         reference = reference_diffseg(attention, kl_threshold=threshold, num_points=8)
         assert len(np.unique(ours)) == len(np.unique(reference)) >= 5
-        assert _same_up_to_relabelling(ours, reference) >= 0.995
+        assert relabelled_agreement(ours, reference) >= 0.995
 
 
 @pytest.mark.slow
@@ -66,7 +53,7 @@ def test_same_label_map_as_the_official_algorithm_at_full_size(planted):
     for case in (attention, noisy):
         ours = segment_attention(case)
         reference = reference_diffseg(case)
-        assert _same_up_to_relabelling(ours, reference) >= 0.999
+        assert relabelled_agreement(ours, reference) >= 0.999
 
 
 def test_anchor_grid_is_the_official_sampling_grid():

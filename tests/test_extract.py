@@ -65,7 +65,7 @@ def test_seeded_noise_matches_the_scheduler_forward_process(tiny):
 
 def test_batched_extraction_equals_one_by_one(tiny, bsds_image):
     flipped = np.ascontiguousarray(bsds_image[:, ::-1])
-    extractor = AttentionExtractor(tiny, ExtractConfig(resolutions=(32, 8)))
+    extractor = AttentionExtractor(tiny, ExtractConfig(capture_resolutions=(32, 8)))
     together = extractor(_batch(tiny, bsds_image, flipped))
     alone = extractor(_batch(tiny, flipped))
     assert list(together.self_attention) == [(32, 32), (8, 8)]
@@ -76,7 +76,7 @@ def test_batched_extraction_equals_one_by_one(tiny, bsds_image):
 
 def test_sd2_sized_input_gives_96_latent_levels(tiny, bsds_image):
     pixels, _ = prepare_image(bsds_image, 768, "center_crop")
-    bundle = AttentionExtractor(tiny, ExtractConfig(image_size=768, resolutions=(24, 12)))(to_model_input(pixels[None], tiny.device, tiny.dtype))
+    bundle = AttentionExtractor(tiny, ExtractConfig(image_size=768, capture_resolutions=(24, 12)))(to_model_input(pixels[None], tiny.device, tiny.dtype))
     assert bundle.latent_hw == (96, 96)
     assert {g: a.shape for g, a in bundle.self_attention.items()} == {(24, 24): (1, 576, 576), (12, 12): (1, 144, 144)}
 

@@ -99,13 +99,14 @@ def reference_merge(aggregated: np.ndarray, thresholds: Sequence[float], num_poi
 
 def reference_diffseg(
     attention: Mapping[int, np.ndarray],
-    kl_threshold: float = 1.1,
+    kl_threshold: float | Sequence[float] = 1.1,
     iterations: int = 3,
     num_points: int = 16,
     upsample_factor: int = 8,
 ) -> np.ndarray:
     """Label map (8R, 8R) int64 (proposal index of the arg-max) for per-resolution attention."""
     aggregated = reference_aggregate(attention)
-    proposals = reference_merge(aggregated, [kl_threshold] * iterations, num_points)
+    thresholds = [kl_threshold] * iterations if np.isscalar(kl_threshold) else list(kl_threshold)
+    proposals = reference_merge(aggregated, thresholds, num_points)
     upsampled = resize_bilinear(proposals, proposals.shape[-1] * upsample_factor)
     return upsampled.argmax(axis=0)
