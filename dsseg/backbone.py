@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from huggingface_hub import try_to_load_from_cache
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from dsseg.tokenizer import CONTEXT_LENGTH, clip_tokenizer
@@ -188,11 +189,25 @@ def _sharpen_attention(unet: UNet2DConditionModel, gain: float) -> None:
             module.to_k.weight.mul_(gain)
 
 
+def check_backbone_available(name: str, offline: bool = False) -> None:
+    """Fail fast, before any worker starts, when weights certainly cannot be loaded: a local
+    folder without ``unet/``, or (offline) a hub id absent from the Hugging Face cache."""
+    if name in RANDOM_BACKBONES:
+        return
+    if _is_local(name):
+        if not (Path(name).expanduser() / "unet").is_dir():
+            raise BackboneNotFoundError(_missing_weights_message(name, f"{name} has no unet/ folder"))
+    elif offline and not isinstance(try_to_load_from_cache(name, "unet/config.json"), str):
+        raise BackboneNotFoundError(_missing_weights_message(name, "not in the Hugging Face cache and --offline is set"))
+
+
+def _is_local(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or Path(source).expanduser().exists()
+
+
 def _load_pretrained(source: str, dtype: torch.dtype, offline: bool) -> dict:
-    looks_local = source.startswith((".", "/", "~")) or Path(source).expanduser().exists()
-    if looks_local and not (Path(source).expanduser() / "unet").is_dir():
-        raise BackboneNotFoundError(_missing_weights_message(source, f"{source} has no unet/ folder"))
-    source = str(Path(source).expanduser()) if looks_local else source
+    check_backbone_available(source, offline)
+    source = str(Path(source).expanduser()) if _is_local(source) else source
     common = dict(local_files_only=offline)
     try:
         return dict(

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import torch
 
 from dsseg.api import split_params, to_segmentation
-from dsseg.backbone import DEFAULT_BACKBONE, load_backbone
+from dsseg.backbone import DEFAULT_BACKBONE, check_backbone_available, load_backbone
 from dsseg.extract import AttentionExtractor, ExtractConfig
 from dsseg.image import Geometry, decode_image, prepare_image, to_model_input
 from dsseg.methods import get_method
@@ -235,6 +235,7 @@ def run_segment_job(job: SegmentJob, address: str | None = None) -> dict[str, An
             raise FileExistsError(f"{segments_dir} already holds results; pass --overwrite to replace them or choose another --output")
         shutil.rmtree(segments_dir)
     items = list_images(job.input, job.limit)
+    check_backbone_available(job.backbone, job.offline)
     on_cluster = init_ray(address)
     extract, _ = job.configs()
     gpus = _gpus_per_worker(job)

@@ -37,6 +37,14 @@ def test_wrong_flags_say_what_to_do(tmp_path, capsys):
     assert main([]) == 2
 
 
+def test_missing_weights_stop_the_job_before_ray_starts(tmp_path, capsys):
+    code = job_main(["--input", str(IMAGES), "--output", str(tmp_path), "--backbone", str(tmp_path / "sd"), "--offline"])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "has no unet/ folder" in error and "huggingface-cli download" in error
+    assert not (tmp_path / "segments").exists()
+
+
 def test_param_values_are_parsed_as_json():
     assert parse_param_values(["kl_threshold=0.9", "refine=true", "resolutions=[64,32]", "prompt=a cat"]) == {
         "kl_threshold": 0.9,
