@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -101,6 +101,36 @@ def to_segmentation(result: MethodResult, geometry: Geometry, method: str, timer
     )
 
 
+class Segmenter:
+    """One backbone, extraction and method config, applied to batches: build once, call per batch.
+
+    ``prepare`` turns an (H, W, 3) uint8 image into the model input (CPU work); calling the
+    segmenter runs extraction, the method and the mapping back to each image's original size.
+    """
+
+    def __init__(self, backbone: Backbone, method: str = "diffseg", params: Mapping[str, Any] | None = None) -> None:
+        self.backbone = backbone
+        self.method = get_method(method)
+        self.extract_config, self.method_config = split_params(method, params or {})
+        self.extractor = AttentionExtractor(backbone, self.extract_config)
+
+    def prepare(self, rgb: np.ndarray) -> tuple[np.ndarray, Geometry]:
+        """(H, W, 3) uint8 → ((h, w, 3) uint8 model input, geometry), per the extraction config."""
+        config = self.extract_config
+        return prepare_image(rgb, config.image_size, config.geometry, config.antialias)
+
+    def __call__(self, pixels: np.ndarray, geometries: Sequence[Geometry], timer: StageTimer | None = None) -> list[Segmentation]:
+        """pixels (B, h, w, 3) uint8 prepared inputs of one size → B segmentations at original size.
+
+        ``timer`` (shared by the batch) collects encode, invert, unet, aggregate, segment and upsample.
+        """
+        backbone = self.backbone
+        timer = timer or StageTimer(backbone.device)
+        bundle = self.extractor(to_model_input(pixels, backbone.device, backbone.dtype), timer)
+        results = self.method.segment(bundle, self.method_config, timer)
+        return [to_segmentation(result, geometry, self.method.name, timer) for result, geometry in zip(results, geometries)]
+
+
 def segment_image(
     image: str | Image.Image | np.ndarray,
     method: str = "diffseg",
@@ -115,16 +145,14 @@ def segment_image(
     ``Backbone`` (loaded ones are cached per name). ``params``: extraction fields
     (``ExtractConfig``) and method parameters (e.g. ``kl_threshold`` for DiffSeg).
     """
-    extract_config, method_config = split_params(method, params)
+    split_params(method, params)  # validate before loading a model
     if not isinstance(backbone, Backbone):
         backbone = cached_backbone(backbone, device=device, dtype=dtype)
+    segmenter = Segmenter(backbone, method, params)
     timer = StageTimer(backbone.device)
     with timer.stage("decode"):
-        rgb = as_rgb_array(image)
-        pixels, geometry = prepare_image(rgb, extract_config.image_size, extract_config.geometry, extract_config.antialias)
-    bundle = AttentionExtractor(backbone, extract_config)(to_model_input(pixels[None], backbone.device, backbone.dtype), timer)
-    result = get_method(method).segment(bundle, method_config, timer)[0]
-    return to_segmentation(result, geometry, method, timer)
+        pixels, geometry = segmenter.prepare(as_rgb_array(image))
+    return segmenter(pixels[None], [geometry], timer)[0]
 
 
 def segment_attention(

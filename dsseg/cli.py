@@ -116,7 +116,7 @@ def job_main(argv: Sequence[str] | None = None) -> int:
 
 def segment_main(argv: Sequence[str] | None = None) -> int:
     """``dsseg segment IMAGE_OR_DIR --out DIR``: segment locally (no Ray) and write PNGs."""
-    from dsseg.api import segment_image, split_params
+    from dsseg.api import Segmenter, split_params
     from dsseg.backbone import load_backbone
     from dsseg.image import as_rgb_array
     from dsseg.overlay import overlay
@@ -140,6 +140,7 @@ def segment_main(argv: Sequence[str] | None = None) -> int:
     except BackboneNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    segmenter = Segmenter(backbone, args.method, params)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failures = 0
@@ -147,7 +148,8 @@ def segment_main(argv: Sequence[str] | None = None) -> int:
         stem = Path(item["image_id"]).with_suffix("").as_posix().replace("/", "__")
         try:
             rgb = as_rgb_array(item["source"])
-            result = segment_image(rgb, method=args.method, backbone=backbone, **params)
+            pixels, geometry = segmenter.prepare(rgb)
+            result = segmenter(pixels[None], [geometry])[0]
         except Exception as error:  # report and go on with the next image
             failures += 1
             print(f"{item['image_id']}: error: {type(error).__name__}: {error}", file=sys.stderr)

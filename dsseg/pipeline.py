@@ -24,11 +24,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from dsseg.api import split_params, to_segmentation
+from dsseg.api import Segmenter, split_params
 from dsseg.backbone import DEFAULT_BACKBONE, check_backbone_available, load_backbone
-from dsseg.extract import AttentionExtractor, ExtractConfig
-from dsseg.image import Geometry, decode_image, prepare_image, to_model_input
-from dsseg.methods import get_method
+from dsseg.extract import ExtractConfig
+from dsseg.image import Geometry, decode_image, prepare_image
 from dsseg.schema import DECODED_SCHEMA, OUTPUT_SCHEMA, TIMING_STAGES
 from dsseg.timing import StageTimer
 
@@ -136,13 +135,11 @@ class SegmentWorker:
     def __init__(self, job: SegmentJob, config_id: str) -> None:
         self.job = job
         self.config_id = config_id
-        self.extract_config, self.method_config = job.configs()
-        self.method = get_method(job.method)
-        self.backbone = load_backbone(job.backbone, device=job.device, dtype=job.dtype, offline=job.offline)
-        if self.backbone.device.type == "cpu":
+        backbone = load_backbone(job.backbone, device=job.device, dtype=job.dtype, offline=job.offline)
+        if backbone.device.type == "cpu":
             # Ray limits an actor to its num_cpus threads; a CPU model actor may use the node's cores.
             torch.set_num_threads(os.cpu_count() or 1)
-        self.extractor = AttentionExtractor(self.backbone, self.extract_config)
+        self.segmenter = Segmenter(backbone, job.method, job.params)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -170,21 +167,18 @@ class SegmentWorker:
             return results
 
     def _segment_rows(self, rows: list[dict]) -> list[dict]:
-        backbone = self.backbone
-        timer = StageTimer(backbone.device)
+        timer = StageTimer(self.segmenter.backbone.device)
         shape = (rows[0]["input_h"], rows[0]["input_w"], 3)
         pixels = np.stack([np.frombuffer(r["pixels"], dtype=np.uint8).reshape(shape) for r in rows])
-        bundle = self.extractor(to_model_input(pixels, backbone.device, backbone.dtype), timer)
-        results = self.method.segment(bundle, self.method_config, timer)
-        shared = {stage: ms / len(rows) for stage, ms in timer.ms.items()}
+        geometries = [Geometry((r["height"], r["width"]), tuple(r["box"]), shape[:2]) for r in rows]
+        segmentations = self.segmenter(pixels, geometries, timer)
+        per_image = {stage: ms / len(rows) for stage, ms in timer.ms.items()}
         out = []
-        for row, result in zip(rows, results):
-            image_timer = StageTimer()
-            geometry = Geometry((row["height"], row["width"]), tuple(row["box"]), shape[:2])
-            segmentation = to_segmentation(result, geometry, self.job.method, image_timer)
-            with image_timer.stage("rle"):
+        for row, segmentation in zip(rows, segmentations):
+            rle_timer = StageTimer()
+            with rle_timer.stage("rle"):
                 segments = segmentation.to_rles()
-            timings = {**shared, **image_timer.ms, "decode": row["decode_ms"]}
+            timings = {**per_image, **rle_timer.ms, "decode": row["decode_ms"]}
             out.append(self._row(row, "ok", None, segments, timings))
         return out
 

@@ -16,6 +16,7 @@ attention, with the speed-up and the pixel agreement of the two label maps.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import resource
@@ -29,12 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dsseg.api import split_params, to_segmentation  # noqa: E402
+from dsseg.api import Segmenter, split_params  # noqa: E402
 from dsseg.backbone import load_backbone  # noqa: E402
 from dsseg.cli import add_method_arguments, add_model_arguments, params_from_args  # noqa: E402
-from dsseg.extract import AttentionExtractor  # noqa: E402
-from dsseg.image import decode_image, prepare_image, to_model_input  # noqa: E402
-from dsseg.methods import get_method  # noqa: E402
+from dsseg.image import decode_image, to_model_input  # noqa: E402
 from dsseg.methods.diffseg import segment_diffseg  # noqa: E402
 from dsseg.methods.diffseg_reference import reference_diffseg  # noqa: E402
 from dsseg.metrics import relabelled_agreement  # noqa: E402
@@ -45,31 +44,24 @@ from dsseg.timing import StageTimer  # noqa: E402
 DEFAULT_IMAGE = Path(__file__).resolve().parents[1] / "tests" / "data" / "images" / "135069.jpg"
 
 
-def run_once(extractor, method, method_config, extract_config, data: bytes, batch_size: int) -> dict[str, float]:
+def run_once(segmenter: Segmenter, data: bytes, batch_size: int) -> dict[str, float]:
     """One pass over a batch of copies of the image; milliseconds per image by stage."""
-    backbone = extractor.backbone
-    timer = StageTimer(backbone.device)
+    timer = StageTimer(segmenter.backbone.device)
     with timer.stage("decode"):
-        prepared = [
-            prepare_image(np.asarray(decode_image(data)), extract_config.image_size, extract_config.geometry, extract_config.antialias)
-            for _ in range(batch_size)
-        ]
-    pixels = np.stack([p for p, _ in prepared])
-    bundle = extractor(to_model_input(pixels, backbone.device, backbone.dtype), timer)
-    results = method.segment(bundle, method_config, timer)
-    for result, (_, geometry) in zip(results, prepared):
-        segmentation = to_segmentation(result, geometry, method.name, timer)
-        with timer.stage("rle"):
+        prepared = [segmenter.prepare(np.asarray(decode_image(data))) for _ in range(batch_size)]
+    segmentations = segmenter(np.stack([p for p, _ in prepared]), [g for _, g in prepared], timer)
+    with timer.stage("rle"):
+        for segmentation in segmentations:
             segmentation.to_rles()
     return {stage: timer.ms[stage] / batch_size for stage in TIMING_STAGES if stage in timer.ms}
 
 
-def compare_with_reference(extractor, method_config, extract_config, data: bytes) -> dict:
+def compare_with_reference(segmenter: Segmenter, data: bytes) -> dict:
     """DiffSeg aggregation + merging, ours (float32 torch, KL by matrix products) against the
     float64 loop-by-loop transcription of the official algorithm, on one image's attention."""
-    backbone = extractor.backbone
-    pixels, _ = prepare_image(np.asarray(decode_image(data)), extract_config.image_size, extract_config.geometry, extract_config.antialias)
-    bundle = extractor(to_model_input(pixels[None], backbone.device, backbone.dtype))
+    backbone, method_config = segmenter.backbone, segmenter.method_config
+    pixels, _ = segmenter.prepare(np.asarray(decode_image(data)))
+    bundle = segmenter.extractor(to_model_input(pixels[None], backbone.device, backbone.dtype))
     segment_diffseg(bundle, method_config)  # warm-up
     timer = StageTimer(backbone.device)
     ours = segment_diffseg(bundle, method_config, timer)[0].labels.cpu().numpy()
@@ -95,25 +87,22 @@ def compare_with_reference(extractor, method_config, extract_config, data: bytes
 
 
 def benchmark(args: argparse.Namespace) -> dict:
-    params = params_from_args(args)
-    extract_config, method_config = split_params(args.method, params)
     start = time.perf_counter()
     backbone = load_backbone(args.backbone, device=args.device, dtype=args.dtype, offline=args.offline)
     load_seconds = time.perf_counter() - start
-    extractor = AttentionExtractor(backbone, extract_config)
-    method = get_method(args.method)
+    segmenter = Segmenter(backbone, args.method, params_from_args(args))
     data = Path(args.image).read_bytes()
     runs = []
     comparison = None
     if args.compare:
-        if args.method != "diffseg" or extract_config.geometry == "aspect":
+        if args.method != "diffseg" or segmenter.extract_config.geometry == "aspect":
             raise SystemExit("--compare covers DiffSeg on square inputs")
-        comparison = compare_with_reference(extractor, method_config, extract_config, data)
+        comparison = compare_with_reference(segmenter, data)
     for batch_size in args.batch_sizes:
         if backbone.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        run_once(extractor, method, method_config, extract_config, data, batch_size)  # warm-up
-        samples = [run_once(extractor, method, method_config, extract_config, data, batch_size) for _ in range(args.repeats)]
+        run_once(segmenter, data, batch_size)  # warm-up
+        samples = [run_once(segmenter, data, batch_size) for _ in range(args.repeats)]
         stages = {stage: statistics.median(s[stage] for s in samples) for stage in samples[0]}
         total = statistics.median(sum(s.values()) for s in samples)
         runs.append(
@@ -133,8 +122,8 @@ def benchmark(args: argparse.Namespace) -> dict:
         "dtype": str(backbone.dtype).removeprefix("torch."),
         "torch_threads": torch.get_num_threads(),
         "method": args.method,
-        "method_config": {k: getattr(method_config, k) for k in method_config.__dataclass_fields__},
-        "extract_config": {k: getattr(extract_config, k) for k in extract_config.__dataclass_fields__},
+        "method_config": dataclasses.asdict(segmenter.method_config),
+        "extract_config": dataclasses.asdict(segmenter.extract_config),
         "image": str(args.image),
         "repeats": args.repeats,
         "backbone_load_seconds": round(load_seconds, 2),
