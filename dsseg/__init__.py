@@ -1,10 +1,10 @@
 """dsseg: zero-shot segmentation from the attention of a frozen Stable Diffusion UNet.
 
 Public API: ``segment_image``, ``segment_attention``, ``Segmentation``; ``load_backbone`` to
-load a model once and pass it to ``segment_image``.
+load a model once, and ``Segmenter`` to segment batches with it.
 """
 
-from dsseg.api import Segmentation, segment_attention, segment_image
+from dsseg.api import Segmentation, Segmenter, segment_attention, segment_image
 from dsseg.backbone import Backbone, BackboneNotFoundError, load_backbone
 from dsseg.extract import AttentionBundle, AttentionExtractor, ExtractConfig
 
@@ -17,6 +17,7 @@ __all__ = [
     "BackboneNotFoundError",
     "ExtractConfig",
     "Segmentation",
+    "Segmenter",
     "load_backbone",
     "segment_attention",
     "segment_image",
