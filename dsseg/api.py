@@ -13,7 +13,7 @@ from PIL import Image
 
 from dsseg.backbone import DEFAULT_BACKBONE, Backbone, cached_backbone
 from dsseg.extract import AttentionBundle, AttentionExtractor, ExtractConfig, check_resolutions
-from dsseg.image import Geometry, as_rgb_array, prepare_image, to_model_input
+from dsseg.image import Geometry, as_rgb_array, to_model_input
 from dsseg.masks import encode_labels
 from dsseg.methods import MethodResult, get_method
 from dsseg.timing import StageTimer
@@ -116,13 +116,13 @@ class Segmenter:
 
     def prepare(self, rgb: np.ndarray) -> tuple[np.ndarray, Geometry]:
         """(H, W, 3) uint8 → ((h, w, 3) uint8 model input, geometry), per the extraction config."""
-        config = self.extract_config
-        return prepare_image(rgb, config.image_size, config.geometry, config.antialias)
+        return self.extract_config.prepare(rgb)
 
     def __call__(self, pixels: np.ndarray, geometries: Sequence[Geometry], timer: StageTimer | None = None) -> list[Segmentation]:
         """pixels (B, h, w, 3) uint8 prepared inputs of one size → B segmentations at original size.
 
-        ``timer`` (shared by the batch) collects encode, invert, unet, aggregate, segment and upsample.
+        ``timer`` (shared by the batch) collects encode, invert, unet, aggregate, segment and
+        upsample; each returned ``Segmentation.timings_ms`` is that batch total, not per image.
         """
         backbone = self.backbone
         timer = timer or StageTimer(backbone.device)

@@ -22,6 +22,7 @@ Kind = Literal["self", "cross"]
 Block = Literal["down", "mid", "up"]
 Grid = tuple[int, int]
 BLOCKS: tuple[Block, ...] = ("down", "mid", "up")
+UNET_LEVELS = 4  # attention resolutions of the SD UNet: the latent and three halvings
 
 # Largest score chunk materialised at once, in elements (B × heads × N × M); 2**28 = 1 GiB of float32.
 MAX_CHUNK_ELEMENTS = 2**28
@@ -71,7 +72,7 @@ def attention_layers(unet: UNet2DConditionModel) -> list[AttentionLayer]:
     return layers
 
 
-def level_grids(latent_hw: Grid, levels: int = 4) -> list[Grid]:
+def level_grids(latent_hw: Grid, levels: int = UNET_LEVELS) -> list[Grid]:
     """Token grids of the UNet levels for a latent of ``latent_hw``: (h, w), (h/2, w/2), …"""
     h, w = latent_hw
     grids = []

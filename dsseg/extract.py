@@ -15,15 +15,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 
-from dsseg.attention import BLOCKS, Block, CaptureSpec, Grid, capture_attention
+from dsseg.attention import BLOCKS, UNET_LEVELS, Block, CaptureSpec, Grid, capture_attention
 from dsseg.backbone import Backbone
-from dsseg.image import GEOMETRIES, SIDE_MULTIPLE, GeometryMode
+from dsseg.image import GEOMETRIES, SIDE_MULTIPLE, Geometry, GeometryMode, prepare_image
 from dsseg.timing import StageTimer
 
 LATENT_FACTOR = 8  # image pixels per latent cell in every SD VAE
-UNET_LEVELS = 4  # attention resolutions of the SD UNet: the latent and three halvings
 NoiseMode = Literal["none", "noise", "ddim_inversion"]
 NOISE_MODES: tuple[NoiseMode, ...] = ("none", "noise", "ddim_inversion")
 DEFAULT_TIMESTEP = 300
@@ -73,6 +73,10 @@ class ExtractConfig:
             object.__setattr__(self, "capture_resolutions", tuple(sorted(set(self.capture_resolutions), reverse=True)))
             check_resolutions(self.capture_resolutions, self)
         self.capture_spec()  # validates blocks
+
+    def prepare(self, rgb: np.ndarray) -> tuple[np.ndarray, Geometry]:
+        """(H, W, 3) uint8 image → ((h, w, 3) uint8 model input, geometry) per this config."""
+        return prepare_image(rgb, self.image_size, self.geometry, self.antialias)
 
     @property
     def level_sizes(self) -> tuple[int, ...]:

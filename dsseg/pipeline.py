@@ -27,7 +27,7 @@ import torch
 from dsseg.api import Segmenter, split_params
 from dsseg.backbone import DEFAULT_BACKBONE, check_backbone_available, load_backbone
 from dsseg.extract import ExtractConfig
-from dsseg.image import Geometry, decode_image, prepare_image
+from dsseg.image import Geometry, decode_image
 from dsseg.schema import DECODED_SCHEMA, OUTPUT_SCHEMA, TIMING_STAGES
 from dsseg.timing import StageTimer
 
@@ -120,7 +120,7 @@ def decode_batch(batch: dict[str, np.ndarray], extract: ExtractConfig) -> pa.Tab
             with open(source, "rb") as handle:
                 rgb = np.asarray(decode_image(handle.read()))
             row.update(height=rgb.shape[0], width=rgb.shape[1])
-            pixels, geometry = prepare_image(rgb, extract.image_size, extract.geometry, extract.antialias)
+            pixels, geometry = extract.prepare(rgb)
             row.update(pixels=pixels.tobytes(), input_h=pixels.shape[0], input_w=pixels.shape[1], box=list(geometry.box))
         except Exception as error:  # any failure of one input is that input's error row
             row["error"] = f"{type(error).__name__}: {error}"
