@@ -35,8 +35,8 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("method")
     group.add_argument("--method", default="diffseg", choices=sorted(METHODS))
     group.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="method or extraction parameter (repeatable)")
-    group.add_argument("--timestep", type=int, help="UNet timestep (default 300 without inversion)")
-    group.add_argument("--noise", choices=NOISE_MODES, help="none | noise | ddim_inversion (default none)")
+    group.add_argument("--timestep", type=int, help="UNet timestep (default 300; with ddim_inversion it follows from inversion_steps)")
+    group.add_argument("--noise", choices=NOISE_MODES, help="none | noise | ddim_inversion (default: the method's — none for diffseg, ddim_inversion for ncut)")
     group.add_argument("--geometry", choices=GEOMETRIES, help="center_crop (paper protocol, default) | squash | aspect")
 
 

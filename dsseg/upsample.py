@@ -16,8 +16,16 @@ def upsample_argmax(maps: torch.Tensor, factor: int) -> torch.Tensor:
     """Per-pixel arg-max of bilinearly upsampled maps, as compact labels.
 
     maps (K, H, W) float → (f·H, f·W) int64 ids 0..S−1 in order of first map index (maps that
-    win no pixel are dropped). Upsampling uses half-pixel centres (TF/Keras bilinear).
-    Processed in chunks of maps so memory stays bounded for large K.
+    win no pixel are dropped). See ``upsample_argmax_index``.
+    """
+    return compact_labels(upsample_argmax_index(maps, factor))
+
+
+def upsample_argmax_index(maps: torch.Tensor, factor: int) -> torch.Tensor:
+    """Per-pixel index of the largest bilinearly upsampled map: maps (K, H, W) → (f·H, f·W) int64 in 0..K−1.
+
+    Upsampling uses half-pixel centres (TF/Keras bilinear); ties keep the lower index. Processed
+    in chunks of maps so memory stays bounded for large K.
     """
     size = (maps.shape[1] * factor, maps.shape[2] * factor)
     best_value = torch.full(size, -torch.inf, device=maps.device)
@@ -28,7 +36,7 @@ def upsample_argmax(maps: torch.Tensor, factor: int) -> torch.Tensor:
         better = value > best_value  # strict: ties keep the earlier map, as arg-max does
         best_value = torch.where(better, value, best_value)
         best_index = torch.where(better, index + start, best_index)
-    return compact_labels(best_index)
+    return best_index
 
 
 def compact_labels(labels: torch.Tensor) -> torch.Tensor:

@@ -8,9 +8,11 @@ Stages: decode (file bytes → prepared 512² input), encode (VAE), invert (nois
 inversion), unet (one step with capture), aggregate, segment, upsample (labels to the original
 size), rle. For each batch size: the median over ``--repeats`` runs (after one warm-up) of
 milliseconds per image for each stage, end-to-end images/s, and peak host and device memory.
-``--compare`` adds DiffSeg's aggregation + merging timed against the float64 loop-by-loop
-transcription of the official algorithm (``dsseg.methods.diffseg_reference``) on the same
-attention, with the speed-up and the pixel agreement of the two label maps.
+``--compare`` adds the method's aggregation + segmentation timed against its float64
+straightforward version on the same attention — for DiffSeg the loop-by-loop transcription of
+the official algorithm (``dsseg.methods.diffseg_reference``), for NCut dense matrices, scipy's
+eigensolver and costs from the definition (``dsseg.methods.ncut_reference``) — with the
+speed-up and the agreement of the two results (pixel label maps; NCut: latent-cell partitions).
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ from dsseg.api import Segmenter, split_params  # noqa: E402
 from dsseg.backbone import load_backbone  # noqa: E402
 from dsseg.cli import add_method_arguments, add_model_arguments, params_from_args  # noqa: E402
 from dsseg.image import decode_image, to_model_input  # noqa: E402
-from dsseg.methods.diffseg import segment_diffseg  # noqa: E402
-from dsseg.methods.diffseg_reference import reference_diffseg  # noqa: E402
+from dsseg.aggregate import aggregate_self_attention  # noqa: E402
+from dsseg.extract import AttentionBundle  # noqa: E402
+from dsseg.methods.diffseg import DiffSegConfig, segment_diffseg  # noqa: E402
+from dsseg.methods.diffseg_reference import reference_aggregate, reference_diffseg  # noqa: E402
+from dsseg.methods.ncut import NCutConfig, ncut_levels, ncut_partition, segment_ncut  # noqa: E402
+from dsseg.methods.ncut_reference import reference_ncut  # noqa: E402
 from dsseg.metrics import relabelled_agreement  # noqa: E402
 from dsseg.pipeline import library_versions  # noqa: E402
 from dsseg.schema import TIMING_STAGES  # noqa: E402
@@ -57,33 +63,66 @@ def run_once(segmenter: Segmenter, data: bytes, batch_size: int) -> dict[str, fl
 
 
 def compare_with_reference(segmenter: Segmenter, data: bytes) -> dict:
-    """DiffSeg aggregation + merging, ours (float32 torch, KL by matrix products) against the
-    float64 loop-by-loop transcription of the official algorithm, on one image's attention."""
-    backbone, method_config = segmenter.backbone, segmenter.method_config
+    """The method's aggregation + segmentation, ours against its float64 straightforward version,
+    on one image's attention: times, speed-up and agreement of the two results."""
+    backbone = segmenter.backbone
     pixels, _ = segmenter.prepare(np.asarray(decode_image(data)))
     bundle = segmenter.extractor(to_model_input(pixels[None], backbone.device, backbone.dtype))
-    segment_diffseg(bundle, method_config)  # warm-up
-    timer = StageTimer(backbone.device)
-    ours = segment_diffseg(bundle, method_config, timer)[0].labels.cpu().numpy()
-    ours_ms = timer.ms["aggregate"] + timer.ms["segment"]
-    attention = {grid[0]: maps[0].cpu().numpy() for grid, maps in bundle.self_attention.items()}
-    start = time.perf_counter()
-    reference = reference_diffseg(
-        attention,
-        kl_threshold=method_config.kl_threshold,
-        iterations=method_config.iterations,
-        num_points=bundle.latent_hw[0] // method_config.anchor_spacing,
-        upsample_factor=method_config.upsample_factor,
-    )
-    reference_ms = (time.perf_counter() - start) * 1000.0
+    compare = {"diffseg": compare_diffseg, "ncut": compare_ncut}[segmenter.method.name]
+    return compare(bundle, segmenter.method_config)
+
+
+def timed_ours(segment, bundle: AttentionBundle, config) -> float:
+    """Milliseconds of aggregate + segment for one image (after a warm-up run)."""
+    segment(bundle, config)
+    timer = StageTimer(next(iter(bundle.self_attention.values())).device)
+    segment(bundle, config, timer)
+    return timer.ms["aggregate"] + timer.ms["segment"]
+
+
+def comparison_record(stage: str, ours_ms: float, reference_ms: float, ours: np.ndarray, reference: np.ndarray) -> dict:
     return {
-        "stage": "aggregate+segment (DiffSeg)",
+        "stage": stage,
         "ours_ms": round(ours_ms, 1),
         "straightforward_ms": round(reference_ms, 1),
         "speedup": round(reference_ms / ours_ms, 1),
         "segments": [int(ours.max()) + 1, int(reference.max()) + 1],
-        "pixel_agreement": round(relabelled_agreement(ours, reference), 5),
+        "agreement": round(relabelled_agreement(ours, reference), 5),
     }
+
+
+def compare_diffseg(bundle: AttentionBundle, config: DiffSegConfig) -> dict:
+    """DiffSeg: ours (float32 torch, KL by matrix products) against the float64 loop-by-loop
+    transcription of the official algorithm; agreement of the pixel label maps."""
+    ours_ms = timed_ours(segment_diffseg, bundle, config)
+    ours = segment_diffseg(bundle, config)[0].labels.cpu().numpy()
+    attention = {grid[0]: maps[0].cpu().numpy() for grid, maps in bundle.self_attention.items()}
+    start = time.perf_counter()
+    reference = reference_diffseg(
+        attention,
+        kl_threshold=config.kl_threshold,
+        iterations=config.iterations,
+        num_points=bundle.latent_hw[0] // config.anchor_spacing,
+        upsample_factor=config.upsample_factor,
+    )
+    reference_ms = (time.perf_counter() - start) * 1000.0
+    return comparison_record("aggregate+segment (DiffSeg)", ours_ms, reference_ms, ours, reference)
+
+
+def compare_ncut(bundle: AttentionBundle, config: NCutConfig) -> dict:
+    """Recursive NCut: ours (float32 torch, matrix-free Lanczos, prefix-sum split costs) against
+    dense float64 adjacency, scipy's generalised eigensolver and split costs summed from the
+    definition; agreement of the latent-cell partitions."""
+    ours_ms = timed_ours(segment_ncut, bundle, config)
+    levels = ncut_levels(list(bundle.self_attention), config)
+    transition = aggregate_self_attention(bundle.self_attention, levels, config.resolution_weights)[0][0]
+    ours = ncut_partition(transition, config).assignment.cpu().numpy()
+    attention = {grid[0]: maps[0].cpu().numpy() for grid, maps in bundle.self_attention.items() if grid[0] in levels}
+    start = time.perf_counter()
+    aggregated = reference_aggregate(attention, config.resolution_weights)
+    reference = reference_ncut(aggregated.reshape(len(ours), len(ours)), config)
+    reference_ms = (time.perf_counter() - start) * 1000.0
+    return comparison_record("aggregate+segment (NCut)", ours_ms, reference_ms, ours, reference)
 
 
 def benchmark(args: argparse.Namespace) -> dict:
@@ -95,8 +134,8 @@ def benchmark(args: argparse.Namespace) -> dict:
     runs = []
     comparison = None
     if args.compare:
-        if args.method != "diffseg" or segmenter.extract_config.geometry == "aspect":
-            raise SystemExit("--compare covers DiffSeg on square inputs")
+        if segmenter.extract_config.geometry == "aspect":
+            raise SystemExit("--compare needs square inputs (geometry center_crop or squash)")
         comparison = compare_with_reference(segmenter, data)
     for batch_size in args.batch_sizes:
         if backbone.device.type == "cuda":
@@ -149,7 +188,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per batch size after one warm-up")
     parser.add_argument("--json", help="also write the report to this file")
-    parser.add_argument("--compare", action="store_true", help="also time the float64 loop transcription of official DiffSeg (slow)")
+    parser.add_argument("--compare", action="store_true", help="also time the method's float64 straightforward version (slow)")
     add_model_arguments(parser)
     add_method_arguments(parser)
     args = parser.parse_args(argv)

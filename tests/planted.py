@@ -27,11 +27,15 @@ def planted_attention(
     locality: float = 0.15,
     noise: float = 0.3,
     seed: int = 0,
+    groups: np.ndarray | None = None,
+    group_affinity: float = 0.0,
 ) -> dict[int, np.ndarray]:
     """``{r: (heads, r², r²) float32}`` whose rows sum to 1.
 
-    Logits: ``affinity`` for query/key pairs in the same region, minus squared distance /
-    (2·locality²) (distances in units of the image side), plus Gaussian noise of std ``noise``.
+    Logits: ``affinity`` for query/key pairs in the same region, plus ``group_affinity`` for pairs
+    whose regions share a group (``groups[region]``: a nested, coarser partition), minus squared
+    distance / (2·locality²) (distances in units of the image side), plus Gaussian noise of std
+    ``noise``.
     """
     rng = np.random.default_rng(seed)
     out = {}
@@ -40,6 +44,8 @@ def planted_attention(
         coords = (np.stack(np.mgrid[0:r, 0:r], -1).reshape(-1, 2) + 0.5) / r
         dist2 = ((coords[:, None, :] - coords[None, :, :]) ** 2).sum(-1)
         logits = affinity * (labels[:, None] == labels[None, :]) - dist2 / (2 * locality**2)
+        if groups is not None:
+            logits = logits + group_affinity * (groups[labels][:, None] == groups[labels][None, :])
         maps = []
         for _ in range(heads):
             head = logits + noise * rng.standard_normal(logits.shape)
@@ -47,3 +53,11 @@ def planted_attention(
             maps.append(head / head.sum(-1, keepdims=True))
         out[r] = np.stack(maps).astype(np.float32)
     return out
+
+
+def voronoi_regions(size: int, count: int, seed: int = 0) -> np.ndarray:
+    """(size, size) int64 map of ``count`` Voronoi cells around seeded random centres."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0.1, 0.9, size=(count, 2))
+    coords = (np.stack(np.mgrid[0:size, 0:size], -1) + 0.5) / size
+    return ((coords[:, :, None, :] - centres) ** 2).sum(-1).argmin(-1)

@@ -70,3 +70,23 @@ def test_job_configuration_errors_are_clear(tmp_path):
 def test_empty_folder_is_reported(tmp_path):
     with pytest.raises(ValueError, match="no images"):
         list_images(str(tmp_path))
+
+
+def test_worker_writes_ncut_rows_with_parents(tmp_path):
+    import pyarrow as pa
+
+    from dsseg.pipeline import SegmentWorker, decode_batch
+
+    job = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", method="ncut", params={"image_size": 256}, device="cpu")
+    extract, _ = job.configs()
+    assert extract.noise == "ddim_inversion"
+    items = [item for item in list_images(str(IMAGES)) if item["image_id"] in ("135069.jpg", "horses/horse001.jpg")]
+    decoded = decode_batch({key: [item[key] for item in items] for key in items[0]}, extract)
+    table = SegmentWorker(job, job.config_id())(decoded)
+    assert table.schema.equals(OUTPUT_SCHEMA, check_metadata=False) and isinstance(table, pa.Table)
+    for row in table.to_pylist():
+        assert row["status"] == "ok" and row["method"] == "ncut"
+        assert decode_segments(row["segments"]).shape == (row["height"], row["width"])
+        parents = [segment["parent"] for segment in row["segments"]]
+        assert len(parents) > 1 and all(isinstance(p, int) and p >= 1 for p in parents)
+        assert row["timings_ms"]["invert"] > 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -29,12 +29,17 @@ class MethodResult:
 
 @dataclass(frozen=True)
 class Method:
-    """A segmentation method: its config class, what it needs extracted, and its function."""
+    """A segmentation method: its config class, what it needs extracted, and its function.
+
+    ``extraction``: the ``ExtractConfig`` fields its paper sets (e.g. DDIM inversion), applied
+    before the user's extraction parameters.
+    """
 
     name: str
     config_class: type
     segment: Callable[[AttentionBundle, Any, StageTimer | None], list[MethodResult]]
     needs_cross_attention: bool = False
+    extraction: dict[str, Any] = field(default_factory=dict)
 
     def make_config(self, params: dict[str, Any]) -> Any:
         """The method's frozen config from keyword parameters, with a clear error for unknown names."""
@@ -46,4 +51,4 @@ class Method:
 
     def extraction_defaults(self) -> ExtractConfig:
         """The extraction the method's paper uses."""
-        return ExtractConfig(cross_attention=self.needs_cross_attention)
+        return replace(ExtractConfig(cross_attention=self.needs_cross_attention), **self.extraction)

@@ -1,0 +1,273 @@
+"""Diffusing, Walking and Cutting (Ivanova et al.): recursive Normalised Cuts on self-attention.
+
+1. Transition matrix: the aggregated self-attention P (N, N), row-stochastic (DiffSeg's
+   aggregation over the chosen resolutions, default the three largest: 64, 32, 16 at 512²).
+2. Power walk: Pᵏ (k-step transition probabilities, by repeated squaring); k is the
+   granularity knob (higher k, coarser segments).
+3. Graph: ``random_walk`` — NCut directly on the directed Pᵏ; ``adjacency`` — the symmetric
+   A = Pᵏ·(Pᵏ)ᵀ (``dot``, default) or cosine similarity of the rows of Pᵏ (``cosine``), both kept
+   in factored form; ``diffcut`` — DiffCut's ((cos − min)/(max − min))^α.
+4. Recursive two-way NCut (Shi & Malik): Fiedler vector of each sub-graph, the lowest-NCut split
+   along it, recursion on both sides while the stopping rule accepts the split.
+5. Stopping: ``manc_ncut`` (default, no threshold to tune) accepts a split whose NCut cost is
+   below the sub-graph's MAN-C threshold n·T/(2m) (n nodes, T total undirected edge weight,
+   m edges; T/(n−1) for dense graphs); ``manc_mincut`` compares the scaled min-cut cut(A,B)/T
+   with it instead; ``threshold`` compares the NCut cost with a fixed ``threshold``. A minimum
+   segment size and a maximum depth always apply.
+6. Hierarchy: segments are the leaves of the split tree; each carries its parent's heap index
+   (root 1, children of node v are 2v and 2v+1), so the tree can be cut at any depth later
+   (``cut_hierarchy``).
+7. Upsampling: ``cosine`` (the paper) gives each pixel the segment whose mean attention
+   distribution is most cosine-similar to the pixel's bilinearly upsampled distribution;
+   ``nearest`` repeats latent cells.
+
+The MAN-C threshold depends on the weights' scale: for the attention graphs (rows of P sum to
+1, so mean degree ≈ 1) it is about half the mean fraction of walk mass that stays inside the
+sub-graph. With ``cosine``/``diffcut`` weights it has no such meaning; use ``threshold`` there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from dsseg.aggregate import aggregate_self_attention, level_size
+from dsseg.attention import Grid
+from dsseg.extract import AttentionBundle
+from dsseg.methods.base import MethodResult
+from dsseg.methods.spectral import DenseGraph, FeatureGraph, Graph, Split, best_split, fiedler_vector, random_walk_vector
+from dsseg.timing import StageTimer
+from dsseg.upsample import upsample_argmax_index
+
+GraphMode = Literal["random_walk", "dot", "cosine", "diffcut"]
+Stopping = Literal["manc_ncut", "manc_mincut", "threshold"]
+Upsampling = Literal["cosine", "nearest"]
+GRAPHS: tuple[GraphMode, ...] = ("random_walk", "dot", "cosine", "diffcut")
+STOPPINGS: tuple[Stopping, ...] = ("manc_ncut", "manc_mincut", "threshold")
+UPSAMPLINGS: tuple[Upsampling, ...] = ("cosine", "nearest")
+DEFAULT_LEVELS = 3  # resolutions None → the three largest captured levels (64, 32, 16 at 512²)
+MAX_DEPTH_LIMIT = 30  # heap indices of depth-30 nodes still fit in int32
+
+
+@dataclass(frozen=True)
+class NCutConfig:
+    """Recursive-NCut parameters.
+
+    ``graph``: ``random_walk`` (NCut on the directed Pᵏ), ``dot`` (A = Pᵏ·(Pᵏ)ᵀ), ``cosine``
+    (cosine similarity of the rows of Pᵏ) or ``diffcut`` (min–max scaled cosine to the power
+    ``alpha``). ``power``: k ≥ 1. ``stopping``: ``manc_ncut``, ``manc_mincut`` or ``threshold``
+    (then ``threshold`` is the NCut cost below which a split is kept; 0.3–0.6 in the paper).
+    ``min_segment_size``: fewest latent cells per segment. ``max_depth``: deepest split (≤ 30).
+    ``split_candidates``: None tries every split position along the Fiedler vector, an int c
+    tries c evenly spaced values. ``resolutions``/``resolution_weights``: levels to aggregate
+    (None: the three largest, weights ∝ size). ``upsampling``: ``cosine`` or ``nearest``;
+    ``upsample_factor``: pixels per latent cell in the label map (8 for SD).
+    ``eigen_tolerance``: residual at which the eigen-solvers stop. ``walk_iterations``: most power
+    iterations per random-walk eigenvector (near-equal eigenvalues converge slowly, but the split
+    needs only the dominant invariant subspace, reached in tens of iterations).
+    """
+
+    graph: GraphMode = "dot"
+    power: int = 1
+    stopping: Stopping = "manc_ncut"
+    threshold: float | None = None
+    alpha: float = 10.0
+    min_segment_size: int = 16
+    max_depth: int = 12
+    split_candidates: int | None = None
+    resolutions: tuple[int, ...] | None = None
+    resolution_weights: tuple[float, ...] | None = None
+    upsampling: Upsampling = "cosine"
+    upsample_factor: int = 8
+    eigen_tolerance: float = 1e-5
+    walk_iterations: int = 200
+
+    def __post_init__(self) -> None:
+        for name, value, choices in (
+            ("graph", self.graph, GRAPHS),
+            ("stopping", self.stopping, STOPPINGS),
+            ("upsampling", self.upsampling, UPSAMPLINGS),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}; got {value!r}")
+        if self.stopping == "threshold" and (self.threshold is None or self.threshold <= 0):
+            raise ValueError("stopping='threshold' needs a positive threshold (the paper uses 0.3–0.6)")
+        if self.stopping != "threshold" and self.threshold is not None:
+            raise ValueError(f"threshold is only used with stopping='threshold'; stopping={self.stopping!r} sets its own")
+        if self.power < 1:
+            raise ValueError(f"power must be ≥ 1; got {self.power}")
+        if not 1 <= self.max_depth <= MAX_DEPTH_LIMIT:
+            raise ValueError(f"max_depth must be in [1, {MAX_DEPTH_LIMIT}]; got {self.max_depth}")
+        if min(self.min_segment_size, self.upsample_factor, self.walk_iterations) < 1:
+            raise ValueError("min_segment_size, upsample_factor and walk_iterations must be ≥ 1")
+        if self.alpha <= 0 or self.eigen_tolerance <= 0:
+            raise ValueError(f"alpha and eigen_tolerance must be > 0; got {self.alpha}, {self.eigen_tolerance}")
+        if self.split_candidates is not None and self.split_candidates < 1:
+            raise ValueError(f"split_candidates must be ≥ 1 or None (every position); got {self.split_candidates}")
+        for name in ("resolutions", "resolution_weights"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """The leaves of a recursive NCut over N nodes.
+
+    ``assignment``: (N,) int64 leaf index per node, leaves numbered depth-first (left = lower
+    Fiedler values first). ``parents``: per leaf, the heap index of the node it was split from
+    (None for an unsplit root). ``costs``: per accepted split, keyed by the parent's heap index,
+    its NCut cost.
+    """
+
+    assignment: torch.Tensor
+    parents: list[int | None]
+    costs: dict[int, float]
+
+    @property
+    def num_leaves(self) -> int:
+        return len(self.parents)
+
+
+def power_walk(transition: torch.Tensor, power: int) -> torch.Tensor:
+    """Pᵏ for P (N, N) by repeated squaring (⌈log₂ k⌉ + popcount(k) − 1 products); rows still sum to 1."""
+    return transition if power == 1 else torch.linalg.matrix_power(transition, power)
+
+
+def build_graph(walk: torch.Tensor, config: NCutConfig) -> Graph:
+    """The graph to cut from the walk matrix Pᵏ (N, N), per ``config.graph``."""
+    if config.graph == "random_walk":
+        return DenseGraph(walk, directed=True)
+    if config.graph == "dot":
+        return FeatureGraph(walk)
+    unit_rows = walk / walk.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    if config.graph == "cosine":
+        return FeatureGraph(unit_rows)
+    similarity = unit_rows @ unit_rows.T
+    low, high = similarity.min(), similarity.max()
+    scaled = (similarity - low) / (high - low).clamp_min(torch.finfo(torch.float32).tiny)
+    return DenseGraph(scaled.pow(config.alpha))
+
+
+def manc_threshold(nodes: int, total: float, edges: int) -> float:
+    """MAN-C threshold n·T/(2m) for n nodes, total undirected edge weight T and m edges (T/(n−1)
+    for a complete graph)."""
+    return nodes * total / (2 * edges) if edges else 0.0
+
+
+def accept_split(graph: Graph, split: Split, config: NCutConfig) -> bool:
+    """Whether ``config``'s stopping rule keeps ``split`` of ``graph``."""
+    if config.stopping == "threshold":
+        return split.ncut < config.threshold
+    total, edges = graph.edge_stats()
+    if total <= 0:
+        return False
+    threshold = manc_threshold(graph.size, total, edges)
+    if config.stopping == "manc_ncut":
+        return split.ncut < threshold
+    return (split.cut / 2) / total < threshold  # undirected cut = (cut(A,B) + cut(B,A)) / 2
+
+
+def two_way_split(graph: Graph, config: NCutConfig) -> Split | None:
+    """The lowest-NCut split of ``graph`` along its Fiedler vector (random walk: the deflated walk's
+    second eigenvector), or None when no split leaves ``min_segment_size`` nodes on both sides."""
+    if graph.size < 2 * config.min_segment_size:
+        return None
+    if isinstance(graph, DenseGraph) and graph.directed:
+        vector, _ = random_walk_vector(graph, config.walk_iterations, config.eigen_tolerance)
+    else:
+        vector, _ = fiedler_vector(graph, tolerance=config.eigen_tolerance)
+    return best_split(graph, vector, config.min_segment_size, config.split_candidates)
+
+
+def recursive_ncut(graph: Graph, config: NCutConfig) -> Hierarchy:
+    """Split ``graph`` recursively (depth first, left side first) while the stopping rule accepts."""
+    device = graph.features.device if isinstance(graph, FeatureGraph) else graph.weights.device
+    assignment = torch.zeros(graph.size, dtype=torch.int64, device=device)
+    parents: list[int | None] = []
+    costs: dict[int, float] = {}
+    stack = [(torch.arange(graph.size, device=device), 1, 0)]  # (nodes, heap index, depth)
+    while stack:
+        nodes, heap, depth = stack.pop()
+        sub = graph if depth == 0 else graph.subgraph(nodes)
+        split = two_way_split(sub, config) if depth < config.max_depth else None
+        if split is not None and accept_split(sub, split, config):
+            costs[heap] = split.ncut
+            stack.append((nodes[split.right], 2 * heap + 1, depth + 1))
+            stack.append((nodes[~split.right], 2 * heap, depth + 1))
+            continue
+        assignment[nodes] = len(parents)
+        parents.append(heap // 2 if heap > 1 else None)
+    return Hierarchy(assignment=assignment, parents=parents, costs=costs)
+
+
+def ncut_partition(transition: torch.Tensor, config: NCutConfig) -> Hierarchy:
+    """Recursive NCut of one image's aggregated attention P (N, N): power walk, graph, splits."""
+    return recursive_ncut(build_graph(power_walk(transition, config.power), config), config)
+
+
+def cosine_scores(transition: torch.Tensor, assignment: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """(S, N) maps whose bilinear upsampling ranks segments by cosine similarity per pixel.
+
+    A pixel's distribution is p = Σ_q w_q·P_q (bilinear weights w over query rows q of P (N, N));
+    its cosine with segment s's mean distribution m_s is (p·m̂_s)/‖p‖ with m̂_s = m_s/‖m_s‖. The
+    ‖p‖ is shared by all segments, and p·m̂_s = Σ_q w_q·(P_q·m̂_s) is the bilinear upsampling of
+    the map P·m̂_s: so the arg-max of the upsampled maps is the per-pixel cosine arg-max, exactly,
+    without materialising per-pixel distributions.
+    """
+    members = torch.zeros(num_segments, transition.shape[0], dtype=transition.dtype, device=transition.device)
+    members[assignment, torch.arange(transition.shape[0], device=transition.device)] = 1.0
+    means = (members @ transition) / members.sum(1, keepdim=True)
+    means = means / means.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    return means @ transition.T
+
+
+def ncut_levels(grids: list[Grid], config: NCutConfig) -> tuple[int, ...]:
+    """The resolutions to aggregate: ``config.resolutions`` or the three largest of ``grids``."""
+    if config.resolutions is not None:
+        return config.resolutions
+    return tuple(sorted((level_size(g) for g in grids), reverse=True)[:DEFAULT_LEVELS])
+
+
+def segment_ncut(bundle: AttentionBundle, config: NCutConfig, timer: StageTimer | None = None) -> list[MethodResult]:
+    """Recursive NCut on every image of ``bundle``: label maps at (f·H, f·W) for the latent grid
+    (H, W) and ``upsample_factor`` f, with each segment's parent heap index. Stages timed:
+    aggregate, segment."""
+    timer = timer or StageTimer()
+    with timer.stage("aggregate"):
+        levels = ncut_levels(list(bundle.self_attention), config)
+        aggregated, grid = aggregate_self_attention(bundle.self_attention, levels, config.resolution_weights)
+    results = []
+    with timer.stage("segment"):
+        for transition in aggregated:
+            hierarchy = ncut_partition(transition, config)
+            if config.upsampling == "cosine":
+                scores = cosine_scores(transition, hierarchy.assignment, hierarchy.num_leaves)
+                winners = upsample_argmax_index(scores.reshape(-1, *grid), config.upsample_factor)
+            else:
+                cells = hierarchy.assignment.reshape(grid)
+                winners = cells.repeat_interleave(config.upsample_factor, 0).repeat_interleave(config.upsample_factor, 1)
+            kept, labels = torch.unique(winners, sorted=True, return_inverse=True)
+            parents = [hierarchy.parents[i] for i in kept.tolist()]
+            results.append(MethodResult(labels=labels.reshape(winners.shape), parents=parents))
+    return results
+
+
+def cut_hierarchy(labels: np.ndarray, parents: list[int | None], depth: int) -> np.ndarray:
+    """Merge leaf segments into their ancestors at ``depth`` (0 = whole image, 1 = the first split, …).
+
+    ``labels`` (H, W) segment ids indexing ``parents`` (heap indices, as ``MethodResult.parents``).
+    Returns (H, W) int64 labels, compact 0..S'−1 in order of first leaf.
+    """
+    if depth < 0:
+        raise ValueError(f"depth must be ≥ 0; got {depth}")
+    keys: list[object] = []
+    for leaf, parent in enumerate(parents):
+        parent_depth = -1 if parent is None else parent.bit_length() - 1
+        keys.append(("leaf", leaf) if depth > parent_depth else parent >> (parent_depth - depth))
+    ids: dict[object, int] = {}
+    mapping = np.array([ids.setdefault(key, len(ids)) for key in keys], dtype=np.int64)
+    return mapping[labels]
