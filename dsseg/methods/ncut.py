@@ -133,7 +133,7 @@ class Hierarchy:
 
 
 def power_walk(transition: torch.Tensor, power: int) -> torch.Tensor:
-    """Pᵏ for P (N, N) by repeated squaring (⌈log₂ k⌉ + popcount(k) − 1 products); rows still sum to 1."""
+    """Pᵏ for P (N, N) by repeated squaring (⌊log₂ k⌋ squarings and popcount(k) − 1 further products); rows still sum to 1."""
     return transition if power == 1 else torch.linalg.matrix_power(transition, power)
 
 
@@ -185,7 +185,7 @@ def two_way_split(graph: Graph, config: NCutConfig) -> Split | None:
 
 def recursive_ncut(graph: Graph, config: NCutConfig) -> Hierarchy:
     """Split ``graph`` recursively (depth first, left side first) while the stopping rule accepts."""
-    device = graph.features.device if isinstance(graph, FeatureGraph) else graph.weights.device
+    device = graph.device
     assignment = torch.zeros(graph.size, dtype=torch.int64, device=device)
     parents: list[int | None] = []
     costs: dict[int, float] = {}

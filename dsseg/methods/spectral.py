@@ -41,6 +41,10 @@ class DenseGraph:
     def size(self) -> int:
         return self.weights.shape[0]
 
+    @property
+    def device(self) -> torch.device:
+        return self.weights.device
+
     def subgraph(self, nodes: torch.Tensor) -> DenseGraph:
         """The graph restricted to ``nodes`` (k,) int64: weights W[nodes][:, nodes]."""
         return DenseGraph(self.weights[nodes][:, nodes], self.directed)
@@ -88,6 +92,10 @@ class FeatureGraph:
     @property
     def size(self) -> int:
         return self.features.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.features.device
 
     def subgraph(self, nodes: torch.Tensor) -> FeatureGraph:
         """The graph restricted to ``nodes`` (k,) int64 (features keep all f columns)."""
@@ -266,7 +274,7 @@ def random_walk_vector(graph: DenseGraph, max_iterations: int = 1000, tolerance:
     Returns x (unit norm, fixed sign) with G·x ≈ ((1 + μ)/2)·x, μ the eigenvalue of T.
     """
     degrees = graph.degrees()
-    x = start_vector(graph.size, graph.weights.device)
+    x = start_vector(graph.size, graph.device)
     x = x / x.norm()
     for _ in range(max_iterations):
         step = deflated_lazy_walk(graph, x, degrees)
