@@ -13,6 +13,11 @@ def planted_regions(size: int = 64) -> np.ndarray:
     return regions
 
 
+def pixel_regions(regions: np.ndarray, factor: int = 8) -> np.ndarray:
+    """A latent-grid region map repeated to pixels: (h, w) → (factor·h, factor·w)."""
+    return np.repeat(np.repeat(regions, factor, 0), factor, 1)
+
+
 def downsample_regions(regions: np.ndarray, size: int) -> np.ndarray:
     """Nearest (cell-centre) downsampling of a region map to (size, size)."""
     step = regions.shape[0] // size

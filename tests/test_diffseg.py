@@ -6,7 +6,7 @@ from dsseg.api import segment_attention
 from dsseg.metrics import adjusted_rand_index, relabelled_agreement
 from dsseg.methods.diffseg import DiffSegConfig, anchor_indices, merge_proposals, symmetric_kl
 from dsseg.methods.diffseg_reference import kl_to_all, reference_diffseg, sampling_grid
-from planted import planted_attention, planted_regions
+from planted import pixel_regions, planted_attention, planted_regions
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def test_recovers_planted_regions_from_all_four_resolutions(planted):
     regions, attention = planted
     labels = segment_attention(attention, method="diffseg")
     assert labels.shape == (512, 512) and labels.dtype == np.int32
-    truth = np.repeat(np.repeat(regions, 8, 0), 8, 1)
+    truth = pixel_regions(regions)
     assert adjusted_rand_index(labels, truth) >= 0.9
 
 
@@ -92,7 +92,7 @@ def test_greedy_merge_includes_already_absorbed_proposals():
 def test_kmeans_refinement_and_thresholds(planted):
     _, attention = planted
     refined = segment_attention(attention, refine=True)
-    truth = np.repeat(np.repeat(planted[0], 8, 0), 8, 1)
+    truth = pixel_regions(planted[0])
     assert adjusted_rand_index(refined, truth) >= 0.9
     coarse = segment_attention(attention, kl_threshold=50.0)
     assert len(np.unique(coarse)) == 1

@@ -119,13 +119,11 @@ class Hierarchy:
 
     ``assignment``: (N,) int64 leaf index per node, leaves numbered depth-first (left = lower
     Fiedler values first). ``parents``: per leaf, the heap index of the node it was split from
-    (None for an unsplit root). ``costs``: per accepted split, keyed by the parent's heap index,
-    its NCut cost.
+    (None for an unsplit root).
     """
 
     assignment: torch.Tensor
     parents: list[int | None]
-    costs: dict[int, float]
 
     @property
     def num_leaves(self) -> int:
@@ -188,20 +186,18 @@ def recursive_ncut(graph: Graph, config: NCutConfig) -> Hierarchy:
     device = graph.device
     assignment = torch.zeros(graph.size, dtype=torch.int64, device=device)
     parents: list[int | None] = []
-    costs: dict[int, float] = {}
     stack = [(torch.arange(graph.size, device=device), 1, 0)]  # (nodes, heap index, depth)
     while stack:
         nodes, heap, depth = stack.pop()
         sub = graph if depth == 0 else graph.subgraph(nodes)
         split = two_way_split(sub, config) if depth < config.max_depth else None
         if split is not None and accept_split(sub, split, config):
-            costs[heap] = split.ncut
             stack.append((nodes[split.right], 2 * heap + 1, depth + 1))
             stack.append((nodes[~split.right], 2 * heap, depth + 1))
             continue
         assignment[nodes] = len(parents)
         parents.append(heap // 2 if heap > 1 else None)
-    return Hierarchy(assignment=assignment, parents=parents, costs=costs)
+    return Hierarchy(assignment=assignment, parents=parents)
 
 
 def ncut_partition(transition: torch.Tensor, config: NCutConfig) -> Hierarchy:

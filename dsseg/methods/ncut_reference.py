@@ -66,8 +66,9 @@ def reference_ncut(transition: np.ndarray, config: NCutConfig) -> np.ndarray:
         nodes, depth = stack.pop()
         split = None
         if depth < max_depth and len(nodes) >= 2 * min_size:
-            split = _best_split(weights[np.ix_(nodes, nodes)], directed, min_size)
-        if split is not None and _accept(weights[np.ix_(nodes, nodes)], split, config.stopping, config.threshold):
+            sub = weights[np.ix_(nodes, nodes)]
+            split = _best_split(sub, directed, min_size)
+        if split is not None and _accept(sub, split, config.stopping, config.threshold):
             right = split[0]
             stack.append((nodes[right], depth + 1))
             stack.append((nodes[~right], depth + 1))

@@ -327,12 +327,3 @@ def best_split(graph: Graph, x: torch.Tensor, min_size: int = 1, candidates: int
     right = torch.zeros(n, dtype=torch.bool, device=x.device)
     right[order[position + 1 :]] = True
     return Split(right=right, ncut=float(costs[position]), cut=float(cut_ab[position] + cut_ba[position]))
-
-
-def ncut_cost(weights: torch.Tensor, right: torch.Tensor) -> float:
-    """NCut(A, B) straight from the definition, for dense ``weights`` (n, n) and B = ``right`` (n,) bool."""
-    weights = weights.double()
-    left = ~right
-    cut_ab = weights[left][:, right].sum()
-    cut_ba = weights[right][:, left].sum()
-    return float(cut_ab / weights[left].sum() + cut_ba / weights[right].sum())
