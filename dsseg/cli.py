@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -21,6 +21,9 @@ from dsseg.backbone import DEFAULT_BACKBONE, BackboneNotFoundError
 from dsseg.extract import NOISE_MODES
 from dsseg.image import GEOMETRIES
 from dsseg.methods import METHODS
+
+if TYPE_CHECKING:
+    from dsseg.jobconfig import SegmentJob
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,54 +66,74 @@ def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
+JOB_SETTINGS = (
+    "input", "output", "backbone", "device", "dtype", "offline", "batch_size", "num_workers", "gpus_per_worker",
+    "limit", "shard", "overwrite", "max_image_side", "max_pixels", "rows_per_file",
+)  # fmt: skip
+
+
 def job_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jobs/segment.py",
-        description="Segment every image under --input on Ray; write Parquet rows with COCO RLE masks to --output.",
+        description="Segment images on Ray; write Parquet rows with COCO RLE masks to --output. "
+        "Re-running the same command resumes: finished images are not redone.",
     )
-    parser.add_argument("--input", required=True, help="an image file or a folder of images (searched recursively)")
-    parser.add_argument("--output", required=True, help="output folder: segments/*.parquet and config.json")
+    parser.add_argument("--input", help="image file, folder, glob, URI (s3://, gs://), manifest (.parquet/.jsonl) or .tar shard(s)")
+    parser.add_argument("--output", help="output folder or URI: segments/config=<id>/part-*.parquet, config.json, _SUCCESS")
+    parser.add_argument("--config", help="YAML run file: any of these settings, and `configs:` — a list of {method: NAME, PARAM: VALUE}")
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local Ray)")
-    parser.add_argument("--batch-size", type=int, default=4, help="images per model call (default %(default)s)")
-    parser.add_argument("--num-workers", type=int, default=1, help="model actors (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, help="images per model call (default 4)")
+    parser.add_argument("--num-workers", type=int, help="model actors (default 1)")
     parser.add_argument("--gpus-per-worker", type=float, help="GPUs per actor, fractions allowed (default: 1 if the cluster has GPUs)")
-    parser.add_argument("--limit", type=int, help="segment only the first N images")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing results in --output")
+    parser.add_argument("--limit", type=int, help="segment only the first N images (after --shard)")
+    parser.add_argument("--shard", help="I/N: only the images whose id hashes to I of N disjoint shards, e.g. 0/4")
+    parser.add_argument("--max-image-side", type=int, help="decode images at most this large; masks stay at full size (default 4096)")
+    parser.add_argument("--max-pixels", type=int, help="refuse images whose header exceeds this many pixels (default 100000000)")
+    parser.add_argument("--rows-per-file", type=int, help="rows per Parquet part file (default 256)")
+    parser.add_argument("--overwrite", action="store_true", default=None, help="delete earlier results in --output and start afresh")
     add_model_arguments(parser)
+    parser.set_defaults(backbone=None, device=None, dtype=None, offline=None)
     add_method_arguments(parser)
+    parser.set_defaults(method=None)
     return parser
 
 
+def job_from_args(args: argparse.Namespace) -> SegmentJob:
+    """Settings from ``--config`` overlaid by the flags given; ``--method``/``--param`` make one config."""
+    from dsseg.jobconfig import MethodSpec, SegmentJob, load_run_file
+
+    settings = load_run_file(args.config) if args.config else {}
+    settings.update({name: getattr(args, name) for name in JOB_SETTINGS if getattr(args, name) is not None})
+    params = params_from_args(args)
+    if args.method is not None or params:
+        if "configs" in settings:
+            raise ValueError("give method configs either in --config (configs:) or with --method/--param, not both")
+        settings["configs"] = (MethodSpec(args.method or "diffseg", params),)
+    missing = [name for name in ("input", "output") if name not in settings]
+    if missing:
+        raise ValueError(f"--{' and --'.join(missing)} required (on the command line or in --config)")
+    return SegmentJob(**settings)
+
+
 def job_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``jobs/segment.py`` and ``dsseg job``."""
-    from dsseg.pipeline import SegmentJob, run_segment_job
+    """Entry point of ``jobs/segment.py`` and ``dsseg job``; exit 0 when every image × config has a row."""
+    from dsseg.pipeline import run_segment_job
 
     parser = job_parser()
     args = parser.parse_args(argv)
     try:
-        job = SegmentJob(
-            input=args.input,
-            output=args.output,
-            backbone=args.backbone,
-            method=args.method,
-            params=params_from_args(args),
-            device=args.device,
-            dtype=args.dtype,
-            offline=args.offline,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            gpus_per_worker=args.gpus_per_worker,
-            limit=args.limit,
-            overwrite=args.overwrite,
-        )
+        job = job_from_args(args)
     except (TypeError, ValueError) as error:
         parser.error(str(error))
     try:
         summary = run_segment_job(job, address=args.address)
-    except (FileExistsError, BackboneNotFoundError, RuntimeError) as error:
+    except (ValueError, BackboneNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
+    if not summary["complete"]:
+        print(f"dsseg: {summary['missing']} image × config rows are missing; re-run the same command to resume", file=sys.stderr)
+        return 1
     return 0  # error rows are results, reported in the summary; they do not fail the job
 
 
@@ -118,9 +141,9 @@ def segment_main(argv: Sequence[str] | None = None) -> int:
     """``dsseg segment IMAGE_OR_DIR --out DIR``: segment locally (no Ray) and write PNGs."""
     from dsseg.api import Segmenter, split_params
     from dsseg.backbone import load_backbone
-    from dsseg.image import as_rgb_array
+    from dsseg.image import decode_rgb
     from dsseg.overlay import overlay
-    from dsseg.pipeline import list_images
+    from dsseg.sources import list_inputs, read_bytes
 
     parser = argparse.ArgumentParser(prog="dsseg segment", description="Segment images locally; write overlay and label PNGs.")
     parser.add_argument("input", help="an image file or a folder of images")
@@ -132,7 +155,7 @@ def segment_main(argv: Sequence[str] | None = None) -> int:
     try:
         params = params_from_args(args)
         split_params(args.method, params)
-        items = list_images(args.input, args.limit)
+        items = list_inputs(args.input, args.limit)
     except (TypeError, ValueError) as error:
         parser.error(str(error))
     try:
@@ -147,7 +170,7 @@ def segment_main(argv: Sequence[str] | None = None) -> int:
     for item in items:
         stem = Path(item["image_id"]).with_suffix("").as_posix().replace("/", "__")
         try:
-            rgb = as_rgb_array(item["source"])
+            rgb = decode_rgb(read_bytes(item["source"], item["offset"], item["size"]))[0]
             pixels, geometry = segmenter.prepare(rgb)
             result = segmenter(pixels[None], [geometry])[0]
         except Exception as error:  # report and go on with the next image

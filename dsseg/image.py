@@ -12,12 +12,14 @@ Resizing is bilinear with half-pixel centres and, by default, no antialiasing, a
 from __future__ import annotations
 
 import io
+import math
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 GeometryMode = Literal["center_crop", "squash", "aspect"]
 GEOMETRIES: tuple[GeometryMode, ...] = ("center_crop", "squash", "aspect")
@@ -27,10 +29,11 @@ SIDE_MULTIPLE = 64  # model input sides are multiples of 64 px: three UNet halvi
 @dataclass(frozen=True)
 class Geometry:
     """Where a model input came from: ``box`` = (top, left, height, width) of the original
-    image (``original_hw``) that was resized to ``input_hw``; all in pixels."""
+    image (``original_hw``) that was resized to ``input_hw``; all in pixels (the box may be
+    fractional when the image was decoded downscaled)."""
 
     original_hw: tuple[int, int]
-    box: tuple[int, int, int, int]
+    box: tuple[float, float, float, float]
     input_hw: tuple[int, int]
 
 
@@ -52,20 +55,108 @@ def plan_geometry(original_hw: tuple[int, int], size: int, mode: GeometryMode) -
     raise ValueError(f"geometry must be one of {GEOMETRIES}; got {mode!r}")
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Decode encoded image bytes to an RGB PIL image, EXIF orientation applied.
+class InputError(ValueError):
+    """A bad input image. ``reason`` is a short code for grouping errors: ``empty_file``,
+    ``not_an_image``, ``truncated``, ``corrupt``, ``too_large``, ``read_failed``."""
 
-    Raises ``ValueError`` with a readable reason for empty, truncated or non-image data.
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+# Decompression-bomb limit (pixels in the file's header), checked before any pixel is decoded.
+DEFAULT_MAX_PIXELS = 100_000_000
+EXIF_ORIENTATION = 0x0112
+TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
+HIGH_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+
+
+def open_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A lazily decoded PIL image from encoded bytes, its header checked against ``max_pixels``.
+
+    Raises ``InputError`` (``empty_file``, ``not_an_image``, ``corrupt``, ``too_large``).
     """
     if not data:
-        raise ValueError("empty file")
+        raise InputError("empty_file", "the file has 0 bytes")
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:
+        raise InputError("too_large", str(error)) from None
+    except UnidentifiedImageError:
+        raise InputError("not_an_image", "cannot identify image file (not an image, or a format Pillow cannot read)") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise InputError(_damage_reason(error), f"cannot read the image header: {error}") from None
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise InputError(
+            "too_large", f"{width}×{height} = {width * height / 1e6:.1f} MP exceeds the limit of {max_pixels / 1e6:.1f} MP (--max-pixels)"
+        )
+    return image
+
+
+def decode_rgb(
+    data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, max_side: int | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode encoded image bytes → ((h, w, 3) uint8 RGB, original (H, W)), EXIF orientation applied.
+
+    ``original (H, W)`` is the displayed size (after EXIF rotation). With ``max_side`` the pixels
+    are downscaled so that max(h, w) ≤ max_side (JPEGs decode directly at a reduced DCT scale),
+    while the original size is still reported, so masks can be drawn at full size. 16-bit and
+    32-bit grayscale are scaled to 8 bits (65535 → 255); palette, CMYK, alpha and 1-bit modes
+    are converted to RGB. Raises ``InputError`` with a reason code.
+    """
+    image = open_image(data, max_pixels)
+    width, height = image.size
+    if max_side is not None and max(width, height) > max_side:
+        scale = max_side / max(width, height)
+        image.draft(image.mode, (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))))
+    try:
+        image.load()  # before getexif: for some formats reading EXIF loads the image and hides errors
+    except (OSError, SyntaxError, ValueError) as error:
+        raise InputError(_damage_reason(error), f"cannot decode image: {error}") from None
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
         image = ImageOps.exif_transpose(image)
-        return image.convert("RGB")
-    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ValueError(f"cannot decode image: {error}") from error
+    except Exception:  # a malformed EXIF block is not worth losing the image for: keep it as stored
+        orientation = 1
+    original_hw = (width, height) if orientation in TRANSPOSING_ORIENTATIONS else (height, width)
+    rgb = to_rgb_array(image)
+    if max_side is not None and max(rgb.shape[:2]) > max_side:
+        scale = max_side / max(rgb.shape[:2])
+        size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
+    return rgb, original_hw
+
+
+def _damage_reason(error: Exception) -> str:
+    return "truncated" if "truncated" in str(error).lower() else "corrupt"
+
+
+def to_rgb_array(image: Image.Image) -> np.ndarray:
+    """Any PIL mode → (H, W, 3) uint8. High-bit grayscale (16/32-bit int, float) keeps its
+    contrast: values above 255 are divided by 257 (the 16-bit range onto 8 bits), float images
+    in [0, 1] are multiplied by 255."""
+    if image.mode not in HIGH_BIT_MODES:
+        return np.asarray(image.convert("RGB"))
+    values = np.asarray(image, dtype=np.float32)
+    high = float(values.max()) if values.size else 0.0
+    if high > 255.0:
+        values = values / 257.0
+    elif image.mode == "F" and high <= 1.0:
+        values = values * 255.0
+    gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode encoded image bytes to an RGB PIL image at full size, EXIF orientation applied.
+
+    Raises ``InputError`` (a ``ValueError``) with a readable reason for empty, truncated or
+    non-image data.
+    """
+    return Image.fromarray(decode_rgb(data, max_pixels=None)[0])
 
 
 def as_rgb_array(image: str | Image.Image | np.ndarray) -> np.ndarray:
@@ -75,9 +166,20 @@ def as_rgb_array(image: str | Image.Image | np.ndarray) -> np.ndarray:
             raise ValueError(f"array images must be (H, W, 3) uint8; got {image.shape} {image.dtype}")
         return image
     if isinstance(image, Image.Image):
-        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+        return to_rgb_array(ImageOps.exif_transpose(image))
     with open(image, "rb") as handle:
-        return np.asarray(decode_image(handle.read()))
+        return decode_rgb(handle.read(), max_pixels=None)[0]
+
+
+def rescale_geometry(geometry: Geometry, original_hw: tuple[int, int]) -> Geometry:
+    """The same geometry for an image that was decoded downscaled: the box is scaled from the
+    decoded frame (``geometry.original_hw``) to ``original_hw`` (fractional pixels allowed)."""
+    if tuple(original_hw) == tuple(geometry.original_hw):
+        return geometry
+    sy = original_hw[0] / geometry.original_hw[0]
+    sx = original_hw[1] / geometry.original_hw[1]
+    top, left, height, width = geometry.box
+    return Geometry(tuple(original_hw), (top * sy, left * sx, height * sy, width * sx), geometry.input_hw)
 
 
 def bilinear_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

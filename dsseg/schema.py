@@ -35,7 +35,7 @@ OUTPUT_SCHEMA = pa.schema(
     ]
 )
 
-# Between the CPU decode stage and the GPU stage: the prepared model input of each image.
+# Between the CPU decode stage and the model actors: the prepared model input of each image.
 DECODED_SCHEMA = pa.schema(
     [
         ("image_id", pa.string()),
@@ -46,7 +46,42 @@ DECODED_SCHEMA = pa.schema(
         ("pixels", pa.binary()),  # (input_h, input_w, 3) uint8, C order
         ("input_h", pa.int32()),
         ("input_w", pa.int32()),
-        ("box", pa.list_(pa.int32(), 4)),  # (top, left, height, width) in original pixels
+        ("box", pa.list_(pa.float32(), 4)),  # (top, left, height, width) in original pixels
+        ("configs", pa.list_(pa.string())),  # config ids still to produce for this image
         ("decode_ms", pa.float32()),
+    ]
+)
+
+# Between the model actors and the CPU encode-and-write stage: one row per image × config,
+# labels still in the model-input frame.
+MODEL_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("source", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("method", pa.string()),
+        ("config_id", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("labels", pa.binary()),  # (input_h, input_w) int32, C order
+        ("input_h", pa.int32()),
+        ("input_w", pa.int32()),
+        ("box", pa.list_(pa.float32(), 4)),
+        ("names", pa.list_(pa.string())),
+        ("scores", pa.list_(pa.float32())),
+        ("parents", pa.list_(pa.int32())),
+        ("timings_ms", TIMINGS_TYPE),
+    ]
+)
+
+# What the write stage returns to the driver: one row per row written (progress and summary).
+WRITTEN_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("config_id", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("timings_ms", TIMINGS_TYPE),
     ]
 )

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from conftest import IMAGES
-from dsseg.cli import job_main, main, parse_param_values
+from dsseg.cli import job_from_args, job_main, job_parser, main, parse_param_values
 
 
 def test_dsseg_segment_writes_overlay_and_label_pngs(tmp_path, capsys):
@@ -54,3 +54,24 @@ def test_param_values_are_parsed_as_json():
     }
     with pytest.raises(ValueError, match="NAME=VALUE"):
         parse_param_values(["kl_threshold"])
+
+
+def test_run_file_gives_settings_and_configs_and_flags_override(tmp_path, capsys):
+    run = tmp_path / "run.yaml"
+    run.write_text(
+        f"input: {IMAGES}\noutput: {tmp_path / 'out'}\nbackbone: tiny\nbatch_size: 8\nshard: 1/4\n"
+        "configs:\n  - {method: diffseg, kl_threshold: 0.9}\n  - {method: diffseg, kl_threshold: [1.0, 1.0, 1.0]}\n  - {method: ncut, power: 2}\n"
+    )
+    job = job_from_args(job_parser().parse_args(["--config", str(run), "--batch-size", "2"]))
+    assert job.batch_size == 2 and job.backbone == "tiny" and job.shard == (1, 4)
+    assert [spec.method for spec in job.configs] == ["diffseg", "diffseg", "ncut"]
+    assert job.configs[1].configs()[1].kl_threshold == (1.0, 1.0, 1.0) and job.configs[2].configs()[1].power == 2
+    with pytest.raises(ValueError, match="not both"):
+        job_from_args(job_parser().parse_args(["--config", str(run), "--method", "ncut"]))
+    run.write_text("input: x\nthreads: 3\n")
+    with pytest.raises(SystemExit):
+        job_main(["--config", str(run)])
+    assert "unknown key(s) ['threads']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        job_main(["--output", str(tmp_path)])
+    assert "--input required" in capsys.readouterr().err

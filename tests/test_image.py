@@ -36,12 +36,12 @@ def test_prepare_image_resizes_bilinearly_without_antialias(bsds_image):
 
 
 def test_decode_errors_are_readable():
-    with pytest.raises(ValueError, match="empty file"):
+    with pytest.raises(ValueError, match="^empty_file: "):
         decode_image(b"")
-    with pytest.raises(ValueError, match="cannot decode image"):
+    with pytest.raises(ValueError, match="^not_an_image: cannot identify"):
         decode_image(b"this is not an image")
     data = _encode(Image.new("RGB", (64, 64), "red"))
-    with pytest.raises(ValueError, match="cannot decode image"):
+    with pytest.raises(ValueError, match="^truncated: "):
         decode_image(data[: len(data) // 2])
 
 

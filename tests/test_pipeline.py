@@ -1,92 +1,158 @@
 import json
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from conftest import IMAGES
+from dsseg.jobconfig import MethodSpec, SegmentJob
 from dsseg.masks import decode_segments
-from dsseg.pipeline import SegmentJob, list_images, run_segment_job
+from dsseg.pipeline import run_segment_job
+from dsseg.results import read_results, scan
 from dsseg.schema import OUTPUT_SCHEMA
+from dsseg.sources import list_inputs
+from dsseg.worker import SegmentWorker, decode_batch, encode_row
+from faults import BAD, GOOD, make_fault_folder
+
+SMALL = {"image_size": 256}  # the tiny backbone at 256² keeps the Ray tests fast
 
 
-def test_list_images_is_recursive_sorted_and_relative():
-    items = list_images(str(IMAGES))
-    assert [item["image_id"] for item in items] == [
-        "135069.jpg",
-        "corrupt.jpg",
-        "frankfurt_000000_000294_leftImg8bit.png",
-        "horses/horse001.jpg",
-    ]
-    assert list_images(str(IMAGES), limit=2) == items[:2]
-    assert list_images(str(IMAGES / "135069.jpg"))[0]["image_id"] == "135069.jpg"
+def decoded(job, ids=None):
+    """The decode stage's output for ``job``'s images (all configs wanted)."""
+    items = [item | {"configs": job.config_ids()} for item in list_inputs(job.input) if ids is None or item["image_id"] in ids]
+    return decode_batch(pa.Table.from_pylist(items), job.prepare_config(), job.max_pixels, job.max_image_side)
 
 
-def test_segment_job_end_to_end_with_a_corrupt_file(ray_local, tmp_path):
-    job = SegmentJob(input=str(IMAGES), output=str(tmp_path / "run"), backbone="tiny", batch_size=2, device="cpu")
+def test_every_bad_input_is_an_error_row_and_every_good_one_keeps_its_size(ray_local, tmp_path):
+    folder = make_fault_folder(tmp_path / "in")
+    job = SegmentJob(
+        input=str(folder), output=str(tmp_path / "run"), backbone="tiny", configs=[MethodSpec("diffseg", SMALL)],
+        batch_size=3, device="cpu", max_image_side=256, rows_per_file=4,
+    )  # fmt: skip
     summary = run_segment_job(job)
-    assert summary["rows"] == 4 and summary["ok"] == 3 and summary["error"] == 1
-    table = pq.read_table(tmp_path / "run" / "segments")
+    table = read_results(job.output)
     assert table.schema.equals(OUTPUT_SCHEMA, check_metadata=False)
     rows = {row["image_id"]: row for row in table.to_pylist()}
-    assert sorted(rows) == [item["image_id"] for item in list_images(str(IMAGES))]
-    corrupt = rows["corrupt.jpg"]
-    assert corrupt["status"] == "error" and "truncated" in corrupt["error"] and corrupt["segments"] == []
-    sizes = {"135069.jpg": (321, 481), "frankfurt_000000_000294_leftImg8bit.png": (128, 256), "horses/horse001.jpg": (590, 800)}
-    for image_id, (height, width) in sizes.items():
+    assert len(table) == len(rows) == len(GOOD) + len(BAD) == summary["images"]
+    for image_id, reason in BAD.items():
+        assert rows[image_id]["status"] == "error" and rows[image_id]["error"].startswith(reason + ": "), rows[image_id]["error"]
+        assert rows[image_id]["segments"] == []
+    for image_id, (height, width) in GOOD.items():
         row = rows[image_id]
-        assert row["status"] == "ok" and row["error"] is None
+        assert row["status"] == "ok" and row["error"] is None, row["error"]
         assert (row["height"], row["width"]) == (height, width)
-        assert row["method"] == "diffseg" and row["config_id"] == summary["config_id"]
-        labels = decode_segments(row["segments"])  # raises unless the masks partition the image
-        assert labels.shape == (height, width)
-        assert [segment["segment_id"] for segment in row["segments"]] == list(range(len(row["segments"])))
-        timings = row["timings_ms"]
-        assert timings.pop("invert") is None  # no noise, no inversion
-        assert all(value is not None and value >= 0 for value in timings.values())
+        assert decode_segments(row["segments"]).shape == (height, width)  # raises unless the masks partition the image
+        assert row["timings_ms"]["unet"] > 0 and row["timings_ms"]["rle"] >= 0
+    assert summary["ok"] == len(GOOD) and summary["errors_by_reason"] == {reason: 1 for reason in BAD.values()}
+    assert summary["complete"] and summary["images_per_second"] > 0 and summary["mean_stage_ms"]["unet"] > 0
+    # Layout: partitioned by config, readable as one Parquet dataset, run recorded, success marked.
+    (config_id,) = job.config_ids()
+    assert {p.parent.name for p in (tmp_path / "run" / "segments").rglob("*.parquet")} == {f"config={config_id}"}
+    assert len(pq.read_table(tmp_path / "run" / "segments")) == len(rows)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["config_id"] == summary["config_id"] and config["backbone"] == "tiny"
-    assert config["method_config"]["kl_threshold"] == [1.1, 1.1, 1.1]
-    assert config["extract_config"]["timestep"] is None and "torch" in config["versions"]
+    assert [c["config_id"] for c in config["configs"]] == [config_id] and config["backbone"] == "tiny"
+    assert config["configs"][0]["method_config"]["kl_threshold"] == [1.1, 1.1, 1.1] and "torch" in config["versions"]
+    assert json.loads((tmp_path / "run" / "_SUCCESS").read_text())["complete"]
 
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        run_segment_job(job)
+
+def test_resume_after_a_cancelled_run_gives_exactly_one_row_per_image_and_config(ray_local, tmp_path):
+    configs = [MethodSpec("diffseg", SMALL | {"kl_threshold": t}) for t in (0.9, 1.1)]
+    job = SegmentJob(input=str(IMAGES), output=str(tmp_path / "run"), backbone="tiny", configs=configs, batch_size=1, device="cpu", rows_per_file=2)
+    first = run_segment_job(job, stop_after_rows=2)
+    assert not first["complete"] and not (tmp_path / "run" / "_SUCCESS").exists()
+    finished = {(r["config_id"], r["image_id"]) for r in scan(job.output).to_pylist()}
+    assert 2 <= len(finished) < 8
+
+    second = run_segment_job(job)  # the same command again
+    assert second["complete"] and (tmp_path / "run" / "_SUCCESS").exists()
+    assert second["rows_written"] == 8 - len(finished)  # finished rows were not redone
+    rows = scan(job.output).to_pylist()
+    pairs = [(r["config_id"], r["image_id"]) for r in rows]
+    assert len(pairs) == len(set(pairs)) == 8  # 4 images × 2 configs, none twice, none missing
+
+    third = run_segment_job(job)
+    assert third["already_done"] == 4 and third["rows_written"] == 0 and third["complete"]
+    fresh = run_segment_job(SegmentJob(**{**job.__dict__, "overwrite": True, "limit": 1}))
+    assert fresh["rows_written"] == 2 and len(scan(job.output)) == 2
+
+
+def test_a_killed_model_actor_is_restarted_and_loses_no_rows(ray_local, tmp_path):
+    marker = tmp_path / "crashed"
+    job = SegmentJob(
+        input=str(IMAGES), output=str(tmp_path / "run"), backbone="tiny", configs=[MethodSpec("diffseg", SMALL)],
+        batch_size=2, device="cpu", crash_once_marker=str(marker),
+    )  # fmt: skip
+    summary = run_segment_job(job)
+    assert marker.exists()  # the first actor did exit mid-job
+    assert summary["complete"] and summary["rows_written"] == 4 and summary["ok"] == 3
+
+
+def test_many_configs_share_one_forward_per_extraction_setting(tmp_path):
+    configs = [MethodSpec("diffseg", SMALL | {"kl_threshold": t}) for t in (0.2, 0.5, 1.1)] + [MethodSpec("diffseg", SMALL | {"timestep": 100})]
+    job = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", configs=configs, device="cpu")
+    assert [len(indices) for _, indices in job.extraction_groups()] == [3, 1]
+    worker = SegmentWorker(job)
+    unet_calls = []
+    worker.backbone.unet.register_forward_hook(lambda module, args, output: unet_calls.append(args[0].shape[0]))
+    rows = worker(decoded(job, {"135069.jpg", "horses/horse001.jpg"})).to_pylist()
+    assert unet_calls == [2, 2]  # one batched UNet step per extraction setting, not per config
+    assert sorted((r["config_id"], r["image_id"]) for r in rows) == sorted((c, i) for c in job.config_ids() for i in ("135069.jpg", "horses/horse001.jpg"))
+    labels = [r["labels"] for r in rows if r["image_id"] == "135069.jpg"]
+    assert len(set(labels[:3])) == 3  # the thresholds segment the shared attention differently
+
+
+def test_out_of_memory_halves_the_batch_before_giving_up(tmp_path, monkeypatch):
+    job = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", configs=[MethodSpec("diffseg", SMALL)], device="cpu")
+    worker = SegmentWorker(job)
+    extractor = worker.groups[0][0]
+    original, sizes = extractor.__call__, []
+
+    def limited(images, timer=None, capacity=1):
+        sizes.append(len(images))
+        if len(images) > capacity:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(images, timer)
+
+    monkeypatch.setattr(type(extractor), "__call__", lambda self, images, timer=None: limited(images, timer))
+    batch = decoded(job, {"135069.jpg", "frankfurt_000000_000294_leftImg8bit.png", "horses/horse001.jpg"})
+    rows = worker(batch).to_pylist()
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert sizes == [3, 1, 2, 1, 1]  # 3 fails → 1 ok, 2 fails → 1, 1 ok
+
+    monkeypatch.setattr(type(extractor), "__call__", lambda self, images, timer=None: limited(images, timer, capacity=0))
+    rows = worker(batch).to_pylist()
+    assert all(r["status"] == "error" and r["error"].startswith("out_of_memory: OutOfMemoryError") for r in rows)
+
+
+def test_worker_writes_ncut_rows_with_parents(tmp_path):
+    job = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", configs=[MethodSpec("ncut", SMALL)], device="cpu")
+    assert job.prepare_config().noise == "ddim_inversion"
+    model_rows = SegmentWorker(job)(decoded(job, {"135069.jpg", "horses/horse001.jpg"})).to_pylist()
+    for row in map(encode_row, model_rows):
+        assert row["status"] == "ok" and row["method"] == "ncut"
+        assert decode_segments(row["segments"]).shape == (row["height"], row["width"])
+        parents = [segment["parent"] for segment in row["segments"]]
+        assert len(parents) > 1 and all(isinstance(p, int) and p >= 1 for p in parents)
+        assert row["timings_ms"]["invert"] > 0
 
 
 def test_job_configuration_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         SegmentJob(input=str(tmp_path / "missing"), output=str(tmp_path))
     with pytest.raises(TypeError, match="unknown parameter"):
-        SegmentJob(input=str(IMAGES), output=str(tmp_path), params={"tau": 1.0})
+        SegmentJob(input=str(IMAGES), output=str(tmp_path), configs=[{"method": "diffseg", "tau": 1.0}])
     with pytest.raises(ValueError, match="unknown method"):
-        SegmentJob(input=str(IMAGES), output=str(tmp_path), method="sam")
+        SegmentJob(input=str(IMAGES), output=str(tmp_path), configs=[{"method": "sam"}])
     with pytest.raises(ValueError, match="≥ 1"):
         SegmentJob(input=str(IMAGES), output=str(tmp_path), batch_size=0)
-    first = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", params={"kl_threshold": 0.9})
-    same = SegmentJob(input=str(IMAGES), output=str(tmp_path / "x"), backbone="tiny", params={"kl_threshold": [0.9, 0.9, 0.9]})
-    other = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", params={"kl_threshold": 1.0})
-    assert first.config_id() == same.config_id() != other.config_id()
-
-
-def test_empty_folder_is_reported(tmp_path):
-    with pytest.raises(ValueError, match="no images"):
-        list_images(str(tmp_path))
-
-
-def test_worker_writes_ncut_rows_with_parents(tmp_path):
-    import pyarrow as pa
-
-    from dsseg.pipeline import SegmentWorker, decode_batch
-
-    job = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", method="ncut", params={"image_size": 256}, device="cpu")
-    extract, _ = job.configs()
-    assert extract.noise == "ddim_inversion"
-    items = [item for item in list_images(str(IMAGES)) if item["image_id"] in ("135069.jpg", "horses/horse001.jpg")]
-    decoded = decode_batch({key: [item[key] for item in items] for key in items[0]}, extract)
-    table = SegmentWorker(job, job.config_id())(decoded)
-    assert table.schema.equals(OUTPUT_SCHEMA, check_metadata=False) and isinstance(table, pa.Table)
-    for row in table.to_pylist():
-        assert row["status"] == "ok" and row["method"] == "ncut"
-        assert decode_segments(row["segments"]).shape == (row["height"], row["width"])
-        parents = [segment["parent"] for segment in row["segments"]]
-        assert len(parents) > 1 and all(isinstance(p, int) and p >= 1 for p in parents)
-        assert row["timings_ms"]["invert"] > 0
+    with pytest.raises(ValueError, match="same"):
+        SegmentJob(input=str(IMAGES), output=str(tmp_path), configs=[{"kl_threshold": 0.9}, {"kl_threshold": [0.9, 0.9, 0.9]}])
+    with pytest.raises(ValueError, match="share image_size"):
+        SegmentJob(input=str(IMAGES), output=str(tmp_path), configs=[{"image_size": 256}, {"image_size": 512}])
+    with pytest.raises(ValueError, match="0 ≤ I < N"):
+        SegmentJob(input=str(IMAGES), output=str(tmp_path), shard="4/4")
+    first = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", configs=[{"kl_threshold": 0.9}])
+    same = SegmentJob(input=str(IMAGES), output=str(tmp_path / "x"), backbone="tiny", configs=[{"kl_threshold": [0.9, 0.9, 0.9]}])
+    other = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", configs=[{"kl_threshold": 1.0}])
+    assert first.config_ids() == same.config_ids() != other.config_ids()

@@ -1,0 +1,183 @@
+"""The output folder of a segment run, and how it is written, scanned and read.
+
+```
+OUTPUT/
+  config.json                                  the run configuration, one entry per config_id
+  segments/config=<config_id>/part-<hash>.parquet
+  _SUCCESS                                     every image × config has its row (per shard: _SUCCESS-shard-I-of-N)
+```
+
+Part files are written to a hidden temporary name and then moved into place, so a file is
+either whole or absent, and a crash never leaves a torn file. A part's name is the hash of
+its config and image ids: two runs (or shards) never write the same name unless they wrote
+the same rows, so nothing is overwritten with different content. Reading tools skip names
+starting with ``.`` or ``_``. ``pq.read_table(OUTPUT/segments)`` reads every config (with a
+``config`` partition column beside ``config_id``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from dsseg.sources import resolve
+
+SEGMENTS_DIR = "segments"
+CONFIG_FILE = "config.json"
+SUCCESS_FILE = "_SUCCESS"
+PARTITION_PREFIX = "config="
+SCAN_COLUMNS = ["image_id", "config_id", "status", "error"]
+
+
+def _path(output: str, *parts: str) -> tuple[pafs.FileSystem, str]:
+    fs, root = resolve(output)
+    return fs, "/".join([root.rstrip("/"), *parts])
+
+
+def success_name(shard: tuple[int, int] | None) -> str:
+    return SUCCESS_FILE if shard is None else f"{SUCCESS_FILE}-shard-{shard[0]}-of-{shard[1]}"
+
+
+def part_name(config_id: str, image_ids: list[str]) -> str:
+    digest = hashlib.sha1("\n".join([config_id, *sorted(image_ids)]).encode()).hexdigest()[:20]
+    return f"part-{digest}.parquet"
+
+
+def write_parts(table: pa.Table, output: str) -> list[str]:
+    """Write ``table`` (rows of the output schema) as one part file per config; returns the paths."""
+    written = []
+    for config_id in sorted(set(table.column("config_id").to_pylist())):
+        rows = table.filter(pc.equal(table.column("config_id"), config_id))
+        fs, folder = _path(output, SEGMENTS_DIR, PARTITION_PREFIX + config_id)
+        fs.create_dir(folder, recursive=True)
+        final = f"{folder}/{part_name(config_id, rows.column('image_id').to_pylist())}"
+        written.append(_write_atomically(fs, final, rows))
+    return written
+
+
+def _write_atomically(fs: pafs.FileSystem, final: str, table: pa.Table) -> str:
+    folder, name = final.rsplit("/", 1)
+    temporary = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+    with fs.open_output_stream(temporary) as stream:
+        pq.write_table(table, stream)
+    fs.move(temporary, final)
+    return final
+
+
+def part_files(output: str) -> list[str]:
+    """Every finished part file under ``OUTPUT/segments`` (sorted)."""
+    fs, folder = _path(output, SEGMENTS_DIR)
+    if fs.get_file_info(folder).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
+
+
+def scan(output: str) -> pa.Table:
+    """``image_id, config_id, status, error, file`` of every row written so far."""
+    fs, _ = resolve(output)
+    tables = []
+    for path in part_files(output):
+        with fs.open_input_file(path) as handle:
+            table = pq.read_table(handle, columns=SCAN_COLUMNS)
+        tables.append(table.append_column("file", pa.array([path] * len(table), pa.string())))
+    schema = pa.schema([(name, pa.string()) for name in [*SCAN_COLUMNS, "file"]])
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def done_pairs(scanned: pa.Table) -> set[tuple[str, str]]:
+    """(config_id, image_id) pairs that already have a row."""
+    return set(zip(scanned.column("config_id").to_pylist(), scanned.column("image_id").to_pylist()))
+
+
+def deduplicate(output: str, scanned: pa.Table) -> int:
+    """Drop repeated (config_id, image_id) rows, keeping the first by file order; returns how many.
+
+    Repeats arise only when a cancelled run's last writes land after a new run has planned its
+    work; their rows are the same computation, so either copy may stay.
+    """
+    seen: set[tuple[str, str]] = set()
+    drop: dict[str, set[str]] = {}
+    for config, image, path in zip(*(scanned.column(name).to_pylist() for name in ("config_id", "image_id", "file"))):
+        if (config, image) in seen:
+            drop.setdefault(path, set()).add(image)
+        seen.add((config, image))
+    fs, _ = resolve(output)
+    for path, images in drop.items():
+        with fs.open_input_file(path) as handle:
+            table = pq.read_table(handle)
+        kept = table.filter(pc.invert(pc.is_in(table.column("image_id"), pa.array(sorted(images), pa.string()))))
+        if len(kept):
+            _write_atomically(fs, path, kept)
+        else:
+            fs.delete_file(path)
+    return sum(len(images) for images in drop.values())
+
+
+def read_results(output: str, config_id: str | None = None, columns: list[str] | None = None) -> pa.Table:
+    """The rows of a run (one config, or all), as written by the segment job."""
+    fs, _ = resolve(output)
+    paths = part_files(output)
+    if config_id is not None:
+        paths = [p for p in paths if f"/{PARTITION_PREFIX}{config_id}/" in p]
+    tables = []
+    for path in paths:
+        with fs.open_input_file(path) as handle:
+            tables.append(pq.read_table(handle, columns=columns))
+    if not tables:
+        raise FileNotFoundError(f"no results under {output}/{SEGMENTS_DIR}" + (f" for config {config_id}" if config_id else ""))
+    return pa.concat_tables(tables)
+
+
+def read_config(output: str) -> dict[str, Any] | None:
+    fs, path = _path(output, CONFIG_FILE)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as stream:
+        return json.loads(stream.read().decode())
+
+
+def write_config(output: str, record: dict[str, Any]) -> None:
+    """Write ``config.json``, keeping the config entries of earlier runs into the same output."""
+    previous = read_config(output) or {}
+    configs = {entry["config_id"]: entry for entry in previous.get("configs", [])}
+    configs.update({entry["config_id"]: entry for entry in record["configs"]})
+    record = {**record, "configs": list(configs.values()), "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    fs, path = _path(output, CONFIG_FILE)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    temporary = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    with fs.open_output_stream(temporary) as stream:
+        stream.write(json.dumps(record, indent=2, default=str).encode())
+    fs.move(temporary, path)
+
+
+def mark_success(output: str, shard: tuple[int, int] | None, summary: dict[str, Any]) -> None:
+    fs, path = _path(output, success_name(shard))
+    with fs.open_output_stream(path) as stream:
+        stream.write(json.dumps(summary, indent=2, default=str).encode())
+
+
+def clear_success(output: str, shard: tuple[int, int] | None) -> None:
+    fs, path = _path(output, success_name(shard))
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def remove_results(output: str) -> None:
+    """``--overwrite``: delete segments/, config.json and success markers (nothing else)."""
+    fs, root = resolve(output)
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return
+    for info in fs.get_file_info(pafs.FileSelector(root)):
+        if info.base_name == SEGMENTS_DIR and info.type == pafs.FileType.Directory:
+            fs.delete_dir(info.path)
+        elif info.base_name == CONFIG_FILE or info.base_name.startswith(SUCCESS_FILE):
+            fs.delete_file(info.path)
