@@ -17,7 +17,7 @@ from dsseg.image import Geometry, as_rgb_array, to_model_input
 from dsseg.masks import encode_labels
 from dsseg.methods import MethodResult, get_method
 from dsseg.timing import StageTimer
-from dsseg.upsample import labels_to_original, resize_labels
+from dsseg.upsample import compact_to_original, resize_labels
 
 EXTRACT_PARAMS = frozenset(f.name for f in fields(ExtractConfig))
 
@@ -83,10 +83,7 @@ def to_segmentation(result: MethodResult, geometry: Geometry, method: str, timer
     """A method's model-frame result → ``Segmentation`` at the original size, ids compacted
     (segments too thin to survive the resize are dropped) and per-segment fields remapped."""
     with timer.stage("upsample"):
-        labels = labels_to_original(result.labels.cpu().numpy(), geometry)
-        present = np.bincount(labels.ravel(), minlength=1) > 0
-        kept = np.flatnonzero(present)
-        labels = (np.cumsum(present) - 1)[labels].astype(np.int32)
+        labels, kept = compact_to_original(result.labels.cpu().numpy(), geometry)
 
     def pick(values: list | None) -> list | None:
         return None if values is None else [values[i] for i in kept]

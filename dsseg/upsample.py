@@ -52,15 +52,33 @@ def nearest_indices(out_size: int, box_start: int, box_extent: int, src_size: in
     return np.clip(np.floor(centres).astype(np.int64), 0, src_size - 1)
 
 
+def original_indices(geometry: Geometry, model_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """For each row and column of the original image, the model-frame row and column it takes
+    its label from (nearest neighbour; outside the crop box, the nearest box pixel)."""
+    top, left, box_h, box_w = geometry.box
+    rows = nearest_indices(geometry.original_hw[0], top, box_h, model_hw[0])
+    cols = nearest_indices(geometry.original_hw[1], left, box_w, model_hw[1])
+    return rows, cols
+
+
 def labels_to_original(labels: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Model-frame labels (h, w) → (H, W) labels of the original image, nearest neighbour.
 
     Pixels outside the crop box (centre-crop geometry) take the label of the nearest box pixel.
     """
-    top, left, box_h, box_w = geometry.box
-    rows = nearest_indices(geometry.original_hw[0], top, box_h, labels.shape[0])
-    cols = nearest_indices(geometry.original_hw[1], left, box_w, labels.shape[1])
+    rows, cols = original_indices(geometry, labels.shape)
     return labels[rows[:, None], cols[None, :]]
+
+
+def compact_to_original(labels: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """Model-frame labels (h, w) ≥ 0 → ((H, W) int32 ids 0..S−1 at the original size, the S model
+    ids kept, ascending). Ids no original pixel samples (thin segments lost when shrinking) are
+    dropped; renumbering happens on the small model-frame map, so the full-size map is gathered once."""
+    rows, cols = original_indices(geometry, labels.shape)
+    kept = np.unique(labels[np.unique(rows)[:, None], np.unique(cols)[None, :]])
+    renumber = np.zeros(int(labels.max()) + 1, dtype=np.int32)
+    renumber[kept] = np.arange(len(kept), dtype=np.int32)
+    return renumber[labels][rows[:, None], cols[None, :]], kept
 
 
 def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -33,9 +33,6 @@ from dsseg.schema import DECODED_SCHEMA, MODEL_SCHEMA, OUTPUT_SCHEMA, TIMING_STA
 from dsseg.sources import read_bytes
 from dsseg.timing import StageTimer
 
-MODEL_STAGES = ("encode", "invert", "unet")  # shared by the configs of one extraction
-
-
 def describe(error: BaseException, code: str) -> str:
     return f"{code}: {type(error).__name__}: {error}"
 
@@ -86,7 +83,6 @@ class SegmentWorker:
         self.methods = [(get_method(spec.method), spec.configs()[1]) for spec in job.configs]
         self.groups = [(AttentionExtractor(backbone, extract), indices) for extract, indices in job.extraction_groups()]
         self.crash_once_marker = job.crash_once_marker
-        self.forwards = 0  # extractor calls, for tests and telemetry
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         self._maybe_crash()
@@ -132,7 +128,6 @@ class SegmentWorker:
             if not wanted:
                 continue
             bundle = extractor(model_input, shared)
-            self.forwards += 1
             for i in wanted:
                 method, config = self.methods[i]
                 timer = StageTimer(device)

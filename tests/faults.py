@@ -1,10 +1,13 @@
-"""A folder of real images beside every kind of bad or unusual input the job must survive."""
+"""Test inputs: a folder of real images beside every kind of bad or unusual input the job must
+survive, and WebDataset tar shards."""
 
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import struct
+import tarfile
 import zlib
 from pathlib import Path
 
@@ -85,3 +88,13 @@ def _orientation(value: int) -> Image.Exif:
     exif = Image.Exif()
     exif[0x0112] = value
     return exif
+
+
+def write_tar(path: Path, root: Path, names: list[str]) -> None:
+    """A WebDataset shard: each image of ``root`` as a member, beside a ``key.json`` companion."""
+    with tarfile.open(path, "w") as archive:
+        for name in names:
+            archive.add(root / name, arcname=name)
+            meta = path.parent / "meta.json"
+            meta.write_text(json.dumps({"caption": name}))
+            archive.add(meta, arcname=name.rsplit(".", 1)[0] + ".json")

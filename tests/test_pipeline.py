@@ -13,7 +13,7 @@ from dsseg.results import read_results, scan
 from dsseg.schema import OUTPUT_SCHEMA
 from dsseg.sources import list_inputs
 from dsseg.worker import SegmentWorker, decode_batch, encode_row
-from faults import BAD, GOOD, make_fault_folder
+from faults import BAD, GOOD, make_fault_folder, write_tar
 
 SMALL = {"image_size": 256}  # the tiny backbone at 256² keeps the Ray tests fast
 
@@ -100,6 +100,23 @@ def test_many_configs_share_one_forward_per_extraction_setting(tmp_path):
     assert sorted((r["config_id"], r["image_id"]) for r in rows) == sorted((c, i) for c in job.config_ids() for i in ("135069.jpg", "horses/horse001.jpg"))
     labels = [r["labels"] for r in rows if r["image_id"] == "135069.jpg"]
     assert len(set(labels[:3])) == 3  # the thresholds segment the shared attention differently
+
+
+def test_manifest_and_tar_inputs_give_the_folder_rows(tmp_path):
+    ids = ["135069.jpg", "horses/horse001.jpg"]
+    write_tar(tmp_path / "shard-0.tar", IMAGES, ids)
+    (tmp_path / "list.jsonl").write_text("".join(json.dumps({"image_id": i, "uri": str(IMAGES / i)}) + "\n" for i in ids))
+    jobs = [
+        SegmentJob(input=spec, output=str(tmp_path / "out"), backbone="tiny", configs=[MethodSpec("diffseg", SMALL)], device="cpu")
+        for spec in (str(IMAGES), str(tmp_path / "list.jsonl"), str(tmp_path / "shard-0.tar"))
+    ]
+    worker = SegmentWorker(jobs[0])
+    results = []
+    for job in jobs:
+        rows = [encode_row(row) for row in worker(decoded(job, set(ids))).to_pylist()]
+        results.append({row["image_id"]: (row["status"], row["width"], row["height"], row["segments"]) for row in rows})
+    assert sorted(results[0]) == ids and all(status == "ok" for status, *_ in results[0].values())
+    assert results[1] == results[0] and results[2] == results[0]
 
 
 def test_out_of_memory_halves_the_batch_before_giving_up(tmp_path, monkeypatch):

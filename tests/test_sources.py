@@ -7,17 +7,9 @@ import pytest
 
 from conftest import IMAGES
 from dsseg.sources import list_inputs, read_bytes
+from faults import write_tar
 
 FOLDER_IDS = ["135069.jpg", "corrupt.jpg", "frankfurt_000000_000294_leftImg8bit.png", "horses/horse001.jpg"]
-
-
-def write_tar(path, root, names):
-    with tarfile.open(path, "w") as archive:
-        for name in names:
-            archive.add(root / name, arcname=name)
-            meta = path.parent / "meta.json"
-            meta.write_text(json.dumps({"caption": name}))
-            archive.add(meta, arcname=name.rsplit(".", 1)[0] + ".json")  # WebDataset companion, skipped
 
 
 def contents(items):
