@@ -13,8 +13,6 @@ from collections import Counter
 from importlib import metadata
 from typing import Any
 
-import numpy as np
-
 from dsseg.backbone import check_backbone_available
 from dsseg.jobconfig import SegmentJob
 from dsseg.results import clear_success, deduplicate, done_pairs, mark_success, remove_results, scan, write_config
@@ -102,6 +100,47 @@ def build_dataset(job: SegmentJob, todo: list[dict[str, Any]], gpus: float):
     )
 
 
+class RunStats:
+    """Running totals of the rows written, kept small on the driver however many images run."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.ok = 0
+        self.reasons: Counter[str] = Counter()
+        self.stage_sums: dict[str, float] = dict.fromkeys(TIMING_STAGES, 0.0)
+        self.stage_counts: dict[str, int] = dict.fromkeys(TIMING_STAGES, 0)
+        self.images: set[str] = set()
+
+    def add(self, batch: Any) -> None:
+        """Fold in a WRITTEN_SCHEMA batch (pyarrow table)."""
+        self.rows += len(batch)
+        self.images.update(batch.column("image_id").to_pylist())
+        for status, error, timings in zip(*(batch.column(name).to_pylist() for name in ("status", "error", "timings_ms"))):
+            if status != "ok":
+                self.reasons[(error or "").split(":", 1)[0]] += 1
+                continue
+            self.ok += 1
+            for stage, ms in timings.items():
+                if ms is not None:
+                    self.stage_sums[stage] += ms
+                    self.stage_counts[stage] += 1
+
+    def summary(self, seconds: float) -> dict[str, Any]:
+        """Images/s, mean per-stage milliseconds of the ok rows and errors by reason code."""
+        return {
+            "images_segmented": len(self.images),
+            "rows_written": self.rows,
+            "ok": self.ok,
+            "error": self.rows - self.ok,
+            "errors_by_reason": dict(self.reasons.most_common()),
+            "images_per_second": round(len(self.images) / seconds, 3) if seconds > 0 else None,
+            "mean_stage_ms": {stage: round(total / self.stage_counts[stage], 1) for stage, total in self.stage_sums.items() if self.stage_counts[stage]},
+        }
+
+
+PROGRESS_SECONDS = 30.0  # how often the driver prints a progress line (for `ray job logs`)
+
+
 def run_segment_job(job: SegmentJob, address: str | None = None, stop_after_rows: int | None = None) -> dict[str, Any]:
     """Run (or resume) the job; returns a summary. ``stop_after_rows`` stops consuming once that
     many rows are written, as a cancelled job would (for tests of resuming)."""
@@ -111,52 +150,39 @@ def run_segment_job(job: SegmentJob, address: str | None = None, stop_after_rows
         check_backbone_available(job.backbone, job.offline)
     write_config(job.output, job.record() | {"versions": library_versions()})
     clear_success(job.output, job.shard)
-    written: list[dict[str, Any]] = []
+    stats = RunStats()
     ray_seconds = 0.0
     if todo:
         on_cluster = init_ray(address)
         gpus = gpus_per_worker(job, on_cluster)
-        ray_start = time.perf_counter()
+        ray_start = last_report = time.perf_counter()
+        expected_rows = sum(len(item["configs"]) for item in todo)
         for batch in build_dataset(job, todo, gpus).iter_batches(batch_size=None, batch_format="pyarrow"):
-            written.extend(batch.to_pylist())
-            if stop_after_rows is not None and len(written) >= stop_after_rows:
+            stats.add(batch)
+            now = time.perf_counter()
+            if now - last_report > PROGRESS_SECONDS:
+                rate = len(stats.images) / (now - ray_start)
+                print(f"dsseg: {stats.rows}/{expected_rows} rows written, {rate:.2f} images/s, {stats.rows - stats.ok} errors", file=sys.stderr)
+                last_report = now
+            if stop_after_rows is not None and stats.rows >= stop_after_rows:
                 break
         ray_seconds = time.perf_counter() - ray_start
-    summary = summarize(job, len(items), todo, written, ray_seconds)
+    summary = {
+        "output": job.output,
+        "config_ids": job.config_ids(),
+        "images": len(items),
+        "already_done": len(items) - len(todo),
+        **stats.summary(ray_seconds),
+    }
     scanned = scan(job.output)
     summary["duplicates_removed"] = deduplicate(job.output, scanned)
-    expected = {(cid, item["image_id"]) for item in items for cid in job.config_ids()}
-    summary["missing"] = len(expected - done_pairs(scanned))
+    done, ids = done_pairs(scanned), job.config_ids()
+    summary["missing"] = sum((cid, item["image_id"]) not in done for item in items for cid in ids)
     summary["complete"] = summary["missing"] == 0
     summary["seconds"] = round(time.perf_counter() - start, 2)
     if summary["complete"]:
         mark_success(job.output, job.shard, summary)
     return summary
-
-
-def summarize(job: SegmentJob, total: int, todo: list[dict[str, Any]], written: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    """Images/s, mean per-stage milliseconds of the ok rows and errors by reason code."""
-    ok = [row for row in written if row["status"] == "ok"]
-    reasons = Counter((row["error"] or "").split(":", 1)[0] for row in written if row["status"] == "error")
-    stage_ms = {}
-    for stage in TIMING_STAGES:
-        values = [row["timings_ms"][stage] for row in ok if row["timings_ms"][stage] is not None]
-        if values:
-            stage_ms[stage] = round(float(np.mean(values)), 1)
-    images = len({row["image_id"] for row in written})
-    return {
-        "output": job.output,
-        "config_ids": job.config_ids(),
-        "images": total,
-        "already_done": total - len(todo),
-        "images_segmented": images,
-        "rows_written": len(written),
-        "ok": len(ok),
-        "error": len(written) - len(ok),
-        "errors_by_reason": dict(reasons.most_common()),
-        "images_per_second": round(images / seconds, 3) if seconds > 0 else None,
-        "mean_stage_ms": stage_ms,
-    }
 
 
 def gpus_per_worker(job: SegmentJob, on_cluster: bool) -> float:
