@@ -15,7 +15,7 @@ from dsseg.backbone import DEFAULT_BACKBONE, Backbone, cached_backbone
 from dsseg.extract import AttentionBundle, AttentionExtractor, ExtractConfig, check_resolutions
 from dsseg.image import Geometry, as_rgb_array, to_model_input
 from dsseg.masks import encode_labels
-from dsseg.methods import MethodResult, get_method
+from dsseg.methods import MethodResult, get_method, run_method
 from dsseg.timing import StageTimer
 from dsseg.upsample import compact_to_original, resize_labels
 
@@ -83,7 +83,7 @@ def to_segmentation(result: MethodResult, geometry: Geometry, method: str, timer
     """A method's model-frame result → ``Segmentation`` at the original size, ids compacted
     (segments too thin to survive the resize are dropped) and per-segment fields remapped."""
     with timer.stage("upsample"):
-        labels, kept = compact_to_original(result.labels.cpu().numpy(), geometry)
+        labels, kept = compact_to_original(result.labels.cpu().numpy(), geometry, keep=(0,) if result.background else ())
 
     def pick(values: list | None) -> list | None:
         return None if values is None else [values[i] for i in kept]
@@ -115,16 +115,23 @@ class Segmenter:
         """(H, W, 3) uint8 → ((h, w, 3) uint8 model input, geometry), per the extraction config."""
         return self.extract_config.prepare(rgb)
 
-    def __call__(self, pixels: np.ndarray, geometries: Sequence[Geometry], timer: StageTimer | None = None) -> list[Segmentation]:
+    def __call__(
+        self,
+        pixels: np.ndarray,
+        geometries: Sequence[Geometry],
+        timer: StageTimer | None = None,
+        classes: Sequence[Sequence[str] | None] | None = None,
+    ) -> list[Segmentation]:
         """pixels (B, h, w, 3) uint8 prepared inputs of one size → B segmentations at original size.
 
+        ``classes``: per image, candidate class names replacing the config's (None entries keep it).
         ``timer`` (shared by the batch) collects encode, invert, unet, aggregate, segment and
         upsample; each returned ``Segmentation.timings_ms`` is that batch total, not per image.
         """
         backbone = self.backbone
         timer = timer or StageTimer(backbone.device)
-        bundle = self.extractor(to_model_input(pixels, backbone.device, backbone.dtype), timer)
-        results = self.method.segment(bundle, self.method_config, timer)
+        bundle = self.extractor(to_model_input(pixels, backbone.device, backbone.dtype), timer, classes)
+        results = run_method(self.method, bundle, self.method_config, timer)
         return [to_segmentation(result, geometry, self.method.name, timer) for result, geometry in zip(results, geometries)]
 
 
@@ -141,8 +148,14 @@ def segment_image(
     ``backbone``: ``"tiny"``, ``"sd-v1-random"``, a hub id, a local folder or a loaded
     ``Backbone`` (loaded ones are cached per name). ``params``: extraction fields
     (``ExtractConfig``) and method parameters (e.g. ``kl_threshold`` for DiffSeg).
+
+    Open vocabulary: ``segment_image(img, method="openvocab", classes=["horse", "grass"])`` gives
+    ``labels`` indexing ``names`` with ``names[0] == "background"``. ``classes`` with another
+    method names its segments (``names``, ``scores``).
     """
-    split_params(method, params)  # validate before loading a model
+    extract_config, _ = split_params(method, params)  # validate before loading a model
+    if extract_config.class_template is not None and not extract_config.classes:
+        raise ValueError(f"method {method!r} labels pixels by class: give classes=[...] or vocabulary=... (voc20, context59, coco80)")
     if not isinstance(backbone, Backbone):
         backbone = cached_backbone(backbone, device=device, dtype=dtype)
     segmenter = Segmenter(backbone, method, params)

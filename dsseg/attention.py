@@ -41,8 +41,9 @@ class AttentionLayer:
 class CaptureSpec:
     """Which attention to capture.
 
-    ``resolutions``: latent side lengths to keep (the longer side of a level's grid, e.g. 64, 32,
-    16, 8 for a 512² SD v1 input); ``None`` keeps every level.
+    ``resolutions``: latent side lengths whose self-attention is kept (the longer side of a level's
+    grid, e.g. 64, 32, 16, 8 for a 512² SD v1 input); ``None`` keeps every level. Cross-attention
+    (small: N × 77 per layer) is kept at every level.
     """
 
     self_attention: bool = True
@@ -98,12 +99,13 @@ class AttentionStore:
         self._sums: dict[tuple[Kind, Grid], torch.Tensor] = {}
         self._counts: dict[tuple[Kind, Grid], int] = {}
 
-    def grid_for(self, num_tokens: int) -> Grid | None:
-        """The level grid of a layer with ``num_tokens`` queries, or None if not kept."""
+    def grid_for(self, num_tokens: int, kind: Kind) -> Grid | None:
+        """The level grid of a layer with ``num_tokens`` queries, or None if not kept (the
+        resolution filter applies to self-attention; cross-attention is kept at every level)."""
         grid = self._grids.get(num_tokens)
         if grid is None:
             raise ValueError(f"{num_tokens} query tokens match no UNet level of {sorted(self._grids.values())}")
-        if self.spec.resolutions is not None and max(grid) not in self.spec.resolutions:
+        if kind == "self" and self.spec.resolutions is not None and max(grid) not in self.spec.resolutions:
             return None
         return grid
 
@@ -135,7 +137,7 @@ class CapturingAttnProcessor:
         self.original = original
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
-        grid = self.store.grid_for(hidden_states.shape[1]) if hidden_states.ndim == 3 else None
+        grid = self.store.grid_for(hidden_states.shape[1], self.layer.kind) if hidden_states.ndim == 3 else None
         if grid is None:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         if attention_mask is not None or attn.spatial_norm is not None or attn.group_norm is not None:

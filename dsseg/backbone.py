@@ -88,14 +88,18 @@ class Backbone:
         return float(self.vae.config.scaling_factor)
 
     @torch.no_grad()
-    def encode_prompt(self, prompt: str) -> torch.Tensor:
-        """Text-encoder states for one prompt: (1, 77, D) in the model dtype, cached."""
-        if prompt not in self._prompt_cache:
-            ids = self.tokenizer(
-                prompt, padding="max_length", max_length=CONTEXT_LENGTH, truncation=True, return_tensors="pt"
-            ).input_ids.to(self.device)
-            self._prompt_cache[prompt] = self.text_encoder(ids)[0].to(self.dtype)
-        return self._prompt_cache[prompt]
+    def encode_prompt(self, prompt: str, cache: bool = True) -> torch.Tensor:
+        """Text-encoder states for one prompt: (1, 77, D) in the model dtype; kept for reuse
+        unless ``cache`` is False (callers with many distinct prompts keep their own)."""
+        if prompt in self._prompt_cache:
+            return self._prompt_cache[prompt]
+        ids = self.tokenizer(
+            prompt, padding="max_length", max_length=CONTEXT_LENGTH, truncation=True, return_tensors="pt"
+        ).input_ids.to(self.device)
+        states = self.text_encoder(ids)[0].to(self.dtype)
+        if cache:
+            self._prompt_cache[prompt] = states
+        return states
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -21,6 +21,8 @@ from dsseg.backbone import DEFAULT_BACKBONE, BackboneNotFoundError
 from dsseg.extract import NOISE_MODES
 from dsseg.image import GEOMETRIES
 from dsseg.methods import METHODS
+from dsseg.sources import parse_classes
+from dsseg.vocabularies import VOCABULARIES
 
 if TYPE_CHECKING:
     from dsseg.jobconfig import SegmentJob
@@ -41,6 +43,8 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--timestep", type=int, help="UNet timestep (default 300; with ddim_inversion it follows from inversion_steps)")
     group.add_argument("--noise", choices=NOISE_MODES, help="none | noise | ddim_inversion (default: the method's — none for diffseg, ddim_inversion for ncut)")
     group.add_argument("--geometry", choices=GEOMETRIES, help="center_crop (paper protocol, default) | squash | aspect")
+    group.add_argument("--classes", help='candidate class names, comma-separated ("horse,grass,traffic light"): labels for openvocab, names for the others')
+    group.add_argument("--vocabulary", choices=sorted(VOCABULARIES), help="a shipped class list as the candidates (zero-shot)")
 
 
 def parse_param_values(pairs: Sequence[str]) -> dict[str, Any]:
@@ -60,9 +64,11 @@ def parse_param_values(pairs: Sequence[str]) -> dict[str, Any]:
 
 def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
     params = parse_param_values(args.param)
-    for name in ("timestep", "noise", "geometry"):
+    for name in ("timestep", "noise", "geometry", "vocabulary"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
+    if args.classes is not None:
+        params["classes"] = tuple(parse_classes(args.classes) or ())
     return params
 
 
@@ -172,14 +178,15 @@ def segment_main(argv: Sequence[str] | None = None) -> int:
         try:
             rgb = decode_rgb(read_bytes(item["source"], item["offset"], item["size"]))[0]
             pixels, geometry = segmenter.prepare(rgb)
-            result = segmenter(pixels[None], [geometry])[0]
+            result = segmenter(pixels[None], [geometry], classes=[item["classes"]])[0]
         except Exception as error:  # report and go on with the next image
             failures += 1
             print(f"{item['image_id']}: error: {type(error).__name__}: {error}", file=sys.stderr)
             continue
         Image.fromarray(overlay(rgb, result.labels)).save(out / f"{stem}_overlay.png")
         Image.fromarray(result.labels.astype(np.uint16)).save(out / f"{stem}_labels.png")
-        print(f"{item['image_id']}: {result.num_segments} segments in {sum(result.timings_ms.values()):.0f} ms")
+        named = f" ({', '.join(sorted({n for n in result.names if n}))})" if result.names else ""
+        print(f"{item['image_id']}: {result.num_segments} segments{named} in {sum(result.timings_ms.values()):.0f} ms")
     return 1 if failures else 0
 
 

@@ -6,13 +6,22 @@ noise added at t, as DiffSegmenter at t = 100), ``ddim_inversion`` (deterministi
 inversion for n of N steps, as Diffusing, Walking and Cutting with 10 of 50); then one
 UNet call at the resulting timestep with the conditioning prompt (empty by default),
 capturing head-averaged attention.
+
+With candidate classes (``classes``, ``vocabulary`` or per image at call time) the UNet is
+conditioned on prompts that name them and the bundle carries each class's cross-attention map:
+- ``class_template`` set (open vocabulary, DiffSegmenter): one prompt per class; the classes of
+  the batch's images are stacked in the batch dimension, ``class_batch_size`` prompts per UNet
+  call, each on its image's noised latent. Self-attention is averaged over an image's prompts.
+- otherwise (naming the segments of DiffSeg/NCut): one joint prompt per image that names its
+  classes (or the ``prompt`` caption, which must contain them), in the image's single UNet call.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -21,12 +30,19 @@ import torch
 from dsseg.attention import BLOCKS, UNET_LEVELS, Block, CaptureSpec, Grid, capture_attention
 from dsseg.backbone import Backbone
 from dsseg.image import GEOMETRIES, SIDE_MULTIPLE, Geometry, GeometryMode, prepare_image
+from dsseg.prompts import PromptPlan, check_template, class_prompt_plan, joint_prompt_plan
 from dsseg.timing import StageTimer
+from dsseg.vocabularies import get_vocabulary
 
 LATENT_FACTOR = 8  # image pixels per latent cell in every SD VAE
 NoiseMode = Literal["none", "noise", "ddim_inversion"]
 NOISE_MODES: tuple[NoiseMode, ...] = ("none", "noise", "ddim_inversion")
 DEFAULT_TIMESTEP = 300
+NamingMode = Literal["majority", "mean"]
+NAMING_MODES: tuple[NamingMode, ...] = ("majority", "mean")
+# Fields that change speed or memory but not results: left out of config hashes.
+RUNTIME_FIELDS = ("class_batch_size",)
+CONDITION_CACHE = 512  # class-prompt text states kept per extractor (a vocabulary's worth)
 
 
 @dataclass(frozen=True)
@@ -35,8 +51,17 @@ class ExtractConfig:
 
     ``timestep``: the UNet step for ``none``/``noise`` (default 300); with ``ddim_inversion`` it
     is fixed by the inversion (the n-th of N DDIM timesteps) and must stay None.
-    ``capture_resolutions``: latent sizes whose attention is captured (None = all levels; by
-    default the levels the method aggregates).
+    ``capture_resolutions``: latent sizes whose self-attention is captured (None = all levels;
+    by default the levels the method aggregates); cross-attention, when captured, covers all levels.
+
+    Classes: ``classes`` (or a shipped ``vocabulary``: voc20, context59, coco80) are the default
+    candidates of every image; per-image lists given at call time replace them.
+    ``class_template`` (with ``{class}``): one prompt per class, ``class_batch_size`` prompts per
+    UNet call; None: one joint prompt naming the classes. ``class_weight`` scales the text
+    embeddings of the class-name tokens. ``descriptors``: per class name, words put before it in its
+    prompt whose maps are fused with the name's. ``naming``: how the classes name the segments of
+    methods that do not label pixels themselves (``majority`` of pixel votes or ``mean`` score;
+    None: no naming unless classes are given, which default it to ``majority``).
     """
 
     image_size: int = 512
@@ -51,6 +76,13 @@ class ExtractConfig:
     cross_attention: bool = False
     blocks: tuple[Block, ...] = BLOCKS
     capture_resolutions: tuple[int, ...] | None = None
+    classes: tuple[str, ...] = ()
+    vocabulary: str | None = None
+    class_template: str | None = None
+    class_weight: float = 1.0
+    descriptors: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    class_batch_size: int = 8
+    naming: NamingMode | None = None
 
     def __post_init__(self) -> None:
         if self.image_size < SIDE_MULTIPLE or self.image_size % SIDE_MULTIPLE:
@@ -72,7 +104,36 @@ class ExtractConfig:
         if self.capture_resolutions is not None:
             object.__setattr__(self, "capture_resolutions", tuple(sorted(set(self.capture_resolutions), reverse=True)))
             check_resolutions(self.capture_resolutions, self)
+        self._check_classes()
         self.capture_spec()  # validates blocks
+
+    def _check_classes(self) -> None:
+        if isinstance(self.classes, str):
+            raise ValueError(f"classes must be a list of names; got the string {self.classes!r} (for a shipped list use vocabulary=...)")
+        classes = tuple(str(name).strip() for name in self.classes)
+        if self.vocabulary is not None:
+            if classes:
+                raise ValueError("give either classes or vocabulary, not both")
+            classes = get_vocabulary(self.vocabulary)
+        check_class_names(classes)
+        object.__setattr__(self, "classes", classes)
+        descriptors = self.descriptors.items() if isinstance(self.descriptors, Mapping) else self.descriptors
+        object.__setattr__(self, "descriptors", tuple(sorted((str(k), tuple(v)) for k, v in descriptors)))
+        if self.class_template is not None:
+            check_template(self.class_template)
+        elif self.descriptors:
+            raise ValueError("descriptors need one prompt per class: set class_template")
+        if self.class_weight <= 0 or self.class_batch_size < 1:
+            raise ValueError(f"class_weight must be > 0 and class_batch_size ≥ 1; got {self.class_weight}, {self.class_batch_size}")
+        if self.classes and self.class_template is None and self.naming is None:
+            object.__setattr__(self, "naming", "majority")  # classes without a template name segments
+        if self.naming is not None and self.naming not in NAMING_MODES:
+            raise ValueError(f"naming must be one of {NAMING_MODES} or None; got {self.naming!r}")
+
+    @property
+    def uses_classes(self) -> bool:
+        """Whether images are prompted with class names (per-image lists at call time apply)."""
+        return bool(self.classes) or self.class_template is not None or self.naming is not None
 
     def prepare(self, rgb: np.ndarray) -> tuple[np.ndarray, Geometry]:
         """(H, W, 3) uint8 image → ((h, w, 3) uint8 model input, geometry) per this config."""
@@ -85,8 +146,20 @@ class ExtractConfig:
 
     def capture_spec(self) -> CaptureSpec:
         return CaptureSpec(
-            self_attention=True, cross_attention=self.cross_attention, blocks=self.blocks, resolutions=self.capture_resolutions
+            self_attention=True,
+            cross_attention=self.cross_attention or self.uses_classes,
+            blocks=self.blocks,
+            resolutions=self.capture_resolutions,
         )
+
+
+def check_class_names(names: Sequence[str]) -> None:
+    """Raise a ``ValueError`` for empty or repeated class names."""
+    if any(not name for name in names):
+        raise ValueError(f"class names must be non-empty; got {list(names)}")
+    repeated = sorted({name for name in names if list(names).count(name) > 1})
+    if repeated:
+        raise ValueError(f"class names repeat: {repeated}")
 
 
 def check_resolutions(resolutions: tuple[int, ...], config: ExtractConfig) -> None:
@@ -105,7 +178,10 @@ class AttentionBundle:
 
     ``self_attention[(h, w)]``: (B, N, N) float32, N = h·w, rows sum to 1 (query × key), the mean
     over heads and over the level's layers; largest grid first. ``cross_attention[(h, w)]``:
-    (B, N, T) float32 over T text tokens (empty unless requested). ``timestep``: the UNet step used.
+    (B, N, T) float32 over T text tokens (empty unless requested; not kept with class prompts).
+    ``timestep``: the UNet step used. With candidate classes, per image i: ``class_names[i]`` (C_i
+    names) and ``class_maps[i][(h, w)]``: (C_i, N) float32 cross-attention of each class (its
+    tokens' columns read out per ``PromptPlan.readout``), mean over heads and the level's layers.
     """
 
     self_attention: dict[Grid, torch.Tensor]
@@ -113,6 +189,8 @@ class AttentionBundle:
     latent_hw: Grid
     timestep: int
     config: ExtractConfig = field(default_factory=ExtractConfig)
+    class_names: tuple[tuple[str, ...], ...] | None = None
+    class_maps: tuple[dict[Grid, torch.Tensor], ...] | None = None
 
     def __len__(self) -> int:
         return next(iter(self.self_attention.values())).shape[0]
@@ -126,6 +204,8 @@ class AttentionBundle:
             latent_hw=self.latent_hw,
             timestep=self.timestep,
             config=self.config,
+            class_names=None if self.class_names is None else self.class_names[pick],
+            class_maps=None if self.class_maps is None else self.class_maps[pick],
         )
 
 
@@ -168,6 +248,7 @@ class AttentionExtractor:
         self.backbone = backbone
         self.config = config
         self.condition = backbone.encode_prompt(config.prompt)  # (1, 77, D)
+        self._class_conditions: OrderedDict[tuple[str, tuple[int, ...]], torch.Tensor] = OrderedDict()
         scheduler = backbone.scheduler
         self.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)
         if config.noise == "ddim_inversion":
@@ -178,7 +259,11 @@ class AttentionExtractor:
             self.timestep = DEFAULT_TIMESTEP if config.timestep is None else config.timestep
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, timer: StageTimer | None = None) -> AttentionBundle:
+    def __call__(
+        self, images: torch.Tensor, timer: StageTimer | None = None, classes: Sequence[Sequence[str] | None] | None = None
+    ) -> AttentionBundle:
+        """``classes``: per image, its candidate class names (None: the config's), used when the
+        config prompts with classes; ignored otherwise."""
         timer = timer or StageTimer(images.device)
         with timer.stage("encode"):
             latents = self.encode(images)
@@ -186,15 +271,82 @@ class AttentionExtractor:
             with timer.stage("invert"):
                 latents = self.add_noise(latents)
         latent_hw = tuple(latents.shape[-2:])
+        bundle = AttentionBundle({}, {}, latent_hw, self.timestep, self.config)
+        if self.config.uses_classes:
+            with timer.stage("unet"):
+                return self._class_forward(latents, self.class_lists(len(latents), classes), bundle)
         with timer.stage("unet"), capture_attention(self.backbone.unet, self.config.capture_spec(), latent_hw) as store:
-            self._unet(latents, self.timestep)
-        return AttentionBundle(
-            self_attention=store.means("self"),
-            cross_attention=store.means("cross"),
-            latent_hw=latent_hw,
-            timestep=self.timestep,
-            config=self.config,
+            self._unet(latents, self.timestep, self.condition.expand(latents.shape[0], -1, -1))
+        return replace(bundle, self_attention=store.means("self"), cross_attention=store.means("cross"))
+
+    def class_lists(self, batch: int, classes: Sequence[Sequence[str] | None] | None) -> list[tuple[str, ...]]:
+        """Each image's candidate classes: its own list where given, else the config's."""
+        if classes is not None and len(classes) != batch:
+            raise ValueError(f"{len(classes)} class lists given for {batch} images")
+        lists = [self.config.classes if c is None else tuple(str(name).strip() for name in c) for c in (classes or [None] * batch)]
+        for names in lists:
+            check_class_names(names)
+        return lists
+
+    def prompt_plans(self, names: Sequence[str]) -> list[PromptPlan]:
+        """The prompts one image runs: one per class with a template (the plain prompt when it has
+        no classes), else one joint prompt."""
+        config, tokenizer = self.config, self.backbone.tokenizer
+        if config.class_template is None:
+            return [joint_prompt_plan(tokenizer, names, config.prompt)]
+        if not names:
+            return [PromptPlan(config.prompt, ())]
+        descriptors = dict(config.descriptors)
+        return [class_prompt_plan(tokenizer, config.class_template, name, descriptors.get(name, ())) for name in names]
+
+    def _class_forward(self, latents: torch.Tensor, names: list[tuple[str, ...]], bundle: AttentionBundle) -> AttentionBundle:
+        """UNet calls on the class prompts of every image, ``class_batch_size`` prompts per call
+        with a template (else the whole batch); self-attention averaged over each image's prompts."""
+        work = [(i, plan) for i, image_names in enumerate(names) for plan in self.prompt_plans(image_names)]
+        size = self.config.class_batch_size if self.config.class_template is not None else len(work)
+        self_sums: dict[Grid, torch.Tensor] = {}
+        parts: list[dict[Grid, list[torch.Tensor]]] = [{} for _ in names]
+        prompts_per_image = torch.zeros(len(names), device=latents.device)
+        spec = self.config.capture_spec()
+        for start in range(0, len(work), size):
+            chunk = work[start : start + size]
+            index = torch.tensor([i for i, _ in chunk], device=latents.device)
+            condition = torch.cat([self._class_condition(plan) for _, plan in chunk])
+            with capture_attention(self.backbone.unet, spec, bundle.latent_hw) as store:
+                self._unet(latents[index], self.timestep, condition)
+            for grid, maps in store.means("self").items():
+                if grid not in self_sums:
+                    self_sums[grid] = maps.new_zeros(len(names), *maps.shape[1:])
+                self_sums[grid].index_add_(0, index, maps)
+            prompts_per_image.index_add_(0, index, torch.ones_like(index, dtype=prompts_per_image.dtype))
+            for grid, cross in store.means("cross").items():  # (k, N, 77)
+                for row, (i, plan) in enumerate(chunk):
+                    parts[i].setdefault(grid, []).append(cross[row] @ plan.readout(cross.shape[-1]).to(cross))
+        class_maps = tuple(
+            {grid: torch.cat(image_parts[grid], dim=1).T.contiguous() for grid in image_parts} for image_parts in parts
         )
+        return replace(
+            bundle,
+            self_attention={grid: total / prompts_per_image[:, None, None] for grid, total in self_sums.items()},
+            class_names=tuple(names),
+            class_maps=class_maps,
+        )
+
+    def _class_condition(self, plan: PromptPlan) -> torch.Tensor:
+        """(1, 77, D) text states of ``plan.text`` with the class-name tokens scaled by the class
+        weight; the last ``CONDITION_CACHE`` prompts are kept."""
+        key = (plan.text, plan.weighted_positions)
+        if key in self._class_conditions:
+            self._class_conditions.move_to_end(key)
+            return self._class_conditions[key]
+        condition = self.backbone.encode_prompt(plan.text, cache=False)
+        if self.config.class_weight != 1.0 and plan.weighted_positions:
+            condition = condition.clone()
+            condition[:, list(plan.weighted_positions)] *= self.config.class_weight
+        self._class_conditions[key] = condition
+        if len(self._class_conditions) > CONDITION_CACHE:
+            self._class_conditions.popitem(last=False)
+        return condition
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, h, w) in [-1, 1] → VAE posterior mean × scaling factor, (B, 4, h/8, w/8)."""
@@ -215,14 +367,13 @@ class AttentionExtractor:
         start_alpha = 1.0 if scheduler_config.set_alpha_to_one else float(self.alphas_cumprod[0])
         return ddim_invert(latents, self._predict_noise, self.alphas_cumprod, self.inversion, start_alpha)
 
-    def _unet(self, latents: torch.Tensor, timestep: int) -> torch.Tensor:
-        condition = self.condition.expand(latents.shape[0], -1, -1)
+    def _unet(self, latents: torch.Tensor, timestep: int, condition: torch.Tensor) -> torch.Tensor:
         t = torch.tensor(timestep, device=latents.device)
         return self.backbone.unet(latents, t, encoder_hidden_states=condition).sample
 
     def _predict_noise(self, latents: torch.Tensor, timestep: int) -> torch.Tensor:
         """ε predicted at ``timestep``, converting v- or x₀-prediction models (SD 2.x) to ε."""
-        output = self._unet(latents, timestep)
+        output = self._unet(latents, timestep, self.condition.expand(latents.shape[0], -1, -1))
         kind = self.backbone.scheduler.config.prediction_type
         alpha = float(self.alphas_cumprod[timestep])
         if kind == "epsilon":

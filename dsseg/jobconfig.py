@@ -17,7 +17,7 @@ from typing import Any
 
 from dsseg.api import split_params
 from dsseg.backbone import DEFAULT_BACKBONE
-from dsseg.extract import ExtractConfig
+from dsseg.extract import RUNTIME_FIELDS, ExtractConfig
 from dsseg.image import DEFAULT_MAX_PIXELS
 from dsseg.sources import is_uri
 
@@ -51,10 +51,11 @@ class MethodSpec:
 def config_id(backbone: str, dtype: str, spec: MethodSpec) -> str:
     """Hash of what determines a config's output: backbone, dtype, extraction and method config."""
     extract, method_config = spec.configs()
+    extract_fields = {k: v for k, v in dataclasses.asdict(extract).items() if k not in RUNTIME_FIELDS}
     key = {
         "backbone": backbone,
         "dtype": dtype,
-        "extract": dataclasses.asdict(extract),
+        "extract": extract_fields,
         "method": spec.method,
         "params": dataclasses.asdict(method_config),
     }
@@ -150,14 +151,33 @@ class SegmentJob:
         groups: dict[ExtractConfig, list[int]] = {}
         for index, spec in enumerate(self.configs):
             extract = spec.configs()[0]
-            groups.setdefault(replace(extract, capture_resolutions=None, cross_attention=False), []).append(index)
+            groups.setdefault(replace(extract, capture_resolutions=None, cross_attention=False, class_batch_size=1), []).append(index)
         merged = []
         for key, indices in groups.items():
             extracts = [self.configs[i].configs()[0] for i in indices]
             levels = [e.capture_resolutions for e in extracts]
             union = None if any(level is None for level in levels) else tuple(sorted({r for level in levels for r in level}))
-            merged.append((replace(key, capture_resolutions=union, cross_attention=any(e.cross_attention for e in extracts)), indices))
+            shared = replace(
+                key,
+                capture_resolutions=union,
+                cross_attention=any(e.cross_attention for e in extracts),
+                class_batch_size=min(e.class_batch_size for e in extracts),
+            )
+            merged.append((shared, indices))
         return merged
+
+    def check_classes(self, items: Sequence[Mapping[str, Any]]) -> None:
+        """Raise a ``ValueError`` when a config labels pixels by class (openvocab) without default
+        classes and some image has no class list of its own."""
+        for spec in self.configs:
+            extract = spec.configs()[0]
+            if extract.class_template is not None and not extract.classes:
+                lacking = sum(item.get("classes") is None for item in items)
+                if lacking:
+                    raise ValueError(
+                        f"{lacking} image(s) have no class list and the {spec.method} config gives none: add a classes "
+                        "column to the manifest, or --classes / --vocabulary (classes:/vocabulary: in a run file)"
+                    )
 
     def record(self) -> dict[str, Any]:
         """A JSON-ready description of the run (for config.json)."""

@@ -35,6 +35,7 @@ MAX_BLOCK_ROWS = 256
 def plan(job: SegmentJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(every input item, the items still to segment, each with the config ids it lacks)."""
     items = list_inputs(job.input, job.limit, job.shard)
+    job.check_classes(items)
     if job.overwrite:
         remove_results(job.output)
     done = done_pairs(scan(job.output))

@@ -48,6 +48,7 @@ DECODED_SCHEMA = pa.schema(
         ("input_w", pa.int32()),
         ("box", pa.list_(pa.float32(), 4)),  # (top, left, height, width) in original pixels
         ("configs", pa.list_(pa.string())),  # config ids still to produce for this image
+        ("classes", pa.list_(pa.string())),  # the image's candidate class names (None: the configs')
         ("decode_ms", pa.float32()),
     ]
 )

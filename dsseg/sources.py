@@ -4,15 +4,18 @@ An input is one of
 - an image file, a folder (searched recursively) or a glob (``data/**/*.jpg``; ``*`` also
   crosses folders), local or any URI pyarrow's file systems open (``s3://``, ``gs://``,
   ``hdfs://``, ``file://``);
-- a manifest: a ``.parquet`` or ``.jsonl`` file with columns ``image_id`` and ``uri`` (other
+- a manifest: a ``.parquet`` or ``.jsonl`` file with columns ``image_id`` and ``uri``, and
+  optionally ``classes`` (or ``labels``): the image's candidate class names, a list of strings
+  or one comma-separated string, for the open-vocabulary method and segment naming (other
   columns, e.g. ground truth, are ignored here; relative URIs are resolved against the
   manifest's folder);
 - uncompressed tar shards in WebDataset layout (``key.jpg`` beside ``key.json``), given as a
   ``.tar`` file, a glob, or found in a folder. Each image member is read in place by its byte
   range; non-image members are skipped.
 
-Every item is ``{"image_id", "source", "offset", "size"}``: ``offset``/``size`` locate a tar
-member's bytes inside ``source`` (None for whole files). ``image_id`` is the path relative to
+Every item is ``{"image_id", "source", "offset", "size", "classes"}``: ``offset``/``size`` locate
+a tar member's bytes inside ``source`` (None for whole files); ``classes`` is None unless a
+manifest gives them. ``image_id`` is the path relative to
 the folder or glob root, the manifest's ``image_id``, or the member's path inside its tar, so a
 folder, its manifest and its tar shards give the same ids. Ids must be unique.
 """
@@ -38,7 +41,10 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", "
 MANIFEST_EXTENSIONS = frozenset({".parquet", ".jsonl"})
 TAR_EXTENSION = ".tar"
 GLOB_CHARS = frozenset("*?[")
-ITEM_SCHEMA = pa.schema([("image_id", pa.string()), ("source", pa.string()), ("offset", pa.int64()), ("size", pa.int64())])
+ITEM_SCHEMA = pa.schema(
+    [("image_id", pa.string()), ("source", pa.string()), ("offset", pa.int64()), ("size", pa.int64()), ("classes", pa.list_(pa.string()))]
+)
+CLASS_COLUMNS = ("classes", "labels")
 
 Item = dict[str, Any]
 
@@ -190,8 +196,19 @@ def read_manifest(source: str) -> list[Item]:
     uris = table.column("uri").to_pylist()
     if any(uri is None for uri in uris):
         raise ValueError(f"manifest {source!r} has rows without a uri")
-    return [_item(image_id, join(base, str(uri))) for image_id, uri in zip(ids, uris)]
+    column = next((name for name in CLASS_COLUMNS if name in table.column_names), None)
+    classes = [parse_classes(value) for value in table.column(column).to_pylist()] if column else [None] * len(ids)
+    return [_item(image_id, join(base, str(uri)), classes=names) for image_id, uri, names in zip(ids, uris, classes)]
 
 
-def _item(image_id: str, source: str, offset: int | None = None, size: int | None = None) -> Item:
-    return {"image_id": image_id, "source": source, "offset": offset, "size": size}
+def parse_classes(value: Any) -> list[str] | None:
+    """A manifest's class cell → names: a list of strings, or one string of comma-separated names;
+    blanks and repeats are dropped."""
+    if value is None:
+        return None
+    names = (str(name).strip() for name in (value.split(",") if isinstance(value, str) else value))
+    return list(dict.fromkeys(name for name in names if name))  # repeats dropped, order kept
+
+
+def _item(image_id: str, source: str, offset: int | None = None, size: int | None = None, classes: list[str] | None = None) -> Item:
+    return {"image_id": image_id, "source": source, "offset": offset, "size": size, "classes": classes}

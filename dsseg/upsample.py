@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -70,13 +72,14 @@ def labels_to_original(labels: np.ndarray, geometry: Geometry) -> np.ndarray:
     return labels[rows[:, None], cols[None, :]]
 
 
-def compact_to_original(labels: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+def compact_to_original(labels: np.ndarray, geometry: Geometry, keep: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
     """Model-frame labels (h, w) ≥ 0 → ((H, W) int32 ids 0..S−1 at the original size, the S model
     ids kept, ascending). Ids no original pixel samples (thin segments lost when shrinking) are
-    dropped; renumbering happens on the small model-frame map, so the full-size map is gathered once."""
+    dropped unless listed in ``keep``; renumbering happens on the small model-frame map, so the
+    full-size map is gathered once."""
     rows, cols = original_indices(geometry, labels.shape)
-    kept = np.unique(labels[np.unique(rows)[:, None], np.unique(cols)[None, :]])
-    renumber = np.zeros(int(labels.max()) + 1, dtype=np.int32)
+    kept = np.union1d(labels[np.unique(rows)[:, None], np.unique(cols)[None, :]], np.asarray(keep, dtype=labels.dtype))
+    renumber = np.zeros(max(int(labels.max()), int(kept.max())) + 1, dtype=np.int32)
     renumber[kept] = np.arange(len(kept), dtype=np.int32)
     return renumber[labels][rows[:, None], cols[None, :]], kept
 

@@ -27,7 +27,7 @@ from dsseg.backbone import load_backbone
 from dsseg.extract import AttentionExtractor, ExtractConfig
 from dsseg.image import Geometry, InputError, decode_rgb, rescale_geometry, to_model_input
 from dsseg.jobconfig import SegmentJob
-from dsseg.methods import MethodResult, get_method
+from dsseg.methods import MethodResult, get_method, run_method
 from dsseg.results import write_parts
 from dsseg.schema import DECODED_SCHEMA, MODEL_SCHEMA, OUTPUT_SCHEMA, TIMING_STAGES, WRITTEN_SCHEMA
 from dsseg.sources import read_bytes
@@ -42,7 +42,7 @@ def decode_batch(batch: pa.Table, prepare: ExtractConfig, max_pixels: int | None
     rows = []
     for item in batch.to_pylist():
         start = time.perf_counter()
-        row: dict[str, Any] = {"image_id": item["image_id"], "source": item["source"], "configs": item["configs"]}
+        row: dict[str, Any] = {key: item[key] for key in ("image_id", "source", "configs", "classes")}
         try:
             try:
                 data = read_bytes(item["source"], item["offset"], item["size"])
@@ -127,11 +127,11 @@ class SegmentWorker:
             wanted = [i for i in indices if any(self.config_ids[i] in row["configs"] for row in rows)]
             if not wanted:
                 continue
-            bundle = extractor(model_input, shared)
+            bundle = extractor(model_input, shared, [row["classes"] for row in rows])
             for i in wanted:
                 method, config = self.methods[i]
                 timer = StageTimer(device)
-                results[i] = (method.segment(bundle, config, timer), timer.ms)
+                results[i] = (run_method(method, bundle, config, timer), timer.ms)
             del bundle
         out = []
         for k, row in enumerate(rows):

@@ -83,13 +83,13 @@ def test_batches_capture_each_image_independently(tiny):
 
 
 def test_cross_attention_and_selection(tiny):
-    spec = CaptureSpec(self_attention=False, cross_attention=True, blocks=("up",), resolutions=(64, 16))
+    spec = CaptureSpec(self_attention=True, cross_attention=True, blocks=("up",), resolutions=(64, 16))
     with torch.no_grad(), capture_attention(tiny.unet, spec, (64, 64)) as store:
         _run(tiny.unet, _latents(tiny), tiny.encode_prompt("a photograph of a horse"))
-    assert store.means("self") == {}
+    assert list(store.means("self")) == [(64, 64), (16, 16)]  # the resolution filter is for self-attention
     cross = store.means("cross")
-    assert list(cross) == [(64, 64), (16, 16)]
-    assert store.layer_counts("cross") == {(64, 64): 3, (16, 16): 3}
+    assert list(cross) == [(64, 64), (32, 32), (16, 16)]  # cross-attention at every level of the up blocks
+    assert store.layer_counts("cross") == {(64, 64): 3, (32, 32): 3, (16, 16): 3}
     assert cross[(64, 64)].shape == (1, 4096, 77)
     torch.testing.assert_close(cross[(16, 16)].sum(-1), torch.ones(1, 256))
 

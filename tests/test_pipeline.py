@@ -125,19 +125,19 @@ def test_out_of_memory_halves_the_batch_before_giving_up(tmp_path, monkeypatch):
     extractor = worker.groups[0][0]
     original, sizes = extractor.__call__, []
 
-    def limited(images, timer=None, capacity=1):
+    def limited(images, timer=None, classes=None, capacity=1):
         sizes.append(len(images))
         if len(images) > capacity:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return original(images, timer)
+        return original(images, timer, classes)
 
-    monkeypatch.setattr(type(extractor), "__call__", lambda self, images, timer=None: limited(images, timer))
+    monkeypatch.setattr(type(extractor), "__call__", lambda self, images, timer=None, classes=None: limited(images, timer, classes))
     batch = decoded(job, {"135069.jpg", "frankfurt_000000_000294_leftImg8bit.png", "horses/horse001.jpg"})
     rows = worker(batch).to_pylist()
     assert [r["status"] for r in rows] == ["ok"] * 3
     assert sizes == [3, 1, 2, 1, 1]  # 3 fails → 1 ok, 2 fails → 1, 1 ok
 
-    monkeypatch.setattr(type(extractor), "__call__", lambda self, images, timer=None: limited(images, timer, capacity=0))
+    monkeypatch.setattr(type(extractor), "__call__", lambda self, images, timer=None, classes=None: limited(images, timer, classes, 0))
     rows = worker(batch).to_pylist()
     assert all(r["status"] == "error" and r["error"].startswith("out_of_memory: OutOfMemoryError") for r in rows)
 
@@ -173,3 +173,26 @@ def test_job_configuration_errors_are_clear(tmp_path):
     same = SegmentJob(input=str(IMAGES), output=str(tmp_path / "x"), backbone="tiny", configs=[{"kl_threshold": [0.9, 0.9, 0.9]}])
     other = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", configs=[{"kl_threshold": 1.0}])
     assert first.config_ids() == same.config_ids() != other.config_ids()
+
+
+def test_manifest_classes_label_openvocab_rows_and_name_diffseg_rows(ray_local, tmp_path):
+    classes = {"135069.jpg": ["horse", "grass"], "horses/horse001.jpg": ["sky", "traffic light", "rock"]}
+    manifest = tmp_path / "list.jsonl"
+    manifest.write_text("".join(json.dumps({"image_id": i, "uri": str(IMAGES / i), "classes": c}) + "\n" for i, c in classes.items()))
+    small = {"image_size": 128}
+    configs = [MethodSpec("openvocab", small), MethodSpec("diffseg", small | {"naming": "majority", "kl_threshold": 0.5})]
+    job = SegmentJob(input=str(manifest), output=str(tmp_path / "out"), backbone="tiny", configs=configs, device="cpu")
+    summary = run_segment_job(job)
+    assert summary["complete"] and summary["ok"] == 4
+    openvocab_id, diffseg_id = job.config_ids()
+    for row in read_results(job.output).to_pylist():
+        labels = [segment["label"] for segment in row["segments"]]
+        decode_segments(row["segments"])  # still a partition of the image
+        if row["config_id"] == openvocab_id:
+            assert row["method"] == "openvocab" and set(labels) <= {"background", "ignore", *classes[row["image_id"]]}
+            assert len(labels) == len(set(labels))  # one segment per present class
+        else:
+            assert row["config_id"] == diffseg_id and labels and set(labels) <= set(classes[row["image_id"]])
+    folder_job = SegmentJob(input=str(IMAGES), output=str(tmp_path / "bad"), backbone="tiny", configs=[configs[0]], device="cpu")
+    with pytest.raises(ValueError, match="no class list"):
+        run_segment_job(folder_job)

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import IMAGES
-from dsseg.sources import list_inputs, read_bytes
+from dsseg.sources import list_inputs, parse_classes, read_bytes
 from faults import write_tar
 
 FOLDER_IDS = ["135069.jpg", "corrupt.jpg", "frankfurt_000000_000294_leftImg8bit.png", "horses/horse001.jpg"]
@@ -80,3 +80,14 @@ def test_bad_inputs_are_explained(tmp_path):
         archive.add(IMAGES / "135069.jpg", arcname="135069.jpg")
     with pytest.raises(ValueError, match="not an uncompressed tar"):
         list_inputs(str(tmp_path / "packed.tar"))
+
+
+def test_manifest_class_cells_as_lists_or_comma_strings(tmp_path):
+    assert parse_classes(" horse, traffic light ,,horse") == ["horse", "traffic light"]
+    assert parse_classes(["sky", " rock "]) == ["sky", "rock"] and parse_classes(None) is None
+    table = pa.table({"image_id": ["a", "b"], "uri": ["a.jpg", "b.jpg"], "labels": ["dog,cat", None]})
+    pq.write_table(table, tmp_path / "m.parquet")
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    items = list_inputs(str(tmp_path / "m.parquet"))
+    assert [item["classes"] for item in items] == [["dog", "cat"], None]

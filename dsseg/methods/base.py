@@ -19,12 +19,14 @@ class MethodResult:
     ``labels``: (h, w) int64 segment ids 0..S−1 at the model input's pixel size (h, w).
     ``names``/``scores``/``parents``: optional per-segment label, score and parent segment id,
     indexed by segment id (filled by methods that name segments or build hierarchies).
+    ``background``: id 0 is the background class, kept in ``names`` even where no pixel takes it.
     """
 
     labels: torch.Tensor
     names: list[str | None] | None = None
     scores: list[float | None] | None = None
     parents: list[int | None] | None = None
+    background: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,183 @@
+"""DiffSegmenter (Wang et al.): open-vocabulary labels from cross-attention refined by
+self-attention; and naming the segments of the unsupervised methods.
+
+Score maps of an image's candidate classes (``AttentionBundle.class_maps``), per class c:
+1. at each level (h, w), its cross-attention map bilinearly upsampled to the largest grid
+   (H, W) (half-pixel centres) and min–max normalised over space;
+2. levels fused with ``level_weights`` (coarsest first: 0.3, 0.5, 0.1, 0.1 for 8/16/32/64);
+3. refined: M_c = minmax(Â_self · vec(fused_c)), Â_self the (N, N) self-attention of the largest
+   level (mean over its encoder and decoder layers and over the image's class prompts);
+4. bilinearly upsampled ×``upsample_factor`` to the model input's pixels.
+
+Labels: each pixel takes the arg-max of [``background_threshold``, M_1, …, M_C]: 0 is background,
+c is class c; with ``ignore_margin``, pixels whose two best channels differ by less become
+uncertain (255 in ``labels_from_scores``; the segment named "ignore" in a ``MethodResult``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from dsseg.attention import Grid
+from dsseg.extract import AttentionBundle
+from dsseg.methods.base import MethodResult
+from dsseg.timing import StageTimer
+
+LEVEL_WEIGHTS = (0.3, 0.5, 0.1, 0.1)  # 8², 16², 32², 64² at 512² (DiffSegmenter)
+BACKGROUND = "background"
+IGNORE = "ignore"
+IGNORE_INDEX = 255
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class OpenVocabConfig:
+    """Open-vocabulary labelling.
+
+    ``level_weights``: cross-attention fusion weights, coarsest level first (normalised to sum 1).
+    ``refine``: multiply by the self-attention (step 3). ``background_threshold``: the constant
+    score of the background channel, in [0, 1]; not tuned (random weights only here): choose it on
+    a split you may tune on. ``ignore_margin``: None, or the smallest lead of the best channel over
+    the runner-up below which a pixel is uncertain. ``upsample_factor``: latent cell → pixels.
+    """
+
+    level_weights: tuple[float, ...] = LEVEL_WEIGHTS
+    refine: bool = True
+    background_threshold: float = 0.5
+    ignore_margin: float | None = None
+    upsample_factor: int = 8
+
+    def __post_init__(self) -> None:
+        weights = tuple(float(w) for w in self.level_weights)
+        if not weights or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"level_weights must be non-negative with a positive sum; got {weights}")
+        object.__setattr__(self, "level_weights", weights)
+        if not 0.0 <= self.background_threshold <= 1.0:
+            raise ValueError(f"background_threshold is a score in [0, 1]; got {self.background_threshold}")
+        if self.ignore_margin is not None and not 0.0 < self.ignore_margin <= 1.0:
+            raise ValueError(f"ignore_margin must be in (0, 1] or None; got {self.ignore_margin}")
+        if self.upsample_factor < 1:
+            raise ValueError(f"upsample_factor must be ≥ 1; got {self.upsample_factor}")
+
+
+def minmax(maps: torch.Tensor) -> torch.Tensor:
+    """(C, …) → each map rescaled to [0, 1] over its own values (a constant map → 0)."""
+    flat = maps.reshape(maps.shape[0], -1)
+    low = flat.min(dim=1, keepdim=True).values
+    high = flat.max(dim=1, keepdim=True).values
+    return ((flat - low) / (high - low).clamp_min(_EPS)).reshape(maps.shape)
+
+
+def fuse_levels(class_maps: Mapping[Grid, torch.Tensor], level_weights: Sequence[float] = LEVEL_WEIGHTS) -> torch.Tensor:
+    """Per-level class maps {(h, w): (C, h·w)} → (C, H, W) float32 in [0, 1] on the largest grid:
+    each level upsampled (bilinear), min–max normalised, then weighted (coarsest level first)."""
+    grids = sorted(class_maps, key=lambda g: g[0] * g[1])
+    if len(level_weights) != len(grids):
+        raise ValueError(f"{len(level_weights)} level weights for {len(grids)} cross-attention levels {grids}")
+    target = grids[-1]
+    total = float(sum(level_weights))
+    fused = None
+    for grid, weight in zip(grids, level_weights):
+        maps = class_maps[grid].float().reshape(-1, 1, *grid)
+        maps = F.interpolate(maps, size=target, mode="bilinear", align_corners=False)[:, 0]
+        part = minmax(maps) * (weight / total)
+        fused = part if fused is None else fused + part
+    assert fused is not None
+    return fused
+
+
+def refine_scores(maps: torch.Tensor, self_attention: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) maps and (N, N) self-attention (rows = queries, N = H·W) → (C, H, W):
+    minmax(Â · vec(map)), each pixel's score the attention-weighted mean of the scores it attends to."""
+    classes, height, width = maps.shape
+    refined = maps.reshape(classes, height * width) @ self_attention.float().T
+    return minmax(refined).reshape(classes, height, width)
+
+
+def class_scores(bundle: AttentionBundle, config: OpenVocabConfig) -> torch.Tensor:
+    """One image's (C, H, W) score maps on the largest latent grid (steps 1–3)."""
+    maps = bundle.class_maps[0]
+    fused = fuse_levels(maps, config.level_weights)
+    if not config.refine or fused.shape[0] == 0:
+        return fused
+    target = max(bundle.self_attention, key=lambda g: g[0] * g[1])
+    if target != tuple(fused.shape[1:]):
+        raise ValueError(f"self-attention grid {target} differs from the cross-attention grid {tuple(fused.shape[1:])}")
+    return refine_scores(fused, bundle.self_attention[target][0])
+
+
+def upsample_scores(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(C, H, W) → (C, h, w), bilinear with half-pixel centres."""
+    if scores.shape[0] == 0:
+        return scores.new_zeros(0, *size)
+    return F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def labels_from_scores(scores: torch.Tensor, background_threshold: float, ignore_margin: float | None = None) -> torch.Tensor:
+    """(C, h, w) class scores → (h, w) int64: 0 background (no class above the threshold),
+    c for class c − 1's map, ``IGNORE_INDEX`` where the best channel leads by less than the margin."""
+    background = scores.new_full((1, *scores.shape[1:]), background_threshold)
+    channels = torch.cat([background, scores])
+    if ignore_margin is None or channels.shape[0] < 2:
+        return channels.argmax(dim=0)
+    top = channels.topk(2, dim=0)
+    labels = top.indices[0]
+    labels[top.values[0] - top.values[1] < ignore_margin] = IGNORE_INDEX
+    return labels
+
+
+def segment_means(labels: torch.Tensor, maps: torch.Tensor, segments: int) -> torch.Tensor:
+    """Mean of each of C maps over each segment: labels (h, w) in 0..S−1, maps (C, h, w) → (S, C)."""
+    flat = labels.reshape(-1)
+    sums = maps.new_zeros(segments, maps.shape[0]).index_add_(0, flat, maps.reshape(maps.shape[0], -1).T)
+    counts = torch.bincount(flat, minlength=segments).clamp_min(1)
+    return sums / counts[:, None].to(sums)
+
+
+def segment_openvocab(bundle: AttentionBundle, config: OpenVocabConfig, timer: StageTimer | None = None) -> list[MethodResult]:
+    """Per image: labels at the model input's pixels; segment 0 is background, then one segment per
+    class present (named), and "ignore" for uncertain pixels when ``ignore_margin`` is set."""
+    if bundle.class_maps is None:
+        raise ValueError("openvocab needs class prompts: give classes=[...] (or vocabulary=...) or a per-image class list")
+    timer = timer or StageTimer()
+    results = []
+    for index in range(len(bundle)):
+        image = bundle.image(index)
+        names = list(image.class_names[0])
+        with timer.stage("aggregate"):
+            latent_scores = class_scores(image, config) if names else torch.zeros(0, *image.latent_hw)
+        with timer.stage("segment"):
+            size = (image.latent_hw[0] * config.upsample_factor, image.latent_hw[1] * config.upsample_factor)
+            scores = upsample_scores(latent_scores, size)
+            labels = labels_from_scores(scores, config.background_threshold, config.ignore_margin)
+            labels[labels == IGNORE_INDEX] = len(names) + 1
+            means = segment_means(labels, scores, len(names) + 2)
+            segment_scores = [None] + [float(means[c + 1, c]) for c in range(len(names))] + [None]
+            results.append(MethodResult(labels, names=[BACKGROUND, *names, IGNORE], scores=segment_scores, background=True))
+    return results
+
+
+def name_segments(result: MethodResult, bundle: AttentionBundle, mode: str = "majority") -> MethodResult:
+    """Name one image's segments with its classes (``bundle`` of that image): each segment takes the
+    class whose fused, normalised cross-attention wins most of its pixels (``majority``; score = the
+    winning share of pixels) or has the highest mean over it (``mean``; score = that mean)."""
+    names = bundle.class_names[0] if bundle.class_names else ()
+    if not names:
+        return result
+    labels = result.labels
+    scores = upsample_scores(fuse_levels(bundle.class_maps[0], LEVEL_WEIGHTS[-len(bundle.class_maps[0]) :]), tuple(labels.shape))
+    segments = int(labels.max()) + 1
+    if mode == "majority":
+        votes = scores.argmax(dim=0).reshape(-1)
+        table = torch.bincount(labels.reshape(-1) * len(names) + votes, minlength=segments * len(names)).reshape(segments, len(names))
+        share = table / table.sum(dim=1, keepdim=True).clamp_min(1)
+        best, winner = share.max(dim=1)
+    elif mode == "mean":
+        best, winner = segment_means(labels, scores, segments).max(dim=1)
+    else:
+        raise ValueError(f"naming mode must be majority or mean; got {mode!r}")
+    return replace(result, names=[names[int(w)] for w in winner], scores=[float(b) for b in best])

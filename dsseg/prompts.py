@@ -1,0 +1,119 @@
+"""Prompts that name classes, and where each class name sits in the CLIP token sequence.
+
+Two ways to prompt:
+- one prompt per class from a template, ``"a photograph of a {class}"`` (DiffSegmenter), with
+  optional descriptive words before the name (``"a photograph of a brown horse"``);
+- one joint prompt naming every class (``"a photograph of horse, grass"``) or a caption that
+  contains them, for naming the segments of the unsupervised methods.
+
+A ``PromptPlan`` holds the text, the token positions whose text embeddings are re-weighted
+(the class names: "[class]++") and, per class, the positions whose cross-attention maps make
+its map: the name's tokens averaged (multi-token names such as "traffic light"), fused half
+and half with the mean of its descriptive words' tokens when it has any.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from dsseg.tokenizer import CONTEXT_LENGTH
+
+CLASS_PLACEHOLDER = "{class}"
+DEFAULT_TEMPLATE = "a photograph of a {class}"
+DEFAULT_CLASS_WEIGHT = 1.21  # "[class]++": 1.1² (DiffSegmenter)
+JOINT_PREFIX = "a photograph of "
+
+
+@dataclass(frozen=True)
+class ClassTokens:
+    """Token positions (in the 77-token sequence, 0 = start token) of one class in a prompt."""
+
+    name: tuple[int, ...]
+    descriptors: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    """A prompt, the positions to re-weight, and each class's token positions."""
+
+    text: str
+    classes: tuple[ClassTokens, ...]
+
+    @property
+    def weighted_positions(self) -> tuple[int, ...]:
+        """Positions of the class names' tokens (their embeddings get the class weight)."""
+        return tuple(sorted({p for tokens in self.classes for p in tokens.name}))
+
+    def readout(self, length: int = CONTEXT_LENGTH) -> torch.Tensor:
+        """(length, K) float32: column k turns cross-attention over tokens (…, length) into class k's
+        map — the mean over its name tokens, or ½·that + ½·the mean over its descriptor tokens."""
+        matrix = torch.zeros(length, len(self.classes))
+        for k, tokens in enumerate(self.classes):
+            share = 0.5 if tokens.descriptors else 1.0
+            matrix[list(tokens.name), k] += share / len(tokens.name)
+            if tokens.descriptors:
+                matrix[list(tokens.descriptors), k] += 0.5 / len(tokens.descriptors)
+        return matrix
+
+
+def check_template(template: str) -> None:
+    """Raise a ``ValueError`` unless ``template`` holds ``{class}`` exactly once."""
+    if template.count(CLASS_PLACEHOLDER) != 1:
+        raise ValueError(f"class_template must contain {CLASS_PLACEHOLDER} exactly once, e.g. {DEFAULT_TEMPLATE!r}; got {template!r}")
+
+
+def token_ids(tokenizer, text: str) -> list[int]:
+    """CLIP token ids of ``text`` without the start and end tokens."""
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def phrase_positions(tokenizer, text: str, phrase: str, after: int = 0) -> tuple[int, ...]:
+    """Positions of the first occurrence of ``phrase``'s tokens in ``text``'s token sequence
+    (start token at 0) beginning at or after ``after``; ``ValueError`` if absent or cut off at 77."""
+    sequence = token_ids(tokenizer, text)
+    wanted = token_ids(tokenizer, phrase)
+    if not wanted:
+        raise ValueError(f"class name {phrase!r} has no tokens")
+    n = len(wanted)
+    for start in range(max(0, after - 1), len(sequence) - n + 1):
+        if sequence[start : start + n] == wanted:
+            positions = tuple(range(start + 1, start + 1 + n))
+            if positions[-1] >= CONTEXT_LENGTH - 1:
+                raise ValueError(
+                    f"{phrase!r} falls beyond CLIP's {CONTEXT_LENGTH}-token limit in {text!r}; use fewer or shorter names per prompt"
+                )
+            return positions
+    raise ValueError(f"{phrase!r} does not appear as whole tokens in the prompt {text!r}; put spaces around the name")
+
+
+def class_prompt_plan(tokenizer, template: str, name: str, descriptors: Sequence[str] = ()) -> PromptPlan:
+    """One class's prompt from ``template``: ``{class}`` → the descriptors then the name."""
+    check_template(template)
+    text = template.replace(CLASS_PLACEHOLDER, " ".join([*descriptors, name]))
+    prefix = template.split(CLASS_PLACEHOLDER, 1)[0]
+    start = len(token_ids(tokenizer, prefix)) + 1
+    descriptor_positions: list[int] = []
+    for word in descriptors:
+        found = phrase_positions(tokenizer, text, word, after=start)
+        descriptor_positions.extend(found)
+        start = found[-1] + 1
+    return PromptPlan(text, (ClassTokens(phrase_positions(tokenizer, text, name, after=start), tuple(descriptor_positions)),))
+
+
+def joint_prompt_plan(tokenizer, names: Sequence[str], caption: str = "") -> PromptPlan:
+    """One prompt naming every class: ``caption`` if given (each name is found in it), else
+    ``"a photograph of NAME1, NAME2, …"``."""
+    if not names:
+        return PromptPlan(caption, ())
+    if caption:
+        return PromptPlan(caption, tuple(ClassTokens(phrase_positions(tokenizer, caption, name)) for name in names))
+    text = JOINT_PREFIX + ", ".join(names)
+    found, after = [], 0
+    for name in names:  # in order, so "dog" is not found inside an earlier "hot dog"
+        positions = phrase_positions(tokenizer, text, name, after=after)
+        found.append(ClassTokens(positions))
+        after = positions[-1] + 1
+    return PromptPlan(text, tuple(found))

@@ -1,0 +1,45 @@
+"""Class-name lists of the zero-shot open-vocabulary benchmarks, in each dataset's label order.
+
+Names are written as words a text encoder reads ("potted plant", not "pottedplant"); index i
+of a list is dataset class i + 1 (0 is background in VOC, Context-60 and COCO-Object).
+"""
+
+from __future__ import annotations
+
+VOC20 = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train",
+    "tv monitor",
+)  # fmt: skip
+
+CONTEXT59 = (
+    "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book", "bottle",
+    "building", "bus", "cabinet", "car", "cat", "ceiling", "chair", "cloth", "computer", "cow",
+    "cup", "curtain", "dog", "door", "fence", "floor", "flower", "food", "grass", "ground",
+    "horse", "keyboard", "light", "motorbike", "mountain", "mouse", "person", "plate", "platform",
+    "potted plant", "road", "rock", "sheep", "shelves", "sidewalk", "sign", "sky", "snow", "sofa",
+    "table", "track", "train", "tree", "truck", "tv monitor", "wall", "water", "window", "wood",
+)  # fmt: skip
+
+COCO80 = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
+    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
+
+VOCABULARIES: dict[str, tuple[str, ...]] = {"voc20": VOC20, "context59": CONTEXT59, "coco80": COCO80}
+
+
+def get_vocabulary(name: str) -> tuple[str, ...]:
+    """The class names of vocabulary ``name`` (voc20, context59, coco80)."""
+    try:
+        return VOCABULARIES[name]
+    except KeyError:
+        raise ValueError(f"unknown vocabulary {name!r}; available: {sorted(VOCABULARIES)}") from None
