@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from dsseg.backbone import DEFAULT_BACKBONE, Backbone, cached_backbone
+from dsseg.class_filters import ClassFilter, filter_classes
 from dsseg.extract import AttentionBundle, AttentionExtractor, ExtractConfig, check_resolutions
 from dsseg.image import Geometry, as_rgb_array, to_model_input
 from dsseg.masks import encode_labels
@@ -105,11 +106,14 @@ class Segmenter:
     segmenter runs extraction, the method and the mapping back to each image's original size.
     """
 
-    def __init__(self, backbone: Backbone, method: str = "diffseg", params: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, backbone: Backbone, method: str = "diffseg", params: Mapping[str, Any] | None = None, class_filter: ClassFilter | None = None
+    ) -> None:
         self.backbone = backbone
         self.method = get_method(method)
         self.extract_config, self.method_config = split_params(method, params or {})
         self.extractor = AttentionExtractor(backbone, self.extract_config)
+        self.class_filter = class_filter
 
     def prepare(self, rgb: np.ndarray) -> tuple[np.ndarray, Geometry]:
         """(H, W, 3) uint8 → ((h, w, 3) uint8 model input, geometry), per the extraction config."""
@@ -124,12 +128,15 @@ class Segmenter:
     ) -> list[Segmentation]:
         """pixels (B, h, w, 3) uint8 prepared inputs of one size → B segmentations at original size.
 
-        ``classes``: per image, candidate class names replacing the config's (None entries keep it).
+        ``classes``: per image, candidate class names replacing the config's (None entries keep it),
+        narrowed by the segmenter's ``class_filter`` when it has one.
         ``timer`` (shared by the batch) collects encode, invert, unet, aggregate, segment and
         upsample; each returned ``Segmentation.timings_ms`` is that batch total, not per image.
         """
         backbone = self.backbone
         timer = timer or StageTimer(backbone.device)
+        if self.extract_config.uses_classes and self.class_filter is not None:
+            classes = filter_classes(self.class_filter, list(pixels), classes or [None] * len(pixels), self.extract_config.classes)
         bundle = self.extractor(to_model_input(pixels, backbone.device, backbone.dtype), timer, classes)
         results = run_method(self.method, bundle, self.method_config, timer)
         return [to_segmentation(result, geometry, self.method.name, timer) for result, geometry in zip(results, geometries)]
@@ -141,6 +148,7 @@ def segment_image(
     backbone: str | Backbone = DEFAULT_BACKBONE,
     device: str | None = None,
     dtype: str | None = None,
+    class_filter: ClassFilter | None = None,
     **params: Any,
 ) -> Segmentation:
     """Segment one image (path, PIL image or (H, W, 3) uint8 array) with one UNet step.
@@ -151,14 +159,15 @@ def segment_image(
 
     Open vocabulary: ``segment_image(img, method="openvocab", classes=["horse", "grass"])`` gives
     ``labels`` indexing ``names`` with ``names[0] == "background"``. ``classes`` with another
-    method names its segments (``names``, ``scores``).
+    method names its segments (``names``, ``scores``). ``class_filter`` (see
+    ``dsseg.class_filters``) narrows the candidates to those the image plausibly shows.
     """
     extract_config, _ = split_params(method, params)  # validate before loading a model
     if extract_config.class_template is not None and not extract_config.classes:
         raise ValueError(f"method {method!r} labels pixels by class: give classes=[...] or vocabulary=... (voc20, context59, coco80)")
     if not isinstance(backbone, Backbone):
         backbone = cached_backbone(backbone, device=device, dtype=dtype)
-    segmenter = Segmenter(backbone, method, params)
+    segmenter = Segmenter(backbone, method, params, class_filter)
     timer = StageTimer(backbone.device)
     with timer.stage("decode"):
         pixels, geometry = segmenter.prepare(as_rgb_array(image))

@@ -74,7 +74,7 @@ def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 JOB_SETTINGS = (
     "input", "output", "backbone", "device", "dtype", "offline", "batch_size", "num_workers", "gpus_per_worker",
-    "limit", "shard", "overwrite", "max_image_side", "max_pixels", "rows_per_file",
+    "limit", "shard", "overwrite", "retry_errors", "max_image_side", "max_pixels", "rows_per_file", "class_filter",
 )  # fmt: skip
 
 
@@ -95,8 +95,12 @@ def job_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard", help="I/N: only the images whose id hashes to I of N disjoint shards, e.g. 0/4")
     parser.add_argument("--max-image-side", type=int, help="decode images at most this large; masks stay at full size (default 4096)")
     parser.add_argument("--max-pixels", type=int, help="refuse images whose header exceeds this many pixels (default 100000000)")
-    parser.add_argument("--rows-per-file", type=int, help="rows per Parquet part file (default 256)")
-    parser.add_argument("--overwrite", action="store_true", default=None, help="delete earlier results in --output and start afresh")
+    parser.add_argument("--rows-per-file", type=int, help="rows per write batch, split into one part file per config (default 256)")
+    parser.add_argument("--overwrite", action="store_true", default=None, help="delete earlier results in --output (with --shard: that shard's) and start afresh")
+    parser.add_argument(
+        "--retry-errors", action="store_true", default=None, help="also redo error rows with a transient reason (read_failed, out_of_memory, model_failed, encode_failed)"
+    )
+    parser.add_argument("--class-filter", help="narrow each image's candidate classes: clip:MODEL (hub id or folder) or package.module:factory")
     add_model_arguments(parser)
     parser.set_defaults(backbone=None, device=None, dtype=None, offline=None)
     add_method_arguments(parser)

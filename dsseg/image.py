@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -78,16 +77,18 @@ def open_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Imag
     """
     if not data:
         raise InputError("empty_file", "the file has 0 bytes")
+    pillow_limit = Image.MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as error:
-        raise InputError("too_large", str(error)) from None
+        # Our header check below replaces Pillow's decompression-bomb limit (~179 MP), so that
+        # --max-pixels can also raise it; Pillow's own limit is restored straight after.
+        Image.MAX_IMAGE_PIXELS = None
+        image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise InputError("not_an_image", "cannot identify image file (not an image, or a format Pillow cannot read)") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise InputError(_damage_reason(error), f"cannot read the image header: {error}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
         raise InputError(

@@ -48,10 +48,13 @@ class MethodSpec:
         return cls(method, {k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()})
 
 
-def config_id(backbone: str, dtype: str, spec: MethodSpec) -> str:
-    """Hash of what determines a config's output: backbone, dtype, extraction and method config."""
+def config_id(backbone: str, dtype: str, spec: MethodSpec, class_filter: str | None = None) -> str:
+    """Hash of what determines a config's output: backbone, dtype, extraction and method config
+    (and the class filter, for configs prompted with classes)."""
     extract, method_config = spec.configs()
     extract_fields = {k: v for k, v in dataclasses.asdict(extract).items() if k not in RUNTIME_FIELDS}
+    if extract.uses_classes and class_filter:
+        extract_fields["class_filter"] = class_filter
     key = {
         "backbone": backbone,
         "dtype": dtype,
@@ -84,7 +87,12 @@ class SegmentJob:
     ``device`` allows, else 0; fractions share a GPU between workers. ``max_image_side``:
     images are decoded at most this large (masks are still written at the original size);
     ``max_pixels``: the decompression-bomb limit on the header's width × height.
-    ``rows_per_file``: rows per Parquet part file. ``crash_once_marker``: fault injection for
+    ``overwrite``: delete earlier results first (with ``shard``: that shard's only).
+    ``retry_errors``: also redo images whose error rows have a transient reason (read_failed,
+    out_of_memory, model_failed, encode_failed); the new row replaces the error row.
+    ``rows_per_file``: rows per write batch; each config's share of a batch is its own part file. ``class_filter``: ``clip:MODEL`` or
+    ``module:factory`` (see ``dsseg.class_filters``), narrowing each image's candidate classes in
+    the model actors. ``crash_once_marker``: fault injection for
     tests — the first model call exits its process (as an OOM kill would) unless the marker
     file exists, which it then creates.
     """
@@ -102,9 +110,11 @@ class SegmentJob:
     limit: int | None = None
     shard: tuple[int, int] | None = None
     overwrite: bool = False
+    retry_errors: bool = False
     max_image_side: int | None = 4096
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     rows_per_file: int = 256
+    class_filter: str | None = None
     crash_once_marker: str | None = None
 
     def __post_init__(self) -> None:
@@ -132,11 +142,13 @@ class SegmentJob:
         if len(set(ids)) != len(ids):
             raise ValueError("two of the run's configs are the same; remove the repeat")
         prepared = {tuple(getattr(spec.configs()[0], name) for name in PREPARE_FIELDS) for spec in specs}
+        if self.class_filter is not None and ":" not in self.class_filter:
+            raise ValueError(f"--class-filter expects clip:MODEL or package.module:factory; got {self.class_filter!r}")
         if len(prepared) > 1:
             raise ValueError(f"all configs of a run must share {', '.join(PREPARE_FIELDS)}; run configs that differ in them as separate jobs")
 
     def config_ids(self) -> list[str]:
-        return [config_id(self.backbone, self.dtype, spec) for spec in self.configs]
+        return [config_id(self.backbone, self.dtype, spec, self.class_filter) for spec in self.configs]
 
     def prepare_config(self) -> ExtractConfig:
         """The extraction config whose geometry the decode stage applies (shared by all configs)."""

@@ -37,8 +37,8 @@ def plan(job: SegmentJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     items = list_inputs(job.input, job.limit, job.shard)
     job.check_classes(items)
     if job.overwrite:
-        remove_results(job.output)
-    done = done_pairs(scan(job.output))
+        remove_results(job.output, job.shard)
+    done = done_pairs(scan(job.output), retry_errors=job.retry_errors)
     ids = job.config_ids()
     todo = []
     for item in items:
@@ -102,20 +102,27 @@ def build_dataset(job: SegmentJob, todo: list[dict[str, Any]], gpus: float):
 
 
 class RunStats:
-    """Running totals of the rows written, kept small on the driver however many images run."""
+    """Running totals of the rows written, kept small on the driver however many images run.
 
-    def __init__(self) -> None:
+    Images are counted as rows × (images / rows) of the work planned: exact once every planned
+    row is written, proportional before (images need different numbers of config rows on resume).
+    """
+
+    def __init__(self, planned_images: int = 0, planned_rows: int = 0) -> None:
+        self.images_per_row = planned_images / planned_rows if planned_rows else 0.0
         self.rows = 0
         self.ok = 0
         self.reasons: Counter[str] = Counter()
         self.stage_sums: dict[str, float] = dict.fromkeys(TIMING_STAGES, 0.0)
         self.stage_counts: dict[str, int] = dict.fromkeys(TIMING_STAGES, 0)
-        self.images: set[str] = set()
+
+    @property
+    def images(self) -> float:
+        return self.rows * self.images_per_row
 
     def add(self, batch: Any) -> None:
         """Fold in a WRITTEN_SCHEMA batch (pyarrow table)."""
         self.rows += len(batch)
-        self.images.update(batch.column("image_id").to_pylist())
         for status, error, timings in zip(*(batch.column(name).to_pylist() for name in ("status", "error", "timings_ms"))):
             if status != "ok":
                 self.reasons[(error or "").split(":", 1)[0]] += 1
@@ -129,12 +136,12 @@ class RunStats:
     def summary(self, seconds: float) -> dict[str, Any]:
         """Images/s, mean per-stage milliseconds of the ok rows and errors by reason code."""
         return {
-            "images_segmented": len(self.images),
+            "images_segmented": round(self.images),
             "rows_written": self.rows,
             "ok": self.ok,
             "error": self.rows - self.ok,
             "errors_by_reason": dict(self.reasons.most_common()),
-            "images_per_second": round(len(self.images) / seconds, 3) if seconds > 0 else None,
+            "images_per_second": round(self.images / seconds, 3) if seconds > 0 else None,
             "mean_stage_ms": {stage: round(total / self.stage_counts[stage], 1) for stage, total in self.stage_sums.items() if self.stage_counts[stage]},
         }
 
@@ -151,18 +158,18 @@ def run_segment_job(job: SegmentJob, address: str | None = None, stop_after_rows
         check_backbone_available(job.backbone, job.offline)
     write_config(job.output, job.record() | {"versions": library_versions()})
     clear_success(job.output, job.shard)
-    stats = RunStats()
+    expected_rows = sum(len(item["configs"]) for item in todo)
+    stats = RunStats(len(todo), expected_rows)
     ray_seconds = 0.0
     if todo:
         on_cluster = init_ray(address)
         gpus = gpus_per_worker(job, on_cluster)
         ray_start = last_report = time.perf_counter()
-        expected_rows = sum(len(item["configs"]) for item in todo)
         for batch in build_dataset(job, todo, gpus).iter_batches(batch_size=None, batch_format="pyarrow"):
             stats.add(batch)
             now = time.perf_counter()
             if now - last_report > PROGRESS_SECONDS:
-                rate = len(stats.images) / (now - ray_start)
+                rate = stats.images / (now - ray_start)
                 print(f"dsseg: {stats.rows}/{expected_rows} rows written, {rate:.2f} images/s, {stats.rows - stats.ok} errors", file=sys.stderr)
                 last_report = now
             if stop_after_rows is not None and stats.rows >= stop_after_rows:

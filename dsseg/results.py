@@ -28,7 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from dsseg.sources import resolve
+from dsseg.schema import TRANSIENT_ERRORS
+from dsseg.sources import in_shard, resolve
 
 SEGMENTS_DIR = "segments"
 CONFIG_FILE = "config.json"
@@ -93,23 +94,34 @@ def scan(output: str) -> pa.Table:
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
-def done_pairs(scanned: pa.Table) -> set[tuple[str, str]]:
-    """(config_id, image_id) pairs that already have a row."""
-    return set(zip(scanned.column("config_id").to_pylist(), scanned.column("image_id").to_pylist()))
+def done_pairs(scanned: pa.Table, retry_errors: bool = False) -> set[tuple[str, str]]:
+    """(config_id, image_id) pairs that already have a row; with ``retry_errors``, error rows
+    whose reason may pass on a new try (``TRANSIENT_ERRORS``) do not count."""
+    columns = (scanned.column(name).to_pylist() for name in ("config_id", "image_id", "status", "error"))
+    return {
+        (config, image)
+        for config, image, status, error in zip(*columns)
+        if not (retry_errors and status != "ok" and (error or "").split(":", 1)[0] in TRANSIENT_ERRORS)
+    }
 
 
 def deduplicate(output: str, scanned: pa.Table) -> int:
-    """Drop repeated (config_id, image_id) rows, keeping the first by file order; returns how many.
+    """Drop repeated (config_id, image_id) rows, keeping an ``ok`` row over error rows and else
+    the first by file order; returns how many were dropped.
 
-    Repeats arise only when a cancelled run's last writes land after a new run has planned its
-    work; their rows are the same computation, so either copy may stay.
+    Repeats arise when a cancelled run's last writes land after a new run has planned its work
+    (the same computation, so either copy may stay), and when ``--retry-errors`` redoes an image.
     """
-    seen: set[tuple[str, str]] = set()
+    columns = [scanned.column(name).to_pylist() for name in ("config_id", "image_id", "status", "file")]
+    keeper: dict[tuple[str, str], int] = {}
+    for row, (config, image, status, _) in enumerate(zip(*columns)):
+        kept = keeper.get((config, image))
+        if kept is None or (status == "ok" and columns[2][kept] != "ok"):
+            keeper[(config, image)] = row
     drop: dict[str, set[str]] = {}
-    for config, image, path in zip(*(scanned.column(name).to_pylist() for name in ("config_id", "image_id", "file"))):
-        if (config, image) in seen:
+    for row, (config, image, _, path) in enumerate(zip(*columns)):
+        if keeper[(config, image)] != row:
             drop.setdefault(path, set()).add(image)
-        seen.add((config, image))
     fs, _ = resolve(output)
     for path, images in drop.items():
         with fs.open_input_file(path) as handle:
@@ -171,10 +183,18 @@ def clear_success(output: str, shard: tuple[int, int] | None) -> None:
         fs.delete_file(path)
 
 
-def remove_results(output: str) -> None:
-    """``--overwrite``: delete segments/, config.json and success markers (nothing else)."""
+def remove_results(output: str, shard: tuple[int, int] | None = None) -> None:
+    """``--overwrite``: delete segments/, config.json and success markers (nothing else); with a
+    shard, only that shard's part files and success marker, so other shards' results stay."""
     fs, root = resolve(output)
     if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return
+    if shard is not None:
+        scanned = scan(output)
+        ids, files = scanned.column("image_id").to_pylist(), scanned.column("file").to_pylist()
+        for path in sorted({path for image_id, path in zip(ids, files) if in_shard(image_id, shard)}):
+            fs.delete_file(path)
+        clear_success(output, shard)
         return
     for info in fs.get_file_info(pafs.FileSelector(root)):
         if info.base_name == SEGMENTS_DIR and info.type == pafs.FileType.Directory:

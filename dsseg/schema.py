@@ -5,6 +5,9 @@ from __future__ import annotations
 import pyarrow as pa
 
 TIMING_STAGES = ("decode", "encode", "invert", "unet", "aggregate", "segment", "upsample", "rle")
+# Error-row reason codes that a new try may not repeat (a flaky read, memory, a model or encode
+# fault); --retry-errors redoes these. Input faults (corrupt, truncated, too_large, …) are final.
+TRANSIENT_ERRORS = ("read_failed", "out_of_memory", "model_failed", "encode_failed")
 
 RLE_TYPE = pa.struct([("size", pa.list_(pa.int32(), 2)), ("counts", pa.string())])
 SEGMENT_TYPE = pa.struct(
@@ -72,6 +75,7 @@ MODEL_SCHEMA = pa.schema(
         ("names", pa.list_(pa.string())),
         ("scores", pa.list_(pa.float32())),
         ("parents", pa.list_(pa.int32())),
+        ("background", pa.bool_()),  # segment 0 is the background class (MethodResult.background)
         ("timings_ms", TIMINGS_TYPE),
     ]
 )

@@ -5,8 +5,8 @@ An input is one of
   crosses folders), local or any URI pyarrow's file systems open (``s3://``, ``gs://``,
   ``hdfs://``, ``file://``);
 - a manifest: a ``.parquet`` or ``.jsonl`` file with columns ``image_id`` and ``uri``, and
-  optionally ``classes`` (or ``labels``): the image's candidate class names, a list of strings
-  or one comma-separated string, for the open-vocabulary method and segment naming (other
+  optionally ``classes`` (or ``labels``, when it holds strings): the image's candidate class
+  names, a list of strings or one comma-separated string (an empty list: no classes), for the open-vocabulary method and segment naming (other
   columns, e.g. ground truth, are ignored here; relative URIs are resolved against the
   manifest's folder);
 - uncompressed tar shards in WebDataset layout (``key.jpg`` beside ``key.json``), given as a
@@ -64,10 +64,12 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
     """(file system, path inside it) for a local path or a URI; file systems are cached per bucket."""
     if not is_uri(path):
         return pafs.LocalFileSystem(), os.path.abspath(path)
-    parsed = urlparse(path)
-    if parsed.scheme == "file":
-        return pafs.LocalFileSystem(), parsed.path
-    return _filesystem(f"{parsed.scheme}://{parsed.netloc}"), f"{parsed.netloc}{parsed.path}".rstrip("/")
+    # Split by hand: urlparse would cut object keys at "#" or "?" (legal in bucket keys and globs).
+    scheme, rest = path.split("://", 1)
+    if scheme.lower() == "file":
+        return pafs.LocalFileSystem(), rest
+    bucket = rest.split("/", 1)[0]
+    return _filesystem(f"{scheme}://{bucket}"), rest.rstrip("/")
 
 
 def join(base: str, relative: str) -> str:
@@ -119,9 +121,13 @@ def list_inputs(spec: str, limit: int | None = None, shard: tuple[int, int] | No
     if repeated:
         raise ValueError(f"--input {spec!r} has {len(repeated)} repeated image_id(s), e.g. {repeated[:3]}; ids must be unique")
     if shard is not None:
-        index, count = shard
-        items = [item for item in items if zlib.crc32(item["image_id"].encode()) % count == index]
+        items = [item for item in items if in_shard(item["image_id"], shard)]
     return items[:limit] if limit else items
+
+
+def in_shard(image_id: str, shard: tuple[int, int]) -> bool:
+    """Whether ``image_id`` belongs to shard ``(i, n)``: CRC-32 of the id ≡ i (mod n)."""
+    return zlib.crc32(image_id.encode()) % shard[1] == shard[0]
 
 
 def _expand(spec: str) -> list[Item]:
@@ -196,9 +202,16 @@ def read_manifest(source: str) -> list[Item]:
     uris = table.column("uri").to_pylist()
     if any(uri is None for uri in uris):
         raise ValueError(f"manifest {source!r} has rows without a uri")
-    column = next((name for name in CLASS_COLUMNS if name in table.column_names), None)
+    column = next((name for name in CLASS_COLUMNS if name in table.column_names and _holds_names(table.schema.field(name).type)), None)
     classes = [parse_classes(value) for value in table.column(column).to_pylist()] if column else [None] * len(ids)
     return [_item(image_id, join(base, str(uri)), classes=names) for image_id, uri, names in zip(ids, uris, classes)]
+
+
+def _holds_names(kind: pa.DataType) -> bool:
+    """A column of class names: strings, or lists of strings (e.g. not integer class labels)."""
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        kind = kind.value_type
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
 
 def parse_classes(value: Any) -> list[str] | None:

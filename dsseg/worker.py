@@ -24,6 +24,7 @@ import torch
 
 from dsseg.api import to_segmentation
 from dsseg.backbone import load_backbone
+from dsseg.class_filters import filter_classes, load_class_filter
 from dsseg.extract import AttentionExtractor, ExtractConfig
 from dsseg.image import Geometry, InputError, decode_rgb, rescale_geometry, to_model_input
 from dsseg.jobconfig import SegmentJob
@@ -82,6 +83,7 @@ class SegmentWorker:
         self.config_ids = job.config_ids()
         self.methods = [(get_method(spec.method), spec.configs()[1]) for spec in job.configs]
         self.groups = [(AttentionExtractor(backbone, extract), indices) for extract, indices in job.extraction_groups()]
+        self.class_filter = load_class_filter(job.class_filter, device=str(backbone.device), offline=job.offline) if job.class_filter else None
         self.crash_once_marker = job.crash_once_marker
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -108,12 +110,15 @@ class SegmentWorker:
             return self._segment_rows(rows)
         except Exception as error:
             out_of_memory = is_out_of_memory(error)
-            if out_of_memory and self.backbone.device.type == "cuda":
-                torch.cuda.empty_cache()
-            if len(rows) == 1:
-                return self._error_rows(rows[0], describe(error, "out_of_memory" if out_of_memory else "model_failed"))
-            half = len(rows) // 2
-            return self._segment_bisecting(rows[:half]) + self._segment_bisecting(rows[half:])
+            reason = describe(error, "out_of_memory" if out_of_memory else "model_failed")
+        # Retried outside the handler: the exception's traceback holds the failed attempt's tensors,
+        # which must be released before the halves run.
+        if out_of_memory and self.backbone.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(rows) == 1:
+            return self._error_rows(rows[0], reason)
+        half = len(rows) // 2
+        return self._segment_bisecting(rows[:half]) + self._segment_bisecting(rows[half:])
 
     def _segment_rows(self, rows: list[dict]) -> list[dict]:
         """Same-size rows → one MODEL_SCHEMA row per row × wanted config."""
@@ -127,7 +132,10 @@ class SegmentWorker:
             wanted = [i for i in indices if any(self.config_ids[i] in row["configs"] for row in rows)]
             if not wanted:
                 continue
-            bundle = extractor(model_input, shared, [row["classes"] for row in rows])
+            classes = [row["classes"] for row in rows]
+            if extractor.config.uses_classes and self.class_filter is not None:
+                classes = filter_classes(self.class_filter, list(pixels), classes, extractor.config.classes)
+            bundle = extractor(model_input, shared, classes)
             for i in wanted:
                 method, config = self.methods[i]
                 timer = StageTimer(device)
@@ -151,6 +159,7 @@ class SegmentWorker:
                         "names": result.names,
                         "scores": result.scores,
                         "parents": result.parents,
+                        "background": result.background,
                     }
                 )
         return out
@@ -193,7 +202,7 @@ def encode_row(row: dict) -> dict:
         shape = (row["input_h"], row["input_w"])
         labels = torch.from_numpy(np.frombuffer(row["labels"], dtype=np.int32).reshape(shape).copy())
         geometry = Geometry((row["height"], row["width"]), tuple(row["box"]), shape)
-        result = MethodResult(labels, names=row["names"], scores=row["scores"], parents=row["parents"])
+        result = MethodResult(labels, names=row["names"], scores=row["scores"], parents=row["parents"], background=bool(row["background"]))
         segmentation = to_segmentation(result, geometry, row["method"], timer)
         with timer.stage("rle"):
             out["segments"] = segmentation.to_rles()

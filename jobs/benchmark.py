@@ -3,6 +3,7 @@
     python jobs/benchmark.py --backbone tiny|sd-v1-random|HUB_ID --device cpu|cuda
                              [--batch-sizes 1,4] [--repeats 3] [--image PATH] [--json OUT.json]
                              [--method diffseg] [--param NAME=VALUE ...] [--noise ...]
+                             [--method openvocab --class-counts 1,5,20,80]
 
 Stages: decode (file bytes → prepared 512² input), encode (VAE), invert (noise or DDIM
 inversion), unet (one step with capture), aggregate, segment, upsample (labels to the original
@@ -13,6 +14,8 @@ straightforward version on the same attention — for DiffSeg the loop-by-loop t
 the official algorithm (``dsseg.methods.diffseg_reference``), for NCut dense matrices, scipy's
 eigensolver and costs from the definition (``dsseg.methods.ncut_reference``) — with the
 speed-up and the agreement of the two results (pixel label maps; NCut: latent-cell partitions).
+``--class-counts`` times the open-vocabulary method (or segment naming) against the number of
+candidate classes: one UNet call per ``class_batch_size`` class prompts.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from dsseg.metrics import relabelled_agreement  # noqa: E402
 from dsseg.pipeline import library_versions  # noqa: E402
 from dsseg.schema import TIMING_STAGES  # noqa: E402
 from dsseg.timing import StageTimer  # noqa: E402
+from dsseg.vocabularies import COCO80  # noqa: E402
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[1] / "tests" / "data" / "images" / "135069.jpg"
 
@@ -125,35 +129,53 @@ def compare_ncut(bundle: AttentionBundle, config: NCutConfig) -> dict:
     return comparison_record("aggregate+segment (NCut)", ours_ms, reference_ms, ours, reference)
 
 
-def benchmark(args: argparse.Namespace) -> dict:
-    start = time.perf_counter()
-    backbone = load_backbone(args.backbone, device=args.device, dtype=args.dtype, offline=args.offline)
-    load_seconds = time.perf_counter() - start
-    segmenter = Segmenter(backbone, args.method, params_from_args(args))
-    data = Path(args.image).read_bytes()
+def timed_runs(segmenter: Segmenter, data: bytes, batch_sizes: list[int], repeats: int, classes: int | None = None) -> list[dict]:
+    """One record per batch size: median per-stage ms per image, images/s and peak device memory."""
+    cuda = segmenter.backbone.device.type == "cuda"
     runs = []
-    comparison = None
-    if args.compare:
-        if segmenter.extract_config.geometry == "aspect":
-            raise SystemExit("--compare needs square inputs (geometry center_crop or squash)")
-        comparison = compare_with_reference(segmenter, data)
-    for batch_size in args.batch_sizes:
-        if backbone.device.type == "cuda":
+    for batch_size in batch_sizes:
+        if cuda:
             torch.cuda.reset_peak_memory_stats()
         run_once(segmenter, data, batch_size)  # warm-up
-        samples = [run_once(segmenter, data, batch_size) for _ in range(args.repeats)]
+        samples = [run_once(segmenter, data, batch_size) for _ in range(repeats)]
         stages = {stage: statistics.median(s[stage] for s in samples) for stage in samples[0]}
         total = statistics.median(sum(s.values()) for s in samples)
         runs.append(
             {
                 "batch_size": batch_size,
+                "classes": classes,
                 "ms_per_image": {k: round(v, 2) for k, v in stages.items()},
                 "images_per_second": {k: round(1000.0 / v, 2) for k, v in stages.items()},
                 "end_to_end_ms_per_image": round(total, 2),
                 "end_to_end_images_per_second": round(1000.0 / total, 3),
-                "peak_device_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if backbone.device.type == "cuda" else None,
+                "peak_device_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
             }
         )
+    return runs
+
+
+def benchmark(args: argparse.Namespace) -> dict:
+    start = time.perf_counter()
+    backbone = load_backbone(args.backbone, device=args.device, dtype=args.dtype, offline=args.offline)
+    load_seconds = time.perf_counter() - start
+    params = params_from_args(args)
+    segmenter = Segmenter(backbone, args.method, params)
+    data = Path(args.image).read_bytes()
+    comparison = None
+    if args.compare:
+        if segmenter.extract_config.geometry == "aspect":
+            raise SystemExit("--compare needs square inputs (geometry center_crop or squash)")
+        comparison = compare_with_reference(segmenter, data)
+    if args.class_counts:
+        # Cost against the number of candidate classes: the first N of the configured list.
+        names = segmenter.extract_config.classes or COCO80
+        params = {k: v for k, v in params.items() if k not in ("classes", "vocabulary")}
+        runs = []
+        for count in args.class_counts:
+            counted = Segmenter(backbone, args.method, params | {"classes": tuple(names[:count])})
+            runs.extend(timed_runs(counted, data, args.batch_sizes, args.repeats, classes=count))
+    else:
+        runs = timed_runs(segmenter, data, args.batch_sizes, args.repeats, classes=len(segmenter.extract_config.classes) or None)
     return {
         "backbone": args.backbone,
         "device": str(backbone.device),
@@ -174,12 +196,16 @@ def benchmark(args: argparse.Namespace) -> dict:
 
 
 def print_table(report: dict) -> None:
-    header = f"{'batch':>5} " + " ".join(f"{stage:>9}" for stage in TIMING_STAGES) + f" {'total':>9} {'img/s':>7}"
+    header = f"{'batch':>5} {'classes':>7} " + " ".join(f"{stage:>9}" for stage in TIMING_STAGES) + f" {'total':>9} {'img/s':>7}"
     print(f"{report['backbone']} on {report['device']} ({report['dtype']}), ms per image (median of {report['repeats']})", file=sys.stderr)
     print(header, file=sys.stderr)
     for run in report["runs"]:
         cells = " ".join(f"{run['ms_per_image'].get(stage, float('nan')):9.1f}" for stage in TIMING_STAGES)
-        print(f"{run['batch_size']:>5} {cells} {run['end_to_end_ms_per_image']:9.1f} {run['end_to_end_images_per_second']:7.2f}", file=sys.stderr)
+        classes = "-" if run["classes"] is None else run["classes"]
+        print(
+            f"{run['batch_size']:>5} {classes:>7} {cells} {run['end_to_end_ms_per_image']:9.1f} {run['end_to_end_images_per_second']:7.2f}",
+            file=sys.stderr,
+        )
 
 
 def main(argv=None) -> int:
@@ -189,11 +215,17 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per batch size after one warm-up")
     parser.add_argument("--json", help="also write the report to this file")
     parser.add_argument("--compare", action="store_true", help="also time the method's float64 straightforward version (slow)")
+    parser.add_argument(
+        "--class-counts", help="comma-separated numbers of candidate classes to time (the first N of --classes/--vocabulary, else COCO-80)"
+    )
     add_model_arguments(parser)
     add_method_arguments(parser)
     args = parser.parse_args(argv)
     try:
         args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+        args.class_counts = [int(n) for n in args.class_counts.split(",")] if args.class_counts else []
+        if args.class_counts and min(args.class_counts) < 1:
+            raise ValueError("--class-counts must be ≥ 1")
         split_params(args.method, params_from_args(args))
     except (TypeError, ValueError) as error:
         parser.error(str(error))

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dsseg.image import Geometry, decode_image, plan_geometry, prepare_image
+from faults import gigantic_png
+from dsseg.image import Geometry, InputError, decode_image, open_image, plan_geometry, prepare_image
 from dsseg.upsample import labels_to_original, resize_labels
 
 
@@ -64,3 +65,11 @@ def test_labels_back_to_the_original_image():
     assert np.array_equal(wide[:, 2:6], labels)
     assert np.array_equal(wide[:, 0], labels[:, 0]) and np.array_equal(wide[:, 7], labels[:, 3])
     assert np.array_equal(resize_labels(labels, (8, 8))[::2, ::2], labels)
+
+
+def test_max_pixels_replaces_pillows_decompression_bomb_limit():
+    header = gigantic_png(20_000, 10_000)  # 200 MP: beyond Pillow's own limit (~179 MP)
+    with pytest.raises(InputError, match="^too_large: .*--max-pixels"):
+        open_image(header, max_pixels=100_000_000)
+    assert open_image(header, max_pixels=300_000_000).size == (20_000, 10_000)  # header only, not decoded
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485  # Pillow's setting is restored

@@ -226,3 +226,48 @@ def test_run_method_leaves_openvocab_names_alone():
     bundle = _planted_bundle(_regions(), ("horse", "grass"))
     (result,) = run_method(get_method("openvocab"), bundle, OpenVocabConfig(upsample_factor=1))
     assert result.names[:3] == ["background", "horse", "grass"]
+
+
+def test_a_class_filter_narrows_the_candidates(tiny, bsds_image):
+    seen = []
+
+    def keep_first(images, candidates):
+        seen.append(([image.shape for image in images], [list(c) for c in candidates]))
+        return [list(c[:1]) for c in candidates]
+
+    result = segment_image(
+        bsds_image, method="openvocab", classes=["horse", "grass", "sky"], backbone=tiny, image_size=128, class_filter=keep_first
+    )
+    assert seen == [([(128, 128, 3)], [["horse", "grass", "sky"]])]
+    assert set(result.names) <= {"background", "horse", "ignore"}
+
+    def invents(images, candidates):
+        return [["unicorn"] for _ in candidates]
+
+    with pytest.raises(ValueError, match="subset"):
+        segment_image(bsds_image, method="openvocab", classes=["horse"], backbone=tiny, image_size=128, class_filter=invents)
+
+
+def test_clip_filter_loads_a_saved_checkpoint_and_keeps_subsets(tmp_path, bsds_image):
+    from transformers import CLIPConfig, CLIPModel
+
+    from dsseg.class_filters import ClassFilterNotFoundError, load_class_filter
+
+    text = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(tmp_path / "clip")
+    clip_tokenizer().save_pretrained(tmp_path / "clip")
+    clip = load_class_filter(f"clip:{tmp_path / 'clip'}", device="cpu", offline=True)
+    images = [bsds_image, bsds_image[::-1, :, ::-1].copy()]
+    candidates = [["horse", "grass", "sky"], ["dog", "cat"]]
+    clip.min_probability = 0.0
+    assert clip(images, candidates) == candidates  # every candidate clears a zero threshold, order kept
+    clip.top_k = 1
+    kept = clip(images, candidates)
+    assert [len(k) for k in kept] == [1, 1] and all(set(k) <= set(c) for k, c in zip(kept, candidates))
+    assert clip.pixels(images).shape == (2, 3, 32, 32)
+    with pytest.raises(ClassFilterNotFoundError, match="CLIP"):
+        load_class_filter(f"clip:{tmp_path / 'missing'}", device="cpu", offline=True)
+    with pytest.raises(ValueError, match="clip:MODEL"):
+        load_class_filter("just-a-name")

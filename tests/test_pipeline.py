@@ -9,7 +9,7 @@ from conftest import IMAGES
 from dsseg.jobconfig import MethodSpec, SegmentJob
 from dsseg.masks import decode_segments
 from dsseg.pipeline import run_segment_job
-from dsseg.results import read_results, scan
+from dsseg.results import read_results, scan, write_parts
 from dsseg.schema import OUTPUT_SCHEMA
 from dsseg.sources import list_inputs
 from dsseg.worker import SegmentWorker, decode_batch, encode_row
@@ -196,3 +196,58 @@ def test_manifest_classes_label_openvocab_rows_and_name_diffseg_rows(ray_local, 
     folder_job = SegmentJob(input=str(IMAGES), output=str(tmp_path / "bad"), backbone="tiny", configs=[configs[0]], device="cpu")
     with pytest.raises(ValueError, match="no class list"):
         run_segment_job(folder_job)
+
+
+def keep_first_class():
+    """A class-filter factory (``--class-filter test_pipeline:keep_first_class``) for the test below."""
+    return lambda images, candidates: [list(names[:1]) for names in candidates]
+
+
+def test_worker_applies_the_jobs_class_filter(tmp_path):
+    job = SegmentJob(
+        input=str(IMAGES), output=str(tmp_path), backbone="tiny", device="cpu", class_filter="test_pipeline:keep_first_class",
+        configs=[MethodSpec("openvocab", {"image_size": 128, "classes": ("horse", "grass", "sky")})],
+    )  # fmt: skip
+    unfiltered = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", device="cpu", configs=job.configs)
+    assert job.config_ids() != unfiltered.config_ids()  # the filter changes the results, so the config id
+    rows = [encode_row(row) for row in SegmentWorker(job)(decoded(job, {"135069.jpg", "horses/horse001.jpg"})).to_pylist()]
+    assert len(rows) == 2 and all(row["status"] == "ok" for row in rows)
+    assert {segment["label"] for row in rows for segment in row["segments"]} <= {"background", "ignore", "horse"}
+
+
+def _rows(ids, config="c1", status="ok", error=None):
+    return pa.Table.from_pylist(
+        [{"image_id": i, "source": i, "width": 4, "height": 4, "method": "diffseg", "config_id": config, "status": status, "error": error, "segments": []} for i in ids],
+        schema=OUTPUT_SCHEMA,
+    )
+
+
+def test_overwrite_with_a_shard_deletes_only_that_shards_results(tmp_path):
+    from dsseg.results import mark_success, part_files, remove_results
+    from dsseg.sources import in_shard
+
+    ids = [f"img{i}.jpg" for i in range(12)]
+    shards = {k: [i for i in ids if in_shard(i, (k, 2))] for k in (0, 1)}
+    assert shards[0] and shards[1]
+    for k in (0, 1):
+        write_parts(_rows(shards[k]), str(tmp_path))
+        mark_success(str(tmp_path), (k, 2), {"complete": True})
+    remove_results(str(tmp_path), shard=(0, 2))
+    left = scan(str(tmp_path)).column("image_id").to_pylist()
+    assert sorted(left) == sorted(shards[1]) and len(part_files(str(tmp_path))) == 1
+    assert not (tmp_path / "_SUCCESS-shard-0-of-2").exists() and (tmp_path / "_SUCCESS-shard-1-of-2").exists()
+
+
+def test_retry_errors_redoes_transient_errors_and_the_ok_row_wins(tmp_path):
+    from dsseg.results import deduplicate, done_pairs
+
+    output = str(tmp_path)
+    write_parts(_rows(["a.jpg"], status="error", error="model_failed: RuntimeError: boom"), output)
+    write_parts(_rows(["b.jpg"], status="error", error="corrupt: broken data stream"), output)
+    write_parts(_rows(["c.jpg"]), output)
+    assert done_pairs(scan(output)) == {("c1", "a.jpg"), ("c1", "b.jpg"), ("c1", "c.jpg")}
+    assert done_pairs(scan(output), retry_errors=True) == {("c1", "b.jpg"), ("c1", "c.jpg")}  # corrupt inputs stay final
+    write_parts(_rows(["a.jpg", "c.jpg"]), output)  # the retry's ok row, and a late duplicate of c
+    assert deduplicate(output, scan(output)) == 2
+    rows = {r["image_id"]: r["status"] for r in scan(output).to_pylist()}
+    assert rows == {"a.jpg": "ok", "b.jpg": "error", "c.jpg": "ok"} and len(scan(output)) == 3

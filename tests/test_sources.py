@@ -91,3 +91,20 @@ def test_manifest_class_cells_as_lists_or_comma_strings(tmp_path):
         (tmp_path / name).write_bytes(b"")
     items = list_inputs(str(tmp_path / "m.parquet"))
     assert [item["classes"] for item in items] == [["dog", "cat"], None]
+
+
+def test_file_uris_keep_hash_and_question_marks_in_names(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    for name in ("cat#1.jpg", "dog?.jpg"):
+        (tmp_path / "imgs" / name).write_bytes((IMAGES / "135069.jpg").read_bytes())
+    uri = f"file://{tmp_path}/imgs"
+    items = list_inputs(uri)
+    assert [item["image_id"] for item in items] == ["cat#1.jpg", "dog?.jpg"]
+    assert read_bytes(items[0]["source"]) == (IMAGES / "135069.jpg").read_bytes()
+    assert [item["image_id"] for item in list_inputs(f"file://{tmp_path}/imgs/cat#?.jpg")] == ["cat#1.jpg"]
+
+
+def test_integer_label_columns_are_not_read_as_class_names(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"")
+    pq.write_table(pa.table({"image_id": ["a"], "uri": ["a.jpg"], "labels": [3]}), tmp_path / "m.parquet")
+    assert list_inputs(str(tmp_path / "m.parquet"))[0]["classes"] is None

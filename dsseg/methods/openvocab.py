@@ -133,7 +133,7 @@ def labels_from_scores(scores: torch.Tensor, background_threshold: float, ignore
 def segment_means(labels: torch.Tensor, maps: torch.Tensor, segments: int) -> torch.Tensor:
     """Mean of each of C maps over each segment: labels (h, w) in 0..S−1, maps (C, h, w) → (S, C)."""
     flat = labels.reshape(-1)
-    sums = maps.new_zeros(segments, maps.shape[0]).index_add_(0, flat, maps.reshape(maps.shape[0], -1).T)
+    sums = maps.new_zeros(segments, maps.shape[0]).index_add_(0, flat, maps.reshape(maps.shape[0], flat.numel()).T)
     counts = torch.bincount(flat, minlength=segments).clamp_min(1)
     return sums / counts[:, None].to(sums)
 
