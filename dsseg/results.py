@@ -29,7 +29,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from dsseg.schema import TRANSIENT_ERRORS
-from dsseg.sources import in_shard, resolve
+from dsseg.sources import in_shard, resolve, uri_of
 
 SEGMENTS_DIR = "segments"
 CONFIG_FILE = "config.json"
@@ -82,6 +82,11 @@ def part_files(output: str) -> list[str]:
     return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
 
 
+def part_uris(output: str) -> list[str]:
+    """``part_files`` as paths or URIs that ``read_part`` opens from anywhere (e.g. Ray workers)."""
+    return [uri_of(output, path) for path in part_files(output)]
+
+
 def scan(output: str) -> pa.Table:
     """``image_id, config_id, status, error, file`` of every row written so far."""
     fs, _ = resolve(output)
@@ -132,6 +137,13 @@ def deduplicate(output: str, scanned: pa.Table) -> int:
         else:
             fs.delete_file(path)
     return sum(len(images) for images in drop.values())
+
+
+def read_part(path: str, columns: list[str] | None = None) -> pa.Table:
+    """The rows of one part file (a path or URI)."""
+    fs, inside = resolve(path)
+    with fs.open_input_file(inside) as handle:
+        return pq.read_table(handle, columns=columns)
 
 
 def read_results(output: str, config_id: str | None = None, columns: list[str] | None = None) -> pa.Table:

@@ -85,7 +85,7 @@ def parent(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[0] if is_uri(path) else os.path.dirname(os.path.abspath(path))
 
 
-def _uri_of(path: str, inside: str) -> str:
+def uri_of(path: str, inside: str) -> str:
     """The URI (or local path) of ``inside``, a path of ``path``'s file system."""
     if not is_uri(path) or urlparse(path).scheme == "file":
         return inside
@@ -146,7 +146,7 @@ def _expand(spec: str) -> list[Item]:
     if suffix == TAR_EXTENSION:
         return list_tar(spec)
     if suffix in IMAGE_EXTENSIONS:
-        return [_item(posixpath.basename(path), _uri_of(spec, path))]
+        return [_item(posixpath.basename(path), uri_of(spec, path))]
     raise ValueError(
         f"--input {spec!r}: cannot tell what {suffix or 'this file'} is; give an image, a folder, a glob, "
         f"a manifest ({', '.join(sorted(MANIFEST_EXTENSIONS))}) or a {TAR_EXTENSION} shard"
@@ -172,9 +172,9 @@ def _from_glob(spec: str) -> list[Item]:
 def _from_files(spec: str, root: str, files: list[str]) -> list[Item]:
     """Images under ``root`` by relative path (sorted), then the members of its tar shards."""
     images = sorted((posixpath.relpath(f, root), f) for f in files if extension(f) in IMAGE_EXTENSIONS)
-    items = [_item(relative, _uri_of(spec, path)) for relative, path in images]
+    items = [_item(relative, uri_of(spec, path)) for relative, path in images]
     for shard in sorted(f for f in files if extension(f) == TAR_EXTENSION):
-        items.extend(list_tar(_uri_of(spec, shard)))
+        items.extend(list_tar(uri_of(spec, shard)))
     return items
 
 

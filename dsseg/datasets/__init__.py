@@ -1,0 +1,40 @@
+"""Benchmark readers: each gives samples (id, image, label file) and ground truth as (H, W)
+class maps with 255 = ignore; ``load_dataset(name, root)`` picks one by name and checks its root."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dsseg.datasets.base import IGNORE, Dataset, DatasetRootError, Sample
+from dsseg.datasets.png import ade20k150, camvid, cityscapes27, cocostuff27, manifest_dataset, pascal_context, voc2012
+from dsseg.datasets.regions import BSDS500, ADE20KFull, COCOObject, WeizmannHorses, decode_ade20k_seg
+
+DATASETS: dict[str, Callable[..., Dataset]] = {
+    "cocostuff27": cocostuff27,
+    "cityscapes27": cityscapes27,
+    "ade20k150": ade20k150,
+    "ade20k_full": ADE20KFull,
+    "voc2012": voc2012,
+    "context59": lambda root, split="val": pascal_context(root, split, classes=59),
+    "context60": lambda root, split="val": pascal_context(root, split, classes=60),
+    "coco_object": COCOObject,
+    "bsds500": BSDS500,
+    "camvid": camvid,
+    "horse": WeizmannHorses,
+    "manifest": manifest_dataset,
+}
+
+
+def load_dataset(name: str, root: str | Path, **options: Any) -> Dataset:
+    """The reader ``name`` over ``root`` (``options``: e.g. ``split``); clear errors for unknown
+    names and for roots that lack what the reader needs."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; available: {sorted(DATASETS)}")
+    if not Path(root).exists():
+        raise DatasetRootError(f"{name}: root {root} does not exist")
+    return DATASETS[name](root, **options)
+
+
+__all__ = ["DATASETS", "IGNORE", "Dataset", "DatasetRootError", "Sample", "decode_ade20k_seg", "load_dataset"]

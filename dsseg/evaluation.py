@@ -1,0 +1,206 @@
+"""Scoring segment-job rows against a benchmark's ground truth, one row at a time, into
+summable per-config statistics (the reduce stage of ``jobs/evaluate.py``).
+
+Geometry: ``crop`` is the DiffSeg protocol — prediction and ground truth are both centre-cropped
+to a square and resized to 512² with nearest neighbour; ``full`` compares at the ground truth's
+own size (predictions resized to it with nearest neighbour where the image differs, as for the
+Weizmann horses). Unsupervised rows are scored under every matching protocol; rows whose
+segments carry class names (open vocabulary) also under ``semantic``, names mapped to the
+dataset's classes (unknown names and ``ignore`` count as no class).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from dsseg.datasets import Dataset, Sample
+from dsseg.datasets.regions import BSDS500
+from dsseg.masks import decode_segments
+from dsseg.metrics import MetricState, bsds_scores
+from dsseg.upsample import resize_labels
+
+Geometry = Literal["crop", "full"]
+GEOMETRIES = ("crop", "full")
+PROTOCOL_SIZE = 512
+MATCHING_PROTOCOLS = ("per_image", "global", "per_image_avg", "oracle_merged")
+BSDS_KEYS = ("covering", "pri", "voi")
+
+
+def center_square(labels: np.ndarray, size: int = PROTOCOL_SIZE) -> np.ndarray:
+    """The centred square of an (H, W) map, resized to ``size``² with nearest neighbour."""
+    height, width = labels.shape
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return resize_labels(labels[top : top + side, left : left + side], (size, size))
+
+
+def aligned(pred: np.ndarray, gt: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """Prediction and ground truth on the same pixel grid under ``geometry``."""
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"geometry must be one of {GEOMETRIES}; got {geometry!r}")
+    if pred.shape != gt.shape:
+        pred = resize_labels(pred, gt.shape)
+    if geometry == "crop":
+        return center_square(pred), center_square(gt)
+    return pred, gt
+
+
+def class_map(labels: np.ndarray, segments: Sequence[dict], class_names: Sequence[str]) -> np.ndarray | None:
+    """Segment ids → dataset class ids by the segments' names (None when no segment is named);
+    names that are not classes (e.g. ``ignore``) become K, "no class"."""
+    names = [segment.get("label") for segment in segments]
+    if not any(names):
+        return None
+    index = {name: i for i, name in enumerate(class_names)}
+    lookup = np.full(int(labels.max()) + 1, len(class_names), dtype=np.int64)
+    for segment, name in zip(segments, names):
+        lookup[segment["segment_id"]] = index.get(name, len(class_names))
+    return lookup[labels]
+
+
+@dataclass
+class ConfigScores:
+    """Everything summed for one method config: matching statistics, open-vocabulary statistics
+    (rows with named segments), BSDS sums and counts of scored and failed rows."""
+
+    num_classes: int
+    matching: MetricState = field(default=None)  # type: ignore[assignment]
+    semantic: MetricState = field(default=None)  # type: ignore[assignment]
+    bsds: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    scored: int = 0
+    failed: int = 0
+
+    def __post_init__(self) -> None:
+        self.matching = self.matching or MetricState(self.num_classes)
+        self.semantic = self.semantic or MetricState(self.num_classes)
+
+    def add(self, other: ConfigScores) -> ConfigScores:
+        return ConfigScores(
+            self.num_classes,
+            self.matching + other.matching,
+            self.semantic + other.semantic,
+            self.bsds + other.bsds,
+            self.scored + other.scored,
+            self.failed + other.failed,
+        )
+
+    def results(self) -> dict[str, Any]:
+        """Every protocol's ``acc``/``f1``/``miou`` (percent), per-class IoU and the counts."""
+        out: dict[str, Any] = {"images": self.scored, "failed": self.failed}
+        if self.matching.images:
+            out.update({protocol: self.matching.result(protocol) for protocol in MATCHING_PROTOCOLS})
+        if self.semantic.images:
+            out["semantic"] = self.semantic.result("semantic")
+        if self.scored and not self.matching.images:
+            out["bsds"] = dict(zip(BSDS_KEYS, (self.bsds / self.scored).tolist()))
+        return out
+
+
+def score_row(row: dict, dataset: Dataset, sample: Sample, geometry: Geometry) -> tuple[ConfigScores, dict[str, Any]]:
+    """One output row (OUTPUT_SCHEMA) → (its summable scores, its per-image record)."""
+    record: dict[str, Any] = {"image_id": row["image_id"], "config_id": row["config_id"], "method": row["method"], "status": row["status"]}
+    scores = ConfigScores(dataset.num_classes)
+    if row["status"] != "ok":
+        scores.failed = 1
+        record["error"] = row["error"]
+        return scores, record
+    labels = decode_segments(row["segments"], (row["height"], row["width"]))
+    record["segments"] = len(row["segments"])
+    if isinstance(dataset, BSDS500):
+        annotations = dataset.load_annotations(sample)
+        pred = resize_labels(labels, annotations[0].shape) if labels.shape != annotations[0].shape else labels
+        values = bsds_scores(pred, annotations)
+        scores.bsds = np.array([values[key] for key in BSDS_KEYS])
+        scores.scored = 1
+        return scores, record | values
+    gt = dataset.load_label(sample).astype(np.int64)
+    pred, truth = aligned(labels, gt, geometry)
+    scores.matching = MetricState.of_image(pred, truth, dataset.num_classes)
+    own = scores.matching.result("per_image")
+    record.update(acc=own["acc"], miou=own["miou"])
+    classes = class_map(labels, row["segments"], dataset.class_names)
+    if classes is not None:
+        pred_classes, truth = aligned(classes, gt, geometry)
+        scores.semantic = MetricState.of_image(pred_classes, truth, dataset.num_classes, semantic=True)
+        record["semantic_miou"] = scores.semantic.result("semantic")["miou"]
+    scores.scored = 1
+    return scores, record
+
+
+
+
+RECORD_SCHEMA_FIELDS = (
+    ("image_id", "string"), ("config_id", "string"), ("method", "string"), ("status", "string"), ("error", "string"),
+    ("segments", "int32"), ("acc", "float64"), ("miou", "float64"), ("semantic_miou", "float64"),
+    ("covering", "float64"), ("pri", "float64"), ("voi", "float64"),
+)  # fmt: skip
+
+
+def record_schema():
+    import pyarrow as pa
+
+    return pa.schema([(name, getattr(pa, kind)()) for name, kind in RECORD_SCHEMA_FIELDS] + [("scores", pa.binary())])
+
+
+class ScoreParts:
+    """Ray Data UDF: part-file paths → one per-image record per row, with its pickled
+    ``ConfigScores`` in ``scores``. Loads the dataset reader once per actor."""
+
+    def __init__(self, dataset: str, root: str, options: dict[str, Any], geometry: Geometry) -> None:
+        from dsseg.datasets import load_dataset
+
+        self.dataset = load_dataset(dataset, root, **options)
+        self.samples = {sample.image_id: sample for sample in self.dataset.samples()}
+        self.geometry = geometry
+
+    def __call__(self, batch):
+        import pickle
+
+        import pyarrow as pa
+
+        from dsseg.results import read_part
+
+        records = []
+        for path in batch.column("path").to_pylist():
+            for row in read_part(path).to_pylist():
+                try:
+                    scores, record = score_row(row, self.dataset, self.samples[row["image_id"]], self.geometry)
+                except Exception as error:  # a broken label file fails its row, not the evaluation
+                    scores, record = ConfigScores(self.dataset.num_classes, failed=1), {
+                        "image_id": row["image_id"], "config_id": row["config_id"], "method": row["method"],
+                        "status": "error", "error": f"score_failed: {type(error).__name__}: {error}",
+                    }  # fmt: skip
+                records.append(record | {"scores": pickle.dumps(scores)})
+        return pa.Table.from_pylist(records, schema=record_schema())
+
+
+def evaluate_parts(paths: Sequence[str], dataset: str, root: str, options: dict[str, Any], geometry: Geometry, workers: int = 1):
+    """Score every row of ``paths`` on Ray (an actor pool of ``workers``) and sum per config on the
+    driver, streaming: returns ({config_id: ConfigScores}, per-image records as a pyarrow Table)."""
+    import pickle
+
+    import pyarrow as pa
+    import ray
+
+    items = ray.data.from_items([{"path": path} for path in paths], override_num_blocks=max(1, min(len(paths), 64)))
+    scored = items.map_batches(
+        ScoreParts,
+        fn_constructor_kwargs={"dataset": dataset, "root": str(root), "options": options, "geometry": geometry},
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(paths)))),
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=1,
+    )
+    totals: dict[str, ConfigScores] = {}
+    tables = []
+    for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for config, blob in zip(batch.column("config_id").to_pylist(), batch.column("scores").to_pylist()):
+            scores = pickle.loads(blob)
+            totals[config] = totals[config].add(scores) if config in totals else scores
+        tables.append(batch.drop_columns(["scores"]))
+    records = pa.concat_tables(tables) if tables else record_schema().empty_table().drop_columns(["scores"])
+    return totals, records

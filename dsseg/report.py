@@ -1,0 +1,160 @@
+"""Evaluation reports: ``report.md`` (tables laid out like the papers', our number beside the
+published one) and ``report.html`` (overlays of sample images, readable offline: PNGs beside it)."""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from dsseg.overlay import overlay, palette
+
+# Published numbers (../shared/REFERENCES.md): (dataset, method, protocol) → scores in percent.
+PUBLISHED: dict[tuple[str, str, str], dict[str, float]] = {
+    ("cocostuff27", "diffseg", "per_image"): {"acc": 72.5, "f1": 58.5, "miou": 43.6},
+    ("cocostuff27", "diffseg", "per_image_avg"): {"acc": 72.6, "f1": 71.1, "miou": 34.1},
+    ("cocostuff27", "diffseg", "oracle_merged"): {"acc": 79.2, "f1": 73.0, "miou": 60.6},
+    ("cocostuff27", "ncut", "per_image"): {"acc": 74.1, "f1": 60.8, "miou": 46.6},
+    ("cocostuff27", "ncut", "per_image_avg"): {"acc": 74.0, "f1": 73.3, "miou": 38.0},
+    ("cocostuff27", "ncut", "oracle_merged"): {"acc": 83.6, "f1": 76.0, "miou": 64.5},
+    ("cityscapes27", "diffseg", "per_image"): {"acc": 76.0, "miou": 21.2},
+    ("cityscapes27", "ncut", "per_image"): {"miou": 22.0},
+    ("ade20k150", "ncut", "per_image"): {"miou": 41.2},
+    ("voc2012", "openvocab", "semantic"): {"miou": 60.1},
+    ("context60", "openvocab", "semantic"): {"miou": 27.5},
+    ("coco_object", "openvocab", "semantic"): {"miou": 37.9},
+}
+
+PROTOCOL_TITLES = {
+    "per_image": "Per-image Hungarian, accumulated over the dataset (DiffSeg protocol)",
+    "per_image_avg": "Per-image Hungarian, averaged over images",
+    "oracle_merged": "Oracle-merged (each segment → its majority class)",
+    "global": "Global Hungarian (STEGO protocol; meaningful only for dataset-consistent cluster ids)",
+    "semantic": "Open vocabulary (class confusion)",
+}
+
+
+@dataclass(frozen=True)
+class ConfigReport:
+    """One method config's results for a report."""
+
+    config_id: str
+    name: str
+    method: str
+    results: dict[str, Any]
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
+
+
+def markdown_report(dataset: str, geometry: str, configs: Sequence[ConfigReport]) -> str:
+    """Tables per protocol: rows are configs, columns Acc / F1 / mIoU, the paper's beside ours."""
+    lines = [f"# dsseg evaluation: {dataset}", "", f"Geometry: `{geometry}`. Numbers in percent; (paper) is the published value.", ""]
+    for protocol, title in PROTOCOL_TITLES.items():
+        rows = [c for c in configs if protocol in c.results]
+        if not rows:
+            continue
+        lines += [f"## {title}", "", "| config | method | images | Acc | F1 | mIoU |", "|---|---|---|---|---|---|"]
+        for config in rows:
+            ours = config.results[protocol]
+            paper = PUBLISHED.get((dataset, config.method, protocol), {})
+            cells = [f"{_cell(ours[k])} ({_cell(paper[k])})" if k in paper else _cell(ours[k]) for k in ("acc", "f1", "miou")]
+            lines.append(f"| {config.name} | {config.method} | {config.results['images']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    bsds = [c for c in configs if "bsds" in c.results]
+    if bsds:
+        lines += ["## BSDS500 (against every annotator)", "", "| config | method | images | covering ↑ | PRI ↑ | VoI ↓ |", "|---|---|---|---|---|---|"]
+        for config in bsds:
+            b = config.results["bsds"]
+            lines.append(f"| {config.name} | {config.method} | {config.results['images']} | {b['covering']:.3f} | {b['pri']:.3f} | {b['voi']:.3f} |")
+        lines.append("")
+    failed = [c for c in configs if c.results.get("failed")]
+    if failed:
+        lines += ["Rows that failed (error rows, not scored): " + ", ".join(f"{c.name}: {c.results['failed']}" for c in failed), ""]
+    return "\n".join(lines)
+
+
+def colour_classes(labels: np.ndarray, count: int) -> np.ndarray:
+    """(H, W) class map (255 = ignore, drawn black) → (H, W, 3) uint8 colours."""
+    colours = np.vstack([palette(max(count, 1)), np.zeros((256 - max(count, 1), 3), dtype=np.uint8)])
+    return colours[np.clip(labels, 0, 255)]
+
+
+def _thumbnail(image: np.ndarray, width: int) -> Image.Image:
+    picture = Image.fromarray(image)
+    if picture.width > width:
+        picture = picture.resize((width, round(picture.height * width / picture.width)), Image.NEAREST)
+    return picture
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One picture of a report row: a title, an (H, W, 3) image and a legend of (colour, name)."""
+
+    title: str
+    image: np.ndarray
+    legend: tuple[tuple[tuple[int, int, int], str], ...] = ()
+
+
+def segmentation_panel(title: str, rgb: np.ndarray, labels: np.ndarray, names: Sequence[str | None]) -> Panel:
+    """An overlay of ``labels`` on ``rgb`` (boundaries white) with its segment names as legend."""
+    if labels.shape != rgb.shape[:2]:
+        rgb = np.asarray(Image.fromarray(rgb).resize(labels.shape[::-1], Image.BILINEAR))
+    colours = palette(int(labels.max()) + 1)
+    legend = tuple((tuple(int(c) for c in colours[i]), name) for i, name in enumerate(names) if name)
+    return Panel(title, overlay(rgb, labels), legend)
+
+
+def ground_truth_panel(labels: np.ndarray, class_names: Sequence[str]) -> Panel:
+    colours = palette(max(len(class_names), 1))
+    present = [int(v) for v in np.unique(labels) if v != 255 and v < len(class_names)]
+    legend = tuple((tuple(int(c) for c in colours[v]), class_names[v]) for v in present)
+    return Panel("ground truth", colour_classes(labels, len(class_names)), legend)
+
+
+def html_report(path: Path, title: str, rows: Sequence[tuple[str, Sequence[Panel]]], width: int = 320) -> Path:
+    """Write ``path`` (report.html) and its PNGs into ``<stem>_files/``: one row per image."""
+    assets = path.with_name(f"{path.stem}_files")
+    assets.mkdir(parents=True, exist_ok=True)
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:16px}figure{display:inline-block;vertical-align:top;margin:4px}"
+        "figcaption{font-size:12px;max-width:" + str(width) + "px}.sw{display:inline-block;width:10px;height:10px;margin-right:3px}"
+        "h2{font-size:16px;margin:16px 0 4px}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    for index, (heading, panels) in enumerate(rows):
+        parts.append(f"<h2>{html.escape(heading)}</h2><div>")
+        for k, panel in enumerate(panels):
+            name = f"{index:03d}_{k}.png"
+            _thumbnail(panel.image, width).save(assets / name)
+            legend = " ".join(
+                f"<span class='sw' style='background:rgb{colour}'></span>{html.escape(str(label))}" for colour, label in panel.legend
+            )
+            parts.append(
+                f"<figure><img src='{assets.name}/{name}' alt='{html.escape(panel.title)}' width='{min(width, panel.image.shape[1])}'>"
+                f"<figcaption><b>{html.escape(panel.title)}</b><br>{legend}</figcaption></figure>"
+            )
+        parts.append("</div>")
+    parts.append(f"<script>{IMAGE_CHECK}</script></body></html>")
+    path.write_text("\n".join(parts))
+    return path
+
+
+# Logs how many pictures loaded (a headless browser's check) and warns on the page when the
+# PNG folder was not kept beside the HTML.
+IMAGE_CHECK = """window.addEventListener('load', () => {
+  const images = [...document.images];
+  const broken = images.filter(image => !(image.complete && image.naturalWidth > 0));
+  console.log(`dsseg-report: ${images.length} images, ${broken.length} broken`);
+  if (broken.length) document.body.insertAdjacentHTML('afterbegin',
+    `<p style="color:#b00">${broken.length} pictures could not be loaded: keep the _files folder beside this page.</p>`);
+});"""

@@ -1,0 +1,111 @@
+"""End to end: jobs/evaluate.py on a few real images with the tiny backbone — metrics.json,
+per_image.parquet, report.md and report.html (opened in headless Chromium)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import GROUND_TRUTH, IMAGES
+from dsseg.datasets import load_dataset
+from dsseg.evaluation import ConfigScores, aligned, center_square, class_map, score_row
+from dsseg.masks import encode_labels
+from dsseg.metrics import score
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _evaluate_module():
+    spec = importlib.util.spec_from_file_location("evaluate_job", ROOT / "jobs" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _horse_root(root: Path) -> Path:
+    for name in ("horse001.jpg",):
+        (root / "rgb").mkdir(parents=True, exist_ok=True)
+        (root / "figure_ground").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(IMAGES / "horses" / name, root / "rgb" / name)
+        shutil.copyfile(GROUND_TRUTH / "horse001_figure_ground.jpg", root / "figure_ground" / name)
+    # A second image: the BSDS photo with the horse mask resized onto it (any labelled pair will do).
+    shutil.copyfile(IMAGES / "135069.jpg", root / "rgb" / "photo.jpg")
+    mask = Image.open(GROUND_TRUTH / "horse001_figure_ground.jpg").resize(Image.open(IMAGES / "135069.jpg").size)
+    mask.save(root / "figure_ground" / "photo.jpg")
+    return root
+
+
+def test_crop_geometry_and_class_names_to_ids():
+    labels = np.arange(6 * 10).reshape(6, 10)
+    square = center_square(labels, size=6)
+    np.testing.assert_array_equal(square, labels[:, 2:8])
+    pred, gt = aligned(np.zeros((3, 5), int), np.ones((6, 10), int), "full")
+    assert pred.shape == gt.shape == (6, 10)
+    segments = [{"segment_id": 0, "label": "background"}, {"segment_id": 1, "label": "horse"}, {"segment_id": 2, "label": "ignore"}]
+    ids = class_map(np.array([[0, 1, 2]]), segments, ("background", "horse"))
+    np.testing.assert_array_equal(ids, [[0, 1, 2]])  # "ignore" → 2 = no class
+    assert class_map(np.array([[0]]), [{"segment_id": 0, "label": None}], ("a",)) is None
+
+
+def test_score_row_equals_the_metrics_module(tmp_path):
+    dataset = load_dataset("horse", _horse_root(tmp_path))
+    sample = dataset.samples()[0]
+    gt = dataset.load_label(sample)
+    pred = np.zeros(gt.shape, dtype=np.int32)
+    pred[:, gt.shape[1] // 2 :] = 1
+    row = {"image_id": sample.image_id, "config_id": "c", "method": "diffseg", "status": "ok", "height": gt.shape[0], "width": gt.shape[1]}
+    row["segments"] = [s | {"label": None} for s in encode_labels(pred)]
+    scores, record = score_row(row, dataset, sample, "full")
+    assert isinstance(scores, ConfigScores) and scores.scored == 1
+    assert record["miou"] == pytest.approx(score([pred], [gt], 2)["miou"], abs=1e-9)
+    assert "semantic" not in scores.results()
+
+
+def test_evaluate_job_writes_metrics_and_reports(ray_local, tmp_path):
+    root = _horse_root(tmp_path / "horse")
+    out = tmp_path / "eval"
+    argv = [
+        "--dataset", "horse", "--root", str(root), "--output", str(out), "--backbone", "tiny", "--device", "cpu",
+        "--methods", "diffseg,openvocab", "--param", "image_size=128", "--report-images", "1",
+    ]  # fmt: skip
+    assert _evaluate_module().main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["images"] == 2 and metrics["geometry"] == "full"
+    by_method = {c["method"]: c for c in metrics["configs"].values()}
+    for config in by_method.values():
+        assert config["images"] == 2 and config["failed"] == 0
+        for protocol in ("per_image", "global", "per_image_avg", "oracle_merged"):
+            assert 0.0 <= config[protocol]["miou"] <= 100.0 and 0.0 <= config[protocol]["acc"] <= 100.0
+    assert "semantic" in by_method["openvocab"] and "semantic" not in by_method["diffseg"]
+    records = pq.read_table(out / "per_image.parquet").to_pylist()
+    assert len(records) == 4 and {r["status"] for r in records} == {"ok"}
+    report = (out / "report.md").read_text()
+    assert "Per-image Hungarian, accumulated over the dataset" in report and "| diffseg image_size=128 | diffseg | 2 |" in report
+    assert "Open vocabulary" in report
+
+    html = (out / "report.html").read_text()
+    pictures = re.findall(r"src='([^']+)'", html)
+    assert len(pictures) == 2 * 4  # two images (best, worst), each: image, ground truth, two configs
+    assert all((out / p).is_file() for p in pictures)
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium)")
+    shot = tmp_path / "shot.png"
+    run = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0", f"--screenshot={shot}",
+         "--window-size=1400,900", (out / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "dsseg-report: 8 images, 0 broken" in run.stderr, run.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
+    assert (pixels.min(axis=1) < 200).mean() > 0.3  # pictures, not a blank page
+    assert len(np.unique(pixels, axis=0)) > 1000  # photographs and overlays drawn
