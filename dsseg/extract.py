@@ -191,6 +191,7 @@ class AttentionBundle:
     config: ExtractConfig = field(default_factory=ExtractConfig)
     class_names: tuple[tuple[str, ...], ...] | None = None
     class_maps: tuple[dict[Grid, torch.Tensor], ...] | None = None
+    images: torch.Tensor | None = None  # (B, 3, h, w) model input in [-1, 1], for image-aware refinement
 
     def __len__(self) -> int:
         return next(iter(self.self_attention.values())).shape[0]
@@ -206,6 +207,7 @@ class AttentionBundle:
             config=self.config,
             class_names=None if self.class_names is None else self.class_names[pick],
             class_maps=None if self.class_maps is None else self.class_maps[pick],
+            images=None if self.images is None else self.images[pick],
         )
 
 
@@ -271,7 +273,7 @@ class AttentionExtractor:
             with timer.stage("invert"):
                 latents = self.add_noise(latents)
         latent_hw = tuple(latents.shape[-2:])
-        bundle = AttentionBundle({}, {}, latent_hw, self.timestep, self.config)
+        bundle = AttentionBundle({}, {}, latent_hw, self.timestep, self.config, images=images)
         if self.config.uses_classes:
             with timer.stage("unet"):
                 return self._class_forward(latents, self.class_lists(len(latents), classes), bundle)

@@ -23,6 +23,7 @@ BSDS500 (several human segmentations per image): ``segmentation_covering``,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -294,3 +295,14 @@ def relabelled_agreement(a: np.ndarray, b: np.ndarray) -> float:
         table[i, :] = 0
         table[:, j] = 0
     return agree / a.size
+
+
+def json_ready(value):
+    """``value`` with every NaN or infinite float replaced by None (strict JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value

@@ -19,6 +19,7 @@ import argparse
 import json
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from dsseg.evaluation import GEOMETRIES, evaluate_parts  # noqa: E402
 from dsseg.image import decode_rgb  # noqa: E402
 from dsseg.jobconfig import MethodSpec, SegmentJob, load_run_file  # noqa: E402
 from dsseg.masks import decode_segments  # noqa: E402
+from dsseg.metrics import json_ready  # noqa: E402
 from dsseg.pipeline import init_ray, library_versions, run_segment_job  # noqa: E402
 from dsseg.report import ConfigReport, Panel, ground_truth_panel, html_report, markdown_report, segmentation_panel  # noqa: E402
 from dsseg.results import part_uris, read_results  # noqa: E402
@@ -154,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     segment_summary = run_segment_job(job)
     init_ray()
+    start = time.perf_counter()
     totals, records = evaluate_parts(part_uris(job.output), args.dataset, args.root, options, geometry, args.num_workers)
+    scoring_seconds = time.perf_counter() - start
     ids = set(dataset.manifest(args.limit).column("image_id").to_pylist())
     config_ids = job.config_ids()
     records = records.filter(pc.is_in(records.column("config_id"), pa.array(config_ids)))
@@ -172,9 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         "images": len(ids),
         "configs": {r.config_id: {"name": r.name, "method": r.method, "params": dict(spec.params), **r.results} for r, spec in zip(reports, configs)},
         "segment_job": segment_summary,
+        "scoring_seconds": round(scoring_seconds, 2),
         "versions": library_versions(),
     }
-    (output / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    (output / "metrics.json").write_text(json.dumps(json_ready(metrics), indent=2, default=str))
     pq.write_table(records, output / "per_image.parquet")
     (output / "report.md").write_text(markdown_report(args.dataset, geometry, reports))
     key = "covering" if isinstance(dataset, BSDS500) else "miou"

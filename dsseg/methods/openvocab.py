@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from dsseg.attention import Grid
 from dsseg.extract import AttentionBundle
 from dsseg.methods.base import MethodResult
+from dsseg.refine import pamr
 from dsseg.timing import StageTimer
 
 LEVEL_WEIGHTS = (0.3, 0.5, 0.1, 0.1)  # 8², 16², 32², 64² at 512² (DiffSegmenter)
@@ -43,6 +44,8 @@ class OpenVocabConfig:
     score of the background channel, in [0, 1]; not tuned (random weights only here): choose it on
     a split you may tune on. ``ignore_margin``: None, or the smallest lead of the best channel over
     the runner-up below which a pixel is uncertain. ``upsample_factor``: latent cell → pixels.
+    ``pamr_iterations`` (0 = off) and ``pamr_dilations``: image-aware refinement of the pixel score
+    maps before labelling (``dsseg.refine.pamr``).
     """
 
     level_weights: tuple[float, ...] = LEVEL_WEIGHTS
@@ -50,6 +53,8 @@ class OpenVocabConfig:
     background_threshold: float = 0.5
     ignore_margin: float | None = None
     upsample_factor: int = 8
+    pamr_iterations: int = 0
+    pamr_dilations: tuple[int, ...] = (1, 2, 4, 8)
 
     def __post_init__(self) -> None:
         weights = tuple(float(w) for w in self.level_weights)
@@ -62,6 +67,9 @@ class OpenVocabConfig:
             raise ValueError(f"ignore_margin must be in (0, 1] or None; got {self.ignore_margin}")
         if self.upsample_factor < 1:
             raise ValueError(f"upsample_factor must be ≥ 1; got {self.upsample_factor}")
+        object.__setattr__(self, "pamr_dilations", tuple(int(d) for d in self.pamr_dilations))
+        if self.pamr_iterations < 0 or not self.pamr_dilations or min(self.pamr_dilations) < 1:
+            raise ValueError(f"pamr_iterations must be ≥ 0 and pamr_dilations positive; got {self.pamr_iterations}, {self.pamr_dilations}")
 
 
 def minmax(maps: torch.Tensor) -> torch.Tensor:
@@ -153,12 +161,23 @@ def segment_openvocab(bundle: AttentionBundle, config: OpenVocabConfig, timer: S
         with timer.stage("segment"):
             size = (image.latent_hw[0] * config.upsample_factor, image.latent_hw[1] * config.upsample_factor)
             scores = upsample_scores(latent_scores, size)
+            if config.pamr_iterations and names:
+                scores = refine_with_image(scores, image.images, config)
             labels = labels_from_scores(scores, config.background_threshold, config.ignore_margin)
             labels[labels == IGNORE_INDEX] = len(names) + 1
             means = segment_means(labels, scores, len(names) + 2)
             segment_scores = [None] + [float(means[c + 1, c]) for c in range(len(names))] + [None]
             results.append(MethodResult(labels, names=[BACKGROUND, *names, IGNORE], scores=segment_scores, background=True))
     return results
+
+
+def refine_with_image(scores: torch.Tensor, images: torch.Tensor | None, config: OpenVocabConfig) -> torch.Tensor:
+    """PAMR on one image's (C, h, w) pixel scores with its model input (1, 3, h, w)."""
+    if images is None:
+        raise ValueError("pamr_iterations needs the image: segment images (segment_image / the job), not cached attention")
+    if tuple(images.shape[-2:]) != tuple(scores.shape[-2:]):
+        images = F.interpolate(images.float(), size=scores.shape[-2:], mode="bilinear", align_corners=False)
+    return pamr(images.to(scores.device), scores[None], config.pamr_iterations, config.pamr_dilations)[0]
 
 
 def name_segments(result: MethodResult, bundle: AttentionBundle, mode: str = "majority") -> MethodResult:

@@ -1,0 +1,183 @@
+"""Pseudo-label exports: VOC PNGs, COCO JSON, planted labels, resume, quality report."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+
+from conftest import GROUND_TRUTH, IMAGES
+from dsseg.api import Segmentation
+from dsseg.metrics import score
+from dsseg.methods.openvocab import IGNORE_INDEX, labels_from_scores
+from dsseg.pseudolabels import agnostic_segments, class_index_map, class_list, labels_from_coco, labels_from_voc, voc_palette
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _job():
+    spec = importlib.util.spec_from_file_location("pseudolabel_job", ROOT / "jobs" / "pseudolabel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(labels: np.ndarray, names: list[str | None]) -> dict:
+    segments = Segmentation(labels=labels.astype(np.int32), method="openvocab", names=names).to_rles()
+    return {"image_id": "x", "height": labels.shape[0], "width": labels.shape[1], "segments": segments}
+
+
+def test_voc_palette_matches_the_published_colours():
+    palette = np.array(voc_palette()).reshape(256, 3)
+    assert palette[0].tolist() == [0, 0, 0] and palette[1].tolist() == [128, 0, 0]
+    assert palette[15].tolist() == [192, 128, 128] and palette[255].tolist() == [224, 224, 192]
+
+
+def test_planted_scores_become_the_planted_pseudo_labels_and_the_ignore_band():
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.zeros(2, 20, 30)
+    scores[0, :, :10] = 0.9  # horse on the left
+    scores[1, :, 20:] = 0.8  # grass on the right; the middle stays below the threshold: background
+    scores += 0.3 * torch.rand(scores.shape, generator=generator) * (scores == 0)  # weak noise elsewhere
+    scores[0, 5, 5] = 0.52  # one uncertain pixel: horse leads background (0.5) by 0.02
+    labels = labels_from_scores(scores, background_threshold=0.5, ignore_margin=0.05)
+    ids = labels.clone()
+    ids[labels == IGNORE_INDEX] = 3
+    pseudo = class_index_map(_row(ids.numpy(), ["background", "horse", "grass", "ignore"]), ("background", "grass", "horse"))
+    expected = np.zeros((20, 30), dtype=np.uint8)
+    expected[:, :10] = 2  # horse is class 2 of this class list
+    expected[:, 20:] = 1
+    channels = torch.cat([torch.full((1, 20, 30), 0.5), scores]).numpy()
+    top = np.sort(channels, axis=0)
+    expected[(top[-1] - top[-2]) < 0.05] = 255  # exactly the low-margin pixels
+    assert expected[5, 5] == 255 and (expected == 255).sum() < 50
+    np.testing.assert_array_equal(pseudo, expected)
+
+
+def test_class_agnostic_filters():
+    labels = np.zeros((40, 40), dtype=np.int32)
+    labels[10:30, 10:30] = 1  # an object
+    labels[0:2, 0:2] = 2  # a speck
+    labels[35:, 35:] = 3  # a small object in a corner
+    row = _row(labels, [None] * 4)
+    kept = agnostic_segments(row, min_area=0.01, max_masks=5)
+    assert [s["segment_id"] for s in kept] == [1, 3]  # background (border) and speck dropped, largest first
+    assert [s["segment_id"] for s in agnostic_segments(row, min_area=0.0, max_masks=1, drop_border_background=False)] == [0]
+
+
+def test_image_labels_from_voc_xml_and_coco_instances(tmp_path):
+    (tmp_path / "ImageSets/Main").mkdir(parents=True)
+    (tmp_path / "ImageSets/Main/train.txt").write_text("2007_000032\n")
+    (tmp_path / "Annotations").mkdir()
+    objects = "".join(f"<object><name>{n}</name><part><name>head</name></part></object>" for n in ("pottedplant", "person", "person"))
+    (tmp_path / "Annotations/2007_000032.xml").write_text(f"<annotation>{objects}</annotation>")
+    assert labels_from_voc(tmp_path) == [{"image_id": "2007_000032", "uri": str(tmp_path / "JPEGImages/2007_000032.jpg"), "labels": ["person", "potted plant"]}]
+    instances = {
+        "images": [{"id": 5, "file_name": "a.jpg", "height": 4, "width": 4}],
+        "annotations": [{"id": 1, "image_id": 5, "category_id": 18, "segmentation": [[0, 0, 2, 0, 2, 2]], "area": 2, "iscrowd": 0, "bbox": [0, 0, 2, 2]}],
+        "categories": [{"id": 18, "name": "dog"}, {"id": 1, "name": "person"}],
+    }
+    (tmp_path / "inst.json").write_text(json.dumps(instances))
+    assert labels_from_coco(tmp_path / "inst.json", tmp_path / "img") == [{"image_id": "5", "uri": str(tmp_path / "img" / "a.jpg"), "labels": ["dog"]}]
+    assert class_list([["horse"], ["person"]])[:2] == ("background", "aeroplane")  # VOC order
+    assert class_list([["zebra"], []]) == ("background", "zebra")
+
+
+def _manifest(tmp_path: Path) -> Path:
+    rows = [
+        {"image_id": "horse001", "uri": str(IMAGES / "horses" / "horse001.jpg"), "labels": ["horse"]},
+        {"image_id": "photo", "uri": str(IMAGES / "135069.jpg"), "labels": ["horse", "person"]},
+        {"image_id": "city", "uri": str(IMAGES / "frankfurt_000000_000294_leftImg8bit.png"), "labels": []},
+        {"image_id": "photo2", "uri": str(IMAGES / "135069.jpg"), "labels": []},
+    ]
+    path = tmp_path / "list.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+FAST = ["--backbone", "tiny", "--device", "cpu", "--param", "image_size=128", "--pamr-iterations", "2", "--min-area", "0.0"]
+
+
+def test_two_shards_export_voc_and_coco_with_unique_ids(ray_local, tmp_path):
+    manifest, out = _manifest(tmp_path), tmp_path / "out"
+    job = _job()
+    for shard in ("0/2", "1/2"):
+        assert job.main(["--input", str(manifest), "--output", str(out), "--shard", shard, *FAST]) == 0
+    pngs = sorted((out / "VOCdevkit/VOC2012/SegmentationClassAug").glob("*.png"))
+    assert [p.stem for p in pngs] == ["horse001", "photo"]
+    for png in pngs:
+        image = Image.open(png)
+        assert image.mode == "P" and set(np.unique(np.asarray(image))) <= set(range(21)) | {255}
+        assert image.size == Image.open(out / "VOCdevkit/VOC2012/JPEGImages" / f"{png.stem}.jpg").size
+    voc = out / "VOCdevkit/VOC2012"
+    assert (voc / "ImageSets/Segmentation/train_aug.txt").read_text().split() == ["horse001", "photo"]
+    # The paths torchvision's VOCSegmentation(root=out, year="2012", image_set="train") opens:
+    for image_id in (voc / "ImageSets/Segmentation/train.txt").read_text().split():
+        assert (voc / "JPEGImages" / f"{image_id}.jpg").is_file() and (voc / "SegmentationClass" / f"{image_id}.png").is_file()
+    assert (out / "VOCdevkit/VOC2012/class_names.txt").read_text().split("\n")[:2] == ["background", "aeroplane"]
+    coco = COCO(str(out / "coco/annotations.json"))
+    images = coco.loadImgs(coco.getImgIds())
+    assert sorted(i["dsseg_image_id"] for i in images) == ["city", "horse001", "photo", "photo2"]
+    assert len({i["id"] for i in images}) == 4 and len(set(coco.getAnnIds())) == len(coco.getAnnIds()) > 0
+    for annotation in coco.loadAnns(coco.getAnnIds()):
+        image = coco.loadImgs(annotation["image_id"])[0]
+        assert isinstance(annotation["segmentation"]["counts"], str)
+        assert coco.annToMask(annotation).shape == (image["height"], image["width"])
+        assert coco.loadCats(annotation["category_id"])[0]["name"] in ("horse", "person", "fg")
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_a_killed_job_resumes_and_writes_each_image_once(ray_local, tmp_path):
+    from dsseg.pipeline import run_segment_job
+
+    manifest, out = _manifest(tmp_path), tmp_path / "out"
+    job = _job()
+    args = job.parse_args(["--input", str(manifest), "--output", str(out), *FAST])
+    weak = job.segment_jobs(args, job.input_rows(args), out)["weak"]
+    first = run_segment_job(dataclasses.replace(weak, limit=1))  # a run that got through one image before it died
+    assert first["rows_written"] == 1
+    (out / "VOCdevkit/VOC2012/SegmentationClassAug").mkdir(parents=True)
+    leftover = out / "VOCdevkit/VOC2012/SegmentationClassAug/.photo.png.1234.tmp"
+    leftover.write_bytes(b"half a file")  # a killed writer's leftover, an hour old
+    os.utime(leftover, (leftover.stat().st_mtime - 7200,) * 2)
+    assert job.main(["--input", str(manifest), "--output", str(out), *FAST]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["segment_jobs"]["weak"]["already_done"] == 1 and summary["segment_jobs"]["weak"]["rows_written"] == 1
+    assert summary["weak_images"] == 2 and summary["stale_temporaries_removed"] == 1
+    assert not list(out.rglob("*.tmp"))
+    from dsseg.results import read_results
+
+    rows = read_results(str(out / "run-weak")).column("image_id").to_pylist()
+    assert sorted(rows) == ["horse001", "photo"]
+    assert sorted(p.name for p in (out / "VOCdevkit/VOC2012/SegmentationClassAug").glob("*.png")) == ["horse001.png", "photo.png"]
+
+
+def test_quality_report_equals_the_metrics_module(ray_local, tmp_path):
+    root = tmp_path / "gt"
+    root.mkdir()
+    mask = Image.open(GROUND_TRUTH / "horse001_figure_ground.jpg").convert("L").resize(Image.open(IMAGES / "horses/horse001.jpg").size)
+    truth = (np.asarray(mask) > 127).astype(np.uint8)
+    Image.fromarray(truth).save(root / "horse001.png")
+    (tmp_path / "classes.txt").write_text("horse\n")
+    manifest = tmp_path / "one.jsonl"
+    manifest.write_text(json.dumps({"image_id": "horse001", "uri": str(IMAGES / "horses/horse001.jpg"), "labels": ["horse"]}) + "\n")
+    out = tmp_path / "out"
+    argv = ["--input", str(manifest), "--output", str(out), "--gt-dir", str(root), "--class-list", str(tmp_path / "classes.txt"), *FAST]
+    assert _job().main(argv) == 0
+    report = json.loads((out / "quality.json").read_text())
+    pseudo = np.asarray(Image.open(out / "VOCdevkit/VOC2012/SegmentationClassAug/horse001.png")).astype(np.int64)
+    expected = score([np.where(pseudo == 255, 2, pseudo)], [truth], num_classes=2, protocol="semantic")
+    assert report["images"] == 1 and report["miou"] == pytest.approx(expected["miou"], abs=1e-9)
+    assert report["ignored_fraction"] == pytest.approx((pseudo == 255).mean())
+    assert set(report["per_class_iou"]) == {"background", "horse"}
+    shutil.rmtree(out / "VOCdevkit")
+    assert _job().main([*argv, "--format", "coco"]) == 2  # a quality report needs the VOC PNGs
