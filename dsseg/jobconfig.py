@@ -128,6 +128,9 @@ class SegmentJob:
             raise ValueError(f"--limit must be ≥ 1; got {self.limit}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"--device must be auto, cpu or cuda; got {self.device!r}")
+        if self.dtype == "auto" and self.device != "auto":
+            # Pin what "auto" means, so the config ids name the precision the rows were made in.
+            object.__setattr__(self, "dtype", "float32" if self.device == "cpu" else "float16")
         if self.gpus_per_worker is not None and not 0 <= self.gpus_per_worker <= 8:
             raise ValueError(f"gpus per worker must be in [0, 8]; got {self.gpus_per_worker}")
         for name in ("max_image_side", "max_pixels"):
