@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 
 from dsseg.datasets import Dataset, Sample
 from dsseg.datasets.regions import BSDS500
@@ -131,8 +132,6 @@ def score_row(row: dict, dataset: Dataset, sample: Sample, geometry: Geometry) -
     return scores, record
 
 
-
-
 RECORD_SCHEMA_FIELDS = (
     ("image_id", "string"), ("config_id", "string"), ("method", "string"), ("status", "string"), ("error", "string"),
     ("segments", "int32"), ("acc", "float64"), ("miou", "float64"), ("semantic_miou", "float64"),
@@ -140,33 +139,33 @@ RECORD_SCHEMA_FIELDS = (
 )  # fmt: skip
 
 
-def record_schema():
-    import pyarrow as pa
-
+def record_schema() -> pa.Schema:
+    """The per-image records of ``ScoreParts`` (``scores``: a pickled ``ConfigScores``)."""
     return pa.schema([(name, getattr(pa, kind)()) for name, kind in RECORD_SCHEMA_FIELDS] + [("scores", pa.binary())])
 
 
 class ScoreParts:
-    """Ray Data UDF: part-file paths → one per-image record per row, with its pickled
-    ``ConfigScores`` in ``scores``. Loads the dataset reader once per actor."""
+    """Ray Data UDF: part-file paths → one per-image record per row of the dataset's first
+    ``limit`` images (rows of other images are skipped), with its pickled ``ConfigScores`` in
+    ``scores``. Loads the dataset reader once per actor."""
 
-    def __init__(self, dataset: str, root: str, options: dict[str, Any], geometry: Geometry) -> None:
+    def __init__(self, dataset: str, root: str, options: dict[str, Any], geometry: Geometry, limit: int | None = None) -> None:
         from dsseg.datasets import load_dataset
 
         self.dataset = load_dataset(dataset, root, **options)
-        self.samples = {sample.image_id: sample for sample in self.dataset.samples()}
+        self.samples = {sample.image_id: sample for sample in self.dataset.samples(limit)}
+        self.image_ids = pa.array(list(self.samples), pa.string())
         self.geometry = geometry
 
     def __call__(self, batch):
         import pickle
 
-        import pyarrow as pa
 
         from dsseg.results import read_part
 
         records = []
         for path in batch.column("path").to_pylist():
-            for row in read_part(path).to_pylist():
+            for row in read_part(path, image_ids=self.image_ids).to_pylist():
                 try:
                     scores, record = score_row(row, self.dataset, self.samples[row["image_id"]], self.geometry)
                 except Exception as error:  # a broken label file fails its row, not the evaluation
@@ -178,18 +177,20 @@ class ScoreParts:
         return pa.Table.from_pylist(records, schema=record_schema())
 
 
-def evaluate_parts(paths: Sequence[str], dataset: str, root: str, options: dict[str, Any], geometry: Geometry, workers: int = 1):
-    """Score every row of ``paths`` on Ray (an actor pool of ``workers``) and sum per config on the
-    driver, streaming: returns ({config_id: ConfigScores}, per-image records as a pyarrow Table)."""
+def evaluate_parts(
+    paths: Sequence[str], dataset: str, root: str, options: dict[str, Any], geometry: Geometry, workers: int = 1, limit: int | None = None
+):
+    """Score the rows of ``paths`` that belong to the dataset's first ``limit`` images on Ray (an
+    actor pool of ``workers``) and sum per config on the driver, streaming: returns
+    ({config_id: ConfigScores}, per-image records as a pyarrow Table)."""
     import pickle
 
-    import pyarrow as pa
     import ray
 
     items = ray.data.from_items([{"path": path} for path in paths], override_num_blocks=max(1, min(len(paths), 64)))
     scored = items.map_batches(
         ScoreParts,
-        fn_constructor_kwargs={"dataset": dataset, "root": str(root), "options": options, "geometry": geometry},
+        fn_constructor_kwargs={"dataset": dataset, "root": str(root), "options": options, "geometry": geometry, "limit": limit},
         compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(paths)))),
         batch_size=1,
         batch_format="pyarrow",

@@ -30,7 +30,7 @@ import torch
 from dsseg.attention import BLOCKS, UNET_LEVELS, Block, CaptureSpec, Grid, capture_attention
 from dsseg.backbone import Backbone
 from dsseg.image import GEOMETRIES, SIDE_MULTIPLE, Geometry, GeometryMode, prepare_image
-from dsseg.prompts import PromptPlan, check_template, class_prompt_plan, joint_prompt_plan
+from dsseg.prompts import PromptPlan, check_template, class_prompt_plan, joint_prompt_plans
 from dsseg.timing import StageTimer
 from dsseg.vocabularies import get_vocabulary
 
@@ -292,10 +292,10 @@ class AttentionExtractor:
 
     def prompt_plans(self, names: Sequence[str]) -> list[PromptPlan]:
         """The prompts one image runs: one per class with a template (the plain prompt when it has
-        no classes), else one joint prompt."""
+        no classes), else joint prompts (one, unless the names overflow CLIP's 77 tokens)."""
         config, tokenizer = self.config, self.backbone.tokenizer
         if config.class_template is None:
-            return [joint_prompt_plan(tokenizer, names, config.prompt)]
+            return joint_prompt_plans(tokenizer, names, config.prompt)
         if not names:
             return [PromptPlan(config.prompt, ())]
         descriptors = dict(config.descriptors)

@@ -118,7 +118,8 @@ class MetricState:
     """Summable statistics of a set of images for every protocol (one per method config).
 
     ``hungarian``/``oracle``/``semantic``: (3, K) TP, FP, FN; ``confusion``: (S, K) summed segment ×
-    class counts (rows padded as images add ids); ``image_sums``: Σ per-image acc, f1, miou;
+    class counts (rows padded as images add ids); ``image_sums``: Σ per-image acc, f1, miou over
+    the ``labelled`` images (those with at least one non-ignored ground-truth pixel);
     ``images``: how many images.
     """
 
@@ -129,6 +130,7 @@ class MetricState:
     confusion: np.ndarray = field(default=None)  # type: ignore[assignment]
     image_sums: np.ndarray = field(default=None)  # type: ignore[assignment]
     images: int = 0
+    labelled: int = 0
 
     def __post_init__(self) -> None:
         k = self.num_classes
@@ -144,14 +146,16 @@ class MetricState:
         confusion = confusion_matrix(pred, gt, num_classes)
         hungarian = hungarian_counts(confusion)
         own = scores_from_counts(hungarian)
+        labelled = int(confusion.sum() > 0)  # an all-ignored image has no scores of its own
         return cls(
             num_classes,
             hungarian=hungarian,
             oracle=oracle_counts(confusion),
             semantic=semantic_counts(confusion) if semantic else None,
             confusion=confusion,
-            image_sums=np.nan_to_num(np.array([own["acc"], own["f1"], own["miou"]])),
+            image_sums=np.nan_to_num(np.array([own["acc"], own["f1"], own["miou"]])) * labelled,
             images=1,
+            labelled=labelled,
         )
 
     def __add__(self, other: MetricState) -> MetricState:
@@ -170,6 +174,7 @@ class MetricState:
             confusion=confusion,
             image_sums=self.image_sums + other.image_sums,
             images=self.images + other.images,
+            labelled=self.labelled + other.labelled,
         )
 
     def result(self, protocol: str = "per_image") -> dict:
@@ -185,7 +190,7 @@ class MetricState:
                 raise ValueError("the semantic protocol needs class-id predictions (score(..., protocol='semantic'))")
             return scores_from_counts(self.semantic)
         if protocol == "per_image_avg":
-            acc, f1, miou = self.image_sums / max(self.images, 1)
+            acc, f1, miou = self.image_sums / max(self.labelled, 1)
             return {"acc": float(acc), "f1": float(f1), "miou": float(miou), "per_class_iou": None}
         raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
 

@@ -103,15 +103,29 @@ def class_prompt_plan(tokenizer, template: str, name: str, descriptors: Sequence
     return PromptPlan(text, (ClassTokens(phrase_positions(tokenizer, text, name, after=start), tuple(descriptor_positions)),))
 
 
-def joint_prompt_plan(tokenizer, names: Sequence[str], caption: str = "") -> PromptPlan:
-    """One prompt naming every class: ``caption`` if given (each name is found in it), else
-    ``"a photograph of NAME1, NAME2, …"``."""
+def joint_prompt_plans(tokenizer, names: Sequence[str], caption: str = "") -> list[PromptPlan]:
+    """Prompts naming every class: ``caption`` if given (each name is found in it), else
+    ``"a photograph of NAME1, NAME2, …"`` — as many such prompts as CLIP's 77 tokens need, each
+    naming a run of consecutive classes (so any vocabulary fits; each extra prompt is a UNet call)."""
     if not names:
-        return PromptPlan(caption, ())
+        return [PromptPlan(caption, ())]
     if caption:
-        return PromptPlan(caption, tuple(ClassTokens(phrase_positions(tokenizer, caption, name)) for name in names))
+        return [PromptPlan(caption, tuple(ClassTokens(phrase_positions(tokenizer, caption, name)) for name in names))]
+    budget = CONTEXT_LENGTH - 2 - len(token_ids(tokenizer, JOINT_PREFIX))  # start and end tokens
+    groups: list[list[str]] = [[]]
+    for name in names:
+        candidate = [*groups[-1], name]
+        if groups[-1] and len(token_ids(tokenizer, ", ".join(candidate))) > budget:
+            groups.append([name])
+        else:
+            groups[-1] = candidate
+    return [_joint_plan(tokenizer, group) for group in groups]
+
+
+def _joint_plan(tokenizer, names: Sequence[str]) -> PromptPlan:
     text = JOINT_PREFIX + ", ".join(names)
-    found, after = [], 0
+    after = len(token_ids(tokenizer, JOINT_PREFIX)) + 1  # names are searched after the prefix ("a")
+    found = []
     for name in names:  # in order, so "dog" is not found inside an earlier "hot dog"
         positions = phrase_positions(tokenizer, text, name, after=after)
         found.append(ClassTokens(positions))

@@ -9,6 +9,7 @@ Class-agnostic rows (diffseg / ncut) become object proposals of one category, "f
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import uuid
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from dsseg.masks import decode_segments
@@ -180,6 +183,18 @@ def coco_document(rows: Sequence[dict[str, Any]], classes: Sequence[str], agnost
                 }
             )
     return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def manifest_ids(path: str) -> pa.Array:
+    """The ``image_id`` column of a Parquet manifest (cached while the file is unchanged: export
+    tasks on one worker share it)."""
+    stat = os.stat(path)
+    return _read_manifest_ids(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_manifest_ids(path: str, mtime_ns: int, size: int) -> pa.Array:
+    return pq.read_table(path, columns=["image_id"]).column("image_id").combine_chunks()
 
 
 def write_json_atomically(path: Path, document: dict) -> Path:

@@ -21,6 +21,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -73,18 +74,22 @@ def _write_atomically(fs: pafs.FileSystem, final: str, table: pa.Table) -> str:
     return final
 
 
-def part_files(output: str) -> list[str]:
-    """Every finished part file under ``OUTPUT/segments`` (sorted)."""
+def part_files(output: str, config_ids: Sequence[str] | None = None) -> list[str]:
+    """Every finished part file under ``OUTPUT/segments`` (sorted), or only those of ``config_ids``."""
     fs, folder = _path(output, SEGMENTS_DIR)
     if fs.get_file_info(folder).type != pafs.FileType.Directory:
         return []
     infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True))
-    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
+    paths = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
+    if config_ids is not None:
+        folders = {f"{PARTITION_PREFIX}{config_id}" for config_id in config_ids}
+        paths = [path for path in paths if path.rsplit("/", 2)[-2] in folders]
+    return paths
 
 
-def part_uris(output: str) -> list[str]:
+def part_uris(output: str, config_ids: Sequence[str] | None = None) -> list[str]:
     """``part_files`` as paths or URIs that ``read_part`` opens from anywhere (e.g. Ray workers)."""
-    return [uri_of(output, path) for path in part_files(output)]
+    return [uri_of(output, path) for path in part_files(output, config_ids)]
 
 
 def scan(output: str) -> pa.Table:
@@ -139,23 +144,24 @@ def deduplicate(output: str, scanned: pa.Table) -> int:
     return sum(len(images) for images in drop.values())
 
 
-def read_part(path: str, columns: list[str] | None = None) -> pa.Table:
-    """The rows of one part file (a path or URI)."""
+def read_part(path: str, columns: list[str] | None = None, image_ids: Sequence[str] | None = None) -> pa.Table:
+    """The rows of one part file (a path or URI), or only those of ``image_ids``."""
     fs, inside = resolve(path)
     with fs.open_input_file(inside) as handle:
-        return pq.read_table(handle, columns=columns)
+        table = pq.read_table(handle, columns=columns)
+    if image_ids is not None:
+        wanted = image_ids if isinstance(image_ids, pa.Array) else pa.array(list(image_ids), pa.string())
+        table = table.filter(pc.is_in(table.column("image_id"), wanted))
+    return table
 
 
-def read_results(output: str, config_id: str | None = None, columns: list[str] | None = None) -> pa.Table:
-    """The rows of a run (one config, or all), as written by the segment job."""
-    fs, _ = resolve(output)
-    paths = part_files(output)
-    if config_id is not None:
-        paths = [p for p in paths if f"/{PARTITION_PREFIX}{config_id}/" in p]
-    tables = []
-    for path in paths:
-        with fs.open_input_file(path) as handle:
-            tables.append(pq.read_table(handle, columns=columns))
+def read_results(
+    output: str, config_id: str | None = None, columns: list[str] | None = None, image_ids: Sequence[str] | None = None
+) -> pa.Table:
+    """The rows of a run (one config, or all; all images, or only ``image_ids``), as written by
+    the segment job. Filters file by file, so memory holds one part file beyond the result."""
+    paths = part_files(output, None if config_id is None else [config_id])
+    tables = [read_part(uri_of(output, path), columns, image_ids) for path in paths]
     if not tables:
         raise FileNotFoundError(f"no results under {output}/{SEGMENTS_DIR}" + (f" for config {config_id}" if config_id else ""))
     return pa.concat_tables(tables)

@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from dsseg.cli import add_model_arguments, parse_param_values  # noqa: E402
@@ -66,19 +65,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def method_specs(args: argparse.Namespace) -> tuple[MethodSpec, ...]:
+def method_specs(args: argparse.Namespace, geometry: str) -> tuple[MethodSpec, ...]:
+    """The run's method configs. Scoring at full size (``geometry`` "full") segments the whole
+    image (extraction geometry ``aspect``) unless a config names its own extraction geometry."""
     if args.config:
         configs = load_run_file(args.config).get("configs")
         if not configs:
             raise ValueError(f"--config {args.config} has no `configs:` list")
-        return tuple(configs)
-    params = parse_param_values(args.param)
-    return tuple(MethodSpec(method.strip(), params) for method in args.methods.split(",") if method.strip())
+    else:
+        params = parse_param_values(args.param)
+        configs = [MethodSpec(method.strip(), params) for method in args.methods.split(",") if method.strip()]
+    if geometry == "full":
+        configs = [spec if "geometry" in spec.params else MethodSpec(spec.method, {**spec.params, "geometry": "aspect"}) for spec in configs]
+    return tuple(configs)
+
+
+def claim_output(output: Path, identity: dict[str, Any]) -> None:
+    """Record which dataset OUTPUT evaluates (``evaluation.json``); refuse another one, whose image
+    ids could collide with this one's rows in OUTPUT/run."""
+    path = output / "evaluation.json"
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != identity:
+            raise ValueError(f"{output} holds an evaluation of {previous}; give another --output for {identity}")
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(identity, indent=2))
 
 
 def display_name(spec: MethodSpec) -> str:
     """``diffseg`` or ``diffseg kl_threshold=0.9`` — the method and its non-default parameters."""
-    extras = " ".join(f"{k}={v}" for k, v in sorted(spec.params.items()) if k != "classes")
+    extras = " ".join(f"{k}={v}" for k, v in sorted(spec.params.items()) if k not in ("classes", "geometry"))
     return f"{spec.method} {extras}".strip()
 
 
@@ -111,10 +128,14 @@ def pick_report_images(records: pa.Table, config_id: str, count: int, key: str) 
 
 def report_rows(dataset: Dataset, run: str, configs: list[ConfigReport], picks: list[tuple[str, str]]) -> list[tuple[str, list[Panel]]]:
     samples = {s.image_id: s for s in dataset.samples()}
-    wanted = pa.array([image_id for _, image_id in picks], pa.string())
-    rows = read_results(run)
-    rows = rows.filter(pc.is_in(rows.column("image_id"), wanted)).to_pylist()
-    by_key = {(r["config_id"], r["image_id"]): r for r in rows}
+    wanted = [image_id for _, image_id in picks]
+    by_key = {}
+    for config in configs:
+        try:
+            rows = read_results(run, config.config_id, image_ids=wanted).to_pylist()
+        except FileNotFoundError:
+            continue
+        by_key.update({(r["config_id"], r["image_id"]): r for r in rows})
     out = []
     for heading, image_id in picks:
         sample = samples[image_id]
@@ -141,14 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     options: dict[str, Any] = {"split": args.split} if args.split else {}
     if args.dataset == "manifest":
         options = {"class_names": tuple(c.strip() for c in (args.classes or "").split(",") if c.strip())}
+    geometry = args.geometry or ("crop" if args.dataset in CROP_DATASETS else "full")
+    output = Path(args.output)
     try:
         dataset = load_dataset(args.dataset, args.root, **options)
-        configs = method_specs(args)
+        configs = method_specs(args, geometry)
+        claim_output(output, {"dataset": args.dataset, "root": str(Path(args.root).resolve()), "split": args.split, "classes": args.classes})
     except (DatasetRootError, ValueError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    geometry = args.geometry or ("crop" if args.dataset in CROP_DATASETS else "full")
-    output = Path(args.output)
     manifest = write_manifest(dataset, configs, output / "manifest.parquet", args.limit)
     job = SegmentJob(
         input=str(manifest), output=str(output / "run"), configs=configs, backbone=args.backbone, device=args.device,
@@ -157,12 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     segment_summary = run_segment_job(job)
     init_ray()
     start = time.perf_counter()
-    totals, records = evaluate_parts(part_uris(job.output), args.dataset, args.root, options, geometry, args.num_workers)
-    scoring_seconds = time.perf_counter() - start
-    ids = set(dataset.manifest(args.limit).column("image_id").to_pylist())
     config_ids = job.config_ids()
-    records = records.filter(pc.is_in(records.column("config_id"), pa.array(config_ids)))
-    records = records.filter(pc.is_in(records.column("image_id"), pa.array(sorted(ids))))
+    parts = part_uris(job.output, config_ids)  # this run's configs only: OUTPUT/run may hold earlier sweeps
+    totals, records = evaluate_parts(parts, args.dataset, args.root, options, geometry, args.num_workers, args.limit)
+    scoring_seconds = time.perf_counter() - start
     reports = [
         ConfigReport(cid, display_name(spec), spec.method, totals[cid].results() if cid in totals else {"images": 0})
         for cid, spec in zip(config_ids, configs)
@@ -173,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         "split": args.split,
         "geometry": geometry,
         "backbone": args.backbone,
-        "images": len(ids),
+        "images": len(dataset.samples(args.limit)),
         "configs": {r.config_id: {"name": r.name, "method": r.method, "params": dict(spec.params), **r.results} for r, spec in zip(reports, configs)},
         "segment_job": segment_summary,
         "scoring_seconds": round(scoring_seconds, 2),

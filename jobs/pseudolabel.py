@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,11 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from dsseg.api import EXTRACT_PARAMS  # noqa: E402
 from dsseg.cli import add_model_arguments, parse_param_values  # noqa: E402
 from dsseg.image import decode_rgb  # noqa: E402
 from dsseg.jobconfig import MethodSpec, SegmentJob, parse_shard  # noqa: E402
+from dsseg.methods import get_method  # noqa: E402
 from dsseg.metrics import MetricState, json_ready  # noqa: E402
 from dsseg.pipeline import init_ray, run_segment_job  # noqa: E402
 from dsseg.pseudolabels import (  # noqa: E402
@@ -47,6 +50,7 @@ from dsseg.pseudolabels import (  # noqa: E402
     coco_document,
     labels_from_coco,
     labels_from_voc,
+    manifest_ids,
     remove_stale_temporaries,
     write_atomically,
     write_json_atomically,
@@ -80,7 +84,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-border-background", action="store_true", help="keep the segment touching the border most")
     parser.add_argument("--no-images", action="store_true", help="do not copy the images into voc/JPEGImages")
     parser.add_argument("--gt-dir", help="ground-truth PNGs <image_id>.png in the class list's order: quality report")
-    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="extra method/extraction parameter")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="extraction parameter (both jobs) or a parameter of openvocab or --agnostic-method (that job)")
     parser.add_argument("--limit", type=int)
     parser.add_argument("--shard", help="I/N: this job's share of the images")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -110,6 +114,15 @@ def input_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def classes_for(args: argparse.Namespace, rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """Background, then the class list's names (or the labels present): at most 255 in all, as
+    the label PNGs are 8-bit with 255 for ignore."""
+    classes = checked_classes(args, rows)
+    if len(classes) > 255:
+        raise ValueError(f"{len(classes)} classes with background do not fit 8-bit label PNGs (0..254, 255 = ignore)")
+    return classes
+
+
+def checked_classes(args: argparse.Namespace, rows: list[dict[str, Any]]) -> tuple[str, ...]:
     if not args.class_list:
         return class_list(r["labels"] for r in rows)
     path = Path(args.class_list)
@@ -125,20 +138,43 @@ def file_stem(image_id: str) -> str:
     return Path(image_id).with_suffix("").as_posix().replace("/", "__")
 
 
+def check_unique_stems(rows: list[dict[str, Any]]) -> None:
+    """Every image needs its own file name in the VOC folders: ids that flatten to the same stem
+    ("a/b.jpg" and "a__b.png") are refused."""
+    seen: dict[str, str] = {}
+    for row in rows:
+        stem = file_stem(row["image_id"])
+        if seen.setdefault(stem, row["image_id"]) != row["image_id"]:
+            raise ValueError(f"image ids {seen[stem]!r} and {row['image_id']!r} share the file name {stem!r}: give them distinct ids")
+
+
+def params_for(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The ``--param`` values that apply to ``method``: every extraction parameter and the
+    method's own; the rest belong to the other job's method."""
+    known = {f.name for f in fields(get_method(method).config_class)} | set(EXTRACT_PARAMS)
+    return {name: value for name, value in params.items() if name in known}
+
+
 def segment_jobs(args: argparse.Namespace, rows: list[dict[str, Any]], output: Path) -> dict[str, SegmentJob]:
-    """One segment job per kind present: weak (openvocab) and class-agnostic."""
+    """One segment job per kind present: weak (openvocab) and class-agnostic. A ``--param`` that
+    neither method takes is an error."""
+    check_unique_stems(rows)
     extra = parse_param_values(args.param)
+    methods = ("openvocab", args.agnostic_method)
+    unknown = sorted(set(extra) - set(params_for(methods[0], extra)) - set(params_for(methods[1], extra)))
+    if unknown:
+        raise ValueError(f"--param {unknown} is a parameter of neither {methods[0]} nor {methods[1]} nor the extraction; extraction parameters: {sorted(EXTRACT_PARAMS)}")
     common = dict(
         backbone=args.backbone, device=args.device, dtype=args.dtype, offline=args.offline, batch_size=args.batch_size,
         num_workers=args.num_workers, limit=args.limit, shard=parse_shard(args.shard), retry_errors=True,
     )  # fmt: skip
-    weak_params = {"ignore_margin": args.ignore_margin, "pamr_iterations": args.pamr_iterations, **extra}
+    weak_params = {"ignore_margin": args.ignore_margin, "pamr_iterations": args.pamr_iterations, **params_for("openvocab", extra)}
     if args.background_threshold is not None:
         weak_params["background_threshold"] = args.background_threshold
     jobs = {}
     for kind, chosen, spec in (
         ("weak", [r for r in rows if r["labels"]], MethodSpec("openvocab", weak_params)),
-        ("agnostic", [r for r in rows if not r["labels"]], MethodSpec(args.agnostic_method, extra)),
+        ("agnostic", [r for r in rows if not r["labels"]], MethodSpec(args.agnostic_method, params_for(args.agnostic_method, extra))),
     ):
         if not chosen:
             continue
@@ -151,8 +187,10 @@ def segment_jobs(args: argparse.Namespace, rows: list[dict[str, Any]], output: P
 
 
 def ok_rows(job: SegmentJob) -> list[dict[str, Any]]:
+    """The ok rows of ``job``'s config for the images of its manifest (all shards): rows of
+    earlier runs with other settings or other images in the same output are left out."""
     try:
-        table = read_results(job.output, columns=ROW_COLUMNS)
+        table = read_results(job.output, job.config_ids()[0], ROW_COLUMNS, image_ids=manifest_ids(job.input))
     except FileNotFoundError:
         return []
     return [row for row in table.to_pylist() if row["status"] == "ok"]
@@ -171,12 +209,12 @@ def copy_image(row: dict[str, Any], folder: Path) -> None:
         write_atomically(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="JPEG", quality=95))
 
 
-def export_part(batch: pa.Table, classes: tuple[str, ...], voc: str, copy_images: bool, weak: bool) -> pa.Table:
-    """Ray task: the ok rows of some part files → label PNGs (weak rows; existing ones kept) and
-    JPEGImages copies; returns how many PNGs it wrote."""
+def export_part(batch: pa.Table, classes: tuple[str, ...], voc: str, copy_images: bool, weak: bool, manifest: str) -> pa.Table:
+    """Ray task: the ok rows of some part files whose images are in ``manifest`` → label PNGs
+    (weak rows; existing ones kept) and JPEGImages copies; returns how many PNGs it wrote."""
     written = 0
     for uri in batch.column("path").to_pylist():
-        for row in read_part(uri, columns=ROW_COLUMNS).to_pylist():
+        for row in read_part(uri, columns=ROW_COLUMNS, image_ids=manifest_ids(manifest)).to_pylist():
             if row["status"] != "ok":
                 continue
             path = Path(voc) / "SegmentationClassAug" / f"{file_stem(row['image_id'])}.png"
@@ -188,21 +226,42 @@ def export_part(batch: pa.Table, classes: tuple[str, ...], voc: str, copy_images
     return pa.table({"written": [written]})
 
 
-def export_voc(jobs: dict[str, SegmentJob], classes: tuple[str, ...], voc: Path, copy_images: bool) -> int:
-    """Label PNGs and images on Ray tasks over the part files, then the image and class lists;
-    returns how many PNGs were written."""
+def start_label_folder(labels: Path, identity: dict[str, Any], stems: set[str]) -> int:
+    """Make ``labels`` (the PNG folder) hold only PNGs of this setting and these images: when the
+    weak config or the class list differs from the one recorded in ``labels/../pseudolabel.json``,
+    every PNG is removed (they are rewritten); PNGs of images no longer weakly labelled are
+    removed too. Records ``identity``; returns how many PNGs were removed."""
+    record = labels.parent / "pseudolabel.json"
+    changed = record.is_file() and json.loads(record.read_text()) != identity
+    removed = 0
+    for png in labels.glob("*.png") if labels.exists() else []:
+        if changed or png.stem not in stems:
+            png.unlink(missing_ok=True)
+            removed += 1
+    write_json_atomically(record, identity)
+    return removed
+
+
+def export_voc(jobs: dict[str, SegmentJob], classes: tuple[str, ...], voc: Path, copy_images: bool) -> dict[str, int]:
+    """Label PNGs and images on Ray tasks over the part files of this run's configs, then the
+    image and class lists; returns how many PNGs were written and removed."""
     import ray
 
-    written = 0
+    written, removed = 0, 0
+    labels = voc / "SegmentationClassAug"
+    if "weak" in jobs:
+        weak = jobs["weak"]
+        identity = {"config_id": weak.config_ids()[0], "classes": list(classes)}
+        stems = {file_stem(image_id) for image_id in manifest_ids(weak.input).to_pylist()}
+        removed = start_label_folder(labels, identity, stems)
     for kind, job in jobs.items():
-        parts = part_uris(job.output)
+        parts = part_uris(job.output, job.config_ids())
         if not parts:
             continue
         dataset = ray.data.from_items([{"path": p} for p in parts], override_num_blocks=min(len(parts), 64))
-        kwargs = {"classes": classes, "voc": str(voc), "copy_images": copy_images, "weak": kind == "weak"}
+        kwargs = {"classes": classes, "voc": str(voc), "copy_images": copy_images, "weak": kind == "weak", "manifest": job.input}
         for batch in dataset.map_batches(export_part, fn_kwargs=kwargs, batch_size=1, batch_format="pyarrow").iter_batches(batch_format="pyarrow"):
             written += sum(batch.column("written").to_pylist())
-    labels = voc / "SegmentationClassAug"
     names = sorted(p.stem for p in labels.glob("*.png")) if labels.exists() else []
     listing = "".join(f"{n}\n" for n in names)
     for split in ("train_aug", "train"):  # SegmentationClassAug-style, and the name VOC loaders default to
@@ -211,7 +270,7 @@ def export_voc(jobs: dict[str, SegmentJob], classes: tuple[str, ...], voc: Path,
     plain = voc / "SegmentationClass"
     if labels.exists() and not plain.exists():
         plain.symlink_to("SegmentationClassAug", target_is_directory=True)  # VOC's own folder name, same files
-    return written
+    return {"written": written, "removed": removed}
 
 
 def quality(weak: list[dict[str, Any]], classes: tuple[str, ...], voc: Path, gt_dir: Path) -> dict[str, Any]:
@@ -265,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     voc = output / "VOCdevkit" / "VOC2012"  # the layout VOC loaders (torchvision, mmsegmentation) open unchanged
     if "voc" in args.formats:
         init_ray()
-        summary["voc_pngs_written"] = export_voc(jobs, classes, voc, not args.no_images)
+        pngs = export_voc(jobs, classes, voc, not args.no_images)
+        summary["voc_pngs_written"], summary["voc_pngs_removed"] = pngs["written"], pngs["removed"]
     if "coco" in args.formats:
         everything = [r | {"file_name": f"{file_stem(r['image_id'])}.jpg"} for r in weak + agnostic_rows]
         document = coco_document(everything, classes, proposals)

@@ -88,6 +88,8 @@ def test_evaluate_job_writes_metrics_and_reports(ray_local, tmp_path):
     assert "semantic" in by_method["openvocab"] and "semantic" not in by_method["diffseg"]
     records = pq.read_table(out / "per_image.parquet").to_pylist()
     assert len(records) == 4 and {r["status"] for r in records} == {"ok"}
+    run_configs = json.loads((out / "run" / "config.json").read_text())["configs"]
+    assert len(run_configs) == 2 and all('"geometry": "aspect"' in json.dumps(c) for c in run_configs)  # full-size scoring: whole image
     report = (out / "report.md").read_text()
     assert "Per-image Hungarian, accumulated over the dataset" in report and "| diffseg image_size=128 | diffseg | 2 |" in report
     assert "Open vocabulary" in report
@@ -109,3 +111,19 @@ def test_evaluate_job_writes_metrics_and_reports(ray_local, tmp_path):
     pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
     assert (pixels.min(axis=1) < 200).mean() > 0.3  # pictures, not a blank page
     assert len(np.unique(pixels, axis=0)) > 1000  # photographs and overlays drawn
+
+
+def test_evaluate_scores_only_this_runs_configs_and_images(ray_local, tmp_path):
+    root = _horse_root(tmp_path / "horse")
+    out = tmp_path / "eval"
+    common = ["--dataset", "horse", "--root", str(root), "--output", str(out), "--backbone", "tiny", "--device", "cpu", "--report-images", "1"]
+    evaluate = _evaluate_module()
+    assert evaluate.main([*common, "--param", "image_size=64"]) == 0
+    assert evaluate.main([*common, "--param", "image_size=128", "--limit", "1"]) == 0  # a second config, one image
+    metrics = json.loads((out / "metrics.json").read_text())
+    (config,) = metrics["configs"].values()
+    assert metrics["images"] == 1 and config["images"] == 1 and config["params"]["image_size"] == 128
+    records = pq.read_table(out / "per_image.parquet").to_pylist()
+    assert [r["image_id"] for r in records] == ["horse001"]
+    other = _horse_root(tmp_path / "other")
+    assert evaluate.main([*common[:3], str(other), *common[4:]]) == 2  # another dataset's ids could collide: refused

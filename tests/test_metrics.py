@@ -133,6 +133,14 @@ def test_perfect_grouping_with_random_ids_per_image_fools_only_the_global_protoc
     assert score(preds, gts, 5, "global")["miou"] < 60.0
 
 
+def test_per_image_average_skips_images_with_no_labelled_pixels():
+    gt = np.array([[0, 0, 1, 1]])
+    unlabelled = np.full((1, 4), 255)
+    assert score([gt, gt], [gt, unlabelled], 2, "per_image_avg")["miou"] == pytest.approx(100.0)
+    state = MetricState.of_image(gt, unlabelled, 2) + MetricState.of_image(gt, gt, 2)
+    assert (state.images, state.labelled) == (2, 1)
+
+
 def test_states_reduce_by_summation_in_any_order():
     rng = np.random.default_rng(2)
     pairs = [(rng.integers(0, 6, (8, 8)), rng.integers(0, 3, (8, 8))) for _ in range(6)]

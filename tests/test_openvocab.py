@@ -12,8 +12,9 @@ from dsseg.extract import AttentionBundle, AttentionExtractor, ExtractConfig
 from dsseg.masks import decode_segments
 from dsseg.methods import MethodResult, get_method, run_method
 from dsseg.methods.openvocab import IGNORE_INDEX, OpenVocabConfig, labels_from_scores, name_segments, segment_openvocab
-from dsseg.prompts import DEFAULT_TEMPLATE, class_prompt_plan, joint_prompt_plan, phrase_positions
+from dsseg.prompts import DEFAULT_TEMPLATE, class_prompt_plan, joint_prompt_plans, phrase_positions
 from dsseg.tokenizer import clip_tokenizer
+from dsseg.vocabularies import get_vocabulary
 
 GRID = (16, 16)
 LEVELS = [(16, 16), (8, 8), (4, 4), (2, 2)]
@@ -38,17 +39,31 @@ def test_class_token_positions_point_at_the_name(name):
 
 def test_joint_prompt_finds_each_name_in_order_and_rejects_split_names():
     tokenizer = clip_tokenizer()
-    plan = joint_prompt_plan(tokenizer, ["hot dog", "dog", "potted plant"])
+    (plan,) = joint_prompt_plans(tokenizer, ["hot dog", "dog", "potted plant"])
     sequence = tokenizer(plan.text).input_ids
     found = [tokenizer.decode([sequence[p] for p in tokens.name]).strip() for tokens in plan.classes]
     assert found == ["hot dog", "dog", "potted plant"]
     assert plan.classes[1].name[0] > plan.classes[0].name[-1]  # not the "dog" inside "hot dog"
-    caption = joint_prompt_plan(tokenizer, ["grass", "horse"], caption="a horse grazing on grass")
+    (caption,) = joint_prompt_plans(tokenizer, ["grass", "horse"], caption="a horse grazing on grass")
     assert [tokenizer.decode([tokenizer(caption.text).input_ids[p] for p in t.name]).strip() for t in caption.classes] == ["grass", "horse"]
     with pytest.raises(ValueError, match="whole tokens"):
         phrase_positions(tokenizer, "a photograph of horses", "horse")
     with pytest.raises(ValueError, match="exactly once"):
         class_prompt_plan(tokenizer, "a photograph", "horse")
+
+
+def test_a_large_vocabulary_is_split_over_joint_prompts_that_fit_clip():
+    tokenizer = clip_tokenizer()
+    names = ["a", *get_vocabulary("coco80")]  # "a" must not be found in the prefix "a photograph of"
+    plans = joint_prompt_plans(tokenizer, names)
+    assert len(plans) > 1
+    found = []
+    for plan in plans:
+        sequence = tokenizer(plan.text).input_ids
+        assert len(sequence) <= 77 and plan.readout().shape == (77, len(plan.classes))
+        found += [tokenizer.decode([sequence[p] for p in tokens.name]).strip() for tokens in plan.classes]
+    assert found == names
+    assert plans[0].classes[0].name[0] > len(tokenizer("a photograph of", add_special_tokens=False).input_ids)
 
 
 def _regions() -> torch.Tensor:
@@ -204,6 +219,9 @@ def test_unsupervised_segments_named_in_the_same_forward(tiny, bsds_image):
     finally:
         handle.remove()
     assert calls == [2]  # one joint prompt per image, one call for the batch
+    vocabulary = Segmenter(tiny, "diffseg", {"image_size": 128, "vocabulary": "coco80", "kl_threshold": 0.5})
+    (coco,) = vocabulary(pixels[None], [geometry])
+    assert set(coco.names) <= set(get_vocabulary("coco80"))  # 80 names over several prompts
     assert set(named.names) <= {"horse", "grass"} and set(own.names) <= {"sky", "rock"}
     assert len(named.names) == named.num_segments and all(0 <= s <= 1 for s in named.scores)
 

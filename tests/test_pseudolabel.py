@@ -159,6 +159,26 @@ def test_a_killed_job_resumes_and_writes_each_image_once(ray_local, tmp_path):
     rows = read_results(str(out / "run-weak")).column("image_id").to_pylist()
     assert sorted(rows) == ["horse001", "photo"]
     assert sorted(p.name for p in (out / "VOCdevkit/VOC2012/SegmentationClassAug").glob("*.png")) == ["horse001.png", "photo.png"]
+    # Other settings into the same output: the PNGs are rewritten, and the COCO file holds each image once.
+    assert job.main(["--input", str(manifest), "--output", str(out), *FAST, "--ignore-margin", "0.3"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["voc_pngs_removed"] == 2 and summary["voc_pngs_written"] == 2 and summary["weak_images"] == 2
+    assert summary["coco"]["images"] == 4
+    assert json.loads((out / "VOCdevkit/VOC2012/pseudolabel.json").read_text())["config_id"] != weak.config_ids()[0]
+
+
+def test_params_go_to_the_jobs_whose_method_takes_them(tmp_path):
+    job = _job()
+    manifest = _manifest(tmp_path)
+    argv = ["--input", str(manifest), "--output", str(tmp_path / "out"), "--param", "image_size=128", "--param", "kl_threshold=0.5"]
+    args = job.parse_args(argv)
+    jobs = job.segment_jobs(args, job.input_rows(args), tmp_path / "out")
+    (weak,), (agnostic,) = jobs["weak"].configs, jobs["agnostic"].configs
+    assert weak.params["image_size"] == agnostic.params["image_size"] == 128
+    assert "kl_threshold" not in weak.params and agnostic.params["kl_threshold"] == 0.5
+    assert job.main([*argv, "--param", "no_such_thing=1"]) == 2
+    with pytest.raises(ValueError, match="share the file name"):
+        job.check_unique_stems([{"image_id": "a/b.jpg"}, {"image_id": "a__b.png"}])
 
 
 def test_quality_report_equals_the_metrics_module(ray_local, tmp_path):

@@ -132,6 +132,8 @@ def labels_from_scores(scores: torch.Tensor, background_threshold: float, ignore
     channels = torch.cat([background, scores])
     if ignore_margin is None or channels.shape[0] < 2:
         return channels.argmax(dim=0)
+    if channels.shape[0] > IGNORE_INDEX:
+        raise ValueError(f"an ignore band needs fewer than {IGNORE_INDEX} classes per image (label {IGNORE_INDEX} marks it); got {len(scores)}")
     top = channels.topk(2, dim=0)
     labels = top.indices[0]
     labels[top.values[0] - top.values[1] < ignore_margin] = IGNORE_INDEX
@@ -164,7 +166,8 @@ def segment_openvocab(bundle: AttentionBundle, config: OpenVocabConfig, timer: S
             if config.pamr_iterations and names:
                 scores = refine_with_image(scores, image.images, config)
             labels = labels_from_scores(scores, config.background_threshold, config.ignore_margin)
-            labels[labels == IGNORE_INDEX] = len(names) + 1
+            if config.ignore_margin is not None:
+                labels[labels == IGNORE_INDEX] = len(names) + 1
             means = segment_means(labels, scores, len(names) + 2)
             segment_scores = [None] + [float(means[c + 1, c]) for c in range(len(names))] + [None]
             results.append(MethodResult(labels, names=[BACKGROUND, *names, IGNORE], scores=segment_scores, background=True))
