@@ -126,11 +126,12 @@ def load_backbone(
     dtype: str | torch.dtype | None = None,
     offline: bool = False,
     seed: int = 0,
+    compile: bool = False,
 ) -> Backbone:
     """Load a backbone by name (see module docstring); frozen, in eval mode, on ``device``.
 
     ``offline=True`` never contacts the hub (weights must be in a local folder or the HF cache).
-    ``seed`` only affects the random backbones.
+    ``seed`` only affects the random backbones. ``compile``: see ``compile_backbone``.
     """
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
@@ -142,7 +143,33 @@ def load_backbone(
     for module in (backbone.vae, backbone.unet, backbone.text_encoder):
         # nn.Module.to, not diffusers' override: that one warns on every dtype cast (diffusers 0.42).
         torch.nn.Module.to(module, device=device, dtype=dtype).eval().requires_grad_(False)
+    if compile:
+        compile_backbone(backbone)
     return backbone
+
+
+COMPILED_SHAPES = 4  # input shapes (batch size × resolution) compiled per block before falling back to eager
+
+
+def compile_backbone(backbone: Backbone) -> int:
+    """``torch.compile`` in place the VAE encoder and the UNet's ResNet and feed-forward blocks
+    (most of the UNet's FLOPs outside attention); attention layers stay eager, as the capture
+    swaps their processors per call. The first call at each input shape compiles (minutes);
+    returns how many modules were wrapped."""
+    from diffusers.models.attention import FeedForward
+    from diffusers.models.resnet import ResnetBlock2D
+
+    import torch._dynamo.config
+
+    modules = [backbone.vae.encoder, *(m for m in backbone.unet.modules() if isinstance(m, (ResnetBlock2D, FeedForward)))]
+    # Blocks of one class share their forward's code, compiled once per instance and input shape:
+    # past the default limit (8) the rest would silently run eager.
+    limit = COMPILED_SHAPES * len(modules)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, limit)
+    for module in modules:
+        module.compile()
+    return len(modules)
 
 
 @functools.lru_cache(maxsize=2)

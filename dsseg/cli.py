@@ -34,6 +34,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     group.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="auto: float16 on CUDA, float32 on CPU")
     group.add_argument("--offline", action="store_true", help="never contact the Hugging Face hub")
+    group.add_argument("--compile", action="store_true", help="torch.compile the VAE encoder and the UNet's ResNet and feed-forward blocks")
 
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,9 +74,22 @@ def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 JOB_SETTINGS = (
-    "input", "output", "backbone", "device", "dtype", "offline", "batch_size", "num_workers", "gpus_per_worker",
+    "input", "output", "backbone", "device", "dtype", "offline", "compile", "batch_size", "num_workers", "gpus_per_worker",
     "limit", "shard", "overwrite", "retry_errors", "max_image_side", "max_pixels", "rows_per_file", "class_filter",
 )  # fmt: skip
+
+
+def batch_size_value(text: str) -> int | str:
+    """``--batch-size``: a positive integer or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto; got {text!r}")
+    return value
 
 
 def job_parser() -> argparse.ArgumentParser:
@@ -88,7 +102,7 @@ def job_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", help="output folder or URI: segments/config=<id>/part-*.parquet, config.json, _SUCCESS")
     parser.add_argument("--config", help="YAML run file: any of these settings, and `configs:` — a list of {method: NAME, PARAM: VALUE}")
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local Ray)")
-    parser.add_argument("--batch-size", type=int, help="images per model call (default 4)")
+    parser.add_argument("--batch-size", type=batch_size_value, help="images per model call, or auto: each actor fits its free memory (default 4)")
     parser.add_argument("--num-workers", type=int, help="model actors (default 1)")
     parser.add_argument("--gpus-per-worker", type=float, help="GPUs per actor, fractions allowed (default: 1 if the cluster has GPUs)")
     parser.add_argument("--limit", type=int, help="segment only the first N images (after --shard)")
@@ -102,7 +116,7 @@ def job_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--class-filter", help="narrow each image's candidate classes: clip:MODEL (hub id or folder) or package.module:factory")
     add_model_arguments(parser)
-    parser.set_defaults(backbone=None, device=None, dtype=None, offline=None)
+    parser.set_defaults(backbone=None, device=None, dtype=None, offline=None, compile=None)
     add_method_arguments(parser)
     parser.set_defaults(method=None)
     return parser
@@ -169,7 +183,7 @@ def segment_main(argv: Sequence[str] | None = None) -> int:
     except (TypeError, ValueError) as error:
         parser.error(str(error))
     try:
-        backbone = load_backbone(args.backbone, device=args.device, dtype=args.dtype, offline=args.offline)
+        backbone = load_backbone(args.backbone, device=args.device, dtype=args.dtype, offline=args.offline, compile=args.compile)
     except BackboneNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -278,7 +278,7 @@ class AttentionExtractor:
             with timer.stage("unet"):
                 return self._class_forward(latents, self.class_lists(len(latents), classes), bundle)
         with timer.stage("unet"), capture_attention(self.backbone.unet, self.config.capture_spec(), latent_hw) as store:
-            self._unet(latents, self.timestep, self.condition.expand(latents.shape[0], -1, -1))
+            self.run_unet(latents, self.timestep, self.condition.expand(latents.shape[0], -1, -1))
         return replace(bundle, self_attention=store.means("self"), cross_attention=store.means("cross"))
 
     def class_lists(self, batch: int, classes: Sequence[Sequence[str] | None] | None) -> list[tuple[str, ...]]:
@@ -315,7 +315,7 @@ class AttentionExtractor:
             index = torch.tensor([i for i, _ in chunk], device=latents.device)
             condition = torch.cat([self._class_condition(plan) for _, plan in chunk])
             with capture_attention(self.backbone.unet, spec, bundle.latent_hw) as store:
-                self._unet(latents[index], self.timestep, condition)
+                self.run_unet(latents[index], self.timestep, condition)
             for grid, maps in store.means("self").items():
                 if grid not in self_sums:
                     self_sums[grid] = maps.new_zeros(len(names), *maps.shape[1:])
@@ -369,13 +369,14 @@ class AttentionExtractor:
         start_alpha = 1.0 if scheduler_config.set_alpha_to_one else float(self.alphas_cumprod[0])
         return ddim_invert(latents, self._predict_noise, self.alphas_cumprod, self.inversion, start_alpha)
 
-    def _unet(self, latents: torch.Tensor, timestep: int, condition: torch.Tensor) -> torch.Tensor:
+    def run_unet(self, latents: torch.Tensor, timestep: int, condition: torch.Tensor) -> torch.Tensor:
+        """One UNet call: latents (B, 4, h, w) at ``timestep`` with text states (B, 77, D) → its output, same shape as latents."""
         t = torch.tensor(timestep, device=latents.device)
         return self.backbone.unet(latents, t, encoder_hidden_states=condition).sample
 
     def _predict_noise(self, latents: torch.Tensor, timestep: int) -> torch.Tensor:
         """ε predicted at ``timestep``, converting v- or x₀-prediction models (SD 2.x) to ε."""
-        output = self._unet(latents, timestep, self.condition.expand(latents.shape[0], -1, -1))
+        output = self.run_unet(latents, timestep, self.condition.expand(latents.shape[0], -1, -1))
         kind = self.backbone.scheduler.config.prediction_type
         alpha = float(self.alphas_cumprod[timestep])
         if kind == "epsilon":

@@ -21,6 +21,9 @@ from dsseg.extract import RUNTIME_FIELDS, ExtractConfig
 from dsseg.image import DEFAULT_MAX_PIXELS
 from dsseg.sources import is_uri
 
+AUTO_BATCH = "auto"  # batch size chosen by each model actor from its free memory (dsseg.memory)
+AUTO_BATCH_ROWS = 64  # rows Ray hands an actor per call under "auto"; the actor splits them to its size
+
 # Extraction fields that shape the model input; the decode stage prepares one input per image,
 # so a run's configs must agree on them.
 PREPARE_FIELDS = ("image_size", "geometry", "antialias")
@@ -90,6 +93,7 @@ class SegmentJob:
     ``overwrite``: delete earlier results first (with ``shard``: that shard's only).
     ``retry_errors``: also redo images whose error rows have a transient reason (read_failed,
     out_of_memory, model_failed, encode_failed); the new row replaces the error row.
+    ``compile``: ``torch.compile`` parts of the model in each actor (``dsseg.backbone.compile_backbone``).
     ``rows_per_file``: rows per write batch; each config's share of a batch is its own part file. ``class_filter``: ``clip:MODEL`` or
     ``module:factory`` (see ``dsseg.class_filters``), narrowing each image's candidate classes in
     the model actors. ``crash_once_marker``: fault injection for
@@ -104,7 +108,8 @@ class SegmentJob:
     device: str = "auto"
     dtype: str = "auto"
     offline: bool = False
-    batch_size: int = 4
+    compile: bool = False
+    batch_size: int | str = 4
     num_workers: int = 1
     gpus_per_worker: float | None = None
     limit: int | None = None
@@ -120,10 +125,10 @@ class SegmentJob:
     def __post_init__(self) -> None:
         if not is_uri(self.input) and not any(c in self.input for c in "*?[") and not Path(self.input).exists():
             raise ValueError(f"--input {self.input!r} does not exist; give an image file, a folder, a glob, a manifest or a .tar shard")
-        if self.batch_size < 1 or self.num_workers < 1 or self.rows_per_file < 1:
-            raise ValueError(
-                f"batch size, worker count and rows per file must be ≥ 1; got {self.batch_size}, {self.num_workers}, {self.rows_per_file}"
-            )
+        if self.batch_size != AUTO_BATCH and not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ValueError(f"--batch-size must be an integer ≥ 1 or {AUTO_BATCH!r} (chosen from free memory); got {self.batch_size!r}")
+        if self.num_workers < 1 or self.rows_per_file < 1:
+            raise ValueError(f"worker count and rows per file must be ≥ 1; got {self.num_workers}, {self.rows_per_file}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be ≥ 1; got {self.limit}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -152,6 +157,11 @@ class SegmentJob:
 
     def config_ids(self) -> list[str]:
         return [config_id(self.backbone, self.dtype, spec, self.class_filter) for spec in self.configs]
+
+    @property
+    def rows_per_model_call(self) -> int:
+        """Rows Ray hands a model actor at once: the batch size, or ``AUTO_BATCH_ROWS`` under "auto"."""
+        return AUTO_BATCH_ROWS if self.batch_size == AUTO_BATCH else int(self.batch_size)
 
     def prepare_config(self) -> ExtractConfig:
         """The extraction config whose geometry the decode stage applies (shared by all configs)."""

@@ -72,12 +72,12 @@ def build_dataset(job: SegmentJob, todo: list[dict[str, Any]], gpus: float):
 
     workers = min(job.num_workers, len(todo))
     items = pa.Table.from_pylist(todo, schema=ITEM_SCHEMA.append(pa.field("configs", pa.list_(pa.string()))))
-    block_rows = min(MAX_BLOCK_ROWS, max(job.batch_size, -(-len(todo) // (8 * workers))))
+    block_rows = min(MAX_BLOCK_ROWS, max(job.rows_per_model_call, -(-len(todo) // (8 * workers))))
     dataset = ray.data.from_arrow([items.slice(start, block_rows) for start in range(0, len(todo), block_rows)])
     dataset = dataset.map_batches(
         decode_batch,
         fn_kwargs={"prepare": job.prepare_config(), "max_pixels": job.max_pixels, "max_side": job.max_image_side},
-        batch_size=job.batch_size,
+        batch_size=job.rows_per_model_call,
         batch_format="pyarrow",
         memory=DECODE_TASK_MEMORY,
     )
@@ -87,7 +87,7 @@ def build_dataset(job: SegmentJob, todo: list[dict[str, Any]], gpus: float):
         SegmentWorker,
         fn_constructor_kwargs={"job": job},
         compute=ray.data.ActorPoolStrategy(size=workers),
-        batch_size=job.batch_size,
+        batch_size=job.rows_per_model_call,
         batch_format="pyarrow",
         num_gpus=gpus,
         num_cpus=1,

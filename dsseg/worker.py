@@ -13,7 +13,9 @@ reason that starts with a code (``empty_file:``, ``not_an_image:``, ``truncated:
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,12 +29,17 @@ from dsseg.backbone import load_backbone
 from dsseg.class_filters import filter_classes, load_class_filter
 from dsseg.extract import AttentionExtractor, ExtractConfig
 from dsseg.image import Geometry, InputError, decode_rgb, rescale_geometry, to_model_input
-from dsseg.jobconfig import SegmentJob
+from dsseg.jobconfig import AUTO_BATCH, SegmentJob
+from dsseg.memory import probe_batch_size
 from dsseg.methods import MethodResult, get_method, run_method
 from dsseg.results import write_parts
 from dsseg.schema import DECODED_SCHEMA, MODEL_SCHEMA, OUTPUT_SCHEMA, TIMING_STAGES, WRITTEN_SCHEMA
 from dsseg.sources import read_bytes
 from dsseg.timing import StageTimer
+from dsseg.vocabularies import COCO80
+
+PROBE_CLASSES = 8  # candidate classes per probe image when the configs name none
+
 
 def describe(error: BaseException, code: str) -> str:
     return f"{code}: {type(error).__name__}: {error}"
@@ -75,7 +82,7 @@ class SegmentWorker:
     """
 
     def __init__(self, job: SegmentJob) -> None:
-        backbone = load_backbone(job.backbone, device=job.device, dtype=job.dtype, offline=job.offline)
+        backbone = load_backbone(job.backbone, device=job.device, dtype=job.dtype, offline=job.offline, compile=job.compile)
         if backbone.device.type == "cpu":
             # Ray limits an actor to its num_cpus threads; a CPU model actor may use the node's cores.
             torch.set_num_threads(os.cpu_count() or 1)
@@ -85,6 +92,25 @@ class SegmentWorker:
         self.groups = [(AttentionExtractor(backbone, extract), indices) for extract, indices in job.extraction_groups()]
         self.class_filter = load_class_filter(job.class_filter, device=str(backbone.device), offline=job.offline) if job.class_filter else None
         self.crash_once_marker = job.crash_once_marker
+        self.batch_limit = job.rows_per_model_call
+        if job.batch_size == AUTO_BATCH:
+            self.batch_limit = self._probe_batch_size(job)
+
+    def _probe_batch_size(self, job: SegmentJob) -> int:
+        """``--batch-size auto``: the batch this actor's share of free memory holds, from probe
+        batches of a grey image at the largest model input (``image_size``²)."""
+        side = job.prepare_config().image_size
+        needs_names = any(e.config.uses_classes and not e.config.classes for e, _ in self.groups)
+        row = {
+            "image_id": "probe", "source": "", "width": side, "height": side, "configs": list(self.config_ids),
+            "classes": list(COCO80[:PROBE_CLASSES]) if needs_names else None, "input_h": side, "input_w": side,
+            "pixels": np.full((side, side, 3), 128, np.uint8).tobytes(), "box": [0, 0, side, side], "decode_ms": 0.0, "error": None,
+        }  # fmt: skip
+        cuda = self.backbone.device.type == "cuda"
+        share = min(job.gpus_per_worker or 1.0, 1.0) if cuda else 1.0 / job.num_workers
+        probe = probe_batch_size(lambda n: self._segment_rows([row] * n), self.backbone.device, share)
+        print(f"dsseg: --batch-size auto → {json.dumps(probe)}", file=sys.stderr)
+        return probe["batch_size"]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         self._maybe_crash()
@@ -96,7 +122,8 @@ class SegmentWorker:
             else:
                 by_size.setdefault((row["input_h"], row["input_w"]), []).append(row)
         for rows in by_size.values():
-            out.extend(self._segment_bisecting(rows))
+            for start in range(0, len(rows), self.batch_limit):
+                out.extend(self._segment_bisecting(rows[start : start + self.batch_limit]))
         return pa.Table.from_pylist(out, schema=MODEL_SCHEMA)
 
     def _maybe_crash(self) -> None:

@@ -1,7 +1,7 @@
 """Per-stage latency of the segmentation path, printed as JSON (and a table on stderr).
 
     python jobs/benchmark.py --backbone tiny|sd-v1-random|HUB_ID --device cpu|cuda
-                             [--batch-sizes 1,4] [--repeats 3] [--image PATH] [--json OUT.json]
+                             [--batch-sizes 1,4,auto] [--repeats 3] [--image PATH] [--json OUT.json]
                              [--method diffseg] [--param NAME=VALUE ...] [--noise ...]
                              [--method openvocab --class-counts 1,5,20,80]
 
@@ -9,11 +9,14 @@ Stages: decode (file bytes → prepared 512² input), encode (VAE), invert (nois
 inversion), unet (one step with capture), aggregate, segment, upsample (labels to the original
 size), rle. For each batch size: the median over ``--repeats`` runs (after one warm-up) of
 milliseconds per image for each stage, end-to-end images/s, and peak host and device memory.
-``--compare`` adds the method's aggregation + segmentation timed against its float64
-straightforward version on the same attention — for DiffSeg the loop-by-loop transcription of
-the official algorithm (``dsseg.methods.diffseg_reference``), for NCut dense matrices, scipy's
-eigensolver and costs from the definition (``dsseg.methods.ncut_reference``) — with the
-speed-up and the agreement of the two results (pixel label maps; NCut: latent-cell partitions).
+``--compare`` times every stage that has a straightforward second version against ours on the
+same input, with the speed-up and how far the results are apart (``dsseg.comparisons``): the
+UNet step with every per-head map kept (and its peak device memory on CUDA), float64
+aggregation, full-size upsampling, per-mask RLE; and the method's aggregation + segmentation
+against its float64 transcription — for DiffSeg the loop-by-loop official algorithm
+(``dsseg.methods.diffseg_reference``), for NCut dense matrices, scipy's eigensolver and costs
+from the definition (``dsseg.methods.ncut_reference``), agreement of the label maps (NCut:
+latent-cell partitions).
 ``--class-counts`` times the open-vocabulary method (or segment naming) against the number of
 candidate classes: one UNet call per ``class_batch_size`` class prompts.
 """
@@ -36,19 +39,23 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dsseg.api import Segmenter, split_params  # noqa: E402
+from dsseg.comparisons import SAME_CODE_STAGES, compare_aggregate, compare_capture, compare_rle, compare_upsample  # noqa: E402
 from dsseg.backbone import load_backbone  # noqa: E402
-from dsseg.cli import add_method_arguments, add_model_arguments, params_from_args  # noqa: E402
+from dsseg.cli import add_method_arguments, add_model_arguments, batch_size_value, params_from_args  # noqa: E402
 from dsseg.image import decode_image, to_model_input  # noqa: E402
 from dsseg.aggregate import aggregate_self_attention  # noqa: E402
 from dsseg.extract import AttentionBundle  # noqa: E402
+from dsseg.methods import run_method  # noqa: E402
 from dsseg.methods.diffseg import DiffSegConfig, segment_diffseg  # noqa: E402
 from dsseg.methods.diffseg_reference import reference_aggregate, reference_diffseg  # noqa: E402
 from dsseg.methods.ncut import NCutConfig, ncut_levels, ncut_partition, segment_ncut  # noqa: E402
 from dsseg.methods.ncut_reference import reference_ncut  # noqa: E402
+from dsseg.memory import probe_batch_size  # noqa: E402
 from dsseg.metrics import relabelled_agreement  # noqa: E402
 from dsseg.pipeline import library_versions  # noqa: E402
 from dsseg.schema import TIMING_STAGES  # noqa: E402
 from dsseg.timing import StageTimer  # noqa: E402
+from dsseg.upsample import labels_to_original  # noqa: E402
 from dsseg.vocabularies import COCO80  # noqa: E402
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[1] / "tests" / "data" / "images" / "135069.jpg"
@@ -67,13 +74,24 @@ def run_once(segmenter: Segmenter, data: bytes, batch_size: int) -> dict[str, fl
 
 
 def compare_with_reference(segmenter: Segmenter, data: bytes) -> dict:
-    """The method's aggregation + segmentation, ours against its float64 straightforward version,
-    on one image's attention: times, speed-up and agreement of the two results."""
+    """Every stage with a second, straightforward version (``dsseg.comparisons``), and the method's
+    aggregation + segmentation against its float64 transcription, on one image: times, speed-ups,
+    agreement; the stages computed by the same library calls either way are named."""
     backbone = segmenter.backbone
-    pixels, _ = segmenter.prepare(np.asarray(decode_image(data)))
-    bundle = segmenter.extractor(to_model_input(pixels[None], backbone.device, backbone.dtype))
-    compare = {"diffseg": compare_diffseg, "ncut": compare_ncut}[segmenter.method.name]
-    return compare(bundle, segmenter.method_config)
+    pixels, geometry = segmenter.prepare(np.asarray(decode_image(data)))
+    images = to_model_input(pixels[None], backbone.device, backbone.dtype)
+    bundle = segmenter.extractor(images)
+    config = segmenter.method_config
+    levels = ncut_levels(list(bundle.self_attention), config) if segmenter.method.name == "ncut" else getattr(config, "resolutions", None)
+    stages = [compare_capture(segmenter.extractor, images).record()]
+    stages.append(compare_aggregate(bundle.self_attention, levels, getattr(config, "resolution_weights", None)).record())
+    compare_method = {"diffseg": compare_diffseg, "ncut": compare_ncut}.get(segmenter.method.name)
+    if compare_method is not None:
+        stages.append(compare_method(bundle, config))
+    result = run_method(segmenter.method, bundle, config)[0]
+    stages.append(compare_upsample(result.labels.cpu().numpy(), geometry).record())
+    stages.append(compare_rle(labels_to_original(result.labels.cpu().numpy(), geometry)).record())
+    return {"stages": stages, "same_code_stages": list(SAME_CODE_STAGES)}
 
 
 def timed_ours(segment, bundle: AttentionBundle, config) -> float:
@@ -129,11 +147,16 @@ def compare_ncut(bundle: AttentionBundle, config: NCutConfig) -> dict:
     return comparison_record("aggregate+segment (NCut)", ours_ms, reference_ms, ours, reference)
 
 
-def timed_runs(segmenter: Segmenter, data: bytes, batch_sizes: list[int], repeats: int, classes: int | None = None) -> list[dict]:
-    """One record per batch size: median per-stage ms per image, images/s and peak device memory."""
+def timed_runs(segmenter: Segmenter, data: bytes, batch_sizes: list[int | str], repeats: int, classes: int | None = None) -> list[dict]:
+    """One record per batch size ("auto": chosen from free memory by ``dsseg.memory``): median
+    per-stage ms per image, images/s and peak device memory (whole batch and per image)."""
     cuda = segmenter.backbone.device.type == "cuda"
     runs = []
     for batch_size in batch_sizes:
+        probe = None
+        if batch_size == "auto":
+            probe = probe_batch_size(lambda n: run_once(segmenter, data, n), segmenter.backbone.device)
+            batch_size = probe["batch_size"]
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         run_once(segmenter, data, batch_size)  # warm-up
@@ -149,6 +172,8 @@ def timed_runs(segmenter: Segmenter, data: bytes, batch_sizes: list[int], repeat
                 "end_to_end_ms_per_image": round(total, 2),
                 "end_to_end_images_per_second": round(1000.0 / total, 3),
                 "peak_device_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
+                "peak_device_memory_mb_per_image": round(torch.cuda.max_memory_allocated() / 2**20 / batch_size, 1) if cuda else None,
+                "auto_batch_probe": probe,
             }
         )
     return runs
@@ -156,7 +181,7 @@ def timed_runs(segmenter: Segmenter, data: bytes, batch_sizes: list[int], repeat
 
 def benchmark(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
-    backbone = load_backbone(args.backbone, device=args.device, dtype=args.dtype, offline=args.offline)
+    backbone = load_backbone(args.backbone, device=args.device, dtype=args.dtype, offline=args.offline, compile=args.compile)
     load_seconds = time.perf_counter() - start
     params = params_from_args(args)
     segmenter = Segmenter(backbone, args.method, params)
@@ -208,10 +233,18 @@ def print_table(report: dict) -> None:
         )
 
 
+def print_comparison(comparison: dict) -> None:
+    print(f"{'stage':<28} {'ours ms':>9} {'plain ms':>10} {'speed-up':>8}  straightforward version", file=sys.stderr)
+    for record in comparison["stages"]:
+        plain = record.get("straightforward", "float64 transcription of the method")
+        print(f"{record['stage']:<28} {record['ours_ms']:9.1f} {record['straightforward_ms']:10.1f} {record['speedup']:8.1f}  {plain}", file=sys.stderr)
+    print(f"same library calls either way: {', '.join(comparison['same_code_stages'])}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", default=str(DEFAULT_IMAGE), help="image to segment (default: a BSDS500 test image)")
-    parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default %(default)s)")
+    parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes, auto = fit free memory (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per batch size after one warm-up")
     parser.add_argument("--json", help="also write the report to this file")
     parser.add_argument("--compare", action="store_true", help="also time the method's float64 straightforward version (slow)")
@@ -222,17 +255,19 @@ def main(argv=None) -> int:
     add_method_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+        args.batch_sizes = [batch_size_value(b.strip()) for b in args.batch_sizes.split(",")]
         args.class_counts = [int(n) for n in args.class_counts.split(",")] if args.class_counts else []
         if args.class_counts and min(args.class_counts) < 1:
             raise ValueError("--class-counts must be ≥ 1")
         split_params(args.method, params_from_args(args))
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
         parser.error(str(error))
-    if args.repeats < 1 or min(args.batch_sizes) < 1:
-        parser.error("--repeats and batch sizes must be ≥ 1")
+    if args.repeats < 1:
+        parser.error("--repeats must be ≥ 1")
     report = benchmark(args)
     print_table(report)
+    if report["comparison"]:
+        print_comparison(report["comparison"])
     text = json.dumps(report, indent=2, default=str)
     if args.json:
         Path(args.json).write_text(text)

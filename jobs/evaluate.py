@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from dsseg.cli import add_model_arguments, parse_param_values  # noqa: E402
+from dsseg.cli import add_model_arguments, batch_size_value, parse_param_values  # noqa: E402
 from dsseg.datasets import DATASETS, Dataset, DatasetRootError, load_dataset  # noqa: E402
 from dsseg.datasets.regions import BSDS500  # noqa: E402
 from dsseg.evaluation import GEOMETRIES, evaluate_parts  # noqa: E402
@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="parameter for every --methods config")
     parser.add_argument("--geometry", choices=GEOMETRIES, help="crop: centre square at 512² (DiffSeg protocol); full: the ground truth's size")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=batch_size_value, default=4, help="images per model call, or auto (default %(default)s)")
     parser.add_argument("--num-workers", type=int, default=1, help="model actors (and scoring actors)")
     parser.add_argument("--report-images", type=int, default=2, help="best, worst and random images each in report.html (default %(default)s)")
     add_model_arguments(parser)
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = write_manifest(dataset, configs, output / "manifest.parquet", args.limit)
     job = SegmentJob(
         input=str(manifest), output=str(output / "run"), configs=configs, backbone=args.backbone, device=args.device,
-        dtype=args.dtype, offline=args.offline, batch_size=args.batch_size, num_workers=args.num_workers, retry_errors=True,
+        dtype=args.dtype, offline=args.offline, compile=args.compile, batch_size=args.batch_size, num_workers=args.num_workers, retry_errors=True,
     )  # fmt: skip
     segment_summary = run_segment_job(job)
     init_ray()

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dsseg.api import EXTRACT_PARAMS  # noqa: E402
-from dsseg.cli import add_model_arguments, parse_param_values  # noqa: E402
+from dsseg.cli import add_model_arguments, batch_size_value, parse_param_values  # noqa: E402
 from dsseg.image import decode_rgb  # noqa: E402
 from dsseg.jobconfig import MethodSpec, SegmentJob, parse_shard  # noqa: E402
 from dsseg.methods import get_method  # noqa: E402
@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="extraction parameter (both jobs) or a parameter of openvocab or --agnostic-method (that job)")
     parser.add_argument("--limit", type=int)
     parser.add_argument("--shard", help="I/N: this job's share of the images")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=batch_size_value, default=4, help="images per model call, or auto (default %(default)s)")
     parser.add_argument("--num-workers", type=int, default=1)
     add_model_arguments(parser)
     args = parser.parse_args(argv)
@@ -165,7 +165,7 @@ def segment_jobs(args: argparse.Namespace, rows: list[dict[str, Any]], output: P
     if unknown:
         raise ValueError(f"--param {unknown} is a parameter of neither {methods[0]} nor {methods[1]} nor the extraction; extraction parameters: {sorted(EXTRACT_PARAMS)}")
     common = dict(
-        backbone=args.backbone, device=args.device, dtype=args.dtype, offline=args.offline, batch_size=args.batch_size,
+        backbone=args.backbone, device=args.device, dtype=args.dtype, offline=args.offline, compile=args.compile, batch_size=args.batch_size,
         num_workers=args.num_workers, limit=args.limit, shard=parse_shard(args.shard), retry_errors=True,
     )  # fmt: skip
     weak_params = {"ignore_margin": args.ignore_margin, "pamr_iterations": args.pamr_iterations, **params_for("openvocab", extra)}

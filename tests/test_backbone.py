@@ -54,3 +54,17 @@ def test_dtype_choice():
     assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ValueError, match="dtype must be one of"):
         resolve_dtype("float8", torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_compiled_backbone_gives_the_eager_attention(bsds_image):
+    """--compile (minutes on 2 cores: inductor compiles each block): same attention, same labels."""
+    from dsseg.api import Segmenter
+    from dsseg.backbone import compile_backbone, load_backbone
+
+    eager, compiled = load_backbone("tiny", device="cpu"), load_backbone("tiny", device="cpu")
+    assert compile_backbone(compiled) > 10
+    segmenters = [Segmenter(b, "diffseg", {"image_size": 128}) for b in (eager, compiled)]
+    pixels, geometry = segmenters[0].prepare(bsds_image)
+    results = [s(pixels[None], [geometry])[0] for s in segmenters]
+    assert (results[0].labels == results[1].labels).mean() > 0.99

@@ -1,0 +1,41 @@
+"""The benchmark's straightforward-vs-ours stage comparisons compute the same results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dsseg.api import Segmenter
+from dsseg.comparisons import compare_aggregate, compare_capture, compare_rle, compare_upsample
+from dsseg.image import plan_geometry, to_model_input
+
+
+@pytest.fixture(scope="module")
+def bundle_and_images(tiny, bsds_image):
+    segmenter = Segmenter(tiny, "diffseg", {"image_size": 128})
+    pixels, geometry = segmenter.prepare(bsds_image)
+    images = to_model_input(pixels[None], tiny.device, tiny.dtype)
+    return segmenter, images, segmenter.extractor(images), geometry
+
+
+def test_capture_keeping_every_head_gives_our_level_maps(bundle_and_images):
+    segmenter, images, _, _ = bundle_and_images
+    comparison = compare_capture(segmenter.extractor, images)
+    assert comparison.difference < 1e-5 and comparison.ours_ms > 0 and comparison.straightforward_ms > 0
+    assert comparison.record()["speedup"] > 0
+
+
+def test_float64_aggregation_matches(bundle_and_images):
+    _, _, bundle, _ = bundle_and_images
+    assert compare_aggregate(bundle.self_attention).difference < 1e-5
+    assert compare_aggregate(bundle.self_attention, (16, 8), (0.7, 0.3)).difference < 1e-5
+
+
+def test_upsample_and_rle_agree_with_the_straightforward_way():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 6, (16, 16)) * 3  # ids with gaps, as a method leaves them
+    geometry = plan_geometry((300, 451), 128, "center_crop")
+    upsample = compare_upsample(labels, geometry)
+    assert upsample.difference == 0.0
+    full = rng.integers(0, 5, (60, 90))
+    assert compare_rle(full).difference == 0.0

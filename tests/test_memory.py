@@ -1,0 +1,50 @@
+"""Batch size from free memory: the fit, the CPU peak meter, and a worker under --batch-size auto."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import IMAGES
+from dsseg.jobconfig import MethodSpec, SegmentJob
+from dsseg.memory import fit_batch_size, peak_bytes, probe_batch_size
+from dsseg.worker import SegmentWorker
+
+MB = 2**20
+
+
+def test_fit_batch_size_counts_the_fixed_and_the_per_image_parts():
+    # 1 image: 300 MB, 2 images: 400 MB → 100 MB per image on 200 MB fixed; 0.8 × 1000 MB free → 6.
+    assert fit_batch_size(300 * MB, 400 * MB, 1000 * MB) == 6
+    assert fit_batch_size(300 * MB, 400 * MB, 100 * MB) == 1  # nothing fits: one image, OOM halving guards the rest
+    assert fit_batch_size(300 * MB, 400 * MB, 10**6 * MB) == 64  # capped
+    assert fit_batch_size(100 * MB, 100 * MB, 300 * MB) == 15  # no growth measured: a tenth of the peak per image, (240 − 90) / 10
+
+
+def test_cpu_peak_meter_sees_a_transient_allocation():
+    def allocate() -> None:
+        block = np.ones(200 * MB // 8)  # 200 MB, freed on return
+        block += 1
+
+    assert 150 * MB < peak_bytes(allocate, torch.device("cpu")) < 400 * MB
+
+
+def test_probe_measures_the_per_image_cost():
+    def run(n: int) -> None:
+        block = np.ones(n * 64 * MB // 8)
+        block += 1
+
+    probe = probe_batch_size(run, torch.device("cpu"))
+    assert 40 < probe["peak_two_mb"] - probe["peak_one_mb"] < 100
+    assert probe["batch_size"] >= 1 and probe["free_mb"] > 0
+
+
+def test_auto_batch_size_is_validated_and_probed_by_the_worker(tmp_path, capsys):
+    with pytest.raises(ValueError, match="auto"):
+        SegmentJob(input=str(IMAGES), output=str(tmp_path), batch_size="many")
+    job = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", configs=[MethodSpec("diffseg", {"image_size": 128})], device="cpu", batch_size="auto")
+    assert job.rows_per_model_call == 64
+    worker = SegmentWorker(job)
+    assert 1 <= worker.batch_limit <= 64
+    assert "--batch-size auto" in capsys.readouterr().err
