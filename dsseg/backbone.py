@@ -165,8 +165,10 @@ def compile_backbone(backbone: Backbone) -> int:
     # Blocks of one class share their forward's code, compiled once per instance and input shape:
     # past the default limit (8) the rest would silently run eager.
     limit = COMPILED_SHAPES * len(modules)
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
-    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, limit)
+    config = torch._dynamo.config
+    for names in (("recompile_limit", "cache_size_limit"), ("accumulated_recompile_limit", "accumulated_cache_size_limit")):
+        name = next(n for n in names if hasattr(config, n))  # renamed in torch 2.7
+        setattr(config, name, max(getattr(config, name), limit))
     for module in modules:
         module.compile()
     return len(modules)

@@ -27,7 +27,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from dsseg.aggregate import aggregate_self_attention, select_levels
-from dsseg.attention import AttentionStore, Grid, attention_layers, capture_attention
+from dsseg.attention import AttentionLayer, AttentionStore, Grid, attention_layers, capture_attention
 from dsseg.extract import AttentionExtractor
 from dsseg.image import Geometry
 from dsseg.masks import encode_labels
@@ -84,9 +84,9 @@ class KeepAllHeadsProcessor:
     """diffusers' classic attention (``get_attention_scores``, then ``bmm`` with the values) that
     appends each layer's per-head probabilities, (B·heads, N, M) in the model dtype, to ``kept``."""
 
-    def __init__(self, kept: list[tuple[str, int, torch.Tensor]], kind: str) -> None:
+    def __init__(self, kept: list[tuple[AttentionLayer, int, torch.Tensor]], layer: AttentionLayer) -> None:
         self.kept = kept
-        self.kind = kind
+        self.layer = layer
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
@@ -95,7 +95,7 @@ class KeepAllHeadsProcessor:
         query = attn.head_to_batch_dim(attn.to_q(hidden_states))
         key, value = attn.head_to_batch_dim(attn.to_k(context)), attn.head_to_batch_dim(attn.to_v(context))
         probs = attn.get_attention_scores(query, key, None)
-        self.kept.append((self.kind, attn.heads, probs))
+        self.kept.append((self.layer, attn.heads, probs))
         output = attn.batch_to_head_dim(torch.bmm(probs, value))
         output = attn.to_out[1](attn.to_out[0](output))
         if attn.residual_connection:
@@ -104,24 +104,25 @@ class KeepAllHeadsProcessor:
 
 
 @contextmanager
-def keep_all_heads(unet) -> Iterator[list[tuple[str, int, torch.Tensor]]]:
+def keep_all_heads(unet) -> Iterator[list[tuple[AttentionLayer, int, torch.Tensor]]]:
     """Within the block every attention layer of ``unet`` keeps its per-head probabilities."""
     originals = unet.attn_processors
-    kept: list[tuple[str, int, torch.Tensor]] = []
-    unet.set_attn_processor({layer.name: KeepAllHeadsProcessor(kept, layer.kind) for layer in attention_layers(unet)})
+    kept: list[tuple[AttentionLayer, int, torch.Tensor]] = []
+    unet.set_attn_processor({layer.name: KeepAllHeadsProcessor(kept, layer) for layer in attention_layers(unet)})
     try:
         yield kept
     finally:
         unet.set_attn_processor(dict(originals))
 
 
-def level_means(kept: list[tuple[str, int, torch.Tensor]], store: AttentionStore) -> dict[Grid, torch.Tensor]:
+def level_means(kept: list[tuple[AttentionLayer, int, torch.Tensor]], store: AttentionStore) -> dict[Grid, torch.Tensor]:
     """Self-attention of the kept layers → per level (B, N, N) float32: mean over heads, then layers,
-    for the levels ``store``'s spec keeps."""
+    for the layers (blocks) and levels ``store``'s spec selects."""
     sums: dict[Grid, torch.Tensor] = {}
     counts: dict[Grid, int] = {}
-    for kind, heads, probs in kept:
-        grid = store.grid_for(probs.shape[1], "self") if kind == "self" else None
+    for layer, heads, probs in kept:
+        selected = layer.kind == "self" and store.spec.selects(layer)
+        grid = store.grid_for(probs.shape[1], "self") if selected else None
         if grid is None:
             continue
         mean = probs.view(-1, heads, *probs.shape[1:]).float().mean(1)

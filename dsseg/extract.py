@@ -303,9 +303,10 @@ class AttentionExtractor:
 
     def _class_forward(self, latents: torch.Tensor, names: list[tuple[str, ...]], bundle: AttentionBundle) -> AttentionBundle:
         """UNet calls on the class prompts of every image, ``class_batch_size`` prompts per call
-        with a template (else the whole batch); self-attention averaged over each image's prompts."""
+        with a template (else as many as images); self-attention averaged over each image's prompts."""
         work = [(i, plan) for i, image_names in enumerate(names) for plan in self.prompt_plans(image_names)]
-        size = self.config.class_batch_size if self.config.class_template is not None else len(work)
+        # Joint prompts: as many per call as images (one each, unless a vocabulary overflows 77 tokens).
+        size = self.config.class_batch_size if self.config.class_template is not None else len(names)
         self_sums: dict[Grid, torch.Tensor] = {}
         parts: list[dict[Grid, list[torch.Tensor]]] = [{} for _ in names]
         prompts_per_image = torch.zeros(len(names), device=latents.device)

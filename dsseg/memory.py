@@ -21,6 +21,11 @@ AUTO_LIMIT = 64  # largest batch chosen: beyond it throughput no longer grows on
 SAMPLE_SECONDS = 0.005
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is running out of memory (torch's OOM error, or a message saying so)."""
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
 def free_memory_bytes(device: torch.device) -> int:
     """Free device memory (CUDA) or available host memory (CPU: ``MemAvailable``), in bytes."""
     if device.type == "cuda":
@@ -79,14 +84,28 @@ def fit_batch_size(peak_one: int, peak_two: int, free: int, fraction: float = AU
 
 def probe_batch_size(run_batch: Callable[[int], object], device: torch.device, share: float = 1.0, limit: int = AUTO_LIMIT) -> dict:
     """Run ``run_batch(1)`` and ``run_batch(2)`` (after a warm-up of one) and choose the batch size
-    for ``share`` of the free memory (e.g. ½ for two workers on one device). Returns
-    ``{"batch_size", "peak_one_mb", "peak_two_mb", "free_mb"}``."""
+    for ``share`` of the free memory (e.g. ½ for two workers on one device). A probe of two that
+    runs out of memory gives batch size 1. Returns ``{"batch_size", "peak_one_mb", "peak_two_mb",
+    "free_mb"}`` (``peak_two_mb`` None when it ran out of memory)."""
     run_batch(1)  # warm-up: lazy initialisation and caches are not per-image cost
+    release_cached(device)
+    peak_one = peak_bytes(lambda: run_batch(1), device)
+    mb = 2**20
+    try:
+        peak_two = peak_bytes(lambda: run_batch(2), device)
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        peak_two = None
+    release_cached(device)  # the probes' cached blocks count as free
+    free = int(free_memory_bytes(device) * share)
+    if peak_two is None:
+        return {"batch_size": 1, "peak_one_mb": round(peak_one / mb, 1), "peak_two_mb": None, "free_mb": round(free / mb, 1)}
+    chosen = fit_batch_size(peak_one, peak_two, free, limit=limit)
+    return {"batch_size": chosen, "peak_one_mb": round(peak_one / mb, 1), "peak_two_mb": round(peak_two / mb, 1), "free_mb": round(free / mb, 1)}
+
+
+def release_cached(device: torch.device) -> None:
+    """Return the CUDA allocator's cached blocks to the device (nothing on CPU)."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    peak_one = peak_bytes(lambda: run_batch(1), device)
-    peak_two = peak_bytes(lambda: run_batch(2), device)
-    free = int(free_memory_bytes(device) * share)
-    chosen = fit_batch_size(peak_one, peak_two, free, limit=limit)
-    mb = 2**20
-    return {"batch_size": chosen, "peak_one_mb": round(peak_one / mb, 1), "peak_two_mb": round(peak_two / mb, 1), "free_mb": round(free / mb, 1)}

@@ -190,7 +190,7 @@ class MetricState:
                 raise ValueError("the semantic protocol needs class-id predictions (score(..., protocol='semantic'))")
             return scores_from_counts(self.semantic)
         if protocol == "per_image_avg":
-            acc, f1, miou = self.image_sums / max(self.labelled, 1)
+            acc, f1, miou = self.image_sums / self.labelled if self.labelled else np.full(3, np.nan)
             return {"acc": float(acc), "f1": float(f1), "miou": float(miou), "per_class_iou": None}
         raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
 

@@ -18,7 +18,7 @@ from dsseg.jobconfig import SegmentJob
 from dsseg.results import clear_success, deduplicate, done_pairs, mark_success, remove_results, scan, write_config
 from dsseg.schema import TIMING_STAGES
 from dsseg.sources import ITEM_SCHEMA, list_inputs
-from dsseg.worker import SegmentWorker, encode_and_write, decode_batch
+from dsseg.worker import PROBE_CLASSES, SegmentWorker, encode_and_write, decode_batch
 
 # Memory reserved per decode task. Besides guarding against over-subscription, a resource
 # shape unlike the model actors' keeps Ray from fusing decoding into the actors, so CPU
@@ -72,22 +72,25 @@ def build_dataset(job: SegmentJob, todo: list[dict[str, Any]], gpus: float):
 
     workers = min(job.num_workers, len(todo))
     items = pa.Table.from_pylist(todo, schema=ITEM_SCHEMA.append(pa.field("configs", pa.list_(pa.string()))))
-    block_rows = min(MAX_BLOCK_ROWS, max(job.rows_per_model_call, -(-len(todo) // (8 * workers))))
+    per_worker = -(-len(todo) // workers)
+    call_rows = min(job.rows_per_model_call, per_worker)  # under "auto", small runs still reach every actor
+    block_rows = min(MAX_BLOCK_ROWS, max(call_rows, -(-len(todo) // (8 * workers))))
     dataset = ray.data.from_arrow([items.slice(start, block_rows) for start in range(0, len(todo), block_rows)])
     dataset = dataset.map_batches(
         decode_batch,
         fn_kwargs={"prepare": job.prepare_config(), "max_pixels": job.max_pixels, "max_side": job.max_image_side},
-        batch_size=job.rows_per_model_call,
+        batch_size=call_rows,
         batch_format="pyarrow",
         memory=DECODE_TASK_MEMORY,
     )
     # Ray Data restarts a dead model actor and retries its batch (max_restarts and
     # max_task_retries default to -1 for actor pools), so an OOM-killed actor loses no rows.
+    longest_class_list = max((len(item.get("classes") or ()) for item in todo), default=0)
     dataset = dataset.map_batches(
         SegmentWorker,
-        fn_constructor_kwargs={"job": job},
+        fn_constructor_kwargs={"job": job, "probe_classes": max(PROBE_CLASSES, longest_class_list)},
         compute=ray.data.ActorPoolStrategy(size=workers),
-        batch_size=job.rows_per_model_call,
+        batch_size=call_rows,
         batch_format="pyarrow",
         num_gpus=gpus,
         num_cpus=1,

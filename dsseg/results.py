@@ -147,12 +147,13 @@ def deduplicate(output: str, scanned: pa.Table) -> int:
 def read_part(path: str, columns: list[str] | None = None, image_ids: Sequence[str] | None = None) -> pa.Table:
     """The rows of one part file (a path or URI), or only those of ``image_ids``."""
     fs, inside = resolve(path)
+    read = columns if columns is None or image_ids is None or "image_id" in columns else [*columns, "image_id"]
     with fs.open_input_file(inside) as handle:
-        table = pq.read_table(handle, columns=columns)
+        table = pq.read_table(handle, columns=read)
     if image_ids is not None:
         wanted = image_ids if isinstance(image_ids, pa.Array) else pa.array(list(image_ids), pa.string())
         table = table.filter(pc.is_in(table.column("image_id"), wanted))
-    return table
+    return table if read == columns else table.select(columns)
 
 
 def read_results(

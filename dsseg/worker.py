@@ -30,15 +30,14 @@ from dsseg.class_filters import filter_classes, load_class_filter
 from dsseg.extract import AttentionExtractor, ExtractConfig
 from dsseg.image import Geometry, InputError, decode_rgb, rescale_geometry, to_model_input
 from dsseg.jobconfig import AUTO_BATCH, SegmentJob
-from dsseg.memory import probe_batch_size
+from dsseg.memory import is_out_of_memory, probe_batch_size
 from dsseg.methods import MethodResult, get_method, run_method
 from dsseg.results import write_parts
 from dsseg.schema import DECODED_SCHEMA, MODEL_SCHEMA, OUTPUT_SCHEMA, TIMING_STAGES, WRITTEN_SCHEMA
 from dsseg.sources import read_bytes
 from dsseg.timing import StageTimer
-from dsseg.vocabularies import COCO80
 
-PROBE_CLASSES = 8  # candidate classes per probe image when the configs name none
+PROBE_CLASSES = 8  # candidate classes per probe image when neither the configs nor the inputs name any
 
 
 def describe(error: BaseException, code: str) -> str:
@@ -70,10 +69,6 @@ def decode_batch(batch: pa.Table, prepare: ExtractConfig, max_pixels: int | None
     return pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
-
-
 class SegmentWorker:
     """Model actor: loads the backbone once, then segments batches of decoded rows for every config.
 
@@ -81,7 +76,7 @@ class SegmentWorker:
     out of memory), down to single images, which then become error rows.
     """
 
-    def __init__(self, job: SegmentJob) -> None:
+    def __init__(self, job: SegmentJob, probe_classes: int = PROBE_CLASSES) -> None:
         backbone = load_backbone(job.backbone, device=job.device, dtype=job.dtype, offline=job.offline, compile=job.compile)
         if backbone.device.type == "cpu":
             # Ray limits an actor to its num_cpus threads; a CPU model actor may use the node's cores.
@@ -94,16 +89,19 @@ class SegmentWorker:
         self.crash_once_marker = job.crash_once_marker
         self.batch_limit = job.rows_per_model_call
         if job.batch_size == AUTO_BATCH:
-            self.batch_limit = self._probe_batch_size(job)
+            self.batch_limit = self._probe_batch_size(job, probe_classes)
 
-    def _probe_batch_size(self, job: SegmentJob) -> int:
+    def _probe_batch_size(self, job: SegmentJob, probe_classes: int) -> int:
         """``--batch-size auto``: the batch this actor's share of free memory holds, from probe
-        batches of a grey image at the largest model input (``image_size``²)."""
+        batches of a grey image at the largest model input (``image_size``²) with ``probe_classes``
+        candidate classes (the longest class list of the job's inputs) where configs take classes."""
         side = job.prepare_config().image_size
-        needs_names = any(e.config.uses_classes and not e.config.classes for e, _ in self.groups)
+        configured = max((len(e.config.classes) for e, _ in self.groups), default=0)
+        uses_classes = any(e.config.uses_classes for e, _ in self.groups)
+        names = [f"thing {i}" for i in range(max(probe_classes, configured))] if uses_classes else None
         row = {
             "image_id": "probe", "source": "", "width": side, "height": side, "configs": list(self.config_ids),
-            "classes": list(COCO80[:PROBE_CLASSES]) if needs_names else None, "input_h": side, "input_w": side,
+            "classes": names, "input_h": side, "input_w": side,
             "pixels": np.full((side, side, 3), 128, np.uint8).tobytes(), "box": [0, 0, side, side], "decode_ms": 0.0, "error": None,
         }  # fmt: skip
         cuda = self.backbone.device.type == "cuda"

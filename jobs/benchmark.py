@@ -157,6 +157,7 @@ def timed_runs(segmenter: Segmenter, data: bytes, batch_sizes: list[int | str], 
         if batch_size == "auto":
             probe = probe_batch_size(lambda n: run_once(segmenter, data, n), segmenter.backbone.device)
             batch_size = probe["batch_size"]
+        resident = torch.cuda.memory_allocated() if cuda else 0  # the model's weights and caches
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         run_once(segmenter, data, batch_size)  # warm-up
@@ -172,7 +173,7 @@ def timed_runs(segmenter: Segmenter, data: bytes, batch_sizes: list[int | str], 
                 "end_to_end_ms_per_image": round(total, 2),
                 "end_to_end_images_per_second": round(1000.0 / total, 3),
                 "peak_device_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
-                "peak_device_memory_mb_per_image": round(torch.cuda.max_memory_allocated() / 2**20 / batch_size, 1) if cuda else None,
+                "peak_device_memory_mb_per_image": round((torch.cuda.max_memory_allocated() - resident) / 2**20 / batch_size, 1) if cuda else None,
                 "auto_batch_probe": probe,
             }
         )

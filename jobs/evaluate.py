@@ -167,15 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dataset = load_dataset(args.dataset, args.root, **options)
         configs = method_specs(args, geometry)
-        claim_output(output, {"dataset": args.dataset, "root": str(Path(args.root).resolve()), "split": args.split, "classes": args.classes})
+        classes = list(options.get("class_names", ())) or None
+        claim_output(output, {"dataset": args.dataset, "root": str(Path(args.root).resolve()), "split": args.split, "classes": classes})
+        manifest = write_manifest(dataset, configs, output / "manifest.parquet", args.limit)
+        job = SegmentJob(
+            input=str(manifest), output=str(output / "run"), configs=configs, backbone=args.backbone, device=args.device,
+            dtype=args.dtype, offline=args.offline, compile=args.compile, batch_size=args.batch_size, num_workers=args.num_workers,
+            retry_errors=True,
+        )  # fmt: skip
     except (DatasetRootError, ValueError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    manifest = write_manifest(dataset, configs, output / "manifest.parquet", args.limit)
-    job = SegmentJob(
-        input=str(manifest), output=str(output / "run"), configs=configs, backbone=args.backbone, device=args.device,
-        dtype=args.dtype, offline=args.offline, compile=args.compile, batch_size=args.batch_size, num_workers=args.num_workers, retry_errors=True,
-    )  # fmt: skip
     segment_summary = run_segment_job(job)
     init_ray()
     start = time.perf_counter()

@@ -249,11 +249,10 @@ def export_voc(jobs: dict[str, SegmentJob], classes: tuple[str, ...], voc: Path,
 
     written, removed = 0, 0
     labels = voc / "SegmentationClassAug"
-    if "weak" in jobs:
-        weak = jobs["weak"]
-        identity = {"config_id": weak.config_ids()[0], "classes": list(classes)}
-        stems = {file_stem(image_id) for image_id in manifest_ids(weak.input).to_pylist()}
-        removed = start_label_folder(labels, identity, stems)
+    weak = jobs.get("weak")
+    identity = {"config_id": weak.config_ids()[0] if weak else None, "classes": list(classes)}
+    stems = {file_stem(image_id) for image_id in manifest_ids(weak.input).to_pylist()} if weak else set()
+    removed = start_label_folder(labels, identity, stems)  # no weakly labelled images: no label PNGs
     for kind, job in jobs.items():
         parts = part_uris(job.output, job.config_ids())
         if not parts:

@@ -21,8 +21,10 @@ def bundle_and_images(tiny, bsds_image):
 def test_capture_keeping_every_head_gives_our_level_maps(bundle_and_images):
     segmenter, images, _, _ = bundle_and_images
     comparison = compare_capture(segmenter.extractor, images)
-    assert comparison.difference < 1e-5 and comparison.ours_ms > 0 and comparison.straightforward_ms > 0
+    assert comparison.difference < 1e-4 and comparison.ours_ms > 0 and comparison.straightforward_ms > 0
     assert comparison.record()["speedup"] > 0
+    up_only = Segmenter(segmenter.backbone, "diffseg", {"image_size": 128, "blocks": ("up",)})
+    assert compare_capture(up_only.extractor, images).difference < 1e-4  # the same layers on both sides
 
 
 def test_float64_aggregation_matches(bundle_and_images):

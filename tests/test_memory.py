@@ -40,6 +40,17 @@ def test_probe_measures_the_per_image_cost():
     assert probe["batch_size"] >= 1 and probe["free_mb"] > 0
 
 
+def test_a_probe_of_two_that_runs_out_of_memory_gives_batch_one():
+    def run(n: int) -> None:
+        if n > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+
+    probe = probe_batch_size(run, torch.device("cpu"))
+    assert probe["batch_size"] == 1 and probe["peak_two_mb"] is None
+    with pytest.raises(ZeroDivisionError):  # other errors are not swallowed
+        probe_batch_size(lambda n: 1 / (n - 2), torch.device("cpu"))
+
+
 def test_auto_batch_size_is_validated_and_probed_by_the_worker(tmp_path, capsys):
     with pytest.raises(ValueError, match="auto"):
         SegmentJob(input=str(IMAGES), output=str(tmp_path), batch_size="many")
