@@ -16,7 +16,6 @@ The method's own aggregation + segmentation against its float64 transcription li
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +30,9 @@ from dsseg.attention import AttentionLayer, AttentionStore, Grid, attention_laye
 from dsseg.extract import AttentionExtractor
 from dsseg.image import Geometry
 from dsseg.masks import encode_labels
+from dsseg.memory import peak_bytes
 from dsseg.methods.diffseg_reference import reference_aggregate
+from dsseg.timing import StageTimer
 from dsseg.upsample import compact_to_original, labels_to_original
 
 SAME_CODE_STAGES = ("decode", "encode", "invert")
@@ -66,18 +67,14 @@ class StageComparison:
 
 def timed(function: Callable[[], Any], device: torch.device) -> tuple[Any, float, float | None]:
     """Run ``function`` once: (its result, milliseconds, peak device MB above the start or None)."""
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    start = time.perf_counter()
-    result = function()
-    if cuda:
-        torch.cuda.synchronize()
-    ms = (time.perf_counter() - start) * 1000.0
-    peak = round((torch.cuda.max_memory_allocated() - base) / 2**20, 1) if cuda else None
-    return result, ms, peak
+    timer, results = StageTimer(device), []
+    with timer.stage("run"):
+        if device.type == "cuda":
+            peak = round(peak_bytes(lambda: results.append(function()), device) / 2**20, 1)
+        else:
+            results.append(function())
+            peak = None
+    return results[0], timer.ms["run"], peak
 
 
 class KeepAllHeadsProcessor:

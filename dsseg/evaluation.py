@@ -160,7 +160,6 @@ class ScoreParts:
     def __call__(self, batch):
         import pickle
 
-
         from dsseg.results import read_part
 
         records = []

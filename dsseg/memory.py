@@ -90,7 +90,6 @@ def probe_batch_size(run_batch: Callable[[int], object], device: torch.device, s
     run_batch(1)  # warm-up: lazy initialisation and caches are not per-image cost
     release_cached(device)
     peak_one = peak_bytes(lambda: run_batch(1), device)
-    mb = 2**20
     try:
         peak_two = peak_bytes(lambda: run_batch(2), device)
     except Exception as error:
@@ -99,10 +98,9 @@ def probe_batch_size(run_batch: Callable[[int], object], device: torch.device, s
         peak_two = None
     release_cached(device)  # the probes' cached blocks count as free
     free = int(free_memory_bytes(device) * share)
-    if peak_two is None:
-        return {"batch_size": 1, "peak_one_mb": round(peak_one / mb, 1), "peak_two_mb": None, "free_mb": round(free / mb, 1)}
-    chosen = fit_batch_size(peak_one, peak_two, free, limit=limit)
-    return {"batch_size": chosen, "peak_one_mb": round(peak_one / mb, 1), "peak_two_mb": round(peak_two / mb, 1), "free_mb": round(free / mb, 1)}
+    chosen = 1 if peak_two is None else fit_batch_size(peak_one, peak_two, free, limit=limit)
+    mb = 2**20
+    return {"batch_size": chosen, "peak_one_mb": round(peak_one / mb, 1), "peak_two_mb": None if peak_two is None else round(peak_two / mb, 1), "free_mb": round(free / mb, 1)}
 
 
 def release_cached(device: torch.device) -> None:

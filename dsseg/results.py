@@ -147,13 +147,7 @@ def deduplicate(output: str, scanned: pa.Table) -> int:
 def read_part(path: str, columns: list[str] | None = None, image_ids: Sequence[str] | None = None) -> pa.Table:
     """The rows of one part file (a path or URI), or only those of ``image_ids``."""
     fs, inside = resolve(path)
-    read = columns if columns is None or image_ids is None or "image_id" in columns else [*columns, "image_id"]
-    with fs.open_input_file(inside) as handle:
-        table = pq.read_table(handle, columns=read)
-    if image_ids is not None:
-        wanted = image_ids if isinstance(image_ids, pa.Array) else pa.array(list(image_ids), pa.string())
-        table = table.filter(pc.is_in(table.column("image_id"), wanted))
-    return table if read == columns else table.select(columns)
+    return _read_rows(fs, inside, columns, _id_array(image_ids))
 
 
 def read_results(
@@ -161,11 +155,28 @@ def read_results(
 ) -> pa.Table:
     """The rows of a run (one config, or all; all images, or only ``image_ids``), as written by
     the segment job. Filters file by file, so memory holds one part file beyond the result."""
-    paths = part_files(output, None if config_id is None else [config_id])
-    tables = [read_part(uri_of(output, path), columns, image_ids) for path in paths]
+    fs, _ = resolve(output)
+    wanted = _id_array(image_ids)
+    tables = [_read_rows(fs, path, columns, wanted) for path in part_files(output, None if config_id is None else [config_id])]
     if not tables:
         raise FileNotFoundError(f"no results under {output}/{SEGMENTS_DIR}" + (f" for config {config_id}" if config_id else ""))
     return pa.concat_tables(tables)
+
+
+def _id_array(image_ids: Sequence[str] | None) -> pa.Array | None:
+    if image_ids is None or isinstance(image_ids, pa.Array):
+        return image_ids
+    return pa.array(list(image_ids), pa.string())
+
+
+def _read_rows(fs: pafs.FileSystem, path: str, columns: list[str] | None, wanted: pa.Array | None) -> pa.Table:
+    """``columns`` of a part file on ``fs``, only the rows whose ``image_id`` is in ``wanted`` (if given)."""
+    read = columns if columns is None or wanted is None or "image_id" in columns else [*columns, "image_id"]
+    with fs.open_input_file(path) as handle:
+        table = pq.read_table(handle, columns=read)
+    if wanted is not None:
+        table = table.filter(pc.is_in(table.column("image_id"), wanted))
+    return table if read == columns else table.select(columns)
 
 
 def read_config(output: str) -> dict[str, Any] | None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -116,21 +115,18 @@ def input_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 def classes_for(args: argparse.Namespace, rows: list[dict[str, Any]]) -> tuple[str, ...]:
     """Background, then the class list's names (or the labels present): at most 255 in all, as
     the label PNGs are 8-bit with 255 for ignore."""
-    classes = checked_classes(args, rows)
+    if args.class_list:
+        path = Path(args.class_list)
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()] if path.is_file() else list(get_vocabulary(args.class_list))
+        unknown = sorted({n for r in rows for n in r["labels"]} - set(names))
+        if unknown:
+            raise ValueError(f"labels {unknown[:5]} are not in --class-list {args.class_list}")
+        classes = ("background", *[n for n in names if n != "background"])
+    else:
+        classes = class_list(r["labels"] for r in rows)
     if len(classes) > 255:
         raise ValueError(f"{len(classes)} classes with background do not fit 8-bit label PNGs (0..254, 255 = ignore)")
     return classes
-
-
-def checked_classes(args: argparse.Namespace, rows: list[dict[str, Any]]) -> tuple[str, ...]:
-    if not args.class_list:
-        return class_list(r["labels"] for r in rows)
-    path = Path(args.class_list)
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()] if path.is_file() else list(get_vocabulary(args.class_list))
-    unknown = sorted({n for r in rows for n in r["labels"]} - set(names))
-    if unknown:
-        raise ValueError(f"labels {unknown[:5]} are not in --class-list {args.class_list}")
-    return ("background", *[n for n in names if n != "background"])
 
 
 def file_stem(image_id: str) -> str:
@@ -151,7 +147,7 @@ def check_unique_stems(rows: list[dict[str, Any]]) -> None:
 def params_for(method: str, params: dict[str, Any]) -> dict[str, Any]:
     """The ``--param`` values that apply to ``method``: every extraction parameter and the
     method's own; the rest belong to the other job's method."""
-    known = {f.name for f in fields(get_method(method).config_class)} | set(EXTRACT_PARAMS)
+    known = get_method(method).param_names | EXTRACT_PARAMS
     return {name: value for name, value in params.items() if name in known}
 
 

@@ -43,12 +43,16 @@ class Method:
     needs_cross_attention: bool = False
     extraction: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def param_names(self) -> frozenset[str]:
+        """The parameters of the method's config."""
+        return frozenset(f.name for f in fields(self.config_class))
+
     def make_config(self, params: dict[str, Any]) -> Any:
         """The method's frozen config from keyword parameters, with a clear error for unknown names."""
-        known = {f.name for f in fields(self.config_class)}
-        unknown = sorted(set(params) - known)
+        unknown = sorted(set(params) - self.param_names)
         if unknown:
-            raise TypeError(f"unknown parameter(s) {unknown} for method {self.name!r}; valid: {sorted(known)}")
+            raise TypeError(f"unknown parameter(s) {unknown} for method {self.name!r}; valid: {sorted(self.param_names)}")
         return self.config_class(**params)
 
     def extraction_defaults(self) -> ExtractConfig:
