@@ -76,6 +76,7 @@ def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
 JOB_SETTINGS = (
     "input", "output", "backbone", "device", "dtype", "offline", "compile", "batch_size", "num_workers", "gpus_per_worker",
     "limit", "shard", "overwrite", "retry_errors", "max_image_side", "max_pixels", "rows_per_file", "class_filter",
+    "exif_transpose", "mask_frame",
 )  # fmt: skip
 
 
@@ -115,6 +116,14 @@ def job_parser() -> argparse.ArgumentParser:
         "--retry-errors", action="store_true", default=None, help="also redo error rows with a transient reason (read_failed, out_of_memory, model_failed, encode_failed)"
     )
     parser.add_argument("--class-filter", help="narrow each image's candidate classes: clip:MODEL (hub id or folder) or package.module:factory")
+    parser.add_argument(
+        "--ignore-exif", dest="exif_transpose", action="store_false", default=None,
+        help="keep images in their stored pixel order instead of turning them upright by EXIF (as benchmark labels are drawn)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mask-frame", choices=("original", "model"),
+        help="original: masks at the image's size (default); model: in the model-input frame, e.g. the 512² centre crop",
+    )  # fmt: skip
     add_model_arguments(parser)
     parser.set_defaults(backbone=None, device=None, dtype=None, offline=None, compile=None)
     add_method_arguments(parser)

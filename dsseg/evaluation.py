@@ -1,12 +1,16 @@
 """Scoring segment-job rows against a benchmark's ground truth, one row at a time, into
 summable per-config statistics (the reduce stage of ``jobs/evaluate.py``).
 
-Geometry: ``crop`` is the DiffSeg protocol — prediction and ground truth are both centre-cropped
-to a square and resized to 512² with nearest neighbour; ``full`` compares at the ground truth's
-own size (predictions resized to it with nearest neighbour where the image differs, as for the
-Weizmann horses). Unsupervised rows are scored under every matching protocol; rows whose
-segments carry class names (open vocabulary) also under ``semantic``, names mapped to the
-dataset's classes (unknown names and ``ignore`` count as no class).
+Frames (where prediction and ground truth meet):
+- ``model`` (the DiffSeg protocol, used by DiffSeg and DWC): the model-input frame. The segment
+  job keeps the masks there (``mask_frame="model"``: e.g. 512² for the centre square), and the
+  ground truth is brought to it by the run's own crop box and TF2's nearest-neighbour resize,
+  exactly as the official code's ``process_image`` does; no prediction is ever resampled.
+- ``label``: the ground truth's own size; predictions (masks at the original image size) are
+  resized to it with nearest neighbour where the image differs, as for the Weizmann horses.
+Unsupervised rows are scored under every matching protocol; rows whose segments carry class
+names (open vocabulary) also under ``semantic``, names mapped to the dataset's classes (unknown
+names and ``ignore`` count as no class).
 """
 
 from __future__ import annotations
@@ -20,34 +24,49 @@ import pyarrow as pa
 
 from dsseg.datasets import Dataset, Sample
 from dsseg.datasets.regions import BSDS500
+from dsseg.image import GeometryMode, plan_geometry
 from dsseg.masks import decode_segments
 from dsseg.metrics import MetricState, bsds_scores
-from dsseg.upsample import resize_labels
+from dsseg.upsample import resize_labels, resize_labels_tf
 
-Geometry = Literal["crop", "full"]
-GEOMETRIES = ("crop", "full")
-PROTOCOL_SIZE = 512
-MATCHING_PROTOCOLS = ("per_image", "global", "per_image_avg", "oracle_merged")
+Frame = Literal["model", "label"]
+FRAMES: tuple[Frame, ...] = ("model", "label")
+MATCHING_PROTOCOLS = ("per_image", "per_image_avg", "oracle_merged", "global")
 BSDS_KEYS = ("covering", "pri", "voi")
 
 
-def center_square(labels: np.ndarray, size: int = PROTOCOL_SIZE) -> np.ndarray:
-    """The centred square of an (H, W) map, resized to ``size``² with nearest neighbour."""
-    height, width = labels.shape
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    return resize_labels(labels[top : top + side, left : left + side], (size, size))
+@dataclass(frozen=True)
+class ModelFrame:
+    """A run's model-input frame: its extraction ``image_size`` and ``geometry`` (crop / resize mode)."""
+
+    image_size: int = 512
+    geometry: GeometryMode = "center_crop"
 
 
-def aligned(pred: np.ndarray, gt: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
-    """Prediction and ground truth on the same pixel grid under ``geometry``."""
-    if geometry not in GEOMETRIES:
-        raise ValueError(f"geometry must be one of {GEOMETRIES}; got {geometry!r}")
-    if pred.shape != gt.shape:
-        pred = resize_labels(pred, gt.shape)
-    if geometry == "crop":
-        return center_square(pred), center_square(gt)
-    return pred, gt
+def to_model_frame(labels: np.ndarray, frame: ModelFrame) -> np.ndarray:
+    """(H, W) ground truth → the model-input frame (h, w): the same crop box as the image, then
+    TF2's nearest-neighbour resize (the official DiffSeg label preprocessing for the centre square)."""
+    geometry = plan_geometry(labels.shape, frame.image_size, frame.geometry)
+    top, left, height, width = (int(v) for v in geometry.box)
+    return resize_labels_tf(labels[top : top + height, left : left + width], geometry.input_hw)
+
+
+def aligned(pred: np.ndarray, gt: np.ndarray, frame: Frame, model_frame: ModelFrame = ModelFrame()) -> tuple[np.ndarray, np.ndarray]:
+    """Prediction and ground truth on the same pixel grid under ``frame`` (see the module docstring).
+
+    ``model``: ``pred`` must already be in the model frame (raises ``ValueError`` otherwise).
+    """
+    if frame == "model":
+        truth = to_model_frame(gt, model_frame)
+        if pred.shape != truth.shape:
+            raise ValueError(
+                f"masks of size {pred.shape} are not in the model frame {truth.shape}: rows scored in the model frame "
+                "must be written with mask_frame='model' (jobs/evaluate.py does this)"
+            )
+        return pred, truth
+    if frame == "label":
+        return (resize_labels(pred, gt.shape) if pred.shape != gt.shape else pred), gt
+    raise ValueError(f"frame must be one of {FRAMES}; got {frame!r}")
 
 
 def class_map(labels: np.ndarray, segments: Sequence[dict], class_names: Sequence[str]) -> np.ndarray | None:
@@ -101,7 +120,9 @@ class ConfigScores:
         return out
 
 
-def score_row(row: dict, dataset: Dataset, sample: Sample, geometry: Geometry) -> tuple[ConfigScores, dict[str, Any]]:
+def score_row(
+    row: dict, dataset: Dataset, sample: Sample, frame: Frame, model_frame: ModelFrame = ModelFrame()
+) -> tuple[ConfigScores, dict[str, Any]]:
     """One output row (OUTPUT_SCHEMA) → (its summable scores, its per-image record)."""
     record: dict[str, Any] = {"image_id": row["image_id"], "config_id": row["config_id"], "method": row["method"], "status": row["status"]}
     scores = ConfigScores(dataset.num_classes)
@@ -109,23 +130,23 @@ def score_row(row: dict, dataset: Dataset, sample: Sample, geometry: Geometry) -
         scores.failed = 1
         record["error"] = row["error"]
         return scores, record
-    labels = decode_segments(row["segments"], (row["height"], row["width"]))
+    labels = decode_segments(row["segments"])  # at its masks' own size: the original image's or the model frame's
     record["segments"] = len(row["segments"])
     if isinstance(dataset, BSDS500):
         annotations = dataset.load_annotations(sample)
-        pred = resize_labels(labels, annotations[0].shape) if labels.shape != annotations[0].shape else labels
-        values = bsds_scores(pred, annotations)
+        pairs = [aligned(labels, truth, frame, model_frame) for truth in annotations]
+        values = bsds_scores(pairs[0][0], [truth for _, truth in pairs])
         scores.bsds = np.array([values[key] for key in BSDS_KEYS])
         scores.scored = 1
         return scores, record | values
     gt = dataset.load_label(sample).astype(np.int64)
-    pred, truth = aligned(labels, gt, geometry)
+    pred, truth = aligned(labels, gt, frame, model_frame)
     scores.matching = MetricState.of_image(pred, truth, dataset.num_classes)
-    own = scores.matching.result("per_image")
+    own = scores.matching.image_scores()
     record.update(acc=own["acc"], miou=own["miou"])
     classes = class_map(labels, row["segments"], dataset.class_names)
     if classes is not None:
-        pred_classes, truth = aligned(classes, gt, geometry)
+        pred_classes, truth = aligned(classes, gt, frame, model_frame)
         scores.semantic = MetricState.of_image(pred_classes, truth, dataset.num_classes, semantic=True)
         record["semantic_miou"] = scores.semantic.result("semantic")["miou"]
     scores.scored = 1
@@ -149,13 +170,15 @@ class ScoreParts:
     ``limit`` images (rows of other images are skipped), with its pickled ``ConfigScores`` in
     ``scores``. Loads the dataset reader once per actor."""
 
-    def __init__(self, dataset: str, root: str, options: dict[str, Any], geometry: Geometry, limit: int | None = None) -> None:
+    def __init__(
+        self, dataset: str, root: str, options: dict[str, Any], frame: Frame, model_frame: ModelFrame, limit: int | None = None
+    ) -> None:
         from dsseg.datasets import load_dataset
 
         self.dataset = load_dataset(dataset, root, **options)
         self.samples = {sample.image_id: sample for sample in self.dataset.samples(limit)}
         self.image_ids = pa.array(list(self.samples), pa.string())
-        self.geometry = geometry
+        self.frame, self.model_frame = frame, model_frame
 
     def __call__(self, batch):
         import pickle
@@ -166,7 +189,7 @@ class ScoreParts:
         for path in batch.column("path").to_pylist():
             for row in read_part(path, image_ids=self.image_ids).to_pylist():
                 try:
-                    scores, record = score_row(row, self.dataset, self.samples[row["image_id"]], self.geometry)
+                    scores, record = score_row(row, self.dataset, self.samples[row["image_id"]], self.frame, self.model_frame)
                 except Exception as error:  # a broken label file fails its row, not the evaluation
                     scores, record = ConfigScores(self.dataset.num_classes, failed=1), {
                         "image_id": row["image_id"], "config_id": row["config_id"], "method": row["method"],
@@ -177,7 +200,14 @@ class ScoreParts:
 
 
 def evaluate_parts(
-    paths: Sequence[str], dataset: str, root: str, options: dict[str, Any], geometry: Geometry, workers: int = 1, limit: int | None = None
+    paths: Sequence[str],
+    dataset: str,
+    root: str,
+    options: dict[str, Any],
+    frame: Frame,
+    model_frame: ModelFrame = ModelFrame(),
+    workers: int = 1,
+    limit: int | None = None,
 ):
     """Score the rows of ``paths`` that belong to the dataset's first ``limit`` images on Ray (an
     actor pool of ``workers``) and sum per config on the driver, streaming: returns
@@ -189,7 +219,9 @@ def evaluate_parts(
     items = ray.data.from_items([{"path": path} for path in paths], override_num_blocks=max(1, min(len(paths), 64)))
     scored = items.map_batches(
         ScoreParts,
-        fn_constructor_kwargs={"dataset": dataset, "root": str(root), "options": options, "geometry": geometry, "limit": limit},
+        fn_constructor_kwargs={
+            "dataset": dataset, "root": str(root), "options": options, "frame": frame, "model_frame": model_frame, "limit": limit,
+        },  # fmt: skip
         compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(paths)))),
         batch_size=1,
         batch_format="pyarrow",

@@ -286,8 +286,13 @@ class AttentionExtractor:
         if classes is not None and len(classes) != batch:
             raise ValueError(f"{len(classes)} class lists given for {batch} images")
         lists = [self.config.classes if c is None else tuple(str(name).strip() for name in c) for c in (classes or [None] * batch)]
-        for names in lists:
+        for index, names in enumerate(lists):
             check_class_names(names)
+            if self.config.class_template is not None and not names:
+                raise ValueError(
+                    f"image {index} of the batch has no candidate classes, and labelling pixels by class needs some: "
+                    "give classes=[...] or vocabulary=... (voc20, context59, coco80), or a non-empty classes list per image"
+                )
         return lists
 
     def prompt_plans(self, names: Sequence[str]) -> list[PromptPlan]:

@@ -98,11 +98,13 @@ def open_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Imag
 
 
 def decode_rgb(
-    data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, max_side: int | None = None
+    data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, max_side: int | None = None, exif_transpose: bool = True
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode encoded image bytes → ((h, w, 3) uint8 RGB, original (H, W)), EXIF orientation applied.
 
-    ``original (H, W)`` is the displayed size (after EXIF rotation). With ``max_side`` the pixels
+    ``original (H, W)`` is the displayed size (after EXIF rotation). ``exif_transpose=False`` keeps
+    the stored pixel order, the order benchmark labels were drawn in (as the official evaluation
+    code decodes them). With ``max_side`` the pixels
     are downscaled so that max(h, w) ≤ max_side (JPEGs decode directly at a reduced DCT scale),
     while the original size is still reported, so masks can be drawn at full size. 16-bit and
     32-bit grayscale are scaled to 8 bits (65535 → 255); palette, CMYK, alpha and 1-bit modes
@@ -117,11 +119,13 @@ def decode_rgb(
         image.load()  # before getexif: for some formats reading EXIF loads the image and hides errors
     except (OSError, SyntaxError, ValueError) as error:
         raise InputError(_damage_reason(error), f"cannot decode image: {error}") from None
-    try:
-        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-        image = ImageOps.exif_transpose(image)
-    except Exception:  # a malformed EXIF block is not worth losing the image for: keep it as stored
-        orientation = 1
+    orientation = 1
+    if exif_transpose:
+        try:
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+            image = ImageOps.exif_transpose(image)
+        except Exception:  # a malformed EXIF block is not worth losing the image for: keep it as stored
+            orientation = 1
     original_hw = (width, height) if orientation in TRANSPOSING_ORIENTATIONS else (height, width)
     rgb = to_rgb_array(image)
     if max_side is not None and max(rgb.shape[:2]) > max_side:

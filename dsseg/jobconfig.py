@@ -21,6 +21,7 @@ from dsseg.extract import RUNTIME_FIELDS, ExtractConfig
 from dsseg.image import DEFAULT_MAX_PIXELS
 from dsseg.sources import is_uri
 
+MASK_FRAMES = ("original", "model")  # where masks are drawn: the original image, or the model input (benchmark protocols)
 AUTO_BATCH = "auto"  # batch size chosen by each model actor from its free memory (dsseg.memory)
 AUTO_BATCH_ROWS = 64  # rows Ray hands an actor per call under "auto"; the actor splits them to its size
 
@@ -51,9 +52,11 @@ class MethodSpec:
         return cls(method, {k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()})
 
 
-def config_id(backbone: str, dtype: str, spec: MethodSpec, class_filter: str | None = None) -> str:
+def config_id(backbone: str, dtype: str, spec: MethodSpec, class_filter: str | None = None, rendering: Mapping[str, Any] | None = None) -> str:
     """Hash of what determines a config's output: backbone, dtype, extraction and method config
-    (and the class filter, for configs prompted with classes)."""
+    (and the class filter, for configs prompted with classes). ``rendering``: the job's decode and
+    mask settings that differ from their defaults (``SegmentJob.rendering``); the defaults add
+    nothing, so ids of outputs written before these settings existed still match."""
     extract, method_config = spec.configs()
     extract_fields = {k: v for k, v in dataclasses.asdict(extract).items() if k not in RUNTIME_FIELDS}
     if extract.uses_classes and class_filter:
@@ -65,6 +68,8 @@ def config_id(backbone: str, dtype: str, spec: MethodSpec, class_filter: str | N
         "method": spec.method,
         "params": dataclasses.asdict(method_config),
     }
+    if rendering:
+        key["rendering"] = dict(rendering)
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -94,7 +99,11 @@ class SegmentJob:
     ``retry_errors``: also redo images whose error rows have a transient reason (read_failed,
     out_of_memory, model_failed, encode_failed); the new row replaces the error row.
     ``compile``: ``torch.compile`` parts of the model in each actor (``dsseg.backbone.compile_backbone``).
-    ``rows_per_file``: rows per write batch; each config's share of a batch is its own part file. ``class_filter``: ``clip:MODEL`` or
+    ``rows_per_file``: rows per write batch; each config's share of a batch is its own part file.
+    ``exif_transpose``: turn photos upright by their EXIF orientation (False: keep the stored pixel
+    order, as benchmark labels are drawn). ``mask_frame``: ``original`` draws masks at the image's
+    original size; ``model`` keeps them in the model-input frame (e.g. the 512² centre crop), the
+    frame the DiffSeg protocol scores in (each RLE's ``size`` is then the model input's). ``class_filter``: ``clip:MODEL`` or
     ``module:factory`` (see ``dsseg.class_filters``), narrowing each image's candidate classes in
     the model actors. ``crash_once_marker``: fault injection for
     tests — the first model call exits its process (as an OOM kill would) unless the marker
@@ -119,6 +128,8 @@ class SegmentJob:
     max_image_side: int | None = 4096
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     rows_per_file: int = 256
+    exif_transpose: bool = True
+    mask_frame: str = "original"
     class_filter: str | None = None
     crash_once_marker: str | None = None
 
@@ -136,6 +147,8 @@ class SegmentJob:
         if self.dtype == "auto" and self.device != "auto":
             # Pin what "auto" means, so the config ids name the precision the rows were made in.
             object.__setattr__(self, "dtype", "float32" if self.device == "cpu" else "float16")
+        if self.mask_frame not in MASK_FRAMES:
+            raise ValueError(f"--mask-frame must be one of {MASK_FRAMES}; got {self.mask_frame!r}")
         if self.gpus_per_worker is not None and not 0 <= self.gpus_per_worker <= 8:
             raise ValueError(f"gpus per worker must be in [0, 8]; got {self.gpus_per_worker}")
         for name in ("max_image_side", "max_pixels"):
@@ -155,8 +168,14 @@ class SegmentJob:
         if len(prepared) > 1:
             raise ValueError(f"all configs of a run must share {', '.join(PREPARE_FIELDS)}; run configs that differ in them as separate jobs")
 
+    @property
+    def rendering(self) -> dict[str, Any]:
+        """The decode and mask settings that differ from their defaults (part of the config ids)."""
+        settings = {"exif_transpose": self.exif_transpose, "mask_frame": self.mask_frame}
+        return {name: value for name, value in settings.items() if value != SegmentJob.__dataclass_fields__[name].default}
+
     def config_ids(self) -> list[str]:
-        return [config_id(self.backbone, self.dtype, spec, self.class_filter) for spec in self.configs]
+        return [config_id(self.backbone, self.dtype, spec, self.class_filter, self.rendering) for spec in self.configs]
 
     @property
     def rows_per_model_call(self) -> int:
@@ -193,14 +212,14 @@ class SegmentJob:
 
     def check_classes(self, items: Sequence[Mapping[str, Any]]) -> None:
         """Raise a ``ValueError`` when a config labels pixels by class (openvocab) without default
-        classes and some image has no class list of its own."""
+        classes and some image has no class list of its own (or an empty one)."""
         for spec in self.configs:
             extract = spec.configs()[0]
             if extract.class_template is not None and not extract.classes:
-                lacking = sum(item.get("classes") is None for item in items)
+                lacking = sum(not item.get("classes") for item in items)  # no list, or an empty one
                 if lacking:
                     raise ValueError(
-                        f"{lacking} image(s) have no class list and the {spec.method} config gives none: add a classes "
+                        f"{lacking} image(s) have no (or an empty) class list and the {spec.method} config gives none: add a classes "
                         "column to the manifest, or --classes / --vocabulary (classes:/vocabulary: in a run file)"
                     )
 

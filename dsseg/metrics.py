@@ -1,24 +1,37 @@
-"""Segmentation metrics, all from per-image counts that reduce by summation.
+"""Segmentation metrics, all from per-image statistics that reduce by summation.
 
 Unsupervised segments have no class, so they are matched to the ground-truth classes first;
 the protocols differ in how (never mix them in one table):
 
-- ``per_image`` (DiffSeg, DiffCut): per image, the segments × classes confusion is matched
-  one-to-one by Hungarian assignment (maximum overlap, over the classes present in the image;
-  zero-overlap matches dropped); TP, FP and FN per class are summed over the dataset. Matched segment s → class k: TP_k += C[s, k], FP_k += the rest of segment s;
-  FN_k = pixels of class k − TP_k (so unmatched segments' pixels are FN of their true class).
-- ``global`` (STEGO, PiCIE): one assignment over the confusion summed over the whole split; only
-  meaningful when cluster ids mean the same thing in every image.
-- ``per_image_avg``: each image's own scores (classes present in it), averaged over images.
-- ``oracle_merged``: each segment is mapped to its majority class (many-to-one, an upper bound).
+- ``per_image`` (DiffSeg, DiffCut; DWC's "globally averaged"): exactly google/diffseg's
+  ``hungarian_matching``. Per image, the confusion of **all K dataset classes** (rows) ×
+  max(K, S) predicted ids (columns; S = the largest predicted id + 1, over every pixel,
+  ignored ones included; ground-truth 255 excluded from the counts) goes to
+  ``linear_sum_assignment(maximize=True)``, which assigns every class, absent ones included.
+  TP_k = overlap of class k with its segment; FN_k = pixels of k − TP_k; FP_k = pixels of k's
+  segment − TP_k, so a segment given a class absent from the image is all FP of that class, and
+  segments left over when S > K are FN of their true classes only. TP, FP, FN are summed over
+  the dataset before the scores.
+- ``per_image_avg`` (DWC Table 6, "per-image averaged"): the same per-image TP, FP, FN, scored
+  per image and then averaged over images.
+- ``oracle_merged`` (DWC Table 6, "per-image averaged with an oracle which merges oversegmented
+  regions"): every segment takes the majority class of its labelled pixels (many-to-one, an upper
+  bound), scored per image, then averaged over images.
+- ``global`` (STEGO, PiCIE): the confusion summed over the whole split, then one assignment by
+  the same rule as ``per_image``; only meaningful when cluster ids mean the same in every image.
 - ``semantic``: predictions are class ids already (open vocabulary): the class × class confusion.
 
-Scores: ``acc`` = ΣTP / Σ(TP + FN) (pixel accuracy over labelled pixels), ``miou`` = mean over
-classes of TP / (TP + FP + FN), ``f1`` = mean of 2TP / (2TP + FP + FN), classes with an empty
-denominator left out; in percent, like the papers. Ground truth 255 is ignored everywhere.
+Scores of TP, FP, FN per class: ``acc`` = ΣTP / Σ(TP + FN) (pixel accuracy over labelled
+pixels), ``miou`` = mean over classes of TP / (TP + FP + FN), ``f1`` = mean of 2TP / (2TP + FP +
+FN), each mean over the classes whose TP + FP + FN > 0 (``np.nanmean`` of the official code); in
+percent, like the papers. In the per-image averages an image's own means therefore cover the
+classes it shows plus the absent classes its segments were given (IoU 0), and an image with no
+labelled pixel has no score and is left out of the average (it is still counted in ``images``).
+Ground truth 255 is ignored everywhere.
 
 BSDS500 (several human segmentations per image): ``segmentation_covering``,
-``probabilistic_rand_index`` and ``variation_of_information`` (natural log) against all annotators.
+``probabilistic_rand_index`` (fractions in [0, 1]) and ``variation_of_information`` (nats)
+against all annotators.
 """
 
 from __future__ import annotations
@@ -31,22 +44,24 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 IGNORE = 255
-PROTOCOLS = ("per_image", "global", "per_image_avg", "oracle_merged", "semantic")
+PROTOCOLS = ("per_image", "per_image_avg", "oracle_merged", "global", "semantic")
+SCORE_KEYS = ("acc", "f1", "miou")
 
 
 def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int, num_segments: int | None = None, ignore: int = IGNORE) -> np.ndarray:
     """(S, K) int64 pixel counts of predicted id s (rows) against true class k (columns).
 
     ``pred`` (H, W) ids ≥ 0; ``gt`` (H, W) classes 0..K−1 or ``ignore``; S = ``num_segments`` or
-    max(pred) + 1. Raises ``ValueError`` on shape mismatch, negative ids or unknown classes.
+    max(pred) + 1 over every pixel (ignored ones included, as the official code). Raises
+    ``ValueError`` on shape mismatch, negative ids or unknown classes.
     """
     pred, gt = np.asarray(pred), np.asarray(gt)
     if pred.shape != gt.shape:
         raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in size")
+    if pred.size and pred.min() < 0:
+        raise ValueError("predicted ids must be ≥ 0")
     valid = gt != ignore
     p, g = pred[valid].astype(np.int64), gt[valid].astype(np.int64)
-    if p.size and p.min() < 0:
-        raise ValueError("predicted ids must be ≥ 0")
     if g.size and (g.min() < 0 or g.max() >= num_classes):
         raise ValueError(f"ground truth holds classes outside 0..{num_classes - 1} (and {ignore} = ignore): {np.unique(g)[-3:]}")
     segments = num_segments if num_segments is not None else (int(pred.max()) + 1 if pred.size else 0)
@@ -56,23 +71,21 @@ def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int, num_seg
 
 
 def hungarian_counts(confusion: np.ndarray) -> np.ndarray:
-    """(3, K) int64 TP, FP, FN per class under the one-to-one assignment of maximum overlap
-    between segments and the classes present (a segment matched with no overlap stays unmatched)."""
+    """(3, K) int64 TP, FP, FN per class under google/diffseg's ``hungarian_matching`` for one
+    image's (S, K) ``confusion`` (see the module docstring): the (K, max(K, S)) class × id
+    matrix, every class assigned a distinct id by ``linear_sum_assignment(maximize=True)``."""
     confusion = np.asarray(confusion, dtype=np.int64)
-    present = np.flatnonzero(confusion.sum(axis=0))
-    rows, picked = linear_sum_assignment(confusion[:, present], maximize=True)
-    cols = present[picked]
-    overlapping = confusion[rows, cols] > 0
-    rows, cols = rows[overlapping], cols[overlapping]
-    counts = np.zeros((3, confusion.shape[1]), dtype=np.int64)
-    counts[0, cols] = confusion[rows, cols]
-    counts[1, cols] = confusion[rows].sum(axis=1) - confusion[rows, cols]
-    counts[2] = confusion.sum(axis=0) - counts[0]
-    return counts
+    segments, classes = confusion.shape
+    hist = np.zeros((classes, max(classes, segments)), dtype=np.int64)
+    hist[:, :segments] = confusion.T
+    rows, cols = linear_sum_assignment(hist, maximize=True)  # rows = 0..K−1: every class
+    tp = hist[rows, cols]
+    return np.stack([tp, hist[:, cols].sum(axis=0) - tp, hist.sum(axis=1) - tp])
 
 
 def oracle_counts(confusion: np.ndarray) -> np.ndarray:
-    """(3, K) TP, FP, FN per class when every segment takes its majority class (many-to-one)."""
+    """(3, K) TP, FP, FN per class when every segment with labelled pixels takes its majority
+    class (many-to-one; ties go to the lower class id)."""
     confusion = np.asarray(confusion, dtype=np.int64)
     counts = np.zeros((3, confusion.shape[1]), dtype=np.int64)
     used = confusion.sum(axis=1) > 0
@@ -97,7 +110,7 @@ def semantic_counts(confusion: np.ndarray) -> np.ndarray:
 
 def scores_from_counts(counts: np.ndarray) -> dict:
     """(3, K) TP, FP, FN → ``acc``, ``f1``, ``miou`` in percent and ``per_class_iou`` (fractions, NaN
-    for classes with no pixel in prediction or ground truth)."""
+    for classes with TP + FP + FN = 0, which the means leave out)."""
     tp, fp, fn = np.asarray(counts, dtype=np.float64)
     union = tp + fp + fn
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -113,19 +126,25 @@ def scores_from_counts(counts: np.ndarray) -> dict:
     }
 
 
+def _score_vector(counts: np.ndarray) -> np.ndarray:
+    """(3,) acc, f1, miou of one image's counts."""
+    scores = scores_from_counts(counts)
+    return np.array([scores[key] for key in SCORE_KEYS])
+
+
 @dataclass
 class MetricState:
     """Summable statistics of a set of images for every protocol (one per method config).
 
-    ``hungarian``/``oracle``/``semantic``: (3, K) TP, FP, FN; ``confusion``: (S, K) summed segment ×
-    class counts (rows padded as images add ids); ``image_sums``: Σ per-image acc, f1, miou over
-    the ``labelled`` images (those with at least one non-ignored ground-truth pixel);
+    ``hungarian``/``semantic``: (3, K) TP, FP, FN summed over images; ``confusion``: (S, K)
+    segment × class counts summed over images (rows padded as images add ids); ``image_sums``:
+    (2, 3) Σ over the ``labelled`` images (those with a non-ignored ground-truth pixel) of each
+    image's own acc, f1, miou under the per-image Hungarian (row 0) and the oracle merge (row 1);
     ``images``: how many images.
     """
 
     num_classes: int
     hungarian: np.ndarray = field(default=None)  # type: ignore[assignment]
-    oracle: np.ndarray = field(default=None)  # type: ignore[assignment]
     semantic: np.ndarray | None = None
     confusion: np.ndarray = field(default=None)  # type: ignore[assignment]
     image_sums: np.ndarray = field(default=None)  # type: ignore[assignment]
@@ -134,26 +153,25 @@ class MetricState:
 
     def __post_init__(self) -> None:
         k = self.num_classes
-        zeros = np.zeros((3, k), dtype=np.int64)
-        self.hungarian = zeros.copy() if self.hungarian is None else self.hungarian
-        self.oracle = zeros.copy() if self.oracle is None else self.oracle
+        self.hungarian = np.zeros((3, k), dtype=np.int64) if self.hungarian is None else self.hungarian
         self.confusion = np.zeros((0, k), dtype=np.int64) if self.confusion is None else self.confusion
-        self.image_sums = np.zeros(3) if self.image_sums is None else self.image_sums
+        self.image_sums = np.zeros((2, 3)) if self.image_sums is None else self.image_sums
 
     @classmethod
     def of_image(cls, pred: np.ndarray, gt: np.ndarray, num_classes: int, semantic: bool = False) -> MetricState:
         """One image's statistics. ``semantic``: ``pred`` holds class ids (0..K−1) too."""
         confusion = confusion_matrix(pred, gt, num_classes)
         hungarian = hungarian_counts(confusion)
-        own = scores_from_counts(hungarian)
         labelled = int(confusion.sum() > 0)  # an all-ignored image has no scores of its own
+        image_sums = np.zeros((2, 3))
+        if labelled:
+            image_sums = np.stack([_score_vector(hungarian), _score_vector(oracle_counts(confusion))])
         return cls(
             num_classes,
             hungarian=hungarian,
-            oracle=oracle_counts(confusion),
             semantic=semantic_counts(confusion) if semantic else None,
             confusion=confusion,
-            image_sums=np.nan_to_num(np.array([own["acc"], own["f1"], own["miou"]])) * labelled,
+            image_sums=image_sums,
             images=1,
             labelled=labelled,
         )
@@ -169,7 +187,6 @@ class MetricState:
         return MetricState(
             self.num_classes,
             hungarian=self.hungarian + other.hungarian,
-            oracle=self.oracle + other.oracle,
             semantic=semantic,
             confusion=confusion,
             image_sums=self.image_sums + other.image_sums,
@@ -177,21 +194,24 @@ class MetricState:
             labelled=self.labelled + other.labelled,
         )
 
+    def image_scores(self) -> dict[str, float]:
+        """This state's own ``acc``, ``f1``, ``miou`` under the per-image Hungarian (for one image: its score)."""
+        return dict(zip(SCORE_KEYS, _score_vector(self.hungarian).tolist()))
+
     def result(self, protocol: str = "per_image") -> dict:
         """``acc``, ``f1``, ``miou`` (percent) and ``per_class_iou`` under ``protocol``."""
         if protocol == "per_image":
             return scores_from_counts(self.hungarian)
         if protocol == "global":
             return scores_from_counts(hungarian_counts(self.confusion))
-        if protocol == "oracle_merged":
-            return scores_from_counts(self.oracle)
         if protocol == "semantic":
             if self.semantic is None:
                 raise ValueError("the semantic protocol needs class-id predictions (score(..., protocol='semantic'))")
             return scores_from_counts(self.semantic)
-        if protocol == "per_image_avg":
-            acc, f1, miou = self.image_sums / self.labelled if self.labelled else np.full(3, np.nan)
-            return {"acc": float(acc), "f1": float(f1), "miou": float(miou), "per_class_iou": None}
+        if protocol in ("per_image_avg", "oracle_merged"):
+            sums = self.image_sums[0 if protocol == "per_image_avg" else 1]
+            means = sums / self.labelled if self.labelled else np.full(3, np.nan)
+            return {**dict(zip(SCORE_KEYS, means.tolist())), "per_class_iou": None}
         raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
 
 

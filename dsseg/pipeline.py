@@ -78,7 +78,7 @@ def build_dataset(job: SegmentJob, todo: list[dict[str, Any]], gpus: float):
     dataset = ray.data.from_arrow([items.slice(start, block_rows) for start in range(0, len(todo), block_rows)])
     dataset = dataset.map_batches(
         decode_batch,
-        fn_kwargs={"prepare": job.prepare_config(), "max_pixels": job.max_pixels, "max_side": job.max_image_side},
+        fn_kwargs={"prepare": job.prepare_config(), "max_pixels": job.max_pixels, "max_side": job.max_image_side, "exif_transpose": job.exif_transpose},
         batch_size=call_rows,
         batch_format="pyarrow",
         memory=DECODE_TASK_MEMORY,
@@ -97,7 +97,7 @@ def build_dataset(job: SegmentJob, todo: list[dict[str, Any]], gpus: float):
     )
     return dataset.map_batches(
         encode_and_write,
-        fn_kwargs={"output": job.output},
+        fn_kwargs={"output": job.output, "mask_frame": job.mask_frame},
         batch_size=job.rows_per_file,
         batch_format="pyarrow",
         memory=WRITE_TASK_MEMORY,

@@ -15,66 +15,78 @@ from PIL import Image
 
 from dsseg.overlay import overlay, palette
 
-# Published numbers (../shared/REFERENCES.md): (dataset, method, protocol) → scores in percent.
-PUBLISHED: dict[tuple[str, str, str], dict[str, float]] = {
-    ("cocostuff27", "diffseg", "per_image"): {"acc": 72.5, "f1": 58.5, "miou": 43.6},
-    ("cocostuff27", "diffseg", "per_image_avg"): {"acc": 72.6, "f1": 71.1, "miou": 34.1},
-    ("cocostuff27", "diffseg", "oracle_merged"): {"acc": 79.2, "f1": 73.0, "miou": 60.6},
-    ("cocostuff27", "ncut", "per_image"): {"acc": 74.1, "f1": 60.8, "miou": 46.6},
-    ("cocostuff27", "ncut", "per_image_avg"): {"acc": 74.0, "f1": 73.3, "miou": 38.0},
-    ("cocostuff27", "ncut", "oracle_merged"): {"acc": 83.6, "f1": 76.0, "miou": 64.5},
-    ("cityscapes27", "diffseg", "per_image"): {"acc": 76.0, "miou": 21.2},
-    ("cityscapes27", "ncut", "per_image"): {"miou": 22.0},
-    ("ade20k150", "ncut", "per_image"): {"miou": 41.2},
-    ("voc2012", "openvocab", "semantic"): {"miou": 60.1},
-    ("context60", "openvocab", "semantic"): {"miou": 27.5},
-    ("coco_object", "openvocab", "semantic"): {"miou": 37.9},
-}
-
 PROTOCOL_TITLES = {
-    "per_image": "Per-image Hungarian, accumulated over the dataset (DiffSeg protocol)",
-    "per_image_avg": "Per-image Hungarian, averaged over images",
-    "oracle_merged": "Oracle-merged (each segment → its majority class)",
+    "per_image": "Per-image Hungarian, accumulated over the dataset (DiffSeg protocol; DWC's \"globally averaged\")",
+    "per_image_avg": "Per-image Hungarian, averaged over images (DWC Table 6)",
+    "oracle_merged": "Oracle merge (each segment → its majority class), averaged over images (DWC Table 6)",
     "global": "Global Hungarian (STEGO protocol; meaningful only for dataset-consistent cluster ids)",
-    "semantic": "Open vocabulary (class confusion)",
+    "semantic": "Open vocabulary (class confusion summed over the dataset)",
 }
+UNITS = (
+    "Acc, F1 and mIoU in percent; BSDS500 covering and PRI as fractions in [0, 1], VoI in nats. "
+    "(paper) is the published number of the preset whose settings the row has, under the same protocol."
+)
 
 
 @dataclass(frozen=True)
 class ConfigReport:
-    """One method config's results for a report."""
+    """One method config's results for a report: ``matches`` are the presets (published rows) whose
+    settings it has; ``notes`` say how it was set up (e.g. a tuned parameter)."""
 
     config_id: str
     name: str
     method: str
     results: dict[str, Any]
+    matches: tuple[Any, ...] = ()  # PresetMatch
+    notes: tuple[str, ...] = ()
 
 
 def _cell(value: float | None) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
 
 
-def markdown_report(dataset: str, geometry: str, configs: Sequence[ConfigReport]) -> str:
-    """Tables per protocol: rows are configs, columns Acc / F1 / mIoU, the paper's beside ours."""
-    lines = [f"# dsseg evaluation: {dataset}", "", f"Geometry: `{geometry}`. Numbers in percent; (paper) is the published value.", ""]
+def _preset_cell(matches: Sequence[Any]) -> str:
+    if not matches:
+        return "no preset"
+    return ", ".join(m.preset.name + ("" if m.same_backbone else " †") for m in matches)
+
+
+def markdown_report(dataset: str, frame: str, configs: Sequence[ConfigReport], backbone: str = "") -> str:
+    """Tables per protocol: rows are configs, columns Acc / F1 / mIoU; beside ours, in brackets, the
+    published number of the preset (paper row) the config matches under that protocol."""
+    lines = [f"# dsseg evaluation: {dataset}", "", f"Frame: `{frame}`. Backbone: `{backbone}`. {UNITS}", ""]
     for protocol, title in PROTOCOL_TITLES.items():
         rows = [c for c in configs if protocol in c.results]
         if not rows:
             continue
-        lines += [f"## {title}", "", "| config | method | images | Acc | F1 | mIoU |", "|---|---|---|---|---|---|"]
+        lines += [f"## {title}", "", "| config | preset | images | Acc | F1 | mIoU |", "|---|---|---|---|---|---|"]
         for config in rows:
             ours = config.results[protocol]
-            paper = PUBLISHED.get((dataset, config.method, protocol), {})
+            here = [m for m in config.matches if m.preset.protocol == protocol]
+            paper = here[0].preset.published if here else {}
             cells = [f"{_cell(ours[k])} ({_cell(paper[k])})" if k in paper else _cell(ours[k]) for k in ("acc", "f1", "miou")]
-            lines.append(f"| {config.name} | {config.method} | {config.results['images']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {config.name} | {_preset_cell(here)} | {config.results['images']} | " + " | ".join(cells) + " |")
         lines.append("")
     bsds = [c for c in configs if "bsds" in c.results]
     if bsds:
-        lines += ["## BSDS500 (against every annotator)", "", "| config | method | images | covering ↑ | PRI ↑ | VoI ↓ |", "|---|---|---|---|---|---|"]
+        lines += ["## BSDS500 (against every annotator)", "", "| config | images | covering ↑ | PRI ↑ | VoI ↓ |", "|---|---|---|---|---|"]
         for config in bsds:
             b = config.results["bsds"]
-            lines.append(f"| {config.name} | {config.method} | {config.results['images']} | {b['covering']:.3f} | {b['pri']:.3f} | {b['voi']:.3f} |")
+            lines.append(f"| {config.name} | {config.results['images']} | {b['covering']:.3f} | {b['pri']:.3f} | {b['voi']:.3f} |")
         lines.append("")
+    matched = {m.preset.name: m for c in configs for m in c.matches}
+    if any(not m.same_backbone for m in matched.values()):
+        lines += [f"† run on backbone `{backbone}`, not the paper's: the settings match, the numbers are not comparable.", ""]
+    if matched:
+        lines += ["## Presets matched", ""]
+        for match in matched.values():
+            lines += ["```", *match.preset.describe(), "```", ""]
+    unmatched = [c.name for c in configs if not c.matches]
+    if unmatched:
+        lines += ["Configs matching no preset (no published number beside them): " + ", ".join(unmatched), ""]
+    notes = [f"- {c.name}: {note}" for c in configs for note in c.notes]
+    if notes:
+        lines += ["## Notes", "", *notes, ""]
     failed = [c for c in configs if c.results.get("failed")]
     if failed:
         lines += ["Rows that failed (error rows, not scored): " + ", ".join(f"{c.name}: {c.results['failed']}" for c in failed), ""]

@@ -84,6 +84,23 @@ def compact_to_original(labels: np.ndarray, geometry: Geometry, keep: Sequence[i
     return renumber[labels][rows[:, None], cols[None, :]], kept
 
 
+def tf_nearest_indices(in_size: int, out_size: int) -> np.ndarray:
+    """Source index of each of ``out_size`` output pixels under TF2's ``tf.image.resize(...,
+    NEAREST_NEIGHBOR)`` (half-pixel centres): min(⌊(x + 0.5)·in/out⌋, in − 1), in float32 as
+    TF computes it, so labels land exactly where the official DiffSeg evaluation puts them."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    source = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale
+    return np.minimum(np.floor(source).astype(np.int64), in_size - 1)
+
+
+def resize_labels_tf(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an (h, w) label map to ``size`` (H, W) exactly as TF2's
+    ``tf.image.resize`` (see ``tf_nearest_indices``)."""
+    rows = tf_nearest_indices(labels.shape[0], size[0])
+    cols = tf_nearest_indices(labels.shape[1], size[1])
+    return labels[rows[:, None], cols[None, :]]
+
+
 def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of an (h, w) label map to ``size`` (H, W)."""
     rows = nearest_indices(size[0], 0, size[0], labels.shape[0])

@@ -44,7 +44,9 @@ def describe(error: BaseException, code: str) -> str:
     return f"{code}: {type(error).__name__}: {error}"
 
 
-def decode_batch(batch: pa.Table, prepare: ExtractConfig, max_pixels: int | None, max_side: int | None) -> pa.Table:
+def decode_batch(
+    batch: pa.Table, prepare: ExtractConfig, max_pixels: int | None, max_side: int | None, exif_transpose: bool = True
+) -> pa.Table:
     """CPU stage: item rows (``image_id, source, offset, size, configs``) → DECODED_SCHEMA rows."""
     rows = []
     for item in batch.to_pylist():
@@ -55,7 +57,7 @@ def decode_batch(batch: pa.Table, prepare: ExtractConfig, max_pixels: int | None
                 data = read_bytes(item["source"], item["offset"], item["size"])
             except Exception as error:
                 raise InputError("read_failed", f"{type(error).__name__}: {error}") from None
-            rgb, original_hw = decode_rgb(data, max_pixels=max_pixels, max_side=max_side)
+            rgb, original_hw = decode_rgb(data, max_pixels=max_pixels, max_side=max_side, exif_transpose=exif_transpose)
             row.update(height=original_hw[0], width=original_hw[1])
             pixels, geometry = prepare.prepare(rgb)
             geometry = rescale_geometry(geometry, original_hw)
@@ -207,17 +209,18 @@ class SegmentWorker:
         }
 
 
-def encode_and_write(batch: pa.Table, output: str) -> pa.Table:
-    """CPU stage: MODEL_SCHEMA rows → labels at the original size → COCO RLE rows → Parquet part
+def encode_and_write(batch: pa.Table, output: str, mask_frame: str = "original") -> pa.Table:
+    """CPU stage: MODEL_SCHEMA rows → labels in ``mask_frame`` → COCO RLE rows → Parquet part
     files under ``output``. Returns one WRITTEN_SCHEMA row per row written (progress, summary)."""
-    table = pa.Table.from_pylist([encode_row(row) for row in batch.to_pylist()], schema=OUTPUT_SCHEMA)
+    table = pa.Table.from_pylist([encode_row(row, mask_frame) for row in batch.to_pylist()], schema=OUTPUT_SCHEMA)
     if len(table):
         write_parts(table, output)
     return table.select(WRITTEN_SCHEMA.names).cast(WRITTEN_SCHEMA)
 
 
-def encode_row(row: dict) -> dict:
-    """One MODEL_SCHEMA row → one OUTPUT_SCHEMA row (segments as RLE at the original size)."""
+def encode_row(row: dict, mask_frame: str = "original") -> dict:
+    """One MODEL_SCHEMA row → one OUTPUT_SCHEMA row: segments as RLE at the original size, or
+    (``mask_frame="model"``) in the model-input frame, ids compacted either way."""
     out = {name: row[name] for name in OUTPUT_SCHEMA.names if name in row}
     out["segments"] = []
     if row["status"] != "ok":
@@ -226,7 +229,10 @@ def encode_row(row: dict) -> dict:
     try:
         shape = (row["input_h"], row["input_w"])
         labels = torch.from_numpy(np.frombuffer(row["labels"], dtype=np.int32).reshape(shape).copy())
-        geometry = Geometry((row["height"], row["width"]), tuple(row["box"]), shape)
+        if mask_frame == "model":
+            geometry = Geometry(shape, (0, 0, *shape), shape)  # identity: the model frame itself
+        else:
+            geometry = Geometry((row["height"], row["width"]), tuple(row["box"]), shape)
         result = MethodResult(labels, names=row["names"], scores=row["scores"], parents=row["parents"], background=bool(row["background"]))
         segmentation = to_segmentation(result, geometry, row["method"], timer)
         with timer.stage("rle"):

@@ -2,15 +2,20 @@
 segment job, resumable), score every row against the ground truth in an actor pool, sum the
 per-image statistics per config, and write the results.
 
-    python jobs/evaluate.py --dataset cocostuff27 --root /data/cocostuff --output out/eval \\
-        [--methods diffseg,ncut | --config sweep.yaml] [--limit N] [--geometry crop|full] \\
-        [--backbone tiny|HUB_ID|DIR] [--param NAME=VALUE ...] [--batch-size 4] [--num-workers 1]
+    python jobs/evaluate.py --preset NAME --root DIR --output DIR [--backbone tiny|HUB_ID|DIR] [--limit N]
+    python jobs/evaluate.py --list-presets
+    python jobs/evaluate.py --dataset cocostuff27 --root DIR --output DIR \\
+        [--methods diffseg,ncut | --config sweep.yaml] [--param NAME=VALUE ...] [--frame model|label] \\
+        [--tune-on SPLIT] [--limit N] [--batch-size 4] [--num-workers 1]
 
-Writes OUTPUT/metrics.json (every protocol for every config), OUTPUT/per_image.parquet (one
-record per image × config, for slicing), OUTPUT/report.md (tables laid out like the papers',
-the published number beside ours) and OUTPUT/report.html (+ report_files/: best, worst and
-random images with the ground truth and each config's segments). The segment rows stay in
-OUTPUT/run (re-running resumes). Datasets: see ``dsseg.datasets.DATASETS``.
+A preset (``--list-presets``) is one published table row: dataset, backbone, extraction, method
+parameters, frame and protocol; the report prints its published number beside ours. Writes
+OUTPUT/metrics.json (every protocol for every config), OUTPUT/per_image.parquet (one record per
+image × config), OUTPUT/report.md (tables laid out like the papers') and OUTPUT/report.html
+(+ report_files/: best, worst and random images with the ground truth and each config's
+segments). The segment rows stay in OUTPUT/run (re-running resumes); a tuning split's in
+OUTPUT/tune/<split>/. Benchmark images are read in their stored pixel order (no EXIF rotation),
+the order their labels were drawn in. Datasets: see dsseg.datasets.DATASETS.
 """
 
 from __future__ import annotations
@@ -29,55 +34,51 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from dsseg.cli import add_model_arguments, batch_size_value, parse_param_values  # noqa: E402
+from dsseg.cli import add_model_arguments, batch_size_value  # noqa: E402
 from dsseg.datasets import DATASETS, Dataset, DatasetRootError, load_dataset  # noqa: E402
 from dsseg.datasets.regions import BSDS500  # noqa: E402
-from dsseg.evaluation import GEOMETRIES, evaluate_parts  # noqa: E402
+from dsseg.evaluation import FRAMES, ModelFrame, evaluate_parts, to_model_frame  # noqa: E402
 from dsseg.image import decode_rgb  # noqa: E402
-from dsseg.jobconfig import MethodSpec, SegmentJob, load_run_file  # noqa: E402
+from dsseg.jobconfig import MethodSpec, SegmentJob  # noqa: E402
 from dsseg.masks import decode_segments  # noqa: E402
 from dsseg.metrics import json_ready  # noqa: E402
 from dsseg.pipeline import init_ray, library_versions, run_segment_job  # noqa: E402
+from dsseg.evaluation_plan import Plan, make_plan  # noqa: E402
+from dsseg.presets import list_presets, matching_presets  # noqa: E402
 from dsseg.report import ConfigReport, Panel, ground_truth_panel, html_report, markdown_report, segmentation_panel  # noqa: E402
 from dsseg.results import part_uris, read_results  # noqa: E402
 from dsseg.sources import read_bytes  # noqa: E402
 
-# The DiffSeg protocol (centre crop, 512²) for the datasets its papers report; full size elsewhere.
-CROP_DATASETS = ("cocostuff27", "cityscapes27")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
-    parser.add_argument("--root", required=True, help="the dataset's folder (or, for --dataset manifest, the manifest file)")
-    parser.add_argument("--output", required=True, help="results folder (re-running resumes the segment rows)")
-    parser.add_argument("--split", help="dataset split (each reader's default otherwise)")
+    parser.add_argument("--preset", help="a published table row to reproduce (see --list-presets); fixes every setting below it")
+    parser.add_argument("--list-presets", action="store_true", help="print every preset's row, paper, dataset and settings, then exit")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), help="the benchmark reader (a preset names its own)")
+    parser.add_argument("--root", help="the dataset's folder (or, for --dataset manifest, the manifest file)")
+    parser.add_argument("--output", help="results folder (re-running resumes the segment rows)")
+    parser.add_argument("--split", help="dataset split (the preset's, else each reader's default)")
     parser.add_argument("--classes", help="class names for --dataset manifest, comma-separated, in label order")
-    parser.add_argument("--methods", default="diffseg", help="comma-separated methods, each with its paper's defaults (default %(default)s)")
+    parser.add_argument("--methods", help="comma-separated methods, each with its paper's defaults (default diffseg)")
     parser.add_argument("--config", help="YAML run file whose `configs:` list gives the method configs (sweeps)")
-    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="parameter for every --methods config")
-    parser.add_argument("--geometry", choices=GEOMETRIES, help="crop: centre square at 512² (DiffSeg protocol); full: the ground truth's size")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="parameter for every config")
+    parser.add_argument("--frame", choices=FRAMES, help="model: the 512² model frame (DiffSeg protocol); label: the ground truth's size")
+    parser.add_argument("--class-filter", help="narrow each image's candidate classes (openvocab): clip:MODEL, package.module:factory, or none")
+    parser.add_argument("--tune-on", metavar="SPLIT", help="choose openvocab's background threshold on this split (never the evaluated one)")
+    parser.add_argument("--tune-limit", type=int, help="use only the first N images of the tuning split")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
     parser.add_argument("--batch-size", type=batch_size_value, default=4, help="images per model call, or auto (default %(default)s)")
     parser.add_argument("--num-workers", type=int, default=1, help="model actors (and scoring actors)")
     parser.add_argument("--report-images", type=int, default=2, help="best, worst and random images each in report.html (default %(default)s)")
     add_model_arguments(parser)
-    return parser.parse_args(argv)
-
-
-def method_specs(args: argparse.Namespace, geometry: str) -> tuple[MethodSpec, ...]:
-    """The run's method configs. Scoring at full size (``geometry`` "full") segments the whole
-    image (extraction geometry ``aspect``) unless a config names its own extraction geometry."""
-    if args.config:
-        configs = load_run_file(args.config).get("configs")
-        if not configs:
-            raise ValueError(f"--config {args.config} has no `configs:` list")
-    else:
-        params = parse_param_values(args.param)
-        configs = [MethodSpec(method.strip(), params) for method in args.methods.split(",") if method.strip()]
-    if geometry == "full":
-        configs = [spec if "geometry" in spec.params else MethodSpec(spec.method, {**spec.params, "geometry": "aspect"}) for spec in configs]
-    return tuple(configs)
+    parser.set_defaults(backbone=None)
+    args = parser.parse_args(argv)
+    if not args.list_presets:
+        missing = [flag for flag, value in (("--root", args.root), ("--output", args.output)) if not value]
+        if not args.preset and not args.dataset:
+            missing.insert(0, "--dataset (or --preset)")
+        if missing:
+            parser.error(f"{' and '.join(missing)} required (--list-presets shows the presets)")
+    return args
 
 
 def claim_output(output: Path, identity: dict[str, Any]) -> None:
@@ -111,6 +112,65 @@ def write_manifest(dataset: Dataset, configs: tuple[MethodSpec, ...], path: Path
     return path
 
 
+def segment_and_score(
+    plan: Plan, args: argparse.Namespace, dataset: Dataset, options: dict[str, Any], configs: tuple[MethodSpec, ...], folder: Path, limit: int | None
+) -> tuple[SegmentJob, dict[str, Any], dict[str, Any], pa.Table]:
+    """Segment ``dataset`` with ``configs`` into ``folder``/run and score the rows:
+    (job, segment summary, {config_id: ConfigScores}, per-image records)."""
+    manifest = write_manifest(dataset, configs, folder / "manifest.parquet", limit)
+    job = SegmentJob(
+        input=str(manifest), output=str(folder / "run"), configs=configs, backbone=plan.backbone, device=args.device,
+        dtype=args.dtype, offline=args.offline, compile=args.compile, batch_size=args.batch_size, num_workers=args.num_workers,
+        retry_errors=True, exif_transpose=False, mask_frame="model" if plan.frame == "model" else "original",
+        class_filter=plan.class_filter,
+    )  # fmt: skip
+    summary = run_segment_job(job)
+    init_ray()
+    start = time.perf_counter()
+    parts = part_uris(job.output, job.config_ids())  # this run's configs only: the folder may hold earlier sweeps
+    totals, records = evaluate_parts(parts, plan.dataset, args.root, options, plan.frame, model_frame(job), args.num_workers, limit)
+    summary["scoring_seconds"] = round(time.perf_counter() - start, 2)
+    return job, summary, totals, records
+
+
+def model_frame(job: SegmentJob) -> ModelFrame:
+    prepared = job.prepare_config()
+    return ModelFrame(prepared.image_size, prepared.geometry)
+
+
+def tune(plan: Plan, args: argparse.Namespace, output: Path) -> dict[int, dict[str, Any]]:
+    """Choose each tuned parameter on its tuning split: every grid value is a config sharing one
+    forward; the best score wins (ties: the lower value). Returns config index → record."""
+    chosen: dict[int, dict[str, Any]] = {}
+    for split in sorted({t.split for t in plan.tunings.values()}):
+        indices = [i for i, t in plan.tunings.items() if t.split == split]
+        options = {**plan.options, "split": split}
+        dataset = load_dataset(plan.dataset, args.root, **options)
+        sweep = {
+            (i, value): MethodSpec(plan.configs[i].method, {**plan.configs[i].params, plan.tunings[i].param: value})
+            for i in indices
+            for value in plan.tunings[i].values
+        }
+        job, summary, totals, _ = segment_and_score(plan, args, dataset, options, tuple(sweep.values()), output / "tune" / split, args.tune_limit)
+        ids = dict(zip(sweep, job.config_ids()))
+        for i in indices:
+            tuning = plan.tunings[i]
+            scores = {}
+            for value in tuning.values:
+                result = totals[ids[(i, value)]].results() if ids[(i, value)] in totals else {}
+                scores[value] = result.get(tuning.protocol, {}).get(tuning.metric, float("nan"))
+            finite = [v for v in tuning.values if np.isfinite(scores[v])]
+            if not finite:
+                raise RuntimeError(f"tuning {tuning.param} on split {split}: no image could be scored ({summary['errors_by_reason']})")
+            best = max(finite, key=lambda v: (scores[v], -v))  # the highest score; ties go to the lower value
+            chosen[i] = {
+                "param": tuning.param, "value": best, "split": split, "images": len(dataset.samples(args.tune_limit)),
+                "protocol": tuning.protocol, "metric": tuning.metric, "scores": {f"{v:g}": scores[v] for v in tuning.values},
+            }  # fmt: skip
+        (output / "tune" / split / "tuning.json").write_text(json.dumps(json_ready({str(i): chosen[i] for i in indices}), indent=2))
+    return chosen
+
+
 def pick_report_images(records: pa.Table, config_id: str, count: int, key: str) -> list[tuple[str, str]]:
     """(heading, image_id): the best, the worst and random images of one config by ``key``."""
     rows = [r for r in records.to_pylist() if r["config_id"] == config_id and r.get(key) is not None and not np.isnan(r[key])]
@@ -126,7 +186,11 @@ def pick_report_images(records: pa.Table, config_id: str, count: int, key: str) 
     return chosen
 
 
-def report_rows(dataset: Dataset, run: str, configs: list[ConfigReport], picks: list[tuple[str, str]]) -> list[tuple[str, list[Panel]]]:
+def report_rows(
+    dataset: Dataset, job: SegmentJob, frame: str, configs: list[ConfigReport], picks: list[tuple[str, str]]
+) -> list[tuple[str, list[Panel]]]:
+    """Report panels of the picked images, drawn in the frame they were scored in."""
+    run = job.output
     samples = {s.image_id: s for s in dataset.samples()}
     wanted = [image_id for _, image_id in picks]
     by_key = {}
@@ -139,8 +203,10 @@ def report_rows(dataset: Dataset, run: str, configs: list[ConfigReport], picks: 
     out = []
     for heading, image_id in picks:
         sample = samples[image_id]
-        rgb = decode_rgb(read_bytes(sample.image))[0]
+        rgb = decode_rgb(read_bytes(sample.image), exif_transpose=False)[0]
         gt = dataset.load_label(sample)
+        if frame == "model":
+            rgb, gt = job.prepare_config().prepare(rgb)[0], to_model_frame(gt, model_frame(job))
         panels = [Panel("image", rgb)]
         if isinstance(dataset, BSDS500):
             panels.append(segmentation_panel("annotator 1", rgb, gt, []))
@@ -150,7 +216,7 @@ def report_rows(dataset: Dataset, run: str, configs: list[ConfigReport], picks: 
             row = by_key.get((config.config_id, image_id))
             if row is None or row["status"] != "ok":
                 continue
-            labels = decode_segments(row["segments"], (row["height"], row["width"]))
+            labels = decode_segments(row["segments"])
             names = [segment["label"] for segment in row["segments"]]
             panels.append(segmentation_panel(config.name, rgb, labels, names))
         out.append((heading, panels))
@@ -159,54 +225,62 @@ def report_rows(dataset: Dataset, run: str, configs: list[ConfigReport], picks: 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    options: dict[str, Any] = {"split": args.split} if args.split else {}
-    if args.dataset == "manifest":
-        options = {"class_names": tuple(c.strip() for c in (args.classes or "").split(",") if c.strip())}
-    geometry = args.geometry or ("crop" if args.dataset in CROP_DATASETS else "full")
+    if args.list_presets:
+        print(list_presets())
+        return 0
     output = Path(args.output)
     try:
-        dataset = load_dataset(args.dataset, args.root, **options)
-        configs = method_specs(args, geometry)
-        classes = list(options.get("class_names", ())) or None
-        claim_output(output, {"dataset": args.dataset, "root": str(Path(args.root).resolve()), "split": args.split, "classes": classes})
-        manifest = write_manifest(dataset, configs, output / "manifest.parquet", args.limit)
-        job = SegmentJob(
-            input=str(manifest), output=str(output / "run"), configs=configs, backbone=args.backbone, device=args.device,
-            dtype=args.dtype, offline=args.offline, compile=args.compile, batch_size=args.batch_size, num_workers=args.num_workers,
-            retry_errors=True,
-        )  # fmt: skip
+        plan = make_plan(args)
+        dataset = load_dataset(plan.dataset, args.root, **plan.options)
+        classes = list(plan.options.get("class_names", ())) or None
+        claim_output(output, {"dataset": plan.dataset, "root": str(Path(args.root).resolve()), "split": plan.options.get("split"), "classes": classes})
+        for spec in plan.configs:
+            spec.configs()  # validate before any model runs
+        tuned = tune(plan, args, output) if plan.tunings else {}
     except (DatasetRootError, ValueError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    segment_summary = run_segment_job(job)
-    init_ray()
-    start = time.perf_counter()
+    configs = tuple(
+        MethodSpec(spec.method, {**spec.params, tuned[i]["param"]: tuned[i]["value"]}) if i in tuned else spec
+        for i, spec in enumerate(plan.configs)
+    )
+    job, segment_summary, totals, records = segment_and_score(plan, args, dataset, plan.options, configs, output, args.limit)
     config_ids = job.config_ids()
-    parts = part_uris(job.output, config_ids)  # this run's configs only: OUTPUT/run may hold earlier sweeps
-    totals, records = evaluate_parts(parts, args.dataset, args.root, options, geometry, args.num_workers, args.limit)
-    scoring_seconds = time.perf_counter() - start
-    reports = [
-        ConfigReport(cid, display_name(spec), spec.method, totals[cid].results() if cid in totals else {"images": 0})
-        for cid, spec in zip(config_ids, configs)
-    ]
+    reports = []
+    for i, (cid, spec) in enumerate(zip(config_ids, configs)):
+        tuned_params = [tuned[i]["param"]] if i in tuned else []
+        matches = matching_presets(plan.dataset, spec, plan.frame, plan.backbone, plan.class_filter, tuned_params, plan.options.get("split"))
+        notes = (f"{tuned[i]['param']} = {tuned[i]['value']:g}, chosen on split {tuned[i]['split']!r} ({tuned[i]['images']} images)",) if i in tuned else ()
+        if spec.method == "openvocab" and i not in tuned:
+            notes += ("background_threshold not tuned (give --tune-on SPLIT): no preset matches an untuned threshold",)
+        results = totals[cid].results() if cid in totals else {"images": 0}
+        name = plan.preset.name if plan.preset and not args.param else display_name(spec)
+        reports.append(ConfigReport(cid, name, spec.method, results, tuple(matches), notes))
     metrics = {
-        "dataset": args.dataset,
+        "dataset": plan.dataset,
         "root": str(args.root),
-        "split": args.split,
-        "geometry": geometry,
-        "backbone": args.backbone,
+        "split": plan.options.get("split"),
+        "frame": plan.frame,
+        "backbone": plan.backbone,
+        "preset": plan.preset.name if plan.preset else None,
         "images": len(dataset.samples(args.limit)),
-        "configs": {r.config_id: {"name": r.name, "method": r.method, "params": dict(spec.params), **r.results} for r, spec in zip(reports, configs)},
+        "configs": {
+            r.config_id: {
+                "name": r.name, "method": r.method, "params": dict(spec.params), "presets": [m.preset.name for m in r.matches],
+                "tuning": tuned.get(i), **r.results,
+            }
+            for i, (r, spec) in enumerate(zip(reports, configs))
+        },
         "segment_job": segment_summary,
-        "scoring_seconds": round(scoring_seconds, 2),
+        "scoring_seconds": segment_summary.pop("scoring_seconds"),
         "versions": library_versions(),
-    }
+    }  # fmt: skip
     (output / "metrics.json").write_text(json.dumps(json_ready(metrics), indent=2, default=str))
     pq.write_table(records, output / "per_image.parquet")
-    (output / "report.md").write_text(markdown_report(args.dataset, geometry, reports))
+    (output / "report.md").write_text(markdown_report(plan.dataset, plan.frame, reports, plan.backbone))
     key = "covering" if isinstance(dataset, BSDS500) else "miou"
     picks = pick_report_images(records, config_ids[0], args.report_images, key)
-    html_report(output / "report.html", f"dsseg evaluation: {args.dataset}", report_rows(dataset, job.output, reports, picks))
+    html_report(output / "report.html", f"dsseg evaluation: {plan.dataset}", report_rows(dataset, job, plan.frame, reports, picks))
     print((output / "report.md").read_text())
     print(json.dumps({"metrics": str(output / "metrics.json"), "report": str(output / "report.html"), "complete": segment_summary["complete"]}))
     return 0 if segment_summary["complete"] else 1

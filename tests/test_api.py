@@ -5,7 +5,7 @@ from PIL import Image
 
 import dsseg
 from conftest import IMAGES
-from planted import planted_attention, planted_regions
+from dsseg.planted import planted_attention, planted_regions
 
 
 @pytest.fixture(scope="module")

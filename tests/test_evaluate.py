@@ -3,7 +3,6 @@ per_image.parquet, report.md and report.html (opened in headless Chromium)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -11,24 +10,18 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import official_diffseg as official
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import GROUND_TRUTH, IMAGES
+from conftest import GROUND_TRUTH, IMAGES, load_job
 from dsseg.datasets import load_dataset
-from dsseg.evaluation import ConfigScores, aligned, center_square, class_map, score_row
+from dsseg.evaluation import ConfigScores, ModelFrame, aligned, class_map, score_row, to_model_frame
 from dsseg.masks import encode_labels
 from dsseg.metrics import score
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _evaluate_module():
-    spec = importlib.util.spec_from_file_location("evaluate_job", ROOT / "jobs" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _horse_root(root: Path) -> Path:
@@ -44,12 +37,27 @@ def _horse_root(root: Path) -> Path:
     return root
 
 
-def test_crop_geometry_and_class_names_to_ids():
+def test_model_frame_labels_equal_the_official_preprocessing():
+    rng = np.random.default_rng(0)
+    for shape in [(375, 500), (481, 321), (1024, 2048), (128, 256), (300, 300)]:
+        label = rng.integers(0, 27, shape).astype(np.uint8)
+        np.testing.assert_array_equal(to_model_frame(label, ModelFrame()), official.process_label(label))
     labels = np.arange(6 * 10).reshape(6, 10)
-    square = center_square(labels, size=6)
-    np.testing.assert_array_equal(square, labels[:, 2:8])
-    pred, gt = aligned(np.zeros((3, 5), int), np.ones((6, 10), int), "full")
+    np.testing.assert_array_equal(to_model_frame(labels, ModelFrame(image_size=64)), official.process_label(labels, 64))
+    pred, gt = aligned(np.zeros((3, 5), int), np.ones((6, 10), int), "label")
     assert pred.shape == gt.shape == (6, 10)
+
+
+def test_model_frame_scores_without_resampling_the_prediction():
+    gt = np.random.default_rng(1).integers(0, 4, (481, 321))
+    truth = to_model_frame(gt, ModelFrame())
+    pred, aligned_truth = aligned(truth.copy(), gt, "model")
+    assert score([pred], [aligned_truth], 4)["miou"] == pytest.approx(100.0)  # no shifted row or column
+    with pytest.raises(ValueError, match="mask_frame='model'"):
+        aligned(np.zeros(gt.shape, int), gt, "model")  # a row drawn at the original size cannot be scored there
+
+
+def test_class_names_to_ids():
     segments = [{"segment_id": 0, "label": "background"}, {"segment_id": 1, "label": "horse"}, {"segment_id": 2, "label": "ignore"}]
     ids = class_map(np.array([[0, 1, 2]]), segments, ("background", "horse"))
     np.testing.assert_array_equal(ids, [[0, 1, 2]])  # "ignore" → 2 = no class
@@ -64,7 +72,7 @@ def test_score_row_equals_the_metrics_module(tmp_path):
     pred[:, gt.shape[1] // 2 :] = 1
     row = {"image_id": sample.image_id, "config_id": "c", "method": "diffseg", "status": "ok", "height": gt.shape[0], "width": gt.shape[1]}
     row["segments"] = [s | {"label": None} for s in encode_labels(pred)]
-    scores, record = score_row(row, dataset, sample, "full")
+    scores, record = score_row(row, dataset, sample, "label")
     assert isinstance(scores, ConfigScores) and scores.scored == 1
     assert record["miou"] == pytest.approx(score([pred], [gt], 2)["miou"], abs=1e-9)
     assert "semantic" not in scores.results()
@@ -77,21 +85,21 @@ def test_evaluate_job_writes_metrics_and_reports(ray_local, tmp_path):
         "--dataset", "horse", "--root", str(root), "--output", str(out), "--backbone", "tiny", "--device", "cpu",
         "--methods", "diffseg,openvocab", "--param", "image_size=128", "--report-images", "1",
     ]  # fmt: skip
-    assert _evaluate_module().main(argv) == 0
+    assert load_job("evaluate").main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["images"] == 2 and metrics["geometry"] == "full"
+    assert metrics["images"] == 2 and metrics["frame"] == "label"
     by_method = {c["method"]: c for c in metrics["configs"].values()}
     for config in by_method.values():
         assert config["images"] == 2 and config["failed"] == 0
         for protocol in ("per_image", "global", "per_image_avg", "oracle_merged"):
-            assert 0.0 <= config[protocol]["miou"] <= 100.0 and 0.0 <= config[protocol]["acc"] <= 100.0
+            assert set(config[protocol]) >= {"acc", "f1", "miou"}
     assert "semantic" in by_method["openvocab"] and "semantic" not in by_method["diffseg"]
     records = pq.read_table(out / "per_image.parquet").to_pylist()
     assert len(records) == 4 and {r["status"] for r in records} == {"ok"}
     run_configs = json.loads((out / "run" / "config.json").read_text())["configs"]
     assert len(run_configs) == 2 and all('"geometry": "aspect"' in json.dumps(c) for c in run_configs)  # full-size scoring: whole image
     report = (out / "report.md").read_text()
-    assert "Per-image Hungarian, accumulated over the dataset" in report and "| diffseg image_size=128 | diffseg | 2 |" in report
+    assert "Per-image Hungarian, accumulated over the dataset" in report and "| diffseg image_size=128 | no preset | 2 |" in report
     assert "Open vocabulary" in report
 
     html = (out / "report.html").read_text()
@@ -117,7 +125,7 @@ def test_evaluate_scores_only_this_runs_configs_and_images(ray_local, tmp_path):
     root = _horse_root(tmp_path / "horse")
     out = tmp_path / "eval"
     common = ["--dataset", "horse", "--root", str(root), "--output", str(out), "--backbone", "tiny", "--device", "cpu", "--report-images", "1"]
-    evaluate = _evaluate_module()
+    evaluate = load_job("evaluate")
     assert evaluate.main([*common, "--param", "image_size=64"]) == 0
     assert evaluate.main([*common, "--param", "image_size=128", "--limit", "1"]) == 0  # a second config, one image
     metrics = json.loads((out / "metrics.json").read_text())

@@ -30,11 +30,12 @@ def test_independent_labelings_score_near_zero():
 
 # ---- benchmark protocols -------------------------------------------------------------------
 
-import itertools  # noqa: E402
 
+import official_diffseg as official  # noqa: E402
 from dsseg.metrics import (  # noqa: E402
     IGNORE,
     MetricState,
+    hungarian_counts,
     bsds_scores,
     confusion_matrix,
     rand_index,
@@ -50,73 +51,97 @@ PRED = np.array([[0, 1, 1], [1, 2, 2]])  # 3 segments for 2 present classes
 def test_hand_computed_per_image_hungarian():
     assert confusion_matrix(PRED, GT, 3).tolist() == [[1, 0, 0], [1, 2, 0], [0, 1, 0]]
     result = score([PRED], [GT], num_classes=3, protocol="per_image")
-    # s0→0 (TP 1), s1→1 (TP 2, FP 1); s2 unmatched; FN: one pixel of each class; class 2 absent.
-    assert result["per_class_iou"][:2] == [0.5, 0.5] and np.isnan(result["per_class_iou"][2])
-    assert result["miou"] == pytest.approx(50.0) and result["acc"] == pytest.approx(60.0)
-    assert result["f1"] == pytest.approx(100 * 2 / 3)
+    # Every class is assigned: s0→0 (TP 1), s1→1 (TP 2, FP 1), s2→2 (absent: its labelled pixel is FP 1).
+    assert hungarian_counts(confusion_matrix(PRED, GT, 3)).tolist() == [[1, 2, 0], [0, 1, 1], [1, 1, 0]]
+    assert result["per_class_iou"] == [0.5, 0.5, 0.0]
+    assert result["miou"] == pytest.approx(100 / 3) and result["acc"] == pytest.approx(60.0)
+    assert result["f1"] == pytest.approx(100 * (2 / 3 + 4 / 6 + 0) / 3)  # 2TP / (2TP + FP + FN)
+    tp, fp, fn, total = official.hungarian_matching([PRED], [GT], 3)
+    assert official.final_scores(tp, fp, fn, total) == pytest.approx((0.6, 1 / 3))
 
 
 def test_hand_computed_oracle_merge_and_semantic():
     oracle = score([PRED], [GT], num_classes=3, protocol="oracle_merged")
-    # s0→0, s1→1, s2→1: TP [1, 3], FP [0, 1], FN [1, 0]
-    assert oracle["per_class_iou"][:2] == [0.5, 0.75] and oracle["acc"] == pytest.approx(80.0)
+    # s0→0, s1→1, s2→1: TP [1, 3], FP [0, 1], FN [1, 0]; class 2 has no pixel and no segment
+    assert oracle["acc"] == pytest.approx(80.0) and oracle["miou"] == pytest.approx(100 * (0.5 + 0.75) / 2)
+    assert oracle["per_class_iou"] is None  # a per-image average has no dataset-level class IoU
     semantic = score([PRED], [GT], num_classes=3, protocol="semantic")
     # id = class: (0,0) ✓, (0,1) 1 on 0 ✗, (0,2) ✓, (1,0) ✓, (1,1) 2 on 1 ✗
     assert semantic["acc"] == pytest.approx(60.0)
     assert semantic["per_class_iou"] == pytest.approx([1 / 2, 2 / 4, 0.0])
 
 
-def _brute_force_counts(preds, gts, num_classes):
-    """TP, FP, FN per class by enumerating every assignment and counting pixel by pixel; None
-    when two assignments tie (the protocol is then ambiguous)."""
-    counts = np.zeros((3, num_classes))
-    for pred, gt in zip(preds, gts):
-        segments = sorted(set(pred.ravel().tolist()))
-        classes = sorted(set(gt.ravel().tolist()) - {IGNORE})
-        overlap = {(s, k): sum(1 for p, g in zip(pred.ravel(), gt.ravel()) if p == s and g == k) for s in segments for k in classes}
-        size = max(len(segments), len(classes))
-        best, best_pairs = -1, set()
-        for order in itertools.permutations(range(size)):
-            pairs = {(segments[i], classes[j]) for i, j in enumerate(order) if i < len(segments) and j < len(classes)}
-            pairs = {pair for pair in pairs if overlap[pair] > 0}
-            total = sum(overlap[pair] for pair in pairs)
-            if total > best:
-                best, best_pairs = total, {frozenset(pairs)}
-            elif total == best:
-                best_pairs.add(frozenset(pairs))
-        if len(best_pairs) > 1:
-            return None
-        match = dict(next(iter(best_pairs)))
-        for p, g in zip(pred.ravel(), gt.ravel()):
-            if g == IGNORE:
-                continue
-            k = match.get(p)
-            if k == g:
-                counts[0, g] += 1
-            else:
-                counts[2, g] += 1
-                if k is not None:
-                    counts[1, k] += 1
-    return counts
+def _random_case(rng, regime: str, classes: int = 6, shape=(9, 11)):
+    """One (pred, gt) pair of a regime: fewer segments than classes present, between present and
+    K, more than K, ignore only, one class, or ties (every overlap equal)."""
+    gt = rng.integers(0, classes, shape)
+    if regime == "few_segments":
+        pred = rng.integers(0, 2, shape)
+    elif regime == "between":
+        gt = rng.integers(0, 3, shape)  # 3 present of 6
+        pred = rng.integers(0, 5, shape)
+    elif regime == "more_than_k":
+        pred = rng.integers(0, classes + 4, shape)
+    elif regime == "ignore_only":
+        gt = np.full(shape, IGNORE)
+        pred = rng.integers(0, 4, shape)
+    elif regime == "one_class":
+        gt = np.full(shape, int(rng.integers(0, classes)))
+        pred = rng.integers(0, 3, shape)
+    elif regime == "ties":
+        gt = np.tile(np.arange(4), 4).reshape(4, 4)  # classes 0..3 in columns
+        pred = np.tile(np.arange(4)[:, None], (1, 4)) + int(rng.integers(0, 6))  # ids in rows: every overlap 1
+        return pred, gt
+    elif regime == "sparse_ids":  # ids with gaps, larger than K
+        pred = rng.choice([0, 3, 9, 14], size=shape)
+    else:
+        raise ValueError(regime)
+    gt = np.where(rng.random(shape) < 0.05, IGNORE, gt)
+    return pred, gt
 
 
-def test_per_image_protocol_equals_brute_force_on_random_maps():
-    rng = np.random.default_rng(0)
-    checked = 0
-    while checked < 25:
-        shape = (int(rng.integers(3, 9)), int(rng.integers(3, 9)))
-        preds = [rng.integers(0, int(rng.integers(1, 5)), shape) for _ in range(3)]
-        gts = [np.where(rng.random(shape) < 0.1, IGNORE, rng.integers(0, 4, shape)) for _ in range(3)]
-        expected = _brute_force_counts(preds, gts, 4)
-        if expected is None:
-            continue
-        tp, fp, fn = expected
-        union = tp + fp + fn
-        iou = [t / u for t, u in zip(tp, union) if u > 0]
-        result = score(preds, gts, num_classes=4)
-        assert result["miou"] == pytest.approx(100 * np.mean(iou), abs=1e-9)
-        assert result["acc"] == pytest.approx(100 * tp.sum() / (tp + fn).sum(), abs=1e-9)
-        checked += 1
+REGIMES = ("few_segments", "between", "more_than_k", "ignore_only", "one_class", "ties", "sparse_ids")
+
+
+@pytest.mark.parametrize("regime", REGIMES)
+def test_per_image_counts_equal_the_official_algorithm(regime):
+    rng = np.random.default_rng(REGIMES.index(regime))
+    pairs = [_random_case(rng, regime) for _ in range(12)]
+    preds, gts = zip(*pairs)
+    tp, fp, fn, total = official.hungarian_matching(preds, gts, 6)
+    state = sum((MetricState.of_image(p, g, 6) for p, g in pairs), MetricState(6))
+    np.testing.assert_array_equal(state.hungarian, np.stack([tp, fp, fn]).astype(np.int64))
+    acc, miou = official.final_scores(tp, fp, fn, total)
+    result = state.result("per_image")
+    if total:
+        assert result["acc"] == pytest.approx(100 * acc, abs=1e-9)
+    if not np.isnan(miou):
+        assert result["miou"] == pytest.approx(100 * miou, abs=1e-9)
+    else:
+        assert np.isnan(result["miou"])
+
+
+def test_per_image_protocol_equals_the_official_code_on_many_random_images():
+    rng = np.random.default_rng(7)
+    preds = [rng.integers(0, int(rng.integers(2, 12)), (64, 64)) for _ in range(40)]
+    gts = [np.where(rng.random((64, 64)) < 0.05, IGNORE, rng.integers(0, 27, (64, 64))) for _ in range(40)]
+    acc, miou = official.final_scores(*official.hungarian_matching(preds, gts, 27))
+    result = score(preds, gts, 27, "per_image")
+    assert result["acc"] == pytest.approx(100 * acc, abs=1e-9) and result["miou"] == pytest.approx(100 * miou, abs=1e-9)
+
+
+def test_per_image_average_scores_each_image_then_averages():
+    # Image 1: two classes, split exactly. Image 2: one class, over-segmented into 3 segments:
+    # K = 3, so all 3 segments are assigned; the two given absent classes are all FP (IoU 0).
+    gt1, pred1 = np.array([[0, 0, 1, 1]]), np.array([[0, 0, 1, 1]])
+    gt2, pred2 = np.array([[2, 2, 2, 2]]), np.array([[0, 1, 2, 2]])
+    per_image = score([pred1, pred2], [gt1, gt2], 3, "per_image_avg")
+    assert per_image["acc"] == pytest.approx((100 + 50) / 2)
+    assert per_image["miou"] == pytest.approx((100 + (2 / 4 + 0 + 0) / 3 * 100) / 2)
+    oracle = score([pred1, pred2], [gt1, gt2], 3, "oracle_merged")
+    assert oracle["miou"] == pytest.approx(100.0) and oracle["acc"] == pytest.approx(100.0)  # merged back: perfect
+    summed = score([pred1, pred2], [gt1, gt2], 3, "per_image")
+    assert summed["miou"] != pytest.approx(per_image["miou"])  # accumulating first is a different number
 
 
 def test_perfect_grouping_with_random_ids_per_image_fools_only_the_global_protocol():

@@ -21,7 +21,7 @@ from dsseg.methods.spectral import (
 )
 from dsseg.metrics import adjusted_rand_index, relabelled_agreement
 from dsseg.upsample import upsample_argmax_index
-from planted import pixel_regions, planted_attention, planted_regions, voronoi_regions
+from dsseg.planted import pixel_regions, planted_attention, planted_regions, voronoi_regions
 
 
 def clustered_features(n: int, clusters: int, seed: int = 0, spread: float = 0.3) -> torch.Tensor:

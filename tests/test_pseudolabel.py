@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import shutil
@@ -15,20 +14,13 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from conftest import GROUND_TRUTH, IMAGES
+from conftest import GROUND_TRUTH, IMAGES, load_job
 from dsseg.api import Segmentation
 from dsseg.metrics import score
 from dsseg.methods.openvocab import IGNORE_INDEX, labels_from_scores
 from dsseg.pseudolabels import agnostic_segments, class_index_map, class_list, labels_from_coco, labels_from_voc, voc_palette
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _job():
-    spec = importlib.util.spec_from_file_location("pseudolabel_job", ROOT / "jobs" / "pseudolabel.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _row(labels: np.ndarray, names: list[str | None]) -> dict:
@@ -109,7 +101,7 @@ FAST = ["--backbone", "tiny", "--device", "cpu", "--param", "image_size=128", "-
 
 def test_two_shards_export_voc_and_coco_with_unique_ids(ray_local, tmp_path):
     manifest, out = _manifest(tmp_path), tmp_path / "out"
-    job = _job()
+    job = load_job("pseudolabel")
     for shard in ("0/2", "1/2"):
         assert job.main(["--input", str(manifest), "--output", str(out), "--shard", shard, *FAST]) == 0
     pngs = sorted((out / "VOCdevkit/VOC2012/SegmentationClassAug").glob("*.png"))
@@ -140,7 +132,7 @@ def test_a_killed_job_resumes_and_writes_each_image_once(ray_local, tmp_path):
     from dsseg.pipeline import run_segment_job
 
     manifest, out = _manifest(tmp_path), tmp_path / "out"
-    job = _job()
+    job = load_job("pseudolabel")
     args = job.parse_args(["--input", str(manifest), "--output", str(out), *FAST])
     weak = job.segment_jobs(args, job.input_rows(args), out)["weak"]
     first = run_segment_job(dataclasses.replace(weak, limit=1))  # a run that got through one image before it died
@@ -168,7 +160,7 @@ def test_a_killed_job_resumes_and_writes_each_image_once(ray_local, tmp_path):
 
 
 def test_params_go_to_the_jobs_whose_method_takes_them(tmp_path):
-    job = _job()
+    job = load_job("pseudolabel")
     manifest = _manifest(tmp_path)
     argv = ["--input", str(manifest), "--output", str(tmp_path / "out"), "--param", "image_size=128", "--param", "kl_threshold=0.5"]
     args = job.parse_args(argv)
@@ -192,7 +184,7 @@ def test_quality_report_equals_the_metrics_module(ray_local, tmp_path):
     manifest.write_text(json.dumps({"image_id": "horse001", "uri": str(IMAGES / "horses/horse001.jpg"), "labels": ["horse"]}) + "\n")
     out = tmp_path / "out"
     argv = ["--input", str(manifest), "--output", str(out), "--gt-dir", str(root), "--class-list", str(tmp_path / "classes.txt"), *FAST]
-    assert _job().main(argv) == 0
+    assert load_job("pseudolabel").main(argv) == 0
     report = json.loads((out / "quality.json").read_text())
     pseudo = np.asarray(Image.open(out / "VOCdevkit/VOC2012/SegmentationClassAug/horse001.png")).astype(np.int64)
     expected = score([np.where(pseudo == 255, 2, pseudo)], [truth], num_classes=2, protocol="semantic")
@@ -200,4 +192,4 @@ def test_quality_report_equals_the_metrics_module(ray_local, tmp_path):
     assert report["ignored_fraction"] == pytest.approx((pseudo == 255).mean())
     assert set(report["per_class_iou"]) == {"background", "horse"}
     shutil.rmtree(out / "VOCdevkit")
-    assert _job().main([*argv, "--format", "coco"]) == 2  # a quality report needs the VOC PNGs
+    assert load_job("pseudolabel").main([*argv, "--format", "coco"]) == 2  # a quality report needs the VOC PNGs

@@ -87,9 +87,15 @@ def cocostuff27(root: str | Path, split: str = "val2017", curated: bool = True) 
 
 
 def cityscapes27(root: str | Path, split: str = "val") -> LabelPngDataset:
-    """Cityscapes with the 27 classes of labelIds 7..33 (→ 0..26; all else ignored)."""
+    """Cityscapes with the 27 classes of labelIds 7..33 (→ 0..26; all else ignored). The official
+    layout, or a flat folder of frames with their ``_gtFine_labelIds.png`` beside them."""
     root = Path(root)
+    table = lookup_table({7 + c: c for c in range(27)})
     layout = f"  leftImg8bit/{split}/<city>/<name>_leftImg8bit.png\n  gtFine/{split}/<city>/<name>_gtFine_labelIds.png"
+    flat = sorted(root.glob("*_leftImg8bit.png")) if not (root / "leftImg8bit").exists() else []
+    if flat:
+        samples = [Sample(p.name.removesuffix("_leftImg8bit.png"), str(p), str(p.with_name(p.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png")))) for p in flat]
+        return LabelPngDataset("cityscapes27", CITYSCAPES27_NAMES, samples, table)
     images = require(root / "leftImg8bit" / split, "images", "cityscapes27", layout)
     labels = require(root / "gtFine" / split, "gtFine label maps", "cityscapes27", layout)
     samples = []
@@ -97,7 +103,7 @@ def cityscapes27(root: str | Path, split: str = "val") -> LabelPngDataset:
         stem = image.name.removesuffix("_leftImg8bit.png")
         label = labels / image.parent.name / f"{stem}_gtFine_labelIds.png"
         samples.append(Sample(f"{image.parent.name}/{stem}", str(image), str(label)))
-    return LabelPngDataset("cityscapes27", CITYSCAPES27_NAMES, samples, lookup_table({7 + c: c for c in range(27)}))
+    return LabelPngDataset("cityscapes27", CITYSCAPES27_NAMES, samples, table)
 
 
 def ade20k150(root: str | Path, split: str = "validation") -> LabelPngDataset:

@@ -21,9 +21,14 @@
    distribution is most cosine-similar to the pixel's bilinearly upsampled distribution;
    ``nearest`` repeats latent cells.
 
-The MAN-C threshold depends on the weights' scale: for the attention graphs (rows of P sum to
-1, so mean degree ≈ 1) it is about half the mean fraction of walk mass that stays inside the
-sub-graph. With ``cosine``/``diffcut`` weights it has no such meaning; use ``threshold`` there.
+The MAN-C threshold depends on the weights' scale, which the paper leaves to two statements:
+heads are summed, and P is row-stochastic. The reading taken here (and by the presets) is the one
+where both hold: the head mean (the sum renormalised), so every row of P sums to 1 and A is built
+from that P. The mean degree is then ≈ 1 and the threshold at the root ≈ 0.5 (``jobs/manc_study.py``
+measures 0.505 for ``dot`` and 0.499 for ``random_walk`` on planted attention); in a sub-graph it
+is about half the mean fraction of walk mass that stays inside. Summed heads without the
+renormalisation would scale A, and the threshold, by heads² (``dot``). With ``cosine``/``diffcut``
+weights the threshold has no such meaning; use ``threshold`` there.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Planted-partition self-attention for tests: regions that attend to themselves."""
+"""Planted-partition self-attention: regions that attend to themselves, with known ground truth
+(for tests of the methods and for studies of their parameters, e.g. `jobs/manc_study.py`)."""
 
 from __future__ import annotations
 

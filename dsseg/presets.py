@@ -1,0 +1,274 @@
+"""Benchmark presets: one published table row, one name.
+
+A preset fixes everything a paper's number depends on: the dataset (and split), the backbone,
+the extraction (timestep, noise, inversion, which UNet blocks and levels), the method's
+parameters, the frame the scores are taken in and the protocol, with the published scores of
+that row. ``jobs/evaluate.py --preset NAME`` runs it; ``--list-presets`` prints them all.
+
+Where a paper leaves a setting open, the preset makes a choice and says so in ``choices``; the
+report prints them. A run with other settings still works: its rows are marked as matching no
+preset, and no published number is printed beside them. Numbers are in percent.
+
+Sources: DiffSeg (Tian et al., CVPR 2024) and its official code (google/diffseg); Diffusing,
+Walking and Cutting (Ivanova et al., WACV 2026, "DWC"); DiffSegmenter (Wang et al.) and its
+code (VCG-team/DiffSegmenter).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+SD14 = "CompVis/stable-diffusion-v1-4"
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the hub mirror of runwayml/stable-diffusion-v1-5
+CLIP_FILTER = "clip:openai/clip-vit-large-patch14"
+
+DIFFSEG = "DiffSeg (Tian et al., CVPR 2024)"
+DWC = "Diffusing, Walking and Cutting (Ivanova et al.)"
+DIFFSEGMENTER = "DiffSegmenter (Wang et al.)"
+
+DIFFSEG_CHOICES = (
+    "as the official code: all 16 self-attention layers (down, mid, up), heads and layers of a level averaged, "
+    "levels weighted ∝ size; t = 300 on the clean latent; centre square, bilinear 512² without antialiasing",
+    "the resized image is rounded to 8-bit before the VAE (the official code keeps TF's float32 values): "
+    "at most half a grey level",
+    "dtype: dsseg's default (float16 on CUDA); the official code ran Keras in float32",
+)
+DWC_CHOICES = (
+    "'the denoising U-Net decoder': the up blocks' self-attention (they hold the 64², 32² and 16² levels)",
+    "heads 'summed' and P 'row-stochastic': the head mean (the sum renormalised), so every row of P sums to 1",
+    "MAN-C threshold n·T/(2m) on A = Pᵏ·(Pᵏ)ᵀ built from that row-stochastic P (the scale the paper's text fixes)",
+    "DDIM inversion of the clean latent (posterior mean) for 10 of 50 steps with the empty prompt, "
+    "then one UNet step at the 10th timestep; evaluation in DiffSeg's protocol (centre square, 512²)",
+    "not stated, dsseg's defaults: at least 16 latent cells per segment, at most 12 levels of splits, "
+    "every split position along the Fiedler vector tried",
+)
+DIFFSEGMENTER_CHOICES = (
+    "as the released code: the image squashed to 512² (bilinear), noised once at t = 100, one UNet call per class, "
+    "cross-attention fused 0.3/0.5/0.1/0.1 (8/16/32/64) and refined by the 64² self-attention of all blocks; "
+    "mIoU over all classes with background, summed over the split, at the label's own size",
+    "prompt 'a photograph of a {class}' with the class tokens' text states × 1.21; the released code instead "
+    "continues 'a photograph of {class}' with a BLIP caption and weights with Compel's '++'",
+    "candidate classes: dsseg's CLIP filter (softmax over the dataset's class prompts, classes with probability "
+    "≥ 0.05, at least the best); the paper's list (caption nouns ∪ CLIP similarity > 0.97) was precomputed by "
+    "code that is not released",
+    "the VAE posterior mean and seeded noise (the released code samples both without a seed)",
+    "the background threshold is chosen on another split (--tune-on) over the released code's grid 0.30–0.74; "
+    "the released code picks it on the evaluated split itself",
+)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """A parameter chosen on a split other than the evaluated one: its ``values`` (the grid) and
+    the default ``split`` to choose on; the highest ``metric`` wins (ties: the lower value)."""
+
+    param: str
+    values: tuple[float, ...]
+    split: str
+    protocol: str = "semantic"
+    metric: str = "miou"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One published table row (see the module docstring).
+
+    ``published``: the row's scores (``acc``/``f1``/``miou``, percent) under ``protocol``; empty
+    when the number is not recorded in our references. ``params``: method and extraction
+    parameters (``MethodSpec`` form). ``frame``: ``model`` (DiffSeg protocol) or ``label``.
+    ``readers``: other dataset readers with the same classes that may stand in for ``dataset``.
+    """
+
+    name: str
+    paper: str
+    row: str
+    dataset: str
+    protocol: str
+    published: Mapping[str, float]
+    backbone: str
+    method: str
+    params: Mapping[str, Any]
+    frame: str = "model"
+    split: str | None = None
+    readers: tuple[str, ...] = ()
+    class_filter: str | None = None
+    tuning: Tuning | None = None
+    choices: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", {k: tuple(v) if isinstance(v, list) else v for k, v in self.params.items()})
+
+    def accepts(self, dataset: str) -> bool:
+        return dataset == self.dataset or dataset in self.readers
+
+    def spec(self):
+        from dsseg.jobconfig import MethodSpec
+
+        return MethodSpec(self.method, dict(self.params))
+
+    def key(self) -> str:
+        return settings_key(self.spec(), self.frame, self.class_filter, self.tuning.param if self.tuning else None)
+
+    def describe(self) -> list[str]:
+        """Lines for ``--list-presets`` and the report: the row, the paper, the dataset, every setting."""
+        extract, method_config = self.spec().configs()
+        scores = ", ".join(f"{k} {v:.1f}" for k, v in self.published.items()) or "not recorded in our references"
+        lines = [
+            f"{self.name}: {self.row}",
+            f"  paper: {self.paper}",
+            f"  dataset: {self.dataset}{f' (split {self.split})' if self.split else ''}"
+            + (f"; also read as {', '.join(self.readers)}" if self.readers else ""),
+            f"  published ({self.protocol}): {scores}",
+            f"  backbone: {self.backbone}; frame: {self.frame}"
+            + (f"; class filter: {self.class_filter}" if self.class_filter else ""),
+            f"  method: {self.method} {_fields(method_config, exclude={self.tuning.param} if self.tuning else set())}",
+            f"  extraction: {_fields(extract, exclude={'class_batch_size'})}",
+        ]
+        if self.tuning:
+            grid = self.tuning.values
+            lines.append(
+                f"  tuned: {self.tuning.param} over {len(grid)} values {grid[0]:g}…{grid[-1]:g} on split "
+                f"{self.tuning.split!r} (--tune-on), best {self.tuning.protocol} {self.tuning.metric}"
+            )
+        lines += [f"  choice: {choice}" for choice in self.choices]
+        return lines
+
+
+def _fields(config: Any, exclude: set[str] = frozenset()) -> str:
+    return ", ".join(f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config) if f.name not in exclude)
+
+
+def settings_key(spec, frame: str, class_filter: str | None = None, tuned: str | None = None) -> str:
+    """What a published number depends on, beside dataset and backbone: the resolved extraction and
+    method configs (runtime-only fields and a ``tuned`` parameter left out), the frame and, for
+    configs prompted with classes, the class filter. Equal keys: the same measurement."""
+    from dsseg.extract import DEFAULT_TIMESTEP, RUNTIME_FIELDS
+
+    extract, method_config = spec.configs()
+    if extract.noise != "ddim_inversion" and extract.timestep is None:
+        extract = dataclasses.replace(extract, timestep=DEFAULT_TIMESTEP)  # the step it runs at, said or not
+    method_fields = {k: v for k, v in dataclasses.asdict(method_config).items() if k != tuned}
+    key = {
+        "method": spec.method,
+        "extract": {k: v for k, v in dataclasses.asdict(extract).items() if k not in RUNTIME_FIELDS},
+        "params": method_fields,
+        "frame": frame,
+        "class_filter": class_filter if extract.uses_classes else None,
+    }
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _grid(low: float, high: float, step: float) -> tuple[float, ...]:
+    count = round((high - low) / step) + 1
+    return tuple(round(low + i * step, 6) for i in range(count))
+
+
+DIFFSEG_PARAMS = {"timestep": 300, "noise": "none", "geometry": "center_crop", "image_size": 512, "refine": False}
+DWC_BASE = {"noise": "ddim_inversion", "inversion_steps": 10, "num_inference_steps": 50, "geometry": "center_crop", "image_size": 512}
+DWC_BEST = {**DWC_BASE, "blocks": ("up",), "graph": "dot", "power": 1, "stopping": "manc_ncut", "resolutions": (64, 32, 16)}
+DIFFSEGMENTER_PARAMS = {"noise": "noise", "timestep": 100, "geometry": "squash", "image_size": 512, "class_weight": 1.21}
+BACKGROUND_TUNING = _grid(0.30, 0.74, 0.01)
+
+
+def _presets() -> list[Preset]:
+    coco = "cocostuff27"
+    presets = [
+        Preset("diffseg-cocostuff27", DIFFSEG, "COCO-Stuff-27: DiffSeg, τ 1.1", coco, "per_image", {"acc": 72.5, "miou": 43.6},
+               SD14, "diffseg", {**DIFFSEG_PARAMS, "kl_threshold": 1.1}, choices=DIFFSEG_CHOICES),
+        Preset("diffseg-cityscapes27", DIFFSEG, "Cityscapes: DiffSeg, τ 0.9 (DWC §4.5)", "cityscapes27", "per_image",
+               {"acc": 76.0, "miou": 21.2}, SD14, "diffseg", {**DIFFSEG_PARAMS, "kl_threshold": 0.9}, choices=DIFFSEG_CHOICES),
+        Preset("dwc-diffseg-per-image-avg", DWC, "Table 6, DiffSeg, per-image averaged", coco, "per_image_avg",
+               {"acc": 72.6, "f1": 71.1, "miou": 34.1}, SD14, "diffseg", {**DIFFSEG_PARAMS, "kl_threshold": 1.1}, choices=DIFFSEG_CHOICES),
+        Preset("dwc-diffseg-oracle-merged", DWC, "Table 6, DiffSeg, per-image averaged with the oracle merge", coco, "oracle_merged",
+               {"acc": 79.2, "f1": 73.0, "miou": 60.6}, SD14, "diffseg", {**DIFFSEG_PARAMS, "kl_threshold": 1.1}, choices=DIFFSEG_CHOICES),
+        Preset("dwc-manc-ncut", DWC, "COCO-Stuff-27: MAN-C w/ NCut, k = 1, resolutions {64, 32, 16} (the best row)", coco, "per_image",
+               {"acc": 74.1, "f1": 60.8, "miou": 46.6}, SD14, "ncut", DWC_BEST, choices=DWC_CHOICES),
+        Preset("dwc-manc-ncut-four-levels", DWC, "COCO-Stuff-27: MAN-C w/ NCut, k = 1, all four resolutions", coco, "per_image",
+               {"miou": 46.1}, SD14, "ncut", {**DWC_BEST, "blocks": ("mid", "up"), "resolutions": (64, 32, 16, 8)},
+               choices=(*DWC_CHOICES, "the 8² level is read from the mid block, the only 8² self-attention (the decoder has none)")),
+        Preset("dwc-random-walk", DWC, "COCO-Stuff-27: Random Walk NCut on P, threshold 0.3 (baseline)", coco, "per_image",
+               {"acc": 72.2, "f1": 56.9, "miou": 43.3}, SD14, "ncut",
+               {**DWC_BEST, "graph": "random_walk", "stopping": "threshold", "threshold": 0.3}, choices=DWC_CHOICES),
+        Preset("dwc-dot-threshold", DWC, "COCO-Stuff-27: dot-product adjacency A = P·Pᵀ, NCut threshold 0.4", coco, "per_image",
+               {"acc": 74.0, "f1": 58.4, "miou": 44.0}, SD14, "ncut",
+               {**DWC_BEST, "stopping": "threshold", "threshold": 0.4}, choices=DWC_CHOICES),
+        Preset("dwc-ncut-per-image-avg", DWC, "Table 6, MAN-C w/ NCut, per-image averaged", coco, "per_image_avg",
+               {"acc": 74.0, "f1": 73.3, "miou": 38.0}, SD14, "ncut", DWC_BEST, choices=DWC_CHOICES),
+        Preset("dwc-ncut-oracle-merged", DWC, "Table 6, MAN-C w/ NCut, per-image averaged with the oracle merge", coco, "oracle_merged",
+               {"acc": 83.6, "f1": 76.0, "miou": 64.5}, SD14, "ncut", DWC_BEST, choices=DWC_CHOICES),
+        Preset("dwc-cityscapes27", DWC, "Cityscapes: MAN-C w/ NCut", "cityscapes27", "per_image", {"miou": 22.0},
+               SD14, "ncut", DWC_BEST, choices=DWC_CHOICES),
+        Preset("dwc-ade20k150", DWC, "ADE20K (150 classes): MAN-C w/ NCut", "ade20k150", "per_image", {"miou": 41.2},
+               SD14, "ncut", DWC_BEST, readers=("ade20k_full",),
+               choices=(*DWC_CHOICES, "ADE20K in DiffSeg's protocol (centre square, 512²) like COCO-Stuff; the full ADE20K "
+                        "release (ade20k_full) stands in for SceneParsing, its objects mapped to the 150 classes")),
+    ]
+    scaled_mincut = {1: {"miou": 23.8}, 3: {"miou": 42.4}}  # k = 2, 4, 5: not recorded in REFERENCES.md
+    for k in range(1, 6):
+        presets.append(
+            Preset(f"dwc-scaled-mincut-k{k}", DWC, f"Table 2, COCO-Stuff-27: MAN-C w/ Scaled MinCut, power walk k = {k}", coco,
+                   "per_image", scaled_mincut.get(k, {}), SD14, "ncut", {**DWC_BEST, "stopping": "manc_mincut", "power": k},
+                   choices=DWC_CHOICES)
+        )
+    for name, dataset, split, tune_split, score in (
+        ("diffsegmenter-voc2012", "voc2012", "val", "train", 60.1),
+        ("diffsegmenter-context60", "context60", "val", "train", 27.5),
+        ("diffsegmenter-coco-object", "coco_object", "val2014", "train2014", 37.9),
+    ):
+        presets.append(
+            Preset(name, DIFFSEGMENTER, f"zero-shot open vocabulary, {dataset}", dataset, "semantic", {"miou": score},
+                   SD15, "openvocab", DIFFSEGMENTER_PARAMS, frame="label", split=split, class_filter=CLIP_FILTER,
+                   tuning=Tuning("background_threshold", BACKGROUND_TUNING, tune_split), choices=DIFFSEGMENTER_CHOICES)
+        )  # fmt: skip
+    return presets
+
+
+PRESETS: dict[str, Preset] = {preset.name: preset for preset in _presets()}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; a clear error lists them otherwise."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; --list-presets shows them: {', '.join(PRESETS)}") from None
+
+
+def list_presets() -> str:
+    """Every preset's row, paper, dataset and settings, for ``--list-presets``."""
+    return "\n\n".join("\n".join(preset.describe()) for preset in PRESETS.values())
+
+
+@dataclass(frozen=True)
+class PresetMatch:
+    """A run config that measures what ``preset`` measured; ``same_backbone`` False marks a run on
+    another backbone (e.g. ``tiny``), whose numbers are not comparable with the paper's."""
+
+    preset: Preset
+    same_backbone: bool
+
+
+def matching_presets(
+    dataset: str, spec, frame: str, backbone: str, class_filter: str | None = None, tuned: Sequence[str] = (), split: str | None = None
+) -> list[PresetMatch]:
+    """The presets whose settings a run config has. A preset with a tuned parameter matches only when
+    that parameter was chosen on another split (``tuned`` names the parameters so chosen)."""
+    matches = []
+    for preset in PRESETS.values():
+        if not preset.accepts(dataset) or preset.method != spec.method:
+            continue
+        if preset.tuning and preset.tuning.param not in tuned:
+            continue
+        if preset.split and split and preset.split != split:
+            continue
+        if preset.key() == settings_key(spec, frame, class_filter, preset.tuning.param if preset.tuning else None):
+            matches.append(PresetMatch(preset, preset.backbone == backbone))
+    return matches
+
+
+__all__ = ["PRESETS", "Preset", "PresetMatch", "Tuning", "get_preset", "list_presets", "matching_presets", "settings_key"]

@@ -1,0 +1,228 @@
+"""Benchmark protocols as the papers measured them: presets (one published row, one name),
+benchmark decoding in stored pixel order, a tuning split for openvocab, and clear errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import GROUND_TRUTH, IMAGES, load_job
+from dsseg.image import decode_rgb
+from dsseg.jobconfig import MethodSpec, SegmentJob
+from dsseg.presets import PRESETS, get_preset, list_presets, matching_presets, settings_key
+
+
+
+
+# ---- presets ------------------------------------------------------------------------------
+
+
+def test_every_published_row_of_the_issue_has_a_preset_with_its_number():
+    expected = {
+        "diffseg-cocostuff27": ("per_image", {"acc": 72.5, "miou": 43.6}),
+        "diffseg-cityscapes27": ("per_image", {"acc": 76.0, "miou": 21.2}),
+        "dwc-manc-ncut": ("per_image", {"acc": 74.1, "f1": 60.8, "miou": 46.6}),
+        "dwc-manc-ncut-four-levels": ("per_image", {"miou": 46.1}),
+        "dwc-random-walk": ("per_image", {"acc": 72.2, "f1": 56.9, "miou": 43.3}),
+        "dwc-scaled-mincut-k1": ("per_image", {"miou": 23.8}),
+        "dwc-scaled-mincut-k3": ("per_image", {"miou": 42.4}),
+        "dwc-cityscapes27": ("per_image", {"miou": 22.0}),
+        "dwc-ade20k150": ("per_image", {"miou": 41.2}),
+        "dwc-diffseg-per-image-avg": ("per_image_avg", {"acc": 72.6, "f1": 71.1, "miou": 34.1}),
+        "dwc-ncut-oracle-merged": ("oracle_merged", {"acc": 83.6, "f1": 76.0, "miou": 64.5}),
+        "diffsegmenter-voc2012": ("semantic", {"miou": 60.1}),
+        "diffsegmenter-context60": ("semantic", {"miou": 27.5}),
+        "diffsegmenter-coco-object": ("semantic", {"miou": 37.9}),
+    }
+    for name, (protocol, published) in expected.items():
+        preset = get_preset(name)
+        assert (preset.protocol, dict(preset.published)) == (protocol, published), name
+    assert {f"dwc-scaled-mincut-k{k}" for k in range(1, 6)} <= set(PRESETS)
+    assert get_preset("diffseg-cityscapes27").spec().configs()[1].kl_threshold == (0.9,) * 3
+    four = get_preset("dwc-manc-ncut-four-levels").spec().configs()
+    assert four[1].resolutions == (64, 32, 16, 8) and four[0].blocks == ("mid", "up")
+    with pytest.raises(ValueError, match="list-presets"):
+        get_preset("diffseg-coco")
+
+
+def test_list_presets_prints_every_setting_and_every_choice():
+    text = list_presets()
+    for preset in PRESETS.values():
+        assert f"{preset.name}: {preset.row}" in text
+        for choice in preset.choices:
+            assert choice in text
+    assert "timestep=300" in text and "noise='ddim_inversion'" in text and "inversion_steps=10" in text
+    assert "not recorded in our references" in text  # Scaled MinCut k = 2, 4, 5
+
+
+def test_a_config_matches_a_preset_only_with_all_its_settings():
+    preset = get_preset("diffseg-cocostuff27")
+    spec = MethodSpec("diffseg", {"kl_threshold": 1.1})  # the other settings are DiffSeg's defaults
+    (match,) = [m for m in matching_presets("cocostuff27", spec, "model", preset.backbone) if m.preset.protocol == "per_image"]
+    assert match.preset is preset and match.same_backbone
+    assert matching_presets("cocostuff27", spec, "model", "tiny")[0].same_backbone is False
+    assert not matching_presets("cocostuff27", MethodSpec("diffseg", {"kl_threshold": 1.0}), "model", preset.backbone)
+    assert not matching_presets("cocostuff27", spec, "label", preset.backbone)  # another frame, another measurement
+    assert not matching_presets("cityscapes27", spec, "model", preset.backbone)  # τ 1.1 is the COCO row
+    assert settings_key(spec, "model") == settings_key(MethodSpec("diffseg", {"kl_threshold": [1.1, 1.1, 1.1]}), "model")
+    # ADE20K: the full release stands in for SceneParsing
+    ncut = get_preset("dwc-ade20k150")
+    assert [m.preset.name for m in matching_presets("ade20k_full", ncut.spec(), "model", ncut.backbone)] == ["dwc-ade20k150"]
+
+
+def test_an_openvocab_preset_needs_its_threshold_tuned_on_another_split():
+    preset = get_preset("diffsegmenter-voc2012")
+    spec = MethodSpec("openvocab", {**preset.params, "background_threshold": 0.42})
+    args = ("voc2012", spec, "label", preset.backbone, preset.class_filter)
+    assert not matching_presets(*args)  # a threshold nobody tuned
+    assert [m.preset.name for m in matching_presets(*args, tuned=["background_threshold"], split="val")] == [preset.name]
+    assert not matching_presets(*args, tuned=["background_threshold"], split="train")
+
+
+def test_list_presets_and_bad_flags_exit_cleanly(capsys):
+    evaluate = load_job("evaluate")
+    assert evaluate.main(["--list-presets"]) == 0
+    assert "dwc-manc-ncut: COCO-Stuff-27" in capsys.readouterr().out
+    assert evaluate.main(["--preset", "nope", "--root", "x", "--output", "y"]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--root", "x", "--output", "y"])
+    assert exit_info.value.code == 2 and "--dataset (or --preset)" in capsys.readouterr().err
+
+
+def test_cityscapes_preset_end_to_end_reports_the_published_number(ray_local, tmp_path):
+    root = tmp_path / "cityscapes"  # the flat layout of ../shared/data/cityscapes
+    shutil.copyfile(IMAGES / "frankfurt_000000_000294_leftImg8bit.png", _mkdir(root) / "frankfurt_000000_000294_leftImg8bit.png")
+    shutil.copyfile(GROUND_TRUTH / "frankfurt_000000_000294_gtFine_labelIds.png", root / "frankfurt_000000_000294_gtFine_labelIds.png")
+    out = tmp_path / "eval"
+    argv = ["--preset", "diffseg-cityscapes27", "--root", str(root), "--output", str(out), "--backbone", "tiny", "--device", "cpu"]
+    assert load_job("evaluate").main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    (config,) = metrics["configs"].values()
+    assert metrics["frame"] == "model" and config["presets"] == ["diffseg-cityscapes27"]
+    report = (out / "report.md").read_text()
+    assert "| diffseg-cityscapes27 | diffseg-cityscapes27 † | 1 |" in report and "(76.0)" in report and "(21.2)" in report
+    assert "percent; BSDS500 covering and PRI as fractions" in report
+    rows = pq.read_table(out / "run" / "segments").to_pylist()
+    assert {tuple(s["rle"]["size"]) for r in rows for s in r["segments"]} == {(512, 512)}  # scored in the model frame
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ---- stored pixel order ---------------------------------------------------------------------
+
+
+def _exif_rotated_jpeg(path: Path) -> np.ndarray:
+    """A non-square JPEG whose EXIF says "rotate 90°" (orientation 6); returns its stored pixels."""
+    rgb = np.asarray(Image.open(IMAGES / "horses" / "horse001.jpg").convert("RGB"))[:96, :160]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, "JPEG", quality=95, exif=exif)
+    path.write_bytes(buffer.getvalue())
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_benchmark_decoding_keeps_the_stored_pixel_order(tmp_path):
+    stored = _exif_rotated_jpeg(tmp_path / "rotated.jpg")
+    data = (tmp_path / "rotated.jpg").read_bytes()
+    upright, upright_hw = decode_rgb(data)
+    raw, raw_hw = decode_rgb(data, exif_transpose=False)
+    assert upright_hw == (160, 96) and upright.shape[:2] == (160, 96)  # photos are turned upright
+    assert raw_hw == (96, 160)
+    np.testing.assert_array_equal(raw, stored)  # benchmarks: as stored, as their labels were drawn
+
+
+def test_evaluation_reads_an_exif_rotated_image_aligned_with_its_label(ray_local, tmp_path):
+    stored = _exif_rotated_jpeg(tmp_path / "rotated.jpg")
+    label = np.zeros(stored.shape[:2], dtype=np.uint8)
+    label[:, 80:] = 1  # left half class 0, right half class 1, in stored order
+    Image.fromarray(label).save(tmp_path / "rotated.png")
+    pq.write_table(pa.table({"image_id": ["rotated"], "uri": ["rotated.jpg"], "label": ["rotated.png"]}), tmp_path / "manifest.parquet")
+    out = tmp_path / "eval"
+    argv = [
+        "--dataset", "manifest", "--root", str(tmp_path / "manifest.parquet"), "--classes", "left,right", "--output", str(out),
+        "--frame", "model", "--param", "image_size=64", "--backbone", "tiny", "--device", "cpu", "--report-images", "1",
+    ]  # fmt: skip
+    assert load_job("evaluate").main(argv) == 0
+    (row,) = pq.read_table(out / "run" / "segments").to_pylist()
+    assert (row["status"], row["height"], row["width"]) == ("ok", 96, 160)  # not rotated to 160 × 96
+    assert json.loads((out / "run" / "config.json").read_text())["exif_transpose"] is False
+    (config,) = json.loads((out / "metrics.json").read_text())["configs"].values()
+    assert config["images"] == 1 and config["failed"] == 0
+
+
+def test_decode_and_mask_settings_change_config_ids_only_when_set(tmp_path):
+    (tmp_path / "a.jpg").write_bytes((IMAGES / "135069.jpg").read_bytes())
+    plain = SegmentJob(input=str(tmp_path), output=str(tmp_path / "out"))
+    assert plain.rendering == {}
+    benchmark = SegmentJob(input=str(tmp_path), output=str(tmp_path / "out"), exif_transpose=False, mask_frame="model")
+    assert benchmark.rendering == {"exif_transpose": False, "mask_frame": "model"}
+    assert plain.config_ids() != benchmark.config_ids()
+    with pytest.raises(ValueError, match="mask-frame"):
+        SegmentJob(input=str(tmp_path), output=str(tmp_path / "out"), mask_frame="crop")
+
+
+# ---- open vocabulary ------------------------------------------------------------------------
+
+
+def test_openvocab_without_classes_is_an_error_not_a_background_segment(tiny, tmp_path):
+    from dsseg.api import Segmenter
+
+    segmenter = Segmenter(tiny, "openvocab", {"image_size": 64})
+    pixels, geometry = segmenter.prepare(np.full((64, 64, 3), 128, np.uint8))
+    with pytest.raises(ValueError, match="no candidate classes"):
+        segmenter(pixels[None], [geometry], classes=[[]])
+    with pytest.raises(ValueError, match="no candidate classes"):
+        segmenter(pixels[None], [geometry])
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"image_id": ["a"], "uri": [str(IMAGES / "135069.jpg")], "classes": pa.array([[]], pa.list_(pa.string()))}), manifest)
+    job = SegmentJob(input=str(manifest), output=str(tmp_path / "out"), configs=(MethodSpec("openvocab"),))
+    with pytest.raises(ValueError, match="no \\(or an empty\\) class list"):
+        job.check_classes([{"image_id": "a", "classes": []}])
+
+
+def _voc_root(root: Path) -> Path:
+    """A VOC 2012 layout: the horse photo (class 13) in train and val, the BSDS photo in train."""
+    mask = (np.asarray(Image.open(GROUND_TRUTH / "horse001_figure_ground.jpg").convert("L")) > 127).astype(np.uint8) * 13
+    photo = Image.open(IMAGES / "horses" / "horse001.jpg").convert("RGB").resize(mask.shape[::-1])
+    for name in ("horse_a", "horse_b"):
+        photo.save(_mkdir(root / "JPEGImages") / f"{name}.jpg")
+        Image.fromarray(mask).save(_mkdir(root / "SegmentationClass") / f"{name}.png")
+    lists = _mkdir(root / "ImageSets" / "Segmentation")
+    (lists / "train.txt").write_text("horse_a\n")
+    (lists / "val.txt").write_text("horse_b\n")
+    return root
+
+
+def test_background_threshold_is_tuned_on_another_split_never_the_evaluated_one(ray_local, tmp_path):
+    root = _voc_root(tmp_path / "voc")
+    out = tmp_path / "eval"
+    common = ["--root", str(root), "--output", str(out), "--backbone", "tiny", "--device", "cpu", "--report-images", "1"]
+    evaluate = load_job("evaluate")
+    refused = ["--dataset", "voc2012", "--methods", "openvocab", "--param", "image_size=64", "--tune-on", "val", *common]
+    assert evaluate.main(refused) == 2  # the evaluated split
+    assert evaluate.main(["--dataset", "voc2012", "--methods", "diffseg", "--tune-on", "train", *common]) == 2  # nothing to tune
+    argv = ["--preset", "diffsegmenter-voc2012", "--class-filter", "none", "--param", "image_size=64", *common]
+    assert evaluate.main(argv) == 0
+    tuning = json.loads((out / "tune" / "train" / "tuning.json").read_text())["0"]
+    scores = {float(v): s for v, s in tuning["scores"].items()}
+    assert tuning["split"] == "train" and len(scores) == 45 and min(scores) == 0.3 and max(scores) == 0.74
+    best = max(scores.values())
+    assert tuning["value"] == min(v for v, s in scores.items() if s == best)  # the best; ties to the lower threshold
+    (config,) = json.loads((out / "metrics.json").read_text())["configs"].values()
+    assert config["params"]["background_threshold"] == tuning["value"] and "semantic" in config
+    assert config["presets"] == []  # image_size 64 and no class filter: not the paper's settings
+    report = (out / "report.md").read_text()
+    assert f"background_threshold = {tuning['value']:g}, chosen on split 'train' (1 images)" in report
