@@ -60,8 +60,9 @@ def aligned(pred: np.ndarray, gt: np.ndarray, frame: Frame, model_frame: ModelFr
         truth = to_model_frame(gt, model_frame)
         if pred.shape != truth.shape:
             raise ValueError(
-                f"masks of size {pred.shape} are not in the model frame {truth.shape}: rows scored in the model frame "
-                "must be written with mask_frame='model' (jobs/evaluate.py does this)"
+                f"masks of size {pred.shape} do not meet the ground truth in the model frame {truth.shape}: rows scored "
+                "there must be written with mask_frame='model' (jobs/evaluate.py does this), and the label must have the "
+                "image's aspect ratio (else score with --frame label)"
             )
         return pred, truth
     if frame == "label":

@@ -4,12 +4,11 @@ resolved into one ``Plan`` before any model runs (``jobs/evaluate.py``)."""
 from __future__ import annotations
 
 import argparse
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
 from dsseg.cli import parse_param_values
-from dsseg.datasets import DATASETS
+from dsseg.datasets import reader_splits
 from dsseg.jobconfig import MethodSpec, load_run_file
 from dsseg.presets import BACKGROUND_TUNING, Preset, Tuning, get_preset
 
@@ -66,37 +65,43 @@ def make_plan(args: argparse.Namespace) -> Plan:
         class_filter = None
     if frame == "label":  # scoring at the label's size segments the whole image unless a config says otherwise
         configs = tuple(s if "geometry" in s.params else MethodSpec(s.method, {**s.params, "geometry": "aspect"}) for s in configs)
-    tunings = {}
-    for index, spec in enumerate(configs):
-        if spec.method != "openvocab":
-            continue
-        tuning = preset.tuning if preset and preset.tuning else Tuning("background_threshold", BACKGROUND_TUNING, "")
-        if args.tune_on or (preset and preset.tuning):
-            tunings[index] = Tuning(tuning.param, tuning.values, args.tune_on or tuning.split, tuning.protocol, tuning.metric)
+    tunings = plan_tunings(args, preset, configs)
+    takes_split, default = reader_splits(dataset)
+    if (split or tunings) and not takes_split:
+        raise ValueError(f"dataset {dataset} has no splits: drop --split" + (" (and --tune-on: tune on another dataset's run)" if tunings else ""))
+    evaluated = split or default
     for tuning in tunings.values():
-        evaluated = split or "(the reader's default)"
-        if tuning.split == split or (split is None and tuning.split == default_split(dataset)):
-            raise ValueError(f"--tune-on {tuning.split} is the evaluated split {evaluated}: tune on another split, never on the test split")
-    if args.tune_on and not tunings:
-        raise ValueError("--tune-on chooses openvocab's background threshold; no openvocab config is evaluated")
+        if tuning.split == evaluated:
+            source = "--tune-on" if args.tune_on else f"preset {preset.name} tunes on"
+            raise ValueError(f"{source} {tuning.split!r}, the evaluated split: choose {tuning.param} on another split (--tune-on SPLIT), never on the test split")
     return Plan(dataset, dataset_options(dataset, split, args.classes), frame, backbone, configs, class_filter, tunings, preset)
 
 
-def default_split(dataset: str) -> str | None:
-    """The split a reader uses when none is given (its ``split`` default), or None."""
-    try:
-        parameter = inspect.signature(DATASETS[dataset]).parameters.get("split")
-    except (TypeError, ValueError):
-        return None
-    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+def plan_tunings(args: argparse.Namespace, preset: Preset | None, configs: tuple[MethodSpec, ...]) -> dict[int, Tuning]:
+    """Config index → the parameter each openvocab config has chosen on another split: the preset's
+    tuning, or with ``--tune-on`` the background threshold over DiffSegmenter's grid."""
+    tunings = {}
+    for index, spec in enumerate(configs):
+        if spec.method != "openvocab" or not (args.tune_on or (preset and preset.tuning)):
+            continue
+        base = preset.tuning if preset and preset.tuning else Tuning("background_threshold", BACKGROUND_TUNING, "")
+        if base.param in spec.params:
+            raise ValueError(f"{base.param} is set ({spec.params[base.param]}) and would be tuned too: drop it, or drop the tuning")
+        tunings[index] = Tuning(base.param, base.values, args.tune_on or base.split, base.protocol, base.metric)
+    if args.tune_on and not tunings:
+        raise ValueError("--tune-on chooses openvocab's background threshold; no openvocab config is evaluated")
+    return tunings
 
 
 def method_specs(args: argparse.Namespace) -> tuple[MethodSpec, ...]:
     """The run's method configs from ``--config`` or ``--methods`` + ``--param``."""
     if args.config:
-        configs = load_run_file(args.config).get("configs")
-        if not configs:
+        settings = load_run_file(args.config)
+        others = sorted(set(settings) - {"configs"})
+        if others:
+            raise ValueError(f"--config {args.config}: an evaluation takes only `configs:` from a run file; give {others} as flags")
+        if not settings.get("configs"):
             raise ValueError(f"--config {args.config} has no `configs:` list")
-        return tuple(configs)
+        return tuple(settings["configs"])
     params = parse_param_values(args.param)
     return tuple(MethodSpec(method.strip(), params) for method in (args.methods or "diffseg").split(",") if method.strip())

@@ -152,9 +152,8 @@ class RunStats:
 PROGRESS_SECONDS = 30.0  # how often the driver prints a progress line (for `ray job logs`)
 
 
-def run_segment_job(job: SegmentJob, address: str | None = None, stop_after_rows: int | None = None) -> dict[str, Any]:
-    """Run (or resume) the job; returns a summary. ``stop_after_rows`` stops consuming once that
-    many rows are written, as a cancelled job would (for tests of resuming)."""
+def run_segment_job(job: SegmentJob, address: str | None = None) -> dict[str, Any]:
+    """Run (or resume) the job; returns a summary."""
     start = time.perf_counter()
     items, todo = plan(job)
     if todo:
@@ -175,8 +174,6 @@ def run_segment_job(job: SegmentJob, address: str | None = None, stop_after_rows
                 rate = stats.images / (now - ray_start)
                 print(f"dsseg: {stats.rows}/{expected_rows} rows written, {rate:.2f} images/s, {stats.rows - stats.ok} errors", file=sys.stderr)
                 last_report = now
-            if stop_after_rows is not None and stats.rows >= stop_after_rows:
-                break
         ray_seconds = time.perf_counter() - ray_start
     summary = {
         "output": job.output,

@@ -175,6 +175,9 @@ DIFFSEGMENTER_PARAMS = {"noise": "noise", "timestep": 100, "geometry": "squash",
 BACKGROUND_TUNING = _grid(0.30, 0.74, 0.01)
 
 
+SPLITS = {"cocostuff27": "val2017", "cityscapes27": "val", "ade20k150": "validation"}
+
+
 def _presets() -> list[Preset]:
     coco = "cocostuff27"
     presets = [
@@ -182,6 +185,8 @@ def _presets() -> list[Preset]:
                SD14, "diffseg", {**DIFFSEG_PARAMS, "kl_threshold": 1.1}, choices=DIFFSEG_CHOICES),
         Preset("diffseg-cityscapes27", DIFFSEG, "Cityscapes: DiffSeg, τ 0.9 (DWC §4.5)", "cityscapes27", "per_image",
                {"acc": 76.0, "miou": 21.2}, SD14, "diffseg", {**DIFFSEG_PARAMS, "kl_threshold": 0.9}, choices=DIFFSEG_CHOICES),
+        Preset("dwc-diffseg-globally-averaged", DWC, "Table 6, DiffSeg, globally averaged", coco, "per_image",
+               {"acc": 72.5, "f1": 58.5, "miou": 43.6}, SD14, "diffseg", {**DIFFSEG_PARAMS, "kl_threshold": 1.1}, choices=DIFFSEG_CHOICES),
         Preset("dwc-diffseg-per-image-avg", DWC, "Table 6, DiffSeg, per-image averaged", coco, "per_image_avg",
                {"acc": 72.6, "f1": 71.1, "miou": 34.1}, SD14, "diffseg", {**DIFFSEG_PARAMS, "kl_threshold": 1.1}, choices=DIFFSEG_CHOICES),
         Preset("dwc-diffseg-oracle-merged", DWC, "Table 6, DiffSeg, per-image averaged with the oracle merge", coco, "oracle_merged",
@@ -225,7 +230,7 @@ def _presets() -> list[Preset]:
                    SD15, "openvocab", DIFFSEGMENTER_PARAMS, frame="label", split=split, class_filter=CLIP_FILTER,
                    tuning=Tuning("background_threshold", BACKGROUND_TUNING, tune_split), choices=DIFFSEGMENTER_CHOICES)
         )  # fmt: skip
-    return presets
+    return [preset if preset.split else dataclasses.replace(preset, split=SPLITS.get(preset.dataset)) for preset in presets]
 
 
 PRESETS: dict[str, Preset] = {preset.name: preset for preset in _presets()}
@@ -244,31 +249,57 @@ def list_presets() -> str:
     return "\n\n".join("\n".join(preset.describe()) for preset in PRESETS.values())
 
 
+# Other names of the presets' backbones.
+BACKBONE_ALIASES = {"runwayml/stable-diffusion-v1-5": SD15}
+
+
+def backbone_relation(run: str, preset: str) -> str:
+    """``same`` (the preset's hub id), ``unverified`` (a local folder: its weights cannot be named
+    here) or ``other`` (another hub id, or the in-process ``tiny``/``sd-v1-random``)."""
+    from pathlib import Path
+
+    if BACKBONE_ALIASES.get(run, run) == preset:
+        return "same"
+    if run not in ("tiny", "sd-v1-random") and Path(run).expanduser().exists():
+        return "unverified"
+    return "other"
+
+
 @dataclass(frozen=True)
 class PresetMatch:
-    """A run config that measures what ``preset`` measured; ``same_backbone`` False marks a run on
-    another backbone (e.g. ``tiny``), whose numbers are not comparable with the paper's."""
+    """A run config that measures what ``preset`` measured. ``backbone``: how the run's backbone
+    relates to the preset's (``backbone_relation``); only ``same`` makes the numbers comparable
+    for certain."""
 
     preset: Preset
-    same_backbone: bool
+    backbone: str
+
+    @property
+    def same_backbone(self) -> bool:
+        return self.backbone == "same"
 
 
 def matching_presets(
     dataset: str, spec, frame: str, backbone: str, class_filter: str | None = None, tuned: Sequence[str] = (), split: str | None = None
 ) -> list[PresetMatch]:
-    """The presets whose settings a run config has. A preset with a tuned parameter matches only when
-    that parameter was chosen on another split (``tuned`` names the parameters so chosen)."""
+    """The presets whose settings a run config has: the same dataset and split (a stand-in reader,
+    e.g. ade20k_full for ade20k150, has no split to compare), method, frame, every extraction and
+    method setting and class filter. ``split`` None means the reader's default. A preset with a
+    tuned parameter matches only when that parameter was chosen on another split (``tuned``)."""
+    from dsseg.datasets import reader_splits
+
+    split = split or reader_splits(dataset)[1]
     matches = []
     for preset in PRESETS.values():
         if not preset.accepts(dataset) or preset.method != spec.method:
             continue
+        if dataset == preset.dataset and preset.split != split:
+            continue
         if preset.tuning and preset.tuning.param not in tuned:
             continue
-        if preset.split and split and preset.split != split:
-            continue
         if preset.key() == settings_key(spec, frame, class_filter, preset.tuning.param if preset.tuning else None):
-            matches.append(PresetMatch(preset, preset.backbone == backbone))
+            matches.append(PresetMatch(preset, backbone_relation(backbone, preset.backbone)))
     return matches
 
 
-__all__ = ["PRESETS", "Preset", "PresetMatch", "Tuning", "get_preset", "list_presets", "matching_presets", "settings_key"]
+__all__ = ["PRESETS", "Preset", "PresetMatch", "Tuning", "backbone_relation", "get_preset", "list_presets", "matching_presets", "settings_key"]

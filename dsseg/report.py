@@ -45,10 +45,13 @@ def _cell(value: float | None) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
 
 
+BACKBONE_MARKS = {"same": "", "unverified": " ‡", "other": " †"}
+
+
 def _preset_cell(matches: Sequence[Any]) -> str:
     if not matches:
         return "no preset"
-    return ", ".join(m.preset.name + ("" if m.same_backbone else " †") for m in matches)
+    return ", ".join(m.preset.name + BACKBONE_MARKS[m.backbone] for m in matches)
 
 
 def markdown_report(dataset: str, frame: str, configs: Sequence[ConfigReport], backbone: str = "") -> str:
@@ -63,7 +66,7 @@ def markdown_report(dataset: str, frame: str, configs: Sequence[ConfigReport], b
         for config in rows:
             ours = config.results[protocol]
             here = [m for m in config.matches if m.preset.protocol == protocol]
-            paper = here[0].preset.published if here else {}
+            paper = max((m.preset.published for m in here), key=len, default={})  # the row reporting the most scores
             cells = [f"{_cell(ours[k])} ({_cell(paper[k])})" if k in paper else _cell(ours[k]) for k in ("acc", "f1", "miou")]
             lines.append(f"| {config.name} | {_preset_cell(here)} | {config.results['images']} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -75,8 +78,11 @@ def markdown_report(dataset: str, frame: str, configs: Sequence[ConfigReport], b
             lines.append(f"| {config.name} | {config.results['images']} | {b['covering']:.3f} | {b['pri']:.3f} | {b['voi']:.3f} |")
         lines.append("")
     matched = {m.preset.name: m for c in configs for m in c.matches}
-    if any(not m.same_backbone for m in matched.values()):
+    relations = {m.backbone for m in matched.values()}
+    if "other" in relations:
         lines += [f"† run on backbone `{backbone}`, not the paper's: the settings match, the numbers are not comparable.", ""]
+    if "unverified" in relations:
+        lines += [f"‡ backbone `{backbone}` is a local folder: comparable only if it holds the preset's weights.", ""]
     if matched:
         lines += ["## Presets matched", ""]
         for match in matched.values():

@@ -34,6 +34,8 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from dsseg.backbone import BackboneNotFoundError  # noqa: E402
+from dsseg.class_filters import ClassFilterNotFoundError  # noqa: E402
 from dsseg.cli import add_model_arguments, batch_size_value  # noqa: E402
 from dsseg.datasets import DATASETS, Dataset, DatasetRootError, load_dataset  # noqa: E402
 from dsseg.datasets.regions import BSDS500  # noqa: E402
@@ -112,25 +114,30 @@ def write_manifest(dataset: Dataset, configs: tuple[MethodSpec, ...], path: Path
     return path
 
 
-def segment_and_score(
-    plan: Plan, args: argparse.Namespace, dataset: Dataset, options: dict[str, Any], configs: tuple[MethodSpec, ...], folder: Path, limit: int | None
-) -> tuple[SegmentJob, dict[str, Any], dict[str, Any], pa.Table]:
-    """Segment ``dataset`` with ``configs`` into ``folder``/run and score the rows:
-    (job, segment summary, {config_id: ConfigScores}, per-image records)."""
+def build_job(plan: Plan, args: argparse.Namespace, dataset: Dataset, configs: tuple[MethodSpec, ...], folder: Path, limit: int | None) -> SegmentJob:
+    """The segment job over ``dataset``'s first ``limit`` images into ``folder``/run (its settings
+    validated here, before any model runs): stored pixel order, masks in the scoring frame."""
     manifest = write_manifest(dataset, configs, folder / "manifest.parquet", limit)
-    job = SegmentJob(
+    return SegmentJob(
         input=str(manifest), output=str(folder / "run"), configs=configs, backbone=plan.backbone, device=args.device,
         dtype=args.dtype, offline=args.offline, compile=args.compile, batch_size=args.batch_size, num_workers=args.num_workers,
         retry_errors=True, exif_transpose=False, mask_frame="model" if plan.frame == "model" else "original",
         class_filter=plan.class_filter,
     )  # fmt: skip
+
+
+def segment_and_score(
+    plan: Plan, args: argparse.Namespace, job: SegmentJob, options: dict[str, Any], limit: int | None
+) -> tuple[dict[str, Any], dict[str, Any], pa.Table]:
+    """Run (or resume) ``job`` and score its rows: (segment summary, {config_id: ConfigScores},
+    per-image records)."""
     summary = run_segment_job(job)
     init_ray()
     start = time.perf_counter()
     parts = part_uris(job.output, job.config_ids())  # this run's configs only: the folder may hold earlier sweeps
     totals, records = evaluate_parts(parts, plan.dataset, args.root, options, plan.frame, model_frame(job), args.num_workers, limit)
     summary["scoring_seconds"] = round(time.perf_counter() - start, 2)
-    return job, summary, totals, records
+    return summary, totals, records
 
 
 def model_frame(job: SegmentJob) -> ModelFrame:
@@ -151,7 +158,8 @@ def tune(plan: Plan, args: argparse.Namespace, output: Path) -> dict[int, dict[s
             for i in indices
             for value in plan.tunings[i].values
         }
-        job, summary, totals, _ = segment_and_score(plan, args, dataset, options, tuple(sweep.values()), output / "tune" / split, args.tune_limit)
+        job = build_job(plan, args, dataset, tuple(sweep.values()), output / "tune" / split, args.tune_limit)
+        summary, totals, _ = segment_and_score(plan, args, job, options, args.tune_limit)
         ids = dict(zip(sweep, job.config_ids()))
         for i in indices:
             tuning = plan.tunings[i]
@@ -161,7 +169,7 @@ def tune(plan: Plan, args: argparse.Namespace, output: Path) -> dict[int, dict[s
                 scores[value] = result.get(tuning.protocol, {}).get(tuning.metric, float("nan"))
             finite = [v for v in tuning.values if np.isfinite(scores[v])]
             if not finite:
-                raise RuntimeError(f"tuning {tuning.param} on split {split}: no image could be scored ({summary['errors_by_reason']})")
+                raise ValueError(f"tuning {tuning.param} on split {split}: no image could be scored ({summary['errors_by_reason']})")
             best = max(finite, key=lambda v: (scores[v], -v))  # the highest score; ties go to the lower value
             chosen[i] = {
                 "param": tuning.param, "value": best, "split": split, "images": len(dataset.samples(args.tune_limit)),
@@ -228,24 +236,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_presets:
         print(list_presets())
         return 0
-    output = Path(args.output)
     try:
-        plan = make_plan(args)
-        dataset = load_dataset(plan.dataset, args.root, **plan.options)
-        classes = list(plan.options.get("class_names", ())) or None
-        claim_output(output, {"dataset": plan.dataset, "root": str(Path(args.root).resolve()), "split": plan.options.get("split"), "classes": classes})
-        for spec in plan.configs:
-            spec.configs()  # validate before any model runs
-        tuned = tune(plan, args, output) if plan.tunings else {}
-    except (DatasetRootError, ValueError, TypeError) as error:
+        return evaluate(args)
+    except (DatasetRootError, ValueError, TypeError, RuntimeError, BackboneNotFoundError, ClassFilterNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """The evaluation run of ``main`` (errors a user can act on raise; ``main`` prints them)."""
+    output = Path(args.output)
+    plan = make_plan(args)
+    dataset = load_dataset(plan.dataset, args.root, **plan.options)
+    classes = list(plan.options.get("class_names", ())) or None
+    claim_output(output, {"dataset": plan.dataset, "root": str(Path(args.root).resolve()), "split": plan.options.get("split"), "classes": classes})
+    build_job(plan, args, dataset, plan.configs, output, args.limit)  # every setting checked before tuning runs models
+    tuned = tune(plan, args, output) if plan.tunings else {}
     configs = tuple(
         MethodSpec(spec.method, {**spec.params, tuned[i]["param"]: tuned[i]["value"]}) if i in tuned else spec
         for i, spec in enumerate(plan.configs)
     )
-    job, segment_summary, totals, records = segment_and_score(plan, args, dataset, plan.options, configs, output, args.limit)
+    job = build_job(plan, args, dataset, configs, output, args.limit)
+    segment_summary, totals, records = segment_and_score(plan, args, job, plan.options, args.limit)
     config_ids = job.config_ids()
+    split_size = len(dataset.samples())
     reports = []
     for i, (cid, spec) in enumerate(zip(config_ids, configs)):
         tuned_params = [tuned[i]["param"]] if i in tuned else []
@@ -254,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         if spec.method == "openvocab" and i not in tuned:
             notes += ("background_threshold not tuned (give --tune-on SPLIT): no preset matches an untuned threshold",)
         results = totals[cid].results() if cid in totals else {"images": 0}
+        if matches and (results["images"] < split_size or results.get("failed")):
+            notes += (f"partial: {results['images']} of the split's {split_size} images scored ({results.get('failed', 0)} failed); "
+                      "the paper scored them all",)  # fmt: skip
         name = plan.preset.name if plan.preset and not args.param else display_name(spec)
         reports.append(ConfigReport(cid, name, spec.method, results, tuple(matches), notes))
     metrics = {
@@ -266,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         "images": len(dataset.samples(args.limit)),
         "configs": {
             r.config_id: {
-                "name": r.name, "method": r.method, "params": dict(spec.params), "presets": [m.preset.name for m in r.matches],
+                "name": r.name, "method": r.method, "params": dict(spec.params),
+                "presets": [{"name": m.preset.name, "backbone": m.backbone} for m in r.matches],
                 "tuning": tuned.get(i), **r.results,
             }
             for i, (r, spec) in enumerate(zip(reports, configs))

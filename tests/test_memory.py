@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -34,6 +36,7 @@ def test_probe_measures_the_per_image_cost():
     def run(n: int) -> None:
         block = np.ones(n * 64 * MB // 8)
         block += 1
+        time.sleep(0.2)  # hold it, as a model call does, long enough for the sampler to see it however busy the machine
 
     probe = probe_batch_size(run, torch.device("cpu"))
     assert 40 < probe["peak_two_mb"] - probe["peak_one_mb"] < 100

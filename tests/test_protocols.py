@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import GROUND_TRUTH, IMAGES, load_job
+from conftest import GROUND_TRUTH, IMAGES, ROOT, load_job
 from dsseg.image import decode_rgb
 from dsseg.jobconfig import MethodSpec, SegmentJob
 from dsseg.presets import PRESETS, get_preset, list_presets, matching_presets, settings_key
@@ -66,9 +66,12 @@ def test_list_presets_prints_every_setting_and_every_choice():
 def test_a_config_matches_a_preset_only_with_all_its_settings():
     preset = get_preset("diffseg-cocostuff27")
     spec = MethodSpec("diffseg", {"kl_threshold": 1.1})  # the other settings are DiffSeg's defaults
-    (match,) = [m for m in matching_presets("cocostuff27", spec, "model", preset.backbone) if m.preset.protocol == "per_image"]
-    assert match.preset is preset and match.same_backbone
-    assert matching_presets("cocostuff27", spec, "model", "tiny")[0].same_backbone is False
+    per_image = [m for m in matching_presets("cocostuff27", spec, "model", preset.backbone) if m.preset.protocol == "per_image"]
+    assert [m.preset.name for m in per_image] == ["diffseg-cocostuff27", "dwc-diffseg-globally-averaged"]
+    assert all(m.same_backbone for m in per_image)
+    assert {m.backbone for m in matching_presets("cocostuff27", spec, "model", "tiny")} == {"other"}
+    assert {m.backbone for m in matching_presets("cocostuff27", spec, "model", str(ROOT))} == {"unverified"}  # a local folder
+    assert not matching_presets("cocostuff27", spec, "model", preset.backbone, split="train2017")  # another split
     assert not matching_presets("cocostuff27", MethodSpec("diffseg", {"kl_threshold": 1.0}), "model", preset.backbone)
     assert not matching_presets("cocostuff27", spec, "label", preset.backbone)  # another frame, another measurement
     assert not matching_presets("cityscapes27", spec, "model", preset.backbone)  # τ 1.1 is the COCO row
@@ -83,8 +86,10 @@ def test_an_openvocab_preset_needs_its_threshold_tuned_on_another_split():
     spec = MethodSpec("openvocab", {**preset.params, "background_threshold": 0.42})
     args = ("voc2012", spec, "label", preset.backbone, preset.class_filter)
     assert not matching_presets(*args)  # a threshold nobody tuned
-    assert [m.preset.name for m in matching_presets(*args, tuned=["background_threshold"], split="val")] == [preset.name]
+    assert [m.preset.name for m in matching_presets(*args, tuned=["background_threshold"])] == [preset.name]  # val: the reader's default
     assert not matching_presets(*args, tuned=["background_threshold"], split="train")
+    coco = get_preset("diffsegmenter-coco-object")
+    assert not matching_presets("coco_object", coco.spec(), "label", coco.backbone, coco.class_filter, ["background_threshold"])  # val2017 ≠ val2014
 
 
 def test_list_presets_and_bad_flags_exit_cleanly(capsys):
@@ -107,7 +112,7 @@ def test_cityscapes_preset_end_to_end_reports_the_published_number(ray_local, tm
     assert load_job("evaluate").main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     (config,) = metrics["configs"].values()
-    assert metrics["frame"] == "model" and config["presets"] == ["diffseg-cityscapes27"]
+    assert metrics["frame"] == "model" and config["presets"] == [{"name": "diffseg-cityscapes27", "backbone": "other"}]
     report = (out / "report.md").read_text()
     assert "| diffseg-cityscapes27 | diffseg-cityscapes27 † | 1 |" in report and "(76.0)" in report and "(21.2)" in report
     assert "percent; BSDS500 covering and PRI as fractions" in report
@@ -161,6 +166,12 @@ def test_evaluation_reads_an_exif_rotated_image_aligned_with_its_label(ray_local
     assert json.loads((out / "run" / "config.json").read_text())["exif_transpose"] is False
     (config,) = json.loads((out / "metrics.json").read_text())["configs"].values()
     assert config["images"] == 1 and config["failed"] == 0
+
+
+def test_config_ids_of_earlier_outputs_stay_the_same():
+    configs = (MethodSpec("diffseg"), MethodSpec("ncut"), MethodSpec("openvocab", {"classes": ("horse", "grass")}))
+    job = SegmentJob(input=str(IMAGES), output="/tmp/unused", configs=configs, backbone="tiny", device="cpu")
+    assert job.config_ids() == ["af1ac893760b", "9fd6f62c6a33", "fc868dd07ad9"]  # as written before these settings existed
 
 
 def test_decode_and_mask_settings_change_config_ids_only_when_set(tmp_path):
@@ -226,3 +237,17 @@ def test_background_threshold_is_tuned_on_another_split_never_the_evaluated_one(
     assert config["presets"] == []  # image_size 64 and no class filter: not the paper's settings
     report = (out / "report.md").read_text()
     assert f"background_threshold = {tuning['value']:g}, chosen on split 'train' (1 images)" in report
+
+
+# ---- MAN-C scale ------------------------------------------------------------------------------
+
+
+def test_manc_threshold_of_a_row_stochastic_walk_is_about_one_half():
+    from dsseg.planted import planted_attention, voronoi_regions
+
+    study = load_job("manc_study")
+    attention = planted_attention(voronoi_regions(32, 4, seed=1), resolutions=(32, 16, 8), heads=8, affinity=6.0, locality=0.3, noise=2.5, seed=1)
+    for graph in ("dot", "random_walk"):
+        assert study.root_threshold(attention, graph, power=1) == pytest.approx(0.5, abs=0.02)
+    summed = {r: maps * 8 for r, maps in attention.items()}  # heads summed, not renormalised: rows sum to 8
+    assert study.root_threshold(summed, "dot", power=1) == pytest.approx(0.5, abs=0.02)  # dsseg renormalises what it is given

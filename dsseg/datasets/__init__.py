@@ -27,6 +27,19 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 }
 
 
+def reader_splits(name: str) -> tuple[bool, str | None]:
+    """(whether the reader ``name`` takes a ``split``, the split it reads when none is given)."""
+    import inspect
+
+    try:
+        parameter = inspect.signature(DATASETS[name]).parameters.get("split")
+    except (KeyError, TypeError, ValueError):
+        return False, None
+    if parameter is None:
+        return False, None
+    return True, None if parameter.default is inspect.Parameter.empty else parameter.default
+
+
 def load_dataset(name: str, root: str | Path, **options: Any) -> Dataset:
     """The reader ``name`` over ``root`` (``options``: e.g. ``split``); clear errors for unknown
     names and for roots that lack what the reader needs."""
@@ -37,4 +50,4 @@ def load_dataset(name: str, root: str | Path, **options: Any) -> Dataset:
     return DATASETS[name](root, **options)
 
 
-__all__ = ["DATASETS", "IGNORE", "Dataset", "DatasetRootError", "Sample", "decode_ade20k_seg", "load_dataset"]
+__all__ = ["DATASETS", "IGNORE", "Dataset", "DatasetRootError", "Sample", "decode_ade20k_seg", "load_dataset", "reader_splits"]
