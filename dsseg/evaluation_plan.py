@@ -68,7 +68,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     tunings = plan_tunings(args, preset, configs)
     takes_split, default = reader_splits(dataset)
     if (split or tunings) and not takes_split:
-        raise ValueError(f"dataset {dataset} has no splits: drop --split" + (" (and --tune-on: tune on another dataset's run)" if tunings else ""))
+        flags = [flag for flag, given in (("--split", split), ("--tune-on", tunings)) if given]
+        raise ValueError(f"dataset {dataset} has no splits to choose from: drop {' and '.join(flags)}")
     evaluated = split or default
     for tuning in tunings.values():
         if tuning.split == evaluated:
