@@ -5,8 +5,8 @@ load a model once, and ``Segmenter`` to segment batches with it.
 """
 
 from dsseg.api import Segmentation, Segmenter, segment_attention, segment_image
-from dsseg.backbone import Backbone, BackboneNotFoundError, load_backbone
-from dsseg.extract import AttentionBundle, AttentionExtractor, ExtractConfig
+from dsseg.model.backbone import Backbone, BackboneNotFoundError, load_backbone
+from dsseg.model.extract import AttentionBundle, AttentionExtractor, ExtractConfig
 
 __version__ = "0.1.0"
 

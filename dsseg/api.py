@@ -11,14 +11,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dsseg.backbone import DEFAULT_BACKBONE, Backbone, cached_backbone
-from dsseg.class_filters import ClassFilter, filter_classes
-from dsseg.extract import AttentionBundle, AttentionExtractor, ExtractConfig, check_resolutions
-from dsseg.image import Geometry, as_rgb_array, to_model_input
-from dsseg.masks import encode_labels
+from dsseg.model.backbone import DEFAULT_BACKBONE, Backbone, cached_backbone
+from dsseg.model.class_filters import ClassFilter, filter_classes
+from dsseg.model.extract import AttentionBundle, AttentionExtractor, ExtractConfig, check_resolutions
+from dsseg.io.images import Geometry, as_rgb_array, to_model_input
+from dsseg.io.masks import encode_labels
 from dsseg.methods import MethodResult, get_method, run_method
 from dsseg.timing import StageTimer
-from dsseg.upsample import compact_to_original, resize_labels
+from dsseg.methods.upsample import compact_to_original, resize_labels
 
 EXTRACT_PARAMS = frozenset(f.name for f in fields(ExtractConfig))
 
@@ -44,7 +44,7 @@ class Segmentation:
         return int(self.labels.max()) + 1
 
     def to_rles(self) -> list[dict]:
-        """Segments as COCO compressed RLE dicts (see ``dsseg.masks.encode_labels``) with their
+        """Segments as COCO compressed RLE dicts (see ``dsseg.io.masks.encode_labels``) with their
         ``label``, ``score`` and ``parent`` (None where the method gives none)."""
         segments = encode_labels(self.labels)
         for segment in segments:
@@ -160,7 +160,7 @@ def segment_image(
     Open vocabulary: ``segment_image(img, method="openvocab", classes=["horse", "grass"])`` gives
     ``labels`` indexing ``names`` with ``names[0] == "background"``. ``classes`` with another
     method names its segments (``names``, ``scores``). ``class_filter`` (see
-    ``dsseg.class_filters``) narrows the candidates to those the image plausibly shows.
+    ``dsseg.model.class_filters``) narrows the candidates to those the image plausibly shows.
     """
     extract_config, _ = split_params(method, params)  # validate before loading a model
     if extract_config.class_template is not None and not extract_config.classes:

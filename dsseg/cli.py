@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from dsseg.backbone import DEFAULT_BACKBONE, BackboneNotFoundError
-from dsseg.extract import NOISE_MODES
-from dsseg.image import GEOMETRIES
+from dsseg.model.backbone import DEFAULT_BACKBONE, BackboneNotFoundError
+from dsseg.model.extract import NOISE_MODES
+from dsseg.io.images import GEOMETRIES
 from dsseg.methods import METHODS
-from dsseg.sources import parse_classes
-from dsseg.vocabularies import VOCABULARIES
+from dsseg.io.sources import parse_classes
+from dsseg.model.vocabularies import VOCABULARIES
 
 if TYPE_CHECKING:
-    from dsseg.jobconfig import SegmentJob
+    from dsseg.job.config import SegmentJob
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -133,7 +133,7 @@ def job_parser() -> argparse.ArgumentParser:
 
 def job_from_args(args: argparse.Namespace) -> SegmentJob:
     """Settings from ``--config`` overlaid by the flags given; ``--method``/``--param`` make one config."""
-    from dsseg.jobconfig import MethodSpec, SegmentJob, load_run_file
+    from dsseg.job.config import MethodSpec, SegmentJob, load_run_file
 
     settings = load_run_file(args.config) if args.config else {}
     settings.update({name: getattr(args, name) for name in JOB_SETTINGS if getattr(args, name) is not None})
@@ -150,7 +150,7 @@ def job_from_args(args: argparse.Namespace) -> SegmentJob:
 
 def job_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``jobs/segment.py`` and ``dsseg job``; exit 0 when every image × config has a row."""
-    from dsseg.pipeline import run_segment_job
+    from dsseg.job.runner import run_segment_job
 
     parser = job_parser()
     args = parser.parse_args(argv)
@@ -173,10 +173,10 @@ def job_main(argv: Sequence[str] | None = None) -> int:
 def segment_main(argv: Sequence[str] | None = None) -> int:
     """``dsseg segment IMAGE_OR_DIR --out DIR``: segment locally (no Ray) and write PNGs."""
     from dsseg.api import Segmenter, split_params
-    from dsseg.backbone import load_backbone
-    from dsseg.image import decode_rgb
-    from dsseg.overlay import overlay
-    from dsseg.sources import list_inputs, read_bytes
+    from dsseg.model.backbone import load_backbone
+    from dsseg.io.images import decode_rgb
+    from dsseg.io.overlay import overlay
+    from dsseg.io.sources import list_inputs, read_bytes
 
     parser = argparse.ArgumentParser(prog="dsseg segment", description="Segment images locally; write overlay and label PNGs.")
     parser.add_argument("input", help="an image file or a folder of images")

@@ -10,7 +10,7 @@ inversion), unet (one step with capture), aggregate, segment, upsample (labels t
 size), rle. For each batch size: the median over ``--repeats`` runs (after one warm-up) of
 milliseconds per image for each stage, end-to-end images/s, and peak host and device memory.
 ``--compare`` times every stage that has a straightforward second version against ours on the
-same input, with the speed-up and how far the results are apart (``dsseg.comparisons``): the
+same input, with the speed-up and how far the results are apart (``dsseg.benchmark.comparisons``): the
 UNet step with every per-head map kept (and its peak device memory on CUDA), float64
 aggregation, full-size upsampling, per-mask RLE; and the method's aggregation + segmentation
 against its float64 transcription — for DiffSeg the loop-by-loop official algorithm
@@ -39,24 +39,24 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dsseg.api import Segmenter, split_params  # noqa: E402
-from dsseg.comparisons import SAME_CODE_STAGES, compare_aggregate, compare_capture, compare_rle, compare_upsample  # noqa: E402
-from dsseg.backbone import load_backbone  # noqa: E402
+from dsseg.benchmark.comparisons import SAME_CODE_STAGES, compare_aggregate, compare_capture, compare_rle, compare_upsample  # noqa: E402
+from dsseg.model.backbone import load_backbone  # noqa: E402
 from dsseg.cli import add_method_arguments, add_model_arguments, batch_size_value, params_from_args  # noqa: E402
-from dsseg.image import decode_image, to_model_input  # noqa: E402
-from dsseg.aggregate import aggregate_self_attention  # noqa: E402
-from dsseg.extract import AttentionBundle  # noqa: E402
+from dsseg.io.images import decode_image, to_model_input  # noqa: E402
+from dsseg.methods.aggregate import aggregate_self_attention  # noqa: E402
+from dsseg.model.extract import AttentionBundle  # noqa: E402
 from dsseg.methods import run_method  # noqa: E402
 from dsseg.methods.diffseg import DiffSegConfig, segment_diffseg  # noqa: E402
 from dsseg.methods.diffseg_reference import reference_aggregate, reference_diffseg  # noqa: E402
 from dsseg.methods.ncut import NCutConfig, ncut_levels, ncut_partition, segment_ncut  # noqa: E402
 from dsseg.methods.ncut_reference import reference_ncut  # noqa: E402
-from dsseg.memory import probe_batch_size  # noqa: E402
-from dsseg.metrics import relabelled_agreement  # noqa: E402
-from dsseg.pipeline import library_versions  # noqa: E402
-from dsseg.schema import TIMING_STAGES  # noqa: E402
+from dsseg.job.memory import probe_batch_size  # noqa: E402
+from dsseg.evaluation.metrics import relabelled_agreement  # noqa: E402
+from dsseg.job.runner import library_versions  # noqa: E402
+from dsseg.io.schema import TIMING_STAGES  # noqa: E402
 from dsseg.timing import StageTimer  # noqa: E402
-from dsseg.upsample import labels_to_original  # noqa: E402
-from dsseg.vocabularies import COCO80  # noqa: E402
+from dsseg.methods.upsample import labels_to_original  # noqa: E402
+from dsseg.model.vocabularies import COCO80  # noqa: E402
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[1] / "tests" / "data" / "images" / "135069.jpg"
 
@@ -74,7 +74,7 @@ def run_once(segmenter: Segmenter, data: bytes, batch_size: int) -> dict[str, fl
 
 
 def compare_with_reference(segmenter: Segmenter, data: bytes) -> dict:
-    """Every stage with a second, straightforward version (``dsseg.comparisons``), and the method's
+    """Every stage with a second, straightforward version (``dsseg.benchmark.comparisons``), and the method's
     aggregation + segmentation against its float64 transcription, on one image: times, speed-ups,
     agreement; the stages computed by the same library calls either way are named."""
     backbone = segmenter.backbone
@@ -148,7 +148,7 @@ def compare_ncut(bundle: AttentionBundle, config: NCutConfig) -> dict:
 
 
 def timed_runs(segmenter: Segmenter, data: bytes, batch_sizes: list[int | str], repeats: int, classes: int | None = None) -> list[dict]:
-    """One record per batch size ("auto": chosen from free memory by ``dsseg.memory``): median
+    """One record per batch size ("auto": chosen from free memory by ``dsseg.job.memory``): median
     per-stage ms per image, images/s and peak device memory (whole batch and per image)."""
     cuda = segmenter.backbone.device.type == "cuda"
     runs = []

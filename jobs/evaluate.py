@@ -15,7 +15,7 @@ image × config), OUTPUT/report.md (tables laid out like the papers') and OUTPUT
 (+ report_files/: best, worst and random images with the ground truth and each config's
 segments). The segment rows stay in OUTPUT/run (re-running resumes); a tuning split's in
 OUTPUT/tune/<split>/. Benchmark images are read in their stored pixel order (no EXIF rotation),
-the order their labels were drawn in. Datasets: see dsseg.datasets.DATASETS.
+the order their labels were drawn in. Datasets: see dsseg.evaluation.datasets.DATASETS.
 """
 
 from __future__ import annotations
@@ -34,22 +34,22 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from dsseg.backbone import BackboneNotFoundError  # noqa: E402
-from dsseg.class_filters import ClassFilterNotFoundError  # noqa: E402
+from dsseg.model.backbone import BackboneNotFoundError  # noqa: E402
+from dsseg.model.class_filters import ClassFilterNotFoundError  # noqa: E402
 from dsseg.cli import add_model_arguments, batch_size_value  # noqa: E402
-from dsseg.datasets import DATASETS, Dataset, DatasetRootError, load_dataset  # noqa: E402
-from dsseg.datasets.regions import BSDS500  # noqa: E402
-from dsseg.evaluation import FRAMES, ModelFrame, evaluate_parts, to_model_frame  # noqa: E402
-from dsseg.image import decode_rgb  # noqa: E402
-from dsseg.jobconfig import MethodSpec, SegmentJob  # noqa: E402
-from dsseg.masks import decode_segments  # noqa: E402
-from dsseg.metrics import json_ready  # noqa: E402
-from dsseg.pipeline import init_ray, library_versions, run_segment_job  # noqa: E402
-from dsseg.evaluation_plan import Plan, make_plan  # noqa: E402
-from dsseg.presets import list_presets, matching_presets  # noqa: E402
-from dsseg.report import ConfigReport, Panel, ground_truth_panel, html_report, markdown_report, segmentation_panel  # noqa: E402
-from dsseg.results import part_uris, read_results  # noqa: E402
-from dsseg.sources import read_bytes  # noqa: E402
+from dsseg.evaluation.datasets import DATASETS, Dataset, DatasetRootError, load_dataset  # noqa: E402
+from dsseg.evaluation.datasets.regions import BSDS500  # noqa: E402
+from dsseg.evaluation.scoring import FRAMES, ModelFrame, evaluate_parts, to_model_frame  # noqa: E402
+from dsseg.io.images import decode_rgb  # noqa: E402
+from dsseg.job.config import MethodSpec, SegmentJob  # noqa: E402
+from dsseg.io.masks import decode_segments  # noqa: E402
+from dsseg.evaluation.metrics import json_ready  # noqa: E402
+from dsseg.job.runner import init_ray, library_versions, run_segment_job  # noqa: E402
+from dsseg.evaluation.plan import Plan, make_plan  # noqa: E402
+from dsseg.evaluation.presets import list_presets, matching_presets  # noqa: E402
+from dsseg.evaluation.report import ConfigReport, Panel, ground_truth_panel, html_report, markdown_report, segmentation_panel  # noqa: E402
+from dsseg.io.results import part_uris, read_results  # noqa: E402
+from dsseg.io.sources import read_bytes  # noqa: E402
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

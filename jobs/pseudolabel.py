@@ -37,12 +37,12 @@ from PIL import Image  # noqa: E402
 
 from dsseg.api import EXTRACT_PARAMS  # noqa: E402
 from dsseg.cli import add_model_arguments, batch_size_value, parse_param_values  # noqa: E402
-from dsseg.image import decode_rgb  # noqa: E402
-from dsseg.jobconfig import MethodSpec, SegmentJob, parse_shard  # noqa: E402
+from dsseg.io.images import decode_rgb  # noqa: E402
+from dsseg.job.config import MethodSpec, SegmentJob, parse_shard  # noqa: E402
 from dsseg.methods import get_method  # noqa: E402
-from dsseg.metrics import MetricState, json_ready  # noqa: E402
-from dsseg.pipeline import init_ray, run_segment_job  # noqa: E402
-from dsseg.pseudolabels import (  # noqa: E402
+from dsseg.evaluation.metrics import MetricState, json_ready  # noqa: E402
+from dsseg.job.runner import init_ray, run_segment_job  # noqa: E402
+from dsseg.evaluation.pseudolabels import (  # noqa: E402
     agnostic_segments,
     class_index_map,
     class_list,
@@ -55,9 +55,9 @@ from dsseg.pseudolabels import (  # noqa: E402
     write_json_atomically,
     write_voc_png,
 )
-from dsseg.results import part_uris, read_part, read_results  # noqa: E402
-from dsseg.sources import list_inputs, read_bytes  # noqa: E402
-from dsseg.vocabularies import get_vocabulary  # noqa: E402
+from dsseg.io.results import part_uris, read_part, read_results  # noqa: E402
+from dsseg.io.sources import list_inputs, read_bytes  # noqa: E402
+from dsseg.model.vocabularies import get_vocabulary  # noqa: E402
 
 FORMATS = ("voc", "coco")
 ROW_COLUMNS = ["image_id", "source", "width", "height", "status", "error", "segments"]

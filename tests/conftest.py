@@ -24,7 +24,7 @@ def load_job(name: str):
 
 @pytest.fixture(scope="session")
 def tiny():
-    from dsseg.backbone import load_backbone
+    from dsseg.model.backbone import load_backbone
 
     return load_backbone("tiny", device="cpu")
 
@@ -32,7 +32,7 @@ def tiny():
 @pytest.fixture(scope="session")
 def bsds_image() -> np.ndarray:
     """A real 481×321 BSDS500 photograph, (H, W, 3) uint8."""
-    from dsseg.image import as_rgb_array
+    from dsseg.io.images import as_rgb_array
 
     return as_rgb_array(str(IMAGES / "135069.jpg"))
 
@@ -41,7 +41,7 @@ def bsds_image() -> np.ndarray:
 def ray_local():
     import ray
 
-    from dsseg.pipeline import init_ray
+    from dsseg.job.runner import init_ray
 
     init_ray()
     yield ray

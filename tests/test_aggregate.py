@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from dsseg.aggregate import aggregate_self_attention, select_levels
+from dsseg.methods.aggregate import aggregate_self_attention, select_levels
 from dsseg.methods.diffseg_reference import reference_aggregate
 
 

@@ -5,7 +5,7 @@ from PIL import Image
 
 import dsseg
 from conftest import IMAGES
-from dsseg.planted import planted_attention, planted_regions
+from dsseg.methods.planted import planted_attention, planted_regions
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_segment_image_returns_labels_at_the_original_size(tiny, bsds_image):
 
 def test_segments_lost_in_the_resize_are_dropped_and_ids_compacted():
     from dsseg.api import to_segmentation
-    from dsseg.image import Geometry
+    from dsseg.io.images import Geometry
     from dsseg.methods import MethodResult
     from dsseg.timing import StageTimer
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dsseg.attention import CaptureSpec, attention_layers, capture_attention, level_grids
+from dsseg.model.attention import CaptureSpec, attention_layers, capture_attention, level_grids
 
 
 def _latents(tiny, batch=1, size=64, seed=0):
@@ -115,7 +115,7 @@ def test_layer_names_and_kinds(tiny):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_inputs_get_float32_logits(dtype):
     """Large fp16 logits overflow (SD 2.x's reason for upcast_attention); capture stays exact."""
-    from dsseg.attention import attend_and_average
+    from dsseg.model.attention import attend_and_average
 
     generator = torch.Generator().manual_seed(0)
     query = (torch.randn(1, 2, 16, 8, generator=generator) * 120).to(dtype)
@@ -131,7 +131,7 @@ def test_half_precision_inputs_get_float32_logits(dtype):
 
 
 def test_bfloat16_backbone_captures_valid_maps():
-    from dsseg.backbone import load_backbone
+    from dsseg.model.backbone import load_backbone
 
     backbone = load_backbone("tiny", device="cpu", dtype="bfloat16")
     latents = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from dsseg.attention import attention_layers
-from dsseg.backbone import BackboneNotFoundError, load_backbone, resolve_dtype
-from dsseg.tokenizer import clip_tokenizer
+from dsseg.model.attention import attention_layers
+from dsseg.model.backbone import BackboneNotFoundError, load_backbone, resolve_dtype
+from dsseg.model.tokenizer import clip_tokenizer
 
 
 def test_tokenizer_is_the_real_clip_vocabulary():
@@ -60,7 +60,7 @@ def test_dtype_choice():
 def test_compiled_backbone_gives_the_eager_attention(bsds_image):
     """--compile (minutes on 2 cores: inductor compiles each block): same attention, same labels."""
     from dsseg.api import Segmenter
-    from dsseg.backbone import compile_backbone, load_backbone
+    from dsseg.model.backbone import compile_backbone, load_backbone
 
     eager, compiled = load_backbone("tiny", device="cpu"), load_backbone("tiny", device="cpu")
     assert compile_backbone(compiled) > 10

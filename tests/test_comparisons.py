@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from dsseg.api import Segmenter
-from dsseg.comparisons import compare_aggregate, compare_capture, compare_rle, compare_upsample
-from dsseg.image import plan_geometry, to_model_input
+from dsseg.benchmark.comparisons import compare_aggregate, compare_capture, compare_rle, compare_upsample
+from dsseg.io.images import plan_geometry, to_model_input
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import GROUND_TRUTH, IMAGES
-from dsseg.datasets import DatasetRootError, load_dataset
-from dsseg.datasets.png import CITYSCAPES27_NAMES, COCOSTUFF27_NAMES
+from dsseg.evaluation.datasets import DatasetRootError, load_dataset
+from dsseg.evaluation.datasets.png import CITYSCAPES27_NAMES, COCOSTUFF27_NAMES
 
 
 def _place(src, dst):

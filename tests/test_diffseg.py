@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from dsseg.api import segment_attention
-from dsseg.metrics import adjusted_rand_index, relabelled_agreement
+from dsseg.evaluation.metrics import adjusted_rand_index, relabelled_agreement
 from dsseg.methods.diffseg import DiffSegConfig, anchor_indices, merge_proposals, symmetric_kl
 from dsseg.methods.diffseg_reference import kl_to_all, reference_diffseg, sampling_grid
-from dsseg.planted import pixel_regions, planted_attention, planted_regions
+from dsseg.methods.planted import pixel_regions, planted_attention, planted_regions
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,8 @@ def test_same_label_map_as_the_official_algorithm_on_a_small_latent():
 
 
 def test_same_label_map_as_the_official_algorithm_on_real_tiny_unet_attention(tiny, bsds_image):
-    from dsseg.extract import AttentionExtractor, ExtractConfig
-    from dsseg.image import prepare_image, to_model_input
+    from dsseg.model.extract import AttentionExtractor, ExtractConfig
+    from dsseg.io.images import prepare_image, to_model_input
 
     pixels, _ = prepare_image(bsds_image, 256, "center_crop")
     bundle = AttentionExtractor(tiny, ExtractConfig(image_size=256))(to_model_input(pixels[None], tiny.device, tiny.dtype))

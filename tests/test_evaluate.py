@@ -16,12 +16,12 @@ import pytest
 from PIL import Image
 
 from conftest import DATA, GROUND_TRUTH, IMAGES, load_job
-from dsseg.datasets import load_dataset
-from dsseg.evaluation import ConfigScores, ModelFrame, aligned, class_map, score_row, to_model_frame
-from dsseg.image import resize_bilinear
-from dsseg.masks import encode_labels
-from dsseg.upsample import resize_labels_tf
-from dsseg.metrics import score
+from dsseg.evaluation.datasets import load_dataset
+from dsseg.evaluation.scoring import ConfigScores, ModelFrame, aligned, class_map, score_row, to_model_frame
+from dsseg.io.images import resize_bilinear
+from dsseg.io.masks import encode_labels
+from dsseg.methods.upsample import resize_labels_tf
+from dsseg.evaluation.metrics import score
 
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from dsseg.backbone import SD_V1_SCHEDULER
-from dsseg.extract import AttentionExtractor, ExtractConfig, ddim_invert, inversion_timesteps
-from dsseg.image import prepare_image, to_model_input
+from dsseg.model.backbone import SD_V1_SCHEDULER
+from dsseg.model.extract import AttentionExtractor, ExtractConfig, ddim_invert, inversion_timesteps
+from dsseg.io.images import prepare_image, to_model_input
 from diffusers import DDIMScheduler
 
 

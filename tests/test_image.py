@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from faults import gigantic_png
-from dsseg.image import Geometry, InputError, decode_image, open_image, plan_geometry, prepare_image
-from dsseg.upsample import labels_to_original, resize_labels
+from dsseg.io.images import Geometry, InputError, decode_image, open_image, plan_geometry, prepare_image
+from dsseg.methods.upsample import labels_to_original, resize_labels
 
 
 def _encode(image: Image.Image, fmt="JPEG", **kwargs) -> bytes:

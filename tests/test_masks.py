@@ -5,7 +5,7 @@ from pycocotools import mask as mask_utils
 from scipy.io import loadmat
 
 from conftest import GROUND_TRUTH
-from dsseg.masks import decode_segments, encode_labels, rle_to_mask
+from dsseg.io.masks import decode_segments, encode_labels, rle_to_mask
 
 
 def _real_label_maps() -> dict[str, np.ndarray]:

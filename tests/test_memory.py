@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import time
 
 import numpy as np
@@ -9,9 +10,9 @@ import pytest
 import torch
 
 from conftest import IMAGES
-from dsseg.jobconfig import MethodSpec, SegmentJob
-from dsseg.memory import fit_batch_size, peak_bytes, probe_batch_size
-from dsseg.worker import SegmentWorker
+from dsseg.job.config import MethodSpec, SegmentJob
+from dsseg.job.memory import fit_batch_size, peak_bytes, probe_batch_size
+from dsseg.job.stages import SegmentWorker
 
 MB = 2**20
 
@@ -34,9 +35,13 @@ def test_cpu_peak_meter_sees_a_transient_allocation():
 
 def test_probe_measures_the_per_image_cost():
     def run(n: int) -> None:
-        block = np.ones(n * 64 * MB // 8)
-        block += 1
-        time.sleep(0.2)  # hold it, as a model call does, long enough for the sampler to see it however busy the machine
+        # Mapped memory, returned to the system when unmapped (a freed malloc block may stay in the
+        # heap and hide the next run's peak); held long enough for the sampler on a busy machine.
+        with mmap.mmap(-1, n * 64 * MB) as block:
+            pages = np.frombuffer(block, dtype=np.uint8)
+            pages[:: mmap.PAGESIZE] = 1  # touch every page
+            del pages
+            time.sleep(0.2)
 
     probe = probe_batch_size(run, torch.device("cpu"))
     assert 40 < probe["peak_two_mb"] - probe["peak_one_mb"] < 100

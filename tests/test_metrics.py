@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from dsseg.metrics import adjusted_rand_index, contingency, relabelled_agreement
+from dsseg.evaluation.metrics import adjusted_rand_index, contingency, relabelled_agreement
 
 
 def test_identical_partitions_under_relabelling_score_one():
@@ -32,7 +32,7 @@ def test_independent_labelings_score_near_zero():
 
 
 import official_diffseg as official  # noqa: E402
-from dsseg.metrics import (  # noqa: E402
+from dsseg.evaluation.metrics import (  # noqa: E402
     IGNORE,
     MetricState,
     hungarian_counts,

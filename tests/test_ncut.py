@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import dsseg
 from dsseg.api import bundle_from_attention, split_params
 from dsseg.methods import get_method
-from dsseg.aggregate import aggregate_self_attention
+from dsseg.methods.aggregate import aggregate_self_attention
 from dsseg.methods.ncut import NCutConfig, cosine_scores, cut_hierarchy, manc_threshold, ncut_partition
 from dsseg.methods.ncut_reference import reference_ncut, reference_ncut_cost
 from dsseg.methods.spectral import (
@@ -19,9 +19,9 @@ from dsseg.methods.spectral import (
     fiedler_vector,
     random_walk_vector,
 )
-from dsseg.metrics import adjusted_rand_index, relabelled_agreement
-from dsseg.upsample import upsample_argmax_index
-from dsseg.planted import pixel_regions, planted_attention, planted_regions, voronoi_regions
+from dsseg.evaluation.metrics import adjusted_rand_index, relabelled_agreement
+from dsseg.methods.upsample import upsample_argmax_index
+from dsseg.methods.planted import pixel_regions, planted_attention, planted_regions, voronoi_regions
 
 
 def clustered_features(n: int, clusters: int, seed: int = 0, spread: float = 0.3) -> torch.Tensor:

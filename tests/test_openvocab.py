@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from dsseg.api import Segmenter, segment_image
-from dsseg.extract import AttentionBundle, AttentionExtractor, ExtractConfig
-from dsseg.masks import decode_segments
+from dsseg.model.extract import AttentionBundle, AttentionExtractor, ExtractConfig
+from dsseg.io.masks import decode_segments
 from dsseg.methods import MethodResult, get_method, run_method
 from dsseg.methods.openvocab import IGNORE_INDEX, OpenVocabConfig, labels_from_scores, name_segments, segment_openvocab
-from dsseg.prompts import DEFAULT_TEMPLATE, class_prompt_plan, joint_prompt_plans, phrase_positions
-from dsseg.tokenizer import clip_tokenizer
-from dsseg.vocabularies import get_vocabulary
+from dsseg.model.prompts import DEFAULT_TEMPLATE, class_prompt_plan, joint_prompt_plans, phrase_positions
+from dsseg.model.tokenizer import clip_tokenizer
+from dsseg.model.vocabularies import get_vocabulary
 
 GRID = (16, 16)
 LEVELS = [(16, 16), (8, 8), (4, 4), (2, 2)]
@@ -269,7 +269,7 @@ def test_a_class_filter_narrows_the_candidates(tiny, bsds_image):
 def test_clip_filter_loads_a_saved_checkpoint_and_keeps_subsets(tmp_path, bsds_image):
     from transformers import CLIPConfig, CLIPModel
 
-    from dsseg.class_filters import ClassFilterNotFoundError, load_class_filter
+    from dsseg.model.class_filters import ClassFilterNotFoundError, load_class_filter
 
     text = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from conftest import IMAGES
-from dsseg.jobconfig import MethodSpec, SegmentJob
-from dsseg.masks import decode_segments
-from dsseg.pipeline import run_segment_job
-from dsseg.results import read_results, scan, write_parts
-from dsseg.schema import OUTPUT_SCHEMA
-from dsseg.sources import list_inputs
-from dsseg.worker import SegmentWorker, decode_batch, encode_row
+from dsseg.job.config import MethodSpec, SegmentJob
+from dsseg.io.masks import decode_segments
+from dsseg.job.runner import run_segment_job
+from dsseg.io.results import read_results, scan, write_parts
+from dsseg.io.schema import OUTPUT_SCHEMA
+from dsseg.io.sources import list_inputs
+from dsseg.job.stages import SegmentWorker, decode_batch, encode_row
 from faults import BAD, GOOD, make_fault_folder, write_tar
 
 SMALL = {"image_size": 256}  # the tiny backbone at 256² keeps the Ray tests fast
@@ -227,8 +227,8 @@ def _rows(ids, config="c1", status="ok", error=None):
 
 
 def test_overwrite_with_a_shard_deletes_only_that_shards_results(tmp_path):
-    from dsseg.results import mark_success, part_files, remove_results
-    from dsseg.sources import in_shard
+    from dsseg.io.results import mark_success, part_files, remove_results
+    from dsseg.io.sources import in_shard
 
     ids = [f"img{i}.jpg" for i in range(12)]
     shards = {k: [i for i in ids if in_shard(i, (k, 2))] for k in (0, 1)}
@@ -243,7 +243,7 @@ def test_overwrite_with_a_shard_deletes_only_that_shards_results(tmp_path):
 
 
 def test_retry_errors_redoes_transient_errors_and_the_ok_row_wins(tmp_path):
-    from dsseg.results import deduplicate, done_pairs
+    from dsseg.io.results import deduplicate, done_pairs
 
     output = str(tmp_path)
     write_parts(_rows(["a.jpg"], status="error", error="model_failed: RuntimeError: boom"), output)

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from conftest import GROUND_TRUTH, IMAGES, ROOT, load_job
-from dsseg.image import decode_rgb
-from dsseg.jobconfig import MethodSpec, SegmentJob
-from dsseg.presets import PRESETS, get_preset, list_presets, matching_presets, settings_key
+from dsseg.io.images import decode_rgb
+from dsseg.job.config import MethodSpec, SegmentJob
+from dsseg.evaluation.presets import PRESETS, get_preset, list_presets, matching_presets, settings_key
 
 
 
@@ -243,7 +243,7 @@ def test_background_threshold_is_tuned_on_another_split_never_the_evaluated_one(
 
 
 def test_manc_threshold_of_a_row_stochastic_walk_is_about_one_half():
-    from dsseg.planted import planted_attention, voronoi_regions
+    from dsseg.methods.planted import planted_attention, voronoi_regions
 
     study = load_job("manc_study")
     attention = planted_attention(voronoi_regions(32, 4, seed=1), resolutions=(32, 16, 8), heads=8, affinity=6.0, locality=0.3, noise=2.5, seed=1)

@@ -16,9 +16,9 @@ from pycocotools.coco import COCO
 
 from conftest import GROUND_TRUTH, IMAGES, load_job
 from dsseg.api import Segmentation
-from dsseg.metrics import score
+from dsseg.evaluation.metrics import score
 from dsseg.methods.openvocab import IGNORE_INDEX, labels_from_scores
-from dsseg.pseudolabels import agnostic_segments, class_index_map, class_list, labels_from_coco, labels_from_voc, voc_palette
+from dsseg.evaluation.pseudolabels import agnostic_segments, class_index_map, class_list, labels_from_coco, labels_from_voc, voc_palette
 
 
 
@@ -129,7 +129,7 @@ def test_two_shards_export_voc_and_coco_with_unique_ids(ray_local, tmp_path):
 
 
 def test_a_killed_job_resumes_and_writes_each_image_once(ray_local, tmp_path):
-    from dsseg.pipeline import run_segment_job
+    from dsseg.job.runner import run_segment_job
 
     manifest, out = _manifest(tmp_path), tmp_path / "out"
     job = load_job("pseudolabel")
@@ -146,7 +146,7 @@ def test_a_killed_job_resumes_and_writes_each_image_once(ray_local, tmp_path):
     assert summary["segment_jobs"]["weak"]["already_done"] == 1 and summary["segment_jobs"]["weak"]["rows_written"] == 1
     assert summary["weak_images"] == 2 and summary["stale_temporaries_removed"] == 1
     assert not list(out.rglob("*.tmp"))
-    from dsseg.results import read_results
+    from dsseg.io.results import read_results
 
     rows = read_results(str(out / "run-weak")).column("image_id").to_pylist()
     assert sorted(rows) == ["horse001", "photo"]

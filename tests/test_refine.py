@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dsseg.refine import neighbour_offsets, pamr, pamr_affinities
+from dsseg.methods.pamr import neighbour_offsets, pamr, pamr_affinities
 
 
 def _two_regions():

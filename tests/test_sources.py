@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import IMAGES
-from dsseg.sources import list_inputs, parse_classes, read_bytes
+from dsseg.io.sources import list_inputs, parse_classes, read_bytes
 from faults import write_tar
 
 FOLDER_IDS = ["135069.jpg", "corrupt.jpg", "frankfurt_000000_000294_leftImg8bit.png", "horses/horse001.jpg"]

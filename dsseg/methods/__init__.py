@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from dsseg.extract import AttentionBundle
+from dsseg.model.extract import AttentionBundle
 from dsseg.methods.base import Method, MethodResult
 from dsseg.methods.diffseg import DiffSegConfig, segment_diffseg
 from dsseg.methods.ncut import NCutConfig, segment_ncut
 from dsseg.methods.openvocab import OpenVocabConfig, name_segments, segment_openvocab
-from dsseg.prompts import DEFAULT_CLASS_WEIGHT, DEFAULT_TEMPLATE
+from dsseg.model.prompts import DEFAULT_CLASS_WEIGHT, DEFAULT_TEMPLATE
 from dsseg.timing import StageTimer
 
 METHODS: dict[str, Method] = {

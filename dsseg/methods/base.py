@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from dsseg.extract import AttentionBundle, ExtractConfig
+from dsseg.model.extract import AttentionBundle, ExtractConfig
 from dsseg.timing import StageTimer
 
 

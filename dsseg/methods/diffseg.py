@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
-from dsseg.aggregate import aggregate_self_attention
-from dsseg.attention import Grid
-from dsseg.extract import AttentionBundle
+from dsseg.methods.aggregate import aggregate_self_attention
+from dsseg.model.attention import Grid
+from dsseg.model.extract import AttentionBundle
 from dsseg.methods.base import MethodResult
 from dsseg.timing import StageTimer
-from dsseg.upsample import upsample_argmax
+from dsseg.methods.upsample import upsample_argmax
 
 LOG_FLOOR = torch.finfo(torch.float32).tiny
 

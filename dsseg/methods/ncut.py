@@ -39,13 +39,13 @@ from typing import Literal
 import numpy as np
 import torch
 
-from dsseg.aggregate import aggregate_self_attention, level_size
-from dsseg.attention import Grid
-from dsseg.extract import AttentionBundle
+from dsseg.methods.aggregate import aggregate_self_attention, level_size
+from dsseg.model.attention import Grid
+from dsseg.model.extract import AttentionBundle
 from dsseg.methods.base import MethodResult
 from dsseg.methods.spectral import DenseGraph, FeatureGraph, Graph, Split, best_split, fiedler_vector, random_walk_vector
 from dsseg.timing import StageTimer
-from dsseg.upsample import upsample_argmax_index
+from dsseg.methods.upsample import upsample_argmax_index
 
 GraphMode = Literal["random_walk", "dot", "cosine", "diffcut"]
 Stopping = Literal["manc_ncut", "manc_mincut", "threshold"]

@@ -22,10 +22,10 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from dsseg.attention import Grid
-from dsseg.extract import AttentionBundle
+from dsseg.model.attention import Grid
+from dsseg.model.extract import AttentionBundle
 from dsseg.methods.base import MethodResult
-from dsseg.refine import pamr
+from dsseg.methods.pamr import pamr
 from dsseg.timing import StageTimer
 
 LEVEL_WEIGHTS = (0.3, 0.5, 0.1, 0.1)  # 8², 16², 32², 64² at 512² (DiffSegmenter)
@@ -45,7 +45,7 @@ class OpenVocabConfig:
     a split you may tune on. ``ignore_margin``: None, or the smallest lead of the best channel over
     the runner-up below which a pixel is uncertain. ``upsample_factor``: latent cell → pixels.
     ``pamr_iterations`` (0 = off) and ``pamr_dilations``: image-aware refinement of the pixel score
-    maps before labelling (``dsseg.refine.pamr``).
+    maps before labelling (``dsseg.methods.pamr.pamr``).
     """
 
     level_weights: tuple[float, ...] = LEVEL_WEIGHTS

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dsseg.tokenizer import CONTEXT_LENGTH
+from dsseg.model.tokenizer import CONTEXT_LENGTH
 
 CLASS_PLACEHOLDER = "{class}"
 DEFAULT_TEMPLATE = "a photograph of a {class}"

@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from dsseg.masks import decode_segments
+from dsseg.io.masks import decode_segments
 from dsseg.methods.openvocab import BACKGROUND, IGNORE, IGNORE_INDEX
-from dsseg.vocabularies import VOC20
+from dsseg.model.vocabularies import VOC20
 
 VOC_CLASSES = (BACKGROUND, *VOC20)
 # VOC's XML names for the classes whose readable names differ.

@@ -25,15 +25,15 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from dsseg.aggregate import aggregate_self_attention, select_levels
-from dsseg.attention import AttentionLayer, AttentionStore, Grid, attention_layers, capture_attention
-from dsseg.extract import AttentionExtractor
-from dsseg.image import Geometry
-from dsseg.masks import encode_labels
-from dsseg.memory import peak_bytes
+from dsseg.methods.aggregate import aggregate_self_attention, select_levels
+from dsseg.model.attention import AttentionLayer, AttentionStore, Grid, attention_layers, capture_attention
+from dsseg.model.extract import AttentionExtractor
+from dsseg.io.images import Geometry
+from dsseg.io.masks import encode_labels
+from dsseg.job.memory import peak_bytes
 from dsseg.methods.diffseg_reference import reference_aggregate
 from dsseg.timing import StageTimer
-from dsseg.upsample import compact_to_original, labels_to_original
+from dsseg.methods.upsample import compact_to_original, labels_to_original
 
 SAME_CODE_STAGES = ("decode", "encode", "invert")
 

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dsseg.datasets.base import IGNORE, Dataset, DatasetRootError, Sample
-from dsseg.datasets.png import ade20k150, camvid, cityscapes27, cocostuff27, manifest_dataset, pascal_context, voc2012
-from dsseg.datasets.regions import BSDS500, ADE20KFull, COCOObject, WeizmannHorses, decode_ade20k_seg
+from dsseg.evaluation.datasets.base import IGNORE, Dataset, DatasetRootError, Sample
+from dsseg.evaluation.datasets.png import ade20k150, camvid, cityscapes27, cocostuff27, manifest_dataset, pascal_context, voc2012
+from dsseg.evaluation.datasets.regions import BSDS500, ADE20KFull, COCOObject, WeizmannHorses, decode_ade20k_seg
 
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "cocostuff27": cocostuff27,

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from dsseg.api import split_params
-from dsseg.backbone import DEFAULT_BACKBONE
-from dsseg.extract import RUNTIME_FIELDS, ExtractConfig
-from dsseg.image import DEFAULT_MAX_PIXELS
-from dsseg.sources import is_uri
+from dsseg.model.backbone import DEFAULT_BACKBONE
+from dsseg.model.extract import RUNTIME_FIELDS, ExtractConfig
+from dsseg.io.images import DEFAULT_MAX_PIXELS
+from dsseg.io.sources import is_uri
 
 MASK_FRAMES = ("original", "model")  # where masks are drawn: the original image, or the model input (benchmark protocols)
-AUTO_BATCH = "auto"  # batch size chosen by each model actor from its free memory (dsseg.memory)
+AUTO_BATCH = "auto"  # batch size chosen by each model actor from its free memory (dsseg.job.memory)
 AUTO_BATCH_ROWS = 64  # rows Ray hands an actor per call under "auto"; the actor splits them to its size
 
 # Extraction fields that shape the model input; the decode stage prepares one input per image,
@@ -90,7 +90,7 @@ def parse_shard(text: str | Sequence[int] | None) -> tuple[int, int] | None:
 class SegmentJob:
     """Everything a segment run needs; validated at construction.
 
-    ``input``: see ``dsseg.sources``. ``configs``: the method configs (dicts are read as
+    ``input``: see ``dsseg.io.sources``. ``configs``: the method configs (dicts are read as
     ``MethodSpec.from_mapping``). ``gpus_per_worker``: None → 1 when the cluster has GPUs and
     ``device`` allows, else 0; fractions share a GPU between workers. ``max_image_side``:
     images are decoded at most this large (masks are still written at the original size);
@@ -98,13 +98,13 @@ class SegmentJob:
     ``overwrite``: delete earlier results first (with ``shard``: that shard's only).
     ``retry_errors``: also redo images whose error rows have a transient reason (read_failed,
     out_of_memory, model_failed, encode_failed); the new row replaces the error row.
-    ``compile``: ``torch.compile`` parts of the model in each actor (``dsseg.backbone.compile_backbone``).
+    ``compile``: ``torch.compile`` parts of the model in each actor (``dsseg.model.backbone.compile_backbone``).
     ``rows_per_file``: rows per write batch; each config's share of a batch is its own part file.
     ``exif_transpose``: turn photos upright by their EXIF orientation (False: keep the stored pixel
     order, as benchmark labels are drawn). ``mask_frame``: ``original`` draws masks at the image's
     original size; ``model`` keeps them in the model-input frame (e.g. the 512² centre crop), the
     frame the DiffSeg protocol scores in (each RLE's ``size`` is then the model input's). ``class_filter``: ``clip:MODEL`` or
-    ``module:factory`` (see ``dsseg.class_filters``), narrowing each image's candidate classes in
+    ``module:factory`` (see ``dsseg.model.class_filters``), narrowing each image's candidate classes in
     the model actors. ``crash_once_marker``: fault injection for
     tests — the first model call exits its process (as an OOM kill would) unless the marker
     file exists, which it then creates.

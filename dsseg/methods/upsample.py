@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dsseg.image import Geometry
+from dsseg.io.images import Geometry
 
 # Proposals upsampled at once in upsample_argmax: bounds memory at ~CHUNK × (f·H) × (f·W) floats.
 ARGMAX_CHUNK = 16

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dsseg.overlay import overlay, palette
+from dsseg.io.overlay import overlay, palette
 
 PROTOCOL_TITLES = {
     "per_image": "Per-image Hungarian, accumulated over the dataset (DiffSeg protocol; DWC's \"globally averaged\")",

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dsseg.cli import parse_param_values
-from dsseg.datasets import reader_splits
-from dsseg.jobconfig import MethodSpec, load_run_file
-from dsseg.presets import BACKGROUND_TUNING, Preset, Tuning, get_preset
+from dsseg.evaluation.datasets import reader_splits
+from dsseg.job.config import MethodSpec, load_run_file
+from dsseg.evaluation.presets import BACKGROUND_TUNING, Preset, Tuning, get_preset
 
 # The DiffSeg protocol (the 512² model frame) for the datasets its papers report; the label's size elsewhere.
 MODEL_FRAME_DATASETS = ("cocostuff27", "cityscapes27")

@@ -25,16 +25,16 @@ import pyarrow as pa
 import torch
 
 from dsseg.api import to_segmentation
-from dsseg.backbone import load_backbone
-from dsseg.class_filters import filter_classes, load_class_filter
-from dsseg.extract import AttentionExtractor, ExtractConfig
-from dsseg.image import Geometry, InputError, decode_rgb, rescale_geometry, to_model_input
-from dsseg.jobconfig import AUTO_BATCH, SegmentJob
-from dsseg.memory import is_out_of_memory, probe_batch_size
+from dsseg.model.backbone import load_backbone
+from dsseg.model.class_filters import filter_classes, load_class_filter
+from dsseg.model.extract import AttentionExtractor, ExtractConfig
+from dsseg.io.images import Geometry, InputError, decode_rgb, rescale_geometry, to_model_input
+from dsseg.job.config import AUTO_BATCH, SegmentJob
+from dsseg.job.memory import is_out_of_memory, probe_batch_size
 from dsseg.methods import MethodResult, get_method, run_method
-from dsseg.results import write_parts
-from dsseg.schema import DECODED_SCHEMA, MODEL_SCHEMA, OUTPUT_SCHEMA, TIMING_STAGES, WRITTEN_SCHEMA
-from dsseg.sources import read_bytes
+from dsseg.io.results import write_parts
+from dsseg.io.schema import DECODED_SCHEMA, MODEL_SCHEMA, OUTPUT_SCHEMA, TIMING_STAGES, WRITTEN_SCHEMA
+from dsseg.io.sources import read_bytes
 from dsseg.timing import StageTimer
 
 PROBE_CLASSES = 8  # candidate classes per probe image when neither the configs nor the inputs name any

@@ -11,9 +11,9 @@ import numpy as np
 from PIL import Image
 from scipy.io import loadmat
 
-from dsseg.datasets.base import IGNORE, Dataset, Sample, require
-from dsseg.datasets.png import ADE150_NAMES
-from dsseg.vocabularies import COCO80
+from dsseg.evaluation.datasets.base import IGNORE, Dataset, Sample, require
+from dsseg.evaluation.datasets.png import ADE150_NAMES
+from dsseg.model.vocabularies import COCO80
 
 
 class BSDS500(Dataset):

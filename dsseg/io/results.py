@@ -29,8 +29,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from dsseg.schema import TRANSIENT_ERRORS
-from dsseg.sources import in_shard, resolve, uri_of
+from dsseg.io.schema import TRANSIENT_ERRORS
+from dsseg.io.sources import in_shard, resolve, uri_of
 
 SEGMENTS_DIR = "segments"
 CONFIG_FILE = "config.json"

@@ -107,7 +107,7 @@ class Preset:
         return dataset == self.dataset or dataset in self.readers
 
     def spec(self):
-        from dsseg.jobconfig import MethodSpec
+        from dsseg.job.config import MethodSpec
 
         return MethodSpec(self.method, dict(self.params))
 
@@ -147,7 +147,7 @@ def settings_key(spec, frame: str, class_filter: str | None = None, tuned: str |
     """What a published number depends on, beside dataset and backbone: the resolved extraction and
     method configs (runtime-only fields and a ``tuned`` parameter left out), the frame and, for
     configs prompted with classes, the class filter. Equal keys: the same measurement."""
-    from dsseg.extract import DEFAULT_TIMESTEP, RUNTIME_FIELDS
+    from dsseg.model.extract import DEFAULT_TIMESTEP, RUNTIME_FIELDS
 
     extract, method_config = spec.configs()
     if extract.noise != "ddim_inversion" and extract.timestep is None:
@@ -286,7 +286,7 @@ def matching_presets(
     e.g. ade20k_full for ade20k150, has no split to compare), method, frame, every extraction and
     method setting and class filter. ``split`` None means the reader's default. A preset with a
     tuned parameter matches only when that parameter was chosen on another split (``tuned``)."""
-    from dsseg.datasets import reader_splits
+    from dsseg.evaluation.datasets import reader_splits
 
     split = split or reader_splits(dataset)[1]
     matches = []

@@ -13,12 +13,12 @@ from collections import Counter
 from importlib import metadata
 from typing import Any
 
-from dsseg.backbone import check_backbone_available
-from dsseg.jobconfig import SegmentJob
-from dsseg.results import clear_success, deduplicate, done_pairs, mark_success, remove_results, scan, write_config
-from dsseg.schema import TIMING_STAGES
-from dsseg.sources import ITEM_SCHEMA, list_inputs
-from dsseg.worker import PROBE_CLASSES, SegmentWorker, encode_and_write, decode_batch
+from dsseg.model.backbone import check_backbone_available
+from dsseg.job.config import SegmentJob
+from dsseg.io.results import clear_success, deduplicate, done_pairs, mark_success, remove_results, scan, write_config
+from dsseg.io.schema import TIMING_STAGES
+from dsseg.io.sources import ITEM_SCHEMA, list_inputs
+from dsseg.job.stages import PROBE_CLASSES, SegmentWorker, encode_and_write, decode_batch
 
 # Memory reserved per decode task. Besides guarding against over-subscription, a resource
 # shape unlike the model actors' keeps Ray from fusing decoding into the actors, so CPU

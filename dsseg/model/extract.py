@@ -27,12 +27,12 @@ from typing import Literal
 import numpy as np
 import torch
 
-from dsseg.attention import BLOCKS, UNET_LEVELS, Block, CaptureSpec, Grid, capture_attention
-from dsseg.backbone import Backbone
-from dsseg.image import GEOMETRIES, SIDE_MULTIPLE, Geometry, GeometryMode, prepare_image
-from dsseg.prompts import PromptPlan, check_template, class_prompt_plan, joint_prompt_plans
+from dsseg.model.attention import BLOCKS, UNET_LEVELS, Block, CaptureSpec, Grid, capture_attention
+from dsseg.model.backbone import Backbone
+from dsseg.io.images import GEOMETRIES, SIDE_MULTIPLE, Geometry, GeometryMode, prepare_image
+from dsseg.model.prompts import PromptPlan, check_template, class_prompt_plan, joint_prompt_plans
 from dsseg.timing import StageTimer
-from dsseg.vocabularies import get_vocabulary
+from dsseg.model.vocabularies import get_vocabulary
 
 LATENT_FACTOR = 8  # image pixels per latent cell in every SD VAE
 NoiseMode = Literal["none", "noise", "ddim_inversion"]

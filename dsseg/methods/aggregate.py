@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from dsseg.attention import Grid
+from dsseg.model.attention import Grid
 
 
 def level_size(grid: Grid) -> int:

@@ -22,12 +22,12 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from dsseg.datasets import Dataset, Sample
-from dsseg.datasets.regions import BSDS500
-from dsseg.image import GeometryMode, plan_geometry
-from dsseg.masks import decode_segments
-from dsseg.metrics import MetricState, bsds_scores
-from dsseg.upsample import resize_labels, resize_labels_tf
+from dsseg.evaluation.datasets import Dataset, Sample
+from dsseg.evaluation.datasets.regions import BSDS500
+from dsseg.io.images import GeometryMode, plan_geometry
+from dsseg.io.masks import decode_segments
+from dsseg.evaluation.metrics import MetricState, bsds_scores
+from dsseg.methods.upsample import resize_labels, resize_labels_tf
 
 Frame = Literal["model", "label"]
 FRAMES: tuple[Frame, ...] = ("model", "label")
@@ -174,7 +174,7 @@ class ScoreParts:
     def __init__(
         self, dataset: str, root: str, options: dict[str, Any], frame: Frame, model_frame: ModelFrame, limit: int | None = None
     ) -> None:
-        from dsseg.datasets import load_dataset
+        from dsseg.evaluation.datasets import load_dataset
 
         self.dataset = load_dataset(dataset, root, **options)
         self.samples = {sample.image_id: sample for sample in self.dataset.samples(limit)}
@@ -184,7 +184,7 @@ class ScoreParts:
     def __call__(self, batch):
         import pickle
 
-        from dsseg.results import read_part
+        from dsseg.io.results import read_part
 
         records = []
         for path in batch.column("path").to_pylist():

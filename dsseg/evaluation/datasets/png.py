@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from dsseg.datasets.base import Dataset, DatasetRootError, Sample, lookup_table, read_indices, read_list, require
-from dsseg.vocabularies import CONTEXT59, VOC20
+from dsseg.evaluation.datasets.base import Dataset, DatasetRootError, Sample, lookup_table, read_indices, read_list, require
+from dsseg.model.vocabularies import CONTEXT59, VOC20
 
 COCOSTUFF27_NAMES = (
     "electronic", "appliance", "food-things", "furniture-things", "indoor", "kitchen", "accessory", "animal",
@@ -76,7 +76,7 @@ def cocostuff27(root: str | Path, split: str = "val2017", curated: bool = True) 
     layout = f"  images/{split}/<id>.jpg\n  stuffthingmaps_trainval2017/{split}/<id>.png"
     images = require(root / "images" / split, "images", "cocostuff27", layout)
     labels = require(root / "stuffthingmaps_trainval2017" / split, "stuff+thing label maps", "cocostuff27", layout)
-    data = resources.files("dsseg.datasets") / "data" / "cocostuff27"
+    data = resources.files("dsseg.evaluation.datasets") / "data" / "cocostuff27"
     if curated:
         ids = read_list(Path(str(data / "curated_val2017_ids.txt")))
     else:
