@@ -1,36 +1,52 @@
-"""Command line: ``dsseg segment`` (quick local run, PNG overlays) and ``dsseg job`` (the Ray job).
+"""Command line: ``dsseg <command>``; ``jobs/*.py`` are these commands for ``ray job submit``.
+
+    dsseg segment      segment images locally (no Ray) and write PNG overlays
+    dsseg job          the Ray segment job: Parquet rows with COCO RLE masks (jobs/segment.py)
+    dsseg evaluate     benchmark evaluation under the papers' protocols (jobs/evaluate.py)
+    dsseg pseudolabel  pseudo-label datasets (jobs/pseudolabel.py)
+    dsseg benchmark    per-stage latency and memory (jobs/benchmark.py)
+    dsseg manc-study   NCut stopping rules on planted attention (jobs/manc_study.py)
 
 Method and extraction parameters are given as ``--param NAME=VALUE`` (VALUE read as JSON when
-it parses, e.g. ``--param kl_threshold=0.9`` or ``--param resolutions=[64,32,16]``), or
-through the common shortcuts ``--timestep``, ``--noise`` and ``--geometry``.
+it parses, e.g. ``--param kl_threshold=0.9`` or ``--param resolutions=[64,32,16]``), or through
+the shortcuts ``--timestep``, ``--noise`` and ``--geometry``. The library names parameters in
+its errors (``batch_size``); ``flag_message`` says them as the flags a user typed. Only light
+modules are imported here, so ``--help`` answers at once; each command loads what it needs.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from PIL import Image
-
-from dsseg.model.backbone import DEFAULT_BACKBONE, BackboneNotFoundError
-from dsseg.model.extract import NOISE_MODES
 from dsseg.io.images import GEOMETRIES
-from dsseg.methods import METHODS
-from dsseg.io.sources import parse_classes
+from dsseg.methods import METHOD_NAMES
+from dsseg.model.config import DEFAULT_BACKBONE, NOISE_MODES, ConfigError
 from dsseg.model.vocabularies import VOCABULARIES
 
 if TYPE_CHECKING:
     from dsseg.job.config import SegmentJob
 
+# command → (module with main(argv), one line of help)
+COMMANDS = {
+    "segment": ("dsseg.cli", "segment images locally (no Ray) and write PNG overlays"),
+    "job": ("dsseg.cli", "the Ray segment job: Parquet rows with COCO RLE masks (jobs/segment.py)"),
+    "evaluate": ("dsseg.evaluation.evaluate", "benchmark evaluation under the papers' protocols (jobs/evaluate.py)"),
+    "pseudolabel": ("dsseg.evaluation.pseudolabel", "pseudo-label datasets (jobs/pseudolabel.py)"),
+    "benchmark": ("dsseg.benchmark.run", "per-stage latency and memory (jobs/benchmark.py)"),
+    "manc-study": ("dsseg.benchmark.manc_study", "NCut stopping rules on planted attention (jobs/manc_study.py)"),
+}
+METHOD_PARAM_FLAGS = ("timestep", "noise", "geometry", "classes", "vocabulary", "method")
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+
+def add_model_arguments(parser: argparse.ArgumentParser, backbone_default: str | None = DEFAULT_BACKBONE) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--backbone", default=DEFAULT_BACKBONE, help="tiny | sd-v1-random | hub id | local diffusers folder (default: %(default)s)")
+    shown = f" (default: {backbone_default})" if backbone_default else f" (default: {DEFAULT_BACKBONE}, or the preset's)"
+    group.add_argument("--backbone", default=backbone_default, help="tiny | sd-v1-random | hub id | local diffusers folder" + shown)
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     group.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="auto: float16 on CUDA, float32 on CPU")
     group.add_argument("--offline", action="store_true", help="never contact the Hugging Face hub")
@@ -39,7 +55,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("method")
-    group.add_argument("--method", default="diffseg", choices=sorted(METHODS))
+    group.add_argument("--method", default="diffseg", choices=METHOD_NAMES)
     group.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="method or extraction parameter (repeatable)")
     group.add_argument("--timestep", type=int, help="UNet timestep (default 300; with ddim_inversion it follows from inversion_steps)")
     group.add_argument("--noise", choices=NOISE_MODES, help="none | noise | ddim_inversion (default: the method's — none for diffseg, ddim_inversion for ncut)")
@@ -53,8 +69,8 @@ def parse_param_values(pairs: Sequence[str]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for pair in pairs:
         name, sep, raw = pair.partition("=")
-        if not sep or not name:
-            raise ValueError(f"--param expects NAME=VALUE; got {pair!r}")
+        if not sep or not name.strip():
+            raise ConfigError("param", f"expects NAME=VALUE; got {pair!r}")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
@@ -64,6 +80,8 @@ def parse_param_values(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    from dsseg.io.sources import parse_classes
+
     params = parse_param_values(args.param)
     for name in ("timestep", "noise", "geometry", "vocabulary"):
         if getattr(args, name) is not None:
@@ -73,11 +91,21 @@ def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
-JOB_SETTINGS = (
-    "input", "output", "backbone", "device", "dtype", "offline", "compile", "batch_size", "num_workers", "gpus_per_worker",
-    "limit", "shard", "overwrite", "retry_errors", "max_image_side", "max_pixels", "rows_per_file", "class_filter",
-    "exif_transpose", "mask_frame",
-)  # fmt: skip
+def flag_message(error: BaseException, flags: Collection[str] = ()) -> str:
+    """An error as a command-line user reads it: a ``ConfigError`` about a setting with a flag names
+    the flag (``--batch-size: must be …``); one about a method parameter names ``--param NAME``."""
+    if not isinstance(error, ConfigError):
+        return str(error)
+    if error.param in flags:
+        return f"--{error.param.replace('_', '-')}: {error.reason}"
+    if error.param in ("param", "config"):
+        return f"--{error.param}: {error.reason}"
+    return f"--param {error.param}: {error.reason}"
+
+
+def flags_of(parser: argparse.ArgumentParser) -> set[str]:
+    """The settings ``parser`` has flags for, by parameter name (``--batch-size`` → ``batch_size``)."""
+    return {action.dest for action in parser._actions if action.option_strings}
 
 
 def batch_size_value(text: str) -> int | str:
@@ -93,9 +121,16 @@ def batch_size_value(text: str) -> int | str:
     return value
 
 
+JOB_SETTINGS = (
+    "input", "output", "backbone", "device", "dtype", "offline", "compile", "batch_size", "num_workers", "gpus_per_worker",
+    "limit", "shard", "overwrite", "retry_errors", "max_image_side", "max_pixels", "rows_per_file", "class_filter",
+    "exif_transpose", "mask_frame",
+)  # fmt: skip
+
+
 def job_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="jobs/segment.py",
+        prog="dsseg job",
         description="Segment images on Ray; write Parquet rows with COCO RLE masks to --output. "
         "Re-running the same command resumes: finished images are not redone.",
     )
@@ -124,8 +159,8 @@ def job_parser() -> argparse.ArgumentParser:
         "--mask-frame", choices=("original", "model"),
         help="original: masks at the image's size (default); model: in the model-input frame, e.g. the 512² centre crop",
     )  # fmt: skip
-    add_model_arguments(parser)
-    parser.set_defaults(backbone=None, device=None, dtype=None, offline=None, compile=None)
+    add_model_arguments(parser, backbone_default=None)
+    parser.set_defaults(device=None, dtype=None, offline=None, compile=None)
     add_method_arguments(parser)
     parser.set_defaults(method=None)
     return parser
@@ -133,35 +168,37 @@ def job_parser() -> argparse.ArgumentParser:
 
 def job_from_args(args: argparse.Namespace) -> SegmentJob:
     """Settings from ``--config`` overlaid by the flags given; ``--method``/``--param`` make one config."""
-    from dsseg.job.config import MethodSpec, SegmentJob, load_run_file
+    from dsseg.job.config import SegmentJob, load_run_file
+    from dsseg.spec import MethodSpec
 
     settings = load_run_file(args.config) if args.config else {}
     settings.update({name: getattr(args, name) for name in JOB_SETTINGS if getattr(args, name) is not None})
     params = params_from_args(args)
     if args.method is not None or params:
         if "configs" in settings:
-            raise ValueError("give method configs either in --config (configs:) or with --method/--param, not both")
+            raise ConfigError("config", "give method configs either in --config (configs:) or with --method/--param, not both")
         settings["configs"] = (MethodSpec(args.method or "diffseg", params),)
     missing = [name for name in ("input", "output") if name not in settings]
     if missing:
-        raise ValueError(f"--{' and --'.join(missing)} required (on the command line or in --config)")
+        raise ConfigError("config", f"--{' and --'.join(missing)} required (on the command line or in --config)")
     return SegmentJob(**settings)
 
 
 def job_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``jobs/segment.py`` and ``dsseg job``; exit 0 when every image × config has a row."""
-    from dsseg.job.runner import run_segment_job
-
+    """``dsseg job`` (= ``jobs/segment.py``): exit 0 when every image × config has a row."""
     parser = job_parser()
     args = parser.parse_args(argv)
     try:
         job = job_from_args(args)
     except (TypeError, ValueError) as error:
-        parser.error(str(error))
+        parser.error(flag_message(error, flags_of(parser)))
+    from dsseg.job.runner import run_segment_job
+    from dsseg.model.backbone import BackboneNotFoundError
+
     try:
         summary = run_segment_job(job, address=args.address)
     except (ValueError, BackboneNotFoundError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {flag_message(error, flags_of(parser))}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
     if not summary["complete"]:
@@ -172,12 +209,6 @@ def job_main(argv: Sequence[str] | None = None) -> int:
 
 def segment_main(argv: Sequence[str] | None = None) -> int:
     """``dsseg segment IMAGE_OR_DIR --out DIR``: segment locally (no Ray) and write PNGs."""
-    from dsseg.api import Segmenter, split_params
-    from dsseg.model.backbone import load_backbone
-    from dsseg.io.images import decode_rgb
-    from dsseg.io.overlay import overlay
-    from dsseg.io.sources import list_inputs, read_bytes
-
     parser = argparse.ArgumentParser(prog="dsseg segment", description="Segment images locally; write overlay and label PNGs.")
     parser.add_argument("input", help="an image file or a folder of images")
     parser.add_argument("--out", required=True, help="folder for <name>_overlay.png and <name>_labels.png")
@@ -185,25 +216,37 @@ def segment_main(argv: Sequence[str] | None = None) -> int:
     add_model_arguments(parser)
     add_method_arguments(parser)
     args = parser.parse_args(argv)
+
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from dsseg.io.images import decode_image
+    from dsseg.io.overlay import overlay
+    from dsseg.io.sources import list_inputs, read_bytes
+    from dsseg.model.backbone import BackboneNotFoundError, load_backbone
+    from dsseg.segmenter import Segmenter
+    from dsseg.spec import MethodSpec
+
     try:
-        params = params_from_args(args)
-        split_params(args.method, params)
+        spec = MethodSpec(args.method, params_from_args(args))
         items = list_inputs(args.input, args.limit)
     except (TypeError, ValueError) as error:
-        parser.error(str(error))
+        parser.error(flag_message(error, METHOD_PARAM_FLAGS))
     try:
         backbone = load_backbone(args.backbone, device=args.device, dtype=args.dtype, offline=args.offline, compile=args.compile)
     except BackboneNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    segmenter = Segmenter(backbone, args.method, params)
+    segmenter = Segmenter(backbone, spec)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failures = 0
     for item in items:
         stem = Path(item["image_id"]).with_suffix("").as_posix().replace("/", "__")
         try:
-            rgb = decode_rgb(read_bytes(item["source"], item["offset"], item["size"]))[0]
+            rgb = decode_image(read_bytes(item["source"], item["offset"], item["size"]))[0]
             pixels, geometry = segmenter.prepare(rgb)
             result = segmenter(pixels[None], [geometry], classes=[item["classes"]])[0]
         except Exception as error:  # report and go on with the next image
@@ -217,13 +260,25 @@ def segment_main(argv: Sequence[str] | None = None) -> int:
     return 1 if failures else 0
 
 
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    return "usage: dsseg {" + ",".join(COMMANDS) + "} ...\n" + "\n".join(lines) + "\n(dsseg COMMAND --help for each command's flags)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"segment": segment_main, "job": job_main}
-    if not argv or argv[0] not in commands:
-        print("usage: dsseg {segment,job} ...\n  segment  segment images locally and write PNG overlays\n  job      run the Ray segment job (as jobs/segment.py)", file=sys.stderr)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(), file=sys.stderr if not argv else sys.stdout)
+        return 2 if not argv else 0
+    if argv[0] not in COMMANDS:
+        print(f"dsseg: unknown command {argv[0]!r}\n{usage()}", file=sys.stderr)
         return 2
-    return commands[argv[0]](argv[1:])
+    if argv[0] == "segment":
+        return segment_main(argv[1:])
+    if argv[0] == "job":
+        return job_main(argv[1:])
+    return importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])
 
 
 if __name__ == "__main__":

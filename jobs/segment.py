@@ -3,7 +3,8 @@
     python jobs/segment.py --input PATH --output DIR [--backbone tiny|HUB_ID|LOCAL_DIR]
                            [--method diffseg] [--address RAY_ADDRESS] [--param NAME=VALUE ...]
 
-Runs on an embedded local Ray unless --address or $RAY_ADDRESS (set by `ray job submit`) names a cluster.
+Runs on an embedded local Ray unless --address or $RAY_ADDRESS (set by `ray job submit`) names a
+cluster. The same as `dsseg job`.
 """
 
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from dsseg.cli import job_main  # noqa: E402
+from dsseg.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(job_main())
+    sys.exit(main(["job", *sys.argv[1:]]))

@@ -25,7 +25,7 @@ def test_segment_attention_accepts_heads_or_averaged_numpy_or_torch(attention):
 def test_segment_attention_errors_say_what_to_do(attention):
     with pytest.raises(ValueError, match="unknown method 'slic'; available"):
         dsseg.segment_attention(attention, method="slic")
-    with pytest.raises(TypeError, match=r"unknown parameter\(s\) \['kl'\].*valid"):
+    with pytest.raises(dsseg.ConfigError, match=r"^kl: is not a parameter of 'diffseg'; its parameters: \['anchor_spacing'"):
         dsseg.segment_attention(attention, kl=1.0)
     with pytest.raises(ValueError, match="N = 1024 tokens, expected 4096"):
         dsseg.segment_attention({64: attention[32]})
@@ -45,9 +45,9 @@ def test_segment_image_returns_labels_at_the_original_size(tiny, bsds_image):
 
 
 def test_segments_lost_in_the_resize_are_dropped_and_ids_compacted():
-    from dsseg.api import to_segmentation
+    from dsseg.segmenter import to_segmentation
     from dsseg.io.images import Geometry
-    from dsseg.methods import MethodResult
+    from dsseg.methods.base import MethodResult
     from dsseg.timing import StageTimer
 
     labels = torch.zeros(8, 8, dtype=torch.int64)
@@ -84,13 +84,13 @@ def test_segment_image_with_aspect_geometry_and_sd2_size(tiny, bsds_image):
 
 
 def test_segment_image_rejects_unknown_parameters(tiny, bsds_image):
-    with pytest.raises(TypeError, match="extraction parameters"):
+    with pytest.raises(dsseg.ConfigError, match="timesteps: .*extraction parameters: .*'timestep'"):
         dsseg.segment_image(bsds_image, backbone=tiny, timesteps=100)
 
 
 def test_extraction_captures_only_the_levels_the_method_aggregates():
-    extract, method_config = dsseg.api.split_params("diffseg", {"resolutions": [64, 32, 16], "timestep": 100})
-    assert method_config.resolutions == (64, 32, 16) and extract.capture_resolutions == (64, 32, 16)
-    assert extract.timestep == 100
-    default_extract, _ = dsseg.api.split_params("diffseg", {})
-    assert default_extract.capture_resolutions is None  # DiffSeg's default aggregates every level
+    resolved = dsseg.MethodSpec("diffseg", {"resolutions": [64, 32, 16], "timestep": 100}).resolved
+    assert resolved.params.resolutions == (64, 32, 16) and resolved.extraction.capture.capture_resolutions == (64, 32, 16)
+    assert resolved.extraction.noising.timestep == 100
+    default = dsseg.MethodSpec("diffseg").resolved
+    assert default.extraction.capture.capture_resolutions is None  # DiffSeg's default aggregates every level

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from dsseg.model.attention import CaptureSpec, attention_layers, capture_attention, level_grids
+from dsseg.model.attention import attention_layers, capture_attention, level_grids
+from dsseg.model.config import CaptureSpec
 
 
 def _latents(tiny, batch=1, size=64, seed=0):

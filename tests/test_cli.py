@@ -27,7 +27,7 @@ def test_wrong_flags_say_what_to_do(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         job_main(["--input", str(IMAGES), "--output", str(tmp_path), "--param", "tau=1"])
     assert info.value.code == 2
-    assert "unknown parameter(s) ['tau']" in capsys.readouterr().err
+    assert "--param tau: is not a parameter of 'diffseg'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         job_main(["--input", str(tmp_path / "nope"), "--output", str(tmp_path)])
     assert "does not exist" in capsys.readouterr().err
@@ -65,7 +65,7 @@ def test_run_file_gives_settings_and_configs_and_flags_override(tmp_path, capsys
     job = job_from_args(job_parser().parse_args(["--config", str(run), "--batch-size", "2"]))
     assert job.batch_size == 2 and job.backbone == "tiny" and job.shard == (1, 4)
     assert [spec.method for spec in job.configs] == ["diffseg", "diffseg", "ncut"]
-    assert job.configs[1].configs()[1].kl_threshold == (1.0, 1.0, 1.0) and job.configs[2].configs()[1].power == 2
+    assert job.configs[1].resolved.params.kl_threshold == (1.0, 1.0, 1.0) and job.configs[2].resolved.params.power == 2
     with pytest.raises(ValueError, match="not both"):
         job_from_args(job_parser().parse_args(["--config", str(run), "--method", "ncut"]))
     run.write_text("input: x\nthreads: 3\n")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dsseg.api import Segmenter
+from dsseg.segmenter import Segmenter
 from dsseg.benchmark.comparisons import compare_aggregate, compare_capture, compare_rle, compare_upsample
-from dsseg.io.images import plan_geometry, to_model_input
+from dsseg.io.images import plan_geometry
+from dsseg.model.extract import to_model_input
 
 
 @pytest.fixture(scope="module")
@@ -15,16 +16,16 @@ def bundle_and_images(tiny, bsds_image):
     segmenter = Segmenter(tiny, "diffseg", {"image_size": 128})
     pixels, geometry = segmenter.prepare(bsds_image)
     images = to_model_input(pixels[None], tiny.device, tiny.dtype)
-    return segmenter, images, segmenter.extractor(images), geometry
+    return segmenter, images, segmenter.groups[0].extractor(images), geometry
 
 
 def test_capture_keeping_every_head_gives_our_level_maps(bundle_and_images):
     segmenter, images, _, _ = bundle_and_images
-    comparison = compare_capture(segmenter.extractor, images)
+    comparison = compare_capture(segmenter.groups[0].extractor, images)
     assert comparison.difference < 1e-4 and comparison.ours_ms > 0 and comparison.straightforward_ms > 0
     assert comparison.record()["speedup"] > 0
     up_only = Segmenter(segmenter.backbone, "diffseg", {"image_size": 128, "blocks": ("up",)})
-    assert compare_capture(up_only.extractor, images).difference < 1e-4  # the same layers on both sides
+    assert compare_capture(up_only.groups[0].extractor, images).difference < 1e-4  # the same layers on both sides
 
 
 def test_float64_aggregation_matches(bundle_and_images):

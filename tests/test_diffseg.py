@@ -33,11 +33,13 @@ def test_same_label_map_as_the_official_algorithm_on_a_small_latent():
 
 
 def test_same_label_map_as_the_official_algorithm_on_real_tiny_unet_attention(tiny, bsds_image):
-    from dsseg.model.extract import AttentionExtractor, ExtractConfig
-    from dsseg.io.images import prepare_image, to_model_input
+    from dsseg.model.config import ExtractConfig
+    from dsseg.model.extract import AttentionExtractor
+    from dsseg.io.images import prepare_image
+    from dsseg.model.extract import to_model_input
 
     pixels, _ = prepare_image(bsds_image, 256, "center_crop")
-    bundle = AttentionExtractor(tiny, ExtractConfig(image_size=256))(to_model_input(pixels[None], tiny.device, tiny.dtype))
+    bundle = AttentionExtractor(tiny, ExtractConfig.from_params({"image_size": 256}))(to_model_input(pixels[None], tiny.device, tiny.dtype))
     attention = {g[0]: a[0].numpy() for g, a in bundle.self_attention.items()}
     for threshold in (0.3, 0.5):
         ours = segment_attention(attention, output_size=(256, 256), kl_threshold=threshold)

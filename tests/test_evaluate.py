@@ -15,12 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import DATA, GROUND_TRUTH, IMAGES, load_job
+from conftest import DATA, GROUND_TRUTH, IMAGES
+from dsseg.evaluation import evaluate as evaluate_command
 from dsseg.evaluation.datasets import load_dataset
 from dsseg.evaluation.scoring import ConfigScores, ModelFrame, aligned, class_map, score_row, to_model_frame
 from dsseg.io.images import resize_bilinear
 from dsseg.io.masks import encode_labels
-from dsseg.methods.upsample import resize_labels_tf
+from dsseg.io.frames import resize_labels_tf
 from dsseg.evaluation.metrics import score
 
 
@@ -100,7 +101,7 @@ def test_evaluate_job_writes_metrics_and_reports(ray_local, tmp_path):
         "--dataset", "horse", "--root", str(root), "--output", str(out), "--backbone", "tiny", "--device", "cpu",
         "--methods", "diffseg,openvocab", "--param", "image_size=128", "--report-images", "1",
     ]  # fmt: skip
-    assert load_job("evaluate").main(argv) == 0
+    assert evaluate_command.main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["images"] == 2 and metrics["frame"] == "label"
     by_method = {c["method"]: c for c in metrics["configs"].values()}
@@ -141,7 +142,7 @@ def test_evaluate_scores_only_this_runs_configs_and_images(ray_local, tmp_path):
     root = _horse_root(tmp_path / "horse")
     out = tmp_path / "eval"
     common = ["--dataset", "horse", "--root", str(root), "--output", str(out), "--backbone", "tiny", "--device", "cpu", "--report-images", "1"]
-    evaluate = load_job("evaluate")
+    evaluate = evaluate_command
     assert evaluate.main([*common, "--param", "image_size=64"]) == 0
     assert evaluate.main([*common, "--param", "image_size=128", "--limit", "1"]) == 0  # a second config, one image
     metrics = json.loads((out / "metrics.json").read_text())

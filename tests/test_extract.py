@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from dsseg.model.backbone import SD_V1_SCHEDULER
-from dsseg.model.extract import AttentionExtractor, ExtractConfig, ddim_invert, inversion_timesteps
-from dsseg.io.images import prepare_image, to_model_input
+from dsseg.model.config import ExtractConfig
+from dsseg.model.extract import AttentionExtractor, ddim_invert, inversion_timesteps
+from dsseg.io.images import prepare_image
+from dsseg.model.extract import to_model_input
 from diffusers import DDIMScheduler
 
 
@@ -44,10 +46,10 @@ def test_noise_modes(tiny, bsds_image):
     images = _batch(tiny, bsds_image)
     clean = AttentionExtractor(tiny, ExtractConfig())(images)
     assert clean.timestep == 300 and len(clean) == 1
-    noisy = AttentionExtractor(tiny, ExtractConfig(noise="noise", timestep=100, seed=1))(images)
-    noisy_again = AttentionExtractor(tiny, ExtractConfig(noise="noise", timestep=100, seed=1))(images)
-    other_seed = AttentionExtractor(tiny, ExtractConfig(noise="noise", timestep=100, seed=2))(images)
-    inverted = AttentionExtractor(tiny, ExtractConfig(noise="ddim_inversion", inversion_steps=3, num_inference_steps=50))(images)
+    noisy = AttentionExtractor(tiny, ExtractConfig.from_params(dict(noise="noise", timestep=100, seed=1)))(images)
+    noisy_again = AttentionExtractor(tiny, ExtractConfig.from_params(dict(noise="noise", timestep=100, seed=1)))(images)
+    other_seed = AttentionExtractor(tiny, ExtractConfig.from_params(dict(noise="noise", timestep=100, seed=2)))(images)
+    inverted = AttentionExtractor(tiny, ExtractConfig.from_params(dict(noise="ddim_inversion", inversion_steps=3, num_inference_steps=50)))(images)
     assert noisy.timestep == 100 and inverted.timestep == 41
     grid = (64, 64)
     torch.testing.assert_close(noisy.self_attention[grid], noisy_again.self_attention[grid])
@@ -56,7 +58,7 @@ def test_noise_modes(tiny, bsds_image):
 
 
 def test_seeded_noise_matches_the_scheduler_forward_process(tiny):
-    extractor = AttentionExtractor(tiny, ExtractConfig(noise="noise", timestep=100, seed=5))
+    extractor = AttentionExtractor(tiny, ExtractConfig.from_params(dict(noise="noise", timestep=100, seed=5)))
     latents = torch.randn(2, 4, 64, 64)
     noise = torch.randn((1, 4, 64, 64), generator=torch.Generator().manual_seed(5))
     expected = tiny.scheduler.add_noise(latents, noise.expand_as(latents), torch.tensor([100]))
@@ -65,7 +67,7 @@ def test_seeded_noise_matches_the_scheduler_forward_process(tiny):
 
 def test_batched_extraction_equals_one_by_one(tiny, bsds_image):
     flipped = np.ascontiguousarray(bsds_image[:, ::-1])
-    extractor = AttentionExtractor(tiny, ExtractConfig(capture_resolutions=(32, 8)))
+    extractor = AttentionExtractor(tiny, ExtractConfig.from_params(dict(capture_resolutions=(32, 8))))
     together = extractor(_batch(tiny, bsds_image, flipped))
     alone = extractor(_batch(tiny, flipped))
     assert list(together.self_attention) == [(32, 32), (8, 8)]
@@ -76,7 +78,7 @@ def test_batched_extraction_equals_one_by_one(tiny, bsds_image):
 
 def test_sd2_sized_input_gives_96_latent_levels(tiny, bsds_image):
     pixels, _ = prepare_image(bsds_image, 768, "center_crop")
-    bundle = AttentionExtractor(tiny, ExtractConfig(image_size=768, capture_resolutions=(24, 12)))(to_model_input(pixels[None], tiny.device, tiny.dtype))
+    bundle = AttentionExtractor(tiny, ExtractConfig.from_params(dict(image_size=768, capture_resolutions=(24, 12))))(to_model_input(pixels[None], tiny.device, tiny.dtype))
     assert bundle.latent_hw == (96, 96)
     assert {g: a.shape for g, a in bundle.self_attention.items()} == {(24, 24): (1, 576, 576), (12, 12): (1, 144, 144)}
 
@@ -86,13 +88,13 @@ def test_sd2_sized_input_gives_96_latent_levels(tiny, bsds_image):
     [
         (dict(image_size=500), "multiple of 64"),
         (dict(noise="ddim_inversion", timestep=100), "set by inversion_steps"),
-        (dict(noise="gaussian"), "noise must be one of"),
+        (dict(noise="gaussian"), "noise: must be one of"),
         (dict(timestep=1000), r"\[0, 1000\)"),
         (dict(inversion_steps=60), "inversion_steps"),
         (dict(blocks=("side",)), "blocks"),
-        (dict(geometry="pad"), "geometry must be one of"),
+        (dict(geometry="pad"), "geometry: must be one of"),
     ],
 )
 def test_extract_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        ExtractConfig(**kwargs)
+        ExtractConfig.from_params(kwargs)

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from conftest import IMAGES
-from dsseg.job.config import MethodSpec, SegmentJob
+from dsseg.job.config import SegmentJob
+from dsseg.spec import MethodSpec
 from dsseg.job.memory import fit_batch_size, peak_bytes, probe_batch_size
-from dsseg.job.stages import SegmentWorker
+from dsseg.job.model_stage import SegmentWorker
 
 MB = 2**20
 
@@ -66,4 +67,4 @@ def test_auto_batch_size_is_validated_and_probed_by_the_worker(tmp_path, capsys)
     assert job.rows_per_model_call == 64
     worker = SegmentWorker(job)
     assert 1 <= worker.batch_limit <= 64
-    assert "--batch-size auto" in capsys.readouterr().err
+    assert "batch_size auto" in capsys.readouterr().err

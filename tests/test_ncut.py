@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 import dsseg
-from dsseg.api import bundle_from_attention, split_params
+from dsseg.api import bundle_from_attention
+from dsseg.spec import MethodSpec
 from dsseg.methods import get_method
 from dsseg.methods.aggregate import aggregate_self_attention
 from dsseg.methods.ncut import NCutConfig, cosine_scores, cut_hierarchy, manc_threshold, ncut_partition
@@ -240,8 +241,8 @@ def test_config_errors_say_what_to_do():
 
 
 def test_segment_image_with_ncut_fills_parents(tiny, bsds_image):
-    extract, config = split_params("ncut", {"image_size": 256})
-    assert extract.noise == "ddim_inversion" and extract.inversion_steps == 10 and config == NCutConfig()
+    resolved = MethodSpec("ncut", {"image_size": 256}).resolved
+    assert resolved.extraction.noising.noise == "ddim_inversion" and resolved.extraction.noising.inversion_steps == 10 and resolved.params == NCutConfig()
     result = dsseg.segment_image(bsds_image, method="ncut", backbone=tiny, image_size=256)
     assert result.method == "ncut" and result.labels.shape == (321, 481)
     assert result.num_segments > 1 and len(result.parents) == result.num_segments

@@ -7,12 +7,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dsseg.api import Segmenter, segment_image
-from dsseg.model.extract import AttentionBundle, AttentionExtractor, ExtractConfig
+from dsseg.api import segment_image
+from dsseg.model.config import ExtractConfig
+from dsseg.model.extract import AttentionBundle, AttentionExtractor
+from dsseg.segmenter import Segmenter
+from dsseg.spec import MethodSpec
 from dsseg.io.masks import decode_segments
-from dsseg.methods import MethodResult, get_method, run_method
-from dsseg.methods.openvocab import IGNORE_INDEX, OpenVocabConfig, labels_from_scores, name_segments, segment_openvocab
-from dsseg.model.prompts import DEFAULT_TEMPLATE, class_prompt_plan, joint_prompt_plans, phrase_positions
+from dsseg.methods import get_method, run_method
+from dsseg.methods.base import MethodResult
+from dsseg.model.vocabularies import IGNORE_LABEL
+from dsseg.methods.openvocab import OpenVocabConfig, labels_from_scores, name_segments, segment_openvocab
+from dsseg.model.config import DEFAULT_TEMPLATE
+from dsseg.model.prompts import class_prompt_plan, joint_prompt_plans, phrase_positions
 from dsseg.model.tokenizer import clip_tokenizer
 from dsseg.model.vocabularies import get_vocabulary
 
@@ -125,7 +131,7 @@ def test_ignore_band_marks_exactly_the_low_margin_pixels():
     ordered = np.sort(channels, axis=0)
     uncertain = ordered[-1] - ordered[-2] < 0.1
     assert 0 < uncertain.sum() < uncertain.size
-    np.testing.assert_array_equal(labels == IGNORE_INDEX, uncertain)
+    np.testing.assert_array_equal(labels == IGNORE_LABEL, uncertain)
     np.testing.assert_array_equal(labels[~uncertain], channels.argmax(0)[~uncertain])
 
 
@@ -160,8 +166,8 @@ def test_one_unet_call_per_class_batch_equals_class_by_class(tiny):
     classes = [("horse", "grass", "sky"), ("dog", "traffic light")]
     bundles = {}
     for size in (2, 1):
-        config = get_method("openvocab").extraction_defaults()
-        extractor = AttentionExtractor(tiny, ExtractConfig(**{**config.__dict__, "image_size": 128, "class_batch_size": size}))
+        extraction = MethodSpec("openvocab", {"image_size": 128, "class_batch_size": size}).resolved.extraction
+        extractor = AttentionExtractor(tiny, extraction)
         calls, handle = _count_unet_calls(tiny)
         try:
             bundles[size] = extractor(images, classes=classes)
@@ -184,7 +190,7 @@ def test_one_unet_call_per_class_batch_equals_class_by_class(tiny):
 
 
 def test_class_weight_scales_only_the_name_tokens(tiny):
-    config = ExtractConfig(classes=("horse",), class_template=DEFAULT_TEMPLATE, class_weight=1.21)
+    config = ExtractConfig.from_params({"classes": ("horse",), "class_template": DEFAULT_TEMPLATE, "class_weight": 1.21})
     extractor = AttentionExtractor(tiny, config)
     (plan,) = extractor.prompt_plans(["horse"])
     weighted = extractor._class_condition(plan)
@@ -211,7 +217,7 @@ def test_segment_image_openvocab_end_to_end(tiny, bsds_image):
 
 def test_unsupervised_segments_named_in_the_same_forward(tiny, bsds_image):
     segmenter = Segmenter(tiny, "diffseg", {"image_size": 128, "classes": ("horse", "grass"), "kl_threshold": 0.5})
-    assert segmenter.extract_config.naming == "majority" and segmenter.extract_config.class_template is None
+    assert segmenter.config.naming == "majority" and segmenter.config.extraction.prompting.class_template is None
     pixels, geometry = segmenter.prepare(bsds_image)
     calls, handle = _count_unet_calls(tiny)
     try:
@@ -228,14 +234,14 @@ def test_unsupervised_segments_named_in_the_same_forward(tiny, bsds_image):
 
 def test_class_config_errors():
     with pytest.raises(ValueError, match="list of names"):
-        ExtractConfig(classes="horse")
+        ExtractConfig.from_params({"classes": "horse"})
     with pytest.raises(ValueError, match="unknown vocabulary"):
-        ExtractConfig(vocabulary="imagenet")
+        ExtractConfig.from_params({"vocabulary": "imagenet"})
     with pytest.raises(ValueError, match="repeat"):
-        ExtractConfig(classes=("horse", "horse"))
+        ExtractConfig.from_params({"classes": ("horse", "horse")})
     with pytest.raises(ValueError, match="class_template"):
-        ExtractConfig(classes=("horse",), descriptors={"horse": ("brown",)})
-    assert len(ExtractConfig(vocabulary="voc20").classes) == 20
+        ExtractConfig.from_params({"classes": ("horse",), "descriptors": {"horse": ("brown",)}})
+    assert len(ExtractConfig.from_params({"vocabulary": "voc20"}).prompting.classes) == 20
     with pytest.raises(ValueError, match="background_threshold"):
         OpenVocabConfig(background_threshold=2.0)
 

@@ -1,18 +1,27 @@
 import json
+import os
+import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 import torch
 
 from conftest import IMAGES
-from dsseg.job.config import MethodSpec, SegmentJob
+from dsseg.job.config import SegmentJob
+from dsseg.model.config import ConfigError
+from dsseg.spec import MethodSpec
 from dsseg.io.masks import decode_segments
 from dsseg.job.runner import run_segment_job
 from dsseg.io.results import read_results, scan, write_parts
 from dsseg.io.schema import OUTPUT_SCHEMA
 from dsseg.io.sources import list_inputs
-from dsseg.job.stages import SegmentWorker, decode_batch, encode_row
+from dsseg.job.decode import decode_batch
+from dsseg.job.model_stage import SegmentWorker
+from dsseg.job.write import encode_row
+from dsseg.segmenter import forward_groups
 from faults import BAD, GOOD, make_fault_folder, write_tar
 
 SMALL = {"image_size": 256}  # the tiny backbone at 256² keeps the Ray tests fast
@@ -21,7 +30,7 @@ SMALL = {"image_size": 256}  # the tiny backbone at 256² keeps the Ray tests fa
 def decoded(job, ids=None):
     """The decode stage's output for ``job``'s images (all configs wanted)."""
     items = [item | {"configs": job.config_ids()} for item in list_inputs(job.input) if ids is None or item["image_id"] in ids]
-    return decode_batch(pa.Table.from_pylist(items), job.prepare_config(), job.max_pixels, job.max_image_side)
+    return decode_batch(pa.Table.from_pylist(items), job.preparation, job.max_pixels, job.max_image_side)
 
 
 def test_every_bad_input_is_an_error_row_and_every_good_one_keeps_its_size(ray_local, tmp_path):
@@ -81,24 +90,37 @@ def test_resume_after_a_cancelled_run_gives_exactly_one_row_per_image_and_config
     assert fresh["rows_written"] == 2 and len(scan(job.output)) == 2
 
 
+class CrashOnceWorker(SegmentWorker):
+    """The model stage, dying like an OOM-killed process (no exception, no cleanup) on its first
+    batch unless ``marker`` exists, which it then creates."""
+
+    marker = ""
+
+    def __call__(self, batch):
+        if not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            os._exit(1)
+        return super().__call__(batch)
+
+
 def test_a_killed_model_actor_is_restarted_and_loses_no_rows(ray_local, tmp_path):
-    marker = tmp_path / "crashed"
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actor gets this test's class, not an import
+    CrashOnceWorker.marker = str(tmp_path / "crashed")
     job = SegmentJob(
-        input=str(IMAGES), output=str(tmp_path / "run"), backbone="tiny", configs=[MethodSpec("diffseg", SMALL)],
-        batch_size=2, device="cpu", crash_once_marker=str(marker),
-    )  # fmt: skip
-    summary = run_segment_job(job)
-    assert marker.exists()  # the first actor did exit mid-job
+        input=str(IMAGES), output=str(tmp_path / "run"), backbone="tiny", configs=[MethodSpec("diffseg", SMALL)], batch_size=2, device="cpu"
+    )
+    summary = run_segment_job(job, worker=CrashOnceWorker)
+    assert os.path.exists(CrashOnceWorker.marker)  # the first actor did exit mid-job
     assert summary["complete"] and summary["rows_written"] == 4 and summary["ok"] == 3
 
 
 def test_many_configs_share_one_forward_per_extraction_setting(tmp_path):
     configs = [MethodSpec("diffseg", SMALL | {"kl_threshold": t}) for t in (0.2, 0.5, 1.1)] + [MethodSpec("diffseg", SMALL | {"timestep": 100})]
     job = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", configs=configs, device="cpu")
-    assert [len(indices) for _, indices in job.extraction_groups()] == [3, 1]
+    assert [len(indices) for _, indices in forward_groups([spec.resolved for spec in job.configs])] == [3, 1]
     worker = SegmentWorker(job)
     unet_calls = []
-    worker.backbone.unet.register_forward_hook(lambda module, args, output: unet_calls.append(args[0].shape[0]))
+    worker.segmenter.backbone.unet.register_forward_hook(lambda module, args, output: unet_calls.append(args[0].shape[0]))
     rows = worker(decoded(job, {"135069.jpg", "horses/horse001.jpg"})).to_pylist()
     assert unet_calls == [2, 2]  # one batched UNet step per extraction setting, not per config
     assert sorted((r["config_id"], r["image_id"]) for r in rows) == sorted((c, i) for c in job.config_ids() for i in ("135069.jpg", "horses/horse001.jpg"))
@@ -126,7 +148,7 @@ def test_manifest_and_tar_inputs_give_the_folder_rows(tmp_path):
 def test_out_of_memory_halves_the_batch_before_giving_up(tmp_path, monkeypatch):
     job = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", configs=[MethodSpec("diffseg", SMALL)], device="cpu")
     worker = SegmentWorker(job)
-    extractor = worker.groups[0][0]
+    extractor = worker.segmenter.groups[0].extractor
     original, sizes = extractor.__call__, []
 
     def limited(images, timer=None, classes=None, capacity=1):
@@ -148,7 +170,7 @@ def test_out_of_memory_halves_the_batch_before_giving_up(tmp_path, monkeypatch):
 
 def test_worker_writes_ncut_rows_with_parents(tmp_path):
     job = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", configs=[MethodSpec("ncut", SMALL)], device="cpu")
-    assert job.prepare_config().noise == "ddim_inversion"
+    assert job.configs[0].resolved.extraction.noising.noise == "ddim_inversion"
     model_rows = SegmentWorker(job)(decoded(job, {"135069.jpg", "horses/horse001.jpg"})).to_pylist()
     for row in map(encode_row, model_rows):
         assert row["status"] == "ok" and row["method"] == "ncut"
@@ -161,11 +183,12 @@ def test_worker_writes_ncut_rows_with_parents(tmp_path):
 def test_job_configuration_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         SegmentJob(input=str(tmp_path / "missing"), output=str(tmp_path))
-    with pytest.raises(TypeError, match="unknown parameter"):
+    with pytest.raises(ConfigError, match="^tau: is not a parameter of 'diffseg'") as info:
         SegmentJob(input=str(IMAGES), output=str(tmp_path), configs=[{"method": "diffseg", "tau": 1.0}])
+    assert info.value.param == "tau"  # errors name the parameter; the command line names the flag
     with pytest.raises(ValueError, match="unknown method"):
         SegmentJob(input=str(IMAGES), output=str(tmp_path), configs=[{"method": "sam"}])
-    with pytest.raises(ValueError, match="≥ 1"):
+    with pytest.raises(ConfigError, match="^batch_size: must be an integer ≥ 1"):
         SegmentJob(input=str(IMAGES), output=str(tmp_path), batch_size=0)
     with pytest.raises(ValueError, match="same"):
         SegmentJob(input=str(IMAGES), output=str(tmp_path), configs=[{"kl_threshold": 0.9}, {"kl_threshold": [0.9, 0.9, 0.9]}])

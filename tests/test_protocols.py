@@ -14,9 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import GROUND_TRUTH, IMAGES, ROOT, load_job
-from dsseg.io.images import decode_rgb
-from dsseg.job.config import MethodSpec, SegmentJob
+from conftest import GROUND_TRUTH, IMAGES, ROOT
+from dsseg.benchmark import manc_study
+from dsseg.evaluation import evaluate as evaluate_command
+from dsseg.io.images import decode_image
+from dsseg.job.config import SegmentJob
+from dsseg.spec import MethodSpec
 from dsseg.evaluation.presets import PRESETS, get_preset, list_presets, matching_presets, settings_key
 
 
@@ -46,9 +49,9 @@ def test_every_published_row_of_the_issue_has_a_preset_with_its_number():
         preset = get_preset(name)
         assert (preset.protocol, dict(preset.published)) == (protocol, published), name
     assert {f"dwc-scaled-mincut-k{k}" for k in range(1, 6)} <= set(PRESETS)
-    assert get_preset("diffseg-cityscapes27").spec().configs()[1].kl_threshold == (0.9,) * 3
-    four = get_preset("dwc-manc-ncut-four-levels").spec().configs()
-    assert four[1].resolutions == (64, 32, 16, 8) and four[0].blocks == ("mid", "up")
+    assert get_preset("diffseg-cityscapes27").spec().resolved.params.kl_threshold == (0.9,) * 3
+    four = get_preset("dwc-manc-ncut-four-levels").spec().resolved
+    assert four.params.resolutions == (64, 32, 16, 8) and four.extraction.capture.blocks == ("mid", "up")
     with pytest.raises(ValueError, match="list-presets"):
         get_preset("diffseg-coco")
 
@@ -93,7 +96,7 @@ def test_an_openvocab_preset_needs_its_threshold_tuned_on_another_split():
 
 
 def test_list_presets_and_bad_flags_exit_cleanly(capsys):
-    evaluate = load_job("evaluate")
+    evaluate = evaluate_command
     assert evaluate.main(["--list-presets"]) == 0
     assert "dwc-manc-ncut: COCO-Stuff-27" in capsys.readouterr().out
     assert evaluate.main(["--preset", "nope", "--root", "x", "--output", "y"]) == 2
@@ -109,7 +112,7 @@ def test_cityscapes_preset_end_to_end_reports_the_published_number(ray_local, tm
     shutil.copyfile(GROUND_TRUTH / "frankfurt_000000_000294_gtFine_labelIds.png", root / "frankfurt_000000_000294_gtFine_labelIds.png")
     out = tmp_path / "eval"
     argv = ["--preset", "diffseg-cityscapes27", "--root", str(root), "--output", str(out), "--backbone", "tiny", "--device", "cpu"]
-    assert load_job("evaluate").main(argv) == 0
+    assert evaluate_command.main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     (config,) = metrics["configs"].values()
     assert metrics["frame"] == "model" and config["presets"] == [{"name": "diffseg-cityscapes27", "backbone": "other"}]
@@ -142,8 +145,8 @@ def _exif_rotated_jpeg(path: Path) -> np.ndarray:
 def test_benchmark_decoding_keeps_the_stored_pixel_order(tmp_path):
     stored = _exif_rotated_jpeg(tmp_path / "rotated.jpg")
     data = (tmp_path / "rotated.jpg").read_bytes()
-    upright, upright_hw = decode_rgb(data)
-    raw, raw_hw = decode_rgb(data, exif_transpose=False)
+    upright, upright_hw = decode_image(data)
+    raw, raw_hw = decode_image(data, exif_transpose=False)
     assert upright_hw == (160, 96) and upright.shape[:2] == (160, 96)  # photos are turned upright
     assert raw_hw == (96, 160)
     np.testing.assert_array_equal(raw, stored)  # benchmarks: as stored, as their labels were drawn
@@ -160,7 +163,7 @@ def test_evaluation_reads_an_exif_rotated_image_aligned_with_its_label(ray_local
         "--dataset", "manifest", "--root", str(tmp_path / "manifest.parquet"), "--classes", "left,right", "--output", str(out),
         "--frame", "model", "--param", "image_size=64", "--backbone", "tiny", "--device", "cpu", "--report-images", "1",
     ]  # fmt: skip
-    assert load_job("evaluate").main(argv) == 0
+    assert evaluate_command.main(argv) == 0
     (row,) = pq.read_table(out / "run" / "segments").to_pylist()
     assert (row["status"], row["height"], row["width"]) == ("ok", 96, 160)  # not rotated to 160 × 96
     assert json.loads((out / "run" / "config.json").read_text())["exif_transpose"] is False
@@ -181,7 +184,7 @@ def test_decode_and_mask_settings_change_config_ids_only_when_set(tmp_path):
     benchmark = SegmentJob(input=str(tmp_path), output=str(tmp_path / "out"), exif_transpose=False, mask_frame="model")
     assert benchmark.rendering == {"exif_transpose": False, "mask_frame": "model"}
     assert plain.config_ids() != benchmark.config_ids()
-    with pytest.raises(ValueError, match="mask-frame"):
+    with pytest.raises(ValueError, match="mask_frame"):
         SegmentJob(input=str(tmp_path), output=str(tmp_path / "out"), mask_frame="crop")
 
 
@@ -189,7 +192,7 @@ def test_decode_and_mask_settings_change_config_ids_only_when_set(tmp_path):
 
 
 def test_openvocab_without_classes_is_an_error_not_a_background_segment(tiny, tmp_path):
-    from dsseg.api import Segmenter
+    from dsseg.segmenter import Segmenter
 
     segmenter = Segmenter(tiny, "openvocab", {"image_size": 64})
     pixels, geometry = segmenter.prepare(np.full((64, 64, 3), 128, np.uint8))
@@ -221,7 +224,7 @@ def test_background_threshold_is_tuned_on_another_split_never_the_evaluated_one(
     root = _voc_root(tmp_path / "voc")
     out = tmp_path / "eval"
     common = ["--root", str(root), "--output", str(out), "--backbone", "tiny", "--device", "cpu", "--report-images", "1"]
-    evaluate = load_job("evaluate")
+    evaluate = evaluate_command
     refused = ["--dataset", "voc2012", "--methods", "openvocab", "--param", "image_size=64", "--tune-on", "val", *common]
     assert evaluate.main(refused) == 2  # the evaluated split
     assert evaluate.main(["--dataset", "voc2012", "--methods", "diffseg", "--tune-on", "train", *common]) == 2  # nothing to tune
@@ -245,7 +248,7 @@ def test_background_threshold_is_tuned_on_another_split_never_the_evaluated_one(
 def test_manc_threshold_of_a_row_stochastic_walk_is_about_one_half():
     from dsseg.methods.planted import planted_attention, voronoi_regions
 
-    study = load_job("manc_study")
+    study = manc_study
     attention = planted_attention(voronoi_regions(32, 4, seed=1), resolutions=(32, 16, 8), heads=8, affinity=6.0, locality=0.3, noise=2.5, seed=1)
     for graph in ("dot", "random_walk"):
         assert study.root_threshold(attention, graph, power=1) == pytest.approx(0.5, abs=0.02)

@@ -14,11 +14,13 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from conftest import GROUND_TRUTH, IMAGES, load_job
-from dsseg.api import Segmentation
+from conftest import GROUND_TRUTH, IMAGES
+from dsseg.evaluation import pseudolabel as pseudolabel_command
+from dsseg.segmenter import Segmentation
 from dsseg.evaluation.metrics import score
-from dsseg.methods.openvocab import IGNORE_INDEX, labels_from_scores
-from dsseg.evaluation.pseudolabels import agnostic_segments, class_index_map, class_list, labels_from_coco, labels_from_voc, voc_palette
+from dsseg.model.vocabularies import IGNORE_LABEL
+from dsseg.methods.openvocab import labels_from_scores
+from dsseg.evaluation.exports import agnostic_segments, class_index_map, class_list, labels_from_coco, labels_from_voc, voc_palette
 
 
 
@@ -43,7 +45,7 @@ def test_planted_scores_become_the_planted_pseudo_labels_and_the_ignore_band():
     scores[0, 5, 5] = 0.52  # one uncertain pixel: horse leads background (0.5) by 0.02
     labels = labels_from_scores(scores, background_threshold=0.5, ignore_margin=0.05)
     ids = labels.clone()
-    ids[labels == IGNORE_INDEX] = 3
+    ids[labels == IGNORE_LABEL] = 3
     pseudo = class_index_map(_row(ids.numpy(), ["background", "horse", "grass", "ignore"]), ("background", "grass", "horse"))
     expected = np.zeros((20, 30), dtype=np.uint8)
     expected[:, :10] = 2  # horse is class 2 of this class list
@@ -101,7 +103,7 @@ FAST = ["--backbone", "tiny", "--device", "cpu", "--param", "image_size=128", "-
 
 def test_two_shards_export_voc_and_coco_with_unique_ids(ray_local, tmp_path):
     manifest, out = _manifest(tmp_path), tmp_path / "out"
-    job = load_job("pseudolabel")
+    job = pseudolabel_command
     for shard in ("0/2", "1/2"):
         assert job.main(["--input", str(manifest), "--output", str(out), "--shard", shard, *FAST]) == 0
     pngs = sorted((out / "VOCdevkit/VOC2012/SegmentationClassAug").glob("*.png"))
@@ -132,7 +134,7 @@ def test_a_killed_job_resumes_and_writes_each_image_once(ray_local, tmp_path):
     from dsseg.job.runner import run_segment_job
 
     manifest, out = _manifest(tmp_path), tmp_path / "out"
-    job = load_job("pseudolabel")
+    job = pseudolabel_command
     args = job.parse_args(["--input", str(manifest), "--output", str(out), *FAST])
     weak = job.segment_jobs(args, job.input_rows(args), out)["weak"]
     first = run_segment_job(dataclasses.replace(weak, limit=1))  # a run that got through one image before it died
@@ -160,7 +162,7 @@ def test_a_killed_job_resumes_and_writes_each_image_once(ray_local, tmp_path):
 
 
 def test_params_go_to_the_jobs_whose_method_takes_them(tmp_path):
-    job = load_job("pseudolabel")
+    job = pseudolabel_command
     manifest = _manifest(tmp_path)
     argv = ["--input", str(manifest), "--output", str(tmp_path / "out"), "--param", "image_size=128", "--param", "kl_threshold=0.5"]
     args = job.parse_args(argv)
@@ -184,7 +186,7 @@ def test_quality_report_equals_the_metrics_module(ray_local, tmp_path):
     manifest.write_text(json.dumps({"image_id": "horse001", "uri": str(IMAGES / "horses/horse001.jpg"), "labels": ["horse"]}) + "\n")
     out = tmp_path / "out"
     argv = ["--input", str(manifest), "--output", str(out), "--gt-dir", str(root), "--class-list", str(tmp_path / "classes.txt"), *FAST]
-    assert load_job("pseudolabel").main(argv) == 0
+    assert pseudolabel_command.main(argv) == 0
     report = json.loads((out / "quality.json").read_text())
     pseudo = np.asarray(Image.open(out / "VOCdevkit/VOC2012/SegmentationClassAug/horse001.png")).astype(np.int64)
     expected = score([np.where(pseudo == 255, 2, pseudo)], [truth], num_classes=2, protocol="semantic")
@@ -192,4 +194,4 @@ def test_quality_report_equals_the_metrics_module(ray_local, tmp_path):
     assert report["ignored_fraction"] == pytest.approx((pseudo == 255).mean())
     assert set(report["per_class_iou"]) == {"background", "horse"}
     shutil.rmtree(out / "VOCdevkit")
-    assert load_job("pseudolabel").main([*argv, "--format", "coco"]) == 2  # a quality report needs the VOC PNGs
+    assert pseudolabel_command.main([*argv, "--format", "coco"]) == 2  # a quality report needs the VOC PNGs

@@ -33,7 +33,7 @@ from dsseg.io.masks import encode_labels
 from dsseg.job.memory import peak_bytes
 from dsseg.methods.diffseg_reference import reference_aggregate
 from dsseg.timing import StageTimer
-from dsseg.methods.upsample import compact_to_original, labels_to_original
+from dsseg.io.frames import compact_to_original, labels_to_original
 
 SAME_CODE_STAGES = ("decode", "encode", "invert")
 

@@ -43,7 +43,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-IGNORE = 255
+from dsseg.model.vocabularies import IGNORE_LABEL
+
+IGNORE = IGNORE_LABEL  # ground truth 255: not scored
 PROTOCOLS = ("per_image", "per_image_avg", "oracle_merged", "global", "semantic")
 SCORE_KEYS = ("acc", "f1", "miou")
 

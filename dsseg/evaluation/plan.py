@@ -9,7 +9,8 @@ from typing import Any
 
 from dsseg.cli import parse_param_values
 from dsseg.evaluation.datasets import reader_splits
-from dsseg.job.config import MethodSpec, load_run_file
+from dsseg.job.config import load_run_file
+from dsseg.spec import MethodSpec
 from dsseg.evaluation.presets import BACKGROUND_TUNING, Preset, Tuning, get_preset
 
 # The DiffSeg protocol (the 512² model frame) for the datasets its papers report; the label's size elsewhere.

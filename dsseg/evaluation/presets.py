@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dsseg.model.config import DEFAULT_TIMESTEP, RUNTIME_FIELDS
+
 SD14 = "CompVis/stable-diffusion-v1-4"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the hub mirror of runwayml/stable-diffusion-v1-5
 CLIP_FILTER = "clip:openai/clip-vit-large-patch14"
@@ -107,7 +109,7 @@ class Preset:
         return dataset == self.dataset or dataset in self.readers
 
     def spec(self):
-        from dsseg.job.config import MethodSpec
+        from dsseg.spec import MethodSpec
 
         return MethodSpec(self.method, dict(self.params))
 
@@ -116,7 +118,7 @@ class Preset:
 
     def describe(self) -> list[str]:
         """Lines for ``--list-presets`` and the report: the row, the paper, the dataset, every setting."""
-        extract, method_config = self.spec().configs()
+        resolved = self.spec().resolved
         scores = ", ".join(f"{k} {v:.1f}" for k, v in self.published.items()) or "not recorded in our references"
         lines = [
             f"{self.name}: {self.row}",
@@ -126,8 +128,8 @@ class Preset:
             f"  published ({self.protocol}): {scores}",
             f"  backbone: {self.backbone}; frame: {self.frame}"
             + (f"; class filter: {self.class_filter}" if self.class_filter else ""),
-            f"  method: {self.method} {_fields(method_config, exclude={self.tuning.param} if self.tuning else set())}",
-            f"  extraction: {_fields(extract, exclude={'class_batch_size'})}",
+            f"  method: {self.method} {_fields(resolved.params, exclude={self.tuning.param} if self.tuning else set())}",
+            f"  extraction: {', '.join(f'{k}={v!r}' for k, v in resolved.flat_extraction().items() if k not in RUNTIME_FIELDS)}",
         ]
         if self.tuning:
             grid = self.tuning.values
@@ -147,18 +149,16 @@ def settings_key(spec, frame: str, class_filter: str | None = None, tuned: str |
     """What a published number depends on, beside dataset and backbone: the resolved extraction and
     method configs (runtime-only fields and a ``tuned`` parameter left out), the frame and, for
     configs prompted with classes, the class filter. Equal keys: the same measurement."""
-    from dsseg.model.extract import DEFAULT_TIMESTEP, RUNTIME_FIELDS
-
-    extract, method_config = spec.configs()
-    if extract.noise != "ddim_inversion" and extract.timestep is None:
-        extract = dataclasses.replace(extract, timestep=DEFAULT_TIMESTEP)  # the step it runs at, said or not
-    method_fields = {k: v for k, v in dataclasses.asdict(method_config).items() if k != tuned}
+    resolved = spec.resolved
+    extraction = {k: v for k, v in resolved.flat_extraction().items() if k not in RUNTIME_FIELDS}
+    if extraction["noise"] != "ddim_inversion" and extraction["timestep"] is None:
+        extraction["timestep"] = DEFAULT_TIMESTEP  # the step it runs at, said or not
     key = {
         "method": spec.method,
-        "extract": {k: v for k, v in dataclasses.asdict(extract).items() if k not in RUNTIME_FIELDS},
-        "params": method_fields,
+        "extract": extraction,
+        "params": {k: v for k, v in dataclasses.asdict(resolved.params).items() if k != tuned},
         "frame": frame,
-        "class_filter": class_filter if extract.uses_classes else None,
+        "class_filter": class_filter if resolved.extraction.uses_classes else None,
     }
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

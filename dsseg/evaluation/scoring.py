@@ -27,7 +27,7 @@ from dsseg.evaluation.datasets.regions import BSDS500
 from dsseg.io.images import GeometryMode, plan_geometry
 from dsseg.io.masks import decode_segments
 from dsseg.evaluation.metrics import MetricState, bsds_scores
-from dsseg.methods.upsample import resize_labels, resize_labels_tf
+from dsseg.io.frames import resize_labels, resize_labels_tf
 
 Frame = Literal["model", "label"]
 FRAMES: tuple[Frame, ...] = ("model", "label")

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 GeometryMode = Literal["center_crop", "squash", "aspect"]
@@ -70,7 +69,7 @@ TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swa
 HIGH_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 
 
-def open_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def _open_checked(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """A lazily decoded PIL image from encoded bytes, its header checked against ``max_pixels``.
 
     Raises ``InputError`` (``empty_file``, ``not_an_image``, ``corrupt``, ``too_large``).
@@ -92,12 +91,12 @@ def open_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Imag
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
         raise InputError(
-            "too_large", f"{width}×{height} = {width * height / 1e6:.1f} MP exceeds the limit of {max_pixels / 1e6:.1f} MP (--max-pixels)"
+            "too_large", f"{width}×{height} = {width * height / 1e6:.1f} MP exceeds the limit of {max_pixels / 1e6:.1f} MP (max_pixels)"
         )
     return image
 
 
-def decode_rgb(
+def decode_image(
     data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, max_side: int | None = None, exif_transpose: bool = True
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode encoded image bytes → ((h, w, 3) uint8 RGB, original (H, W)), EXIF orientation applied.
@@ -110,7 +109,7 @@ def decode_rgb(
     32-bit grayscale are scaled to 8 bits (65535 → 255); palette, CMYK, alpha and 1-bit modes
     are converted to RGB. Raises ``InputError`` with a reason code.
     """
-    image = open_image(data, max_pixels)
+    image = _open_checked(data, max_pixels)
     width, height = image.size
     if max_side is not None and max(width, height) > max_side:
         scale = max_side / max(width, height)
@@ -127,7 +126,7 @@ def decode_rgb(
         except Exception:  # a malformed EXIF block is not worth losing the image for: keep it as stored
             orientation = 1
     original_hw = (width, height) if orientation in TRANSPOSING_ORIENTATIONS else (height, width)
-    rgb = to_rgb_array(image)
+    rgb = _to_rgb(image)
     if max_side is not None and max(rgb.shape[:2]) > max_side:
         scale = max_side / max(rgb.shape[:2])
         size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
@@ -139,7 +138,7 @@ def _damage_reason(error: Exception) -> str:
     return "truncated" if "truncated" in str(error).lower() else "corrupt"
 
 
-def to_rgb_array(image: Image.Image) -> np.ndarray:
+def _to_rgb(image: Image.Image) -> np.ndarray:
     """Any PIL mode → (H, W, 3) uint8. High-bit grayscale (16/32-bit int, float) keeps its
     contrast: values above 255 are divided by 257 (the 16-bit range onto 8 bits), float images
     in [0, 1] are multiplied by 255."""
@@ -155,25 +154,17 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.repeat(gray[:, :, None], 3, axis=2)
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Decode encoded image bytes to an RGB PIL image at full size, EXIF orientation applied.
-
-    Raises ``InputError`` (a ``ValueError``) with a readable reason for empty, truncated or
-    non-image data.
-    """
-    return Image.fromarray(decode_rgb(data, max_pixels=None)[0])
-
-
-def as_rgb_array(image: str | Image.Image | np.ndarray) -> np.ndarray:
-    """A path, PIL image or (H, W, 3) uint8 array → (H, W, 3) uint8 RGB array."""
+def load_rgb(image: str | Image.Image | np.ndarray) -> np.ndarray:
+    """A path, PIL image or (H, W, 3) uint8 array → (H, W, 3) uint8 RGB array (photos upright by
+    EXIF). The one way to load a user's image; encoded bytes go through ``decode_image``."""
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"array images must be (H, W, 3) uint8; got {image.shape} {image.dtype}")
         return image
     if isinstance(image, Image.Image):
-        return to_rgb_array(ImageOps.exif_transpose(image))
+        return _to_rgb(ImageOps.exif_transpose(image))
     with open(image, "rb") as handle:
-        return decode_rgb(handle.read(), max_pixels=None)[0]
+        return decode_image(handle.read(), max_pixels=None)[0]
 
 
 def rescale_geometry(geometry: Geometry, original_hw: tuple[int, int]) -> Geometry:
@@ -223,12 +214,3 @@ def prepare_image(rgb: np.ndarray, size: int, mode: GeometryMode, antialias: boo
         resized = Image.fromarray(np.ascontiguousarray(crop)).resize(geometry.input_hw[::-1], Image.Resampling.BILINEAR)
         return np.asarray(resized), geometry
     return resize_bilinear(crop, geometry.input_hw), geometry
-
-
-def to_model_input(batch: np.ndarray | torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(B, h, w, 3) uint8 → (B, 3, h, w) in [-1, 1] on ``device``."""
-    pixels = torch.as_tensor(batch)
-    if device.type == "cuda":
-        pixels = pixels.pin_memory()
-    pixels = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2)
-    return (pixels.float() / 127.5 - 1.0).to(dtype).contiguous()

@@ -23,28 +23,17 @@ SEGMENT_TYPE = pa.struct(
 )
 TIMINGS_TYPE = pa.struct([(stage, pa.float32()) for stage in TIMING_STAGES])
 
-OUTPUT_SCHEMA = pa.schema(
-    [
-        ("image_id", pa.string()),
-        ("source", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("method", pa.string()),
-        ("config_id", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("segments", pa.list_(SEGMENT_TYPE)),
-        ("timings_ms", TIMINGS_TYPE),
-    ]
-)
+# Every row names its image; every result row also its config and outcome. One list each, so the
+# schemas below cannot drift apart.
+IMAGE_FIELDS = [("image_id", pa.string()), ("source", pa.string()), ("width", pa.int32()), ("height", pa.int32())]
+RESULT_FIELDS = [*IMAGE_FIELDS, ("method", pa.string()), ("config_id", pa.string()), ("status", pa.string()), ("error", pa.string())]
+
+OUTPUT_SCHEMA = pa.schema([*RESULT_FIELDS, ("segments", pa.list_(SEGMENT_TYPE)), ("timings_ms", TIMINGS_TYPE)])
 
 # Between the CPU decode stage and the model actors: the prepared model input of each image.
 DECODED_SCHEMA = pa.schema(
     [
-        ("image_id", pa.string()),
-        ("source", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
+        *IMAGE_FIELDS,
         ("error", pa.string()),
         ("pixels", pa.binary()),  # (input_h, input_w, 3) uint8, C order
         ("input_h", pa.int32()),
@@ -60,14 +49,7 @@ DECODED_SCHEMA = pa.schema(
 # labels still in the model-input frame.
 MODEL_SCHEMA = pa.schema(
     [
-        ("image_id", pa.string()),
-        ("source", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("method", pa.string()),
-        ("config_id", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
+        *RESULT_FIELDS,
         ("labels", pa.binary()),  # (input_h, input_w) int32, C order
         ("input_h", pa.int32()),
         ("input_w", pa.int32()),
@@ -79,6 +61,12 @@ MODEL_SCHEMA = pa.schema(
         ("timings_ms", TIMINGS_TYPE),
     ]
 )
+
+
+def row_identity(image: dict, method: str, config_id: str, status: str, error: str | None) -> dict:
+    """The RESULT_FIELDS of one image × config row, the image's fields taken from ``image``."""
+    return {name: image[name] for name, _ in IMAGE_FIELDS} | {"method": method, "config_id": config_id, "status": status, "error": error}
+
 
 # What the write stage returns to the driver: one row per row written (progress and summary).
 WRITTEN_SCHEMA = pa.schema(

@@ -13,12 +13,11 @@ from collections import Counter
 from importlib import metadata
 from typing import Any
 
-from dsseg.model.backbone import check_backbone_available
 from dsseg.job.config import SegmentJob
 from dsseg.io.results import clear_success, deduplicate, done_pairs, mark_success, remove_results, scan, write_config
 from dsseg.io.schema import TIMING_STAGES
 from dsseg.io.sources import ITEM_SCHEMA, list_inputs
-from dsseg.job.stages import PROBE_CLASSES, SegmentWorker, encode_and_write, decode_batch
+from dsseg.job.decode import decode_batch
 
 # Memory reserved per decode task. Besides guarding against over-subscription, a resource
 # shape unlike the model actors' keeps Ray from fusing decoding into the actors, so CPU
@@ -65,10 +64,14 @@ def init_ray(address: str | None = None) -> bool:
     return False
 
 
-def build_dataset(job: SegmentJob, todo: list[dict[str, Any]], gpus: float):
-    """The Ray Data graph over ``todo`` items; yields WRITTEN_SCHEMA rows as part files land."""
+def build_dataset(job: SegmentJob, todo: list[dict[str, Any]], gpus: float, worker: type | None = None):
+    """The Ray Data graph over ``todo`` items; yields WRITTEN_SCHEMA rows as part files land.
+    ``worker``: the model stage's callable class (default ``SegmentWorker``, or a subclass)."""
     import pyarrow as pa
     import ray
+
+    from dsseg.job.model_stage import PROBE_CLASSES, SegmentWorker
+    from dsseg.job.write import encode_and_write
 
     workers = min(job.num_workers, len(todo))
     items = pa.Table.from_pylist(todo, schema=ITEM_SCHEMA.append(pa.field("configs", pa.list_(pa.string()))))
@@ -78,7 +81,7 @@ def build_dataset(job: SegmentJob, todo: list[dict[str, Any]], gpus: float):
     dataset = ray.data.from_arrow([items.slice(start, block_rows) for start in range(0, len(todo), block_rows)])
     dataset = dataset.map_batches(
         decode_batch,
-        fn_kwargs={"prepare": job.prepare_config(), "max_pixels": job.max_pixels, "max_side": job.max_image_side, "exif_transpose": job.exif_transpose},
+        fn_kwargs={"preparation": job.preparation, "max_pixels": job.max_pixels, "max_side": job.max_image_side, "exif_transpose": job.exif_transpose},
         batch_size=call_rows,
         batch_format="pyarrow",
         memory=DECODE_TASK_MEMORY,
@@ -87,7 +90,7 @@ def build_dataset(job: SegmentJob, todo: list[dict[str, Any]], gpus: float):
     # max_task_retries default to -1 for actor pools), so an OOM-killed actor loses no rows.
     longest_class_list = max((len(item.get("classes") or ()) for item in todo), default=0)
     dataset = dataset.map_batches(
-        SegmentWorker,
+        worker or SegmentWorker,
         fn_constructor_kwargs={"job": job, "probe_classes": max(PROBE_CLASSES, longest_class_list)},
         compute=ray.data.ActorPoolStrategy(size=workers),
         batch_size=call_rows,
@@ -152,8 +155,11 @@ class RunStats:
 PROGRESS_SECONDS = 30.0  # how often the driver prints a progress line (for `ray job logs`)
 
 
-def run_segment_job(job: SegmentJob, address: str | None = None) -> dict[str, Any]:
-    """Run (or resume) the job; returns a summary."""
+def run_segment_job(job: SegmentJob, address: str | None = None, worker: type | None = None) -> dict[str, Any]:
+    """Run (or resume) the job; returns a summary. ``worker``: the model stage's callable class
+    (default ``dsseg.job.model_stage.SegmentWorker``)."""
+    from dsseg.model.backbone import check_backbone_available
+
     start = time.perf_counter()
     items, todo = plan(job)
     if todo:
@@ -167,7 +173,7 @@ def run_segment_job(job: SegmentJob, address: str | None = None) -> dict[str, An
         on_cluster = init_ray(address)
         gpus = gpus_per_worker(job, on_cluster)
         ray_start = last_report = time.perf_counter()
-        for batch in build_dataset(job, todo, gpus).iter_batches(batch_size=None, batch_format="pyarrow"):
+        for batch in build_dataset(job, todo, gpus, worker).iter_batches(batch_size=None, batch_format="pyarrow"):
             stats.add(batch)
             now = time.perf_counter()
             if now - last_report > PROGRESS_SECONDS:

@@ -1,52 +1,70 @@
 """Segmentation methods, by name. Each maps an ``AttentionBundle`` and a frozen config to
 per-image ``MethodResult``s; ``run_method`` also names the segments when the bundle holds
-class maps and the method does not label pixels itself."""
+class maps and the method does not label pixels itself. The registry loads a method's module
+(and torch) only when the method is asked for."""
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any
 
-from dsseg.model.extract import AttentionBundle
-from dsseg.methods.base import Method, MethodResult
-from dsseg.methods.diffseg import DiffSegConfig, segment_diffseg
-from dsseg.methods.ncut import NCutConfig, segment_ncut
-from dsseg.methods.openvocab import OpenVocabConfig, name_segments, segment_openvocab
-from dsseg.model.prompts import DEFAULT_CLASS_WEIGHT, DEFAULT_TEMPLATE
-from dsseg.timing import StageTimer
+from dsseg.model.config import DEFAULT_CLASS_WEIGHT, DEFAULT_TEMPLATE
 
-METHODS: dict[str, Method] = {
-    "diffseg": Method(name="diffseg", config_class=DiffSegConfig, segment=segment_diffseg),
-    # Diffusing, Walking and Cutting: self-attention after DDIM inversion for 10 of 50 steps
-    "ncut": Method(name="ncut", config_class=NCutConfig, segment=segment_ncut, extraction={"noise": "ddim_inversion"}),
-    # DiffSegmenter: one seeded noising to t = 100, one prompt per class, class tokens ×1.21
-    "openvocab": Method(
-        name="openvocab",
-        config_class=OpenVocabConfig,
-        segment=segment_openvocab,
-        extraction={"noise": "noise", "timestep": 100, "class_template": DEFAULT_TEMPLATE, "class_weight": DEFAULT_CLASS_WEIGHT},
-    ),
-}
+if TYPE_CHECKING:
+    from dsseg.methods.base import Method, MethodResult
+    from dsseg.model.extract import AttentionBundle
+    from dsseg.timing import StageTimer
+
+METHOD_NAMES = ("diffseg", "ncut", "openvocab")
+
+
+@functools.cache
+def _registry() -> dict[str, Method]:
+    from dsseg.methods.base import Method
+    from dsseg.methods.diffseg import DiffSegConfig, segment_diffseg
+    from dsseg.methods.ncut import NCutConfig, segment_ncut
+    from dsseg.methods.openvocab import OpenVocabConfig, segment_openvocab
+
+    return {
+        "diffseg": Method("diffseg", DiffSegConfig, segment_diffseg),
+        # Diffusing, Walking and Cutting: self-attention after DDIM inversion for 10 of 50 steps
+        "ncut": Method("ncut", NCutConfig, segment_ncut, extraction={"noise": "ddim_inversion"}),
+        # DiffSegmenter: one seeded noising to t = 100, one prompt per class, class tokens ×1.21
+        "openvocab": Method(
+            "openvocab",
+            OpenVocabConfig,
+            segment_openvocab,
+            extraction={"noise": "noise", "timestep": 100, "class_template": DEFAULT_TEMPLATE, "class_weight": DEFAULT_CLASS_WEIGHT},
+        ),
+    }
 
 
 def get_method(name: str) -> Method:
     """The registered method called ``name``; a clear error lists the choices otherwise."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; available: {sorted(METHODS)}") from None
+    if name not in METHOD_NAMES:
+        from dsseg.model.config import ConfigError
+
+        raise ConfigError("method", f"unknown method {name!r}; available: {list(METHOD_NAMES)}")
+    return _registry()[name]
 
 
-def run_method(method: Method, bundle: AttentionBundle, config: Any, timer: StageTimer | None = None) -> list[MethodResult]:
-    """``method`` on ``bundle``; segments left unnamed are named from the bundle's class maps."""
+def run_method(
+    method: Method, bundle: AttentionBundle, config: Any, timer: StageTimer | None = None, naming: str | None = None
+) -> list[MethodResult]:
+    """``method`` on ``bundle``; segments left unnamed are named from the bundle's class maps
+    (``naming``: ``majority`` or ``mean``, default majority)."""
+    from dsseg.methods.openvocab import name_segments
+    from dsseg.timing import StageTimer
+
     results = method.segment(bundle, config, timer)
     if bundle.class_maps is None:
         return results
     timer = timer or StageTimer()
     with timer.stage("segment"):
         return [
-            result if result.names is not None else name_segments(result, bundle.image(i), bundle.config.naming or "majority")
+            result if result.names is not None else name_segments(result, bundle.image(i), naming or "majority")
             for i, result in enumerate(results)
         ]
 
 
-__all__ = ["METHODS", "Method", "MethodResult", "DiffSegConfig", "NCutConfig", "OpenVocabConfig", "get_method", "run_method"]
+__all__ = ["METHOD_NAMES", "get_method", "run_method"]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dsseg.model.extract import AttentionBundle, ExtractConfig
-from dsseg.timing import StageTimer
+if TYPE_CHECKING:
+    from dsseg.model.extract import AttentionBundle
+    from dsseg.timing import StageTimer
 
 
 @dataclass(frozen=True)
@@ -31,30 +32,15 @@ class MethodResult:
 
 @dataclass(frozen=True)
 class Method:
-    """A segmentation method: its config class, what it needs extracted, and its function.
-
-    ``extraction``: the ``ExtractConfig`` fields its paper sets (e.g. DDIM inversion), applied
-    before the user's extraction parameters.
-    """
+    """A segmentation method: its frozen config class, its function and the extraction its paper
+    uses (``extraction``: flat extraction parameters applied before the user's, e.g. DDIM inversion)."""
 
     name: str
     config_class: type
     segment: Callable[[AttentionBundle, Any, StageTimer | None], list[MethodResult]]
-    needs_cross_attention: bool = False
     extraction: dict[str, Any] = field(default_factory=dict)
 
     @property
     def param_names(self) -> frozenset[str]:
         """The parameters of the method's config."""
         return frozenset(f.name for f in fields(self.config_class))
-
-    def make_config(self, params: dict[str, Any]) -> Any:
-        """The method's frozen config from keyword parameters, with a clear error for unknown names."""
-        unknown = sorted(set(params) - self.param_names)
-        if unknown:
-            raise TypeError(f"unknown parameter(s) {unknown} for method {self.name!r}; valid: {sorted(self.param_names)}")
-        return self.config_class(**params)
-
-    def extraction_defaults(self) -> ExtractConfig:
-        """The extraction the method's paper uses."""
-        return replace(ExtractConfig(cross_attention=self.needs_cross_attention), **self.extraction)

@@ -25,13 +25,11 @@ import torch.nn.functional as F
 from dsseg.model.attention import Grid
 from dsseg.model.extract import AttentionBundle
 from dsseg.methods.base import MethodResult
+from dsseg.model.vocabularies import BACKGROUND_NAME, IGNORE_LABEL, IGNORE_NAME
 from dsseg.methods.pamr import pamr
 from dsseg.timing import StageTimer
 
 LEVEL_WEIGHTS = (0.3, 0.5, 0.1, 0.1)  # 8², 16², 32², 64² at 512² (DiffSegmenter)
-BACKGROUND = "background"
-IGNORE = "ignore"
-IGNORE_INDEX = 255
 _EPS = 1e-12
 
 
@@ -127,16 +125,16 @@ def upsample_scores(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
 
 def labels_from_scores(scores: torch.Tensor, background_threshold: float, ignore_margin: float | None = None) -> torch.Tensor:
     """(C, h, w) class scores → (h, w) int64: 0 background (no class above the threshold),
-    c for class c − 1's map, ``IGNORE_INDEX`` where the best channel leads by less than the margin."""
+    c for class c − 1's map, ``IGNORE_LABEL`` where the best channel leads by less than the margin."""
     background = scores.new_full((1, *scores.shape[1:]), background_threshold)
     channels = torch.cat([background, scores])
     if ignore_margin is None or channels.shape[0] < 2:
         return channels.argmax(dim=0)
-    if channels.shape[0] > IGNORE_INDEX:
-        raise ValueError(f"an ignore band needs fewer than {IGNORE_INDEX} classes per image (label {IGNORE_INDEX} marks it); got {len(scores)}")
+    if channels.shape[0] > IGNORE_LABEL:
+        raise ValueError(f"an ignore band needs fewer than {IGNORE_LABEL} classes per image (label {IGNORE_LABEL} marks it); got {len(scores)}")
     top = channels.topk(2, dim=0)
     labels = top.indices[0]
-    labels[top.values[0] - top.values[1] < ignore_margin] = IGNORE_INDEX
+    labels[top.values[0] - top.values[1] < ignore_margin] = IGNORE_LABEL
     return labels
 
 
@@ -167,10 +165,10 @@ def segment_openvocab(bundle: AttentionBundle, config: OpenVocabConfig, timer: S
                 scores = refine_with_image(scores, image.images, config)
             labels = labels_from_scores(scores, config.background_threshold, config.ignore_margin)
             if config.ignore_margin is not None:
-                labels[labels == IGNORE_INDEX] = len(names) + 1
+                labels[labels == IGNORE_LABEL] = len(names) + 1
             means = segment_means(labels, scores, len(names) + 2)
             segment_scores = [None] + [float(means[c + 1, c]) for c in range(len(names))] + [None]
-            results.append(MethodResult(labels, names=[BACKGROUND, *names, IGNORE], scores=segment_scores, background=True))
+            results.append(MethodResult(labels, names=[BACKGROUND_NAME, *names, IGNORE_NAME], scores=segment_scores, background=True))
     return results
 
 

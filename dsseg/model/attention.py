@@ -18,11 +18,10 @@ from typing import Literal
 import torch
 from diffusers import UNet2DConditionModel
 
+from dsseg.model.config import UNET_LEVELS, Block, CaptureSpec
+
 Kind = Literal["self", "cross"]
-Block = Literal["down", "mid", "up"]
 Grid = tuple[int, int]
-BLOCKS: tuple[Block, ...] = ("down", "mid", "up")
-UNET_LEVELS = 4  # attention resolutions of the SD UNet: the latent and three halvings
 
 # Largest score chunk materialised at once, in elements (B × heads × N × M); 2**28 = 1 GiB of float32.
 MAX_CHUNK_ELEMENTS = 2**28
@@ -35,32 +34,6 @@ class AttentionLayer:
     name: str
     kind: Kind
     block: Block
-
-
-@dataclass(frozen=True)
-class CaptureSpec:
-    """Which attention to capture.
-
-    ``resolutions``: latent side lengths whose self-attention is kept (the longer side of a level's
-    grid, e.g. 64, 32, 16, 8 for a 512² SD v1 input); ``None`` keeps every level. Cross-attention
-    (small: N × 77 per layer) is kept at every level.
-    """
-
-    self_attention: bool = True
-    cross_attention: bool = False
-    blocks: tuple[Block, ...] = BLOCKS
-    resolutions: tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        unknown = set(self.blocks) - set(BLOCKS)
-        if unknown or not self.blocks:
-            raise ValueError(f"blocks must be a non-empty subset of {BLOCKS}; got {self.blocks}")
-        if self.resolutions is not None and (not self.resolutions or min(self.resolutions) < 1):
-            raise ValueError(f"resolutions must be positive latent sizes or None; got {self.resolutions}")
-
-    def selects(self, layer: AttentionLayer) -> bool:
-        wanted_kind = self.self_attention if layer.kind == "self" else self.cross_attention
-        return wanted_kind and layer.block in self.blocks
 
 
 def attention_layers(unet: UNet2DConditionModel) -> list[AttentionLayer]:

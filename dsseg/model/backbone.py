@@ -21,9 +21,9 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from huggingface_hub import try_to_load_from_cache
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from dsseg.model.config import DEFAULT_BACKBONE
 from dsseg.model.tokenizer import CONTEXT_LENGTH, clip_tokenizer
 
-DEFAULT_BACKBONE = "CompVis/stable-diffusion-v1-4"
 RANDOM_BACKBONES = ("tiny", "sd-v1-random")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

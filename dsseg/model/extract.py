@@ -19,157 +19,29 @@ conditioned on prompts that name them and the bundle carries each class's cross-
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
 import numpy as np
 import torch
 
-from dsseg.model.attention import BLOCKS, UNET_LEVELS, Block, CaptureSpec, Grid, capture_attention
+from dsseg.model.attention import Grid, capture_attention
 from dsseg.model.backbone import Backbone
-from dsseg.io.images import GEOMETRIES, SIDE_MULTIPLE, Geometry, GeometryMode, prepare_image
-from dsseg.model.prompts import PromptPlan, check_template, class_prompt_plan, joint_prompt_plans
+from dsseg.model.config import DEFAULT_TIMESTEP, ExtractConfig, check_class_names
+from dsseg.model.prompts import PromptPlan, class_prompt_plan, joint_prompt_plans
 from dsseg.timing import StageTimer
-from dsseg.model.vocabularies import get_vocabulary
 
-LATENT_FACTOR = 8  # image pixels per latent cell in every SD VAE
-NoiseMode = Literal["none", "noise", "ddim_inversion"]
-NOISE_MODES: tuple[NoiseMode, ...] = ("none", "noise", "ddim_inversion")
-DEFAULT_TIMESTEP = 300
-NamingMode = Literal["majority", "mean"]
-NAMING_MODES: tuple[NamingMode, ...] = ("majority", "mean")
-# Fields that change speed or memory but not results: left out of config hashes.
-RUNTIME_FIELDS = ("class_batch_size",)
 CONDITION_CACHE = 512  # class-prompt text states kept per extractor (a vocabulary's worth)
 
 
-@dataclass(frozen=True)
-class ExtractConfig:
-    """How attention is extracted from an image (all sizes in pixels, timesteps in [0, 1000)).
-
-    ``timestep``: the UNet step for ``none``/``noise`` (default 300); with ``ddim_inversion`` it
-    is fixed by the inversion (the n-th of N DDIM timesteps) and must stay None.
-    ``capture_resolutions``: latent sizes whose self-attention is captured (None = all levels;
-    by default the levels the method aggregates); cross-attention, when captured, covers all levels.
-
-    Classes: ``classes`` (or a shipped ``vocabulary``: voc20, context59, coco80) are the default
-    candidates of every image; per-image lists given at call time replace them.
-    ``class_template`` (with ``{class}``): one prompt per class, ``class_batch_size`` prompts per
-    UNet call; None: one joint prompt naming the classes. ``class_weight`` scales the text
-    embeddings of the class-name tokens. ``descriptors``: per class name, words put before it in its
-    prompt whose maps are fused with the name's. ``naming``: how the classes name the segments of
-    methods that do not label pixels themselves (``majority`` of pixel votes or ``mean`` score;
-    None: no naming unless classes are given, which default it to ``majority``).
-    """
-
-    image_size: int = 512
-    geometry: GeometryMode = "center_crop"
-    antialias: bool = False
-    noise: NoiseMode = "none"
-    timestep: int | None = None
-    inversion_steps: int = 10
-    num_inference_steps: int = 50
-    seed: int = 0
-    prompt: str = ""
-    cross_attention: bool = False
-    blocks: tuple[Block, ...] = BLOCKS
-    capture_resolutions: tuple[int, ...] | None = None
-    classes: tuple[str, ...] = ()
-    vocabulary: str | None = None
-    class_template: str | None = None
-    class_weight: float = 1.0
-    descriptors: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    class_batch_size: int = 8
-    naming: NamingMode | None = None
-
-    def __post_init__(self) -> None:
-        if self.image_size < SIDE_MULTIPLE or self.image_size % SIDE_MULTIPLE:
-            raise ValueError(f"image_size must be a positive multiple of {SIDE_MULTIPLE}; got {self.image_size}")
-        if self.geometry not in GEOMETRIES:
-            raise ValueError(f"geometry must be one of {GEOMETRIES}; got {self.geometry!r}")
-        if self.noise not in NOISE_MODES:
-            raise ValueError(f"noise must be one of {NOISE_MODES}; got {self.noise!r}")
-        if self.noise == "ddim_inversion" and self.timestep is not None:
-            raise ValueError("with noise='ddim_inversion' the timestep is set by inversion_steps; leave timestep unset")
-        if self.timestep is not None and not 0 <= self.timestep < 1000:
-            raise ValueError(f"timestep must be in [0, 1000); got {self.timestep}")
-        if not 1 <= self.inversion_steps <= self.num_inference_steps:
-            raise ValueError(
-                f"inversion_steps must be in [1, num_inference_steps={self.num_inference_steps}]; got {self.inversion_steps}"
-            )
-        # Normalise list inputs (e.g. from JSON) so configs hash and compare by value.
-        object.__setattr__(self, "blocks", tuple(self.blocks))
-        if self.capture_resolutions is not None:
-            object.__setattr__(self, "capture_resolutions", tuple(sorted(set(self.capture_resolutions), reverse=True)))
-            check_resolutions(self.capture_resolutions, self)
-        self._check_classes()
-        self.capture_spec()  # validates blocks
-
-    def _check_classes(self) -> None:
-        if isinstance(self.classes, str):
-            raise ValueError(f"classes must be a list of names; got the string {self.classes!r} (for a shipped list use vocabulary=...)")
-        classes = tuple(str(name).strip() for name in self.classes)
-        if self.vocabulary is not None:
-            if classes:
-                raise ValueError("give either classes or vocabulary, not both")
-            classes = get_vocabulary(self.vocabulary)
-        check_class_names(classes)
-        object.__setattr__(self, "classes", classes)
-        descriptors = self.descriptors.items() if isinstance(self.descriptors, Mapping) else self.descriptors
-        object.__setattr__(self, "descriptors", tuple(sorted((str(k), tuple(v)) for k, v in descriptors)))
-        if self.class_template is not None:
-            check_template(self.class_template)
-        elif self.descriptors:
-            raise ValueError("descriptors need one prompt per class: set class_template")
-        if self.class_weight <= 0 or self.class_batch_size < 1:
-            raise ValueError(f"class_weight must be > 0 and class_batch_size ≥ 1; got {self.class_weight}, {self.class_batch_size}")
-        if self.classes and self.class_template is None and self.naming is None:
-            object.__setattr__(self, "naming", "majority")  # classes without a template name segments
-        if self.naming is not None and self.naming not in NAMING_MODES:
-            raise ValueError(f"naming must be one of {NAMING_MODES} or None; got {self.naming!r}")
-
-    @property
-    def uses_classes(self) -> bool:
-        """Whether images are prompted with class names (per-image lists at call time apply)."""
-        return bool(self.classes) or self.class_template is not None or self.naming is not None
-
-    def prepare(self, rgb: np.ndarray) -> tuple[np.ndarray, Geometry]:
-        """(H, W, 3) uint8 image → ((h, w, 3) uint8 model input, geometry) per this config."""
-        return prepare_image(rgb, self.image_size, self.geometry, self.antialias)
-
-    @property
-    def level_sizes(self) -> tuple[int, ...]:
-        """Attention resolutions (longer latent side per UNet level): 64, 32, 16, 8 at 512 px."""
-        return tuple(self.image_size // LATENT_FACTOR // 2**level for level in range(UNET_LEVELS))
-
-    def capture_spec(self) -> CaptureSpec:
-        return CaptureSpec(
-            self_attention=True,
-            cross_attention=self.cross_attention or self.uses_classes,
-            blocks=self.blocks,
-            resolutions=self.capture_resolutions,
-        )
-
-
-def check_class_names(names: Sequence[str]) -> None:
-    """Raise a ``ValueError`` for empty or repeated class names."""
-    if any(not name for name in names):
-        raise ValueError(f"class names must be non-empty; got {list(names)}")
-    repeated = sorted({name for name in names if list(names).count(name) > 1})
-    if repeated:
-        raise ValueError(f"class names repeat: {repeated}")
-
-
-def check_resolutions(resolutions: tuple[int, ...], config: ExtractConfig) -> None:
-    """Raise a ``ValueError`` unless every resolution is a UNet level at ``config.image_size``."""
-    missing = sorted(set(resolutions) - set(config.level_sizes), reverse=True)
-    if missing:
-        raise ValueError(
-            f"resolutions {missing} do not exist at image_size {config.image_size}: "
-            f"the attention levels are {list(config.level_sizes)}"
-        )
+def to_model_input(batch: np.ndarray | torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(B, h, w, 3) uint8 prepared images → (B, 3, h, w) in [-1, 1] on ``device`` (pinned copies to CUDA)."""
+    pixels = torch.as_tensor(batch)
+    if device.type == "cuda":
+        pixels = pixels.pin_memory()
+    pixels = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2)
+    return (pixels.float() / 127.5 - 1.0).to(dtype).contiguous()
 
 
 @dataclass(frozen=True)
@@ -249,16 +121,17 @@ class AttentionExtractor:
     def __init__(self, backbone: Backbone, config: ExtractConfig) -> None:
         self.backbone = backbone
         self.config = config
-        self.condition = backbone.encode_prompt(config.prompt)  # (1, 77, D)
+        self.condition = backbone.encode_prompt(config.prompting.prompt)  # (1, 77, D)
         self._class_conditions: OrderedDict[tuple[str, tuple[int, ...]], torch.Tensor] = OrderedDict()
         scheduler = backbone.scheduler
         self.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)
-        if config.noise == "ddim_inversion":
-            self.inversion = inversion_timesteps(scheduler, config.num_inference_steps, config.inversion_steps)
+        noising = config.noising
+        if noising.noise == "ddim_inversion":
+            self.inversion = inversion_timesteps(scheduler, noising.num_inference_steps, noising.inversion_steps)
             self.timestep = self.inversion[-1]
         else:
             self.inversion = []
-            self.timestep = DEFAULT_TIMESTEP if config.timestep is None else config.timestep
+            self.timestep = DEFAULT_TIMESTEP if noising.timestep is None else noising.timestep
 
     @torch.no_grad()
     def __call__(
@@ -269,7 +142,7 @@ class AttentionExtractor:
         timer = timer or StageTimer(images.device)
         with timer.stage("encode"):
             latents = self.encode(images)
-        if self.config.noise != "none":
+        if self.config.noising.noise != "none":
             with timer.stage("invert"):
                 latents = self.add_noise(latents)
         latent_hw = tuple(latents.shape[-2:])
@@ -285,10 +158,10 @@ class AttentionExtractor:
         """Each image's candidate classes: its own list where given, else the config's."""
         if classes is not None and len(classes) != batch:
             raise ValueError(f"{len(classes)} class lists given for {batch} images")
-        lists = [self.config.classes if c is None else tuple(str(name).strip() for name in c) for c in (classes or [None] * batch)]
+        lists = [self.config.prompting.classes if c is None else tuple(str(name).strip() for name in c) for c in (classes or [None] * batch)]
         for index, names in enumerate(lists):
             check_class_names(names)
-            if self.config.class_template is not None and not names:
+            if self.config.prompting.class_template is not None and not names:
                 raise ValueError(
                     f"image {index} of the batch has no candidate classes, and labelling pixels by class needs some: "
                     "give classes=[...] or vocabulary=... (voc20, context59, coco80), or a non-empty classes list per image"
@@ -298,7 +171,7 @@ class AttentionExtractor:
     def prompt_plans(self, names: Sequence[str]) -> list[PromptPlan]:
         """The prompts one image runs: one per class with a template (the plain prompt when it has
         no classes), else joint prompts (one, unless the names overflow CLIP's 77 tokens)."""
-        config, tokenizer = self.config, self.backbone.tokenizer
+        config, tokenizer = self.config.prompting, self.backbone.tokenizer
         if config.class_template is None:
             return joint_prompt_plans(tokenizer, names, config.prompt)
         if not names:
@@ -311,7 +184,7 @@ class AttentionExtractor:
         with a template (else as many as images); self-attention averaged over each image's prompts."""
         work = [(i, plan) for i, image_names in enumerate(names) for plan in self.prompt_plans(image_names)]
         # Joint prompts: as many per call as images (one each, unless a vocabulary overflows 77 tokens).
-        size = self.config.class_batch_size if self.config.class_template is not None else len(names)
+        size = self.config.prompting.class_batch_size if self.config.prompting.class_template is not None else len(names)
         self_sums: dict[Grid, torch.Tensor] = {}
         parts: list[dict[Grid, list[torch.Tensor]]] = [{} for _ in names]
         prompts_per_image = torch.zeros(len(names), device=latents.device)
@@ -348,9 +221,10 @@ class AttentionExtractor:
             self._class_conditions.move_to_end(key)
             return self._class_conditions[key]
         condition = self.backbone.encode_prompt(plan.text, cache=False)
-        if self.config.class_weight != 1.0 and plan.weighted_positions:
+        weight = self.config.prompting.class_weight
+        if weight != 1.0 and plan.weighted_positions:
             condition = condition.clone()
-            condition[:, list(plan.weighted_positions)] *= self.config.class_weight
+            condition[:, list(plan.weighted_positions)] *= weight
         self._class_conditions[key] = condition
         if len(self._class_conditions) > CONDITION_CACHE:
             self._class_conditions.popitem(last=False)
@@ -364,10 +238,10 @@ class AttentionExtractor:
 
     def add_noise(self, latents: torch.Tensor) -> torch.Tensor:
         """Apply the configured noise mode to clean latents."""
-        if self.config.noise == "none":
+        if self.config.noising.noise == "none":
             return latents
-        if self.config.noise == "noise":
-            generator = torch.Generator().manual_seed(self.config.seed)
+        if self.config.noising.noise == "noise":
+            generator = torch.Generator().manual_seed(self.config.noising.seed)
             noise = torch.randn((1, *latents.shape[1:]), generator=generator).to(latents)
             alpha = float(self.alphas_cumprod[self.timestep])
             return math.sqrt(alpha) * latents + math.sqrt(1.0 - alpha) * noise.expand_as(latents)

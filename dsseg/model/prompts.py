@@ -19,11 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
+from dsseg.model.config import CLASS_PLACEHOLDER, check_template
 from dsseg.model.tokenizer import CONTEXT_LENGTH
 
-CLASS_PLACEHOLDER = "{class}"
-DEFAULT_TEMPLATE = "a photograph of a {class}"
-DEFAULT_CLASS_WEIGHT = 1.21  # "[class]++": 1.1² (DiffSegmenter)
 JOINT_PREFIX = "a photograph of "
 
 
@@ -57,12 +55,6 @@ class PromptPlan:
             if tokens.descriptors:
                 matrix[list(tokens.descriptors), k] += 0.5 / len(tokens.descriptors)
         return matrix
-
-
-def check_template(template: str) -> None:
-    """Raise a ``ValueError`` unless ``template`` holds ``{class}`` exactly once."""
-    if template.count(CLASS_PLACEHOLDER) != 1:
-        raise ValueError(f"class_template must contain {CLASS_PLACEHOLDER} exactly once, e.g. {DEFAULT_TEMPLATE!r}; got {template!r}")
 
 
 def token_ids(tokenizer, text: str) -> list[int]:

@@ -6,6 +6,10 @@ of a list is dataset class i + 1 (0 is background in VOC, Context-60 and COCO-Ob
 
 from __future__ import annotations
 
+BACKGROUND_NAME = "background"  # the class of pixels no candidate class takes (open vocabulary)
+IGNORE_NAME = "ignore"  # the segment of uncertain pixels (open vocabulary's ignore band)
+IGNORE_LABEL = 255  # the label value of pixels to ignore, in ground truth and pseudo-label maps
+
 VOC20 = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train",

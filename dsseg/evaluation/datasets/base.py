@@ -11,7 +11,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-IGNORE = 255
+from dsseg.model.vocabularies import IGNORE_LABEL
+
+IGNORE = IGNORE_LABEL
 
 
 class DatasetRootError(FileNotFoundError):

@@ -24,10 +24,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from dsseg.io.masks import decode_segments
-from dsseg.methods.openvocab import BACKGROUND, IGNORE, IGNORE_INDEX
-from dsseg.model.vocabularies import VOC20
+from dsseg.model.vocabularies import BACKGROUND_NAME, IGNORE_LABEL, IGNORE_NAME, VOC20
 
-VOC_CLASSES = (BACKGROUND, *VOC20)
+VOC_CLASSES = (BACKGROUND_NAME, *VOC20)
 # VOC's XML names for the classes whose readable names differ.
 VOC_XML_NAMES = {"diningtable": "dining table", "pottedplant": "potted plant", "tvmonitor": "tv monitor"}
 AGNOSTIC_CATEGORY = "fg"
@@ -85,7 +84,7 @@ def class_list(image_labels: Iterable[Sequence[str]]) -> tuple[str, ...]:
     names = {name for labels in image_labels for name in labels}
     if names <= set(VOC20):
         return VOC_CLASSES
-    return (BACKGROUND, *sorted(names - {BACKGROUND}))
+    return (BACKGROUND_NAME, *sorted(names - {BACKGROUND_NAME}))
 
 
 def class_index_map(row: dict[str, Any], classes: Sequence[str]) -> np.ndarray:
@@ -93,10 +92,10 @@ def class_index_map(row: dict[str, Any], classes: Sequence[str]) -> np.ndarray:
     "ignore" and names outside ``classes`` → 255."""
     labels = decode_segments(row["segments"], (row["height"], row["width"]))
     index = {name: i for i, name in enumerate(classes)}
-    lookup = np.full(int(labels.max()) + 1, IGNORE_INDEX, dtype=np.uint8)
+    lookup = np.full(int(labels.max()) + 1, IGNORE_LABEL, dtype=np.uint8)
     for segment in row["segments"]:
         name = segment["label"]
-        lookup[segment["segment_id"]] = IGNORE_INDEX if name == IGNORE else index.get(name, IGNORE_INDEX)
+        lookup[segment["segment_id"]] = IGNORE_LABEL if name == IGNORE_NAME else index.get(name, IGNORE_LABEL)
     return lookup[labels]
 
 
@@ -158,7 +157,7 @@ def coco_document(rows: Sequence[dict[str, Any]], classes: Sequence[str], agnost
     result is the same however the rows were sharded). Weak rows give one annotation per present
     class (not background or ignore); ``agnostic[image_id]`` lists an image's proposals (category
     "fg"). Masks are compressed RLE with string counts."""
-    categories = [{"id": i, "name": name, "supercategory": "object"} for i, name in enumerate(classes) if name != BACKGROUND]
+    categories = [{"id": i, "name": name, "supercategory": "object"} for i, name in enumerate(classes) if name != BACKGROUND_NAME]
     fg_id = len(classes)
     if agnostic:
         categories.append({"id": fg_id, "name": AGNOSTIC_CATEGORY, "supercategory": "object"})

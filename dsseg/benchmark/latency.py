@@ -1,0 +1,230 @@
+"""Per-stage latency and memory of the segmentation path (``dsseg benchmark``, ``jobs/benchmark.py``).
+
+Stages: decode (file bytes → prepared 512² input), encode (VAE), invert (noise or DDIM
+inversion), unet (one step with capture), aggregate, segment, upsample (labels to the original
+size), rle. For each batch size: the median over the repeats (after one warm-up) of
+milliseconds per image for each stage, end-to-end images/s, and peak host and device memory.
+The comparison mode times every stage that has a straightforward second version against ours on
+the same input, with the speed-up and how far the results are apart (``dsseg.benchmark.comparisons``):
+the UNet step with every per-head map kept (and its peak device memory on CUDA), float64
+aggregation, full-size upsampling, per-mask RLE; and the method's aggregation + segmentation
+against its float64 transcription — for DiffSeg the loop-by-loop official algorithm
+(``dsseg.methods.diffseg_reference``), for NCut dense matrices, scipy's eigensolver and costs
+from the definition (``dsseg.methods.ncut_reference``), agreement of the label maps (NCut:
+latent-cell partitions). Class counts time the open-vocabulary method (or segment naming)
+against the number of candidate classes: one UNet call per ``class_batch_size`` class prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dsseg.segmenter import Segmenter
+from dsseg.spec import MethodSpec
+from dsseg.benchmark.comparisons import SAME_CODE_STAGES, compare_aggregate, compare_capture, compare_rle, compare_upsample
+from dsseg.model.backbone import load_backbone
+from dsseg.cli import params_from_args
+from dsseg.io.images import decode_image
+from dsseg.model.extract import to_model_input
+from dsseg.methods.aggregate import aggregate_self_attention
+from dsseg.model.extract import AttentionBundle
+from dsseg.methods import get_method, run_method
+from dsseg.methods.diffseg import DiffSegConfig, segment_diffseg
+from dsseg.methods.diffseg_reference import reference_aggregate, reference_diffseg
+from dsseg.methods.ncut import NCutConfig, ncut_levels, ncut_partition, segment_ncut
+from dsseg.methods.ncut_reference import reference_ncut
+from dsseg.job.memory import probe_batch_size
+from dsseg.evaluation.metrics import relabelled_agreement
+from dsseg.job.runner import library_versions
+from dsseg.io.schema import TIMING_STAGES
+from dsseg.timing import StageTimer
+from dsseg.io.frames import labels_to_original
+from dsseg.model.vocabularies import COCO80
+
+def run_once(segmenter: Segmenter, data: bytes, batch_size: int) -> dict[str, float]:
+    """One pass over a batch of copies of the image; milliseconds per image by stage."""
+    timer = StageTimer(segmenter.backbone.device)
+    with timer.stage("decode"):
+        prepared = [segmenter.prepare(decode_image(data, max_pixels=None)[0]) for _ in range(batch_size)]
+    segmentations = segmenter(np.stack([p for p, _ in prepared]), [g for _, g in prepared], timer)
+    with timer.stage("rle"):
+        for segmentation in segmentations:
+            segmentation.to_rles()
+    return {stage: timer.ms[stage] / batch_size for stage in TIMING_STAGES if stage in timer.ms}
+
+
+def compare_with_reference(segmenter: Segmenter, data: bytes) -> dict:
+    """Every stage with a second, straightforward version (``dsseg.benchmark.comparisons``), and the method's
+    aggregation + segmentation against its float64 transcription, on one image: times, speed-ups,
+    agreement; the stages computed by the same library calls either way are named."""
+    backbone, method, extractor = segmenter.backbone, segmenter.config.method, segmenter.groups[0].extractor
+    pixels, geometry = segmenter.prepare(decode_image(data, max_pixels=None)[0])
+    images = to_model_input(pixels[None], backbone.device, backbone.dtype)
+    bundle = extractor(images)
+    config = segmenter.config.params
+    levels = ncut_levels(list(bundle.self_attention), config) if method == "ncut" else getattr(config, "resolutions", None)
+    stages = [compare_capture(extractor, images).record()]
+    stages.append(compare_aggregate(bundle.self_attention, levels, getattr(config, "resolution_weights", None)).record())
+    compare_method = {"diffseg": compare_diffseg, "ncut": compare_ncut}.get(method)
+    if compare_method is not None:
+        stages.append(compare_method(bundle, config))
+    result = run_method(get_method(method), bundle, config, naming=segmenter.config.naming)[0]
+    stages.append(compare_upsample(result.labels.cpu().numpy(), geometry).record())
+    stages.append(compare_rle(labels_to_original(result.labels.cpu().numpy(), geometry)).record())
+    return {"stages": stages, "same_code_stages": list(SAME_CODE_STAGES)}
+
+
+def timed_ours(segment, bundle: AttentionBundle, config) -> float:
+    """Milliseconds of aggregate + segment for one image (after a warm-up run)."""
+    segment(bundle, config)
+    timer = StageTimer(next(iter(bundle.self_attention.values())).device)
+    segment(bundle, config, timer)
+    return timer.ms["aggregate"] + timer.ms["segment"]
+
+
+def comparison_record(stage: str, ours_ms: float, reference_ms: float, ours: np.ndarray, reference: np.ndarray) -> dict:
+    return {
+        "stage": stage,
+        "ours_ms": round(ours_ms, 1),
+        "straightforward_ms": round(reference_ms, 1),
+        "speedup": round(reference_ms / ours_ms, 1),
+        "segments": [int(ours.max()) + 1, int(reference.max()) + 1],
+        "agreement": round(relabelled_agreement(ours, reference), 5),
+    }
+
+
+def compare_diffseg(bundle: AttentionBundle, config: DiffSegConfig) -> dict:
+    """DiffSeg: ours (float32 torch, KL by matrix products) against the float64 loop-by-loop
+    transcription of the official algorithm; agreement of the pixel label maps."""
+    ours_ms = timed_ours(segment_diffseg, bundle, config)
+    ours = segment_diffseg(bundle, config)[0].labels.cpu().numpy()
+    attention = {grid[0]: maps[0].cpu().numpy() for grid, maps in bundle.self_attention.items()}
+    start = time.perf_counter()
+    reference = reference_diffseg(
+        attention,
+        kl_threshold=config.kl_threshold,
+        iterations=config.iterations,
+        num_points=bundle.latent_hw[0] // config.anchor_spacing,
+        upsample_factor=config.upsample_factor,
+    )
+    reference_ms = (time.perf_counter() - start) * 1000.0
+    return comparison_record("aggregate+segment (DiffSeg)", ours_ms, reference_ms, ours, reference)
+
+
+def compare_ncut(bundle: AttentionBundle, config: NCutConfig) -> dict:
+    """Recursive NCut: ours (float32 torch, matrix-free Lanczos, prefix-sum split costs) against
+    dense float64 adjacency, scipy's generalised eigensolver and split costs summed from the
+    definition; agreement of the latent-cell partitions."""
+    ours_ms = timed_ours(segment_ncut, bundle, config)
+    levels = ncut_levels(list(bundle.self_attention), config)
+    transition = aggregate_self_attention(bundle.self_attention, levels, config.resolution_weights)[0][0]
+    ours = ncut_partition(transition, config).assignment.cpu().numpy()
+    attention = {grid[0]: maps[0].cpu().numpy() for grid, maps in bundle.self_attention.items() if grid[0] in levels}
+    start = time.perf_counter()
+    aggregated = reference_aggregate(attention, config.resolution_weights)
+    reference = reference_ncut(aggregated.reshape(len(ours), len(ours)), config)
+    reference_ms = (time.perf_counter() - start) * 1000.0
+    return comparison_record("aggregate+segment (NCut)", ours_ms, reference_ms, ours, reference)
+
+
+def timed_runs(segmenter: Segmenter, data: bytes, batch_sizes: list[int | str], repeats: int, classes: int | None = None) -> list[dict]:
+    """One record per batch size ("auto": chosen from free memory by ``dsseg.job.memory``): median
+    per-stage ms per image, images/s and peak device memory (whole batch and per image)."""
+    cuda = segmenter.backbone.device.type == "cuda"
+    runs = []
+    for batch_size in batch_sizes:
+        probe = None
+        if batch_size == "auto":
+            probe = probe_batch_size(lambda n: run_once(segmenter, data, n), segmenter.backbone.device)
+            batch_size = probe["batch_size"]
+        resident = torch.cuda.memory_allocated() if cuda else 0  # the model's weights and caches
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        run_once(segmenter, data, batch_size)  # warm-up
+        samples = [run_once(segmenter, data, batch_size) for _ in range(repeats)]
+        stages = {stage: statistics.median(s[stage] for s in samples) for stage in samples[0]}
+        total = statistics.median(sum(s.values()) for s in samples)
+        runs.append(
+            {
+                "batch_size": batch_size,
+                "classes": classes,
+                "ms_per_image": {k: round(v, 2) for k, v in stages.items()},
+                "images_per_second": {k: round(1000.0 / v, 2) for k, v in stages.items()},
+                "end_to_end_ms_per_image": round(total, 2),
+                "end_to_end_images_per_second": round(1000.0 / total, 3),
+                "peak_device_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
+                "peak_device_memory_mb_per_image": round((torch.cuda.max_memory_allocated() - resident) / 2**20 / batch_size, 1) if cuda else None,
+                "auto_batch_probe": probe,
+            }
+        )
+    return runs
+
+
+def benchmark(args: argparse.Namespace) -> dict:
+    start = time.perf_counter()
+    backbone = load_backbone(args.backbone, device=args.device, dtype=args.dtype, offline=args.offline, compile=args.compile)
+    load_seconds = time.perf_counter() - start
+    params = params_from_args(args)
+    segmenter = Segmenter(backbone, MethodSpec(args.method, params))
+    data = Path(args.image).read_bytes()
+    comparison = None
+    if args.compare:
+        comparison = compare_with_reference(segmenter, data)
+    if args.class_counts:
+        # Cost against the number of candidate classes: the first N of the configured list.
+        names = segmenter.config.extraction.prompting.classes or COCO80
+        params = {k: v for k, v in params.items() if k not in ("classes", "vocabulary")}
+        runs = []
+        for count in args.class_counts:
+            counted = Segmenter(backbone, MethodSpec(args.method, params | {"classes": tuple(names[:count])}))
+            runs.extend(timed_runs(counted, data, args.batch_sizes, args.repeats, classes=count))
+    else:
+        runs = timed_runs(segmenter, data, args.batch_sizes, args.repeats, classes=len(segmenter.config.extraction.prompting.classes) or None)
+    return {
+        "backbone": args.backbone,
+        "device": str(backbone.device),
+        "device_name": torch.cuda.get_device_name() if backbone.device.type == "cuda" else platform.processor() or platform.machine(),
+        "dtype": str(backbone.dtype).removeprefix("torch."),
+        "torch_threads": torch.get_num_threads(),
+        "method": args.method,
+        "method_config": dataclasses.asdict(segmenter.config.params),
+        "extract_config": segmenter.config.flat_extraction(),
+        "image": str(args.image),
+        "repeats": args.repeats,
+        "backbone_load_seconds": round(load_seconds, 2),
+        "peak_host_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "versions": library_versions(),
+        "runs": runs,
+        "comparison": comparison,
+    }
+
+
+def print_table(report: dict) -> None:
+    header = f"{'batch':>5} {'classes':>7} " + " ".join(f"{stage:>9}" for stage in TIMING_STAGES) + f" {'total':>9} {'img/s':>7}"
+    print(f"{report['backbone']} on {report['device']} ({report['dtype']}), ms per image (median of {report['repeats']})", file=sys.stderr)
+    print(header, file=sys.stderr)
+    for run in report["runs"]:
+        cells = " ".join(f"{run['ms_per_image'].get(stage, float('nan')):9.1f}" for stage in TIMING_STAGES)
+        classes = "-" if run["classes"] is None else run["classes"]
+        print(
+            f"{run['batch_size']:>5} {classes:>7} {cells} {run['end_to_end_ms_per_image']:9.1f} {run['end_to_end_images_per_second']:7.2f}",
+            file=sys.stderr,
+        )
+
+
+def print_comparison(comparison: dict) -> None:
+    print(f"{'stage':<28} {'ours ms':>9} {'plain ms':>10} {'speed-up':>8}  straightforward version", file=sys.stderr)
+    for record in comparison["stages"]:
+        plain = record.get("straightforward", "float64 transcription of the method")
+        print(f"{record['stage']:<28} {record['ours_ms']:9.1f} {record['straightforward_ms']:10.1f} {record['speedup']:8.1f}  {plain}", file=sys.stderr)
+    print(f"same library calls either way: {', '.join(comparison['same_code_stages'])}", file=sys.stderr)

@@ -1,0 +1,73 @@
+"""``dsseg benchmark`` (``jobs/benchmark.py``): per-stage latency of the segmentation path, printed
+as JSON (and a table on stderr).
+
+    dsseg benchmark --backbone tiny|sd-v1-random|HUB_ID --device cpu|cuda
+                    [--batch-sizes 1,4,auto] [--repeats 3] [--image PATH] [--json OUT.json]
+                    [--method diffseg] [--param NAME=VALUE ...] [--noise ...] [--compare]
+                    [--method openvocab --class-counts 1,5,20,80]
+
+See ``dsseg.benchmark.latency`` for the stages and the comparison mode. The measurement code
+(and torch) loads only after the flags are read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dsseg.cli import METHOD_PARAM_FLAGS, add_method_arguments, add_model_arguments, batch_size_value, flag_message, params_from_args
+
+DEFAULT_IMAGE = Path(__file__).resolve().parents[2] / "tests" / "data" / "images" / "135069.jpg"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dsseg benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", default=str(DEFAULT_IMAGE), help="image to segment (default: a BSDS500 test image)")
+    parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes, auto = fit free memory (default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per batch size after one warm-up (default %(default)s)")
+    parser.add_argument("--json", help="also write the report to this file")
+    parser.add_argument("--compare", action="store_true", help="also time each stage's straightforward version (slow)")
+    parser.add_argument(
+        "--class-counts", help="comma-separated numbers of candidate classes to time (the first N of --classes/--vocabulary, else COCO-80)"
+    )
+    add_model_arguments(parser)
+    add_method_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from dsseg.spec import MethodSpec
+
+    try:
+        args.batch_sizes = [batch_size_value(b.strip()) for b in args.batch_sizes.split(",")]
+        args.class_counts = [int(n) for n in args.class_counts.split(",")] if args.class_counts else []
+        if args.class_counts and min(args.class_counts) < 1:
+            raise ValueError("--class-counts must be ≥ 1")
+        spec = MethodSpec(args.method, params_from_args(args))
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
+        parser.error(flag_message(error, METHOD_PARAM_FLAGS))
+    if args.repeats < 1:
+        parser.error("--repeats must be ≥ 1")
+    if args.compare and spec.resolved.extraction.preparation.geometry == "aspect":
+        parser.error("--compare needs square inputs: geometry center_crop or squash")
+    if not Path(args.image).is_file():
+        parser.error(f"--image {args.image}: no such file")
+    from dsseg.benchmark.latency import benchmark, print_comparison, print_table
+
+    try:
+        report = benchmark(args)
+    except RuntimeError as error:  # a missing backbone, no GPU, …: the message says what to do
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print_table(report)
+    if report["comparison"]:
+        print_comparison(report["comparison"])
+    text = json.dumps(report, indent=2, default=str)
+    if args.json:
+        Path(args.json).write_text(text)
+    print(text)
+    return 0

@@ -1,0 +1,342 @@
+"""Pseudo-label datasets on Ray: image-level labels (or none) → pixel pseudo-labels for training.
+
+    python jobs/pseudolabel.py --input MANIFEST_OR_DIR --output DIR [--format voc,coco] [--backbone ...]
+    python jobs/pseudolabel.py --voc-root VOCdevkit/VOC2012 --split train --output DIR --gt-dir VOCdevkit/VOC2012/SegmentationClass
+    python jobs/pseudolabel.py --coco-instances instances_train2017.json --coco-images train2017/ --output DIR
+
+Images with labels (a manifest's ``labels``/``classes`` column, VOC XML objects, COCO instance
+categories) get weakly supervised masks: the open-vocabulary method restricted to their classes
+plus background, uncertain pixels 255. Images without labels get class-agnostic object masks from
+``--agnostic-method`` (diffseg or ncut segments, filtered). Writes into OUTPUT:
+
+  VOCdevkit/VOC2012/: JPEGImages/<id>.jpg, SegmentationClassAug/<id>.png (palette, 0..K−1 and
+  255; SegmentationClass links to it), ImageSets/Segmentation/train_aug.txt (= train.txt),
+  class_names.txt                                                      (--format voc)
+  coco/annotations.json (compressed RLE, string counts; ids by sorted image id)  (--format coco)
+  run-weak/, run-agnostic/: the segment rows (Parquet), quality.json (with --gt-dir), summary.json
+
+Every file is written to a temporary name and moved into place; re-running resumes (finished
+rows and PNGs are kept), and --shard I/N jobs may share one output: the COCO file is rebuilt from
+all rows present at the end of each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from dsseg.cli import add_model_arguments, batch_size_value, parse_param_values
+from dsseg.io.images import decode_image
+from dsseg.job.config import SegmentJob, parse_shard
+from dsseg.model.config import EXTRACT_PARAMS
+from dsseg.spec import MethodSpec
+from dsseg.methods import get_method
+from dsseg.evaluation.metrics import MetricState, json_ready
+from dsseg.job.runner import init_ray, run_segment_job
+from dsseg.evaluation.exports import (
+    agnostic_segments,
+    class_index_map,
+    class_list,
+    coco_document,
+    labels_from_coco,
+    labels_from_voc,
+    manifest_ids,
+    remove_stale_temporaries,
+    write_atomically,
+    write_json_atomically,
+    write_voc_png,
+)
+from dsseg.io.results import part_uris, read_part, read_results
+from dsseg.io.sources import list_inputs, read_bytes
+from dsseg.model.vocabularies import get_vocabulary
+
+FORMATS = ("voc", "coco")
+ROW_COLUMNS = ["image_id", "source", "width", "height", "status", "error", "segments"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_argument_group("input (one of)")
+    source.add_argument("--input", help="manifest (.parquet/.jsonl: image_id, uri, labels) or an image folder (no labels)")
+    source.add_argument("--voc-root", help="a VOC2012 folder: labels from Annotations/*.xml of --split")
+    source.add_argument("--coco-instances", help="a COCO instances JSON: labels from its categories (with --coco-images)")
+    source.add_argument("--coco-images", help="the folder of the COCO images")
+    parser.add_argument("--split", default="train", help="VOC split list (default %(default)s)")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--format", default="voc,coco", help="comma-separated: voc, coco (default %(default)s)")
+    parser.add_argument("--class-list", help="class order for the label PNGs: voc20, coco80, context59 or a file of names (background is prepended)")
+    parser.add_argument("--ignore-margin", type=float, default=0.1, help="pixels whose best score leads by less become 255 (default %(default)s)")
+    parser.add_argument("--background-threshold", type=float, help="background score (default: the method's)")
+    parser.add_argument("--pamr-iterations", type=int, default=10, help="image-aware refinement steps, 0 = off (default %(default)s)")
+    parser.add_argument("--agnostic-method", default="diffseg", choices=["diffseg", "ncut"], help="segments for images without labels")
+    parser.add_argument("--min-area", type=float, default=0.01, help="smallest class-agnostic mask, fraction of the image")
+    parser.add_argument("--max-masks", type=int, default=20, help="most class-agnostic masks per image")
+    parser.add_argument("--keep-border-background", action="store_true", help="keep the segment touching the border most")
+    parser.add_argument("--no-images", action="store_true", help="do not copy the images into voc/JPEGImages")
+    parser.add_argument("--gt-dir", help="ground-truth PNGs <image_id>.png in the class list's order: quality report")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="extraction parameter (both jobs) or a parameter of openvocab or --agnostic-method (that job)")
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--shard", help="I/N: this job's share of the images")
+    parser.add_argument("--batch-size", type=batch_size_value, default=4, help="images per model call, or auto (default %(default)s)")
+    parser.add_argument("--num-workers", type=int, default=1)
+    add_model_arguments(parser)
+    args = parser.parse_args(argv)
+    if sum(x is not None for x in (args.input, args.voc_root, args.coco_instances)) != 1:
+        parser.error("give exactly one of --input, --voc-root, --coco-instances")
+    if args.coco_instances and not args.coco_images:
+        parser.error("--coco-instances needs --coco-images")
+    args.formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    if not args.formats or set(args.formats) - set(FORMATS):
+        parser.error(f"--format takes a comma-separated subset of {FORMATS}")
+    return args
+
+
+def input_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``{image_id, uri, labels}`` of every image (labels may be empty)."""
+    if args.voc_root:
+        return labels_from_voc(args.voc_root, args.split)
+    if args.coco_instances:
+        return labels_from_coco(args.coco_instances, args.coco_images)
+    items = list_inputs(args.input)
+    if any(item["offset"] is not None for item in items):
+        raise ValueError("tar shards are not supported here: give a manifest or a folder")
+    return [{"image_id": i["image_id"], "uri": i["source"], "labels": list(i["classes"] or [])} for i in items]
+
+
+def classes_for(args: argparse.Namespace, rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """Background, then the class list's names (or the labels present): at most 255 in all, as
+    the label PNGs are 8-bit with 255 for ignore."""
+    if args.class_list:
+        path = Path(args.class_list)
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()] if path.is_file() else list(get_vocabulary(args.class_list))
+        unknown = sorted({n for r in rows for n in r["labels"]} - set(names))
+        if unknown:
+            raise ValueError(f"labels {unknown[:5]} are not in --class-list {args.class_list}")
+        classes = ("background", *[n for n in names if n != "background"])
+    else:
+        classes = class_list(r["labels"] for r in rows)
+    if len(classes) > 255:
+        raise ValueError(f"{len(classes)} classes with background do not fit 8-bit label PNGs (0..254, 255 = ignore)")
+    return classes
+
+
+def file_stem(image_id: str) -> str:
+    """A flat file name for an image id (folders → "__", extension dropped)."""
+    return Path(image_id).with_suffix("").as_posix().replace("/", "__")
+
+
+def check_unique_stems(rows: list[dict[str, Any]]) -> None:
+    """Every image needs its own file name in the VOC folders: ids that flatten to the same stem
+    ("a/b.jpg" and "a__b.png") are refused."""
+    seen: dict[str, str] = {}
+    for row in rows:
+        stem = file_stem(row["image_id"])
+        if seen.setdefault(stem, row["image_id"]) != row["image_id"]:
+            raise ValueError(f"image ids {seen[stem]!r} and {row['image_id']!r} share the file name {stem!r}: give them distinct ids")
+
+
+def params_for(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The ``--param`` values that apply to ``method``: every extraction parameter and the
+    method's own; the rest belong to the other job's method."""
+    known = get_method(method).param_names | EXTRACT_PARAMS
+    return {name: value for name, value in params.items() if name in known}
+
+
+def segment_jobs(args: argparse.Namespace, rows: list[dict[str, Any]], output: Path) -> dict[str, SegmentJob]:
+    """One segment job per kind present: weak (openvocab) and class-agnostic. A ``--param`` that
+    neither method takes is an error."""
+    check_unique_stems(rows)
+    extra = parse_param_values(args.param)
+    methods = ("openvocab", args.agnostic_method)
+    unknown = sorted(set(extra) - set(params_for(methods[0], extra)) - set(params_for(methods[1], extra)))
+    if unknown:
+        raise ValueError(f"--param {unknown} is a parameter of neither {methods[0]} nor {methods[1]} nor the extraction; extraction parameters: {sorted(EXTRACT_PARAMS)}")
+    common = dict(
+        backbone=args.backbone, device=args.device, dtype=args.dtype, offline=args.offline, compile=args.compile, batch_size=args.batch_size,
+        num_workers=args.num_workers, limit=args.limit, shard=parse_shard(args.shard), retry_errors=True,
+    )  # fmt: skip
+    weak_params = {"ignore_margin": args.ignore_margin, "pamr_iterations": args.pamr_iterations, **params_for("openvocab", extra)}
+    if args.background_threshold is not None:
+        weak_params["background_threshold"] = args.background_threshold
+    jobs = {}
+    for kind, chosen, spec in (
+        ("weak", [r for r in rows if r["labels"]], MethodSpec("openvocab", weak_params)),
+        ("agnostic", [r for r in rows if not r["labels"]], MethodSpec(args.agnostic_method, params_for(args.agnostic_method, extra))),
+    ):
+        if not chosen:
+            continue
+        manifest = output / "manifests" / f"{kind}.parquet"
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.table({"image_id": [r["image_id"] for r in chosen], "uri": [r["uri"] for r in chosen], "classes": [r["labels"] for r in chosen]})
+        write_atomically(manifest, lambda tmp, table=table: pq.write_table(table, tmp))
+        jobs[kind] = SegmentJob(input=str(manifest), output=str(output / f"run-{kind}"), configs=(spec,), **common)
+    return jobs
+
+
+def ok_rows(job: SegmentJob) -> list[dict[str, Any]]:
+    """The ok rows of ``job``'s config for the images of its manifest (all shards): rows of
+    earlier runs with other settings or other images in the same output are left out."""
+    try:
+        table = read_results(job.output, job.config_ids()[0], ROW_COLUMNS, image_ids=manifest_ids(job.input))
+    except FileNotFoundError:
+        return []
+    return [row for row in table.to_pylist() if row["status"] == "ok"]
+
+
+def copy_image(row: dict[str, Any], folder: Path) -> None:
+    """The source image as ``<stem>.jpg`` (bytes kept for JPEGs, others re-encoded), atomically."""
+    path = folder / f"{file_stem(row['image_id'])}.jpg"
+    if path.exists():
+        return
+    data = read_bytes(row["source"])
+    if data[:3] == b"\xff\xd8\xff":
+        write_atomically(path, lambda tmp: tmp.write_bytes(data))
+    else:
+        rgb = decode_image(data)[0]
+        write_atomically(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="JPEG", quality=95))
+
+
+def export_part(batch: pa.Table, classes: tuple[str, ...], voc: str, copy_images: bool, weak: bool, manifest: str) -> pa.Table:
+    """Ray task: the ok rows of some part files whose images are in ``manifest`` → label PNGs
+    (weak rows; existing ones kept) and JPEGImages copies; returns how many PNGs it wrote."""
+    written = 0
+    for uri in batch.column("path").to_pylist():
+        for row in read_part(uri, columns=ROW_COLUMNS, image_ids=manifest_ids(manifest)).to_pylist():
+            if row["status"] != "ok":
+                continue
+            path = Path(voc) / "SegmentationClassAug" / f"{file_stem(row['image_id'])}.png"
+            if weak and not path.exists():
+                write_voc_png(path, class_index_map(row, classes))
+                written += 1
+            if copy_images:
+                copy_image(row, Path(voc) / "JPEGImages")
+    return pa.table({"written": [written]})
+
+
+def start_label_folder(labels: Path, identity: dict[str, Any], stems: set[str]) -> int:
+    """Make ``labels`` (the PNG folder) hold only PNGs of this setting and these images: when the
+    weak config or the class list differs from the one recorded in ``labels/../pseudolabel.json``,
+    every PNG is removed (they are rewritten); PNGs of images no longer weakly labelled are
+    removed too. Records ``identity``; returns how many PNGs were removed."""
+    record = labels.parent / "pseudolabel.json"
+    changed = record.is_file() and json.loads(record.read_text()) != identity
+    removed = 0
+    for png in labels.glob("*.png") if labels.exists() else []:
+        if changed or png.stem not in stems:
+            png.unlink(missing_ok=True)
+            removed += 1
+    write_json_atomically(record, identity)
+    return removed
+
+
+def export_voc(jobs: dict[str, SegmentJob], classes: tuple[str, ...], voc: Path, copy_images: bool) -> dict[str, int]:
+    """Label PNGs and images on Ray tasks over the part files of this run's configs, then the
+    image and class lists; returns how many PNGs were written and removed."""
+    import ray
+
+    written, removed = 0, 0
+    labels = voc / "SegmentationClassAug"
+    weak = jobs.get("weak")
+    identity = {"config_id": weak.config_ids()[0] if weak else None, "classes": list(classes)}
+    stems = {file_stem(image_id) for image_id in manifest_ids(weak.input).to_pylist()} if weak else set()
+    removed = start_label_folder(labels, identity, stems)  # no weakly labelled images: no label PNGs
+    for kind, job in jobs.items():
+        parts = part_uris(job.output, job.config_ids())
+        if not parts:
+            continue
+        dataset = ray.data.from_items([{"path": p} for p in parts], override_num_blocks=min(len(parts), 64))
+        kwargs = {"classes": classes, "voc": str(voc), "copy_images": copy_images, "weak": kind == "weak", "manifest": job.input}
+        for batch in dataset.map_batches(export_part, fn_kwargs=kwargs, batch_size=1, batch_format="pyarrow").iter_batches(batch_format="pyarrow"):
+            written += sum(batch.column("written").to_pylist())
+    names = sorted(p.stem for p in labels.glob("*.png")) if labels.exists() else []
+    listing = "".join(f"{n}\n" for n in names)
+    for split in ("train_aug", "train"):  # SegmentationClassAug-style, and the name VOC loaders default to
+        write_atomically(voc / "ImageSets" / "Segmentation" / f"{split}.txt", lambda tmp: tmp.write_text(listing))
+    write_atomically(voc / "class_names.txt", lambda tmp: tmp.write_text("".join(f"{n}\n" for n in classes)))
+    plain = voc / "SegmentationClass"
+    if labels.exists() and not plain.exists():
+        plain.symlink_to("SegmentationClassAug", target_is_directory=True)  # VOC's own folder name, same files
+    return {"written": written, "removed": removed}
+
+
+def quality(weak: list[dict[str, Any]], classes: tuple[str, ...], voc: Path, gt_dir: Path) -> dict[str, Any]:
+    """mIoU of the pseudo-label PNGs against ``gt_dir/<stem>.png`` (255 ignored in the ground
+    truth; pseudo-label 255 counts as no class), per class, and the share of pixels left 255."""
+    state, ignored, pixels, compared = MetricState(len(classes)), 0, 0, 0
+    for row in weak:
+        stem = file_stem(row["image_id"])
+        truth_path = gt_dir / f"{stem}.png"
+        if not truth_path.exists():
+            continue
+        pred = np.asarray(Image.open(voc / "SegmentationClassAug" / f"{stem}.png")).astype(np.int64)
+        truth = np.asarray(Image.open(truth_path)).astype(np.int64)
+        if truth.shape != pred.shape:
+            raise ValueError(f"{truth_path} is {truth.shape}, the pseudo-label {pred.shape}")
+        ignored += int((pred == 255).sum())
+        pixels += pred.size
+        pred[pred == 255] = len(classes)
+        state = state + MetricState.of_image(pred, truth, len(classes), semantic=True)
+        compared += 1
+    if not compared:
+        return {"images": 0}
+    result = state.result("semantic")
+    return {
+        "images": compared,
+        "miou": result["miou"],
+        "acc": result["acc"],
+        "per_class_iou": dict(zip(classes, result["per_class_iou"])),
+        "ignored_fraction": ignored / pixels,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    output = Path(args.output)
+    try:
+        rows = input_rows(args)
+        classes = classes_for(args, rows)
+        jobs = segment_jobs(args, rows, output)
+    except (OSError, ValueError, TypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    summaries = {kind: run_segment_job(job) for kind, job in jobs.items()}
+    weak = ok_rows(jobs["weak"]) if "weak" in jobs else []
+    agnostic_rows = ok_rows(jobs["agnostic"]) if "agnostic" in jobs else []
+    proposals = {
+        row["image_id"]: agnostic_segments(row, args.min_area, args.max_masks, not args.keep_border_background) for row in agnostic_rows
+    }
+    summary: dict[str, Any] = {"classes": list(classes), "segment_jobs": summaries, "weak_images": len(weak), "agnostic_images": len(agnostic_rows)}
+    summary["stale_temporaries_removed"] = sum(remove_stale_temporaries(output / folder) for folder in ("VOCdevkit", "coco"))
+    voc = output / "VOCdevkit" / "VOC2012"  # the layout VOC loaders (torchvision, mmsegmentation) open unchanged
+    if "voc" in args.formats:
+        init_ray()
+        pngs = export_voc(jobs, classes, voc, not args.no_images)
+        summary["voc_pngs_written"], summary["voc_pngs_removed"] = pngs["written"], pngs["removed"]
+    if "coco" in args.formats:
+        everything = [r | {"file_name": f"{file_stem(r['image_id'])}.jpg"} for r in weak + agnostic_rows]
+        document = coco_document(everything, classes, proposals)
+        write_json_atomically(output / "coco" / "annotations.json", document)
+        summary["coco"] = {"images": len(document["images"]), "annotations": len(document["annotations"])}
+    if args.gt_dir:
+        if "voc" not in args.formats:
+            print("error: --gt-dir compares the VOC label PNGs: include voc in --format", file=sys.stderr)
+            return 2
+        summary["quality"] = quality(weak, classes, voc, Path(args.gt_dir))
+        write_json_atomically(output / "quality.json", json_ready(summary["quality"]))
+    summary = json_ready(summary)
+    write_json_atomically(output / "summary.json", summary)
+    print(json.dumps({k: v for k, v in summary.items() if k != "segment_jobs"}, indent=2, default=str))
+    complete = all(s["complete"] for s in summaries.values())
+    return 0 if complete else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

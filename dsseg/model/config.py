@@ -1,0 +1,276 @@
+"""How attention is extracted from an image, as four small frozen configs, one per concern:
+
+- ``Preparation``: the model input (size, crop or resize, antialiasing);
+- ``Noising``: what reaches the UNet step (clean latent, seeded noise, DDIM inversion);
+- ``Capture``: which attention is kept (blocks, self-attention levels, cross-attention);
+- ``Prompting``: the text the UNet is conditioned on (a prompt, class names, templates).
+
+``ExtractConfig`` holds one of each. Every parameter name belongs to exactly one config
+(``owner_of``), so a flat ``{name: value}`` from a command line, a run file or keyword
+arguments is routed by asking the configs, not by lists kept elsewhere. This module imports no
+model code: configs validate in milliseconds, before any model loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from dsseg.io.images import GEOMETRIES, SIDE_MULTIPLE, Geometry, GeometryMode, prepare_image
+from dsseg.model.vocabularies import get_vocabulary
+
+DEFAULT_BACKBONE = "CompVis/stable-diffusion-v1-4"  # Stable Diffusion v1.4, the DiffSeg and DWC papers' model
+Block = Literal["down", "mid", "up"]
+BLOCKS: tuple[Block, ...] = ("down", "mid", "up")
+UNET_LEVELS = 4  # attention resolutions of the SD UNet: the latent and three halvings
+LATENT_FACTOR = 8  # image pixels per latent cell in every SD VAE
+NoiseMode = Literal["none", "noise", "ddim_inversion"]
+NOISE_MODES: tuple[NoiseMode, ...] = ("none", "noise", "ddim_inversion")
+DEFAULT_TIMESTEP = 300
+CLASS_PLACEHOLDER = "{class}"
+DEFAULT_TEMPLATE = "a photograph of a {class}"
+DEFAULT_CLASS_WEIGHT = 1.21  # "[class]++": 1.1² (DiffSegmenter)
+
+
+class ConfigError(ValueError):
+    """A parameter with a value that cannot work: ``param`` names it as the library does
+    (``batch_size``), and the command line turns that into its flag (``--batch-size``)."""
+
+    def __init__(self, param: str, reason: str) -> None:
+        super().__init__(f"{param}: {reason}")
+        self.param, self.reason = param, reason
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """The model input, in pixels: ``geometry`` ``center_crop`` (the centred square, DiffSeg's
+    protocol), ``squash`` (the whole image resized to a square) or ``aspect`` (the longer side to
+    ``image_size``, the shorter to the nearest multiple of 64); bilinear, antialiased or not."""
+
+    image_size: int = 512
+    geometry: GeometryMode = "center_crop"
+    antialias: bool = False
+
+    def __post_init__(self) -> None:
+        if self.image_size < SIDE_MULTIPLE or self.image_size % SIDE_MULTIPLE:
+            raise ConfigError("image_size", f"must be a positive multiple of {SIDE_MULTIPLE}; got {self.image_size}")
+        if self.geometry not in GEOMETRIES:
+            raise ConfigError("geometry", f"must be one of {GEOMETRIES}; got {self.geometry!r}")
+
+    @property
+    def level_sizes(self) -> tuple[int, ...]:
+        """Attention resolutions (longer latent side per UNet level): 64, 32, 16, 8 at 512 px."""
+        return tuple(self.image_size // LATENT_FACTOR // 2**level for level in range(UNET_LEVELS))
+
+    def prepare(self, rgb: np.ndarray) -> tuple[np.ndarray, Geometry]:
+        """(H, W, 3) uint8 image → ((h, w, 3) uint8 model input, geometry)."""
+        return prepare_image(rgb, self.image_size, self.geometry, self.antialias)
+
+
+@dataclass(frozen=True)
+class Noising:
+    """What the UNet step sees (timesteps in [0, 1000)): ``none`` (the clean latent at ``timestep``,
+    default 300, DiffSeg), ``noise`` (seeded Gaussian noise added at ``timestep``, DiffSegmenter)
+    or ``ddim_inversion`` (deterministic DDIM inversion for ``inversion_steps`` of
+    ``num_inference_steps``, then the step at the last inverted timestep; ``timestep`` unset)."""
+
+    noise: NoiseMode = "none"
+    timestep: int | None = None
+    inversion_steps: int = 10
+    num_inference_steps: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.noise not in NOISE_MODES:
+            raise ConfigError("noise", f"must be one of {NOISE_MODES}; got {self.noise!r}")
+        if self.noise == "ddim_inversion" and self.timestep is not None:
+            raise ConfigError("timestep", "is set by inversion_steps under noise='ddim_inversion'; leave it unset")
+        if self.timestep is not None and not 0 <= self.timestep < 1000:
+            raise ConfigError("timestep", f"must be in [0, 1000); got {self.timestep}")
+        if not 1 <= self.inversion_steps <= self.num_inference_steps:
+            raise ConfigError("inversion_steps", f"must be in [1, num_inference_steps={self.num_inference_steps}]; got {self.inversion_steps}")
+
+
+@dataclass(frozen=True)
+class CaptureSpec:
+    """Which attention a UNet call keeps: ``resolutions`` are latent side lengths of the kept
+    self-attention levels (None: all); cross-attention (N × 77 per layer) is kept at every level."""
+
+    self_attention: bool = True
+    cross_attention: bool = False
+    blocks: tuple[Block, ...] = BLOCKS
+    resolutions: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        unknown = set(self.blocks) - set(BLOCKS)
+        if unknown or not self.blocks:
+            raise ConfigError("blocks", f"must be a non-empty subset of {BLOCKS}; got {self.blocks}")
+        if self.resolutions is not None and (not self.resolutions or min(self.resolutions) < 1):
+            raise ConfigError("capture_resolutions", f"must be positive latent sizes or None; got {self.resolutions}")
+
+    def selects(self, layer) -> bool:
+        """Whether to capture ``layer`` (a ``dsseg.model.attention.AttentionLayer``), whatever its level."""
+        wanted_kind = self.self_attention if layer.kind == "self" else self.cross_attention
+        return wanted_kind and layer.block in self.blocks
+
+
+@dataclass(frozen=True)
+class Capture:
+    """Which attention is kept: the UNet ``blocks``, the self-attention levels
+    ``capture_resolutions`` (latent sides; None = all, by default the levels the method reads) and
+    ``cross_attention`` (also captured whenever images are prompted with classes)."""
+
+    blocks: tuple[Block, ...] = BLOCKS
+    capture_resolutions: tuple[int, ...] | None = None
+    cross_attention: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blocks", tuple(self.blocks))
+        if self.capture_resolutions is not None:
+            object.__setattr__(self, "capture_resolutions", tuple(sorted(set(self.capture_resolutions), reverse=True)))
+        CaptureSpec(blocks=self.blocks, resolutions=self.capture_resolutions)  # validates
+
+
+@dataclass(frozen=True)
+class Prompting:
+    """The conditioning text. ``prompt`` (default empty) unless classes are named. Candidate classes:
+    ``classes`` or a shipped ``vocabulary`` (voc20, context59, coco80), replaced per image by lists
+    given at call time. ``class_template`` (with ``{class}``): one prompt per class,
+    ``class_batch_size`` per UNet call (open vocabulary); None: one joint prompt naming them (to
+    name segments). ``class_weight`` scales the class-name tokens' text embeddings;
+    ``descriptors``: per class, words put before its name whose maps fuse with the name's.
+    ``joint_names`` (set by ``dsseg.spec`` when segments are named, not a parameter): prompt with
+    the joint names even when only the images carry classes."""
+
+    prompt: str = ""
+    classes: tuple[str, ...] = ()
+    vocabulary: str | None = None
+    class_template: str | None = None
+    class_weight: float = 1.0
+    descriptors: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    class_batch_size: int = 8
+    joint_names: bool = field(default=False, metadata={"derived": True})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.classes, str):
+            raise ConfigError("classes", f"must be a list of names; got the string {self.classes!r} (for a shipped list use vocabulary=...)")
+        classes = tuple(str(name).strip() for name in self.classes)
+        if self.vocabulary is not None:
+            shipped = get_vocabulary(self.vocabulary)
+            if classes and classes != shipped:  # equal: this config was copied with replace()
+                raise ConfigError("vocabulary", "give either classes or vocabulary, not both")
+            classes = shipped
+        check_class_names(classes)
+        object.__setattr__(self, "classes", classes)
+        descriptors = self.descriptors.items() if isinstance(self.descriptors, Mapping) else self.descriptors
+        object.__setattr__(self, "descriptors", tuple(sorted((str(k), tuple(v)) for k, v in descriptors)))
+        if self.class_template is not None:
+            check_template(self.class_template)
+        elif self.descriptors:
+            raise ConfigError("descriptors", "need one prompt per class: set class_template")
+        if self.class_weight <= 0:
+            raise ConfigError("class_weight", f"must be > 0; got {self.class_weight}")
+        if self.class_batch_size < 1:
+            raise ConfigError("class_batch_size", f"must be ≥ 1; got {self.class_batch_size}")
+
+    @property
+    def uses_classes(self) -> bool:
+        """Whether images are prompted with class names (per-image lists at call time apply)."""
+        return bool(self.classes) or self.class_template is not None or self.joint_names
+
+
+def check_template(template: str) -> None:
+    """Raise a ``ConfigError`` unless ``template`` holds ``{class}`` exactly once."""
+    if template.count(CLASS_PLACEHOLDER) != 1:
+        raise ConfigError("class_template", f"must contain {CLASS_PLACEHOLDER} exactly once, e.g. {DEFAULT_TEMPLATE!r}; got {template!r}")
+
+
+def check_class_names(names: Sequence[str]) -> None:
+    """Raise a ``ConfigError`` for empty or repeated class names."""
+    if any(not name for name in names):
+        raise ConfigError("classes", f"names must be non-empty; got {list(names)}")
+    repeated = sorted({name for name in names if list(names).count(name) > 1})
+    if repeated:
+        raise ConfigError("classes", f"names repeat: {repeated}")
+
+
+PARTS = {"preparation": Preparation, "noising": Noising, "capture": Capture, "prompting": Prompting}
+RUNTIME_FIELDS = ("class_batch_size",)  # change speed or memory but not results: left out of config ids
+
+
+def param_names(config_class: type) -> tuple[str, ...]:
+    """The parameters a config owns: its fields, less the derived ones."""
+    return tuple(f.name for f in dataclasses.fields(config_class) if not f.metadata.get("derived"))
+
+
+EXTRACT_PARAMS = frozenset(name for part in PARTS.values() for name in param_names(part))
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """How attention is extracted: one config per concern (see the module docstring)."""
+
+    preparation: Preparation = Preparation()
+    noising: Noising = Noising()
+    capture: Capture = Capture()
+    prompting: Prompting = Prompting()
+
+    def __post_init__(self) -> None:
+        if self.capture.capture_resolutions is not None:
+            check_resolutions(self.capture.capture_resolutions, self.preparation)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], base: ExtractConfig | None = None) -> ExtractConfig:
+        """``base`` (default: all defaults) with the flat extraction ``params`` applied to the configs
+        that own them; ``ConfigError`` for a name no config owns."""
+        base = base or cls()
+        unknown = sorted(set(params) - EXTRACT_PARAMS)
+        if unknown:
+            raise ConfigError(unknown[0], f"is not an extraction parameter; they are {sorted(EXTRACT_PARAMS)}")
+        parts = {}
+        for name, part_class in PARTS.items():
+            own = {k: v for k, v in params.items() if k in param_names(part_class)}
+            parts[name] = dataclasses.replace(getattr(base, name), **own) if own else getattr(base, name)
+        return cls(**parts)
+
+    def flat(self) -> dict[str, Any]:
+        """Every parameter by name (derived fields left out): the form config ids hash."""
+        out: dict[str, Any] = {}
+        for name, part_class in PARTS.items():
+            part = getattr(self, name)
+            out.update({key: getattr(part, key) for key in param_names(part_class)})
+        return out
+
+    @property
+    def uses_classes(self) -> bool:
+        return self.prompting.uses_classes
+
+    def capture_spec(self) -> CaptureSpec:
+        return CaptureSpec(
+            self_attention=True,
+            cross_attention=self.capture.cross_attention or self.uses_classes,
+            blocks=self.capture.blocks,
+            resolutions=self.capture.capture_resolutions,
+        )
+
+    def shared_forward_key(self) -> ExtractConfig:
+        """What must be equal for two configs to share one UNet forward: all but the captured levels,
+        cross-attention and the class batch size (the shared forward takes the union)."""
+        return dataclasses.replace(
+            self,
+            capture=dataclasses.replace(self.capture, capture_resolutions=None, cross_attention=False),
+            prompting=dataclasses.replace(self.prompting, class_batch_size=1),
+        )
+
+
+def check_resolutions(resolutions: Sequence[int], preparation: Preparation) -> None:
+    """Raise a ``ConfigError`` unless every resolution is a UNet level at ``preparation.image_size``."""
+    missing = sorted(set(resolutions) - set(preparation.level_sizes), reverse=True)
+    if missing:
+        raise ConfigError(
+            "resolutions", f"{missing} do not exist at image_size {preparation.image_size}: the attention levels are {list(preparation.level_sizes)}"
+        )
