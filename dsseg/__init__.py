@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "segment_image": "dsseg.api",
     "segment_attention": "dsseg.api",
-    "Segmentation": "dsseg.segmenter",
+    "Segmentation": "dsseg.segmentation",
     "Segmenter": "dsseg.segmenter",
     "MethodSpec": "dsseg.spec",
     "ConfigError": "dsseg.model.config",
@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from dsseg.model.backbone import Backbone, BackboneNotFoundError, load_backbone
     from dsseg.model.config import ConfigError, ExtractConfig
     from dsseg.model.extract import AttentionBundle, AttentionExtractor
-    from dsseg.segmenter import Segmentation, Segmenter
+    from dsseg.segmentation import Segmentation
+    from dsseg.segmenter import Segmenter
     from dsseg.spec import MethodSpec
 
 

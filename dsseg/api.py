@@ -10,14 +10,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dsseg.io.frames import resize_labels
 from dsseg.io.images import load_rgb
 from dsseg.methods import get_method
-from dsseg.io.frames import resize_labels
 from dsseg.model.backbone import DEFAULT_BACKBONE, Backbone, cached_backbone
 from dsseg.model.class_filters import ClassFilter
 from dsseg.model.config import ConfigError
 from dsseg.model.extract import AttentionBundle
-from dsseg.segmenter import Segmentation, Segmenter
+from dsseg.segmentation import Segmentation
+from dsseg.segmenter import Segmenter
 from dsseg.spec import MethodSpec
 from dsseg.timing import StageTimer
 
@@ -45,7 +46,10 @@ def segment_image(
     spec = MethodSpec(method, params)  # validated before a model loads
     prompting = spec.resolved.extraction.prompting
     if prompting.class_template is not None and not prompting.classes:
-        raise ConfigError("classes", f"method {method!r} labels pixels by class: give classes=[...] or vocabulary=... (voc20, context59, coco80)")
+        raise ConfigError(
+            "classes",
+            f"method {method!r} labels pixels by class: give classes=[...] or vocabulary=... (voc20, context59, coco80)",
+        )
     if not isinstance(backbone, Backbone):
         backbone = cached_backbone(backbone, device=device, dtype=dtype)
     segmenter = Segmenter(backbone, spec, class_filter=class_filter)
@@ -87,7 +91,9 @@ def bundle_from_attention(attn: Mapping[int | tuple[int, int], np.ndarray | torc
         grid = tuple(key) if isinstance(key, tuple) else (int(key), int(key))
         if grid[0] * grid[1] != maps.shape[0]:
             side = math.isqrt(maps.shape[0])
-            raise ValueError(f"attn[{key}] has N = {maps.shape[0]} tokens, expected {grid[0] * grid[1]} (did you mean {side}?)")
+            raise ValueError(
+                f"attn[{key}] has N = {maps.shape[0]} tokens, expected {grid[0] * grid[1]} (did you mean {side}?)"
+            )
         self_attention[grid] = maps[None]
     largest = max(self_attention, key=lambda g: g[0] * g[1])
     ordered = dict(sorted(self_attention.items(), key=lambda item: -item[0][0] * item[0][1]))

@@ -45,23 +45,49 @@ METHOD_PARAM_FLAGS = ("timestep", "noise", "geometry", "classes", "vocabulary", 
 
 def add_model_arguments(parser: argparse.ArgumentParser, backbone_default: str | None = DEFAULT_BACKBONE) -> None:
     group = parser.add_argument_group("model")
-    shown = f" (default: {backbone_default})" if backbone_default else f" (default: {DEFAULT_BACKBONE}, or the preset's)"
-    group.add_argument("--backbone", default=backbone_default, help="tiny | sd-v1-random | hub id | local diffusers folder" + shown)
+    shown = (
+        f" (default: {backbone_default})" if backbone_default else f" (default: {DEFAULT_BACKBONE}, or the preset's)"
+    )
+    group.add_argument(
+        "--backbone", default=backbone_default, help="tiny | sd-v1-random | hub id | local diffusers folder" + shown
+    )
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    group.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="auto: float16 on CUDA, float32 on CPU")
+    group.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "float16", "bfloat16"],
+        help="auto: float16 on CUDA, float32 on CPU",
+    )
     group.add_argument("--offline", action="store_true", help="never contact the Hugging Face hub")
-    group.add_argument("--compile", action="store_true", help="torch.compile the VAE encoder and the UNet's ResNet and feed-forward blocks")
+    group.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the VAE encoder and the UNet's ResNet and feed-forward blocks",
+    )
 
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("method")
     group.add_argument("--method", default="diffseg", choices=METHOD_NAMES)
-    group.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="method or extraction parameter (repeatable)")
-    group.add_argument("--timestep", type=int, help="UNet timestep (default 300; with ddim_inversion it follows from inversion_steps)")
-    group.add_argument("--noise", choices=NOISE_MODES, help="none | noise | ddim_inversion (default: the method's — none for diffseg, ddim_inversion for ncut)")
+    group.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE", help="method or extraction parameter (repeatable)"
+    )
+    group.add_argument(
+        "--timestep", type=int, help="UNet timestep (default 300; with ddim_inversion it follows from inversion_steps)"
+    )
+    group.add_argument(
+        "--noise",
+        choices=NOISE_MODES,
+        help="none | noise | ddim_inversion (default: the method's — none for diffseg, ddim_inversion for ncut)",
+    )
     group.add_argument("--geometry", choices=GEOMETRIES, help="center_crop (paper protocol, default) | squash | aspect")
-    group.add_argument("--classes", help='candidate class names, comma-separated ("horse,grass,traffic light"): labels for openvocab, names for the others')
-    group.add_argument("--vocabulary", choices=sorted(VOCABULARIES), help="a shipped class list as the candidates (zero-shot)")
+    group.add_argument(
+        "--classes",
+        help='candidate class names, comma-separated ("horse,grass,traffic light"): labels for openvocab, names for the others',
+    )
+    group.add_argument(
+        "--vocabulary", choices=sorted(VOCABULARIES), help="a shipped class list as the candidates (zero-shot)"
+    )
 
 
 def parse_param_values(pairs: Sequence[str]) -> dict[str, Any]:
@@ -134,23 +160,52 @@ def job_parser() -> argparse.ArgumentParser:
         description="Segment images on Ray; write Parquet rows with COCO RLE masks to --output. "
         "Re-running the same command resumes: finished images are not redone.",
     )
-    parser.add_argument("--input", help="image file, folder, glob, URI (s3://, gs://), manifest (.parquet/.jsonl) or .tar shard(s)")
-    parser.add_argument("--output", help="output folder or URI: segments/config=<id>/part-*.parquet, config.json, _SUCCESS")
-    parser.add_argument("--config", help="YAML run file: any of these settings, and `configs:` — a list of {method: NAME, PARAM: VALUE}")
+    parser.add_argument(
+        "--input", help="image file, folder, glob, URI (s3://, gs://), manifest (.parquet/.jsonl) or .tar shard(s)"
+    )
+    parser.add_argument(
+        "--output", help="output folder or URI: segments/config=<id>/part-*.parquet, config.json, _SUCCESS"
+    )
+    parser.add_argument(
+        "--config", help="YAML run file: any of these settings, and `configs:` — a list of {method: NAME, PARAM: VALUE}"
+    )
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local Ray)")
-    parser.add_argument("--batch-size", type=batch_size_value, help="images per model call, or auto: each actor fits its free memory (default 4)")
+    parser.add_argument(
+        "--batch-size",
+        type=batch_size_value,
+        help="images per model call, or auto: each actor fits its free memory (default 4)",
+    )
     parser.add_argument("--num-workers", type=int, help="model actors (default 1)")
-    parser.add_argument("--gpus-per-worker", type=float, help="GPUs per actor, fractions allowed (default: 1 if the cluster has GPUs)")
+    parser.add_argument(
+        "--gpus-per-worker", type=float, help="GPUs per actor, fractions allowed (default: 1 if the cluster has GPUs)"
+    )
     parser.add_argument("--limit", type=int, help="segment only the first N images (after --shard)")
     parser.add_argument("--shard", help="I/N: only the images whose id hashes to I of N disjoint shards, e.g. 0/4")
-    parser.add_argument("--max-image-side", type=int, help="decode images at most this large; masks stay at full size (default 4096)")
-    parser.add_argument("--max-pixels", type=int, help="refuse images whose header exceeds this many pixels (default 100000000)")
-    parser.add_argument("--rows-per-file", type=int, help="rows per write batch, split into one part file per config (default 256)")
-    parser.add_argument("--overwrite", action="store_true", default=None, help="delete earlier results in --output (with --shard: that shard's) and start afresh")
     parser.add_argument(
-        "--retry-errors", action="store_true", default=None, help="also redo error rows with a transient reason (read_failed, out_of_memory, model_failed, encode_failed)"
+        "--max-image-side", type=int, help="decode images at most this large; masks stay at full size (default 4096)"
     )
-    parser.add_argument("--class-filter", help="narrow each image's candidate classes: clip:MODEL (hub id or folder) or package.module:factory")
+    parser.add_argument(
+        "--max-pixels", type=int, help="refuse images whose header exceeds this many pixels (default 100000000)"
+    )
+    parser.add_argument(
+        "--rows-per-file", type=int, help="rows per write batch, split into one part file per config (default 256)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="delete earlier results in --output (with --shard: that shard's) and start afresh",
+    )
+    parser.add_argument(
+        "--retry-errors",
+        action="store_true",
+        default=None,
+        help="also redo error rows with a transient reason (read_failed, out_of_memory, model_failed, encode_failed)",
+    )
+    parser.add_argument(
+        "--class-filter",
+        help="narrow each image's candidate classes: clip:MODEL (hub id or folder) or package.module:factory",
+    )
     parser.add_argument(
         "--ignore-exif", dest="exif_transpose", action="store_false", default=None,
         help="keep images in their stored pixel order instead of turning them upright by EXIF (as benchmark labels are drawn)",
@@ -176,7 +231,9 @@ def job_from_args(args: argparse.Namespace) -> SegmentJob:
     params = params_from_args(args)
     if args.method is not None or params:
         if "configs" in settings:
-            raise ConfigError("config", "give method configs either in --config (configs:) or with --method/--param, not both")
+            raise ConfigError(
+                "config", "give method configs either in --config (configs:) or with --method/--param, not both"
+            )
         settings["configs"] = (MethodSpec(args.method or "diffseg", params),)
     missing = [name for name in ("input", "output") if name not in settings]
     if missing:
@@ -202,14 +259,19 @@ def job_main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(json.dumps(summary, indent=2))
     if not summary["complete"]:
-        print(f"dsseg: {summary['missing']} image × config rows are missing; re-run the same command to resume", file=sys.stderr)
+        print(
+            f"dsseg: {summary['missing']} image × config rows are missing; re-run the same command to resume",
+            file=sys.stderr,
+        )
         return 1
     return 0  # error rows are results, reported in the summary; they do not fail the job
 
 
 def segment_main(argv: Sequence[str] | None = None) -> int:
     """``dsseg segment IMAGE_OR_DIR --out DIR``: segment locally (no Ray) and write PNGs."""
-    parser = argparse.ArgumentParser(prog="dsseg segment", description="Segment images locally; write overlay and label PNGs.")
+    parser = argparse.ArgumentParser(
+        prog="dsseg segment", description="Segment images locally; write overlay and label PNGs."
+    )
     parser.add_argument("input", help="an image file or a folder of images")
     parser.add_argument("--out", required=True, help="folder for <name>_overlay.png and <name>_labels.png")
     parser.add_argument("--limit", type=int, help="only the first N images")
@@ -235,7 +297,9 @@ def segment_main(argv: Sequence[str] | None = None) -> int:
     except (TypeError, ValueError) as error:
         parser.error(flag_message(error, METHOD_PARAM_FLAGS))
     try:
-        backbone = load_backbone(args.backbone, device=args.device, dtype=args.dtype, offline=args.offline, compile=args.compile)
+        backbone = load_backbone(
+            args.backbone, device=args.device, dtype=args.dtype, offline=args.offline, compile=args.compile
+        )
     except BackboneNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -263,7 +327,13 @@ def segment_main(argv: Sequence[str] | None = None) -> int:
 def usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
-    return "usage: dsseg {" + ",".join(COMMANDS) + "} ...\n" + "\n".join(lines) + "\n(dsseg COMMAND --help for each command's flags)"
+    return (
+        "usage: dsseg {"
+        + ",".join(COMMANDS)
+        + "} ...\n"
+        + "\n".join(lines)
+        + "\n(dsseg COMMAND --help for each command's flags)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

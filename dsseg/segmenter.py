@@ -10,65 +10,34 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from dsseg.io.images import Geometry
-from dsseg.io.masks import encode_labels
 from dsseg.methods import get_method, run_method
 from dsseg.methods.base import MethodResult
-from dsseg.io.frames import compact_to_original
 from dsseg.model.backbone import Backbone
 from dsseg.model.class_filters import ClassFilter, filter_classes
 from dsseg.model.config import ConfigError, ExtractConfig, Preparation
 from dsseg.model.extract import AttentionExtractor, to_model_input
+from dsseg.segmentation import Segmentation, segmentation_from_labels
 from dsseg.spec import MethodSpec, SegmentConfig
 from dsseg.timing import StageTimer
 
 
-@dataclass(frozen=True)
-class Segmentation:
-    """One image's segmentation.
-
-    ``labels``: (H, W) int32 segment ids 0..S−1 at the image's original size; segments
-    partition the image. ``names``/``scores``/``parents``: per-segment label, score and parent
-    id where the method provides them. ``timings_ms``: per-stage wall time (ms) of the batch.
-    """
-
-    labels: np.ndarray
-    method: str
-    names: list[str | None] | None = None
-    scores: list[float | None] | None = None
-    parents: list[int | None] | None = None
-    timings_ms: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def num_segments(self) -> int:
-        return int(self.labels.max()) + 1
-
-    def to_rles(self) -> list[dict]:
-        """Segments as COCO compressed RLE dicts (see ``dsseg.io.masks.encode_labels``) with their
-        ``label``, ``score`` and ``parent`` (None where the method gives none)."""
-        segments = encode_labels(self.labels)
-        for segment in segments:
-            sid = segment["segment_id"]
-            segment["label"] = self.names[sid] if self.names else None
-            segment["score"] = self.scores[sid] if self.scores else None
-            segment["parent"] = self.parents[sid] if self.parents else None
-        return segments
-
-
 def to_segmentation(result: MethodResult, geometry: Geometry, method: str, timer: StageTimer) -> Segmentation:
-    """A method's model-frame result → ``Segmentation`` in ``geometry``'s original frame, ids
-    compacted (segments too thin to survive the resize are dropped) and per-segment fields remapped."""
-    with timer.stage("upsample"):
-        labels, kept = compact_to_original(result.labels.cpu().numpy(), geometry, keep=(0,) if result.background else ())
-
-    def pick(values: list | None) -> list | None:
-        return None if values is None else [values[i] for i in kept]
-
-    return Segmentation(labels, method, pick(result.names), pick(result.scores), pick(result.parents), timer.ms)
+    """A method's model-frame result → ``Segmentation`` in ``geometry``'s original frame."""
+    return segmentation_from_labels(
+        result.labels.cpu().numpy(),
+        geometry,
+        method,
+        timer,
+        result.names,
+        result.scores,
+        result.parents,
+        result.background,
+    )
 
 
 def forward_groups(configs: Sequence[SegmentConfig]) -> list[tuple[ExtractConfig, list[int]]]:
@@ -85,9 +54,15 @@ def forward_groups(configs: Sequence[SegmentConfig]) -> list[tuple[ExtractConfig
     for key, indices in groups.items():
         extractions = [configs[i].extraction for i in indices]
         levels = [e.capture.capture_resolutions for e in extractions]
-        union = None if any(level is None for level in levels) else tuple(sorted({r for level in levels for r in level}))
-        capture = dataclasses.replace(key.capture, capture_resolutions=union, cross_attention=any(e.capture.cross_attention for e in extractions))
-        prompting = dataclasses.replace(key.prompting, class_batch_size=min(e.prompting.class_batch_size for e in extractions))
+        union = (
+            None if any(level is None for level in levels) else tuple(sorted({r for level in levels for r in level}))
+        )
+        capture = dataclasses.replace(
+            key.capture, capture_resolutions=union, cross_attention=any(e.capture.cross_attention for e in extractions)
+        )
+        prompting = dataclasses.replace(
+            key.prompting, class_batch_size=min(e.prompting.class_batch_size for e in extractions)
+        )
         merged.append((dataclasses.replace(key, capture=capture, prompting=prompting), indices))
     return merged
 
@@ -96,7 +71,10 @@ def shared_preparation(configs: Sequence[SegmentConfig]) -> Preparation:
     """The model input every config takes; ``ConfigError`` when they differ (one input per image)."""
     preparations = {config.extraction.preparation for config in configs}
     if len(preparations) > 1:
-        raise ConfigError("image_size", "all configs of a run must share image_size, geometry and antialias: run the others as another job")
+        raise ConfigError(
+            "image_size",
+            "all configs of a run must share image_size, geometry and antialias: run the others as another job",
+        )
     return configs[0].extraction.preparation
 
 
@@ -141,7 +119,10 @@ class Segmenter:
         self.specs = list(specs)
         self.configs = [spec.resolved for spec in self.specs]
         self.preparation = shared_preparation(self.configs)
-        self.groups = [ForwardGroup(AttentionExtractor(backbone, extraction), members) for extraction, members in forward_groups(self.configs)]
+        self.groups = [
+            ForwardGroup(AttentionExtractor(backbone, extraction), members)
+            for extraction, members in forward_groups(self.configs)
+        ]
         self.class_filter = class_filter
 
     @property
@@ -180,7 +161,9 @@ class Segmenter:
             group_classes = classes
             prompting = group.extractor.config.prompting
             if prompting.uses_classes and self.class_filter is not None:
-                group_classes = filter_classes(self.class_filter, list(pixels), classes or [None] * len(pixels), prompting.classes)
+                group_classes = filter_classes(
+                    self.class_filter, list(pixels), classes or [None] * len(pixels), prompting.classes
+                )
             bundle = group.extractor(model_input, timer, group_classes)
             for i in members:
                 config = self.configs[i]
@@ -204,7 +187,12 @@ class Segmenter:
         for config, output in zip(self.configs, outputs):
             own = StageTimer(self.backbone.device)
             own.ms.update(output.timings_ms)
-            out.append([to_segmentation(result, geometry, config.method, own) for result, geometry in zip(output.results, geometries)])
+            out.append(
+                [
+                    to_segmentation(result, geometry, config.method, own)
+                    for result, geometry in zip(output.results, geometries)
+                ]
+            )
         return out
 
     def __call__(
@@ -220,7 +208,18 @@ class Segmenter:
         timer = timer or StageTimer(self.backbone.device)
         output = self.segment(pixels, classes, timer)[0]
         timer.ms.update(output.timings_ms)
-        return [to_segmentation(result, geometry, self.config.method, timer) for result, geometry in zip(output.results, geometries)]
+        return [
+            to_segmentation(result, geometry, self.config.method, timer)
+            for result, geometry in zip(output.results, geometries)
+        ]
 
 
-__all__ = ["ConfigOutput", "ForwardGroup", "Segmentation", "Segmenter", "forward_groups", "shared_preparation", "to_segmentation"]
+__all__ = [
+    "ConfigOutput",
+    "ForwardGroup",
+    "Segmentation",
+    "Segmenter",
+    "forward_groups",
+    "shared_preparation",
+    "to_segmentation",
+]

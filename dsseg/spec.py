@@ -76,7 +76,9 @@ def resolve(method: str, params: Mapping[str, Any]) -> SegmentConfig:
         check_resolutions(levels, extraction.preparation)
         captured = extraction.capture.capture_resolutions
         if captured is not None and not set(levels) <= set(captured):
-            raise ConfigError("capture_resolutions", f"{list(captured)} leave out levels the method reads: {list(levels)}")
+            raise ConfigError(
+                "capture_resolutions", f"{list(captured)} leave out levels the method reads: {list(levels)}"
+            )
     return SegmentConfig(method, extraction, method_config, naming)
 
 
@@ -89,7 +91,9 @@ class MethodSpec:
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "params", {k: tuple(v) if isinstance(v, list) else v for k, v in dict(self.params).items()})
+        object.__setattr__(
+            self, "params", {k: tuple(v) if isinstance(v, list) else v for k, v in dict(self.params).items()}
+        )
         _ = self.resolved  # validates the method name and parameters
 
     @cached_property

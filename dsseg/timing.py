@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 class StageTimer:
@@ -19,11 +21,15 @@ class StageTimer:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         if self.sync:
+            import torch
+
             torch.cuda.synchronize()
         start = time.perf_counter()
         try:
             yield
         finally:
             if self.sync:
+                import torch
+
                 torch.cuda.synchronize()
             self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - start) * 1000.0

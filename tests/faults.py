@@ -12,9 +12,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from conftest import IMAGES
+from PIL import Image
 
 # image_id → (height, width) as displayed, for inputs that must segment.
 GOOD = {
@@ -69,7 +68,9 @@ def make_fault_folder(root: Path) -> Path:
         "odd/cmyk.jpg": encode(photo.resize((64, 48)).convert("CMYK"), "JPEG"),
         "odd/gray16.png": encode(Image.fromarray((np.arange(40 * 56).reshape(40, 56) * 29).astype(np.uint16)), "PNG"),
         "odd/gray.png": encode(photo.resize((50, 30)).convert("L"), "PNG"),
-        "odd/palette.png": encode(photo.resize((32, 32)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16), "PNG"),
+        "odd/palette.png": encode(
+            photo.resize((32, 32)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16), "PNG"
+        ),
         "odd/rgba.png": encode(photo.resize((36, 20)).convert("RGBA"), "PNG"),
         "odd/exif_rotated.jpg": encode(photo.resize((60, 40)), "JPEG", exif=_orientation(6)),
         "odd/one_pixel.png": encode(Image.new("RGB", (1, 1), (200, 30, 30)), "PNG"),

@@ -47,7 +47,9 @@ def hungarian_matching(preds, labels, n_class: int):
     tp, fp, fn = np.zeros(n_class), np.zeros(n_class), np.zeros(n_class)
     total = 0
     for pred, label in zip(preds, labels):
-        hist = fast_hist(np.asarray(label, dtype=np.int64).flatten(), np.asarray(pred, dtype=np.int64).flatten(), n_class)
+        hist = fast_hist(
+            np.asarray(label, dtype=np.int64).flatten(), np.asarray(pred, dtype=np.int64).flatten(), n_class
+        )
         row_ind, col_ind = linear_sum_assignment(hist, maximize=True)
         total += hist.sum()
         fn += np.sum(hist, 1) - hist[row_ind, col_ind]

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import IMAGES
 from PIL import Image
 
 import dsseg
-from conftest import IMAGES
 from dsseg.methods.planted import planted_attention, planted_regions
 
 
@@ -25,7 +25,9 @@ def test_segment_attention_accepts_heads_or_averaged_numpy_or_torch(attention):
 def test_segment_attention_errors_say_what_to_do(attention):
     with pytest.raises(ValueError, match="unknown method 'slic'; available"):
         dsseg.segment_attention(attention, method="slic")
-    with pytest.raises(dsseg.ConfigError, match=r"^kl: is not a parameter of 'diffseg'; its parameters: \['anchor_spacing'"):
+    with pytest.raises(
+        dsseg.ConfigError, match=r"^kl: is not a parameter of 'diffseg'; its parameters: \['anchor_spacing'"
+    ):
         dsseg.segment_attention(attention, kl=1.0)
     with pytest.raises(ValueError, match="N = 1024 tokens, expected 4096"):
         dsseg.segment_attention({64: attention[32]})
@@ -45,9 +47,9 @@ def test_segment_image_returns_labels_at_the_original_size(tiny, bsds_image):
 
 
 def test_segments_lost_in_the_resize_are_dropped_and_ids_compacted():
-    from dsseg.segmenter import to_segmentation
     from dsseg.io.images import Geometry
     from dsseg.methods.base import MethodResult
+    from dsseg.segmenter import to_segmentation
     from dsseg.timing import StageTimer
 
     labels = torch.zeros(8, 8, dtype=torch.int64)
@@ -79,7 +81,9 @@ def test_segment_image_with_aspect_geometry_and_sd2_size(tiny, bsds_image):
     # SD 2.x size: 768 px → attention levels 96, 48, 24, 12.
     sd2 = dsseg.segment_image(bsds_image, backbone=tiny, image_size=768, resolutions=(48, 24, 12), kl_threshold=0.5)
     assert sd2.labels.shape == (321, 481) and sd2.num_segments > 1
-    with pytest.raises(ValueError, match=r"do not exist at image_size 768: the attention levels are \[96, 48, 24, 12\]"):
+    with pytest.raises(
+        ValueError, match=r"do not exist at image_size 768: the attention levels are \[96, 48, 24, 12\]"
+    ):
         dsseg.segment_image(bsds_image, backbone=tiny, image_size=768, resolutions=(64, 32))
 
 
@@ -90,7 +94,11 @@ def test_segment_image_rejects_unknown_parameters(tiny, bsds_image):
 
 def test_extraction_captures_only_the_levels_the_method_aggregates():
     resolved = dsseg.MethodSpec("diffseg", {"resolutions": [64, 32, 16], "timestep": 100}).resolved
-    assert resolved.params.resolutions == (64, 32, 16) and resolved.extraction.capture.capture_resolutions == (64, 32, 16)
+    assert resolved.params.resolutions == (64, 32, 16) and resolved.extraction.capture.capture_resolutions == (
+        64,
+        32,
+        16,
+    )
     assert resolved.extraction.noising.timestep == 100
     default = dsseg.MethodSpec("diffseg").resolved
     assert default.extraction.capture.capture_resolutions is None  # DiffSeg's default aggregates every level

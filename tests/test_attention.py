@@ -20,7 +20,12 @@ def test_captured_probabilities_equal_direct_softmax(tiny):
     inputs = {}
     modules = {name: module for name, module in unet.named_modules() if name.endswith("attn1")}
     hooks = [
-        module.register_forward_pre_hook(lambda m, args, kwargs, name=name: inputs.__setitem__(name, (args[0] if args else kwargs["hidden_states"]).clone()), with_kwargs=True)
+        module.register_forward_pre_hook(
+            lambda m, args, kwargs, name=name: inputs.__setitem__(
+                name, (args[0] if args else kwargs["hidden_states"]).clone()
+            ),
+            with_kwargs=True,
+        )
         for name, module in modules.items()
     ]
     try:

@@ -59,8 +59,8 @@ def test_dtype_choice():
 @pytest.mark.slow
 def test_compiled_backbone_gives_the_eager_attention(bsds_image):
     """--compile (minutes on 2 cores: inductor compiles each block): same attention, same labels."""
-    from dsseg.segmenter import Segmenter
     from dsseg.model.backbone import compile_backbone, load_backbone
+    from dsseg.segmenter import Segmenter
 
     eager, compiled = load_backbone("tiny", device="cpu"), load_backbone("tiny", device="cpu")
     assert compile_backbone(compiled) > 10

@@ -1,13 +1,24 @@
 import numpy as np
 import pytest
+from conftest import IMAGES
 from PIL import Image
 
-from conftest import IMAGES
 from dsseg.cli import job_from_args, job_main, job_parser, main, parse_param_values
 
 
 def test_dsseg_segment_writes_overlay_and_label_pngs(tmp_path, capsys):
-    code = main(["segment", str(IMAGES / "135069.jpg"), "--out", str(tmp_path), "--backbone", "tiny", "--param", "kl_threshold=0.5"])
+    code = main(
+        [
+            "segment",
+            str(IMAGES / "135069.jpg"),
+            "--out",
+            str(tmp_path),
+            "--backbone",
+            "tiny",
+            "--param",
+            "kl_threshold=0.5",
+        ]
+    )
     assert code == 0
     overlay = Image.open(tmp_path / "135069_overlay.png")
     labels = np.asarray(Image.open(tmp_path / "135069_labels.png"))
@@ -38,7 +49,9 @@ def test_wrong_flags_say_what_to_do(tmp_path, capsys):
 
 
 def test_missing_weights_stop_the_job_before_ray_starts(tmp_path, capsys):
-    code = job_main(["--input", str(IMAGES), "--output", str(tmp_path), "--backbone", str(tmp_path / "sd"), "--offline"])
+    code = job_main(
+        ["--input", str(IMAGES), "--output", str(tmp_path), "--backbone", str(tmp_path / "sd"), "--offline"]
+    )
     assert code == 2
     error = capsys.readouterr().err
     assert "has no unet/ folder" in error and "huggingface-cli download" in error

@@ -8,9 +8,9 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import GROUND_TRUTH, IMAGES
 from PIL import Image
 
-from conftest import GROUND_TRUTH, IMAGES
 from dsseg.evaluation.datasets import DatasetRootError, load_dataset
 from dsseg.evaluation.datasets.png import CITYSCAPES27_NAMES, COCOSTUFF27_NAMES
 
@@ -50,7 +50,10 @@ def test_bsds500_gives_every_annotators_regions(tmp_path):
 
 
 def test_cityscapes_label_ids_7_to_33_become_27_classes(tmp_path):
-    _place(IMAGES / "frankfurt_000000_000294_leftImg8bit.png", tmp_path / "leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png")
+    _place(
+        IMAGES / "frankfurt_000000_000294_leftImg8bit.png",
+        tmp_path / "leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png",
+    )
     label_file = GROUND_TRUTH / "frankfurt_000000_000294_gtFine_labelIds.png"
     _place(label_file, tmp_path / "gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_labelIds.png")
     dataset = load_dataset("cityscapes27", tmp_path)
@@ -134,20 +137,52 @@ def test_voc_and_context_label_conventions(tmp_path):
 
 
 def test_coco_object_draws_large_instances_first_and_ignores_crowds(tmp_path):
-    categories = [{"id": cid, "name": f"c{cid}"} for cid in range(1, 91) if cid not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
+    categories = [
+        {"id": cid, "name": f"c{cid}"} for cid in range(1, 91) if cid not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)
+    ]
     assert len(categories) == 80
 
     def box(x0, y0, x1, y1):
         return [[x0, y0, x1, y0, x1, y1, x0, y1]]
 
     annotations = [
-        {"id": 1, "image_id": 7, "category_id": 1, "segmentation": box(0, 0, 10, 10), "area": 100, "iscrowd": 0, "bbox": [0, 0, 10, 10]},
-        {"id": 2, "image_id": 7, "category_id": 90, "segmentation": box(2, 2, 4, 4), "area": 4, "iscrowd": 0, "bbox": [2, 2, 2, 2]},
-        {"id": 3, "image_id": 7, "category_id": 3, "segmentation": box(12, 0, 16, 4), "area": 16, "iscrowd": 1, "bbox": [12, 0, 4, 4]},
+        {
+            "id": 1,
+            "image_id": 7,
+            "category_id": 1,
+            "segmentation": box(0, 0, 10, 10),
+            "area": 100,
+            "iscrowd": 0,
+            "bbox": [0, 0, 10, 10],
+        },
+        {
+            "id": 2,
+            "image_id": 7,
+            "category_id": 90,
+            "segmentation": box(2, 2, 4, 4),
+            "area": 4,
+            "iscrowd": 0,
+            "bbox": [2, 2, 2, 2],
+        },
+        {
+            "id": 3,
+            "image_id": 7,
+            "category_id": 3,
+            "segmentation": box(12, 0, 16, 4),
+            "area": 16,
+            "iscrowd": 1,
+            "bbox": [12, 0, 4, 4],
+        },
     ]
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations/instances_val2017.json").write_text(
-        json.dumps({"images": [{"id": 7, "file_name": "000000000007.jpg", "height": 12, "width": 20}], "annotations": annotations, "categories": categories})
+        json.dumps(
+            {
+                "images": [{"id": 7, "file_name": "000000000007.jpg", "height": 12, "width": 20}],
+                "annotations": annotations,
+                "categories": categories,
+            }
+        )
     )
     dataset = load_dataset("coco_object", tmp_path)
     label = dataset.load_label(dataset.samples()[0])

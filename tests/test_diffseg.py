@@ -33,13 +33,14 @@ def test_same_label_map_as_the_official_algorithm_on_a_small_latent():
 
 
 def test_same_label_map_as_the_official_algorithm_on_real_tiny_unet_attention(tiny, bsds_image):
-    from dsseg.model.config import ExtractConfig
-    from dsseg.model.extract import AttentionExtractor
     from dsseg.io.images import prepare_image
-    from dsseg.model.extract import to_model_input
+    from dsseg.model.config import ExtractConfig
+    from dsseg.model.extract import AttentionExtractor, to_model_input
 
     pixels, _ = prepare_image(bsds_image, 256, "center_crop")
-    bundle = AttentionExtractor(tiny, ExtractConfig.from_params({"image_size": 256}))(to_model_input(pixels[None], tiny.device, tiny.dtype))
+    bundle = AttentionExtractor(tiny, ExtractConfig.from_params({"image_size": 256}))(
+        to_model_input(pixels[None], tiny.device, tiny.dtype)
+    )
     attention = {g[0]: a[0].numpy() for g, a in bundle.self_attention.items()}
     for threshold in (0.3, 0.5):
         ours = segment_attention(attention, output_size=(256, 256), kl_threshold=threshold)
@@ -75,7 +76,12 @@ def test_symmetric_kl_matches_direct_formula_and_survives_zeros():
     p[0, :10] = 0.0  # exact zeros: the official float16 code gives NaN here
     p[0] /= p[0].sum()
     ours = symmetric_kl(p, p)
-    direct = np.stack([kl_to_all(row.reshape(6, 6).numpy().astype(np.float64), p.reshape(5, 6, 6).numpy().astype(np.float64)) for row in p])
+    direct = np.stack(
+        [
+            kl_to_all(row.reshape(6, 6).numpy().astype(np.float64), p.reshape(5, 6, 6).numpy().astype(np.float64))
+            for row in p
+        ]
+    )
     assert torch.isfinite(ours).all()
     np.testing.assert_allclose(ours.numpy(), direct, rtol=1e-4, atol=1e-4)
     assert torch.allclose(torch.diagonal(ours), torch.zeros(5), atol=1e-5)

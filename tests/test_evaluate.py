@@ -13,18 +13,16 @@ import numpy as np
 import official_diffseg as official
 import pyarrow.parquet as pq
 import pytest
+from conftest import DATA, GROUND_TRUTH, IMAGES
 from PIL import Image
 
-from conftest import DATA, GROUND_TRUTH, IMAGES
 from dsseg.evaluation import evaluate as evaluate_command
 from dsseg.evaluation.datasets import load_dataset
-from dsseg.evaluation.scoring import ConfigScores, ModelFrame, aligned, class_map, score_row, to_model_frame
+from dsseg.evaluation.metrics import score
+from dsseg.evaluation.scoring import ConfigScores, ModelFrame, aligned, class_ids, score_row, to_model_frame
+from dsseg.io.frames import resize_labels_tf
 from dsseg.io.images import resize_bilinear
 from dsseg.io.masks import encode_labels
-from dsseg.io.frames import resize_labels_tf
-from dsseg.evaluation.metrics import score
-
-
 
 
 def _horse_root(root: Path) -> Path:
@@ -74,10 +72,14 @@ def test_model_frame_scores_without_resampling_the_prediction():
 
 
 def test_class_names_to_ids():
-    segments = [{"segment_id": 0, "label": "background"}, {"segment_id": 1, "label": "horse"}, {"segment_id": 2, "label": "ignore"}]
-    ids = class_map(np.array([[0, 1, 2]]), segments, ("background", "horse"))
+    segments = [
+        {"segment_id": 0, "label": "background"},
+        {"segment_id": 1, "label": "horse"},
+        {"segment_id": 2, "label": "ignore"},
+    ]
+    ids = class_ids(np.array([[0, 1, 2]]), segments, ("background", "horse"))
     np.testing.assert_array_equal(ids, [[0, 1, 2]])  # "ignore" → 2 = no class
-    assert class_map(np.array([[0]]), [{"segment_id": 0, "label": None}], ("a",)) is None
+    assert class_ids(np.array([[0]]), [{"segment_id": 0, "label": None}], ("a",)) is None
 
 
 def test_score_row_equals_the_metrics_module(tmp_path):
@@ -86,7 +88,14 @@ def test_score_row_equals_the_metrics_module(tmp_path):
     gt = dataset.load_label(sample)
     pred = np.zeros(gt.shape, dtype=np.int32)
     pred[:, gt.shape[1] // 2 :] = 1
-    row = {"image_id": sample.image_id, "config_id": "c", "method": "diffseg", "status": "ok", "height": gt.shape[0], "width": gt.shape[1]}
+    row = {
+        "image_id": sample.image_id,
+        "config_id": "c",
+        "method": "diffseg",
+        "status": "ok",
+        "height": gt.shape[0],
+        "width": gt.shape[1],
+    }
     row["segments"] = [s | {"label": None} for s in encode_labels(pred)]
     scores, record = score_row(row, dataset, sample, "label")
     assert isinstance(scores, ConfigScores) and scores.scored == 1
@@ -114,9 +123,14 @@ def test_evaluate_job_writes_metrics_and_reports(ray_local, tmp_path):
         own = [r["miou"] for r in records if r["config_id"] == config_id]
         assert config["per_image_avg"]["miou"] == pytest.approx(np.mean(own), abs=1e-9)
     run_configs = json.loads((out / "run" / "config.json").read_text())["configs"]
-    assert len(run_configs) == 2 and all('"geometry": "aspect"' in json.dumps(c) for c in run_configs)  # full-size scoring: whole image
+    assert len(run_configs) == 2 and all(
+        '"geometry": "aspect"' in json.dumps(c) for c in run_configs
+    )  # full-size scoring: whole image
     report = (out / "report.md").read_text()
-    assert "Per-image Hungarian, accumulated over the dataset" in report and "| diffseg image_size=128 | no preset | 2 |" in report
+    assert (
+        "Per-image Hungarian, accumulated over the dataset" in report
+        and "| diffseg image_size=128 | no preset | 2 |" in report
+    )
     assert "Open vocabulary" in report
 
     html = (out / "report.html").read_text()
@@ -141,7 +155,20 @@ def test_evaluate_job_writes_metrics_and_reports(ray_local, tmp_path):
 def test_evaluate_scores_only_this_runs_configs_and_images(ray_local, tmp_path):
     root = _horse_root(tmp_path / "horse")
     out = tmp_path / "eval"
-    common = ["--dataset", "horse", "--root", str(root), "--output", str(out), "--backbone", "tiny", "--device", "cpu", "--report-images", "1"]
+    common = [
+        "--dataset",
+        "horse",
+        "--root",
+        str(root),
+        "--output",
+        str(out),
+        "--backbone",
+        "tiny",
+        "--device",
+        "cpu",
+        "--report-images",
+        "1",
+    ]
     evaluate = evaluate_command
     assert evaluate.main([*common, "--param", "image_size=64"]) == 0
     assert evaluate.main([*common, "--param", "image_size=128", "--limit", "1"]) == 0  # a second config, one image

@@ -3,13 +3,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from diffusers import DDIMScheduler
 
+from dsseg.io.images import prepare_image
 from dsseg.model.backbone import SD_V1_SCHEDULER
 from dsseg.model.config import ExtractConfig
-from dsseg.model.extract import AttentionExtractor, ddim_invert, inversion_timesteps
-from dsseg.io.images import prepare_image
-from dsseg.model.extract import to_model_input
-from diffusers import DDIMScheduler
+from dsseg.model.extract import AttentionExtractor, ddim_invert, inversion_timesteps, to_model_input
 
 
 def _batch(tiny, *images):
@@ -49,7 +48,9 @@ def test_noise_modes(tiny, bsds_image):
     noisy = AttentionExtractor(tiny, ExtractConfig.from_params(dict(noise="noise", timestep=100, seed=1)))(images)
     noisy_again = AttentionExtractor(tiny, ExtractConfig.from_params(dict(noise="noise", timestep=100, seed=1)))(images)
     other_seed = AttentionExtractor(tiny, ExtractConfig.from_params(dict(noise="noise", timestep=100, seed=2)))(images)
-    inverted = AttentionExtractor(tiny, ExtractConfig.from_params(dict(noise="ddim_inversion", inversion_steps=3, num_inference_steps=50)))(images)
+    inverted = AttentionExtractor(
+        tiny, ExtractConfig.from_params(dict(noise="ddim_inversion", inversion_steps=3, num_inference_steps=50))
+    )(images)
     assert noisy.timestep == 100 and inverted.timestep == 41
     grid = (64, 64)
     torch.testing.assert_close(noisy.self_attention[grid], noisy_again.self_attention[grid])
@@ -78,7 +79,9 @@ def test_batched_extraction_equals_one_by_one(tiny, bsds_image):
 
 def test_sd2_sized_input_gives_96_latent_levels(tiny, bsds_image):
     pixels, _ = prepare_image(bsds_image, 768, "center_crop")
-    bundle = AttentionExtractor(tiny, ExtractConfig.from_params(dict(image_size=768, capture_resolutions=(24, 12))))(to_model_input(pixels[None], tiny.device, tiny.dtype))
+    bundle = AttentionExtractor(tiny, ExtractConfig.from_params(dict(image_size=768, capture_resolutions=(24, 12))))(
+        to_model_input(pixels[None], tiny.device, tiny.dtype)
+    )
     assert bundle.latent_hw == (96, 96)
     assert {g: a.shape for g, a in bundle.self_attention.items()} == {(24, 24): (1, 576, 576), (12, 12): (1, 144, 144)}
 

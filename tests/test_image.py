@@ -2,11 +2,11 @@ import io
 
 import numpy as np
 import pytest
+from faults import gigantic_png
 from PIL import Image
 
-from faults import gigantic_png
-from dsseg.io.images import Geometry, InputError, decode_image, plan_geometry, prepare_image
 from dsseg.io.frames import labels_to_original, resize_labels
+from dsseg.io.images import Geometry, InputError, decode_image, plan_geometry, prepare_image
 
 
 def _encode(image: Image.Image, fmt="JPEG", **kwargs) -> bytes:
@@ -71,6 +71,8 @@ def test_max_pixels_replaces_pillows_decompression_bomb_limit():
     header = gigantic_png(20_000, 10_000)  # 200 MP: beyond Pillow's own limit (~179 MP)
     with pytest.raises(InputError, match="^too_large: .*max_pixels"):
         decode_image(header, max_pixels=100_000_000)
-    with pytest.raises(InputError, match="^(truncated|corrupt): "):  # past the header check: only the pixels are missing
+    with pytest.raises(
+        InputError, match="^(truncated|corrupt): "
+    ):  # past the header check: only the pixels are missing
         decode_image(header, max_pixels=300_000_000)
     assert Image.MAX_IMAGE_PIXELS == 89_478_485  # Pillow's setting is restored

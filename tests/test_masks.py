@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
+from conftest import GROUND_TRUTH
 from PIL import Image
 from pycocotools import mask as mask_utils
 from scipy.io import loadmat
 
-from conftest import GROUND_TRUTH
 from dsseg.io.masks import decode_segments, encode_labels, rle_to_mask
 
 
@@ -15,7 +15,9 @@ def _real_label_maps() -> dict[str, np.ndarray]:
         "bsds-annotator-0": bsds[0, 0]["Segmentation"][0, 0].astype(np.int64),
         "bsds-annotator-1": bsds[0, 1]["Segmentation"][0, 0].astype(np.int64),
         "camvid": np.asarray(Image.open(GROUND_TRUTH / "0001TP_009990.png")).astype(np.int64),
-        "cityscapes": np.asarray(Image.open(GROUND_TRUTH / "frankfurt_000000_000294_gtFine_labelIds.png")).astype(np.int64),
+        "cityscapes": np.asarray(Image.open(GROUND_TRUTH / "frankfurt_000000_000294_gtFine_labelIds.png")).astype(
+            np.int64
+        ),
         "horse": horse.astype(np.int64),
     }
 

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import mmap
 import time
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import IMAGES
+
 from dsseg.job.config import SegmentJob
-from dsseg.spec import MethodSpec
 from dsseg.job.memory import fit_batch_size, peak_bytes, probe_batch_size
 from dsseg.job.model_stage import SegmentWorker
+from dsseg.spec import MethodSpec
 
 MB = 2**20
 
@@ -23,7 +24,9 @@ def test_fit_batch_size_counts_the_fixed_and_the_per_image_parts():
     assert fit_batch_size(300 * MB, 400 * MB, 1000 * MB) == 6
     assert fit_batch_size(300 * MB, 400 * MB, 100 * MB) == 1  # nothing fits: one image, OOM halving guards the rest
     assert fit_batch_size(300 * MB, 400 * MB, 10**6 * MB) == 64  # capped
-    assert fit_batch_size(100 * MB, 100 * MB, 300 * MB) == 15  # no growth measured: a tenth of the peak per image, (240 − 90) / 10
+    assert (
+        fit_batch_size(100 * MB, 100 * MB, 300 * MB) == 15
+    )  # no growth measured: a tenth of the peak per image, (240 − 90) / 10
 
 
 def test_cpu_peak_meter_sees_a_transient_allocation():
@@ -46,7 +49,10 @@ def test_probe_measures_the_per_image_cost():
 
     probe = probe_batch_size(run, torch.device("cpu"))
     assert 40 < probe["peak_two_mb"] - probe["peak_one_mb"] < 100
-    assert probe["batch_size"] >= 1 and probe["free_mb"] > 0
+    expected = fit_batch_size(
+        int(probe["peak_one_mb"] * MB), int(probe["peak_two_mb"] * MB), int(probe["free_mb"] * MB)
+    )
+    assert abs(probe["batch_size"] - expected) <= 1  # the reported numbers (rounded to 0.1 MB) give the chosen batch
 
 
 def test_a_probe_of_two_that_runs_out_of_memory_gives_batch_one():
@@ -63,8 +69,18 @@ def test_a_probe_of_two_that_runs_out_of_memory_gives_batch_one():
 def test_auto_batch_size_is_validated_and_probed_by_the_worker(tmp_path, capsys):
     with pytest.raises(ValueError, match="auto"):
         SegmentJob(input=str(IMAGES), output=str(tmp_path), batch_size="many")
-    job = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", configs=[MethodSpec("diffseg", {"image_size": 128})], device="cpu", batch_size="auto")
+    job = SegmentJob(
+        input=str(IMAGES),
+        output=str(tmp_path),
+        backbone="tiny",
+        configs=[MethodSpec("diffseg", {"image_size": 128})],
+        device="cpu",
+        batch_size="auto",
+    )
     assert job.rows_per_model_call == 64
     worker = SegmentWorker(job)
-    assert 1 <= worker.batch_limit <= 64
-    assert "batch_size auto" in capsys.readouterr().err
+    logged = capsys.readouterr().err
+    assert "batch_size auto → " in logged
+    assert (
+        worker.batch_limit == json.loads(logged.split("→ ", 1)[1].splitlines()[0])["batch_size"]
+    )  # the actor uses what it probed

@@ -32,12 +32,13 @@ def test_independent_labelings_score_near_zero():
 
 
 import official_diffseg as official  # noqa: E402
+
 from dsseg.evaluation.metrics import (  # noqa: E402
     IGNORE,
     MetricState,
-    hungarian_counts,
     bsds_scores,
     confusion_matrix,
+    hungarian_counts,
     rand_index,
     score,
     segmentation_covering,

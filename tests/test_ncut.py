@@ -6,11 +6,12 @@ import torch.nn.functional as F
 
 import dsseg
 from dsseg.api import bundle_from_attention
-from dsseg.spec import MethodSpec
+from dsseg.evaluation.metrics import adjusted_rand_index, relabelled_agreement
 from dsseg.methods import get_method
 from dsseg.methods.aggregate import aggregate_self_attention
 from dsseg.methods.ncut import NCutConfig, cosine_scores, cut_hierarchy, manc_threshold, ncut_partition
 from dsseg.methods.ncut_reference import reference_ncut, reference_ncut_cost
+from dsseg.methods.planted import pixel_regions, planted_attention, planted_regions, voronoi_regions
 from dsseg.methods.spectral import (
     DENSE_EIGEN_LIMIT,
     DenseGraph,
@@ -20,9 +21,8 @@ from dsseg.methods.spectral import (
     fiedler_vector,
     random_walk_vector,
 )
-from dsseg.evaluation.metrics import adjusted_rand_index, relabelled_agreement
 from dsseg.methods.upsample import upsample_argmax_index
-from dsseg.methods.planted import pixel_regions, planted_attention, planted_regions, voronoi_regions
+from dsseg.spec import MethodSpec
 
 
 def clustered_features(n: int, clusters: int, seed: int = 0, spread: float = 0.3) -> torch.Tensor:
@@ -35,12 +35,14 @@ def clustered_features(n: int, clusters: int, seed: int = 0, spread: float = 0.3
 
 @pytest.mark.parametrize("count", [3, 8, 12])
 def test_manc_recovers_planted_regions_with_no_threshold_and_beats_diffseg(count):
-    regions = voronoi_regions(64, count, seed=count)
+    regions = voronoi_regions(32, count, seed=count)  # a 32² latent keeps the test quick; 64² behaves alike
     # noisy maps: every same-region pair is far apart in KL, so DiffSeg's fixed τ stops merging
-    attention = planted_attention(regions, affinity=6.0, locality=0.3, noise=2.5, seed=count)
+    attention = planted_attention(
+        regions, resolutions=(32, 16, 8, 4), affinity=6.0, locality=0.3, noise=2.5, seed=count
+    )
     truth = pixel_regions(regions)
-    ours = adjusted_rand_index(dsseg.segment_attention(attention, method="ncut"), truth)
-    diffseg = adjusted_rand_index(dsseg.segment_attention(attention, method="diffseg"), truth)
+    ours = adjusted_rand_index(dsseg.segment_attention(attention, method="ncut", output_size=(256, 256)), truth)
+    diffseg = adjusted_rand_index(dsseg.segment_attention(attention, method="diffseg", output_size=(256, 256)), truth)
     assert ours >= 0.9
     assert ours > diffseg
 
@@ -57,7 +59,14 @@ def test_higher_power_never_adds_segments_on_a_nested_hierarchy():
     regions = voronoi_regions(64, 12, seed=4)
     groups = np.arange(12) % 3  # three groups of four regions each
     attention = planted_attention(
-        regions, resolutions=(64, 32, 16), affinity=2.0, group_affinity=5.0, locality=0.3, noise=0.5, seed=1, groups=groups
+        regions,
+        resolutions=(64, 32, 16),
+        affinity=2.0,
+        group_affinity=5.0,
+        locality=0.3,
+        noise=0.5,
+        seed=1,
+        groups=groups,
     )
     counts, coarse = [], []
     for power in (1, 2, 3, 4):
@@ -81,9 +90,9 @@ def test_higher_power_never_adds_segments_on_a_nested_hierarchy():
     ],
 )
 def test_random_walk_and_adjacency_modes_recover_regions(params):
-    regions = voronoi_regions(64, 5, seed=5)
-    attention = planted_attention(regions, resolutions=(64, 32, 16), affinity=6.0, locality=0.3, noise=0.5, seed=5)
-    labels = dsseg.segment_attention(attention, method="ncut", **params)
+    regions = voronoi_regions(32, 5, seed=5)
+    attention = planted_attention(regions, resolutions=(32, 16, 8), affinity=6.0, locality=0.3, noise=0.5, seed=5)
+    labels = dsseg.segment_attention(attention, method="ncut", output_size=(256, 256), **params)
     assert adjusted_rand_index(labels, pixel_regions(regions)) >= 0.9
 
 
@@ -91,7 +100,13 @@ def test_diffcut_variant_separates_regions():
     regions = voronoi_regions(32, 4, seed=2)
     attention = planted_attention(regions, resolutions=(32, 16, 8), affinity=6.0, locality=0.3, noise=0.5, seed=2)
     labels = dsseg.segment_attention(
-        attention, method="ncut", output_size=(256, 256), graph="diffcut", stopping="threshold", threshold=0.2, split_candidates=100
+        attention,
+        method="ncut",
+        output_size=(256, 256),
+        graph="diffcut",
+        stopping="threshold",
+        threshold=0.2,
+        split_candidates=100,
     )
     assert adjusted_rand_index(labels, pixel_regions(regions)) >= 0.9
 
@@ -194,7 +209,9 @@ def test_cosine_upsampling_is_the_per_pixel_cosine_argmax():
     assignment = torch.arange(30) % 4
     fast = upsample_argmax_index(cosine_scores(transition, assignment, 4).reshape(4, *grid), factor)
     # brute force: every pixel's key distribution, bilinearly interpolated over the query grid
-    per_pixel = F.interpolate(transition.T.reshape(1, 30, *grid), scale_factor=factor, mode="bilinear", align_corners=False)
+    per_pixel = F.interpolate(
+        transition.T.reshape(1, 30, *grid), scale_factor=factor, mode="bilinear", align_corners=False
+    )
     per_pixel = per_pixel[0].reshape(30, -1).T  # (pixels, keys)
     means = torch.stack([transition[assignment == s].mean(0) for s in range(4)])
     cosine = F.normalize(per_pixel, dim=1) @ F.normalize(means, dim=1).T
@@ -242,7 +259,11 @@ def test_config_errors_say_what_to_do():
 
 def test_segment_image_with_ncut_fills_parents(tiny, bsds_image):
     resolved = MethodSpec("ncut", {"image_size": 256}).resolved
-    assert resolved.extraction.noising.noise == "ddim_inversion" and resolved.extraction.noising.inversion_steps == 10 and resolved.params == NCutConfig()
+    assert (
+        resolved.extraction.noising.noise == "ddim_inversion"
+        and resolved.extraction.noising.inversion_steps == 10
+        and resolved.params == NCutConfig()
+    )
     result = dsseg.segment_image(bsds_image, method="ncut", backbone=tiny, image_size=256)
     assert result.method == "ncut" and result.labels.shape == (321, 481)
     assert result.num_segments > 1 and len(result.parents) == result.num_segments

@@ -8,19 +8,17 @@ import torch
 import torch.nn.functional as F
 
 from dsseg.api import segment_image
-from dsseg.model.config import ExtractConfig
-from dsseg.model.extract import AttentionBundle, AttentionExtractor
-from dsseg.segmenter import Segmenter
-from dsseg.spec import MethodSpec
 from dsseg.io.masks import decode_segments
 from dsseg.methods import get_method, run_method
 from dsseg.methods.base import MethodResult
-from dsseg.model.vocabularies import IGNORE_LABEL
 from dsseg.methods.openvocab import OpenVocabConfig, labels_from_scores, name_segments, segment_openvocab
-from dsseg.model.config import DEFAULT_TEMPLATE
+from dsseg.model.config import DEFAULT_TEMPLATE, ExtractConfig
+from dsseg.model.extract import AttentionBundle, AttentionExtractor
 from dsseg.model.prompts import class_prompt_plan, joint_prompt_plans, phrase_positions
 from dsseg.model.tokenizer import clip_tokenizer
-from dsseg.model.vocabularies import get_vocabulary
+from dsseg.model.vocabularies import IGNORE_LABEL, get_vocabulary
+from dsseg.segmenter import Segmenter
+from dsseg.spec import MethodSpec
 
 GRID = (16, 16)
 LEVELS = [(16, 16), (8, 8), (4, 4), (2, 2)]
@@ -51,7 +49,9 @@ def test_joint_prompt_finds_each_name_in_order_and_rejects_split_names():
     assert found == ["hot dog", "dog", "potted plant"]
     assert plan.classes[1].name[0] > plan.classes[0].name[-1]  # not the "dog" inside "hot dog"
     (caption,) = joint_prompt_plans(tokenizer, ["grass", "horse"], caption="a horse grazing on grass")
-    assert [tokenizer.decode([tokenizer(caption.text).input_ids[p] for p in t.name]).strip() for t in caption.classes] == ["grass", "horse"]
+    assert [
+        tokenizer.decode([tokenizer(caption.text).input_ids[p] for p in t.name]).strip() for t in caption.classes
+    ] == ["grass", "horse"]
     with pytest.raises(ValueError, match="whole tokens"):
         phrase_positions(tokenizer, "a photograph of horses", "horse")
     with pytest.raises(ValueError, match="exactly once"):
@@ -80,15 +80,19 @@ def _regions() -> torch.Tensor:
     return regions
 
 
-def _planted_bundle(regions: torch.Tensor, names: tuple[str, ...], noise: float = 0.0, seed: int = 0) -> AttentionBundle:
+def _planted_bundle(
+    regions: torch.Tensor, names: tuple[str, ...], noise: float = 0.0, seed: int = 0
+) -> AttentionBundle:
     """Cross-attention of class k high on region k (pooled to the coarser levels, plus noise) and
     self-attention uniform within each region."""
     generator = torch.Generator().manual_seed(seed)
     indicators = torch.stack([(regions == k + 1).float() for k in range(len(names))])  # (C, 16, 16)
-    class_maps = {}
+    class_attention = {}
     for grid in LEVELS:
         pooled = F.adaptive_avg_pool2d(indicators[None], grid)[0]
-        class_maps[grid] = (pooled + noise * torch.randn(pooled.shape, generator=generator)).reshape(len(names), -1)
+        class_attention[grid] = (pooled + noise * torch.randn(pooled.shape, generator=generator)).reshape(
+            len(names), -1
+        )
     flat = regions.reshape(-1)
     same = (flat[:, None] == flat[None, :]).float()
     self_attention = same / same.sum(1, keepdim=True)
@@ -98,7 +102,7 @@ def _planted_bundle(regions: torch.Tensor, names: tuple[str, ...], noise: float 
         latent_hw=GRID,
         timestep=100,
         class_names=(names,),
-        class_maps=(class_maps,),
+        class_attention=(class_attention,),
     )
 
 
@@ -177,10 +181,10 @@ def test_one_unet_call_per_class_batch_equals_class_by_class(tiny):
     batched, single = bundles[2], bundles[1]
     assert batched.class_names == tuple(classes)
     for i, names in enumerate(classes):
-        for grid, maps in single.class_maps[i].items():
-            assert batched.class_maps[i][grid].shape == (len(names), grid[0] * grid[1])
+        for grid, maps in single.class_attention[i].items():
+            assert batched.class_attention[i][grid].shape == (len(names), grid[0] * grid[1])
             # Equal up to float32 summation order (kernels differ with the batch size).
-            torch.testing.assert_close(batched.class_maps[i][grid], maps, atol=1e-4, rtol=1e-3)
+            torch.testing.assert_close(batched.class_attention[i][grid], maps, atol=1e-4, rtol=1e-3)
     for grid, maps in single.self_attention.items():
         torch.testing.assert_close(batched.self_attention[grid], maps, atol=3e-5, rtol=1e-3)
         torch.testing.assert_close(maps.sum(-1), torch.ones(maps.shape[:2]), atol=1e-4, rtol=0)
@@ -190,7 +194,9 @@ def test_one_unet_call_per_class_batch_equals_class_by_class(tiny):
 
 
 def test_class_weight_scales_only_the_name_tokens(tiny):
-    config = ExtractConfig.from_params({"classes": ("horse",), "class_template": DEFAULT_TEMPLATE, "class_weight": 1.21})
+    config = ExtractConfig.from_params(
+        {"classes": ("horse",), "class_template": DEFAULT_TEMPLATE, "class_weight": 1.21}
+    )
     extractor = AttentionExtractor(tiny, config)
     (plan,) = extractor.prompt_plans(["horse"])
     weighted = extractor._class_condition(plan)
@@ -202,7 +208,9 @@ def test_class_weight_scales_only_the_name_tokens(tiny):
 
 
 def test_segment_image_openvocab_end_to_end(tiny, bsds_image):
-    result = segment_image(bsds_image, method="openvocab", classes=["horse", "grass", "traffic light"], backbone=tiny, image_size=128)
+    result = segment_image(
+        bsds_image, method="openvocab", classes=["horse", "grass", "traffic light"], backbone=tiny, image_size=128
+    )
     assert result.names[0] == "background"
     assert result.labels.shape == bsds_image.shape[:2] and result.labels.dtype == np.int32
     assert 0 <= result.labels.min() and result.labels.max() < len(result.names)
@@ -260,7 +268,12 @@ def test_a_class_filter_narrows_the_candidates(tiny, bsds_image):
         return [list(c[:1]) for c in candidates]
 
     result = segment_image(
-        bsds_image, method="openvocab", classes=["horse", "grass", "sky"], backbone=tiny, image_size=128, class_filter=keep_first
+        bsds_image,
+        method="openvocab",
+        classes=["horse", "grass", "sky"],
+        backbone=tiny,
+        image_size=128,
+        class_filter=keep_first,
     )
     assert seen == [([(128, 128, 3)], [["horse", "grass", "sky"]])]
     assert set(result.names) <= {"background", "horse", "ignore"}
@@ -269,7 +282,9 @@ def test_a_class_filter_narrows_the_candidates(tiny, bsds_image):
         return [["unicorn"] for _ in candidates]
 
     with pytest.raises(ValueError, match="subset"):
-        segment_image(bsds_image, method="openvocab", classes=["horse"], backbone=tiny, image_size=128, class_filter=invents)
+        segment_image(
+            bsds_image, method="openvocab", classes=["horse"], backbone=tiny, image_size=128, class_filter=invents
+        )
 
 
 def test_clip_filter_loads_a_saved_checkpoint_and_keeps_subsets(tmp_path, bsds_image):
@@ -277,8 +292,17 @@ def test_clip_filter_loads_a_saved_checkpoint_and_keeps_subsets(tmp_path, bsds_i
 
     from dsseg.model.class_filters import ClassFilterNotFoundError, load_class_filter
 
-    text = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    text = dict(
+        vocab_size=49408,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+    )
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    )
     torch.manual_seed(0)
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(tmp_path / "clip")
     clip_tokenizer().save_pretrained(tmp_path / "clip")

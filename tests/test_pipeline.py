@@ -8,28 +8,32 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
-
 from conftest import IMAGES
-from dsseg.job.config import SegmentJob
-from dsseg.model.config import ConfigError
-from dsseg.spec import MethodSpec
+from faults import BAD, GOOD, make_fault_folder, write_tar
+
 from dsseg.io.masks import decode_segments
-from dsseg.job.runner import run_segment_job
 from dsseg.io.results import read_results, scan, write_parts
 from dsseg.io.schema import OUTPUT_SCHEMA
 from dsseg.io.sources import list_inputs
+from dsseg.job.config import SegmentJob
 from dsseg.job.decode import decode_batch
 from dsseg.job.model_stage import SegmentWorker
+from dsseg.job.runner import run_segment_job
 from dsseg.job.write import encode_row
+from dsseg.model.config import ConfigError
 from dsseg.segmenter import forward_groups
-from faults import BAD, GOOD, make_fault_folder, write_tar
+from dsseg.spec import MethodSpec
 
 SMALL = {"image_size": 256}  # the tiny backbone at 256² keeps the Ray tests fast
 
 
 def decoded(job, ids=None):
     """The decode stage's output for ``job``'s images (all configs wanted)."""
-    items = [item | {"configs": job.config_ids()} for item in list_inputs(job.input) if ids is None or item["image_id"] in ids]
+    items = [
+        item | {"configs": job.config_ids()}
+        for item in list_inputs(job.input)
+        if ids is None or item["image_id"] in ids
+    ]
     return decode_batch(pa.Table.from_pylist(items), job.preparation, job.max_pixels, job.max_image_side)
 
 
@@ -45,7 +49,9 @@ def test_every_bad_input_is_an_error_row_and_every_good_one_keeps_its_size(ray_l
     rows = {row["image_id"]: row for row in table.to_pylist()}
     assert len(table) == len(rows) == len(GOOD) + len(BAD) == summary["images"]
     for image_id, reason in BAD.items():
-        assert rows[image_id]["status"] == "error" and rows[image_id]["error"].startswith(reason + ": "), rows[image_id]["error"]
+        assert rows[image_id]["status"] == "error" and rows[image_id]["error"].startswith(reason + ": "), rows[
+            image_id
+        ]["error"]
         assert rows[image_id]["segments"] == []
     for image_id, (height, width) in GOOD.items():
         row = rows[image_id]
@@ -67,7 +73,15 @@ def test_every_bad_input_is_an_error_row_and_every_good_one_keeps_its_size(ray_l
 
 def test_resume_after_a_cancelled_run_gives_exactly_one_row_per_image_and_config(ray_local, tmp_path):
     configs = [MethodSpec("diffseg", SMALL | {"kl_threshold": t}) for t in (0.9, 1.1)]
-    job = SegmentJob(input=str(IMAGES), output=str(tmp_path / "run"), backbone="tiny", configs=configs, batch_size=1, device="cpu", rows_per_file=2)
+    job = SegmentJob(
+        input=str(IMAGES),
+        output=str(tmp_path / "run"),
+        backbone="tiny",
+        configs=configs,
+        batch_size=1,
+        device="cpu",
+        rows_per_file=2,
+    )
     assert run_segment_job(job)["complete"]
     # A run cancelled part-way: some part files never landed, and no _SUCCESS.
     parts = sorted((tmp_path / "run" / "segments").rglob("part-*.parquet"))
@@ -107,7 +121,12 @@ def test_a_killed_model_actor_is_restarted_and_loses_no_rows(ray_local, tmp_path
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actor gets this test's class, not an import
     CrashOnceWorker.marker = str(tmp_path / "crashed")
     job = SegmentJob(
-        input=str(IMAGES), output=str(tmp_path / "run"), backbone="tiny", configs=[MethodSpec("diffseg", SMALL)], batch_size=2, device="cpu"
+        input=str(IMAGES),
+        output=str(tmp_path / "run"),
+        backbone="tiny",
+        configs=[MethodSpec("diffseg", SMALL)],
+        batch_size=2,
+        device="cpu",
     )
     summary = run_segment_job(job, worker=CrashOnceWorker)
     assert os.path.exists(CrashOnceWorker.marker)  # the first actor did exit mid-job
@@ -115,15 +134,21 @@ def test_a_killed_model_actor_is_restarted_and_loses_no_rows(ray_local, tmp_path
 
 
 def test_many_configs_share_one_forward_per_extraction_setting(tmp_path):
-    configs = [MethodSpec("diffseg", SMALL | {"kl_threshold": t}) for t in (0.2, 0.5, 1.1)] + [MethodSpec("diffseg", SMALL | {"timestep": 100})]
+    configs = [MethodSpec("diffseg", SMALL | {"kl_threshold": t}) for t in (0.2, 0.5, 1.1)] + [
+        MethodSpec("diffseg", SMALL | {"timestep": 100})
+    ]
     job = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", configs=configs, device="cpu")
     assert [len(indices) for _, indices in forward_groups([spec.resolved for spec in job.configs])] == [3, 1]
     worker = SegmentWorker(job)
     unet_calls = []
-    worker.segmenter.backbone.unet.register_forward_hook(lambda module, args, output: unet_calls.append(args[0].shape[0]))
+    worker.segmenter.backbone.unet.register_forward_hook(
+        lambda module, args, output: unet_calls.append(args[0].shape[0])
+    )
     rows = worker(decoded(job, {"135069.jpg", "horses/horse001.jpg"})).to_pylist()
     assert unet_calls == [2, 2]  # one batched UNet step per extraction setting, not per config
-    assert sorted((r["config_id"], r["image_id"]) for r in rows) == sorted((c, i) for c in job.config_ids() for i in ("135069.jpg", "horses/horse001.jpg"))
+    assert sorted((r["config_id"], r["image_id"]) for r in rows) == sorted(
+        (c, i) for c in job.config_ids() for i in ("135069.jpg", "horses/horse001.jpg")
+    )
     labels = [r["labels"] for r in rows if r["image_id"] == "135069.jpg"]
     assert len(set(labels[:3])) == 3  # the thresholds segment the shared attention differently
 
@@ -131,9 +156,17 @@ def test_many_configs_share_one_forward_per_extraction_setting(tmp_path):
 def test_manifest_and_tar_inputs_give_the_folder_rows(tmp_path):
     ids = ["135069.jpg", "horses/horse001.jpg"]
     write_tar(tmp_path / "shard-0.tar", IMAGES, ids)
-    (tmp_path / "list.jsonl").write_text("".join(json.dumps({"image_id": i, "uri": str(IMAGES / i)}) + "\n" for i in ids))
+    (tmp_path / "list.jsonl").write_text(
+        "".join(json.dumps({"image_id": i, "uri": str(IMAGES / i)}) + "\n" for i in ids)
+    )
     jobs = [
-        SegmentJob(input=spec, output=str(tmp_path / "out"), backbone="tiny", configs=[MethodSpec("diffseg", SMALL)], device="cpu")
+        SegmentJob(
+            input=spec,
+            output=str(tmp_path / "out"),
+            backbone="tiny",
+            configs=[MethodSpec("diffseg", SMALL)],
+            device="cpu",
+        )
         for spec in (str(IMAGES), str(tmp_path / "list.jsonl"), str(tmp_path / "shard-0.tar"))
     ]
     worker = SegmentWorker(jobs[0])
@@ -146,7 +179,9 @@ def test_manifest_and_tar_inputs_give_the_folder_rows(tmp_path):
 
 
 def test_out_of_memory_halves_the_batch_before_giving_up(tmp_path, monkeypatch):
-    job = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", configs=[MethodSpec("diffseg", SMALL)], device="cpu")
+    job = SegmentJob(
+        input=str(IMAGES), output=str(tmp_path), backbone="tiny", configs=[MethodSpec("diffseg", SMALL)], device="cpu"
+    )
     worker = SegmentWorker(job)
     extractor = worker.segmenter.groups[0].extractor
     original, sizes = extractor.__call__, []
@@ -157,19 +192,25 @@ def test_out_of_memory_halves_the_batch_before_giving_up(tmp_path, monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return original(images, timer, classes)
 
-    monkeypatch.setattr(type(extractor), "__call__", lambda self, images, timer=None, classes=None: limited(images, timer, classes))
+    monkeypatch.setattr(
+        type(extractor), "__call__", lambda self, images, timer=None, classes=None: limited(images, timer, classes)
+    )
     batch = decoded(job, {"135069.jpg", "frankfurt_000000_000294_leftImg8bit.png", "horses/horse001.jpg"})
     rows = worker(batch).to_pylist()
     assert [r["status"] for r in rows] == ["ok"] * 3
     assert sizes == [3, 1, 2, 1, 1]  # 3 fails → 1 ok, 2 fails → 1, 1 ok
 
-    monkeypatch.setattr(type(extractor), "__call__", lambda self, images, timer=None, classes=None: limited(images, timer, classes, 0))
+    monkeypatch.setattr(
+        type(extractor), "__call__", lambda self, images, timer=None, classes=None: limited(images, timer, classes, 0)
+    )
     rows = worker(batch).to_pylist()
     assert all(r["status"] == "error" and r["error"].startswith("out_of_memory: OutOfMemoryError") for r in rows)
 
 
 def test_worker_writes_ncut_rows_with_parents(tmp_path):
-    job = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", configs=[MethodSpec("ncut", SMALL)], device="cpu")
+    job = SegmentJob(
+        input=str(IMAGES), output=str(tmp_path), backbone="tiny", configs=[MethodSpec("ncut", SMALL)], device="cpu"
+    )
     assert job.configs[0].resolved.extraction.noising.noise == "ddim_inversion"
     model_rows = SegmentWorker(job)(decoded(job, {"135069.jpg", "horses/horse001.jpg"})).to_pylist()
     for row in map(encode_row, model_rows):
@@ -191,13 +232,17 @@ def test_job_configuration_errors_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="^batch_size: must be an integer ≥ 1"):
         SegmentJob(input=str(IMAGES), output=str(tmp_path), batch_size=0)
     with pytest.raises(ValueError, match="same"):
-        SegmentJob(input=str(IMAGES), output=str(tmp_path), configs=[{"kl_threshold": 0.9}, {"kl_threshold": [0.9, 0.9, 0.9]}])
+        SegmentJob(
+            input=str(IMAGES), output=str(tmp_path), configs=[{"kl_threshold": 0.9}, {"kl_threshold": [0.9, 0.9, 0.9]}]
+        )
     with pytest.raises(ValueError, match="share image_size"):
         SegmentJob(input=str(IMAGES), output=str(tmp_path), configs=[{"image_size": 256}, {"image_size": 512}])
     with pytest.raises(ValueError, match="0 ≤ I < N"):
         SegmentJob(input=str(IMAGES), output=str(tmp_path), shard="4/4")
     first = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", configs=[{"kl_threshold": 0.9}])
-    same = SegmentJob(input=str(IMAGES), output=str(tmp_path / "x"), backbone="tiny", configs=[{"kl_threshold": [0.9, 0.9, 0.9]}])
+    same = SegmentJob(
+        input=str(IMAGES), output=str(tmp_path / "x"), backbone="tiny", configs=[{"kl_threshold": [0.9, 0.9, 0.9]}]
+    )
     other = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", configs=[{"kl_threshold": 1.0}])
     assert first.config_ids() == same.config_ids() != other.config_ids()
 
@@ -205,9 +250,14 @@ def test_job_configuration_errors_are_clear(tmp_path):
 def test_manifest_classes_label_openvocab_rows_and_name_diffseg_rows(ray_local, tmp_path):
     classes = {"135069.jpg": ["horse", "grass"], "horses/horse001.jpg": ["sky", "traffic light", "rock"]}
     manifest = tmp_path / "list.jsonl"
-    manifest.write_text("".join(json.dumps({"image_id": i, "uri": str(IMAGES / i), "classes": c}) + "\n" for i, c in classes.items()))
+    manifest.write_text(
+        "".join(json.dumps({"image_id": i, "uri": str(IMAGES / i), "classes": c}) + "\n" for i, c in classes.items())
+    )
     small = {"image_size": 128}
-    configs = [MethodSpec("openvocab", small), MethodSpec("diffseg", small | {"naming": "majority", "kl_threshold": 0.5})]
+    configs = [
+        MethodSpec("openvocab", small),
+        MethodSpec("diffseg", small | {"naming": "majority", "kl_threshold": 0.5}),
+    ]
     job = SegmentJob(input=str(manifest), output=str(tmp_path / "out"), backbone="tiny", configs=configs, device="cpu")
     summary = run_segment_job(job)
     assert summary["complete"] and summary["ok"] == 4
@@ -220,7 +270,9 @@ def test_manifest_classes_label_openvocab_rows_and_name_diffseg_rows(ray_local, 
             assert len(labels) == len(set(labels))  # one segment per present class
         else:
             assert row["config_id"] == diffseg_id and labels and set(labels) <= set(classes[row["image_id"]])
-    folder_job = SegmentJob(input=str(IMAGES), output=str(tmp_path / "bad"), backbone="tiny", configs=[configs[0]], device="cpu")
+    folder_job = SegmentJob(
+        input=str(IMAGES), output=str(tmp_path / "bad"), backbone="tiny", configs=[configs[0]], device="cpu"
+    )
     with pytest.raises(ValueError, match="no \\(or an empty\\) class list"):
         run_segment_job(folder_job)
 
@@ -237,14 +289,29 @@ def test_worker_applies_the_jobs_class_filter(tmp_path):
     )  # fmt: skip
     unfiltered = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", device="cpu", configs=job.configs)
     assert job.config_ids() != unfiltered.config_ids()  # the filter changes the results, so the config id
-    rows = [encode_row(row) for row in SegmentWorker(job)(decoded(job, {"135069.jpg", "horses/horse001.jpg"})).to_pylist()]
+    rows = [
+        encode_row(row) for row in SegmentWorker(job)(decoded(job, {"135069.jpg", "horses/horse001.jpg"})).to_pylist()
+    ]
     assert len(rows) == 2 and all(row["status"] == "ok" for row in rows)
     assert {segment["label"] for row in rows for segment in row["segments"]} <= {"background", "ignore", "horse"}
 
 
 def _rows(ids, config="c1", status="ok", error=None):
     return pa.Table.from_pylist(
-        [{"image_id": i, "source": i, "width": 4, "height": 4, "method": "diffseg", "config_id": config, "status": status, "error": error, "segments": []} for i in ids],
+        [
+            {
+                "image_id": i,
+                "source": i,
+                "width": 4,
+                "height": 4,
+                "method": "diffseg",
+                "config_id": config,
+                "status": status,
+                "error": error,
+                "segments": [],
+            }
+            for i in ids
+        ],
         schema=OUTPUT_SCHEMA,
     )
 
@@ -273,7 +340,10 @@ def test_retry_errors_redoes_transient_errors_and_the_ok_row_wins(tmp_path):
     write_parts(_rows(["b.jpg"], status="error", error="corrupt: broken data stream"), output)
     write_parts(_rows(["c.jpg"]), output)
     assert done_pairs(scan(output)) == {("c1", "a.jpg"), ("c1", "b.jpg"), ("c1", "c.jpg")}
-    assert done_pairs(scan(output), retry_errors=True) == {("c1", "b.jpg"), ("c1", "c.jpg")}  # corrupt inputs stay final
+    assert done_pairs(scan(output), retry_errors=True) == {
+        ("c1", "b.jpg"),
+        ("c1", "c.jpg"),
+    }  # corrupt inputs stay final
     write_parts(_rows(["a.jpg", "c.jpg"]), output)  # the retry's ok row, and a late duplicate of c
     assert deduplicate(output, scan(output)) == 2
     rows = {r["image_id"]: r["status"] for r in scan(output).to_pylist()}

@@ -12,18 +12,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import GROUND_TRUTH, IMAGES, ROOT
 from PIL import Image
 
-from conftest import GROUND_TRUTH, IMAGES, ROOT
 from dsseg.benchmark import manc_study
 from dsseg.evaluation import evaluate as evaluate_command
+from dsseg.evaluation.presets import PRESETS, get_preset, list_presets, matching_presets, settings_key
 from dsseg.io.images import decode_image
 from dsseg.job.config import SegmentJob
 from dsseg.spec import MethodSpec
-from dsseg.evaluation.presets import PRESETS, get_preset, list_presets, matching_presets, settings_key
-
-
-
 
 # ---- presets ------------------------------------------------------------------------------
 
@@ -69,19 +66,27 @@ def test_list_presets_prints_every_setting_and_every_choice():
 def test_a_config_matches_a_preset_only_with_all_its_settings():
     preset = get_preset("diffseg-cocostuff27")
     spec = MethodSpec("diffseg", {"kl_threshold": 1.1})  # the other settings are DiffSeg's defaults
-    per_image = [m for m in matching_presets("cocostuff27", spec, "model", preset.backbone) if m.preset.protocol == "per_image"]
+    per_image = [
+        m for m in matching_presets("cocostuff27", spec, "model", preset.backbone) if m.preset.protocol == "per_image"
+    ]
     assert [m.preset.name for m in per_image] == ["diffseg-cocostuff27", "dwc-diffseg-globally-averaged"]
     assert all(m.same_backbone for m in per_image)
     assert {m.backbone for m in matching_presets("cocostuff27", spec, "model", "tiny")} == {"other"}
-    assert {m.backbone for m in matching_presets("cocostuff27", spec, "model", str(ROOT))} == {"unverified"}  # a local folder
+    assert {m.backbone for m in matching_presets("cocostuff27", spec, "model", str(ROOT))} == {
+        "unverified"
+    }  # a local folder
     assert not matching_presets("cocostuff27", spec, "model", preset.backbone, split="train2017")  # another split
     assert not matching_presets("cocostuff27", MethodSpec("diffseg", {"kl_threshold": 1.0}), "model", preset.backbone)
     assert not matching_presets("cocostuff27", spec, "label", preset.backbone)  # another frame, another measurement
     assert not matching_presets("cityscapes27", spec, "model", preset.backbone)  # τ 1.1 is the COCO row
-    assert settings_key(spec, "model") == settings_key(MethodSpec("diffseg", {"kl_threshold": [1.1, 1.1, 1.1]}), "model")
+    assert settings_key(spec, "model") == settings_key(
+        MethodSpec("diffseg", {"kl_threshold": [1.1, 1.1, 1.1]}), "model"
+    )
     # ADE20K: the full release stands in for SceneParsing
     ncut = get_preset("dwc-ade20k150")
-    assert [m.preset.name for m in matching_presets("ade20k_full", ncut.spec(), "model", ncut.backbone)] == ["dwc-ade20k150"]
+    assert [m.preset.name for m in matching_presets("ade20k_full", ncut.spec(), "model", ncut.backbone)] == [
+        "dwc-ade20k150"
+    ]
 
 
 def test_an_openvocab_preset_needs_its_threshold_tuned_on_another_split():
@@ -89,10 +94,14 @@ def test_an_openvocab_preset_needs_its_threshold_tuned_on_another_split():
     spec = MethodSpec("openvocab", {**preset.params, "background_threshold": 0.42})
     args = ("voc2012", spec, "label", preset.backbone, preset.class_filter)
     assert not matching_presets(*args)  # a threshold nobody tuned
-    assert [m.preset.name for m in matching_presets(*args, tuned=["background_threshold"])] == [preset.name]  # val: the reader's default
+    assert [m.preset.name for m in matching_presets(*args, tuned=["background_threshold"])] == [
+        preset.name
+    ]  # val: the reader's default
     assert not matching_presets(*args, tuned=["background_threshold"], split="train")
     coco = get_preset("diffsegmenter-coco-object")
-    assert not matching_presets("coco_object", coco.spec(), "label", coco.backbone, coco.class_filter, ["background_threshold"])  # val2017 ≠ val2014
+    assert not matching_presets(
+        "coco_object", coco.spec(), "label", coco.backbone, coco.class_filter, ["background_threshold"]
+    )  # val2017 ≠ val2014
 
 
 def test_list_presets_and_bad_flags_exit_cleanly(capsys):
@@ -108,16 +117,34 @@ def test_list_presets_and_bad_flags_exit_cleanly(capsys):
 
 def test_cityscapes_preset_end_to_end_reports_the_published_number(ray_local, tmp_path):
     root = tmp_path / "cityscapes"  # the flat layout of ../shared/data/cityscapes
-    shutil.copyfile(IMAGES / "frankfurt_000000_000294_leftImg8bit.png", _mkdir(root) / "frankfurt_000000_000294_leftImg8bit.png")
-    shutil.copyfile(GROUND_TRUTH / "frankfurt_000000_000294_gtFine_labelIds.png", root / "frankfurt_000000_000294_gtFine_labelIds.png")
+    shutil.copyfile(
+        IMAGES / "frankfurt_000000_000294_leftImg8bit.png", _mkdir(root) / "frankfurt_000000_000294_leftImg8bit.png"
+    )
+    shutil.copyfile(
+        GROUND_TRUTH / "frankfurt_000000_000294_gtFine_labelIds.png",
+        root / "frankfurt_000000_000294_gtFine_labelIds.png",
+    )
     out = tmp_path / "eval"
-    argv = ["--preset", "diffseg-cityscapes27", "--root", str(root), "--output", str(out), "--backbone", "tiny", "--device", "cpu"]
+    argv = [
+        "--preset",
+        "diffseg-cityscapes27",
+        "--root",
+        str(root),
+        "--output",
+        str(out),
+        "--backbone",
+        "tiny",
+        "--device",
+        "cpu",
+    ]
     assert evaluate_command.main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     (config,) = metrics["configs"].values()
     assert metrics["frame"] == "model" and config["presets"] == [{"name": "diffseg-cityscapes27", "backbone": "other"}]
     report = (out / "report.md").read_text()
-    assert "| diffseg-cityscapes27 | diffseg-cityscapes27 † | 1 |" in report and "(76.0)" in report and "(21.2)" in report
+    assert (
+        "| diffseg-cityscapes27 | diffseg-cityscapes27 † | 1 |" in report and "(76.0)" in report and "(21.2)" in report
+    )
     assert "percent; BSDS500 covering and PRI as fractions" in report
     rows = pq.read_table(out / "run" / "segments").to_pylist()
     assert {tuple(s["rle"]["size"]) for r in rows for s in r["segments"]} == {(512, 512)}  # scored in the model frame
@@ -157,7 +184,10 @@ def test_evaluation_reads_an_exif_rotated_image_aligned_with_its_label(ray_local
     label = np.zeros(stored.shape[:2], dtype=np.uint8)
     label[:, 80:] = 1  # left half class 0, right half class 1, in stored order
     Image.fromarray(label).save(tmp_path / "rotated.png")
-    pq.write_table(pa.table({"image_id": ["rotated"], "uri": ["rotated.jpg"], "label": ["rotated.png"]}), tmp_path / "manifest.parquet")
+    pq.write_table(
+        pa.table({"image_id": ["rotated"], "uri": ["rotated.jpg"], "label": ["rotated.png"]}),
+        tmp_path / "manifest.parquet",
+    )
     out = tmp_path / "eval"
     argv = [
         "--dataset", "manifest", "--root", str(tmp_path / "manifest.parquet"), "--classes", "left,right", "--output", str(out),
@@ -174,7 +204,11 @@ def test_evaluation_reads_an_exif_rotated_image_aligned_with_its_label(ray_local
 def test_config_ids_of_earlier_outputs_stay_the_same():
     configs = (MethodSpec("diffseg"), MethodSpec("ncut"), MethodSpec("openvocab", {"classes": ("horse", "grass")}))
     job = SegmentJob(input=str(IMAGES), output="/tmp/unused", configs=configs, backbone="tiny", device="cpu")
-    assert job.config_ids() == ["af1ac893760b", "9fd6f62c6a33", "fc868dd07ad9"]  # as written before these settings existed
+    assert job.config_ids() == [
+        "af1ac893760b",
+        "9fd6f62c6a33",
+        "fc868dd07ad9",
+    ]  # as written before these settings existed
 
 
 def test_decode_and_mask_settings_change_config_ids_only_when_set(tmp_path):
@@ -201,7 +235,12 @@ def test_openvocab_without_classes_is_an_error_not_a_background_segment(tiny, tm
     with pytest.raises(ValueError, match="no candidate classes"):
         segmenter(pixels[None], [geometry])
     manifest = tmp_path / "m.parquet"
-    pq.write_table(pa.table({"image_id": ["a"], "uri": [str(IMAGES / "135069.jpg")], "classes": pa.array([[]], pa.list_(pa.string()))}), manifest)
+    pq.write_table(
+        pa.table(
+            {"image_id": ["a"], "uri": [str(IMAGES / "135069.jpg")], "classes": pa.array([[]], pa.list_(pa.string()))}
+        ),
+        manifest,
+    )
     job = SegmentJob(input=str(manifest), output=str(tmp_path / "out"), configs=(MethodSpec("openvocab"),))
     with pytest.raises(ValueError, match="no \\(or an empty\\) class list"):
         job.check_classes([{"image_id": "a", "classes": []}])
@@ -209,7 +248,9 @@ def test_openvocab_without_classes_is_an_error_not_a_background_segment(tiny, tm
 
 def _voc_root(root: Path) -> Path:
     """A VOC 2012 layout: the horse photo (class 13) in train and val, the BSDS photo in train."""
-    mask = (np.asarray(Image.open(GROUND_TRUTH / "horse001_figure_ground.jpg").convert("L")) > 127).astype(np.uint8) * 13
+    mask = (np.asarray(Image.open(GROUND_TRUTH / "horse001_figure_ground.jpg").convert("L")) > 127).astype(
+        np.uint8
+    ) * 13
     photo = Image.open(IMAGES / "horses" / "horse001.jpg").convert("RGB").resize(mask.shape[::-1])
     for name in ("horse_a", "horse_b"):
         photo.save(_mkdir(root / "JPEGImages") / f"{name}.jpg")
@@ -223,11 +264,34 @@ def _voc_root(root: Path) -> Path:
 def test_background_threshold_is_tuned_on_another_split_never_the_evaluated_one(ray_local, tmp_path):
     root = _voc_root(tmp_path / "voc")
     out = tmp_path / "eval"
-    common = ["--root", str(root), "--output", str(out), "--backbone", "tiny", "--device", "cpu", "--report-images", "1"]
+    common = [
+        "--root",
+        str(root),
+        "--output",
+        str(out),
+        "--backbone",
+        "tiny",
+        "--device",
+        "cpu",
+        "--report-images",
+        "1",
+    ]
     evaluate = evaluate_command
-    refused = ["--dataset", "voc2012", "--methods", "openvocab", "--param", "image_size=64", "--tune-on", "val", *common]
+    refused = [
+        "--dataset",
+        "voc2012",
+        "--methods",
+        "openvocab",
+        "--param",
+        "image_size=64",
+        "--tune-on",
+        "val",
+        *common,
+    ]
     assert evaluate.main(refused) == 2  # the evaluated split
-    assert evaluate.main(["--dataset", "voc2012", "--methods", "diffseg", "--tune-on", "train", *common]) == 2  # nothing to tune
+    assert (
+        evaluate.main(["--dataset", "voc2012", "--methods", "diffseg", "--tune-on", "train", *common]) == 2
+    )  # nothing to tune
     argv = ["--preset", "diffsegmenter-voc2012", "--class-filter", "none", "--param", "image_size=64", *common]
     assert evaluate.main(argv) == 0
     tuning = json.loads((out / "tune" / "train" / "tuning.json").read_text())["0"]
@@ -249,8 +313,12 @@ def test_manc_threshold_of_a_row_stochastic_walk_is_about_one_half():
     from dsseg.methods.planted import planted_attention, voronoi_regions
 
     study = manc_study
-    attention = planted_attention(voronoi_regions(32, 4, seed=1), resolutions=(32, 16, 8), heads=8, affinity=6.0, locality=0.3, noise=2.5, seed=1)
+    attention = planted_attention(
+        voronoi_regions(32, 4, seed=1), resolutions=(32, 16, 8), heads=8, affinity=6.0, locality=0.3, noise=2.5, seed=1
+    )
     for graph in ("dot", "random_walk"):
         assert study.root_threshold(attention, graph, power=1) == pytest.approx(0.5, abs=0.02)
     summed = {r: maps * 8 for r, maps in attention.items()}  # heads summed, not renormalised: rows sum to 8
-    assert study.root_threshold(summed, "dot", power=1) == pytest.approx(0.5, abs=0.02)  # dsseg renormalises what it is given
+    assert study.root_threshold(summed, "dot", power=1) == pytest.approx(
+        0.5, abs=0.02
+    )  # dsseg renormalises what it is given

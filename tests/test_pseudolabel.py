@@ -11,18 +11,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import GROUND_TRUTH, IMAGES
 from PIL import Image
 from pycocotools.coco import COCO
 
-from conftest import GROUND_TRUTH, IMAGES
 from dsseg.evaluation import pseudolabel as pseudolabel_command
-from dsseg.segmenter import Segmentation
+from dsseg.evaluation.exports import (
+    agnostic_segments,
+    class_list,
+    labels_from_coco,
+    labels_from_voc,
+    voc_label_map,
+    voc_palette,
+)
 from dsseg.evaluation.metrics import score
-from dsseg.model.vocabularies import IGNORE_LABEL
 from dsseg.methods.openvocab import labels_from_scores
-from dsseg.evaluation.exports import agnostic_segments, class_index_map, class_list, labels_from_coco, labels_from_voc, voc_palette
-
-
+from dsseg.model.vocabularies import IGNORE_LABEL
+from dsseg.segmentation import Segmentation
 
 
 def _row(labels: np.ndarray, names: list[str | None]) -> dict:
@@ -46,7 +51,9 @@ def test_planted_scores_become_the_planted_pseudo_labels_and_the_ignore_band():
     labels = labels_from_scores(scores, background_threshold=0.5, ignore_margin=0.05)
     ids = labels.clone()
     ids[labels == IGNORE_LABEL] = 3
-    pseudo = class_index_map(_row(ids.numpy(), ["background", "horse", "grass", "ignore"]), ("background", "grass", "horse"))
+    pseudo = voc_label_map(
+        _row(ids.numpy(), ["background", "horse", "grass", "ignore"]), ("background", "grass", "horse")
+    )
     expected = np.zeros((20, 30), dtype=np.uint8)
     expected[:, :10] = 2  # horse is class 2 of this class list
     expected[:, 20:] = 1
@@ -65,23 +72,45 @@ def test_class_agnostic_filters():
     row = _row(labels, [None] * 4)
     kept = agnostic_segments(row, min_area=0.01, max_masks=5)
     assert [s["segment_id"] for s in kept] == [1, 3]  # background (border) and speck dropped, largest first
-    assert [s["segment_id"] for s in agnostic_segments(row, min_area=0.0, max_masks=1, drop_border_background=False)] == [0]
+    assert [
+        s["segment_id"] for s in agnostic_segments(row, min_area=0.0, max_masks=1, drop_border_background=False)
+    ] == [0]
 
 
 def test_image_labels_from_voc_xml_and_coco_instances(tmp_path):
     (tmp_path / "ImageSets/Main").mkdir(parents=True)
     (tmp_path / "ImageSets/Main/train.txt").write_text("2007_000032\n")
     (tmp_path / "Annotations").mkdir()
-    objects = "".join(f"<object><name>{n}</name><part><name>head</name></part></object>" for n in ("pottedplant", "person", "person"))
+    objects = "".join(
+        f"<object><name>{n}</name><part><name>head</name></part></object>" for n in ("pottedplant", "person", "person")
+    )
     (tmp_path / "Annotations/2007_000032.xml").write_text(f"<annotation>{objects}</annotation>")
-    assert labels_from_voc(tmp_path) == [{"image_id": "2007_000032", "uri": str(tmp_path / "JPEGImages/2007_000032.jpg"), "labels": ["person", "potted plant"]}]
+    assert labels_from_voc(tmp_path) == [
+        {
+            "image_id": "2007_000032",
+            "uri": str(tmp_path / "JPEGImages/2007_000032.jpg"),
+            "labels": ["person", "potted plant"],
+        }
+    ]
     instances = {
         "images": [{"id": 5, "file_name": "a.jpg", "height": 4, "width": 4}],
-        "annotations": [{"id": 1, "image_id": 5, "category_id": 18, "segmentation": [[0, 0, 2, 0, 2, 2]], "area": 2, "iscrowd": 0, "bbox": [0, 0, 2, 2]}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 5,
+                "category_id": 18,
+                "segmentation": [[0, 0, 2, 0, 2, 2]],
+                "area": 2,
+                "iscrowd": 0,
+                "bbox": [0, 0, 2, 2],
+            }
+        ],
         "categories": [{"id": 18, "name": "dog"}, {"id": 1, "name": "person"}],
     }
     (tmp_path / "inst.json").write_text(json.dumps(instances))
-    assert labels_from_coco(tmp_path / "inst.json", tmp_path / "img") == [{"image_id": "5", "uri": str(tmp_path / "img" / "a.jpg"), "labels": ["dog"]}]
+    assert labels_from_coco(tmp_path / "inst.json", tmp_path / "img") == [
+        {"image_id": "5", "uri": str(tmp_path / "img" / "a.jpg"), "labels": ["dog"]}
+    ]
     assert class_list([["horse"], ["person"]])[:2] == ("background", "aeroplane")  # VOC order
     assert class_list([["zebra"], []]) == ("background", "zebra")
 
@@ -98,7 +127,18 @@ def _manifest(tmp_path: Path) -> Path:
     return path
 
 
-FAST = ["--backbone", "tiny", "--device", "cpu", "--param", "image_size=128", "--pamr-iterations", "2", "--min-area", "0.0"]
+FAST = [
+    "--backbone",
+    "tiny",
+    "--device",
+    "cpu",
+    "--param",
+    "image_size=128",
+    "--pamr-iterations",
+    "2",
+    "--min-area",
+    "0.0",
+]
 
 
 def test_two_shards_export_voc_and_coco_with_unique_ids(ray_local, tmp_path):
@@ -116,7 +156,9 @@ def test_two_shards_export_voc_and_coco_with_unique_ids(ray_local, tmp_path):
     assert (voc / "ImageSets/Segmentation/train_aug.txt").read_text().split() == ["horse001", "photo"]
     # The paths torchvision's VOCSegmentation(root=out, year="2012", image_set="train") opens:
     for image_id in (voc / "ImageSets/Segmentation/train.txt").read_text().split():
-        assert (voc / "JPEGImages" / f"{image_id}.jpg").is_file() and (voc / "SegmentationClass" / f"{image_id}.png").is_file()
+        assert (voc / "JPEGImages" / f"{image_id}.jpg").is_file() and (
+            voc / "SegmentationClass" / f"{image_id}.png"
+        ).is_file()
     assert (out / "VOCdevkit/VOC2012/class_names.txt").read_text().split("\n")[:2] == ["background", "aeroplane"]
     coco = COCO(str(out / "coco/annotations.json"))
     images = coco.loadImgs(coco.getImgIds())
@@ -152,7 +194,10 @@ def test_a_killed_job_resumes_and_writes_each_image_once(ray_local, tmp_path):
 
     rows = read_results(str(out / "run-weak")).column("image_id").to_pylist()
     assert sorted(rows) == ["horse001", "photo"]
-    assert sorted(p.name for p in (out / "VOCdevkit/VOC2012/SegmentationClassAug").glob("*.png")) == ["horse001.png", "photo.png"]
+    assert sorted(p.name for p in (out / "VOCdevkit/VOC2012/SegmentationClassAug").glob("*.png")) == [
+        "horse001.png",
+        "photo.png",
+    ]
     # Other settings into the same output: the PNGs are rewritten, and the COCO file holds each image once.
     assert job.main(["--input", str(manifest), "--output", str(out), *FAST, "--ignore-margin", "0.3"]) == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -164,7 +209,16 @@ def test_a_killed_job_resumes_and_writes_each_image_once(ray_local, tmp_path):
 def test_params_go_to_the_jobs_whose_method_takes_them(tmp_path):
     job = pseudolabel_command
     manifest = _manifest(tmp_path)
-    argv = ["--input", str(manifest), "--output", str(tmp_path / "out"), "--param", "image_size=128", "--param", "kl_threshold=0.5"]
+    argv = [
+        "--input",
+        str(manifest),
+        "--output",
+        str(tmp_path / "out"),
+        "--param",
+        "image_size=128",
+        "--param",
+        "kl_threshold=0.5",
+    ]
     args = job.parse_args(argv)
     jobs = job.segment_jobs(args, job.input_rows(args), tmp_path / "out")
     (weak,), (agnostic,) = jobs["weak"].configs, jobs["agnostic"].configs
@@ -178,14 +232,30 @@ def test_params_go_to_the_jobs_whose_method_takes_them(tmp_path):
 def test_quality_report_equals_the_metrics_module(ray_local, tmp_path):
     root = tmp_path / "gt"
     root.mkdir()
-    mask = Image.open(GROUND_TRUTH / "horse001_figure_ground.jpg").convert("L").resize(Image.open(IMAGES / "horses/horse001.jpg").size)
+    mask = (
+        Image.open(GROUND_TRUTH / "horse001_figure_ground.jpg")
+        .convert("L")
+        .resize(Image.open(IMAGES / "horses/horse001.jpg").size)
+    )
     truth = (np.asarray(mask) > 127).astype(np.uint8)
     Image.fromarray(truth).save(root / "horse001.png")
     (tmp_path / "classes.txt").write_text("horse\n")
     manifest = tmp_path / "one.jsonl"
-    manifest.write_text(json.dumps({"image_id": "horse001", "uri": str(IMAGES / "horses/horse001.jpg"), "labels": ["horse"]}) + "\n")
+    manifest.write_text(
+        json.dumps({"image_id": "horse001", "uri": str(IMAGES / "horses/horse001.jpg"), "labels": ["horse"]}) + "\n"
+    )
     out = tmp_path / "out"
-    argv = ["--input", str(manifest), "--output", str(out), "--gt-dir", str(root), "--class-list", str(tmp_path / "classes.txt"), *FAST]
+    argv = [
+        "--input",
+        str(manifest),
+        "--output",
+        str(out),
+        "--gt-dir",
+        str(root),
+        "--class-list",
+        str(tmp_path / "classes.txt"),
+        *FAST,
+    ]
     assert pseudolabel_command.main(argv) == 0
     report = json.loads((out / "quality.json").read_text())
     pseudo = np.asarray(Image.open(out / "VOCdevkit/VOC2012/SegmentationClassAug/horse001.png")).astype(np.int64)

@@ -4,10 +4,10 @@ import tarfile
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import IMAGES
-from dsseg.io.sources import list_inputs, parse_classes, read_bytes
 from faults import write_tar
+
+from dsseg.io.sources import list_inputs, parse_classes, read_bytes
 
 FOLDER_IDS = ["135069.jpg", "corrupt.jpg", "frankfurt_000000_000294_leftImg8bit.png", "horses/horse001.jpg"]
 
@@ -26,7 +26,11 @@ def test_folder_is_recursive_sorted_and_relative():
 
 
 def test_glob_matches_across_folders():
-    assert [item["image_id"] for item in list_inputs(str(IMAGES / "*.jpg"))] == ["135069.jpg", "corrupt.jpg", "horses/horse001.jpg"]
+    assert [item["image_id"] for item in list_inputs(str(IMAGES / "*.jpg"))] == [
+        "135069.jpg",
+        "corrupt.jpg",
+        "horses/horse001.jpg",
+    ]
     assert [item["image_id"] for item in list_inputs(str(IMAGES / "horses" / "*"))] == ["horse001.jpg"]
     with pytest.raises(ValueError, match="no images"):
         list_inputs(str(IMAGES / "*.webp"))
@@ -36,10 +40,16 @@ def test_manifests_and_tar_shards_give_the_folder_items(tmp_path):
     folder = contents(list_inputs(str(IMAGES)))
     ids = list(folder)
     # Relative URIs resolve against the manifest's folder; extra columns are carried by the manifest, not used here.
-    rows = {"image_id": ids, "uri": [str(IMAGES / i) for i in ids[:2]] + [f"../{IMAGES.name}/{i}" for i in ids[2:]], "label": ["x"] * 4}
+    rows = {
+        "image_id": ids,
+        "uri": [str(IMAGES / i) for i in ids[:2]] + [f"../{IMAGES.name}/{i}" for i in ids[2:]],
+        "label": ["x"] * 4,
+    }
     (tmp_path / "lists").mkdir()
     pq.write_table(pa.table(rows), tmp_path / "lists" / "manifest.parquet")
-    (tmp_path / "lists" / "manifest.jsonl").write_text("".join(json.dumps(dict(zip(rows, v))) + "\n" for v in zip(*rows.values())))
+    (tmp_path / "lists" / "manifest.jsonl").write_text(
+        "".join(json.dumps(dict(zip(rows, v))) + "\n" for v in zip(*rows.values()))
+    )
     (tmp_path / IMAGES.name).symlink_to(IMAGES)
     for name in ("manifest.parquet", "manifest.jsonl"):
         items = list_inputs(str(tmp_path / "lists" / name))
@@ -73,7 +83,9 @@ def test_bad_inputs_are_explained(tmp_path):
     (tmp_path / "m.jsonl").write_text(json.dumps({"path": "a.jpg"}) + "\n")
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['image_id', 'uri'\]"):
         list_inputs(str(tmp_path / "m.jsonl"))
-    (tmp_path / "dup.jsonl").write_text("".join(json.dumps({"image_id": "a", "uri": f"{i}.jpg"}) + "\n" for i in range(2)))
+    (tmp_path / "dup.jsonl").write_text(
+        "".join(json.dumps({"image_id": "a", "uri": f"{i}.jpg"}) + "\n" for i in range(2))
+    )
     with pytest.raises(ValueError, match="repeated image_id"):
         list_inputs(str(tmp_path / "dup.jsonl"))
     with tarfile.open(tmp_path / "packed.tar", "w:gz") as archive:

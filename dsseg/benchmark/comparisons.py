@@ -25,15 +25,15 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from dsseg.methods.aggregate import aggregate_self_attention, select_levels
-from dsseg.model.attention import AttentionLayer, AttentionStore, Grid, attention_layers, capture_attention
-from dsseg.model.extract import AttentionExtractor
+from dsseg.io.frames import compact_to_original, labels_to_original
 from dsseg.io.images import Geometry
 from dsseg.io.masks import encode_labels
 from dsseg.job.memory import peak_bytes
+from dsseg.methods.aggregate import aggregate_self_attention, select_levels
 from dsseg.methods.diffseg_reference import reference_aggregate
+from dsseg.model.attention import AttentionLayer, AttentionStore, Grid, attention_layers, capture_attention
+from dsseg.model.extract import AttentionExtractor
 from dsseg.timing import StageTimer
-from dsseg.io.frames import compact_to_original, labels_to_original
 
 SAME_CODE_STAGES = ("decode", "encode", "invert")
 
@@ -85,7 +85,9 @@ class KeepAllHeadsProcessor:
         self.kept = kept
         self.layer = layer
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         if encoder_hidden_states is not None and attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
@@ -112,7 +114,9 @@ def keep_all_heads(unet) -> Iterator[list[tuple[AttentionLayer, int, torch.Tenso
         unet.set_attn_processor(dict(originals))
 
 
-def level_means(kept: list[tuple[AttentionLayer, int, torch.Tensor]], store: AttentionStore) -> dict[Grid, torch.Tensor]:
+def level_means(
+    kept: list[tuple[AttentionLayer, int, torch.Tensor]], store: AttentionStore
+) -> dict[Grid, torch.Tensor]:
     """Self-attention of the kept layers → per level (B, N, N) float32: mean over heads, then layers,
     for the layers (blocks) and levels ``store``'s spec selects."""
     sums: dict[Grid, torch.Tensor] = {}
@@ -170,10 +174,14 @@ def compare_aggregate(self_attention: dict[Grid, torch.Tensor], resolutions=None
     (mine, target), ours_ms, _ = timed(lambda: aggregate_self_attention(one, resolutions, weights), device)
     largest_first = sorted(levels, key=lambda grid: -grid[0])
     arrays = {grid[0]: one[grid][0].double().cpu().numpy() for grid in largest_first}
-    theirs, plain_ms, _ = timed(lambda: reference_aggregate(arrays, [levels[grid] for grid in largest_first]), torch.device("cpu"))
+    theirs, plain_ms, _ = timed(
+        lambda: reference_aggregate(arrays, [levels[grid] for grid in largest_first]), torch.device("cpu")
+    )
     n = target[0] * target[1]
     difference = float(np.abs(mine[0].double().cpu().numpy() - theirs.reshape(n, n)).max())
-    return StageComparison("aggregate", "float64 NumPy, level by level", ours_ms, plain_ms, difference, "max_abs_difference")
+    return StageComparison(
+        "aggregate", "float64 NumPy, level by level", ours_ms, plain_ms, difference, "max_abs_difference"
+    )
 
 
 def compare_upsample(labels: np.ndarray, geometry: Geometry) -> StageComparison:
@@ -188,7 +196,9 @@ def compare_upsample(labels: np.ndarray, geometry: Geometry) -> StageComparison:
     (mine, _), ours_ms, _ = timed(lambda: compact_to_original(labels, geometry), cpu)
     theirs, plain_ms, _ = timed(straightforward, cpu)
     difference = float((mine != theirs).mean())
-    return StageComparison("upsample", "gather at full size, then renumber", ours_ms, plain_ms, difference, "fraction_of_pixels_differing")
+    return StageComparison(
+        "upsample", "gather at full size, then renumber", ours_ms, plain_ms, difference, "fraction_of_pixels_differing"
+    )
 
 
 def compare_rle(labels: np.ndarray) -> StageComparison:
@@ -200,10 +210,25 @@ def compare_rle(labels: np.ndarray) -> StageComparison:
         out = []
         for value in np.unique(labels):
             rle = mask_utils.encode(np.asfortranarray(labels == value).astype(np.uint8))
-            out.append({"counts": rle["counts"].decode(), "area": int(mask_utils.area(rle)), "bbox": mask_utils.toBbox(rle).tolist()})
+            out.append(
+                {
+                    "counts": rle["counts"].decode(),
+                    "area": int(mask_utils.area(rle)),
+                    "bbox": mask_utils.toBbox(rle).tolist(),
+                }
+            )
         return out
 
     mine, ours_ms, _ = timed(lambda: encode_labels(labels), cpu)
     theirs, plain_ms, _ = timed(straightforward, cpu)
-    differing = sum(a["rle"]["counts"] != b["counts"] or a["area"] != b["area"] for a, b in zip(mine, theirs)) + abs(len(mine) - len(theirs))
-    return StageComparison("rle", "one binary mask per segment through pycocotools", ours_ms, plain_ms, differing / max(len(theirs), 1), "fraction_of_segments_differing")
+    differing = sum(a["rle"]["counts"] != b["counts"] or a["area"] != b["area"] for a, b in zip(mine, theirs)) + abs(
+        len(mine) - len(theirs)
+    )
+    return StageComparison(
+        "rle",
+        "one binary mask per segment through pycocotools",
+        ours_ms,
+        plain_ms,
+        differing / max(len(theirs), 1),
+        "fraction_of_segments_differing",
+    )

@@ -29,27 +29,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dsseg.segmenter import Segmenter
-from dsseg.spec import MethodSpec
-from dsseg.benchmark.comparisons import SAME_CODE_STAGES, compare_aggregate, compare_capture, compare_rle, compare_upsample
-from dsseg.model.backbone import load_backbone
+from dsseg.benchmark.comparisons import (
+    SAME_CODE_STAGES,
+    compare_aggregate,
+    compare_capture,
+    compare_rle,
+    compare_upsample,
+)
 from dsseg.cli import params_from_args
+from dsseg.evaluation.metrics import relabelled_agreement
+from dsseg.io.frames import labels_to_original
 from dsseg.io.images import decode_image
-from dsseg.model.extract import to_model_input
-from dsseg.methods.aggregate import aggregate_self_attention
-from dsseg.model.extract import AttentionBundle
+from dsseg.io.schema import TIMING_STAGES
+from dsseg.job.memory import probe_batch_size
+from dsseg.job.runner import library_versions
 from dsseg.methods import get_method, run_method
+from dsseg.methods.aggregate import aggregate_self_attention
 from dsseg.methods.diffseg import DiffSegConfig, segment_diffseg
 from dsseg.methods.diffseg_reference import reference_aggregate, reference_diffseg
 from dsseg.methods.ncut import NCutConfig, ncut_levels, ncut_partition, segment_ncut
 from dsseg.methods.ncut_reference import reference_ncut
-from dsseg.job.memory import probe_batch_size
-from dsseg.evaluation.metrics import relabelled_agreement
-from dsseg.job.runner import library_versions
-from dsseg.io.schema import TIMING_STAGES
-from dsseg.timing import StageTimer
-from dsseg.io.frames import labels_to_original
+from dsseg.model.backbone import load_backbone
+from dsseg.model.extract import AttentionBundle, to_model_input
 from dsseg.model.vocabularies import COCO80
+from dsseg.segmenter import Segmenter
+from dsseg.spec import MethodSpec
+from dsseg.timing import StageTimer
+
 
 def run_once(segmenter: Segmenter, data: bytes, batch_size: int) -> dict[str, float]:
     """One pass over a batch of copies of the image; milliseconds per image by stage."""
@@ -72,9 +78,13 @@ def compare_with_reference(segmenter: Segmenter, data: bytes) -> dict:
     images = to_model_input(pixels[None], backbone.device, backbone.dtype)
     bundle = extractor(images)
     config = segmenter.config.params
-    levels = ncut_levels(list(bundle.self_attention), config) if method == "ncut" else getattr(config, "resolutions", None)
+    levels = (
+        ncut_levels(list(bundle.self_attention), config) if method == "ncut" else getattr(config, "resolutions", None)
+    )
     stages = [compare_capture(extractor, images).record()]
-    stages.append(compare_aggregate(bundle.self_attention, levels, getattr(config, "resolution_weights", None)).record())
+    stages.append(
+        compare_aggregate(bundle.self_attention, levels, getattr(config, "resolution_weights", None)).record()
+    )
     compare_method = {"diffseg": compare_diffseg, "ncut": compare_ncut}.get(method)
     if compare_method is not None:
         stages.append(compare_method(bundle, config))
@@ -137,7 +147,9 @@ def compare_ncut(bundle: AttentionBundle, config: NCutConfig) -> dict:
     return comparison_record("aggregate+segment (NCut)", ours_ms, reference_ms, ours, reference)
 
 
-def timed_runs(segmenter: Segmenter, data: bytes, batch_sizes: list[int | str], repeats: int, classes: int | None = None) -> list[dict]:
+def timed_runs(
+    segmenter: Segmenter, data: bytes, batch_sizes: list[int | str], repeats: int, classes: int | None = None
+) -> list[dict]:
     """One record per batch size ("auto": chosen from free memory by ``dsseg.job.memory``): median
     per-stage ms per image, images/s and peak device memory (whole batch and per image)."""
     cuda = segmenter.backbone.device.type == "cuda"
@@ -163,7 +175,11 @@ def timed_runs(segmenter: Segmenter, data: bytes, batch_sizes: list[int | str], 
                 "end_to_end_ms_per_image": round(total, 2),
                 "end_to_end_images_per_second": round(1000.0 / total, 3),
                 "peak_device_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
-                "peak_device_memory_mb_per_image": round((torch.cuda.max_memory_allocated() - resident) / 2**20 / batch_size, 1) if cuda else None,
+                "peak_device_memory_mb_per_image": round(
+                    (torch.cuda.max_memory_allocated() - resident) / 2**20 / batch_size, 1
+                )
+                if cuda
+                else None,
                 "auto_batch_probe": probe,
             }
         )
@@ -172,7 +188,9 @@ def timed_runs(segmenter: Segmenter, data: bytes, batch_sizes: list[int | str], 
 
 def benchmark(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
-    backbone = load_backbone(args.backbone, device=args.device, dtype=args.dtype, offline=args.offline, compile=args.compile)
+    backbone = load_backbone(
+        args.backbone, device=args.device, dtype=args.dtype, offline=args.offline, compile=args.compile
+    )
     load_seconds = time.perf_counter() - start
     params = params_from_args(args)
     segmenter = Segmenter(backbone, MethodSpec(args.method, params))
@@ -189,11 +207,19 @@ def benchmark(args: argparse.Namespace) -> dict:
             counted = Segmenter(backbone, MethodSpec(args.method, params | {"classes": tuple(names[:count])}))
             runs.extend(timed_runs(counted, data, args.batch_sizes, args.repeats, classes=count))
     else:
-        runs = timed_runs(segmenter, data, args.batch_sizes, args.repeats, classes=len(segmenter.config.extraction.prompting.classes) or None)
+        runs = timed_runs(
+            segmenter,
+            data,
+            args.batch_sizes,
+            args.repeats,
+            classes=len(segmenter.config.extraction.prompting.classes) or None,
+        )
     return {
         "backbone": args.backbone,
         "device": str(backbone.device),
-        "device_name": torch.cuda.get_device_name() if backbone.device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name()
+        if backbone.device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "dtype": str(backbone.dtype).removeprefix("torch."),
         "torch_threads": torch.get_num_threads(),
         "method": args.method,
@@ -210,8 +236,15 @@ def benchmark(args: argparse.Namespace) -> dict:
 
 
 def print_table(report: dict) -> None:
-    header = f"{'batch':>5} {'classes':>7} " + " ".join(f"{stage:>9}" for stage in TIMING_STAGES) + f" {'total':>9} {'img/s':>7}"
-    print(f"{report['backbone']} on {report['device']} ({report['dtype']}), ms per image (median of {report['repeats']})", file=sys.stderr)
+    header = (
+        f"{'batch':>5} {'classes':>7} "
+        + " ".join(f"{stage:>9}" for stage in TIMING_STAGES)
+        + f" {'total':>9} {'img/s':>7}"
+    )
+    print(
+        f"{report['backbone']} on {report['device']} ({report['dtype']}), ms per image (median of {report['repeats']})",
+        file=sys.stderr,
+    )
     print(header, file=sys.stderr)
     for run in report["runs"]:
         cells = " ".join(f"{run['ms_per_image'].get(stage, float('nan')):9.1f}" for stage in TIMING_STAGES)
@@ -226,5 +259,8 @@ def print_comparison(comparison: dict) -> None:
     print(f"{'stage':<28} {'ours ms':>9} {'plain ms':>10} {'speed-up':>8}  straightforward version", file=sys.stderr)
     for record in comparison["stages"]:
         plain = record.get("straightforward", "float64 transcription of the method")
-        print(f"{record['stage']:<28} {record['ours_ms']:9.1f} {record['straightforward_ms']:10.1f} {record['speedup']:8.1f}  {plain}", file=sys.stderr)
+        print(
+            f"{record['stage']:<28} {record['ours_ms']:9.1f} {record['straightforward_ms']:10.1f} {record['speedup']:8.1f}  {plain}",
+            file=sys.stderr,
+        )
     print(f"same library calls either way: {', '.join(comparison['same_code_stages'])}", file=sys.stderr)

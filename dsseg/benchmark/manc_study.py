@@ -37,8 +37,8 @@ def integers(text: str) -> list[int]:
 
 def root_threshold(attention: dict, graph: str, power: int) -> float:
     """The MAN-C threshold n·T/(2m) of the whole image's graph (before any split)."""
-    from dsseg.methods.aggregate import aggregate_self_attention
     from dsseg.api import bundle_from_attention
+    from dsseg.methods.aggregate import aggregate_self_attention
     from dsseg.methods.ncut import NCutConfig, build_graph, manc_threshold, ncut_levels, power_walk
 
     config = NCutConfig(graph=graph, power=power)
@@ -52,7 +52,9 @@ def root_threshold(attention: dict, graph: str, power: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--regions", type=integers, default=[8, 10, 12], help="planted region counts (default 8,10,12)")
-    parser.add_argument("--powers", type=integers, default=[1, 2, 3, 4, 5], help="power walk exponents k (default 1..5)")
+    parser.add_argument(
+        "--powers", type=integers, default=[1, 2, 3, 4, 5], help="power walk exponents k (default 1..5)"
+    )
     parser.add_argument("--heads", type=int, default=8, help="attention heads per level (default 8, as SD)")
     parser.add_argument("--json", help="also write the records to this file")
     args = parser.parse_args(argv)
@@ -88,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     for count in args.regions:
         for graph, stopping, threshold in RULES:
             name = stopping if threshold is None else f"threshold {threshold}"
-            cells = [f"{r['segments']} ({r['ari']:.2f})" for r in records if r["regions"] == count and r["graph"] == graph and r["stopping"] == name]
+            cells = [
+                f"{r['segments']} ({r['ari']:.2f})"
+                for r in records
+                if r["regions"] == count and r["graph"] == graph and r["stopping"] == name
+            ]
             print(f"| {count} | {graph} | {name} | " + " | ".join(cells) + " |")
     return 0
 

@@ -17,20 +17,34 @@ import json
 import sys
 from pathlib import Path
 
-from dsseg.cli import METHOD_PARAM_FLAGS, add_method_arguments, add_model_arguments, batch_size_value, flag_message, params_from_args
+from dsseg.cli import (
+    METHOD_PARAM_FLAGS,
+    add_method_arguments,
+    add_model_arguments,
+    batch_size_value,
+    flag_message,
+    params_from_args,
+)
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[2] / "tests" / "data" / "images" / "135069.jpg"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dsseg benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="dsseg benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--image", default=str(DEFAULT_IMAGE), help="image to segment (default: a BSDS500 test image)")
-    parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes, auto = fit free memory (default %(default)s)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per batch size after one warm-up (default %(default)s)")
+    parser.add_argument(
+        "--batch-sizes", default="1", help="comma-separated batch sizes, auto = fit free memory (default %(default)s)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per batch size after one warm-up (default %(default)s)"
+    )
     parser.add_argument("--json", help="also write the report to this file")
     parser.add_argument("--compare", action="store_true", help="also time each stage's straightforward version (slow)")
     parser.add_argument(
-        "--class-counts", help="comma-separated numbers of candidate classes to time (the first N of --classes/--vocabulary, else COCO-80)"
+        "--class-counts",
+        help="comma-separated numbers of candidate classes to time (the first N of --classes/--vocabulary, else COCO-80)",
     )
     add_model_arguments(parser)
     add_method_arguments(parser)

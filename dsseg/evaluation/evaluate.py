@@ -33,25 +33,36 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dsseg.cli import add_model_arguments, batch_size_value
-from dsseg.evaluation.datasets import DATASETS, Dataset, DatasetRootError, load_dataset
-from dsseg.evaluation.datasets.regions import BSDS500
-from dsseg.evaluation.scoring import FRAMES, ModelFrame, evaluate_parts, to_model_frame
-from dsseg.io.images import decode_image
-from dsseg.job.config import SegmentJob
-from dsseg.spec import MethodSpec
-from dsseg.io.masks import decode_segments
+from dsseg.evaluation.datasets import DATASETS, Dataset, DatasetRootError, RegionAnnotations, load_dataset
 from dsseg.evaluation.metrics import json_ready
-from dsseg.job.runner import init_ray, library_versions, run_segment_job
 from dsseg.evaluation.plan import Plan, make_plan
 from dsseg.evaluation.presets import list_presets, matching_presets
-from dsseg.evaluation.report import ConfigReport, Panel, ground_truth_panel, html_report, markdown_report, segmentation_panel
+from dsseg.evaluation.report import (
+    ConfigReport,
+    Panel,
+    ground_truth_panel,
+    html_report,
+    markdown_report,
+    segmentation_panel,
+)
+from dsseg.evaluation.scoring import FRAMES, ModelFrame, evaluate_parts, to_model_frame
+from dsseg.io.images import decode_image
+from dsseg.io.masks import decode_segments
 from dsseg.io.results import part_uris, read_results
 from dsseg.io.sources import read_bytes
+from dsseg.job.config import SegmentJob
+from dsseg.job.runner import init_ray, library_versions, run_segment_job
+from dsseg.spec import MethodSpec
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", help="a published table row to reproduce (see --list-presets); fixes every setting below it")
-    parser.add_argument("--list-presets", action="store_true", help="print every preset's row, paper, dataset and settings, then exit")
+    parser.add_argument(
+        "--preset", help="a published table row to reproduce (see --list-presets); fixes every setting below it"
+    )
+    parser.add_argument(
+        "--list-presets", action="store_true", help="print every preset's row, paper, dataset and settings, then exit"
+    )
     parser.add_argument("--dataset", choices=sorted(DATASETS), help="the benchmark reader (a preset names its own)")
     parser.add_argument("--root", help="the dataset's folder (or, for --dataset manifest, the manifest file)")
     parser.add_argument("--output", help="results folder (re-running resumes the segment rows)")
@@ -60,14 +71,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", help="comma-separated methods, each with its paper's defaults (default diffseg)")
     parser.add_argument("--config", help="YAML run file whose `configs:` list gives the method configs (sweeps)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="parameter for every config")
-    parser.add_argument("--frame", choices=FRAMES, help="model: the 512² model frame (DiffSeg protocol); label: the ground truth's size")
-    parser.add_argument("--class-filter", help="narrow each image's candidate classes (openvocab): clip:MODEL, package.module:factory, or none")
-    parser.add_argument("--tune-on", metavar="SPLIT", help="choose openvocab's background threshold on this split (never the evaluated one)")
+    parser.add_argument(
+        "--frame", choices=FRAMES, help="model: the 512² model frame (DiffSeg protocol); label: the ground truth's size"
+    )
+    parser.add_argument(
+        "--class-filter",
+        help="narrow each image's candidate classes (openvocab): clip:MODEL, package.module:factory, or none",
+    )
+    parser.add_argument(
+        "--tune-on",
+        metavar="SPLIT",
+        help="choose openvocab's background threshold on this split (never the evaluated one)",
+    )
     parser.add_argument("--tune-limit", type=int, help="use only the first N images of the tuning split")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
-    parser.add_argument("--batch-size", type=batch_size_value, default=4, help="images per model call, or auto (default %(default)s)")
+    parser.add_argument(
+        "--batch-size", type=batch_size_value, default=4, help="images per model call, or auto (default %(default)s)"
+    )
     parser.add_argument("--num-workers", type=int, default=1, help="model actors (and scoring actors)")
-    parser.add_argument("--report-images", type=int, default=2, help="best, worst and random images each in report.html (default %(default)s)")
+    parser.add_argument(
+        "--report-images",
+        type=int,
+        default=2,
+        help="best, worst and random images each in report.html (default %(default)s)",
+    )
     add_model_arguments(parser)
     parser.set_defaults(backbone=None)
     args = parser.parse_args(argv)
@@ -103,7 +130,9 @@ def write_manifest(dataset: Dataset, configs: tuple[MethodSpec, ...], path: Path
     """The dataset's images as a segment-job manifest; with an open-vocabulary config that names no
     classes, every image's candidates are the dataset's classes (background excluded)."""
     table = dataset.manifest(limit)
-    if any(p.class_template is not None and not p.classes for p in (spec.resolved.extraction.prompting for spec in configs)):
+    if any(
+        p.class_template is not None and not p.classes for p in (spec.resolved.extraction.prompting for spec in configs)
+    ):
         names = [name for name in dataset.class_names if name != "background"]
         table = table.append_column("classes", pa.array([names] * len(table), pa.list_(pa.string())))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +140,14 @@ def write_manifest(dataset: Dataset, configs: tuple[MethodSpec, ...], path: Path
     return path
 
 
-def build_job(plan: Plan, args: argparse.Namespace, dataset: Dataset, configs: tuple[MethodSpec, ...], folder: Path, limit: int | None) -> SegmentJob:
+def build_job(
+    plan: Plan,
+    args: argparse.Namespace,
+    dataset: Dataset,
+    configs: tuple[MethodSpec, ...],
+    folder: Path,
+    limit: int | None,
+) -> SegmentJob:
     """The segment job over ``dataset``'s first ``limit`` images into ``folder``/run (its settings
     validated here, before any model runs): stored pixel order, masks in the scoring frame."""
     manifest = write_manifest(dataset, configs, folder / "manifest.parquet", limit)
@@ -132,7 +168,9 @@ def segment_and_score(
     init_ray()
     start = time.perf_counter()
     parts = part_uris(job.output, job.config_ids())  # this run's configs only: the folder may hold earlier sweeps
-    totals, records = evaluate_parts(parts, plan.dataset, args.root, options, plan.frame, model_frame(job), args.num_workers, limit)
+    totals, records = evaluate_parts(
+        parts, plan.dataset, args.root, options, plan.frame, model_frame(job), args.num_workers, limit
+    )
     summary["scoring_seconds"] = round(time.perf_counter() - start, 2)
     return summary, totals, records
 
@@ -165,24 +203,36 @@ def tune(plan: Plan, args: argparse.Namespace, output: Path) -> dict[int, dict[s
                 scores[value] = result.get(tuning.protocol, {}).get(tuning.metric, float("nan"))
             finite = [v for v in tuning.values if np.isfinite(scores[v])]
             if not finite:
-                raise ValueError(f"tuning {tuning.param} on split {split}: no image could be scored ({summary['errors_by_reason']})")
+                raise ValueError(
+                    f"tuning {tuning.param} on split {split}: no image could be scored ({summary['errors_by_reason']})"
+                )
             best = max(finite, key=lambda v: (scores[v], -v))  # the highest score; ties go to the lower value
             chosen[i] = {
                 "param": tuning.param, "value": best, "split": split, "images": len(dataset.samples(args.tune_limit)),
                 "protocol": tuning.protocol, "metric": tuning.metric, "scores": {f"{v:g}": scores[v] for v in tuning.values},
             }  # fmt: skip
-        (output / "tune" / split / "tuning.json").write_text(json.dumps(json_ready({str(i): chosen[i] for i in indices}), indent=2))
+        (output / "tune" / split / "tuning.json").write_text(
+            json.dumps(json_ready({str(i): chosen[i] for i in indices}), indent=2)
+        )
     return chosen
 
 
 def pick_report_images(records: pa.Table, config_id: str, count: int, key: str) -> list[tuple[str, str]]:
     """(heading, image_id): the best, the worst and random images of one config by ``key``."""
-    rows = [r for r in records.to_pylist() if r["config_id"] == config_id and r.get(key) is not None and not np.isnan(r[key])]
+    rows = [
+        r
+        for r in records.to_pylist()
+        if r["config_id"] == config_id and r.get(key) is not None and not np.isnan(r[key])
+    ]
     rows.sort(key=lambda r: -r[key])
     chosen: list[tuple[str, str]] = []
     seen: set[str] = set()
     rest = rows[count:-count] if len(rows) > 2 * count else []
-    for label, group in (("best", rows[:count]), ("worst", rows[::-1][:count]), ("random", random.Random(0).sample(rest, min(count, len(rest))))):
+    for label, group in (
+        ("best", rows[:count]),
+        ("worst", rows[::-1][:count]),
+        ("random", random.Random(0).sample(rest, min(count, len(rest)))),
+    ):
         for r in group:
             if r["image_id"] not in seen:
                 seen.add(r["image_id"])
@@ -208,11 +258,13 @@ def report_rows(
     for heading, image_id in picks:
         sample = samples[image_id]
         rgb = decode_image(read_bytes(sample.image), exif_transpose=False)[0]
-        gt = dataset.load_label(sample)
+        truth = dataset.ground_truth(sample)
+        regions = isinstance(truth, RegionAnnotations)
+        gt = truth.annotators[0] if regions else truth.labels
         if frame == "model":
             rgb, gt = job.preparation.prepare(rgb)[0], to_model_frame(gt, model_frame(job))
         panels = [Panel("image", rgb)]
-        if isinstance(dataset, BSDS500):
+        if regions:
             panels.append(segmentation_panel("annotator 1", rgb, gt, []))
         else:
             panels.append(ground_truth_panel(gt, dataset.class_names))
@@ -234,7 +286,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return evaluate(args)
-    except (DatasetRootError, ValueError, TypeError, RuntimeError) as error:  # RuntimeError: a missing model or class filter
+    except (
+        DatasetRootError,
+        ValueError,
+        TypeError,
+        RuntimeError,
+    ) as error:  # RuntimeError: a missing model or class filter
         print(f"error: {error}", file=sys.stderr)
         return 2
 
@@ -245,7 +302,15 @@ def evaluate(args: argparse.Namespace) -> int:
     plan = make_plan(args)
     dataset = load_dataset(plan.dataset, args.root, **plan.options)
     classes = list(plan.options.get("class_names", ())) or None
-    claim_output(output, {"dataset": plan.dataset, "root": str(Path(args.root).resolve()), "split": plan.options.get("split"), "classes": classes})
+    claim_output(
+        output,
+        {
+            "dataset": plan.dataset,
+            "root": str(Path(args.root).resolve()),
+            "split": plan.options.get("split"),
+            "classes": classes,
+        },
+    )
     build_job(plan, args, dataset, plan.configs, output, args.limit)  # every setting checked before tuning runs models
     tuned = tune(plan, args, output) if plan.tunings else {}
     configs = tuple(
@@ -259,8 +324,16 @@ def evaluate(args: argparse.Namespace) -> int:
     reports = []
     for i, (cid, spec) in enumerate(zip(config_ids, configs)):
         tuned_params = [tuned[i]["param"]] if i in tuned else []
-        matches = matching_presets(plan.dataset, spec, plan.frame, plan.backbone, plan.class_filter, tuned_params, plan.options.get("split"))
-        notes = (f"{tuned[i]['param']} = {tuned[i]['value']:g}, chosen on split {tuned[i]['split']!r} ({tuned[i]['images']} images)",) if i in tuned else ()
+        matches = matching_presets(
+            plan.dataset, spec, plan.frame, plan.backbone, plan.class_filter, tuned_params, plan.options.get("split")
+        )
+        notes = (
+            (
+                f"{tuned[i]['param']} = {tuned[i]['value']:g}, chosen on split {tuned[i]['split']!r} ({tuned[i]['images']} images)",
+            )
+            if i in tuned
+            else ()
+        )
         if spec.method == "openvocab" and i not in tuned:
             notes += ("background_threshold not tuned (give --tune-on SPLIT): no preset matches an untuned threshold",)
         results = totals[cid].results() if cid in totals else {"images": 0}
@@ -292,11 +365,23 @@ def evaluate(args: argparse.Namespace) -> int:
     (output / "metrics.json").write_text(json.dumps(json_ready(metrics), indent=2, default=str))
     pq.write_table(records, output / "per_image.parquet")
     (output / "report.md").write_text(markdown_report(plan.dataset, plan.frame, reports, plan.backbone))
-    key = "covering" if isinstance(dataset, BSDS500) else "miou"
+    key = "miou" if dataset.class_names else "covering"  # region benchmarks (BSDS500) have no classes
     picks = pick_report_images(records, config_ids[0], args.report_images, key)
-    html_report(output / "report.html", f"dsseg evaluation: {plan.dataset}", report_rows(dataset, job, plan.frame, reports, picks))
+    html_report(
+        output / "report.html",
+        f"dsseg evaluation: {plan.dataset}",
+        report_rows(dataset, job, plan.frame, reports, picks),
+    )
     print((output / "report.md").read_text())
-    print(json.dumps({"metrics": str(output / "metrics.json"), "report": str(output / "report.html"), "complete": segment_summary["complete"]}))
+    print(
+        json.dumps(
+            {
+                "metrics": str(output / "metrics.json"),
+                "report": str(output / "report.html"),
+                "complete": segment_summary["complete"],
+            }
+        )
+    )
     return 0 if segment_summary["complete"] else 1
 
 

@@ -10,9 +10,7 @@ Class-agnostic rows (diffseg / ncut) become object proposals of one category, "f
 from __future__ import annotations
 
 import functools
-import json
 import os
-import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,8 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from dsseg.io.masks import decode_segments
-from dsseg.model.vocabularies import BACKGROUND_NAME, IGNORE_LABEL, IGNORE_NAME, VOC20
+from dsseg.io.files import write_file
+from dsseg.io.masks import class_labels, decode_segments
+from dsseg.model.vocabularies import BACKGROUND_NAME, IGNORE_LABEL, VOC20
 
 VOC_CLASSES = (BACKGROUND_NAME, *VOC20)
 # VOC's XML names for the classes whose readable names differ.
@@ -61,7 +60,9 @@ def labels_from_voc(root: str | Path, split: str = "train") -> list[dict[str, An
         tree = ET.parse(root / "Annotations" / f"{image_id}.xml")
         names = {VOC_XML_NAMES.get(n.text.strip(), n.text.strip()) for n in tree.getroot().iter("name") if n.text}
         names &= set(VOC20)  # part names (head, hand, foot) are not classes
-        rows.append({"image_id": image_id, "uri": str(root / "JPEGImages" / f"{image_id}.jpg"), "labels": sorted(names)})
+        rows.append(
+            {"image_id": image_id, "uri": str(root / "JPEGImages" / f"{image_id}.jpg"), "labels": sorted(names)}
+        )
     return rows
 
 
@@ -74,7 +75,9 @@ def labels_from_coco(instances: str | Path, images: str | Path) -> list[dict[str
     rows = []
     for image in coco.loadImgs(sorted(coco.getImgIds())):
         present = {names[a["category_id"]] for a in coco.loadAnns(coco.getAnnIds(imgIds=image["id"], iscrowd=False))}
-        rows.append({"image_id": str(image["id"]), "uri": str(Path(images) / image["file_name"]), "labels": sorted(present)})
+        rows.append(
+            {"image_id": str(image["id"]), "uri": str(Path(images) / image["file_name"]), "labels": sorted(present)}
+        )
     return rows
 
 
@@ -87,16 +90,11 @@ def class_list(image_labels: Iterable[Sequence[str]]) -> tuple[str, ...]:
     return (BACKGROUND_NAME, *sorted(names - {BACKGROUND_NAME}))
 
 
-def class_index_map(row: dict[str, Any], classes: Sequence[str]) -> np.ndarray:
-    """An openvocab row → (H, W) uint8: background 0, class c → its index in ``classes``,
-    "ignore" and names outside ``classes`` → 255."""
-    labels = decode_segments(row["segments"], (row["height"], row["width"]))
-    index = {name: i for i, name in enumerate(classes)}
-    lookup = np.full(int(labels.max()) + 1, IGNORE_LABEL, dtype=np.uint8)
-    for segment in row["segments"]:
-        name = segment["label"]
-        lookup[segment["segment_id"]] = IGNORE_LABEL if name == IGNORE_NAME else index.get(name, IGNORE_LABEL)
-    return lookup[labels]
+def voc_label_map(row: dict[str, Any], classes: Sequence[str]) -> np.ndarray:
+    """An openvocab row → (H, W) uint8 VOC label map: background 0, class c → its index in
+    ``classes``, "ignore" and names outside ``classes`` → 255."""
+    labels = decode_segments(row["segments"])
+    return class_labels(labels, row["segments"], classes, other=IGNORE_LABEL).astype(np.uint8)
 
 
 def agnostic_segments(
@@ -116,59 +114,46 @@ def agnostic_segments(
     return kept[:max_masks] if max_masks else kept
 
 
-def write_atomically(path: Path, write) -> Path:
-    """Call ``write(temporary_path)`` and move the result to ``path``: whole or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    return path
-
-
-STALE_SECONDS = 3600  # a temporary file this old belongs to a writer that died
-
-
-def remove_stale_temporaries(folder: Path, older_than: float = STALE_SECONDS) -> int:
-    """Delete the ``.*.tmp`` files that killed writers left under ``folder`` (younger ones may belong
-    to a shard still running); returns how many."""
-    import time
-
-    removed = 0
-    for path in folder.rglob(".*.tmp") if folder.exists() else []:
-        if time.time() - path.stat().st_mtime > older_than:
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
 def write_voc_png(path: Path, labels: np.ndarray) -> Path:
     """(H, W) uint8 class map → palette PNG (``SegmentationClassAug`` style), atomically."""
     image = Image.fromarray(labels.astype(np.uint8), mode="P")
     image.putpalette(voc_palette())
-    return write_atomically(path, lambda tmp: image.save(tmp, format="PNG"))
+    return write_file(path, lambda stream: image.save(stream, format="PNG"))
 
 
-def coco_document(rows: Sequence[dict[str, Any]], classes: Sequence[str], agnostic: dict[str, list[dict]] | None = None) -> dict:
+def coco_document(
+    rows: Sequence[dict[str, Any]], classes: Sequence[str], agnostic: dict[str, list[dict]] | None = None
+) -> dict:
     """One COCO instances document for ``rows`` (sorted by image_id: ids 1..N in that order, so the
     result is the same however the rows were sharded). Weak rows give one annotation per present
     class (not background or ignore); ``agnostic[image_id]`` lists an image's proposals (category
     "fg"). Masks are compressed RLE with string counts."""
-    categories = [{"id": i, "name": name, "supercategory": "object"} for i, name in enumerate(classes) if name != BACKGROUND_NAME]
+    categories = [
+        {"id": i, "name": name, "supercategory": "object"} for i, name in enumerate(classes) if name != BACKGROUND_NAME
+    ]
     fg_id = len(classes)
     if agnostic:
         categories.append({"id": fg_id, "name": AGNOSTIC_CATEGORY, "supercategory": "object"})
     category = {c["name"]: c["id"] for c in categories}
     images, annotations = [], []
     for image_id_number, row in enumerate(sorted(rows, key=lambda r: r["image_id"]), start=1):
-        images.append({"id": image_id_number, "file_name": row["file_name"], "width": row["width"], "height": row["height"], "dsseg_image_id": row["image_id"]})
+        images.append(
+            {
+                "id": image_id_number,
+                "file_name": row["file_name"],
+                "width": row["width"],
+                "height": row["height"],
+                "dsseg_image_id": row["image_id"],
+            }
+        )
         if agnostic and row["image_id"] in agnostic:
             chosen = [(s, fg_id) for s in agnostic[row["image_id"]]]
         else:
-            chosen = [(s, category[s["label"]]) for s in row["segments"] if s["label"] in category and s["label"] != AGNOSTIC_CATEGORY]
+            chosen = [
+                (s, category[s["label"]])
+                for s in row["segments"]
+                if s["label"] in category and s["label"] != AGNOSTIC_CATEGORY
+            ]
         for segment, category_id in chosen:
             annotations.append(
                 {
@@ -194,7 +179,3 @@ def manifest_ids(path: str) -> pa.Array:
 @functools.lru_cache(maxsize=2)
 def _read_manifest_ids(path: str, mtime_ns: int, size: int) -> pa.Array:
     return pq.read_table(path, columns=["image_id"]).column("image_id").combine_chunks()
-
-
-def write_json_atomically(path: Path, document: dict) -> Path:
-    return write_atomically(path, lambda tmp: tmp.write_text(json.dumps(document)))

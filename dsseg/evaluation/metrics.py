@@ -50,7 +50,9 @@ PROTOCOLS = ("per_image", "per_image_avg", "oracle_merged", "global", "semantic"
 SCORE_KEYS = ("acc", "f1", "miou")
 
 
-def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int, num_segments: int | None = None, ignore: int = IGNORE) -> np.ndarray:
+def confusion_matrix(
+    pred: np.ndarray, gt: np.ndarray, num_classes: int, num_segments: int | None = None, ignore: int = IGNORE
+) -> np.ndarray:
     """(S, K) int64 pixel counts of predicted id s (rows) against true class k (columns).
 
     ``pred`` (H, W) ids ≥ 0; ``gt`` (H, W) classes 0..K−1 or ``ignore``; S = ``num_segments`` or
@@ -65,7 +67,9 @@ def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int, num_seg
     valid = gt != ignore
     p, g = pred[valid].astype(np.int64), gt[valid].astype(np.int64)
     if g.size and (g.min() < 0 or g.max() >= num_classes):
-        raise ValueError(f"ground truth holds classes outside 0..{num_classes - 1} (and {ignore} = ignore): {np.unique(g)[-3:]}")
+        raise ValueError(
+            f"ground truth holds classes outside 0..{num_classes - 1} (and {ignore} = ignore): {np.unique(g)[-3:]}"
+        )
     segments = num_segments if num_segments is not None else (int(pred.max()) + 1 if pred.size else 0)
     if p.size and p.max() >= segments:
         raise ValueError(f"predicted id {p.max()} ≥ num_segments {segments}")
@@ -221,7 +225,9 @@ def _pad_rows(matrix: np.ndarray, rows: int) -> np.ndarray:
     return np.pad(matrix, ((0, rows - len(matrix)), (0, 0)))
 
 
-def score(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], num_classes: int, protocol: str = "per_image") -> dict:
+def score(
+    preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], num_classes: int, protocol: str = "per_image"
+) -> dict:
     """Scores of (H, W) integer predictions against ground truth (255 = ignore) under ``protocol``
     (see the module docstring): ``acc``, ``f1``, ``miou`` in percent and ``per_class_iou``."""
     if protocol not in PROTOCOLS:

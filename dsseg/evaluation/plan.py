@@ -9,9 +9,9 @@ from typing import Any
 
 from dsseg.cli import parse_param_values
 from dsseg.evaluation.datasets import reader_splits
+from dsseg.evaluation.presets import BACKGROUND_TUNING, Preset, Tuning, get_preset
 from dsseg.job.config import load_run_file
 from dsseg.spec import MethodSpec
-from dsseg.evaluation.presets import BACKGROUND_TUNING, Preset, Tuning, get_preset
 
 # The DiffSeg protocol (the 512² model frame) for the datasets its papers report; the label's size elsewhere.
 MODEL_FRAME_DATASETS = ("cocostuff27", "cityscapes27")
@@ -43,9 +43,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
     preset = get_preset(args.preset) if args.preset else None
     if preset:
         if args.dataset and not preset.accepts(args.dataset):
-            raise ValueError(f"preset {preset.name} evaluates {preset.dataset}; --dataset {args.dataset} has other classes")
+            raise ValueError(
+                f"preset {preset.name} evaluates {preset.dataset}; --dataset {args.dataset} has other classes"
+            )
         if args.methods or args.config:
-            raise ValueError("a preset fixes the method config: drop --methods/--config (or use --param to vary it, and lose the match)")
+            raise ValueError(
+                "a preset fixes the method config: drop --methods/--config (or use --param to vary it, and lose the match)"
+            )
         dataset = args.dataset or preset.dataset
         spec = preset.spec()
         if args.param:
@@ -65,7 +69,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if class_filter in ("", "none"):
         class_filter = None
     if frame == "label":  # scoring at the label's size segments the whole image unless a config says otherwise
-        configs = tuple(s if "geometry" in s.params else MethodSpec(s.method, {**s.params, "geometry": "aspect"}) for s in configs)
+        configs = tuple(
+            s if "geometry" in s.params else MethodSpec(s.method, {**s.params, "geometry": "aspect"}) for s in configs
+        )
     tunings = plan_tunings(args, preset, configs)
     takes_split, default = reader_splits(dataset)
     if (split or tunings) and not takes_split:
@@ -75,8 +81,12 @@ def make_plan(args: argparse.Namespace) -> Plan:
     for tuning in tunings.values():
         if tuning.split == evaluated:
             source = "--tune-on" if args.tune_on else f"preset {preset.name} tunes on"
-            raise ValueError(f"{source} {tuning.split!r}, the evaluated split: choose {tuning.param} on another split (--tune-on SPLIT), never on the test split")
-    return Plan(dataset, dataset_options(dataset, split, args.classes), frame, backbone, configs, class_filter, tunings, preset)
+            raise ValueError(
+                f"{source} {tuning.split!r}, the evaluated split: choose {tuning.param} on another split (--tune-on SPLIT), never on the test split"
+            )
+    return Plan(
+        dataset, dataset_options(dataset, split, args.classes), frame, backbone, configs, class_filter, tunings, preset
+    )
 
 
 def plan_tunings(args: argparse.Namespace, preset: Preset | None, configs: tuple[MethodSpec, ...]) -> dict[int, Tuning]:
@@ -88,7 +98,9 @@ def plan_tunings(args: argparse.Namespace, preset: Preset | None, configs: tuple
             continue
         base = preset.tuning if preset and preset.tuning else Tuning("background_threshold", BACKGROUND_TUNING, "")
         if base.param in spec.params:
-            raise ValueError(f"{base.param} is set ({spec.params[base.param]}) and would be tuned too: drop it, or drop the tuning")
+            raise ValueError(
+                f"{base.param} is set ({spec.params[base.param]}) and would be tuned too: drop it, or drop the tuning"
+            )
         tunings[index] = Tuning(base.param, base.values, args.tune_on or base.split, base.protocol, base.metric)
     if args.tune_on and not tunings:
         raise ValueError("--tune-on chooses openvocab's background threshold; no openvocab config is evaluated")
@@ -101,9 +113,13 @@ def method_specs(args: argparse.Namespace) -> tuple[MethodSpec, ...]:
         settings = load_run_file(args.config)
         others = sorted(set(settings) - {"configs"})
         if others:
-            raise ValueError(f"--config {args.config}: an evaluation takes only `configs:` from a run file; give {others} as flags")
+            raise ValueError(
+                f"--config {args.config}: an evaluation takes only `configs:` from a run file; give {others} as flags"
+            )
         if not settings.get("configs"):
             raise ValueError(f"--config {args.config} has no `configs:` list")
         return tuple(settings["configs"])
     params = parse_param_values(args.param)
-    return tuple(MethodSpec(method.strip(), params) for method in (args.methods or "diffseg").split(",") if method.strip())
+    return tuple(
+        MethodSpec(method.strip(), params) for method in (args.methods or "diffseg").split(",") if method.strip()
+    )

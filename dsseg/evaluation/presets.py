@@ -142,7 +142,9 @@ class Preset:
 
 
 def _fields(config: Any, exclude: set[str] = frozenset()) -> str:
-    return ", ".join(f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config) if f.name not in exclude)
+    return ", ".join(
+        f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config) if f.name not in exclude
+    )
 
 
 def settings_key(spec, frame: str, class_filter: str | None = None, tuned: str | None = None) -> str:
@@ -169,9 +171,28 @@ def _grid(low: float, high: float, step: float) -> tuple[float, ...]:
 
 
 DIFFSEG_PARAMS = {"timestep": 300, "noise": "none", "geometry": "center_crop", "image_size": 512, "refine": False}
-DWC_BASE = {"noise": "ddim_inversion", "inversion_steps": 10, "num_inference_steps": 50, "geometry": "center_crop", "image_size": 512}
-DWC_BEST = {**DWC_BASE, "blocks": ("up",), "graph": "dot", "power": 1, "stopping": "manc_ncut", "resolutions": (64, 32, 16)}
-DIFFSEGMENTER_PARAMS = {"noise": "noise", "timestep": 100, "geometry": "squash", "image_size": 512, "class_weight": 1.21}
+DWC_BASE = {
+    "noise": "ddim_inversion",
+    "inversion_steps": 10,
+    "num_inference_steps": 50,
+    "geometry": "center_crop",
+    "image_size": 512,
+}
+DWC_BEST = {
+    **DWC_BASE,
+    "blocks": ("up",),
+    "graph": "dot",
+    "power": 1,
+    "stopping": "manc_ncut",
+    "resolutions": (64, 32, 16),
+}
+DIFFSEGMENTER_PARAMS = {
+    "noise": "noise",
+    "timestep": 100,
+    "geometry": "squash",
+    "image_size": 512,
+    "class_weight": 1.21,
+}
 BACKGROUND_TUNING = _grid(0.30, 0.74, 0.01)
 
 
@@ -181,44 +202,186 @@ SPLITS = {"cocostuff27": "val2017", "cityscapes27": "val", "ade20k150": "validat
 def _presets() -> list[Preset]:
     coco = "cocostuff27"
     presets = [
-        Preset("diffseg-cocostuff27", DIFFSEG, "COCO-Stuff-27: DiffSeg, τ 1.1", coco, "per_image", {"acc": 72.5, "miou": 43.6},
-               SD14, "diffseg", {**DIFFSEG_PARAMS, "kl_threshold": 1.1}, choices=DIFFSEG_CHOICES),
-        Preset("diffseg-cityscapes27", DIFFSEG, "Cityscapes: DiffSeg, τ 0.9 (DWC §4.5)", "cityscapes27", "per_image",
-               {"acc": 76.0, "miou": 21.2}, SD14, "diffseg", {**DIFFSEG_PARAMS, "kl_threshold": 0.9}, choices=DIFFSEG_CHOICES),
-        Preset("dwc-diffseg-globally-averaged", DWC, "Table 6, DiffSeg, globally averaged", coco, "per_image",
-               {"acc": 72.5, "f1": 58.5, "miou": 43.6}, SD14, "diffseg", {**DIFFSEG_PARAMS, "kl_threshold": 1.1}, choices=DIFFSEG_CHOICES),
-        Preset("dwc-diffseg-per-image-avg", DWC, "Table 6, DiffSeg, per-image averaged", coco, "per_image_avg",
-               {"acc": 72.6, "f1": 71.1, "miou": 34.1}, SD14, "diffseg", {**DIFFSEG_PARAMS, "kl_threshold": 1.1}, choices=DIFFSEG_CHOICES),
-        Preset("dwc-diffseg-oracle-merged", DWC, "Table 6, DiffSeg, per-image averaged with the oracle merge", coco, "oracle_merged",
-               {"acc": 79.2, "f1": 73.0, "miou": 60.6}, SD14, "diffseg", {**DIFFSEG_PARAMS, "kl_threshold": 1.1}, choices=DIFFSEG_CHOICES),
-        Preset("dwc-manc-ncut", DWC, "COCO-Stuff-27: MAN-C w/ NCut, k = 1, resolutions {64, 32, 16} (the best row)", coco, "per_image",
-               {"acc": 74.1, "f1": 60.8, "miou": 46.6}, SD14, "ncut", DWC_BEST, choices=DWC_CHOICES),
-        Preset("dwc-manc-ncut-four-levels", DWC, "COCO-Stuff-27: MAN-C w/ NCut, k = 1, all four resolutions", coco, "per_image",
-               {"miou": 46.1}, SD14, "ncut", {**DWC_BEST, "blocks": ("mid", "up"), "resolutions": (64, 32, 16, 8)},
-               choices=(*DWC_CHOICES, "the 8² level is read from the mid block, the only 8² self-attention (the decoder has none)")),
-        Preset("dwc-random-walk", DWC, "COCO-Stuff-27: Random Walk NCut on P, threshold 0.3 (baseline)", coco, "per_image",
-               {"acc": 72.2, "f1": 56.9, "miou": 43.3}, SD14, "ncut",
-               {**DWC_BEST, "graph": "random_walk", "stopping": "threshold", "threshold": 0.3}, choices=DWC_CHOICES),
-        Preset("dwc-dot-threshold", DWC, "COCO-Stuff-27: dot-product adjacency A = P·Pᵀ, NCut threshold 0.4", coco, "per_image",
-               {"acc": 74.0, "f1": 58.4, "miou": 44.0}, SD14, "ncut",
-               {**DWC_BEST, "stopping": "threshold", "threshold": 0.4}, choices=DWC_CHOICES),
-        Preset("dwc-ncut-per-image-avg", DWC, "Table 6, MAN-C w/ NCut, per-image averaged", coco, "per_image_avg",
-               {"acc": 74.0, "f1": 73.3, "miou": 38.0}, SD14, "ncut", DWC_BEST, choices=DWC_CHOICES),
-        Preset("dwc-ncut-oracle-merged", DWC, "Table 6, MAN-C w/ NCut, per-image averaged with the oracle merge", coco, "oracle_merged",
-               {"acc": 83.6, "f1": 76.0, "miou": 64.5}, SD14, "ncut", DWC_BEST, choices=DWC_CHOICES),
-        Preset("dwc-cityscapes27", DWC, "Cityscapes: MAN-C w/ NCut", "cityscapes27", "per_image", {"miou": 22.0},
-               SD14, "ncut", DWC_BEST, choices=DWC_CHOICES),
-        Preset("dwc-ade20k150", DWC, "ADE20K (150 classes): MAN-C w/ NCut", "ade20k150", "per_image", {"miou": 41.2},
-               SD14, "ncut", DWC_BEST, readers=("ade20k_full",),
-               choices=(*DWC_CHOICES, "ADE20K in DiffSeg's protocol (centre square, 512²) like COCO-Stuff; the full ADE20K "
-                        "release (ade20k_full) stands in for SceneParsing, its objects mapped to the 150 classes")),
+        Preset(
+            "diffseg-cocostuff27",
+            DIFFSEG,
+            "COCO-Stuff-27: DiffSeg, τ 1.1",
+            coco,
+            "per_image",
+            {"acc": 72.5, "miou": 43.6},
+            SD14,
+            "diffseg",
+            {**DIFFSEG_PARAMS, "kl_threshold": 1.1},
+            choices=DIFFSEG_CHOICES,
+        ),
+        Preset(
+            "diffseg-cityscapes27",
+            DIFFSEG,
+            "Cityscapes: DiffSeg, τ 0.9 (DWC §4.5)",
+            "cityscapes27",
+            "per_image",
+            {"acc": 76.0, "miou": 21.2},
+            SD14,
+            "diffseg",
+            {**DIFFSEG_PARAMS, "kl_threshold": 0.9},
+            choices=DIFFSEG_CHOICES,
+        ),
+        Preset(
+            "dwc-diffseg-globally-averaged",
+            DWC,
+            "Table 6, DiffSeg, globally averaged",
+            coco,
+            "per_image",
+            {"acc": 72.5, "f1": 58.5, "miou": 43.6},
+            SD14,
+            "diffseg",
+            {**DIFFSEG_PARAMS, "kl_threshold": 1.1},
+            choices=DIFFSEG_CHOICES,
+        ),
+        Preset(
+            "dwc-diffseg-per-image-avg",
+            DWC,
+            "Table 6, DiffSeg, per-image averaged",
+            coco,
+            "per_image_avg",
+            {"acc": 72.6, "f1": 71.1, "miou": 34.1},
+            SD14,
+            "diffseg",
+            {**DIFFSEG_PARAMS, "kl_threshold": 1.1},
+            choices=DIFFSEG_CHOICES,
+        ),
+        Preset(
+            "dwc-diffseg-oracle-merged",
+            DWC,
+            "Table 6, DiffSeg, per-image averaged with the oracle merge",
+            coco,
+            "oracle_merged",
+            {"acc": 79.2, "f1": 73.0, "miou": 60.6},
+            SD14,
+            "diffseg",
+            {**DIFFSEG_PARAMS, "kl_threshold": 1.1},
+            choices=DIFFSEG_CHOICES,
+        ),
+        Preset(
+            "dwc-manc-ncut",
+            DWC,
+            "COCO-Stuff-27: MAN-C w/ NCut, k = 1, resolutions {64, 32, 16} (the best row)",
+            coco,
+            "per_image",
+            {"acc": 74.1, "f1": 60.8, "miou": 46.6},
+            SD14,
+            "ncut",
+            DWC_BEST,
+            choices=DWC_CHOICES,
+        ),
+        Preset(
+            "dwc-manc-ncut-four-levels",
+            DWC,
+            "COCO-Stuff-27: MAN-C w/ NCut, k = 1, all four resolutions",
+            coco,
+            "per_image",
+            {"miou": 46.1},
+            SD14,
+            "ncut",
+            {**DWC_BEST, "blocks": ("mid", "up"), "resolutions": (64, 32, 16, 8)},
+            choices=(
+                *DWC_CHOICES,
+                "the 8² level is read from the mid block, the only 8² self-attention (the decoder has none)",
+            ),
+        ),
+        Preset(
+            "dwc-random-walk",
+            DWC,
+            "COCO-Stuff-27: Random Walk NCut on P, threshold 0.3 (baseline)",
+            coco,
+            "per_image",
+            {"acc": 72.2, "f1": 56.9, "miou": 43.3},
+            SD14,
+            "ncut",
+            {**DWC_BEST, "graph": "random_walk", "stopping": "threshold", "threshold": 0.3},
+            choices=DWC_CHOICES,
+        ),
+        Preset(
+            "dwc-dot-threshold",
+            DWC,
+            "COCO-Stuff-27: dot-product adjacency A = P·Pᵀ, NCut threshold 0.4",
+            coco,
+            "per_image",
+            {"acc": 74.0, "f1": 58.4, "miou": 44.0},
+            SD14,
+            "ncut",
+            {**DWC_BEST, "stopping": "threshold", "threshold": 0.4},
+            choices=DWC_CHOICES,
+        ),
+        Preset(
+            "dwc-ncut-per-image-avg",
+            DWC,
+            "Table 6, MAN-C w/ NCut, per-image averaged",
+            coco,
+            "per_image_avg",
+            {"acc": 74.0, "f1": 73.3, "miou": 38.0},
+            SD14,
+            "ncut",
+            DWC_BEST,
+            choices=DWC_CHOICES,
+        ),
+        Preset(
+            "dwc-ncut-oracle-merged",
+            DWC,
+            "Table 6, MAN-C w/ NCut, per-image averaged with the oracle merge",
+            coco,
+            "oracle_merged",
+            {"acc": 83.6, "f1": 76.0, "miou": 64.5},
+            SD14,
+            "ncut",
+            DWC_BEST,
+            choices=DWC_CHOICES,
+        ),
+        Preset(
+            "dwc-cityscapes27",
+            DWC,
+            "Cityscapes: MAN-C w/ NCut",
+            "cityscapes27",
+            "per_image",
+            {"miou": 22.0},
+            SD14,
+            "ncut",
+            DWC_BEST,
+            choices=DWC_CHOICES,
+        ),
+        Preset(
+            "dwc-ade20k150",
+            DWC,
+            "ADE20K (150 classes): MAN-C w/ NCut",
+            "ade20k150",
+            "per_image",
+            {"miou": 41.2},
+            SD14,
+            "ncut",
+            DWC_BEST,
+            readers=("ade20k_full",),
+            choices=(
+                *DWC_CHOICES,
+                "ADE20K in DiffSeg's protocol (centre square, 512²) like COCO-Stuff; the full ADE20K "
+                "release (ade20k_full) stands in for SceneParsing, its objects mapped to the 150 classes",
+            ),
+        ),
     ]
     scaled_mincut = {1: {"miou": 23.8}, 3: {"miou": 42.4}}  # k = 2, 4, 5: not recorded in REFERENCES.md
     for k in range(1, 6):
         presets.append(
-            Preset(f"dwc-scaled-mincut-k{k}", DWC, f"Table 2, COCO-Stuff-27: MAN-C w/ Scaled MinCut, power walk k = {k}", coco,
-                   "per_image", scaled_mincut.get(k, {}), SD14, "ncut", {**DWC_BEST, "stopping": "manc_mincut", "power": k},
-                   choices=DWC_CHOICES)
+            Preset(
+                f"dwc-scaled-mincut-k{k}",
+                DWC,
+                f"Table 2, COCO-Stuff-27: MAN-C w/ Scaled MinCut, power walk k = {k}",
+                coco,
+                "per_image",
+                scaled_mincut.get(k, {}),
+                SD14,
+                "ncut",
+                {**DWC_BEST, "stopping": "manc_mincut", "power": k},
+                choices=DWC_CHOICES,
+            )
         )
     for name, dataset, split, tune_split, score in (
         ("diffsegmenter-voc2012", "voc2012", "val", "train", 60.1),
@@ -230,7 +393,9 @@ def _presets() -> list[Preset]:
                    SD15, "openvocab", DIFFSEGMENTER_PARAMS, frame="label", split=split, class_filter=CLIP_FILTER,
                    tuning=Tuning("background_threshold", BACKGROUND_TUNING, tune_split), choices=DIFFSEGMENTER_CHOICES)
         )  # fmt: skip
-    return [preset if preset.split else dataclasses.replace(preset, split=SPLITS.get(preset.dataset)) for preset in presets]
+    return [
+        preset if preset.split else dataclasses.replace(preset, split=SPLITS.get(preset.dataset)) for preset in presets
+    ]
 
 
 PRESETS: dict[str, Preset] = {preset.name: preset for preset in _presets()}
@@ -280,7 +445,13 @@ class PresetMatch:
 
 
 def matching_presets(
-    dataset: str, spec, frame: str, backbone: str, class_filter: str | None = None, tuned: Sequence[str] = (), split: str | None = None
+    dataset: str,
+    spec,
+    frame: str,
+    backbone: str,
+    class_filter: str | None = None,
+    tuned: Sequence[str] = (),
+    split: str | None = None,
 ) -> list[PresetMatch]:
     """The presets whose settings a run config has: the same dataset and split (a stand-in reader,
     e.g. ade20k_full for ade20k150, has no split to compare), method, frame, every extraction and
@@ -302,4 +473,14 @@ def matching_presets(
     return matches
 
 
-__all__ = ["PRESETS", "Preset", "PresetMatch", "Tuning", "backbone_relation", "get_preset", "list_presets", "matching_presets", "settings_key"]
+__all__ = [
+    "PRESETS",
+    "Preset",
+    "PresetMatch",
+    "Tuning",
+    "backbone_relation",
+    "get_preset",
+    "list_presets",
+    "matching_presets",
+    "settings_key",
+]

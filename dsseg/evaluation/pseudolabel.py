@@ -34,29 +34,27 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from dsseg.cli import add_model_arguments, batch_size_value, parse_param_values
-from dsseg.io.images import decode_image
-from dsseg.job.config import SegmentJob, parse_shard
-from dsseg.model.config import EXTRACT_PARAMS
-from dsseg.spec import MethodSpec
-from dsseg.methods import get_method
-from dsseg.evaluation.metrics import MetricState, json_ready
-from dsseg.job.runner import init_ray, run_segment_job
 from dsseg.evaluation.exports import (
     agnostic_segments,
-    class_index_map,
     class_list,
     coco_document,
     labels_from_coco,
     labels_from_voc,
     manifest_ids,
-    remove_stale_temporaries,
-    write_atomically,
-    write_json_atomically,
+    voc_label_map,
     write_voc_png,
 )
+from dsseg.evaluation.metrics import MetricState, json_ready
+from dsseg.io.files import remove_stale_temporaries, write_file
+from dsseg.io.images import decode_image
 from dsseg.io.results import part_uris, read_part, read_results
 from dsseg.io.sources import list_inputs, read_bytes
+from dsseg.job.config import SegmentJob, parse_shard
+from dsseg.job.runner import init_ray, run_segment_job
+from dsseg.methods import get_method
+from dsseg.model.config import EXTRACT_PARAMS
 from dsseg.model.vocabularies import get_vocabulary
+from dsseg.spec import MethodSpec
 
 FORMATS = ("voc", "coco")
 ROW_COLUMNS = ["image_id", "source", "width", "height", "status", "error", "segments"]
@@ -65,27 +63,55 @@ ROW_COLUMNS = ["image_id", "source", "width", "height", "status", "error", "segm
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_argument_group("input (one of)")
-    source.add_argument("--input", help="manifest (.parquet/.jsonl: image_id, uri, labels) or an image folder (no labels)")
+    source.add_argument(
+        "--input", help="manifest (.parquet/.jsonl: image_id, uri, labels) or an image folder (no labels)"
+    )
     source.add_argument("--voc-root", help="a VOC2012 folder: labels from Annotations/*.xml of --split")
-    source.add_argument("--coco-instances", help="a COCO instances JSON: labels from its categories (with --coco-images)")
+    source.add_argument(
+        "--coco-instances", help="a COCO instances JSON: labels from its categories (with --coco-images)"
+    )
     source.add_argument("--coco-images", help="the folder of the COCO images")
     parser.add_argument("--split", default="train", help="VOC split list (default %(default)s)")
     parser.add_argument("--output", required=True)
     parser.add_argument("--format", default="voc,coco", help="comma-separated: voc, coco (default %(default)s)")
-    parser.add_argument("--class-list", help="class order for the label PNGs: voc20, coco80, context59 or a file of names (background is prepended)")
-    parser.add_argument("--ignore-margin", type=float, default=0.1, help="pixels whose best score leads by less become 255 (default %(default)s)")
+    parser.add_argument(
+        "--class-list",
+        help="class order for the label PNGs: voc20, coco80, context59 or a file of names (background is prepended)",
+    )
+    parser.add_argument(
+        "--ignore-margin",
+        type=float,
+        default=0.1,
+        help="pixels whose best score leads by less become 255 (default %(default)s)",
+    )
     parser.add_argument("--background-threshold", type=float, help="background score (default: the method's)")
-    parser.add_argument("--pamr-iterations", type=int, default=10, help="image-aware refinement steps, 0 = off (default %(default)s)")
-    parser.add_argument("--agnostic-method", default="diffseg", choices=["diffseg", "ncut"], help="segments for images without labels")
-    parser.add_argument("--min-area", type=float, default=0.01, help="smallest class-agnostic mask, fraction of the image")
+    parser.add_argument(
+        "--pamr-iterations", type=int, default=10, help="image-aware refinement steps, 0 = off (default %(default)s)"
+    )
+    parser.add_argument(
+        "--agnostic-method", default="diffseg", choices=["diffseg", "ncut"], help="segments for images without labels"
+    )
+    parser.add_argument(
+        "--min-area", type=float, default=0.01, help="smallest class-agnostic mask, fraction of the image"
+    )
     parser.add_argument("--max-masks", type=int, default=20, help="most class-agnostic masks per image")
-    parser.add_argument("--keep-border-background", action="store_true", help="keep the segment touching the border most")
+    parser.add_argument(
+        "--keep-border-background", action="store_true", help="keep the segment touching the border most"
+    )
     parser.add_argument("--no-images", action="store_true", help="do not copy the images into voc/JPEGImages")
     parser.add_argument("--gt-dir", help="ground-truth PNGs <image_id>.png in the class list's order: quality report")
-    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="extraction parameter (both jobs) or a parameter of openvocab or --agnostic-method (that job)")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extraction parameter (both jobs) or a parameter of openvocab or --agnostic-method (that job)",
+    )
     parser.add_argument("--limit", type=int)
     parser.add_argument("--shard", help="I/N: this job's share of the images")
-    parser.add_argument("--batch-size", type=batch_size_value, default=4, help="images per model call, or auto (default %(default)s)")
+    parser.add_argument(
+        "--batch-size", type=batch_size_value, default=4, help="images per model call, or auto (default %(default)s)"
+    )
     parser.add_argument("--num-workers", type=int, default=1)
     add_model_arguments(parser)
     args = parser.parse_args(argv)
@@ -116,7 +142,11 @@ def classes_for(args: argparse.Namespace, rows: list[dict[str, Any]]) -> tuple[s
     the label PNGs are 8-bit with 255 for ignore."""
     if args.class_list:
         path = Path(args.class_list)
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()] if path.is_file() else list(get_vocabulary(args.class_list))
+        names = (
+            [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            if path.is_file()
+            else list(get_vocabulary(args.class_list))
+        )
         unknown = sorted({n for r in rows for n in r["labels"]} - set(names))
         if unknown:
             raise ValueError(f"labels {unknown[:5]} are not in --class-list {args.class_list}")
@@ -140,7 +170,9 @@ def check_unique_stems(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         stem = file_stem(row["image_id"])
         if seen.setdefault(stem, row["image_id"]) != row["image_id"]:
-            raise ValueError(f"image ids {seen[stem]!r} and {row['image_id']!r} share the file name {stem!r}: give them distinct ids")
+            raise ValueError(
+                f"image ids {seen[stem]!r} and {row['image_id']!r} share the file name {stem!r}: give them distinct ids"
+            )
 
 
 def params_for(method: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -158,25 +190,41 @@ def segment_jobs(args: argparse.Namespace, rows: list[dict[str, Any]], output: P
     methods = ("openvocab", args.agnostic_method)
     unknown = sorted(set(extra) - set(params_for(methods[0], extra)) - set(params_for(methods[1], extra)))
     if unknown:
-        raise ValueError(f"--param {unknown} is a parameter of neither {methods[0]} nor {methods[1]} nor the extraction; extraction parameters: {sorted(EXTRACT_PARAMS)}")
+        raise ValueError(
+            f"--param {unknown} is a parameter of neither {methods[0]} nor {methods[1]} nor the extraction; extraction parameters: {sorted(EXTRACT_PARAMS)}"
+        )
     common = dict(
         backbone=args.backbone, device=args.device, dtype=args.dtype, offline=args.offline, compile=args.compile, batch_size=args.batch_size,
         num_workers=args.num_workers, limit=args.limit, shard=parse_shard(args.shard), retry_errors=True,
     )  # fmt: skip
-    weak_params = {"ignore_margin": args.ignore_margin, "pamr_iterations": args.pamr_iterations, **params_for("openvocab", extra)}
+    weak_params = {
+        "ignore_margin": args.ignore_margin,
+        "pamr_iterations": args.pamr_iterations,
+        **params_for("openvocab", extra),
+    }
     if args.background_threshold is not None:
         weak_params["background_threshold"] = args.background_threshold
     jobs = {}
     for kind, chosen, spec in (
         ("weak", [r for r in rows if r["labels"]], MethodSpec("openvocab", weak_params)),
-        ("agnostic", [r for r in rows if not r["labels"]], MethodSpec(args.agnostic_method, params_for(args.agnostic_method, extra))),
+        (
+            "agnostic",
+            [r for r in rows if not r["labels"]],
+            MethodSpec(args.agnostic_method, params_for(args.agnostic_method, extra)),
+        ),
     ):
         if not chosen:
             continue
         manifest = output / "manifests" / f"{kind}.parquet"
         manifest.parent.mkdir(parents=True, exist_ok=True)
-        table = pa.table({"image_id": [r["image_id"] for r in chosen], "uri": [r["uri"] for r in chosen], "classes": [r["labels"] for r in chosen]})
-        write_atomically(manifest, lambda tmp, table=table: pq.write_table(table, tmp))
+        table = pa.table(
+            {
+                "image_id": [r["image_id"] for r in chosen],
+                "uri": [r["uri"] for r in chosen],
+                "classes": [r["labels"] for r in chosen],
+            }
+        )
+        write_file(manifest, lambda stream, table=table: pq.write_table(table, stream))
         jobs[kind] = SegmentJob(input=str(manifest), output=str(output / f"run-{kind}"), configs=(spec,), **common)
     return jobs
 
@@ -198,13 +246,15 @@ def copy_image(row: dict[str, Any], folder: Path) -> None:
         return
     data = read_bytes(row["source"])
     if data[:3] == b"\xff\xd8\xff":
-        write_atomically(path, lambda tmp: tmp.write_bytes(data))
+        write_file(path, lambda stream: stream.write(data))
     else:
         rgb = decode_image(data)[0]
-        write_atomically(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="JPEG", quality=95))
+        write_file(path, lambda stream: Image.fromarray(rgb).save(stream, format="JPEG", quality=95))
 
 
-def export_part(batch: pa.Table, classes: tuple[str, ...], voc: str, copy_images: bool, weak: bool, manifest: str) -> pa.Table:
+def export_part(
+    batch: pa.Table, classes: tuple[str, ...], voc: str, copy_images: bool, weak: bool, manifest: str
+) -> pa.Table:
     """Ray task: the ok rows of some part files whose images are in ``manifest`` → label PNGs
     (weak rows; existing ones kept) and JPEGImages copies; returns how many PNGs it wrote."""
     written = 0
@@ -214,7 +264,7 @@ def export_part(batch: pa.Table, classes: tuple[str, ...], voc: str, copy_images
                 continue
             path = Path(voc) / "SegmentationClassAug" / f"{file_stem(row['image_id'])}.png"
             if weak and not path.exists():
-                write_voc_png(path, class_index_map(row, classes))
+                write_voc_png(path, voc_label_map(row, classes))
                 written += 1
             if copy_images:
                 copy_image(row, Path(voc) / "JPEGImages")
@@ -233,7 +283,7 @@ def start_label_folder(labels: Path, identity: dict[str, Any], stems: set[str]) 
         if changed or png.stem not in stems:
             png.unlink(missing_ok=True)
             removed += 1
-    write_json_atomically(record, identity)
+    write_local_json(record, identity)
     return removed
 
 
@@ -253,14 +303,22 @@ def export_voc(jobs: dict[str, SegmentJob], classes: tuple[str, ...], voc: Path,
         if not parts:
             continue
         dataset = ray.data.from_items([{"path": p} for p in parts], override_num_blocks=min(len(parts), 64))
-        kwargs = {"classes": classes, "voc": str(voc), "copy_images": copy_images, "weak": kind == "weak", "manifest": job.input}
-        for batch in dataset.map_batches(export_part, fn_kwargs=kwargs, batch_size=1, batch_format="pyarrow").iter_batches(batch_format="pyarrow"):
+        kwargs = {
+            "classes": classes,
+            "voc": str(voc),
+            "copy_images": copy_images,
+            "weak": kind == "weak",
+            "manifest": job.input,
+        }
+        for batch in dataset.map_batches(
+            export_part, fn_kwargs=kwargs, batch_size=1, batch_format="pyarrow"
+        ).iter_batches(batch_format="pyarrow"):
             written += sum(batch.column("written").to_pylist())
     names = sorted(p.stem for p in labels.glob("*.png")) if labels.exists() else []
     listing = "".join(f"{n}\n" for n in names)
     for split in ("train_aug", "train"):  # SegmentationClassAug-style, and the name VOC loaders default to
-        write_atomically(voc / "ImageSets" / "Segmentation" / f"{split}.txt", lambda tmp: tmp.write_text(listing))
-    write_atomically(voc / "class_names.txt", lambda tmp: tmp.write_text("".join(f"{n}\n" for n in classes)))
+        write_file(voc / "ImageSets" / "Segmentation" / f"{split}.txt", lambda stream: stream.write(listing.encode()))
+    write_file(voc / "class_names.txt", lambda stream: stream.write("".join(f"{n}\n" for n in classes).encode()))
     plain = voc / "SegmentationClass"
     if labels.exists() and not plain.exists():
         plain.symlink_to("SegmentationClassAug", target_is_directory=True)  # VOC's own folder name, same files
@@ -311,10 +369,18 @@ def main(argv: list[str] | None = None) -> int:
     weak = ok_rows(jobs["weak"]) if "weak" in jobs else []
     agnostic_rows = ok_rows(jobs["agnostic"]) if "agnostic" in jobs else []
     proposals = {
-        row["image_id"]: agnostic_segments(row, args.min_area, args.max_masks, not args.keep_border_background) for row in agnostic_rows
+        row["image_id"]: agnostic_segments(row, args.min_area, args.max_masks, not args.keep_border_background)
+        for row in agnostic_rows
     }
-    summary: dict[str, Any] = {"classes": list(classes), "segment_jobs": summaries, "weak_images": len(weak), "agnostic_images": len(agnostic_rows)}
-    summary["stale_temporaries_removed"] = sum(remove_stale_temporaries(output / folder) for folder in ("VOCdevkit", "coco"))
+    summary: dict[str, Any] = {
+        "classes": list(classes),
+        "segment_jobs": summaries,
+        "weak_images": len(weak),
+        "agnostic_images": len(agnostic_rows),
+    }
+    summary["stale_temporaries_removed"] = sum(
+        remove_stale_temporaries(output / folder) for folder in ("VOCdevkit", "coco")
+    )
     voc = output / "VOCdevkit" / "VOC2012"  # the layout VOC loaders (torchvision, mmsegmentation) open unchanged
     if "voc" in args.formats:
         init_ray()
@@ -323,16 +389,16 @@ def main(argv: list[str] | None = None) -> int:
     if "coco" in args.formats:
         everything = [r | {"file_name": f"{file_stem(r['image_id'])}.jpg"} for r in weak + agnostic_rows]
         document = coco_document(everything, classes, proposals)
-        write_json_atomically(output / "coco" / "annotations.json", document)
+        write_local_json(output / "coco" / "annotations.json", document)
         summary["coco"] = {"images": len(document["images"]), "annotations": len(document["annotations"])}
     if args.gt_dir:
         if "voc" not in args.formats:
             print("error: --gt-dir compares the VOC label PNGs: include voc in --format", file=sys.stderr)
             return 2
         summary["quality"] = quality(weak, classes, voc, Path(args.gt_dir))
-        write_json_atomically(output / "quality.json", json_ready(summary["quality"]))
+        write_local_json(output / "quality.json", json_ready(summary["quality"]))
     summary = json_ready(summary)
-    write_json_atomically(output / "summary.json", summary)
+    write_local_json(output / "summary.json", summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "segment_jobs"}, indent=2, default=str))
     complete = all(s["complete"] for s in summaries.values())
     return 0 if complete else 1
@@ -340,3 +406,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def write_local_json(path: Path, document: Any) -> Path:
+    """``document`` as JSON at the local ``path``, atomically."""
+    return write_file(path, lambda stream: stream.write(json.dumps(document).encode()))

@@ -16,7 +16,7 @@ from PIL import Image
 from dsseg.io.overlay import overlay, palette
 
 PROTOCOL_TITLES = {
-    "per_image": "Per-image Hungarian, accumulated over the dataset (DiffSeg protocol; DWC's \"globally averaged\")",
+    "per_image": 'Per-image Hungarian, accumulated over the dataset (DiffSeg protocol; DWC\'s "globally averaged")',
     "per_image_avg": "Per-image Hungarian, averaged over images (DWC Table 6)",
     "oracle_merged": "Oracle merge (each segment → its majority class), averaged over images (DWC Table 6)",
     "global": "Global Hungarian (STEGO protocol; meaningful only for dataset-consistent cluster ids)",
@@ -67,20 +67,34 @@ def markdown_report(dataset: str, frame: str, configs: Sequence[ConfigReport], b
             ours = config.results[protocol]
             here = [m for m in config.matches if m.preset.protocol == protocol]
             paper = max((m.preset.published for m in here), key=len, default={})  # the row reporting the most scores
-            cells = [f"{_cell(ours[k])} ({_cell(paper[k])})" if k in paper else _cell(ours[k]) for k in ("acc", "f1", "miou")]
-            lines.append(f"| {config.name} | {_preset_cell(here)} | {config.results['images']} | " + " | ".join(cells) + " |")
+            cells = [
+                f"{_cell(ours[k])} ({_cell(paper[k])})" if k in paper else _cell(ours[k]) for k in ("acc", "f1", "miou")
+            ]
+            lines.append(
+                f"| {config.name} | {_preset_cell(here)} | {config.results['images']} | " + " | ".join(cells) + " |"
+            )
         lines.append("")
     bsds = [c for c in configs if "bsds" in c.results]
     if bsds:
-        lines += ["## BSDS500 (against every annotator)", "", "| config | images | covering ↑ | PRI ↑ | VoI ↓ |", "|---|---|---|---|---|"]
+        lines += [
+            "## BSDS500 (against every annotator)",
+            "",
+            "| config | images | covering ↑ | PRI ↑ | VoI ↓ |",
+            "|---|---|---|---|---|",
+        ]
         for config in bsds:
             b = config.results["bsds"]
-            lines.append(f"| {config.name} | {config.results['images']} | {b['covering']:.3f} | {b['pri']:.3f} | {b['voi']:.3f} |")
+            lines.append(
+                f"| {config.name} | {config.results['images']} | {b['covering']:.3f} | {b['pri']:.3f} | {b['voi']:.3f} |"
+            )
         lines.append("")
     matched = {m.preset.name: m for c in configs for m in c.matches}
     relations = {m.backbone for m in matched.values()}
     if "other" in relations:
-        lines += [f"† run on backbone `{backbone}`, not the paper's: the settings match, the numbers are not comparable.", ""]
+        lines += [
+            f"† run on backbone `{backbone}`, not the paper's: the settings match, the numbers are not comparable.",
+            "",
+        ]
     if "unverified" in relations:
         lines += [f"‡ backbone `{backbone}` is a local folder: comparable only if it holds the preset's weights.", ""]
     if matched:
@@ -95,7 +109,11 @@ def markdown_report(dataset: str, frame: str, configs: Sequence[ConfigReport], b
         lines += ["## Notes", "", *notes, ""]
     failed = [c for c in configs if c.results.get("failed")]
     if failed:
-        lines += ["Rows that failed (error rows, not scored): " + ", ".join(f"{c.name}: {c.results['failed']}" for c in failed), ""]
+        lines += [
+            "Rows that failed (error rows, not scored): "
+            + ", ".join(f"{c.name}: {c.results['failed']}" for c in failed),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -145,7 +163,9 @@ def html_report(path: Path, title: str, rows: Sequence[tuple[str, Sequence[Panel
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;margin:16px}figure{display:inline-block;vertical-align:top;margin:4px}"
-        "figcaption{font-size:12px;max-width:" + str(width) + "px}.sw{display:inline-block;width:10px;height:10px;margin-right:3px}"
+        "figcaption{font-size:12px;max-width:"
+        + str(width)
+        + "px}.sw{display:inline-block;width:10px;height:10px;margin-right:3px}"
         "h2{font-size:16px;margin:16px 0 4px}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
     ]
@@ -155,7 +175,8 @@ def html_report(path: Path, title: str, rows: Sequence[tuple[str, Sequence[Panel
             name = f"{index:03d}_{k}.png"
             _thumbnail(panel.image, width).save(assets / name)
             legend = " ".join(
-                f"<span class='sw' style='background:rgb{colour}'></span>{html.escape(str(label))}" for colour, label in panel.legend
+                f"<span class='sw' style='background:rgb{colour}'></span>{html.escape(str(label))}"
+                for colour, label in panel.legend
             )
             parts.append(
                 f"<figure><img src='{assets.name}/{name}' alt='{html.escape(panel.title)}' width='{min(width, panel.image.shape[1])}'>"

@@ -22,12 +22,11 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from dsseg.evaluation.datasets import Dataset, Sample
-from dsseg.evaluation.datasets.regions import BSDS500
-from dsseg.io.images import GeometryMode, plan_geometry
-from dsseg.io.masks import decode_segments
+from dsseg.evaluation.datasets import Dataset, RegionAnnotations, Sample
 from dsseg.evaluation.metrics import MetricState, bsds_scores
 from dsseg.io.frames import resize_labels, resize_labels_tf
+from dsseg.io.images import GeometryMode, plan_geometry
+from dsseg.io.masks import class_labels, decode_segments
 
 Frame = Literal["model", "label"]
 FRAMES: tuple[Frame, ...] = ("model", "label")
@@ -51,7 +50,9 @@ def to_model_frame(labels: np.ndarray, frame: ModelFrame) -> np.ndarray:
     return resize_labels_tf(labels[top : top + height, left : left + width], geometry.input_hw)
 
 
-def aligned(pred: np.ndarray, gt: np.ndarray, frame: Frame, model_frame: ModelFrame = ModelFrame()) -> tuple[np.ndarray, np.ndarray]:
+def aligned(
+    pred: np.ndarray, gt: np.ndarray, frame: Frame, model_frame: ModelFrame = ModelFrame()
+) -> tuple[np.ndarray, np.ndarray]:
     """Prediction and ground truth on the same pixel grid under ``frame`` (see the module docstring).
 
     ``model``: ``pred`` must already be in the model frame (raises ``ValueError`` otherwise).
@@ -70,17 +71,12 @@ def aligned(pred: np.ndarray, gt: np.ndarray, frame: Frame, model_frame: ModelFr
     raise ValueError(f"frame must be one of {FRAMES}; got {frame!r}")
 
 
-def class_map(labels: np.ndarray, segments: Sequence[dict], class_names: Sequence[str]) -> np.ndarray | None:
+def class_ids(labels: np.ndarray, segments: Sequence[dict], class_names: Sequence[str]) -> np.ndarray | None:
     """Segment ids → dataset class ids by the segments' names (None when no segment is named);
     names that are not classes (e.g. ``ignore``) become K, "no class"."""
-    names = [segment.get("label") for segment in segments]
-    if not any(names):
+    if not any(segment.get("label") for segment in segments):
         return None
-    index = {name: i for i, name in enumerate(class_names)}
-    lookup = np.full(int(labels.max()) + 1, len(class_names), dtype=np.int64)
-    for segment, name in zip(segments, names):
-        lookup[segment["segment_id"]] = index.get(name, len(class_names))
-    return lookup[labels]
+    return class_labels(labels, segments, class_names, other=len(class_names))
 
 
 @dataclass
@@ -125,7 +121,12 @@ def score_row(
     row: dict, dataset: Dataset, sample: Sample, frame: Frame, model_frame: ModelFrame = ModelFrame()
 ) -> tuple[ConfigScores, dict[str, Any]]:
     """One output row (OUTPUT_SCHEMA) → (its summable scores, its per-image record)."""
-    record: dict[str, Any] = {"image_id": row["image_id"], "config_id": row["config_id"], "method": row["method"], "status": row["status"]}
+    record: dict[str, Any] = {
+        "image_id": row["image_id"],
+        "config_id": row["config_id"],
+        "method": row["method"],
+        "status": row["status"],
+    }
     scores = ConfigScores(dataset.num_classes)
     if row["status"] != "ok":
         scores.failed = 1
@@ -133,19 +134,19 @@ def score_row(
         return scores, record
     labels = decode_segments(row["segments"])  # at its masks' own size: the original image's or the model frame's
     record["segments"] = len(row["segments"])
-    if isinstance(dataset, BSDS500):
-        annotations = dataset.load_annotations(sample)
-        pairs = [aligned(labels, truth, frame, model_frame) for truth in annotations]
+    ground_truth = dataset.ground_truth(sample)
+    if isinstance(ground_truth, RegionAnnotations):
+        pairs = [aligned(labels, truth, frame, model_frame) for truth in ground_truth.annotators]
         values = bsds_scores(pairs[0][0], [truth for _, truth in pairs])
         scores.bsds = np.array([values[key] for key in BSDS_KEYS])
         scores.scored = 1
         return scores, record | values
-    gt = dataset.load_label(sample).astype(np.int64)
+    gt = ground_truth.labels.astype(np.int64)
     pred, truth = aligned(labels, gt, frame, model_frame)
     scores.matching = MetricState.of_image(pred, truth, dataset.num_classes)
     own = scores.matching.image_scores()
     record.update(acc=own["acc"], miou=own["miou"])
-    classes = class_map(labels, row["segments"], dataset.class_names)
+    classes = class_ids(labels, row["segments"], dataset.class_names)
     if classes is not None:
         pred_classes, truth = aligned(classes, gt, frame, model_frame)
         scores.semantic = MetricState.of_image(pred_classes, truth, dataset.num_classes, semantic=True)
@@ -172,7 +173,13 @@ class ScoreParts:
     ``scores``. Loads the dataset reader once per actor."""
 
     def __init__(
-        self, dataset: str, root: str, options: dict[str, Any], frame: Frame, model_frame: ModelFrame, limit: int | None = None
+        self,
+        dataset: str,
+        root: str,
+        options: dict[str, Any],
+        frame: Frame,
+        model_frame: ModelFrame,
+        limit: int | None = None,
     ) -> None:
         from dsseg.evaluation.datasets import load_dataset
 
@@ -190,7 +197,9 @@ class ScoreParts:
         for path in batch.column("path").to_pylist():
             for row in read_part(path, image_ids=self.image_ids).to_pylist():
                 try:
-                    scores, record = score_row(row, self.dataset, self.samples[row["image_id"]], self.frame, self.model_frame)
+                    scores, record = score_row(
+                        row, self.dataset, self.samples[row["image_id"]], self.frame, self.model_frame
+                    )
                 except Exception as error:  # a broken label file fails its row, not the evaluation
                     scores, record = ConfigScores(self.dataset.num_classes, failed=1), {
                         "image_id": row["image_id"], "config_id": row["config_id"], "method": row["method"],
@@ -221,7 +230,12 @@ def evaluate_parts(
     scored = items.map_batches(
         ScoreParts,
         fn_constructor_kwargs={
-            "dataset": dataset, "root": str(root), "options": options, "frame": frame, "model_frame": model_frame, "limit": limit,
+            "dataset": dataset,
+            "root": str(root),
+            "options": options,
+            "frame": frame,
+            "model_frame": model_frame,
+            "limit": limit,
         },  # fmt: skip
         compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(paths)))),
         batch_size=1,

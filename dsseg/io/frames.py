@@ -35,7 +35,9 @@ def labels_to_original(labels: np.ndarray, geometry: Geometry) -> np.ndarray:
     return labels[rows[:, None], cols[None, :]]
 
 
-def compact_to_original(labels: np.ndarray, geometry: Geometry, keep: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+def compact_to_original(
+    labels: np.ndarray, geometry: Geometry, keep: Sequence[int] = ()
+) -> tuple[np.ndarray, np.ndarray]:
     """Model-frame labels (h, w) ≥ 0 → ((H, W) int32 ids 0..S−1 at the original size, the S model
     ids kept, ascending). Ids no original pixel samples (thin segments lost when shrinking) are
     dropped unless listed in ``keep``; renumbering happens on the small model-frame map, so the

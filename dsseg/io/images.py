@@ -83,7 +83,9 @@ def _open_checked(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> I
         Image.MAX_IMAGE_PIXELS = None
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise InputError("not_an_image", "cannot identify image file (not an image, or a format Pillow cannot read)") from None
+        raise InputError(
+            "not_an_image", "cannot identify image file (not an image, or a format Pillow cannot read)"
+        ) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise InputError(_damage_reason(error), f"cannot read the image header: {error}") from None
     finally:
@@ -91,7 +93,8 @@ def _open_checked(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> I
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
         raise InputError(
-            "too_large", f"{width}×{height} = {width * height / 1e6:.1f} MP exceeds the limit of {max_pixels / 1e6:.1f} MP (max_pixels)"
+            "too_large",
+            f"{width}×{height} = {width * height / 1e6:.1f} MP exceeds the limit of {max_pixels / 1e6:.1f} MP (max_pixels)",
         )
     return image
 
@@ -201,7 +204,9 @@ def resize_bilinear(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def prepare_image(rgb: np.ndarray, size: int, mode: GeometryMode, antialias: bool = False) -> tuple[np.ndarray, Geometry]:
+def prepare_image(
+    rgb: np.ndarray, size: int, mode: GeometryMode, antialias: bool = False
+) -> tuple[np.ndarray, Geometry]:
     """Crop and resize an (H, W, 3) uint8 image to the model input: ((h, w, 3) uint8, geometry).
 
     ``antialias=False`` (the official DiffSeg preprocessing) samples bilinearly; ``True`` uses

@@ -95,5 +95,17 @@ def decode_segments(segments: Sequence[dict], size: tuple[int, int] | None = Non
         labels[mask] = segment["segment_id"]
         covered += mask
     if (covered != 1).any():
-        raise ValueError(f"segments do not partition the image: {(covered == 0).sum()} pixels uncovered, {(covered > 1).sum()} covered twice")
+        raise ValueError(
+            f"segments do not partition the image: {(covered == 0).sum()} pixels uncovered, {(covered > 1).sum()} covered twice"
+        )
     return labels
+
+
+def class_labels(labels: np.ndarray, segments: Sequence[dict], class_names: Sequence[str], other: int) -> np.ndarray:
+    """(H, W) segment ids → (H, W) int64 class ids by each segment's ``label`` name: its index in
+    ``class_names``; names not there (``ignore``, unknown, None) → ``other``."""
+    index = {name: i for i, name in enumerate(class_names)}
+    lookup = np.full(int(labels.max()) + 1, other, dtype=np.int64)
+    for segment in segments:
+        lookup[segment["segment_id"]] = index.get(segment.get("label"), other)
+    return lookup[labels]

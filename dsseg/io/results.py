@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from dsseg.io.files import write_atomically, write_json
 from dsseg.io.schema import TRANSIENT_ERRORS
 from dsseg.io.sources import in_shard, resolve, uri_of
 
@@ -61,17 +61,8 @@ def write_parts(table: pa.Table, output: str) -> list[str]:
         fs, folder = _path(output, SEGMENTS_DIR, PARTITION_PREFIX + config_id)
         fs.create_dir(folder, recursive=True)
         final = f"{folder}/{part_name(config_id, rows.column('image_id').to_pylist())}"
-        written.append(_write_atomically(fs, final, rows))
+        written.append(write_atomically(fs, final, lambda stream, rows=rows: pq.write_table(rows, stream)))
     return written
-
-
-def _write_atomically(fs: pafs.FileSystem, final: str, table: pa.Table) -> str:
-    folder, name = final.rsplit("/", 1)
-    temporary = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
-    with fs.open_output_stream(temporary) as stream:
-        pq.write_table(table, stream)
-    fs.move(temporary, final)
-    return final
 
 
 def part_files(output: str, config_ids: Sequence[str] | None = None) -> list[str]:
@@ -80,7 +71,11 @@ def part_files(output: str, config_ids: Sequence[str] | None = None) -> list[str
     if fs.get_file_info(folder).type != pafs.FileType.Directory:
         return []
     infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True))
-    paths = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
+    paths = sorted(
+        i.path
+        for i in infos
+        if i.type == pafs.FileType.File and i.base_name.startswith("part-") and i.base_name.endswith(".parquet")
+    )
     if config_ids is not None:
         folders = {f"{PARTITION_PREFIX}{config_id}" for config_id in config_ids}
         paths = [path for path in paths if path.rsplit("/", 2)[-2] in folders]
@@ -138,7 +133,7 @@ def deduplicate(output: str, scanned: pa.Table) -> int:
             table = pq.read_table(handle)
         kept = table.filter(pc.invert(pc.is_in(table.column("image_id"), pa.array(sorted(images), pa.string()))))
         if len(kept):
-            _write_atomically(fs, path, kept)
+            write_atomically(fs, path, lambda stream, kept=kept: pq.write_table(kept, stream))
         else:
             fs.delete_file(path)
     return sum(len(images) for images in drop.values())
@@ -157,9 +152,13 @@ def read_results(
     the segment job. Filters file by file, so memory holds one part file beyond the result."""
     fs, _ = resolve(output)
     wanted = _id_array(image_ids)
-    tables = [_read_rows(fs, path, columns, wanted) for path in part_files(output, None if config_id is None else [config_id])]
+    tables = [
+        _read_rows(fs, path, columns, wanted) for path in part_files(output, None if config_id is None else [config_id])
+    ]
     if not tables:
-        raise FileNotFoundError(f"no results under {output}/{SEGMENTS_DIR}" + (f" for config {config_id}" if config_id else ""))
+        raise FileNotFoundError(
+            f"no results under {output}/{SEGMENTS_DIR}" + (f" for config {config_id}" if config_id else "")
+        )
     return pa.concat_tables(tables)
 
 
@@ -195,16 +194,13 @@ def write_config(output: str, record: dict[str, Any]) -> None:
     record = {**record, "configs": list(configs.values()), "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     fs, path = _path(output, CONFIG_FILE)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    temporary = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    with fs.open_output_stream(temporary) as stream:
-        stream.write(json.dumps(record, indent=2, default=str).encode())
-    fs.move(temporary, path)
+    write_json(fs, path, record)
 
 
 def mark_success(output: str, shard: tuple[int, int] | None, summary: dict[str, Any]) -> None:
+    """Write ``_SUCCESS`` (or the shard's), atomically: its presence means the run is complete."""
     fs, path = _path(output, success_name(shard))
-    with fs.open_output_stream(path) as stream:
-        stream.write(json.dumps(summary, indent=2, default=str).encode())
+    write_json(fs, path, summary)
 
 
 def clear_success(output: str, shard: tuple[int, int] | None) -> None:

@@ -26,7 +26,13 @@ TIMINGS_TYPE = pa.struct([(stage, pa.float32()) for stage in TIMING_STAGES])
 # Every row names its image; every result row also its config and outcome. One list each, so the
 # schemas below cannot drift apart.
 IMAGE_FIELDS = [("image_id", pa.string()), ("source", pa.string()), ("width", pa.int32()), ("height", pa.int32())]
-RESULT_FIELDS = [*IMAGE_FIELDS, ("method", pa.string()), ("config_id", pa.string()), ("status", pa.string()), ("error", pa.string())]
+RESULT_FIELDS = [
+    *IMAGE_FIELDS,
+    ("method", pa.string()),
+    ("config_id", pa.string()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+]
 
 OUTPUT_SCHEMA = pa.schema([*RESULT_FIELDS, ("segments", pa.list_(SEGMENT_TYPE)), ("timings_ms", TIMINGS_TYPE)])
 
@@ -65,7 +71,12 @@ MODEL_SCHEMA = pa.schema(
 
 def row_identity(image: dict, method: str, config_id: str, status: str, error: str | None) -> dict:
     """The RESULT_FIELDS of one image × config row, the image's fields taken from ``image``."""
-    return {name: image[name] for name, _ in IMAGE_FIELDS} | {"method": method, "config_id": config_id, "status": status, "error": error}
+    return {name: image[name] for name, _ in IMAGE_FIELDS} | {
+        "method": method,
+        "config_id": config_id,
+        "status": status,
+        "error": error,
+    }
 
 
 # What the write stage returns to the driver: one row per row written (progress and summary).

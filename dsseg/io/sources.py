@@ -37,12 +37,20 @@ import pyarrow.fs as pafs
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
 MANIFEST_EXTENSIONS = frozenset({".parquet", ".jsonl"})
 TAR_EXTENSION = ".tar"
 GLOB_CHARS = frozenset("*?[")
 ITEM_SCHEMA = pa.schema(
-    [("image_id", pa.string()), ("source", pa.string()), ("offset", pa.int64()), ("size", pa.int64()), ("classes", pa.list_(pa.string()))]
+    [
+        ("image_id", pa.string()),
+        ("source", pa.string()),
+        ("offset", pa.int64()),
+        ("size", pa.int64()),
+        ("classes", pa.list_(pa.string())),
+    ]
 )
 CLASS_COLUMNS = ("classes", "labels")
 
@@ -119,7 +127,9 @@ def list_inputs(spec: str, limit: int | None = None, shard: tuple[int, int] | No
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) or .tar shards found in --input {spec!r}")
     repeated = [image_id for image_id, count in Counter(item["image_id"] for item in items).items() if count > 1]
     if repeated:
-        raise ValueError(f"--input {spec!r} has {len(repeated)} repeated image_id(s), e.g. {repeated[:3]}; ids must be unique")
+        raise ValueError(
+            f"--input {spec!r} has {len(repeated)} repeated image_id(s), e.g. {repeated[:3]}; ids must be unique"
+        )
     if shard is not None:
         items = [item for item in items if in_shard(item["image_id"], shard)]
     return items[:limit] if limit else items
@@ -136,9 +146,13 @@ def _expand(spec: str) -> list[Item]:
     fs, path = resolve(spec)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
-        raise ValueError(f"--input {spec!r} does not exist; give an image file, a folder, a glob, a manifest or a .tar shard")
+        raise ValueError(
+            f"--input {spec!r} does not exist; give an image file, a folder, a glob, a manifest or a .tar shard"
+        )
     if info.type == pafs.FileType.Directory:
-        files = [f.path for f in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if f.type == pafs.FileType.File]
+        files = [
+            f.path for f in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if f.type == pafs.FileType.File
+        ]
         return _from_files(spec, path, files)
     suffix = extension(path)
     if suffix in MANIFEST_EXTENSIONS:
@@ -185,7 +199,9 @@ def list_tar(source: str) -> list[Item]:
         with fs.open_input_file(path) as handle, tarfile.open(fileobj=handle, mode="r:") as archive:
             members = [m for m in archive.getmembers() if m.isfile() and extension(m.name) in IMAGE_EXTENSIONS]
     except tarfile.ReadError as error:
-        raise ValueError(f"{source!r} is not an uncompressed tar ({error}); compressed shards cannot be read by byte range, repack them with `tar -cf`") from None
+        raise ValueError(
+            f"{source!r} is not an uncompressed tar ({error}); compressed shards cannot be read by byte range, repack them with `tar -cf`"
+        ) from None
     return [_item(posixpath.normpath(m.name).lstrip("/"), source, m.offset_data, m.size) for m in members]
 
 
@@ -196,13 +212,18 @@ def read_manifest(source: str) -> list[Item]:
         table = pq.read_table(handle) if extension(path) == ".parquet" else pajson.read_json(handle)
     missing = {"image_id", "uri"} - set(table.column_names)
     if missing:
-        raise ValueError(f"manifest {source!r} lacks column(s) {sorted(missing)}; it needs image_id and uri (found {table.column_names})")
+        raise ValueError(
+            f"manifest {source!r} lacks column(s) {sorted(missing)}; it needs image_id and uri (found {table.column_names})"
+        )
     base = parent(source)
     ids = [str(value) for value in table.column("image_id").to_pylist()]
     uris = table.column("uri").to_pylist()
     if any(uri is None for uri in uris):
         raise ValueError(f"manifest {source!r} has rows without a uri")
-    column = next((name for name in CLASS_COLUMNS if name in table.column_names and _holds_names(table.schema.field(name).type)), None)
+    column = next(
+        (name for name in CLASS_COLUMNS if name in table.column_names and _holds_names(table.schema.field(name).type)),
+        None,
+    )
     classes = [parse_classes(value) for value in table.column(column).to_pylist()] if column else [None] * len(ids)
     return [_item(image_id, join(base, str(uri)), classes=names) for image_id, uri, names in zip(ids, uris, classes)]
 
@@ -223,5 +244,7 @@ def parse_classes(value: Any) -> list[str] | None:
     return list(dict.fromkeys(name for name in names if name))  # repeats dropped, order kept
 
 
-def _item(image_id: str, source: str, offset: int | None = None, size: int | None = None, classes: list[str] | None = None) -> Item:
+def _item(
+    image_id: str, source: str, offset: int | None = None, size: int | None = None, classes: list[str] | None = None
+) -> Item:
     return {"image_id": image_id, "source": source, "offset": offset, "size": size, "classes": classes}

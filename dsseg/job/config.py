@@ -21,12 +21,21 @@ from dsseg.io.sources import is_uri
 from dsseg.model.config import DEFAULT_BACKBONE, RUNTIME_FIELDS, ConfigError, Preparation
 from dsseg.spec import MethodSpec
 
-MASK_FRAMES = ("original", "model")  # where masks are drawn: the original image, or the model input (benchmark protocols)
+MASK_FRAMES = (
+    "original",
+    "model",
+)  # where masks are drawn: the original image, or the model input (benchmark protocols)
 AUTO_BATCH = "auto"  # batch size chosen by each model actor from its free memory (dsseg.job.memory)
 AUTO_BATCH_ROWS = 64  # rows Ray hands an actor per call under "auto"; the actor splits them to its size
 
 
-def config_id(backbone: str, dtype: str, spec: MethodSpec, class_filter: str | None = None, rendering: Mapping[str, Any] | None = None) -> str:
+def config_id(
+    backbone: str,
+    dtype: str,
+    spec: MethodSpec,
+    class_filter: str | None = None,
+    rendering: Mapping[str, Any] | None = None,
+) -> str:
     """Hash of what determines a config's output: backbone, dtype, extraction and method config
     (and the class filter, for configs prompted with classes). ``rendering``: the job's decode and
     mask settings that differ from their defaults (``SegmentJob.rendering``); the defaults add
@@ -106,9 +115,15 @@ class SegmentJob:
 
     def __post_init__(self) -> None:
         if not is_uri(self.input) and not any(c in self.input for c in "*?[") and not Path(self.input).exists():
-            raise ConfigError("input", f"{self.input!r} does not exist; give an image file, a folder, a glob, a manifest or a .tar shard")
+            raise ConfigError(
+                "input",
+                f"{self.input!r} does not exist; give an image file, a folder, a glob, a manifest or a .tar shard",
+            )
         if self.batch_size != AUTO_BATCH and not (isinstance(self.batch_size, int) and self.batch_size >= 1):
-            raise ConfigError("batch_size", f"must be an integer ≥ 1 or {AUTO_BATCH!r} (chosen from free memory); got {self.batch_size!r}")
+            raise ConfigError(
+                "batch_size",
+                f"must be an integer ≥ 1 or {AUTO_BATCH!r} (chosen from free memory); got {self.batch_size!r}",
+            )
         for name in ("num_workers", "rows_per_file"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be ≥ 1; got {getattr(self, name)}")
@@ -135,15 +150,22 @@ class SegmentJob:
         if len(set(ids)) != len(ids):
             raise ConfigError("configs", "two of the run's configs are the same; remove the repeat")
         if self.class_filter is not None and ":" not in self.class_filter:
-            raise ConfigError("class_filter", f"expects clip:MODEL or package.module:factory; got {self.class_filter!r}")
+            raise ConfigError(
+                "class_filter", f"expects clip:MODEL or package.module:factory; got {self.class_filter!r}"
+            )
         if len({spec.resolved.extraction.preparation for spec in specs}) > 1:
-            raise ConfigError("configs", "all configs of a run must share image_size, geometry and antialias; run the others as another job")
+            raise ConfigError(
+                "configs",
+                "all configs of a run must share image_size, geometry and antialias; run the others as another job",
+            )
 
     @property
     def rendering(self) -> dict[str, Any]:
         """The decode and mask settings that differ from their defaults (part of the config ids)."""
         settings = {"exif_transpose": self.exif_transpose, "mask_frame": self.mask_frame}
-        return {name: value for name, value in settings.items() if value != SegmentJob.__dataclass_fields__[name].default}
+        return {
+            name: value for name, value in settings.items() if value != SegmentJob.__dataclass_fields__[name].default
+        }
 
     def config_ids(self) -> list[str]:
         return [config_id(self.backbone, self.dtype, spec, self.class_filter, self.rendering) for spec in self.configs]
@@ -211,6 +233,8 @@ def load_run_file(path: str) -> dict[str, Any]:
         raise ConfigError("config", f"{path!r}: unknown key(s) {unknown}; valid: {sorted(RUN_FILE_KEYS)}")
     if "configs" in data:
         if not isinstance(data["configs"], list) or not all(isinstance(entry, dict) for entry in data["configs"]):
-            raise ConfigError("config", f"{path!r}: configs must be a list of mappings like {{method: diffseg, kl_threshold: 0.9}}")
+            raise ConfigError(
+                "config", f"{path!r}: configs must be a list of mappings like {{method: diffseg, kl_threshold: 0.9}}"
+            )
         data["configs"] = tuple(MethodSpec.from_mapping(entry) for entry in data["configs"])
     return data

@@ -22,7 +22,9 @@ def describe(error: BaseException, code: str) -> str:
     return f"{code}: {type(error).__name__}: {error}"
 
 
-def decode_batch(batch: pa.Table, preparation: Preparation, max_pixels: int | None, max_side: int | None, exif_transpose: bool = True) -> pa.Table:
+def decode_batch(
+    batch: pa.Table, preparation: Preparation, max_pixels: int | None, max_side: int | None, exif_transpose: bool = True
+) -> pa.Table:
     """Item rows (``image_id, source, offset, size, configs, classes``) → DECODED_SCHEMA rows."""
     rows = []
     for item in batch.to_pylist():
@@ -33,11 +35,15 @@ def decode_batch(batch: pa.Table, preparation: Preparation, max_pixels: int | No
                 data = read_bytes(item["source"], item["offset"], item["size"])
             except Exception as error:
                 raise InputError("read_failed", f"{type(error).__name__}: {error}") from None
-            rgb, original_hw = decode_image(data, max_pixels=max_pixels, max_side=max_side, exif_transpose=exif_transpose)
+            rgb, original_hw = decode_image(
+                data, max_pixels=max_pixels, max_side=max_side, exif_transpose=exif_transpose
+            )
             row.update(height=original_hw[0], width=original_hw[1])
             pixels, geometry = preparation.prepare(rgb)
             geometry = rescale_geometry(geometry, original_hw)
-            row.update(pixels=pixels.tobytes(), input_h=pixels.shape[0], input_w=pixels.shape[1], box=list(geometry.box))
+            row.update(
+                pixels=pixels.tobytes(), input_h=pixels.shape[0], input_w=pixels.shape[1], box=list(geometry.box)
+            )
         except InputError as error:
             row["error"] = str(error)
         except Exception as error:  # anything else about one input is that input's error row

@@ -73,7 +73,9 @@ def peak_bytes(run: Callable[[], object], device: torch.device) -> int:
     return max(0, max(peak[0], _resident_bytes()) - base)
 
 
-def fit_batch_size(peak_one: int, peak_two: int, free: int, fraction: float = AUTO_FRACTION, limit: int = AUTO_LIMIT) -> int:
+def fit_batch_size(
+    peak_one: int, peak_two: int, free: int, fraction: float = AUTO_FRACTION, limit: int = AUTO_LIMIT
+) -> int:
     """Images that fit ``fraction`` of ``free`` bytes, given the peaks of batches of one and two:
     each image costs ``peak_two − peak_one`` (at least a tenth of ``peak_one``, against noise) on
     top of a fixed part. At least 1, at most ``limit``."""
@@ -82,7 +84,9 @@ def fit_batch_size(peak_one: int, peak_two: int, free: int, fraction: float = AU
     return int(min(limit, max(1, (fraction * free - fixed) // per_image)))
 
 
-def probe_batch_size(run_batch: Callable[[int], object], device: torch.device, share: float = 1.0, limit: int = AUTO_LIMIT) -> dict:
+def probe_batch_size(
+    run_batch: Callable[[int], object], device: torch.device, share: float = 1.0, limit: int = AUTO_LIMIT
+) -> dict:
     """Run ``run_batch(1)`` and ``run_batch(2)`` (after a warm-up of one) and choose the batch size
     for ``share`` of the free memory (e.g. ½ for two workers on one device). A probe of two that
     runs out of memory gives batch size 1. Returns ``{"batch_size", "peak_one_mb", "peak_two_mb",
@@ -100,7 +104,12 @@ def probe_batch_size(run_batch: Callable[[int], object], device: torch.device, s
     free = int(free_memory_bytes(device) * share)
     chosen = 1 if peak_two is None else fit_batch_size(peak_one, peak_two, free, limit=limit)
     mb = 2**20
-    return {"batch_size": chosen, "peak_one_mb": round(peak_one / mb, 1), "peak_two_mb": None if peak_two is None else round(peak_two / mb, 1), "free_mb": round(free / mb, 1)}
+    return {
+        "batch_size": chosen,
+        "peak_one_mb": round(peak_one / mb, 1),
+        "peak_two_mb": None if peak_two is None else round(peak_two / mb, 1),
+        "free_mb": round(free / mb, 1),
+    }
 
 
 def release_cached(device: torch.device) -> None:

@@ -33,11 +33,17 @@ class SegmentWorker:
     DECODED_SCHEMA rows into MODEL_SCHEMA rows."""
 
     def __init__(self, job: SegmentJob, probe_classes: int = PROBE_CLASSES) -> None:
-        backbone = load_backbone(job.backbone, device=job.device, dtype=job.dtype, offline=job.offline, compile=job.compile)
+        backbone = load_backbone(
+            job.backbone, device=job.device, dtype=job.dtype, offline=job.offline, compile=job.compile
+        )
         if backbone.device.type == "cpu":
             # Ray limits an actor to its num_cpus threads; a CPU model actor may use the node's cores.
             torch.set_num_threads(os.cpu_count() or 1)
-        class_filter = load_class_filter(job.class_filter, device=str(backbone.device), offline=job.offline) if job.class_filter else None
+        class_filter = (
+            load_class_filter(job.class_filter, device=str(backbone.device), offline=job.offline)
+            if job.class_filter
+            else None
+        )
         self.segmenter = Segmenter(backbone, job.configs, class_filter=class_filter)
         self.config_ids = job.config_ids()
         self.batch_limit = job.rows_per_model_call
@@ -55,7 +61,11 @@ class SegmentWorker:
         side = self.segmenter.preparation.image_size
         promptings = [group.extractor.config.prompting for group in self.segmenter.groups]
         configured = max((len(p.classes) for p in promptings), default=0)
-        names = [f"thing {i}" for i in range(max(probe_classes, configured))] if any(p.uses_classes for p in promptings) else None
+        names = (
+            [f"thing {i}" for i in range(max(probe_classes, configured))]
+            if any(p.uses_classes for p in promptings)
+            else None
+        )
         row = {
             "image_id": "probe", "source": "", "width": side, "height": side, "configs": list(self.config_ids),
             "classes": names, "input_h": side, "input_w": side,
@@ -106,7 +116,9 @@ class SegmentWorker:
                 if output is None or self.config_ids[i] not in row["configs"]:
                     continue
                 result = output.results[k]
-                timings = {stage: ms / len(rows) for stage, ms in output.timings_ms.items()} | {"decode": row["decode_ms"]}
+                timings = {stage: ms / len(rows) for stage, ms in output.timings_ms.items()} | {
+                    "decode": row["decode_ms"]
+                }
                 out.append(
                     self._row(row, i, "ok", None, timings)
                     | {

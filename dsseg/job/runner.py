@@ -13,10 +13,10 @@ from collections import Counter
 from importlib import metadata
 from typing import Any
 
-from dsseg.job.config import SegmentJob
 from dsseg.io.results import clear_success, deduplicate, done_pairs, mark_success, remove_results, scan, write_config
 from dsseg.io.schema import TIMING_STAGES
 from dsseg.io.sources import ITEM_SCHEMA, list_inputs
+from dsseg.job.config import SegmentJob
 from dsseg.job.decode import decode_batch
 
 # Memory reserved per decode task. Besides guarding against over-subscription, a resource
@@ -81,7 +81,12 @@ def build_dataset(job: SegmentJob, todo: list[dict[str, Any]], gpus: float, work
     dataset = ray.data.from_arrow([items.slice(start, block_rows) for start in range(0, len(todo), block_rows)])
     dataset = dataset.map_batches(
         decode_batch,
-        fn_kwargs={"preparation": job.preparation, "max_pixels": job.max_pixels, "max_side": job.max_image_side, "exif_transpose": job.exif_transpose},
+        fn_kwargs={
+            "preparation": job.preparation,
+            "max_pixels": job.max_pixels,
+            "max_side": job.max_image_side,
+            "exif_transpose": job.exif_transpose,
+        },
         batch_size=call_rows,
         batch_format="pyarrow",
         memory=DECODE_TASK_MEMORY,
@@ -129,7 +134,9 @@ class RunStats:
     def add(self, batch: Any) -> None:
         """Fold in a WRITTEN_SCHEMA batch (pyarrow table)."""
         self.rows += len(batch)
-        for status, error, timings in zip(*(batch.column(name).to_pylist() for name in ("status", "error", "timings_ms"))):
+        for status, error, timings in zip(
+            *(batch.column(name).to_pylist() for name in ("status", "error", "timings_ms"))
+        ):
             if status != "ok":
                 self.reasons[(error or "").split(":", 1)[0]] += 1
                 continue
@@ -148,7 +155,11 @@ class RunStats:
             "error": self.rows - self.ok,
             "errors_by_reason": dict(self.reasons.most_common()),
             "images_per_second": round(self.images / seconds, 3) if seconds > 0 else None,
-            "mean_stage_ms": {stage: round(total / self.stage_counts[stage], 1) for stage, total in self.stage_sums.items() if self.stage_counts[stage]},
+            "mean_stage_ms": {
+                stage: round(total / self.stage_counts[stage], 1)
+                for stage, total in self.stage_sums.items()
+                if self.stage_counts[stage]
+            },
         }
 
 
@@ -178,7 +189,10 @@ def run_segment_job(job: SegmentJob, address: str | None = None, worker: type | 
             now = time.perf_counter()
             if now - last_report > PROGRESS_SECONDS:
                 rate = stats.images / (now - ray_start)
-                print(f"dsseg: {stats.rows}/{expected_rows} rows written, {rate:.2f} images/s, {stats.rows - stats.ok} errors", file=sys.stderr)
+                print(
+                    f"dsseg: {stats.rows}/{expected_rows} rows written, {rate:.2f} images/s, {stats.rows - stats.ok} errors",
+                    file=sys.stderr,
+                )
                 last_report = now
         ray_seconds = time.perf_counter() - ray_start
     summary = {
@@ -213,10 +227,15 @@ def gpus_per_worker(job: SegmentJob, on_cluster: bool) -> float:
     elif job.device == "cuda" or gpus > 0:
         wanted = 1.0
     else:
-        print("dsseg: no GPUs in the Ray cluster, running the model on CPU (on an autoscaling cluster pass --device cuda)", file=sys.stderr)
+        print(
+            "dsseg: no GPUs in the Ray cluster, running the model on CPU (on an autoscaling cluster pass --device cuda)",
+            file=sys.stderr,
+        )
         wanted = 0.0
     if wanted and not on_cluster and gpus < wanted:
-        raise RuntimeError(f"{wanted} GPU(s) per worker requested but this machine's Ray has {gpus:g}; use --device cpu")
+        raise RuntimeError(
+            f"{wanted} GPU(s) per worker requested but this machine's Ray has {gpus:g}; use --device cpu"
+        )
     return wanted
 
 

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from dsseg.io.images import Geometry
 from dsseg.io.results import write_parts
 from dsseg.io.schema import OUTPUT_SCHEMA, WRITTEN_SCHEMA
 from dsseg.job.decode import describe
-from dsseg.methods.base import MethodResult
-from dsseg.segmenter import to_segmentation
+from dsseg.segmentation import segmentation_from_labels
 from dsseg.timing import StageTimer
 
 
@@ -37,13 +35,14 @@ def encode_row(row: dict, mask_frame: str = "original") -> dict:
     timer = StageTimer()
     try:
         shape = (row["input_h"], row["input_w"])
-        labels = torch.from_numpy(np.frombuffer(row["labels"], dtype=np.int32).reshape(shape).copy())
+        labels = np.frombuffer(row["labels"], dtype=np.int32).reshape(shape)
         if mask_frame == "model":
             geometry = Geometry(shape, (0, 0, *shape), shape)  # identity: the model frame itself
         else:
             geometry = Geometry((row["height"], row["width"]), tuple(row["box"]), shape)
-        result = MethodResult(labels, names=row["names"], scores=row["scores"], parents=row["parents"], background=bool(row["background"]))
-        segmentation = to_segmentation(result, geometry, row["method"], timer)
+        segmentation = segmentation_from_labels(
+            labels, geometry, row["method"], timer, row["names"], row["scores"], row["parents"], bool(row["background"])
+        )
         with timer.stage("rle"):
             out["segments"] = segmentation.to_rles()
     except Exception as error:

@@ -34,7 +34,12 @@ def _registry() -> dict[str, Method]:
             "openvocab",
             OpenVocabConfig,
             segment_openvocab,
-            extraction={"noise": "noise", "timestep": 100, "class_template": DEFAULT_TEMPLATE, "class_weight": DEFAULT_CLASS_WEIGHT},
+            extraction={
+                "noise": "noise",
+                "timestep": 100,
+                "class_template": DEFAULT_TEMPLATE,
+                "class_weight": DEFAULT_CLASS_WEIGHT,
+            },
         ),
     }
 
@@ -57,7 +62,7 @@ def run_method(
     from dsseg.timing import StageTimer
 
     results = method.segment(bundle, config, timer)
-    if bundle.class_maps is None:
+    if bundle.class_attention is None:
         return results
     timer = timer or StageTimer()
     with timer.stage("segment"):

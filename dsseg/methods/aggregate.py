@@ -38,7 +38,9 @@ def select_levels(
     sizes = sorted(by_size, reverse=True) if resolutions is None else list(resolutions)
     missing = [s for s in sizes if s not in by_size]
     if missing or not sizes:
-        raise ValueError(f"resolutions {missing or sizes} not available; captured levels are {sorted(by_size, reverse=True)}")
+        raise ValueError(
+            f"resolutions {missing or sizes} not available; captured levels are {sorted(by_size, reverse=True)}"
+        )
     if weights is None:
         raw = {s: float(by_size[s][0] * by_size[s][1]) ** 0.5 for s in sizes}
     elif isinstance(weights, Mapping):

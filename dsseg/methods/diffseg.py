@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import torch
 
 from dsseg.methods.aggregate import aggregate_self_attention
+from dsseg.methods.base import MethodResult
+from dsseg.methods.upsample import upsample_argmax
 from dsseg.model.attention import Grid
 from dsseg.model.extract import AttentionBundle
-from dsseg.methods.base import MethodResult
 from dsseg.timing import StageTimer
-from dsseg.methods.upsample import upsample_argmax
 
 LOG_FLOOR = torch.finfo(torch.float32).tiny
 
@@ -144,7 +144,9 @@ def kmeans_refine(attention: torch.Tensor, centres: torch.Tensor, iterations: in
 def diffseg_proposals(attention: torch.Tensor, grid: Grid, config: DiffSegConfig) -> torch.Tensor:
     """Aggregated attention (N, N) of one image → merged proposals (K, N) float32."""
     attention = attention.float()
-    proposals = merge_anchors(attention, anchor_indices(grid, config.anchor_spacing).to(attention.device), config.kl_threshold[0])
+    proposals = merge_anchors(
+        attention, anchor_indices(grid, config.anchor_spacing).to(attention.device), config.kl_threshold[0]
+    )
     for threshold in config.kl_threshold[1:]:
         proposals = merge_proposals(proposals, threshold)
     if config.refine:
@@ -152,12 +154,16 @@ def diffseg_proposals(attention: torch.Tensor, grid: Grid, config: DiffSegConfig
     return proposals
 
 
-def segment_diffseg(bundle: AttentionBundle, config: DiffSegConfig, timer: StageTimer | None = None) -> list[MethodResult]:
+def segment_diffseg(
+    bundle: AttentionBundle, config: DiffSegConfig, timer: StageTimer | None = None
+) -> list[MethodResult]:
     """DiffSeg on every image of ``bundle``: label maps at (f·H, f·W) for the latent grid (H, W)
     and upsampling factor f (512² for SD at 512²). Stages timed: aggregate, segment."""
     timer = timer or StageTimer()
     with timer.stage("aggregate"):
-        aggregated, grid = aggregate_self_attention(bundle.self_attention, config.resolutions, config.resolution_weights)
+        aggregated, grid = aggregate_self_attention(
+            bundle.self_attention, config.resolutions, config.resolution_weights
+        )
     results = []
     with timer.stage("segment"):
         for attention in aggregated:

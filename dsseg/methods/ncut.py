@@ -40,12 +40,20 @@ import numpy as np
 import torch
 
 from dsseg.methods.aggregate import aggregate_self_attention, level_size
+from dsseg.methods.base import MethodResult
+from dsseg.methods.spectral import (
+    DenseGraph,
+    FeatureGraph,
+    Graph,
+    Split,
+    best_split,
+    fiedler_vector,
+    random_walk_vector,
+)
+from dsseg.methods.upsample import upsample_argmax_index
 from dsseg.model.attention import Grid
 from dsseg.model.extract import AttentionBundle
-from dsseg.methods.base import MethodResult
-from dsseg.methods.spectral import DenseGraph, FeatureGraph, Graph, Split, best_split, fiedler_vector, random_walk_vector
 from dsseg.timing import StageTimer
-from dsseg.methods.upsample import upsample_argmax_index
 
 GraphMode = Literal["random_walk", "dot", "cosine", "diffcut"]
 Stopping = Literal["manc_ncut", "manc_mincut", "threshold"]
@@ -101,7 +109,9 @@ class NCutConfig:
         if self.stopping == "threshold" and (self.threshold is None or self.threshold <= 0):
             raise ValueError("stopping='threshold' needs a positive threshold (the paper uses 0.3–0.6)")
         if self.stopping != "threshold" and self.threshold is not None:
-            raise ValueError(f"threshold is only used with stopping='threshold'; stopping={self.stopping!r} sets its own")
+            raise ValueError(
+                f"threshold is only used with stopping='threshold'; stopping={self.stopping!r} sets its own"
+            )
         if self.power < 1:
             raise ValueError(f"power must be ≥ 1; got {self.power}")
         if not 1 <= self.max_depth <= MAX_DEPTH_LIMIT:
@@ -250,7 +260,9 @@ def segment_ncut(bundle: AttentionBundle, config: NCutConfig, timer: StageTimer 
                 winners = upsample_argmax_index(scores.reshape(-1, *grid), config.upsample_factor)
             else:
                 cells = hierarchy.assignment.reshape(grid)
-                winners = cells.repeat_interleave(config.upsample_factor, 0).repeat_interleave(config.upsample_factor, 1)
+                winners = cells.repeat_interleave(config.upsample_factor, 0).repeat_interleave(
+                    config.upsample_factor, 1
+                )
             kept, labels = torch.unique(winners, sorted=True, return_inverse=True)
             parents = [hierarchy.parents[i] for i in kept.tolist()]
             results.append(MethodResult(labels=labels.reshape(winners.shape), parents=parents))

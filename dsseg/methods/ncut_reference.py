@@ -97,7 +97,9 @@ def _best_split(weights: np.ndarray, directed: bool, min_size: int) -> tuple[np.
     return right[:, best].astype(bool), float(costs[best]), float(cut_ab[best] + cut_ba[best])
 
 
-def _accept(weights: np.ndarray, split: tuple[np.ndarray, float, float], stopping: str, threshold: float | None) -> bool:
+def _accept(
+    weights: np.ndarray, split: tuple[np.ndarray, float, float], stopping: str, threshold: float | None
+) -> bool:
     _, cost, cut = split
     if stopping == "threshold":
         return cost < threshold

@@ -1,7 +1,7 @@
 """DiffSegmenter (Wang et al.): open-vocabulary labels from cross-attention refined by
 self-attention; and naming the segments of the unsupervised methods.
 
-Score maps of an image's candidate classes (``AttentionBundle.class_maps``), per class c:
+Score maps of an image's candidate classes (``AttentionBundle.class_attention``), per class c:
 1. at each level (h, w), its cross-attention map bilinearly upsampled to the largest grid
    (H, W) (half-pixel centres) and min–max normalised over space;
 2. levels fused with ``level_weights`` (coarsest first: 0.3, 0.5, 0.1, 0.1 for 8/16/32/64);
@@ -22,11 +22,11 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from dsseg.methods.base import MethodResult
+from dsseg.methods.pamr import pamr
 from dsseg.model.attention import Grid
 from dsseg.model.extract import AttentionBundle
-from dsseg.methods.base import MethodResult
 from dsseg.model.vocabularies import BACKGROUND_NAME, IGNORE_LABEL, IGNORE_NAME
-from dsseg.methods.pamr import pamr
 from dsseg.timing import StageTimer
 
 LEVEL_WEIGHTS = (0.3, 0.5, 0.1, 0.1)  # 8², 16², 32², 64² at 512² (DiffSegmenter)
@@ -67,7 +67,9 @@ class OpenVocabConfig:
             raise ValueError(f"upsample_factor must be ≥ 1; got {self.upsample_factor}")
         object.__setattr__(self, "pamr_dilations", tuple(int(d) for d in self.pamr_dilations))
         if self.pamr_iterations < 0 or not self.pamr_dilations or min(self.pamr_dilations) < 1:
-            raise ValueError(f"pamr_iterations must be ≥ 0 and pamr_dilations positive; got {self.pamr_iterations}, {self.pamr_dilations}")
+            raise ValueError(
+                f"pamr_iterations must be ≥ 0 and pamr_dilations positive; got {self.pamr_iterations}, {self.pamr_dilations}"
+            )
 
 
 def minmax(maps: torch.Tensor) -> torch.Tensor:
@@ -78,17 +80,19 @@ def minmax(maps: torch.Tensor) -> torch.Tensor:
     return ((flat - low) / (high - low).clamp_min(_EPS)).reshape(maps.shape)
 
 
-def fuse_levels(class_maps: Mapping[Grid, torch.Tensor], level_weights: Sequence[float] = LEVEL_WEIGHTS) -> torch.Tensor:
+def fuse_levels(
+    class_attention: Mapping[Grid, torch.Tensor], level_weights: Sequence[float] = LEVEL_WEIGHTS
+) -> torch.Tensor:
     """Per-level class maps {(h, w): (C, h·w)} → (C, H, W) float32 in [0, 1] on the largest grid:
     each level upsampled (bilinear), min–max normalised, then weighted (coarsest level first)."""
-    grids = sorted(class_maps, key=lambda g: g[0] * g[1])
+    grids = sorted(class_attention, key=lambda g: g[0] * g[1])
     if len(level_weights) != len(grids):
         raise ValueError(f"{len(level_weights)} level weights for {len(grids)} cross-attention levels {grids}")
     target = grids[-1]
     total = float(sum(level_weights))
     fused = None
     for grid, weight in zip(grids, level_weights):
-        maps = class_maps[grid].float().reshape(-1, 1, *grid)
+        maps = class_attention[grid].float().reshape(-1, 1, *grid)
         maps = F.interpolate(maps, size=target, mode="bilinear", align_corners=False)[:, 0]
         part = minmax(maps) * (weight / total)
         fused = part if fused is None else fused + part
@@ -106,7 +110,7 @@ def refine_scores(maps: torch.Tensor, self_attention: torch.Tensor) -> torch.Ten
 
 def class_scores(bundle: AttentionBundle, config: OpenVocabConfig) -> torch.Tensor:
     """One image's (C, H, W) score maps on the largest latent grid (steps 1–3)."""
-    maps = bundle.class_maps[0]
+    maps = bundle.class_attention[0]
     fused = fuse_levels(maps, config.level_weights)
     if not config.refine or fused.shape[0] == 0:
         return fused
@@ -123,7 +127,9 @@ def upsample_scores(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     return F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
-def labels_from_scores(scores: torch.Tensor, background_threshold: float, ignore_margin: float | None = None) -> torch.Tensor:
+def labels_from_scores(
+    scores: torch.Tensor, background_threshold: float, ignore_margin: float | None = None
+) -> torch.Tensor:
     """(C, h, w) class scores → (h, w) int64: 0 background (no class above the threshold),
     c for class c − 1's map, ``IGNORE_LABEL`` where the best channel leads by less than the margin."""
     background = scores.new_full((1, *scores.shape[1:]), background_threshold)
@@ -131,7 +137,9 @@ def labels_from_scores(scores: torch.Tensor, background_threshold: float, ignore
     if ignore_margin is None or channels.shape[0] < 2:
         return channels.argmax(dim=0)
     if channels.shape[0] > IGNORE_LABEL:
-        raise ValueError(f"an ignore band needs fewer than {IGNORE_LABEL} classes per image (label {IGNORE_LABEL} marks it); got {len(scores)}")
+        raise ValueError(
+            f"an ignore band needs fewer than {IGNORE_LABEL} classes per image (label {IGNORE_LABEL} marks it); got {len(scores)}"
+        )
     top = channels.topk(2, dim=0)
     labels = top.indices[0]
     labels[top.values[0] - top.values[1] < ignore_margin] = IGNORE_LABEL
@@ -146,11 +154,15 @@ def segment_means(labels: torch.Tensor, maps: torch.Tensor, segments: int) -> to
     return sums / counts[:, None].to(sums)
 
 
-def segment_openvocab(bundle: AttentionBundle, config: OpenVocabConfig, timer: StageTimer | None = None) -> list[MethodResult]:
+def segment_openvocab(
+    bundle: AttentionBundle, config: OpenVocabConfig, timer: StageTimer | None = None
+) -> list[MethodResult]:
     """Per image: labels at the model input's pixels; segment 0 is background, then one segment per
     class present (named), and "ignore" for uncertain pixels when ``ignore_margin`` is set."""
-    if bundle.class_maps is None:
-        raise ValueError("openvocab needs class prompts: give classes=[...] (or vocabulary=...) or a per-image class list")
+    if bundle.class_attention is None:
+        raise ValueError(
+            "openvocab needs class prompts: give classes=[...] (or vocabulary=...) or a per-image class list"
+        )
     timer = timer or StageTimer()
     results = []
     for index in range(len(bundle)):
@@ -168,14 +180,20 @@ def segment_openvocab(bundle: AttentionBundle, config: OpenVocabConfig, timer: S
                 labels[labels == IGNORE_LABEL] = len(names) + 1
             means = segment_means(labels, scores, len(names) + 2)
             segment_scores = [None] + [float(means[c + 1, c]) for c in range(len(names))] + [None]
-            results.append(MethodResult(labels, names=[BACKGROUND_NAME, *names, IGNORE_NAME], scores=segment_scores, background=True))
+            results.append(
+                MethodResult(
+                    labels, names=[BACKGROUND_NAME, *names, IGNORE_NAME], scores=segment_scores, background=True
+                )
+            )
     return results
 
 
 def refine_with_image(scores: torch.Tensor, images: torch.Tensor | None, config: OpenVocabConfig) -> torch.Tensor:
     """PAMR on one image's (C, h, w) pixel scores with its model input (1, 3, h, w)."""
     if images is None:
-        raise ValueError("pamr_iterations needs the image: segment images (segment_image / the job), not cached attention")
+        raise ValueError(
+            "pamr_iterations needs the image: segment images (segment_image / the job), not cached attention"
+        )
     if tuple(images.shape[-2:]) != tuple(scores.shape[-2:]):
         images = F.interpolate(images.float(), size=scores.shape[-2:], mode="bilinear", align_corners=False)
     return pamr(images.to(scores.device), scores[None], config.pamr_iterations, config.pamr_dilations)[0]
@@ -189,11 +207,15 @@ def name_segments(result: MethodResult, bundle: AttentionBundle, mode: str = "ma
     if not names:
         return result
     labels = result.labels
-    scores = upsample_scores(fuse_levels(bundle.class_maps[0], LEVEL_WEIGHTS[-len(bundle.class_maps[0]) :]), tuple(labels.shape))
+    scores = upsample_scores(
+        fuse_levels(bundle.class_attention[0], LEVEL_WEIGHTS[-len(bundle.class_attention[0]) :]), tuple(labels.shape)
+    )
     segments = int(labels.max()) + 1
     if mode == "majority":
         votes = scores.argmax(dim=0).reshape(-1)
-        table = torch.bincount(labels.reshape(-1) * len(names) + votes, minlength=segments * len(names)).reshape(segments, len(names))
+        table = torch.bincount(labels.reshape(-1) * len(names) + votes, minlength=segments * len(names)).reshape(
+            segments, len(names)
+        )
         share = table / table.sum(dim=1, keepdim=True).clamp_min(1)
         best, winner = share.max(dim=1)
     elif mode == "mean":

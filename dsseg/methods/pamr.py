@@ -41,7 +41,9 @@ def pamr_affinities(image: torch.Tensor, dilations: Sequence[int] = (1, 2, 4, 8)
     return logits.softmax(dim=1)
 
 
-def pamr(image: torch.Tensor, scores: torch.Tensor, iterations: int = 10, dilations: Sequence[int] = (1, 2, 4, 8)) -> torch.Tensor:
+def pamr(
+    image: torch.Tensor, scores: torch.Tensor, iterations: int = 10, dilations: Sequence[int] = (1, 2, 4, 8)
+) -> torch.Tensor:
     """Refine scores (B, C, H, W) with the image (B, 3, H, W) at the same size; returns (B, C, H, W) float32."""
     if image.shape[-2:] != scores.shape[-2:] or image.shape[0] != scores.shape[0]:
         raise ValueError(f"image {tuple(image.shape)} and scores {tuple(scores.shape)} must share batch and size")

@@ -197,11 +197,15 @@ def fiedler_vector(graph: Graph, max_steps: int = 200, tolerance: float = 1e-5) 
         values, vectors = torch.linalg.eigh(0.5 * (normalised + normalised.T))
         mu, y = float(values[-1]), vectors[:, -1]
     else:
-        mu, y = lanczos_largest(lambda v: inv_sqrt[:, None] * graph.matmul(inv_sqrt[:, None] * v), top, max_steps, tolerance)
+        mu, y = lanczos_largest(
+            lambda v: inv_sqrt[:, None] * graph.matmul(inv_sqrt[:, None] * v), top, max_steps, tolerance
+        )
     return fixed_sign(inv_sqrt * y), 1.0 - mu
 
 
-def lanczos_largest(matmul, deflated: torch.Tensor, max_steps: int, tolerance: float, restarts: int = 4) -> tuple[float, torch.Tensor]:
+def lanczos_largest(
+    matmul, deflated: torch.Tensor, max_steps: int, tolerance: float, restarts: int = 4
+) -> tuple[float, torch.Tensor]:
     """Largest eigenpair of a symmetric operator on the complement of the unit vector ``deflated`` (n,).
 
     ``matmul`` maps (n, b) → (n, b). Lanczos with full reorthogonalisation for at most
@@ -219,7 +223,9 @@ def lanczos_largest(matmul, deflated: torch.Tensor, max_steps: int, tolerance: f
     return value, q
 
 
-def _lanczos_cycle(matmul, deflated: torch.Tensor, start: torch.Tensor, steps: int, tolerance: float) -> tuple[float, torch.Tensor, float]:
+def _lanczos_cycle(
+    matmul, deflated: torch.Tensor, start: torch.Tensor, steps: int, tolerance: float
+) -> tuple[float, torch.Tensor, float]:
     """One Lanczos cycle from ``start``: (Ritz value, unit Ritz vector, residual norm)."""
     n = deflated.shape[0]
     basis = torch.zeros(steps + 1, n, dtype=torch.float32, device=deflated.device)
@@ -264,7 +270,9 @@ def _top_ritz(diagonal: list[float], off_diagonal: list[float]) -> tuple[float, 
     return float(values[-1]), vectors[:, -1]
 
 
-def random_walk_vector(graph: DenseGraph, max_iterations: int = 1000, tolerance: float = 1e-6) -> tuple[torch.Tensor, float]:
+def random_walk_vector(
+    graph: DenseGraph, max_iterations: int = 1000, tolerance: float = 1e-6
+) -> tuple[torch.Tensor, float]:
     """Second eigenvector of the random walk T = D⁻¹·W for any (also non-symmetric) W: ((n,) x, μ).
 
     Power iteration on the lazy walk L = (I + T)/2 (T's spectrum moved into the right half plane,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
 # Proposals upsampled at once in upsample_argmax: bounds memory at ~CHUNK × (f·H) × (f·W) floats.
 ARGMAX_CHUNK = 16
 
@@ -29,7 +28,9 @@ def upsample_argmax_index(maps: torch.Tensor, factor: int) -> torch.Tensor:
     best_value = torch.full(size, -torch.inf, device=maps.device)
     best_index = torch.zeros(size, dtype=torch.int64, device=maps.device)
     for start in range(0, len(maps), ARGMAX_CHUNK):
-        chunk = F.interpolate(maps[None, start : start + ARGMAX_CHUNK].float(), size=size, mode="bilinear", align_corners=False)[0]
+        chunk = F.interpolate(
+            maps[None, start : start + ARGMAX_CHUNK].float(), size=size, mode="bilinear", align_corners=False
+        )[0]
         value, index = chunk.max(dim=0)
         better = value > best_value  # strict: ties keep the earlier map, as arg-max does
         best_value = torch.where(better, value, best_value)

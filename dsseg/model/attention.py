@@ -53,7 +53,9 @@ def level_grids(latent_hw: Grid, levels: int = UNET_LEVELS) -> list[Grid]:
     for level in range(levels):
         factor = 2**level
         if h % factor or w % factor:
-            raise ValueError(f"latent size {latent_hw} must be divisible by {2 ** (levels - 1)} (image side a multiple of 64)")
+            raise ValueError(
+                f"latent size {latent_hw} must be divisible by {2 ** (levels - 1)} (image side a multiple of 64)"
+            )
         grids.append((h // factor, w // factor))
     return grids
 
@@ -109,7 +111,9 @@ class CapturingAttnProcessor:
         self.layer = layer
         self.original = original
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
         grid = self.store.grid_for(hidden_states.shape[1], self.layer.kind) if hidden_states.ndim == 3 else None
         if grid is None:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
@@ -118,7 +122,9 @@ class CapturingAttnProcessor:
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         if encoder_hidden_states is not None and attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
-        query, key, value = (_split_heads(x, attn.heads) for x in (attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)))
+        query, key, value = (
+            _split_heads(x, attn.heads) for x in (attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context))
+        )
         if attn.norm_q is not None:
             query, key = attn.norm_q(query), attn.norm_k(key)
         output, head_mean = attend_and_average(query, key, value, attn.scale)
@@ -174,7 +180,9 @@ def capture_attention(unet: UNet2DConditionModel, spec: CaptureSpec, latent_hw: 
     originals = unet.attn_processors
     store = AttentionStore(spec, latent_hw)
     processors = {
-        layer.name: CapturingAttnProcessor(store, layer, originals[layer.name]) if spec.selects(layer) else originals[layer.name]
+        layer.name: CapturingAttnProcessor(store, layer, originals[layer.name])
+        if spec.selects(layer)
+        else originals[layer.name]
         for layer in attention_layers(unet)
     }
     unet.set_attn_processor(processors)

@@ -43,9 +43,13 @@ _CROSS_UP = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
 # Architectures: SD v1 at full size, and the same layout at small widths.
 _ARCHITECTURES = {
     "sd-v1-random": dict(
-        unet=dict(block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32),
+        unet=dict(
+            block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32
+        ),
         vae=dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32),
-        text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, projection_dim=768),
+        text=dict(
+            hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, projection_dim=768
+        ),
         qk_gain=1.0,
     ),
     "tiny": dict(
@@ -156,17 +160,22 @@ def compile_backbone(backbone: Backbone) -> int:
     (most of the UNet's FLOPs outside attention); attention layers stay eager, as the capture
     swaps their processors per call. The first call at each input shape compiles (minutes);
     returns how many modules were wrapped."""
+    import torch._dynamo.config
     from diffusers.models.attention import FeedForward
     from diffusers.models.resnet import ResnetBlock2D
 
-    import torch._dynamo.config
-
-    modules = [backbone.vae.encoder, *(m for m in backbone.unet.modules() if isinstance(m, (ResnetBlock2D, FeedForward)))]
+    modules = [
+        backbone.vae.encoder,
+        *(m for m in backbone.unet.modules() if isinstance(m, (ResnetBlock2D, FeedForward))),
+    ]
     # Blocks of one class share their forward's code, compiled once per instance and input shape:
     # past the default limit (8) the rest would silently run eager.
     limit = COMPILED_SHAPES * len(modules)
     config = torch._dynamo.config
-    for names in (("recompile_limit", "cache_size_limit"), ("accumulated_recompile_limit", "accumulated_cache_size_limit")):
+    for names in (
+        ("recompile_limit", "cache_size_limit"),
+        ("accumulated_recompile_limit", "accumulated_cache_size_limit"),
+    ):
         name = next(n for n in names if hasattr(config, n))  # renamed in torch 2.7
         setattr(config, name, max(getattr(config, name), limit))
     for module in modules:
@@ -200,7 +209,9 @@ def _build_random(name: str, seed: int) -> dict:
             **arch["vae"],
         )
         text_encoder = CLIPTextModel(
-            CLIPTextConfig(vocab_size=49408, max_position_embeddings=CONTEXT_LENGTH, hidden_act="quick_gelu", **arch["text"])
+            CLIPTextConfig(
+                vocab_size=49408, max_position_embeddings=CONTEXT_LENGTH, hidden_act="quick_gelu", **arch["text"]
+            )
         )
         if arch["qk_gain"] != 1.0:
             _sharpen_attention(unet, arch["qk_gain"])
@@ -231,7 +242,9 @@ def check_backbone_available(name: str, offline: bool = False) -> None:
         if not (Path(name).expanduser() / "unet").is_dir():
             raise BackboneNotFoundError(_missing_weights_message(name, f"{name} has no unet/ folder"))
     elif offline and not isinstance(try_to_load_from_cache(name, "unet/config.json"), str):
-        raise BackboneNotFoundError(_missing_weights_message(name, "not in the Hugging Face cache and --offline is set"))
+        raise BackboneNotFoundError(
+            _missing_weights_message(name, "not in the Hugging Face cache and --offline is set")
+        )
 
 
 def _is_local(source: str) -> bool:

@@ -86,7 +86,9 @@ class CLIPClassFilter:
             return [[] for _ in images]
         prompts = [self.template.replace("{class}", name) for name in names]
         tokens = self.tokenizer(prompts, padding=True, return_tensors="pt").to(self.device)
-        logits = self.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=self.pixels(images)).logits_per_image
+        logits = self.model(
+            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=self.pixels(images)
+        ).logits_per_image
         column = {name: i for i, name in enumerate(names)}
         kept = []
         for row, image_candidates in zip(logits.float().cpu(), candidates):
@@ -111,12 +113,17 @@ def load_class_filter(spec: str, device: str | None = None, offline: bool = Fals
     try:
         factory = getattr(importlib.import_module(kind), target)
     except (ImportError, AttributeError) as error:
-        raise ClassFilterNotFoundError(f"--class-filter {spec!r}: cannot import {target} from {kind} ({error})") from error
+        raise ClassFilterNotFoundError(
+            f"--class-filter {spec!r}: cannot import {target} from {kind} ({error})"
+        ) from error
     return factory()
 
 
 def filter_classes(
-    class_filter: ClassFilter | None, images: Sequence[np.ndarray], classes: Sequence[Sequence[str] | None], default: Sequence[str]
+    class_filter: ClassFilter | None,
+    images: Sequence[np.ndarray],
+    classes: Sequence[Sequence[str] | None],
+    default: Sequence[str],
 ) -> list[list[str]]:
     """Each image's candidates (its own list, else ``default``), narrowed by ``class_filter`` if any."""
     candidates = [list(default if names is None else names) for names in classes]

@@ -92,7 +92,10 @@ class Noising:
         if self.timestep is not None and not 0 <= self.timestep < 1000:
             raise ConfigError("timestep", f"must be in [0, 1000); got {self.timestep}")
         if not 1 <= self.inversion_steps <= self.num_inference_steps:
-            raise ConfigError("inversion_steps", f"must be in [1, num_inference_steps={self.num_inference_steps}]; got {self.inversion_steps}")
+            raise ConfigError(
+                "inversion_steps",
+                f"must be in [1, num_inference_steps={self.num_inference_steps}]; got {self.inversion_steps}",
+            )
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,10 @@ class Prompting:
 
     def __post_init__(self) -> None:
         if isinstance(self.classes, str):
-            raise ConfigError("classes", f"must be a list of names; got the string {self.classes!r} (for a shipped list use vocabulary=...)")
+            raise ConfigError(
+                "classes",
+                f"must be a list of names; got the string {self.classes!r} (for a shipped list use vocabulary=...)",
+            )
         classes = tuple(str(name).strip() for name in self.classes)
         if self.vocabulary is not None:
             shipped = get_vocabulary(self.vocabulary)
@@ -186,7 +192,10 @@ class Prompting:
 def check_template(template: str) -> None:
     """Raise a ``ConfigError`` unless ``template`` holds ``{class}`` exactly once."""
     if template.count(CLASS_PLACEHOLDER) != 1:
-        raise ConfigError("class_template", f"must contain {CLASS_PLACEHOLDER} exactly once, e.g. {DEFAULT_TEMPLATE!r}; got {template!r}")
+        raise ConfigError(
+            "class_template",
+            f"must contain {CLASS_PLACEHOLDER} exactly once, e.g. {DEFAULT_TEMPLATE!r}; got {template!r}",
+        )
 
 
 def check_class_names(names: Sequence[str]) -> None:
@@ -272,5 +281,6 @@ def check_resolutions(resolutions: Sequence[int], preparation: Preparation) -> N
     missing = sorted(set(resolutions) - set(preparation.level_sizes), reverse=True)
     if missing:
         raise ConfigError(
-            "resolutions", f"{missing} do not exist at image_size {preparation.image_size}: the attention levels are {list(preparation.level_sizes)}"
+            "resolutions",
+            f"{missing} do not exist at image_size {preparation.image_size}: the attention levels are {list(preparation.level_sizes)}",
         )

@@ -52,7 +52,7 @@ class AttentionBundle:
     over heads and over the level's layers; largest grid first. ``cross_attention[(h, w)]``:
     (B, N, T) float32 over T text tokens (empty unless requested; not kept with class prompts).
     ``timestep``: the UNet step used. With candidate classes, per image i: ``class_names[i]`` (C_i
-    names) and ``class_maps[i][(h, w)]``: (C_i, N) float32 cross-attention of each class (its
+    names) and ``class_attention[i][(h, w)]``: (C_i, N) float32 cross-attention of each class (its
     tokens' columns read out per ``PromptPlan.readout``), mean over heads and the level's layers.
     """
 
@@ -62,7 +62,7 @@ class AttentionBundle:
     timestep: int
     config: ExtractConfig = field(default_factory=ExtractConfig)
     class_names: tuple[tuple[str, ...], ...] | None = None
-    class_maps: tuple[dict[Grid, torch.Tensor], ...] | None = None
+    class_attention: tuple[dict[Grid, torch.Tensor], ...] | None = None
     images: torch.Tensor | None = None  # (B, 3, h, w) model input in [-1, 1], for image-aware refinement
 
     def __len__(self) -> int:
@@ -78,7 +78,7 @@ class AttentionBundle:
             timestep=self.timestep,
             config=self.config,
             class_names=None if self.class_names is None else self.class_names[pick],
-            class_maps=None if self.class_maps is None else self.class_maps[pick],
+            class_attention=None if self.class_attention is None else self.class_attention[pick],
             images=None if self.images is None else self.images[pick],
         )
 
@@ -135,7 +135,10 @@ class AttentionExtractor:
 
     @torch.no_grad()
     def __call__(
-        self, images: torch.Tensor, timer: StageTimer | None = None, classes: Sequence[Sequence[str] | None] | None = None
+        self,
+        images: torch.Tensor,
+        timer: StageTimer | None = None,
+        classes: Sequence[Sequence[str] | None] | None = None,
     ) -> AttentionBundle:
         """``classes``: per image, its candidate class names (None: the config's), used when the
         config prompts with classes; ignored otherwise."""
@@ -158,7 +161,10 @@ class AttentionExtractor:
         """Each image's candidate classes: its own list where given, else the config's."""
         if classes is not None and len(classes) != batch:
             raise ValueError(f"{len(classes)} class lists given for {batch} images")
-        lists = [self.config.prompting.classes if c is None else tuple(str(name).strip() for name in c) for c in (classes or [None] * batch)]
+        lists = [
+            self.config.prompting.classes if c is None else tuple(str(name).strip() for name in c)
+            for c in (classes or [None] * batch)
+        ]
         for index, names in enumerate(lists):
             check_class_names(names)
             if self.config.prompting.class_template is not None and not names:
@@ -179,12 +185,16 @@ class AttentionExtractor:
         descriptors = dict(config.descriptors)
         return [class_prompt_plan(tokenizer, config.class_template, name, descriptors.get(name, ())) for name in names]
 
-    def _class_forward(self, latents: torch.Tensor, names: list[tuple[str, ...]], bundle: AttentionBundle) -> AttentionBundle:
+    def _class_forward(
+        self, latents: torch.Tensor, names: list[tuple[str, ...]], bundle: AttentionBundle
+    ) -> AttentionBundle:
         """UNet calls on the class prompts of every image, ``class_batch_size`` prompts per call
         with a template (else as many as images); self-attention averaged over each image's prompts."""
         work = [(i, plan) for i, image_names in enumerate(names) for plan in self.prompt_plans(image_names)]
         # Joint prompts: as many per call as images (one each, unless a vocabulary overflows 77 tokens).
-        size = self.config.prompting.class_batch_size if self.config.prompting.class_template is not None else len(names)
+        size = (
+            self.config.prompting.class_batch_size if self.config.prompting.class_template is not None else len(names)
+        )
         self_sums: dict[Grid, torch.Tensor] = {}
         parts: list[dict[Grid, list[torch.Tensor]]] = [{} for _ in names]
         prompts_per_image = torch.zeros(len(names), device=latents.device)
@@ -203,14 +213,14 @@ class AttentionExtractor:
             for grid, cross in store.means("cross").items():  # (k, N, 77)
                 for row, (i, plan) in enumerate(chunk):
                     parts[i].setdefault(grid, []).append(cross[row] @ plan.readout(cross.shape[-1]).to(cross))
-        class_maps = tuple(
+        class_attention = tuple(
             {grid: torch.cat(image_parts[grid], dim=1).T.contiguous() for grid in image_parts} for image_parts in parts
         )
         return replace(
             bundle,
             self_attention={grid: total / prompts_per_image[:, None, None] for grid, total in self_sums.items()},
             class_names=tuple(names),
-            class_maps=class_maps,
+            class_attention=class_attention,
         )
 
     def _class_condition(self, plan: PromptPlan) -> torch.Tensor:

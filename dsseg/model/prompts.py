@@ -92,7 +92,9 @@ def class_prompt_plan(tokenizer, template: str, name: str, descriptors: Sequence
         found = phrase_positions(tokenizer, text, word, after=start)
         descriptor_positions.extend(found)
         start = found[-1] + 1
-    return PromptPlan(text, (ClassTokens(phrase_positions(tokenizer, text, name, after=start), tuple(descriptor_positions)),))
+    return PromptPlan(
+        text, (ClassTokens(phrase_positions(tokenizer, text, name, after=start), tuple(descriptor_positions)),)
+    )
 
 
 def joint_prompt_plans(tokenizer, names: Sequence[str], caption: str = "") -> list[PromptPlan]:

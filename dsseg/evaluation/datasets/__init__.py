@@ -7,8 +7,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dsseg.evaluation.datasets.base import IGNORE, Dataset, DatasetRootError, Sample
-from dsseg.evaluation.datasets.png import ade20k150, camvid, cityscapes27, cocostuff27, manifest_dataset, pascal_context, voc2012
+from dsseg.evaluation.datasets.base import (
+    IGNORE,
+    ClassLabels,
+    Dataset,
+    DatasetRootError,
+    GroundTruth,
+    RegionAnnotations,
+    Sample,
+)
+from dsseg.evaluation.datasets.png import (
+    ade20k150,
+    camvid,
+    cityscapes27,
+    cocostuff27,
+    manifest_dataset,
+    pascal_context,
+    voc2012,
+)
 from dsseg.evaluation.datasets.regions import BSDS500, ADE20KFull, COCOObject, WeizmannHorses, decode_ade20k_seg
 
 DATASETS: dict[str, Callable[..., Dataset]] = {
@@ -50,4 +66,16 @@ def load_dataset(name: str, root: str | Path, **options: Any) -> Dataset:
     return DATASETS[name](root, **options)
 
 
-__all__ = ["DATASETS", "IGNORE", "Dataset", "DatasetRootError", "Sample", "decode_ade20k_seg", "load_dataset", "reader_splits"]
+__all__ = [
+    "DATASETS",
+    "IGNORE",
+    "ClassLabels",
+    "Dataset",
+    "GroundTruth",
+    "RegionAnnotations",
+    "DatasetRootError",
+    "Sample",
+    "decode_ade20k_seg",
+    "load_dataset",
+    "reader_splits",
+]

@@ -21,6 +21,24 @@ class DatasetRootError(FileNotFoundError):
 
 
 @dataclass(frozen=True)
+class ClassLabels:
+    """Ground truth by class: ``labels`` (H, W) uint8 classes 0..K−1, 255 = ignore."""
+
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class RegionAnnotations:
+    """Ground truth by region, without classes: ``annotators``, one (H, W) int32 region map each
+    (BSDS500's several human segmentations)."""
+
+    annotators: list[np.ndarray]
+
+
+GroundTruth = ClassLabels | RegionAnnotations
+
+
+@dataclass(frozen=True)
 class Sample:
     """One evaluation image: its id, the image file and its ground-truth file (if one per image)."""
 
@@ -31,7 +49,8 @@ class Sample:
 
 class Dataset:
     """A benchmark split. Subclasses set ``name``, ``class_names`` and the samples, and implement
-    ``load_label``: (H, W) uint8 classes 0..K−1, 255 = ignore."""
+    ``load_label``: (H, W) uint8 classes 0..K−1, 255 = ignore. ``ground_truth`` gives it typed:
+    ``ClassLabels`` here, ``RegionAnnotations`` for the region benchmarks."""
 
     name = "dataset"
     class_names: tuple[str, ...] = ()
@@ -51,10 +70,16 @@ class Dataset:
     def load_label(self, sample: Sample) -> np.ndarray:
         raise NotImplementedError
 
+    def ground_truth(self, sample: Sample) -> GroundTruth:
+        """The sample's ground truth, typed by what it holds."""
+        return ClassLabels(self.load_label(sample))
+
     def manifest(self, limit: int | None = None) -> pa.Table:
         """``image_id, uri`` rows: the segment job's input for this split."""
         chosen = self.samples(limit)
-        return pa.table({"image_id": [s.image_id for s in chosen], "uri": [str(Path(s.image).absolute()) for s in chosen]})
+        return pa.table(
+            {"image_id": [s.image_id for s in chosen], "uri": [str(Path(s.image).absolute()) for s in chosen]}
+        )
 
 
 def require(path: Path, what: str, dataset: str, layout: str) -> Path:

@@ -10,7 +10,15 @@ import numpy as np
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from dsseg.evaluation.datasets.base import Dataset, DatasetRootError, Sample, lookup_table, read_indices, read_list, require
+from dsseg.evaluation.datasets.base import (
+    Dataset,
+    DatasetRootError,
+    Sample,
+    lookup_table,
+    read_indices,
+    read_list,
+    require,
+)
 from dsseg.model.vocabularies import CONTEXT59, VOC20
 
 COCOSTUFF27_NAMES = (
@@ -26,7 +34,19 @@ CITYSCAPES27_NAMES = (
     "truck", "bus", "caravan", "trailer", "train", "motorcycle", "bicycle",
 )  # fmt: skip
 
-CAMVID_NAMES = ("sky", "building", "pole", "road", "pavement", "tree", "sign symbol", "fence", "car", "pedestrian", "bicyclist")
+CAMVID_NAMES = (
+    "sky",
+    "building",
+    "pole",
+    "road",
+    "pavement",
+    "tree",
+    "sign symbol",
+    "fence",
+    "car",
+    "pedestrian",
+    "bicyclist",
+)
 
 ADE150_NAMES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
@@ -55,7 +75,9 @@ class LabelPngDataset(Dataset):
         self.name, self.class_names, self.table = name, class_names, table
         missing = [path for s in samples for path in (s.image, s.label) if not Path(path).is_file()]
         if missing:
-            raise DatasetRootError(f"{name}: {len(missing)} of the split's {2 * len(samples)} image and label files are missing, e.g. {missing[0]}")
+            raise DatasetRootError(
+                f"{name}: {len(missing)} of the split's {2 * len(samples)} image and label files are missing, e.g. {missing[0]}"
+            )
         super().__init__(samples)
 
     def load_label(self, sample: Sample) -> np.ndarray:
@@ -94,7 +116,14 @@ def cityscapes27(root: str | Path, split: str = "val") -> LabelPngDataset:
     layout = f"  leftImg8bit/{split}/<city>/<name>_leftImg8bit.png\n  gtFine/{split}/<city>/<name>_gtFine_labelIds.png"
     flat = sorted(root.glob("*_leftImg8bit.png")) if not (root / "leftImg8bit").exists() else []
     if flat:
-        samples = [Sample(p.name.removesuffix("_leftImg8bit.png"), str(p), str(p.with_name(p.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png")))) for p in flat]
+        samples = [
+            Sample(
+                p.name.removesuffix("_leftImg8bit.png"),
+                str(p),
+                str(p.with_name(p.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png"))),
+            )
+            for p in flat
+        ]
         return LabelPngDataset("cityscapes27", CITYSCAPES27_NAMES, samples, table)
     images = require(root / "leftImg8bit" / split, "images", "cityscapes27", layout)
     labels = require(root / "gtFine" / split, "gtFine label maps", "cityscapes27", layout)
@@ -113,7 +142,12 @@ def ade20k150(root: str | Path, split: str = "validation") -> LabelPngDataset:
     images = require(root / "images" / split, "images", "ade20k150", layout)
     labels = require(root / "annotations" / split, "annotations", "ade20k150", layout)
     ids = sorted(p.stem for p in labels.glob("*.png"))
-    return LabelPngDataset("ade20k150", ADE150_NAMES, _pairs(images, labels, ids, ".jpg", ".png"), lookup_table({c + 1: c for c in range(150)}))
+    return LabelPngDataset(
+        "ade20k150",
+        ADE150_NAMES,
+        _pairs(images, labels, ids, ".jpg", ".png"),
+        lookup_table({c + 1: c for c in range(150)}),
+    )
 
 
 def voc2012(root: str | Path, split: str = "val") -> LabelPngDataset:
@@ -133,11 +167,15 @@ def pascal_context(root: str | Path, split: str = "val", classes: int = 59) -> L
         raise ValueError(f"pascal_context has 59 or 60 classes; got {classes}")
     root = Path(root)
     layout = f"  JPEGImages/<id>.jpg\n  SegmentationClassContext/<id>.png\n  ImageSets/SegmentationContext/{split}.txt"
-    ids = read_list(require(root / "ImageSets" / "SegmentationContext" / f"{split}.txt", "split list", "pascal_context", layout))
+    ids = read_list(
+        require(root / "ImageSets" / "SegmentationContext" / f"{split}.txt", "split list", "pascal_context", layout)
+    )
     labels = require(root / "SegmentationClassContext", "label maps", "pascal_context", layout)
     samples = _pairs(root / "JPEGImages", labels, ids, ".jpg", ".png")
     if classes == 60:
-        return LabelPngDataset("context60", ("background", *CONTEXT59), samples, lookup_table({c: c for c in range(60)}))
+        return LabelPngDataset(
+            "context60", ("background", *CONTEXT59), samples, lookup_table({c: c for c in range(60)})
+        )
     return LabelPngDataset("context59", CONTEXT59, samples, lookup_table({c + 1: c for c in range(59)}))
 
 
@@ -167,4 +205,6 @@ def manifest_dataset(path: str | Path, class_names: tuple[str, ...]) -> LabelPng
         raise ValueError("a manifest dataset needs its class names (--classes or class_names=...)")
     rows = table.select(["image_id", "uri", "label"]).to_pylist()
     samples = [Sample(str(r["image_id"]), str(path.parent / r["uri"]), str(path.parent / r["label"])) for r in rows]
-    return LabelPngDataset("manifest", tuple(class_names), samples, lookup_table({c: c for c in range(len(class_names))}))
+    return LabelPngDataset(
+        "manifest", tuple(class_names), samples, lookup_table({c: c for c in range(len(class_names))})
+    )

@@ -11,14 +11,15 @@ import numpy as np
 from PIL import Image
 from scipy.io import loadmat
 
-from dsseg.evaluation.datasets.base import IGNORE, Dataset, Sample, require
+from dsseg.evaluation.datasets.base import IGNORE, Dataset, RegionAnnotations, Sample, require
 from dsseg.evaluation.datasets.png import ADE150_NAMES
 from dsseg.model.vocabularies import COCO80
 
 
 class BSDS500(Dataset):
     """BSDS500: ``images/[<split>/]<id>.jpg`` and ``groundTruth/[<split>/]<id>.mat``; several
-    human segmentations per image (region maps, no classes): ``load_annotations``."""
+    human segmentations per image (region maps, no classes): ``ground_truth`` gives
+    ``RegionAnnotations``; ``load_label`` (for overlays) the first annotator's map."""
 
     name = "bsds500"
 
@@ -35,8 +36,11 @@ class BSDS500(Dataset):
         return [cell["Segmentation"][0, 0].astype(np.int32) for cell in cells]
 
     def load_label(self, sample: Sample) -> np.ndarray:
-        """The first annotator's regions (for overlays); score with ``load_annotations``."""
+        """The first annotator's regions (for overlays)."""
         return self.load_annotations(sample)[0]
+
+    def ground_truth(self, sample: Sample) -> RegionAnnotations:
+        return RegionAnnotations(self.load_annotations(sample))
 
 
 class WeizmannHorses(Dataset):
@@ -71,7 +75,9 @@ class COCOObject(Dataset):
 
         root = Path(root)
         layout = f"  {split}/<file_name>.jpg\n  annotations/instances_{split}.json"
-        annotations = require(root / "annotations" / f"instances_{split}.json", "instance annotations", self.name, layout)
+        annotations = require(
+            root / "annotations" / f"instances_{split}.json", "instance annotations", self.name, layout
+        )
         self.coco = COCO(str(annotations))
         categories = sorted(self.coco.getCatIds())
         if len(categories) != len(COCO80):
@@ -108,7 +114,12 @@ class ADE20KFull(Dataset):
         require(root, "folder", self.name, "  <name>.jpg\n  <name>_seg.png\n  <name>.json")
         self.class_names = tuple(class_names)
         seg = sorted(root.rglob("*_seg.png"))
-        super().__init__([Sample(p.name.removesuffix("_seg.png"), str(p.with_name(p.name.replace("_seg.png", ".jpg"))), str(p)) for p in seg])
+        super().__init__(
+            [
+                Sample(p.name.removesuffix("_seg.png"), str(p.with_name(p.name.replace("_seg.png", ".jpg"))), str(p))
+                for p in seg
+            ]
+        )
 
     def object_classes(self, sample: Sample) -> dict[int, int]:
         """Full ADE20K class index → our class, for the objects of one image."""

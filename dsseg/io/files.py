@@ -1,0 +1,58 @@
+"""Atomic writes: every file dsseg writes is whole or absent, on local disks and object stores.
+
+``write_atomically(fs, path, write)`` hands ``write`` a stream on a temporary sibling
+(``.<name>.<random>.tmp``) and moves it into place only when ``write`` returns; a failed write
+removes it. ``remove_stale_temporaries`` clears the ones a killed writer left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow.fs as pafs
+
+STALE_SECONDS = 3600  # a temporary file this old belongs to a writer that died
+
+
+def write_atomically(fs: pafs.FileSystem, path: str, write: Callable[[IO[bytes]], Any]) -> str:
+    """``write(stream)`` into a temporary sibling of ``path`` on ``fs``, then move it to ``path``."""
+    folder, name = path.rsplit("/", 1)
+    temporary = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with fs.open_output_stream(temporary) as stream:
+            write(stream)
+        fs.move(temporary, path)
+    except BaseException:
+        if fs.get_file_info(temporary).type == pafs.FileType.File:
+            fs.delete_file(temporary)
+        raise
+    return path
+
+
+def write_file(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
+    """``write_atomically`` for a local file (its folder created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(pafs.LocalFileSystem(), str(path.absolute()), write)
+    return path
+
+
+def write_json(fs: pafs.FileSystem, path: str, document: Any) -> str:
+    """``document`` as indented JSON (non-JSON values as strings), atomically."""
+    data = json.dumps(document, indent=2, default=str).encode()
+    return write_atomically(fs, path, lambda stream: stream.write(data))
+
+
+def remove_stale_temporaries(folder: Path, older_than: float = STALE_SECONDS) -> int:
+    """Delete the ``.*.tmp`` files that killed writers left under ``folder`` (younger ones may belong
+    to a writer still running); returns how many."""
+    removed = 0
+    for path in folder.rglob(".*.tmp") if folder.exists() else []:
+        if time.time() - path.stat().st_mtime > older_than:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
