@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
 IMAGES = DATA / "images"
 GROUND_TRUTH = DATA / "gt"
+TINY = ["--backbone", "tiny", "--device", "cpu"]  # command-line flags of a quick CPU run
 
 
 @pytest.fixture(scope="session")

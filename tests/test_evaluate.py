@@ -13,7 +13,7 @@ import numpy as np
 import official_diffseg as official
 import pyarrow.parquet as pq
 import pytest
-from conftest import DATA, GROUND_TRUTH, IMAGES
+from conftest import DATA, GROUND_TRUTH, IMAGES, TINY
 from PIL import Image
 
 from dsseg.evaluation import evaluate as evaluate_command
@@ -155,20 +155,7 @@ def test_evaluate_job_writes_metrics_and_reports(ray_local, tmp_path):
 def test_evaluate_scores_only_this_runs_configs_and_images(ray_local, tmp_path):
     root = _horse_root(tmp_path / "horse")
     out = tmp_path / "eval"
-    common = [
-        "--dataset",
-        "horse",
-        "--root",
-        str(root),
-        "--output",
-        str(out),
-        "--backbone",
-        "tiny",
-        "--device",
-        "cpu",
-        "--report-images",
-        "1",
-    ]
+    common = ["--dataset", "horse", "--root", str(root), "--output", str(out), *TINY, "--report-images", "1"]
     evaluate = evaluate_command
     assert evaluate.main([*common, "--param", "image_size=64"]) == 0
     assert evaluate.main([*common, "--param", "image_size=128", "--limit", "1"]) == 0  # a second config, one image

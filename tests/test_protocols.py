@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import GROUND_TRUTH, IMAGES, ROOT
+from conftest import GROUND_TRUTH, IMAGES, ROOT, TINY
 from PIL import Image
 
 from dsseg.benchmark import manc_study
@@ -125,18 +125,7 @@ def test_cityscapes_preset_end_to_end_reports_the_published_number(ray_local, tm
         root / "frankfurt_000000_000294_gtFine_labelIds.png",
     )
     out = tmp_path / "eval"
-    argv = [
-        "--preset",
-        "diffseg-cityscapes27",
-        "--root",
-        str(root),
-        "--output",
-        str(out),
-        "--backbone",
-        "tiny",
-        "--device",
-        "cpu",
-    ]
+    argv = ["--preset", "diffseg-cityscapes27", "--root", str(root), "--output", str(out), *TINY]
     assert evaluate_command.main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     (config,) = metrics["configs"].values()
@@ -264,18 +253,7 @@ def _voc_root(root: Path) -> Path:
 def test_background_threshold_is_tuned_on_another_split_never_the_evaluated_one(ray_local, tmp_path):
     root = _voc_root(tmp_path / "voc")
     out = tmp_path / "eval"
-    common = [
-        "--root",
-        str(root),
-        "--output",
-        str(out),
-        "--backbone",
-        "tiny",
-        "--device",
-        "cpu",
-        "--report-images",
-        "1",
-    ]
+    common = ["--root", str(root), "--output", str(out), *TINY, "--report-images", "1"]
     evaluate = evaluate_command
     refused = [
         "--dataset",

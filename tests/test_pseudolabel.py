@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import GROUND_TRUTH, IMAGES
+from conftest import GROUND_TRUTH, IMAGES, TINY
 from PIL import Image
 from pycocotools.coco import COCO
 
@@ -127,18 +127,7 @@ def _manifest(tmp_path: Path) -> Path:
     return path
 
 
-FAST = [
-    "--backbone",
-    "tiny",
-    "--device",
-    "cpu",
-    "--param",
-    "image_size=128",
-    "--pamr-iterations",
-    "2",
-    "--min-area",
-    "0.0",
-]
+FAST = [*TINY, "--param", "image_size=128", "--pamr-iterations", "2", "--min-area", "0.0"]
 
 
 def test_two_shards_export_voc_and_coco_with_unique_ids(ray_local, tmp_path):

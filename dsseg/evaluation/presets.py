@@ -199,200 +199,63 @@ BACKGROUND_TUNING = _grid(0.30, 0.74, 0.01)
 SPLITS = {"cocostuff27": "val2017", "cityscapes27": "val", "ade20k150": "validation"}
 
 
+def _diffseg(
+    name: str, paper: str, row: str, dataset: str, protocol: str, published: dict, kl_threshold: float
+) -> Preset:
+    """A row measured with DiffSeg as its official code runs it (τ the row's)."""
+    params = {**DIFFSEG_PARAMS, "kl_threshold": kl_threshold}
+    return Preset(name, paper, row, dataset, protocol, published, SD14, "diffseg", params, choices=DIFFSEG_CHOICES)
+
+
+def _dwc(
+    name: str, row: str, dataset: str, protocol: str, published: dict, choices: tuple = (), **changes: Any
+) -> Preset:
+    """A row of Diffusing, Walking and Cutting: its best setting with ``changes``."""
+    params = {**DWC_BEST, **changes}
+    return Preset(name, DWC, row, dataset, protocol, published, SD14, "ncut", params, choices=(*DWC_CHOICES, *choices))
+
+
+def _diffsegmenter(name: str, dataset: str, split: str, tune_split: str, miou: float) -> Preset:
+    """A zero-shot open-vocabulary row of DiffSegmenter (mIoU, background threshold tuned)."""
+    tuning = Tuning("background_threshold", BACKGROUND_TUNING, tune_split)
+    return Preset(
+        name, DIFFSEGMENTER, f"zero-shot open vocabulary, {dataset}", dataset, "semantic", {"miou": miou}, SD15, "openvocab",
+        DIFFSEGMENTER_PARAMS, frame="label", split=split, class_filter=CLIP_FILTER, tuning=tuning, choices=DIFFSEGMENTER_CHOICES,
+    )  # fmt: skip
+
+
 def _presets() -> list[Preset]:
-    coco = "cocostuff27"
+    coco, t6 = "cocostuff27", "Table 6, "
+    four_levels = "the 8² level is read from the mid block, the only 8² self-attention (the decoder has none)"
+    ade = (
+        "ADE20K in DiffSeg's protocol (centre square, 512²) like COCO-Stuff; the full ADE20K release (ade20k_full) "
+        "stands in for SceneParsing, its objects mapped to the 150 classes"
+    )
     presets = [
-        Preset(
-            "diffseg-cocostuff27",
-            DIFFSEG,
-            "COCO-Stuff-27: DiffSeg, τ 1.1",
-            coco,
-            "per_image",
-            {"acc": 72.5, "miou": 43.6},
-            SD14,
-            "diffseg",
-            {**DIFFSEG_PARAMS, "kl_threshold": 1.1},
-            choices=DIFFSEG_CHOICES,
-        ),
-        Preset(
-            "diffseg-cityscapes27",
-            DIFFSEG,
-            "Cityscapes: DiffSeg, τ 0.9 (DWC §4.5)",
-            "cityscapes27",
-            "per_image",
-            {"acc": 76.0, "miou": 21.2},
-            SD14,
-            "diffseg",
-            {**DIFFSEG_PARAMS, "kl_threshold": 0.9},
-            choices=DIFFSEG_CHOICES,
-        ),
-        Preset(
-            "dwc-diffseg-globally-averaged",
-            DWC,
-            "Table 6, DiffSeg, globally averaged",
-            coco,
-            "per_image",
-            {"acc": 72.5, "f1": 58.5, "miou": 43.6},
-            SD14,
-            "diffseg",
-            {**DIFFSEG_PARAMS, "kl_threshold": 1.1},
-            choices=DIFFSEG_CHOICES,
-        ),
-        Preset(
-            "dwc-diffseg-per-image-avg",
-            DWC,
-            "Table 6, DiffSeg, per-image averaged",
-            coco,
-            "per_image_avg",
-            {"acc": 72.6, "f1": 71.1, "miou": 34.1},
-            SD14,
-            "diffseg",
-            {**DIFFSEG_PARAMS, "kl_threshold": 1.1},
-            choices=DIFFSEG_CHOICES,
-        ),
-        Preset(
-            "dwc-diffseg-oracle-merged",
-            DWC,
-            "Table 6, DiffSeg, per-image averaged with the oracle merge",
-            coco,
-            "oracle_merged",
-            {"acc": 79.2, "f1": 73.0, "miou": 60.6},
-            SD14,
-            "diffseg",
-            {**DIFFSEG_PARAMS, "kl_threshold": 1.1},
-            choices=DIFFSEG_CHOICES,
-        ),
-        Preset(
-            "dwc-manc-ncut",
-            DWC,
-            "COCO-Stuff-27: MAN-C w/ NCut, k = 1, resolutions {64, 32, 16} (the best row)",
-            coco,
-            "per_image",
-            {"acc": 74.1, "f1": 60.8, "miou": 46.6},
-            SD14,
-            "ncut",
-            DWC_BEST,
-            choices=DWC_CHOICES,
-        ),
-        Preset(
-            "dwc-manc-ncut-four-levels",
-            DWC,
-            "COCO-Stuff-27: MAN-C w/ NCut, k = 1, all four resolutions",
-            coco,
-            "per_image",
-            {"miou": 46.1},
-            SD14,
-            "ncut",
-            {**DWC_BEST, "blocks": ("mid", "up"), "resolutions": (64, 32, 16, 8)},
-            choices=(
-                *DWC_CHOICES,
-                "the 8² level is read from the mid block, the only 8² self-attention (the decoder has none)",
-            ),
-        ),
-        Preset(
-            "dwc-random-walk",
-            DWC,
-            "COCO-Stuff-27: Random Walk NCut on P, threshold 0.3 (baseline)",
-            coco,
-            "per_image",
-            {"acc": 72.2, "f1": 56.9, "miou": 43.3},
-            SD14,
-            "ncut",
-            {**DWC_BEST, "graph": "random_walk", "stopping": "threshold", "threshold": 0.3},
-            choices=DWC_CHOICES,
-        ),
-        Preset(
-            "dwc-dot-threshold",
-            DWC,
-            "COCO-Stuff-27: dot-product adjacency A = P·Pᵀ, NCut threshold 0.4",
-            coco,
-            "per_image",
-            {"acc": 74.0, "f1": 58.4, "miou": 44.0},
-            SD14,
-            "ncut",
-            {**DWC_BEST, "stopping": "threshold", "threshold": 0.4},
-            choices=DWC_CHOICES,
-        ),
-        Preset(
-            "dwc-ncut-per-image-avg",
-            DWC,
-            "Table 6, MAN-C w/ NCut, per-image averaged",
-            coco,
-            "per_image_avg",
-            {"acc": 74.0, "f1": 73.3, "miou": 38.0},
-            SD14,
-            "ncut",
-            DWC_BEST,
-            choices=DWC_CHOICES,
-        ),
-        Preset(
-            "dwc-ncut-oracle-merged",
-            DWC,
-            "Table 6, MAN-C w/ NCut, per-image averaged with the oracle merge",
-            coco,
-            "oracle_merged",
-            {"acc": 83.6, "f1": 76.0, "miou": 64.5},
-            SD14,
-            "ncut",
-            DWC_BEST,
-            choices=DWC_CHOICES,
-        ),
-        Preset(
-            "dwc-cityscapes27",
-            DWC,
-            "Cityscapes: MAN-C w/ NCut",
-            "cityscapes27",
-            "per_image",
-            {"miou": 22.0},
-            SD14,
-            "ncut",
-            DWC_BEST,
-            choices=DWC_CHOICES,
-        ),
-        Preset(
-            "dwc-ade20k150",
-            DWC,
-            "ADE20K (150 classes): MAN-C w/ NCut",
-            "ade20k150",
-            "per_image",
-            {"miou": 41.2},
-            SD14,
-            "ncut",
-            DWC_BEST,
-            readers=("ade20k_full",),
-            choices=(
-                *DWC_CHOICES,
-                "ADE20K in DiffSeg's protocol (centre square, 512²) like COCO-Stuff; the full ADE20K "
-                "release (ade20k_full) stands in for SceneParsing, its objects mapped to the 150 classes",
-            ),
-        ),
-    ]
+        _diffseg("diffseg-cocostuff27", DIFFSEG, "COCO-Stuff-27: DiffSeg, τ 1.1", coco, "per_image", {"acc": 72.5, "miou": 43.6}, 1.1),
+        _diffseg("diffseg-cityscapes27", DIFFSEG, "Cityscapes: DiffSeg, τ 0.9 (DWC §4.5)", "cityscapes27", "per_image", {"acc": 76.0, "miou": 21.2}, 0.9),
+        _diffseg("dwc-diffseg-globally-averaged", DWC, t6 + "DiffSeg, globally averaged", coco, "per_image", {"acc": 72.5, "f1": 58.5, "miou": 43.6}, 1.1),
+        _diffseg("dwc-diffseg-per-image-avg", DWC, t6 + "DiffSeg, per-image averaged", coco, "per_image_avg", {"acc": 72.6, "f1": 71.1, "miou": 34.1}, 1.1),
+        _diffseg("dwc-diffseg-oracle-merged", DWC, t6 + "DiffSeg, per-image averaged with the oracle merge", coco, "oracle_merged", {"acc": 79.2, "f1": 73.0, "miou": 60.6}, 1.1),
+        _dwc("dwc-manc-ncut", "COCO-Stuff-27: MAN-C w/ NCut, k = 1, resolutions {64, 32, 16} (the best row)", coco, "per_image", {"acc": 74.1, "f1": 60.8, "miou": 46.6}),
+        _dwc("dwc-manc-ncut-four-levels", "COCO-Stuff-27: MAN-C w/ NCut, k = 1, all four resolutions", coco, "per_image", {"miou": 46.1}, (four_levels,), blocks=("mid", "up"), resolutions=(64, 32, 16, 8)),
+        _dwc("dwc-random-walk", "COCO-Stuff-27: Random Walk NCut on P, threshold 0.3 (baseline)", coco, "per_image", {"acc": 72.2, "f1": 56.9, "miou": 43.3}, graph="random_walk", stopping="threshold", threshold=0.3),
+        _dwc("dwc-dot-threshold", "COCO-Stuff-27: dot-product adjacency A = P·Pᵀ, NCut threshold 0.4", coco, "per_image", {"acc": 74.0, "f1": 58.4, "miou": 44.0}, stopping="threshold", threshold=0.4),
+        _dwc("dwc-ncut-per-image-avg", t6 + "MAN-C w/ NCut, per-image averaged", coco, "per_image_avg", {"acc": 74.0, "f1": 73.3, "miou": 38.0}),
+        _dwc("dwc-ncut-oracle-merged", t6 + "MAN-C w/ NCut, per-image averaged with the oracle merge", coco, "oracle_merged", {"acc": 83.6, "f1": 76.0, "miou": 64.5}),
+        _dwc("dwc-cityscapes27", "Cityscapes: MAN-C w/ NCut", "cityscapes27", "per_image", {"miou": 22.0}),
+        dataclasses.replace(_dwc("dwc-ade20k150", "ADE20K (150 classes): MAN-C w/ NCut", "ade20k150", "per_image", {"miou": 41.2}, (ade,)), readers=("ade20k_full",)),
+    ]  # fmt: skip
     scaled_mincut = {1: {"miou": 23.8}, 3: {"miou": 42.4}}  # k = 2, 4, 5: not recorded in REFERENCES.md
-    for k in range(1, 6):
-        presets.append(
-            Preset(
-                f"dwc-scaled-mincut-k{k}",
-                DWC,
-                f"Table 2, COCO-Stuff-27: MAN-C w/ Scaled MinCut, power walk k = {k}",
-                coco,
-                "per_image",
-                scaled_mincut.get(k, {}),
-                SD14,
-                "ncut",
-                {**DWC_BEST, "stopping": "manc_mincut", "power": k},
-                choices=DWC_CHOICES,
-            )
-        )
-    for name, dataset, split, tune_split, score in (
-        ("diffsegmenter-voc2012", "voc2012", "val", "train", 60.1),
-        ("diffsegmenter-context60", "context60", "val", "train", 27.5),
-        ("diffsegmenter-coco-object", "coco_object", "val2014", "train2014", 37.9),
-    ):
-        presets.append(
-            Preset(name, DIFFSEGMENTER, f"zero-shot open vocabulary, {dataset}", dataset, "semantic", {"miou": score},
-                   SD15, "openvocab", DIFFSEGMENTER_PARAMS, frame="label", split=split, class_filter=CLIP_FILTER,
-                   tuning=Tuning("background_threshold", BACKGROUND_TUNING, tune_split), choices=DIFFSEGMENTER_CHOICES)
-        )  # fmt: skip
+    presets += [
+        _dwc(f"dwc-scaled-mincut-k{k}", f"Table 2, COCO-Stuff-27: MAN-C w/ Scaled MinCut, power walk k = {k}", coco, "per_image", scaled_mincut.get(k, {}), stopping="manc_mincut", power=k)
+        for k in range(1, 6)
+    ]  # fmt: skip
+    presets += [
+        _diffsegmenter("diffsegmenter-voc2012", "voc2012", "val", "train", 60.1),
+        _diffsegmenter("diffsegmenter-context60", "context60", "val", "train", 27.5),
+        _diffsegmenter("diffsegmenter-coco-object", "coco_object", "val2014", "train2014", 37.9),
+    ]
     return [
         preset if preset.split else dataclasses.replace(preset, split=SPLITS.get(preset.dataset)) for preset in presets
     ]

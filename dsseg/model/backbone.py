@@ -194,11 +194,7 @@ def _build_random(name: str, seed: int) -> dict:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
-            sample_size=64,
-            layers_per_block=2,
-            down_block_types=_CROSS_DOWN,
-            up_block_types=_CROSS_UP,
-            **arch["unet"],
+            sample_size=64, layers_per_block=2, down_block_types=_CROSS_DOWN, up_block_types=_CROSS_UP, **arch["unet"]
         )
         vae = AutoencoderKL(
             down_block_types=("DownEncoderBlock2D",) * 4,
