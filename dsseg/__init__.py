@@ -20,7 +20,7 @@ _EXPORTS = {
     "Segmentation": "dsseg.segmentation",
     "Segmenter": "dsseg.segmenter",
     "MethodSpec": "dsseg.spec",
-    "ConfigError": "dsseg.model.config",
+    "ConfigError": "dsseg.errors",
     "ExtractConfig": "dsseg.model.config",
     "AttentionBundle": "dsseg.model.extract",
     "AttentionExtractor": "dsseg.model.extract",
@@ -36,8 +36,9 @@ __all__ = [
 
 if TYPE_CHECKING:
     from dsseg.api import segment_attention, segment_image
+    from dsseg.errors import ConfigError
     from dsseg.model.backbone import Backbone, BackboneNotFoundError, load_backbone
-    from dsseg.model.config import ConfigError, ExtractConfig
+    from dsseg.model.config import ExtractConfig
     from dsseg.model.extract import AttentionBundle, AttentionExtractor
     from dsseg.segmentation import Segmentation
     from dsseg.segmenter import Segmenter

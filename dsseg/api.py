@@ -10,12 +10,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dsseg.errors import ConfigError
 from dsseg.io.frames import resize_labels
 from dsseg.io.images import load_rgb
 from dsseg.methods import get_method
 from dsseg.model.backbone import DEFAULT_BACKBONE, Backbone, cached_backbone
 from dsseg.model.class_filters import ClassFilter
-from dsseg.model.config import ConfigError
 from dsseg.model.extract import AttentionBundle
 from dsseg.segmentation import Segmentation
 from dsseg.segmenter import Segmenter

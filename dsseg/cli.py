@@ -23,9 +23,10 @@ import sys
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
+from dsseg.errors import ConfigError
 from dsseg.io.images import GEOMETRIES
 from dsseg.methods import METHOD_NAMES
-from dsseg.model.config import DEFAULT_BACKBONE, NOISE_MODES, ConfigError
+from dsseg.model.config import DEFAULT_BACKBONE, NOISE_MODES
 from dsseg.model.vocabularies import VOCABULARIES
 
 if TYPE_CHECKING:

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dsseg.errors import ConfigError
 from dsseg.io.images import Geometry
 from dsseg.methods import get_method, run_method
 from dsseg.methods.base import MethodResult
 from dsseg.model.backbone import Backbone
 from dsseg.model.class_filters import ClassFilter, filter_classes
-from dsseg.model.config import ConfigError, ExtractConfig, Preparation
+from dsseg.model.config import ExtractConfig, Preparation
 from dsseg.model.extract import AttentionExtractor, to_model_input
 from dsseg.segmentation import Segmentation, segmentation_from_labels
 from dsseg.spec import MethodSpec, SegmentConfig

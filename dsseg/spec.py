@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
-from dsseg.model.config import EXTRACT_PARAMS, ConfigError, ExtractConfig, check_resolutions
+from dsseg.errors import ConfigError
+from dsseg.model.config import EXTRACT_PARAMS, ExtractConfig, check_resolutions
 
 NamingMode = Literal["majority", "mean"]
 NAMING_MODES: tuple[NamingMode, ...] = ("majority", "mean")

@@ -11,6 +11,7 @@ import torch
 from conftest import IMAGES
 from faults import BAD, GOOD, make_fault_folder, write_tar
 
+from dsseg.errors import ConfigError
 from dsseg.io.masks import decode_segments
 from dsseg.io.results import read_results, scan, write_parts
 from dsseg.io.schema import OUTPUT_SCHEMA
@@ -20,7 +21,6 @@ from dsseg.job.decode import decode_batch
 from dsseg.job.model_stage import SegmentWorker
 from dsseg.job.runner import run_segment_job
 from dsseg.job.write import encode_row
-from dsseg.model.config import ConfigError
 from dsseg.segmenter import forward_groups
 from dsseg.spec import MethodSpec
 

@@ -37,6 +37,8 @@ import pyarrow.fs as pafs
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from dsseg.errors import ConfigError
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
@@ -124,11 +126,13 @@ def list_inputs(spec: str, limit: int | None = None, shard: tuple[int, int] | No
     """
     items = _expand(spec)
     if not items:
-        raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) or .tar shards found in --input {spec!r}")
+        raise ConfigError(
+            "input", f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) or .tar shards found in {spec!r}"
+        )
     repeated = [image_id for image_id, count in Counter(item["image_id"] for item in items).items() if count > 1]
     if repeated:
-        raise ValueError(
-            f"--input {spec!r} has {len(repeated)} repeated image_id(s), e.g. {repeated[:3]}; ids must be unique"
+        raise ConfigError(
+            "input", f"{spec!r} has {len(repeated)} repeated image_id(s), e.g. {repeated[:3]}; ids must be unique"
         )
     if shard is not None:
         items = [item for item in items if in_shard(item["image_id"], shard)]
@@ -146,8 +150,8 @@ def _expand(spec: str) -> list[Item]:
     fs, path = resolve(spec)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
-        raise ValueError(
-            f"--input {spec!r} does not exist; give an image file, a folder, a glob, a manifest or a .tar shard"
+        raise ConfigError(
+            "input", f"{spec!r} does not exist; give an image file, a folder, a glob, a manifest or a .tar shard"
         )
     if info.type == pafs.FileType.Directory:
         files = [
@@ -161,9 +165,10 @@ def _expand(spec: str) -> list[Item]:
         return list_tar(spec)
     if suffix in IMAGE_EXTENSIONS:
         return [_item(posixpath.basename(path), uri_of(spec, path))]
-    raise ValueError(
-        f"--input {spec!r}: cannot tell what {suffix or 'this file'} is; give an image, a folder, a glob, "
-        f"a manifest ({', '.join(sorted(MANIFEST_EXTENSIONS))}) or a {TAR_EXTENSION} shard"
+    raise ConfigError(
+        "input",
+        f"{spec!r}: cannot tell what {suffix or 'this file'} is; give an image, a folder, a glob, "
+        f"a manifest ({', '.join(sorted(MANIFEST_EXTENSIONS))}) or a {TAR_EXTENSION} shard",
     )
 
 
@@ -174,7 +179,7 @@ def _from_glob(spec: str) -> list[Item]:
     root = "/".join(parts[:fixed]) or "/"
     relative_pattern = "/".join(parts[fixed:])
     if fs.get_file_info(root).type != pafs.FileType.Directory:
-        raise ValueError(f"--input {spec!r}: the folder {root!r} before the wildcard does not exist")
+        raise ConfigError("input", f"{spec!r}: the folder {root!r} before the wildcard does not exist")
     files = [
         f.path
         for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))

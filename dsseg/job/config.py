@@ -16,9 +16,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from dsseg.errors import ConfigError
 from dsseg.io.images import DEFAULT_MAX_PIXELS
 from dsseg.io.sources import is_uri
-from dsseg.model.config import DEFAULT_BACKBONE, RUNTIME_FIELDS, ConfigError, Preparation
+from dsseg.model.config import DEFAULT_BACKBONE, RUNTIME_FIELDS, Preparation
 from dsseg.spec import MethodSpec
 
 MASK_FRAMES = (

@@ -47,7 +47,7 @@ def _registry() -> dict[str, Method]:
 def get_method(name: str) -> Method:
     """The registered method called ``name``; a clear error lists the choices otherwise."""
     if name not in METHOD_NAMES:
-        from dsseg.model.config import ConfigError
+        from dsseg.errors import ConfigError
 
         raise ConfigError("method", f"unknown method {name!r}; available: {list(METHOD_NAMES)}")
     return _registry()[name]

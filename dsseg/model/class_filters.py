@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dsseg.errors import ConfigError
+
 ClassFilter = Callable[[Sequence[np.ndarray], Sequence[Sequence[str]]], list[list[str]]]
 
 # OpenAI CLIP's input normalisation (its preprocessor_config.json).
@@ -106,7 +108,7 @@ def load_class_filter(spec: str, device: str | None = None, offline: bool = Fals
     """``clip:MODEL`` → ``CLIPClassFilter(MODEL)``; ``package.module:factory`` → ``factory()``."""
     kind, sep, target = spec.partition(":")
     if not sep or not target:
-        raise ValueError(f"--class-filter expects clip:MODEL or package.module:factory; got {spec!r}")
+        raise ConfigError("class_filter", f"expects clip:MODEL or package.module:factory; got {spec!r}")
     if kind == "clip":
         local = Path(target).expanduser()
         return CLIPClassFilter(str(local) if local.exists() else target, device=device, offline=offline)
@@ -114,7 +116,7 @@ def load_class_filter(spec: str, device: str | None = None, offline: bool = Fals
         factory = getattr(importlib.import_module(kind), target)
     except (ImportError, AttributeError) as error:
         raise ClassFilterNotFoundError(
-            f"--class-filter {spec!r}: cannot import {target} from {kind} ({error})"
+            f"class_filter {spec!r}: cannot import {target} from {kind} ({error})"
         ) from error
     return factory()
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from dsseg.errors import ConfigError
 from dsseg.io.images import GEOMETRIES, SIDE_MULTIPLE, Geometry, GeometryMode, prepare_image
 from dsseg.model.vocabularies import get_vocabulary
 
@@ -34,15 +35,6 @@ DEFAULT_TIMESTEP = 300
 CLASS_PLACEHOLDER = "{class}"
 DEFAULT_TEMPLATE = "a photograph of a {class}"
 DEFAULT_CLASS_WEIGHT = 1.21  # "[class]++": 1.1² (DiffSegmenter)
-
-
-class ConfigError(ValueError):
-    """A parameter with a value that cannot work: ``param`` names it as the library does
-    (``batch_size``), and the command line turns that into its flag (``--batch-size``)."""
-
-    def __init__(self, param: str, reason: str) -> None:
-        super().__init__(f"{param}: {reason}")
-        self.param, self.reason = param, reason
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,7 @@ def manifest_dataset(path: str | Path, class_names: tuple[str, ...]) -> LabelPng
     if missing:
         raise DatasetRootError(f"manifest {path} lacks column(s) {sorted(missing)}; it needs image_id, uri and label")
     if not class_names:
-        raise ValueError("a manifest dataset needs its class names (--classes or class_names=...)")
+        raise ValueError("a manifest dataset needs its class names (class_names=...; --classes on the command line)")
     rows = table.select(["image_id", "uri", "label"]).to_pylist()
     samples = [Sample(str(r["image_id"]), str(path.parent / r["uri"]), str(path.parent / r["label"])) for r in rows]
     return LabelPngDataset(
