@@ -148,13 +148,6 @@ def batch_size_value(text: str) -> int | str:
     return value
 
 
-JOB_SETTINGS = (
-    "input", "output", "backbone", "device", "dtype", "offline", "compile", "batch_size", "num_workers", "gpus_per_worker",
-    "limit", "shard", "overwrite", "retry_errors", "max_image_side", "max_pixels", "rows_per_file", "class_filter",
-    "exif_transpose", "mask_frame",
-)  # fmt: skip
-
-
 def job_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dsseg job",
@@ -224,11 +217,14 @@ def job_parser() -> argparse.ArgumentParser:
 
 def job_from_args(args: argparse.Namespace) -> SegmentJob:
     """Settings from ``--config`` overlaid by the flags given; ``--method``/``--param`` make one config."""
-    from dsseg.job.config import SegmentJob, load_run_file
+    from dsseg.job.config import RUN_FILE_KEYS, SegmentJob, load_run_file
     from dsseg.spec import MethodSpec
 
     settings = load_run_file(args.config) if args.config else {}
-    settings.update({name: getattr(args, name) for name in JOB_SETTINGS if getattr(args, name) is not None})
+    given = {
+        name: getattr(args, name, None) for name in RUN_FILE_KEYS - {"configs"}
+    }  # every SegmentJob setting has a flag
+    settings.update({name: value for name, value in given.items() if value is not None})
     params = params_from_args(args)
     if args.method is not None or params:
         if "configs" in settings:

@@ -88,3 +88,13 @@ def test_run_file_gives_settings_and_configs_and_flags_override(tmp_path, capsys
     with pytest.raises(SystemExit):
         job_main(["--output", str(tmp_path)])
     assert "--input required" in capsys.readouterr().err
+
+
+def test_every_job_setting_has_a_flag_and_errors_name_it(tmp_path, capsys):
+    from dsseg.cli import flags_of, job_parser
+    from dsseg.job.config import RUN_FILE_KEYS
+
+    assert RUN_FILE_KEYS - {"configs"} <= flags_of(job_parser())
+    with pytest.raises(SystemExit):
+        job_main(["--input", str(IMAGES), "--output", str(tmp_path), "--max-pixels", "10"])
+    assert "--max-pixels: must be ≥ 64" in capsys.readouterr().err  # the library said max_pixels

@@ -19,7 +19,7 @@ from dsseg.io.sources import list_inputs
 from dsseg.job.config import SegmentJob
 from dsseg.job.decode import decode_batch
 from dsseg.job.model_stage import SegmentWorker
-from dsseg.job.runner import run_segment_job
+from dsseg.job.runner import plan, run_segment_job
 from dsseg.job.write import encode_row
 from dsseg.segmenter import forward_groups
 from dsseg.spec import MethodSpec
@@ -100,8 +100,12 @@ def test_resume_after_a_cancelled_run_gives_exactly_one_row_per_image_and_config
 
     third = run_segment_job(job)
     assert third["already_done"] == 4 and third["rows_written"] == 0 and third["complete"]
-    fresh = run_segment_job(SegmentJob(**{**job.__dict__, "overwrite": True, "limit": 1}))
-    assert fresh["rows_written"] == 2 and len(scan(job.output)) == 2
+    _, todo = plan(
+        SegmentJob(**{**job.__dict__, "overwrite": True, "limit": 1})
+    )  # what --overwrite --limit 1 would run
+    assert len(scan(job.output)) == 0 and [len(item["configs"]) for item in todo] == [
+        2
+    ]  # earlier rows gone, both configs redone
 
 
 class CrashOnceWorker(SegmentWorker):

@@ -168,26 +168,46 @@ def test_benchmark_decoding_keeps_the_stored_pixel_order(tmp_path):
     np.testing.assert_array_equal(raw, stored)  # benchmarks: as stored, as their labels were drawn
 
 
-def test_evaluation_reads_an_exif_rotated_image_aligned_with_its_label(ray_local, tmp_path):
+def test_evaluation_reads_an_exif_rotated_image_aligned_with_its_label(tmp_path):
+    from dsseg.evaluation.datasets import load_dataset
+    from dsseg.evaluation.plan import make_plan
+    from dsseg.evaluation.scoring import ModelFrame, score_row
+    from dsseg.io.sources import list_inputs
+    from dsseg.job.decode import decode_batch
+    from dsseg.job.model_stage import SegmentWorker
+    from dsseg.job.write import encode_row
+
     stored = _exif_rotated_jpeg(tmp_path / "rotated.jpg")
     label = np.zeros(stored.shape[:2], dtype=np.uint8)
     label[:, 80:] = 1  # left half class 0, right half class 1, in stored order
     Image.fromarray(label).save(tmp_path / "rotated.png")
-    pq.write_table(
-        pa.table({"image_id": ["rotated"], "uri": ["rotated.jpg"], "label": ["rotated.png"]}),
-        tmp_path / "manifest.parquet",
-    )
-    out = tmp_path / "eval"
+    manifest = tmp_path / "manifest.parquet"
+    pq.write_table(pa.table({"image_id": ["rotated"], "uri": ["rotated.jpg"], "label": ["rotated.png"]}), manifest)
     argv = [
-        "--dataset", "manifest", "--root", str(tmp_path / "manifest.parquet"), "--classes", "left,right", "--output", str(out),
-        "--frame", "model", "--param", "image_size=64", "--backbone", "tiny", "--device", "cpu", "--report-images", "1",
-    ]  # fmt: skip
-    assert evaluate_command.main(argv) == 0
-    (row,) = pq.read_table(out / "run" / "segments").to_pylist()
+        "--dataset",
+        "manifest",
+        "--root",
+        str(manifest),
+        "--classes",
+        "left,right",
+        "--output",
+        str(tmp_path / "eval"),
+    ]
+    args = evaluate_command.parse_args([*argv, "--frame", "model", "--param", "image_size=64", *TINY])
+    plan = make_plan(args)
+    dataset = load_dataset("manifest", manifest, **plan.options)
+    job = evaluate_command.build_job(plan, args, dataset, plan.configs, tmp_path / "eval", None)
+    assert (job.exif_transpose, job.mask_frame) == (False, "model")  # what an evaluation runs with
+    # The job's three stages, in process: decode, model, write.
+    items = [item | {"configs": job.config_ids()} for item in list_inputs(job.input)]
+    decoded = decode_batch(
+        pa.Table.from_pylist(items), job.preparation, job.max_pixels, job.max_image_side, job.exif_transpose
+    )
+    (row,) = [encode_row(model_row, job.mask_frame) for model_row in SegmentWorker(job)(decoded).to_pylist()]
     assert (row["status"], row["height"], row["width"]) == ("ok", 96, 160)  # not rotated to 160 × 96
-    assert json.loads((out / "run" / "config.json").read_text())["exif_transpose"] is False
-    (config,) = json.loads((out / "metrics.json").read_text())["configs"].values()
-    assert config["images"] == 1 and config["failed"] == 0
+    assert {tuple(s["rle"]["size"]) for s in row["segments"]} == {(64, 64)}  # masks in the model frame
+    scores, record = score_row(row, dataset, dataset.samples()[0], "model", ModelFrame(64, "center_crop"))
+    assert scores.scored == 1 and record["status"] == "ok"
 
 
 def test_config_ids_of_earlier_outputs_stay_the_same():
