@@ -44,11 +44,13 @@ COMMANDS = {
 METHOD_PARAM_FLAGS = ("timestep", "noise", "geometry", "classes", "vocabulary", "method")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, backbone_default: str | None = DEFAULT_BACKBONE) -> None:
+def add_model_arguments(
+    parser: argparse.ArgumentParser, backbone_default: str | None = DEFAULT_BACKBONE, note: str = ""
+) -> None:
+    """The model flags. ``backbone_default`` None leaves ``--backbone`` unset when not given (a run
+    file or a preset supplies it); the help then still names the default, with ``note``."""
     group = parser.add_argument_group("model")
-    shown = (
-        f" (default: {backbone_default})" if backbone_default else f" (default: {DEFAULT_BACKBONE}, or the preset's)"
-    )
+    shown = f" (default: {backbone_default or DEFAULT_BACKBONE}{note})"
     group.add_argument(
         "--backbone", default=backbone_default, help="tiny | sd-v1-random | hub id | local diffusers folder" + shown
     )
@@ -65,6 +67,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, backbone_default: str |
         action="store_true",
         help="torch.compile the VAE encoder and the UNet's ResNet and feed-forward blocks",
     )
+
+
+def plain(doc: str | None) -> str:
+    """A module docstring as ``--help`` text: without reStructuredText's double backticks."""
+    return (doc or "").replace("``", "")
 
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
@@ -208,7 +215,7 @@ def job_parser() -> argparse.ArgumentParser:
         "--mask-frame", choices=("original", "model"),
         help="original: masks at the image's size (default); model: in the model-input frame, e.g. the 512² centre crop",
     )  # fmt: skip
-    add_model_arguments(parser, backbone_default=None)
+    add_model_arguments(parser, backbone_default=None, note=", or the run file's")
     parser.set_defaults(device=None, dtype=None, offline=None, compile=None)
     add_method_arguments(parser)
     parser.set_defaults(method=None)

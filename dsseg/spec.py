@@ -17,7 +17,7 @@ from functools import cached_property
 from typing import Any, Literal
 
 from dsseg.errors import ConfigError
-from dsseg.model.config import EXTRACT_PARAMS, ExtractConfig, check_resolutions
+from dsseg.model.config import EXTRACT_PARAMS, ExtractConfig, check_param_types, check_resolutions
 
 NamingMode = Literal["majority", "mean"]
 NAMING_MODES: tuple[NamingMode, ...] = ("majority", "mean")
@@ -61,6 +61,7 @@ def resolve(method: str, params: Mapping[str, Any]) -> SegmentConfig:
             f"is not a parameter of {method!r}; its parameters: {sorted(registered.param_names)}; "
             f"extraction parameters: {sorted(EXTRACT_PARAMS | {'naming'})}",
         )
+    check_param_types(registered.config_class, method_params)
     method_config = registered.config_class(**method_params)
     levels = getattr(method_config, "resolutions", None)
     if levels is not None and "capture_resolutions" not in extract_params:

@@ -98,3 +98,24 @@ def test_every_job_setting_has_a_flag_and_errors_name_it(tmp_path, capsys):
     with pytest.raises(SystemExit):
         job_main(["--input", str(IMAGES), "--output", str(tmp_path), "--max-pixels", "10"])
     assert "--max-pixels: must be ≥ 64" in capsys.readouterr().err  # the library said max_pixels
+
+
+def test_a_bad_parameter_value_names_the_parameter_and_the_value(tmp_path, capsys):
+    for param, expected in (
+        ("kl_threshold=abc", "--param kl_threshold: expects a number (or a list of numbers); got 'abc'"),
+        ("image_size=big", "--param image_size: expects a number; got 'big'"),
+        ("refine=yes", "--param refine: expects true or false; got 'yes'"),
+    ):
+        with pytest.raises(SystemExit):
+            job_main(["--input", str(IMAGES), "--output", str(tmp_path), "--param", param])
+        assert expected in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["segment", "job", "evaluate", "pseudolabel", "benchmark", "manc-study"])
+def test_every_help_is_plain_text_and_names_the_default_backbone(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert info.value.code == 0 and "``" not in text and "(default: None)" not in text
+    if command not in ("manc-study",):
+        assert "CompVis/stable-diffusion-v1-4" in " ".join(text.split())  # the default backbone, however wrapped

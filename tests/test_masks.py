@@ -55,3 +55,8 @@ def test_decode_rejects_segments_that_do_not_partition():
         decode_segments(overlapping)
     with pytest.raises(ValueError, match="2-D"):
         encode_labels(np.zeros((2, 2, 2)))
+
+
+def test_an_error_rows_empty_segments_say_what_they_are():
+    with pytest.raises(ValueError, match="an error row has none"):
+        decode_segments([])

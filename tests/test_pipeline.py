@@ -352,3 +352,27 @@ def test_retry_errors_redoes_transient_errors_and_the_ok_row_wins(tmp_path):
     assert deduplicate(output, scan(output)) == 2
     rows = {r["image_id"]: r["status"] for r in scan(output).to_pylist()}
     assert rows == {"a.jpg": "ok", "b.jpg": "error", "c.jpg": "ok"} and len(scan(output)) == 3
+
+
+def test_jobs_join_a_local_head_as_it_is(monkeypatch):
+    """With `ray start --head` running, ray.init(num_cpus=...) is refused; the job joins the head."""
+    import ray
+
+    from dsseg.job import runner
+
+    calls = []
+
+    def fake_init(**kwargs):
+        calls.append(kwargs)
+        if "num_cpus" in kwargs:
+            raise ValueError("When connecting to an existing cluster, num_cpus and num_gpus must not be provided.")
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(runner, "_joined_cluster", False)  # restored after the test, as the real Ray is
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    assert runner.init_ray() is True  # on a cluster: its resources, not ours
+    assert "num_cpus" in calls[0] and calls[1] == {}
+    monkeypatch.setattr(ray, "init", lambda **kwargs: (_ for _ in ()).throw(ValueError("something else")))
+    with pytest.raises(ValueError, match="something else"):
+        runner.init_ray()

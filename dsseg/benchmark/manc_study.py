@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from dsseg.cli import plain
+
 # (graph, stopping rule, threshold): the rules of the paper (DWC §3 and its baselines)
 RULES = (
     ("dot", "manc_ncut", None),
@@ -50,7 +52,7 @@ def root_threshold(attention: dict, graph: str, power: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--regions", type=integers, default=[8, 10, 12], help="planted region counts (default 8,10,12)")
     parser.add_argument(
         "--powers", type=integers, default=[1, 2, 3, 4, 5], help="power walk exponents k (default 1..5)"

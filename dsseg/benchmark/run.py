@@ -24,6 +24,7 @@ from dsseg.cli import (
     batch_size_value,
     flag_message,
     params_from_args,
+    plain,
 )
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[2] / "tests" / "data" / "images" / "135069.jpg"
@@ -31,7 +32,7 @@ DEFAULT_IMAGE = Path(__file__).resolve().parents[2] / "tests" / "data" / "images
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dsseg benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="dsseg benchmark", description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--image", default=str(DEFAULT_IMAGE), help="image to segment (default: a BSDS500 test image)")
     parser.add_argument(

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dsseg.cli import add_model_arguments, batch_size_value
+from dsseg.cli import add_model_arguments, batch_size_value, plain
 from dsseg.evaluation.datasets import DATASETS, Dataset, DatasetRootError, RegionAnnotations, load_dataset
 from dsseg.evaluation.metrics import json_ready
 from dsseg.evaluation.plan import Plan, make_plan
@@ -56,7 +56,7 @@ from dsseg.spec import MethodSpec
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--preset", help="a published table row to reproduce (see --list-presets); fixes every setting below it"
     )
@@ -95,8 +95,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=2,
         help="best, worst and random images each in report.html (default %(default)s)",
     )
-    add_model_arguments(parser)
-    parser.set_defaults(backbone=None)
+    add_model_arguments(parser, backbone_default=None, note=", or the preset's")
     args = parser.parse_args(argv)
     if not args.list_presets:
         missing = [flag for flag, value in (("--root", args.root), ("--output", args.output)) if not value]

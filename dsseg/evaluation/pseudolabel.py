@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from dsseg.cli import add_model_arguments, batch_size_value, parse_param_values
+from dsseg.cli import add_model_arguments, batch_size_value, parse_param_values, plain
 from dsseg.evaluation.exports import (
     agnostic_segments,
     class_list,
@@ -61,7 +61,7 @@ ROW_COLUMNS = ["image_id", "source", "width", "height", "status", "error", "segm
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_argument_group("input (one of)")
     source.add_argument(
         "--input", help="manifest (.parquet/.jsonl: image_id, uri, labels) or an image folder (no labels)"
@@ -72,7 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     source.add_argument("--coco-images", help="the folder of the COCO images")
     parser.add_argument("--split", default="train", help="VOC split list (default %(default)s)")
-    parser.add_argument("--output", required=True)
+    parser.add_argument(
+        "--output", required=True, help="folder for the datasets, the segment rows and the reports (re-running resumes)"
+    )
     parser.add_argument("--format", default="voc,coco", help="comma-separated: voc, coco (default %(default)s)")
     parser.add_argument(
         "--class-list",
@@ -92,13 +94,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--agnostic-method", default="diffseg", choices=["diffseg", "ncut"], help="segments for images without labels"
     )
     parser.add_argument(
-        "--min-area", type=float, default=0.01, help="smallest class-agnostic mask, fraction of the image"
+        "--min-area",
+        type=float,
+        default=0.01,
+        help="smallest class-agnostic mask, fraction of the image (default %(default)s)",
     )
-    parser.add_argument("--max-masks", type=int, default=20, help="most class-agnostic masks per image")
+    parser.add_argument(
+        "--max-masks", type=int, default=20, help="most class-agnostic masks per image (default %(default)s)"
+    )
     parser.add_argument(
         "--keep-border-background", action="store_true", help="keep the segment touching the border most"
     )
-    parser.add_argument("--no-images", action="store_true", help="do not copy the images into voc/JPEGImages")
+    parser.add_argument(
+        "--no-images", action="store_true", help="do not copy the images into VOCdevkit/VOC2012/JPEGImages"
+    )
     parser.add_argument("--gt-dir", help="ground-truth PNGs <image_id>.png in the class list's order: quality report")
     parser.add_argument(
         "--param",
@@ -107,12 +116,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="NAME=VALUE",
         help="extraction parameter (both jobs) or a parameter of openvocab or --agnostic-method (that job)",
     )
-    parser.add_argument("--limit", type=int)
+    parser.add_argument("--limit", type=int, help="only the first N images (after --shard)")
     parser.add_argument("--shard", help="I/N: this job's share of the images")
     parser.add_argument(
         "--batch-size", type=batch_size_value, default=4, help="images per model call, or auto (default %(default)s)"
     )
-    parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--num-workers", type=int, default=1, help="model actors (default %(default)s)")
     add_model_arguments(parser)
     args = parser.parse_args(argv)
     if sum(x is not None for x in (args.input, args.voc_root, args.coco_instances)) != 1:

@@ -84,7 +84,7 @@ def decode_segments(segments: Sequence[dict], size: tuple[int, int] | None = Non
     Raises ``ValueError`` unless the segments partition the image (every pixel in exactly one).
     """
     if not segments:
-        raise ValueError("no segments to decode")
+        raise ValueError("no segments to decode: an error row has none (its status is 'error' and its error says why)")
     size = tuple(size or segments[0]["rle"]["size"])
     labels = np.full(size, -1, dtype=np.int32)
     covered = np.zeros(size, dtype=np.int32)

@@ -47,20 +47,34 @@ def plan(job: SegmentJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return items, todo
 
 
+_joined_cluster = False  # whether this process's Ray is an existing cluster (set by init_ray)
+
+
 def init_ray(address: str | None = None) -> bool:
-    """Connect to ``address`` (or ``$RAY_ADDRESS``, as under ``ray job submit``), else start an
-    embedded local Ray with room for the read tasks beside the actor pool. Returns True when
-    connected to an existing cluster (which may autoscale)."""
+    """Connect to ``address`` (or ``$RAY_ADDRESS``, as under ``ray job submit``), or join a local
+    head already running on this machine (``ray start --head``), else start an embedded local Ray
+    with room for the read tasks beside the actor pool. Returns True when on an existing cluster
+    (which may autoscale, and whose resources are its own)."""
     import ray
 
+    global _joined_cluster
+    if ray.is_initialized():
+        return _joined_cluster
     if address or os.environ.get("RAY_ADDRESS"):
-        if not ray.is_initialized():
-            ray.init(address=address)
+        ray.init(address=address)
+        _joined_cluster = True
         return True
-    if not ray.is_initialized():
+    try:
         # Logical CPUs above the physical count keep read tasks running beside a CPU actor
         # (an actor pool that takes every CPU starves the read tasks and hangs).
         ray.init(num_cpus=(os.cpu_count() or 1) + 2, include_dashboard=False)
+    except ValueError as error:  # Ray found a local head: join it as it is, no resources of ours
+        if "existing cluster" not in str(error):
+            raise
+        ray.init()
+        _joined_cluster = True
+        return True
+    _joined_cluster = False
     return False
 
 

@@ -199,6 +199,25 @@ def check_class_names(names: Sequence[str]) -> None:
         raise ConfigError("classes", f"names repeat: {repeated}")
 
 
+def check_param_types(config_class: type, params: Mapping[str, Any]) -> None:
+    """Raise a ``ConfigError`` naming the parameter when a value given for one of ``config_class``'s
+    fields is not of the kind its default is (a number, true/false, a list), before the config's
+    own checks would fail on it with a message that names neither."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config_class) if f.default is not dataclasses.MISSING}
+    for name, value in params.items():
+        default = defaults.get(name)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(name, f"expects true or false; got {value!r}")
+        elif isinstance(default, (int, float)) and isinstance(value, (str, bool)):
+            raise ConfigError(
+                name,
+                f"expects a number{' (or a list of numbers)' if name.endswith('threshold') else ''}; got {value!r}",
+            )
+        elif isinstance(default, tuple) and isinstance(value, str) and name != "classes":
+            raise ConfigError(name, f"expects a list, e.g. [64, 32, 16]; got {value!r}")
+
+
 PARTS = {"preparation": Preparation, "noising": Noising, "capture": Capture, "prompting": Prompting}
 RUNTIME_FIELDS = ("class_batch_size",)  # change speed or memory but not results: left out of config ids
 
@@ -235,6 +254,7 @@ class ExtractConfig:
         parts = {}
         for name, part_class in PARTS.items():
             own = {k: v for k, v in params.items() if k in param_names(part_class)}
+            check_param_types(part_class, own)
             parts[name] = dataclasses.replace(getattr(base, name), **own) if own else getattr(base, name)
         return cls(**parts)
 
