@@ -68,3 +68,23 @@ def test_compiled_backbone_gives_the_eager_attention(bsds_image):
     pixels, geometry = segmenters[0].prepare(bsds_image)
     results = [s(pixels[None], [geometry])[0] for s in segmenters]
     assert (results[0].labels == results[1].labels).mean() > 0.99
+
+
+def test_an_unreachable_hub_fails_in_seconds_with_the_message(monkeypatch):
+    import time
+
+    from huggingface_hub import HfApi
+
+    from dsseg.model.backbone import BackboneNotFoundError, check_backbone_available
+
+    def unreachable(self, name, timeout=None):
+        assert timeout is not None and timeout <= 10  # one short request, no retries
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(HfApi, "model_info", unreachable)
+    start = time.perf_counter()
+    with pytest.raises(BackboneNotFoundError, match="(?s)hub cannot be reached .*ConnectionError.*--backbone tiny"):
+        check_backbone_available("someone/not-cached-model")
+    assert time.perf_counter() - start < 5
+    with pytest.raises(BackboneNotFoundError, match="offline is set"):
+        check_backbone_available("someone/not-cached-model", offline=True)

@@ -29,9 +29,11 @@ def test_dsseg_segment_writes_overlay_and_label_pngs(tmp_path, capsys):
 
 def test_dsseg_segment_reports_bad_files_and_goes_on(tmp_path, capsys):
     code = main(["segment", str(IMAGES), "--out", str(tmp_path), "--backbone", "tiny", "--limit", "2"])
-    assert code == 1  # corrupt.jpg failed
+    assert code == 0  # corrupt.jpg failed: reported, and the run goes on (the job's rule too)
     assert "corrupt.jpg: error" in capsys.readouterr().err
     assert (tmp_path / "135069_overlay.png").exists()
+    strict = main(["segment", str(IMAGES), "--out", str(tmp_path), "--backbone", "tiny", "--limit", "2", "--strict"])
+    assert strict == 1
 
 
 def test_wrong_flags_say_what_to_do(tmp_path, capsys):

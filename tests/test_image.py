@@ -6,7 +6,7 @@ from faults import gigantic_png
 from PIL import Image
 
 from dsseg.io.frames import labels_to_original, resize_labels
-from dsseg.io.images import Geometry, InputError, decode_image, plan_geometry, prepare_image
+from dsseg.io.images import Geometry, InputError, decode_image, displayed_size, plan_geometry, prepare_image
 
 
 def _encode(image: Image.Image, fmt="JPEG", **kwargs) -> bytes:
@@ -53,6 +53,8 @@ def test_decode_converts_modes_and_applies_exif_orientation():
     exif[0x0112] = 6  # rotate 90° clockwise to display
     rotated, size = decode_image(_encode(Image.new("RGB", (40, 20), "blue"), exif=exif))
     assert rotated.shape[:2] == size == (40, 20)
+    assert displayed_size(_encode(Image.new("RGB", (40, 20), "blue"), exif=exif)) == (40, 20)  # header only
+    assert displayed_size(_encode(Image.new("RGB", (40, 20), "blue"), exif=exif), exif_transpose=False) == (20, 40)
 
 
 def test_labels_back_to_the_original_image():

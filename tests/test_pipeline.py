@@ -376,3 +376,32 @@ def test_jobs_join_a_local_head_as_it_is(monkeypatch):
     monkeypatch.setattr(ray, "init", lambda **kwargs: (_ for _ in ()).throw(ValueError("something else")))
     with pytest.raises(ValueError, match="something else"):
         runner.init_ray()
+
+
+def test_outputs_that_are_not_this_runs_are_refused_unless_appending(tmp_path):
+    from dsseg.errors import ConfigError
+    from dsseg.io.results import read_config, write_config
+
+    job = SegmentJob(
+        input=str(IMAGES), output=str(tmp_path / "out"), backbone="tiny", configs=[MethodSpec("diffseg", SMALL)]
+    )
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        plan(SegmentJob(**{**job.__dict__, "output": str(tmp_path / "a-file")}))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "thesis.tex").write_text("mine")
+    with pytest.raises(ConfigError, match=r"holds other files \(thesis.tex\) and no dsseg results"):
+        plan(SegmentJob(**{**job.__dict__, "output": str(tmp_path / "notes")}))
+    assert plan(SegmentJob(**{**job.__dict__, "output": str(tmp_path / "notes"), "append": True}))[1]
+    # Results of one input, then another input into the same output:
+    write_config(job.output, job.record())
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "photo.jpg").write_bytes((IMAGES / "135069.jpg").read_bytes())
+    with pytest.raises(ConfigError, match="holds the results of input .*images; give another output"):
+        plan(SegmentJob(**{**job.__dict__, "input": str(other)}))
+    appended = SegmentJob(**{**job.__dict__, "input": str(other), "append": True})
+    plan(appended)
+    write_config(appended.output, appended.record())
+    assert read_config(job.output)["inputs"] == [str(IMAGES), str(other)]  # every input recorded
+    assert plan(job)[1]  # the first input again: its own output, no append needed

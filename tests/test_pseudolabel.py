@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -252,5 +251,63 @@ def test_quality_report_equals_the_metrics_module(ray_local, tmp_path):
     assert report["images"] == 1 and report["miou"] == pytest.approx(expected["miou"], abs=1e-9)
     assert report["ignored_fraction"] == pytest.approx((pseudo == 255).mean())
     assert set(report["per_class_iou"]) == {"background", "horse"}
-    shutil.rmtree(out / "VOCdevkit")
-    assert pseudolabel_command.main([*argv, "--format", "coco"]) == 2  # a quality report needs the VOC PNGs
+
+
+def _one_horse(tmp_path: Path, truth: np.ndarray) -> tuple[list[dict], Path]:
+    """A one-image row list for horse001 and a --gt-dir holding ``truth`` as its PNG."""
+    root = tmp_path / "gt"
+    root.mkdir(exist_ok=True)
+    Image.fromarray(truth.astype(np.uint8)).save(root / "horse001.png")
+    return [{"image_id": "horse001", "uri": str(IMAGES / "horses/horse001.jpg"), "labels": ["horse"]}], root
+
+
+def test_ground_truth_that_does_not_fit_is_refused_before_any_work(tmp_path, capsys):
+    width, height = Image.open(IMAGES / "horses/horse001.jpg").size
+    voc = pseudolabel_command.classes_for(
+        pseudolabel_command.parse_args(["--input", "x", "--output", "y", "--class-list", "voc20"]), []
+    )
+    horse_only = ("background", "horse")
+    # Another size: found up front, named with both sizes; main segments nothing.
+    rows, root = _one_horse(tmp_path, np.zeros((height // 2, width), np.uint8))
+    (problem,) = pseudolabel_command.check_ground_truth(rows, root, horse_only, named=False)
+    assert f"{width}×{height // 2}, its image {width}×{height}" in problem
+    manifest = tmp_path / "one.jsonl"
+    manifest.write_text(json.dumps(rows[0]) + "\n")
+    argv = ["--input", str(manifest), "--output", str(tmp_path / "out"), "--gt-dir", str(root), *FAST]
+    assert pseudolabel_command.main(argv) == 2
+    assert "nothing was segmented" in capsys.readouterr().err and not (tmp_path / "out" / "run-weak").exists()
+    # 0/1 ground truth under a 21-class list is ambiguous (1 = aeroplane) until its values are named.
+    binary = np.zeros((height, width), np.uint8)
+    binary[height // 3 :, width // 3 :] = 1
+    rows, root = _one_horse(tmp_path, binary)
+    (problem,) = pseudolabel_command.check_ground_truth(rows, root, voc, named=False)
+    assert "--gt-classes" in problem and "'aeroplane'" in problem
+    names = pseudolabel_command.ground_truth_names("background,horse", voc)
+    assert pseudolabel_command.check_ground_truth(rows, root, names, named=True) == []
+    lookup = pseudolabel_command.ground_truth_lookup(names, voc)
+    assert lookup[0] == 0 and lookup[1] == voc.index("horse") and lookup[255] == 255 and lookup[2] == -1
+    with pytest.raises(ValueError, match="'zebra'"):
+        pseudolabel_command.ground_truth_names("background,zebra", horse_only)
+    # A value without a name is a problem, per image.
+    rows, root = _one_horse(tmp_path, binary * 7)
+    (problem,) = pseudolabel_command.check_ground_truth(rows, root, horse_only, named=False)
+    assert "values [7] have no class name" in problem
+    with pytest.raises(SystemExit):  # a quality report needs the VOC PNGs
+        pseudolabel_command.parse_args([*argv, "--format", "coco"])
+
+
+def test_quality_skips_a_ground_truth_that_stopped_fitting(tmp_path):
+    labels = tmp_path / "voc" / "SegmentationClassAug"
+    labels.mkdir(parents=True)
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    for stem, truth_shape in (("a", (8, 8)), ("b", (8, 6))):
+        Image.fromarray(np.ones((8, 8), np.uint8)).save(labels / f"{stem}.png")
+        Image.fromarray(np.ones(truth_shape, np.uint8)).save(gt / f"{stem}.png")
+    classes = ("background", "horse")
+    rows = [{"image_id": "a"}, {"image_id": "b"}]
+    report = pseudolabel_command.quality(
+        rows, classes, tmp_path / "voc", gt, pseudolabel_command.ground_truth_lookup(classes, classes)
+    )
+    assert report["images"] == 1 and report["per_class_iou"]["horse"] == 1.0
+    assert list(report["skipped"]) == ["b"] and "size" in report["skipped"]["b"]

@@ -46,7 +46,7 @@ from dsseg.evaluation.exports import (
 )
 from dsseg.evaluation.metrics import MetricState, json_ready
 from dsseg.io.files import remove_stale_temporaries, write_file
-from dsseg.io.images import decode_image
+from dsseg.io.images import InputError, decode_image, displayed_size
 from dsseg.io.results import part_uris, read_part, read_results
 from dsseg.io.sources import list_inputs, read_bytes
 from dsseg.job.config import SegmentJob, parse_shard
@@ -108,7 +108,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-images", action="store_true", help="do not copy the images into VOCdevkit/VOC2012/JPEGImages"
     )
-    parser.add_argument("--gt-dir", help="ground-truth PNGs <image_id>.png in the class list's order: quality report")
+    parser.add_argument(
+        "--gt-dir", help="ground-truth PNGs <image_id>.png (255 = ignore): a quality report (quality.json)"
+    )
+    parser.add_argument(
+        "--gt-classes",
+        help="names of the ground truth's values 0, 1, …: comma-separated or a file of lines, e.g. background,horse "
+        "(default: the pseudo-labels' order, background then --class-list)",
+    )
     parser.add_argument(
         "--param",
         action="append",
@@ -131,6 +138,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.formats = [f.strip() for f in args.format.split(",") if f.strip()]
     if not args.formats or set(args.formats) - set(FORMATS):
         parser.error(f"--format takes a comma-separated subset of {FORMATS}")
+    if args.gt_dir and "voc" not in args.formats:
+        parser.error("--gt-dir compares the VOC label PNGs: include voc in --format")
+    if args.gt_classes and not args.gt_dir:
+        parser.error("--gt-classes names the values of --gt-dir's PNGs: give --gt-dir too")
     return args
 
 
@@ -334,29 +345,104 @@ def export_voc(jobs: dict[str, SegmentJob], classes: tuple[str, ...], voc: Path,
     return {"written": written, "removed": removed}
 
 
-def quality(weak: list[dict[str, Any]], classes: tuple[str, ...], voc: Path, gt_dir: Path) -> dict[str, Any]:
-    """mIoU of the pseudo-label PNGs against ``gt_dir/<stem>.png`` (255 ignored in the ground
-    truth; pseudo-label 255 counts as no class), per class, and the share of pixels left 255."""
+def ground_truth_names(spec: str | None, classes: tuple[str, ...]) -> tuple[str, ...]:
+    """The class name of each ground-truth value 0, 1, … (``--gt-classes``: comma-separated names
+    or a file of lines; None: the pseudo-labels' own order). Names not in ``classes`` are refused."""
+    if spec is None:
+        return classes
+    path = Path(spec)
+    text = path.read_text().splitlines() if path.is_file() else spec.split(",")
+    names = tuple(name.strip() for name in text if name.strip())
+    unknown = [name for name in names if name not in classes]
+    if not names or unknown or len(names) > 255:
+        raise ValueError(
+            f"--gt-classes {spec!r}: {'names ' + str(unknown) + ' are' if unknown else 'expects 1 to 255 names,'} "
+            f"not among the pseudo-label classes {list(classes)}"
+        )
+    return names
+
+
+def ground_truth_lookup(names: tuple[str, ...], classes: tuple[str, ...]) -> np.ndarray:
+    """(256,) int64: ground-truth value → pseudo-label class index; 255 stays 255 (ignore),
+    values without a name become −1."""
+    lookup = np.full(256, -1, dtype=np.int64)
+    lookup[: len(names)] = [classes.index(name) for name in names]
+    lookup[255] = 255
+    return lookup
+
+
+def check_ground_truth(rows: list[dict[str, Any]], gt_dir: Path, names: tuple[str, ...], named: bool) -> list[str]:
+    """What would make the quality report wrong, found before any image is segmented: one line per
+    problem. A ground truth of another size than its image (as decoded, EXIF applied); values
+    without a name in ``names``; and, unless the values were ``named`` (``--gt-classes``), ground
+    truth holding only 0 and 1 where the class list has more than one class: a binary mask, whose 1
+    would be scored as the list's first class."""
+    if not gt_dir.is_dir():
+        return [f"--gt-dir {gt_dir} is not a folder"]
+    problems, highest, compared = [], 0, 0
+    for row in rows:
+        truth_path = gt_dir / f"{file_stem(row['image_id'])}.png"
+        if not truth_path.exists():
+            continue
+        try:
+            truth = np.asarray(Image.open(truth_path))
+        except OSError as error:
+            problems.append(f"{truth_path}: cannot be read ({error})")
+            continue
+        if truth.ndim != 2:
+            problems.append(f"{truth_path}: {truth.shape} is not a single-channel label PNG")
+            continue
+        try:
+            size = displayed_size(read_bytes(row["uri"]))
+        except (OSError, InputError):
+            size = truth.shape  # an unreadable image becomes the segment job's error row, not a problem here
+        if truth.shape != size:
+            problems.append(f"{truth_path}: {truth.shape[1]}×{truth.shape[0]}, its image {size[1]}×{size[0]}")
+            continue
+        values = np.unique(truth)
+        unnamed = [int(v) for v in values if v != 255 and v >= len(names)]
+        if unnamed:
+            problems.append(f"{truth_path}: values {unnamed[:5]} have no class name (there are {len(names)})")
+        highest, compared = max(highest, int(values[values != 255].max(initial=0))), compared + 1
+    if compared and not named and highest <= 1 and len(names) > 2:
+        problems.append(
+            f"the ground truth holds only 0 and 1 (a binary mask?), which would be scored as {names[0]!r} and "
+            f"{names[1]!r} of {len(names)} classes: name its values with --gt-classes, e.g. --gt-classes background,CLASS"
+        )
+    return problems
+
+
+def quality(
+    weak: list[dict[str, Any]], classes: tuple[str, ...], voc: Path, gt_dir: Path, lookup: np.ndarray
+) -> dict[str, Any]:
+    """mIoU of the pseudo-label PNGs against ``gt_dir/<stem>.png`` (values mapped to classes by
+    ``lookup``, 255 ignored; pseudo-label 255 counts as no class), per class, and the share of
+    pixels left 255. An image whose ground truth does not fit is left out, with its reason in
+    ``skipped``; the report never fails the run."""
     state, ignored, pixels, compared = MetricState(len(classes)), 0, 0, 0
+    skipped: dict[str, str] = {}
     for row in weak:
         stem = file_stem(row["image_id"])
         truth_path = gt_dir / f"{stem}.png"
         if not truth_path.exists():
             continue
         pred = np.asarray(Image.open(voc / "SegmentationClassAug" / f"{stem}.png")).astype(np.int64)
-        truth = np.asarray(Image.open(truth_path)).astype(np.int64)
-        if truth.shape != pred.shape:
-            raise ValueError(f"{truth_path} is {truth.shape}, the pseudo-label {pred.shape}")
+        truth = lookup[np.asarray(Image.open(truth_path)).astype(np.int64)]
+        if truth.shape != pred.shape or (truth < 0).any():
+            shape_fits = truth.shape == pred.shape
+            skipped[row["image_id"]] = "unnamed_values" if shape_fits else f"size {truth.shape} ≠ {pred.shape}"
+            continue
         ignored += int((pred == 255).sum())
         pixels += pred.size
         pred[pred == 255] = len(classes)
         state = state + MetricState.of_image(pred, truth, len(classes), semantic=True)
         compared += 1
     if not compared:
-        return {"images": 0}
+        return {"images": 0, "skipped": skipped}
     result = state.result("semantic")
     return {
         "images": compared,
+        "skipped": skipped,
         "miou": result["miou"],
         "acc": result["acc"],
         "per_class_iou": dict(zip(classes, result["per_class_iou"])),
@@ -370,6 +456,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = input_rows(args)
         classes = classes_for(args, rows)
+        if args.gt_dir:
+            names = ground_truth_names(args.gt_classes, classes)
+            problems = check_ground_truth(
+                [r for r in rows if r["labels"]], Path(args.gt_dir), names, args.gt_classes is not None
+            )
+            if problems:
+                more = f"\n  … and {len(problems) - 10} more" if len(problems) > 10 else ""
+                raise ValueError(
+                    "--gt-dir does not fit the images; nothing was segmented:\n  " + "\n  ".join(problems[:10]) + more
+                )
         jobs = segment_jobs(args, rows, output)
     except (OSError, ValueError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -401,10 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         write_local_json(output / "coco" / "annotations.json", document)
         summary["coco"] = {"images": len(document["images"]), "annotations": len(document["annotations"])}
     if args.gt_dir:
-        if "voc" not in args.formats:
-            print("error: --gt-dir compares the VOC label PNGs: include voc in --format", file=sys.stderr)
-            return 2
-        summary["quality"] = quality(weak, classes, voc, Path(args.gt_dir))
+        lookup = ground_truth_lookup(ground_truth_names(args.gt_classes, classes), classes)
+        summary["quality"] = quality(weak, classes, voc, Path(args.gt_dir), lookup)
         write_local_json(output / "quality.json", json_ready(summary["quality"]))
     summary = json_ready(summary)
     write_local_json(output / "summary.json", summary)

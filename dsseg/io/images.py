@@ -99,6 +99,18 @@ def _open_checked(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> I
     return image
 
 
+def displayed_size(data: bytes, exif_transpose: bool = True) -> tuple[int, int]:
+    """The (H, W) ``decode_image`` reports for ``data``, read from the header alone (no pixels
+    decoded). Raises ``InputError`` as ``decode_image`` does for a header it cannot read."""
+    image = _open_checked(data, max_pixels=None)
+    width, height = image.size
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1) if exif_transpose else 1
+    except Exception:  # decode_image keeps an image with a malformed EXIF block as stored
+        orientation = 1
+    return (width, height) if orientation in TRANSPOSING_ORIENTATIONS else (height, width)
+
+
 def decode_image(
     data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, max_side: int | None = None, exif_transpose: bool = True
 ) -> tuple[np.ndarray, tuple[int, int]]:

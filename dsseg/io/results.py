@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -28,9 +29,10 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from dsseg.errors import ConfigError
 from dsseg.io.files import write_atomically, write_json
 from dsseg.io.schema import TRANSIENT_ERRORS
-from dsseg.io.sources import in_shard, resolve, uri_of
+from dsseg.io.sources import in_shard, is_uri, resolve, uri_of
 
 SEGMENTS_DIR = "segments"
 CONFIG_FILE = "config.json"
@@ -186,12 +188,59 @@ def read_config(output: str) -> dict[str, Any] | None:
         return json.loads(stream.read().decode())
 
 
+def recorded_inputs(config: dict[str, Any]) -> list[str]:
+    """Every input an output's ``config.json`` says its rows came from."""
+    return list(config.get("inputs") or ([config["input"]] if config.get("input") else []))
+
+
+def _same_input(a: str, b: str) -> bool:
+    """Whether two ``input`` strings name the same images (local paths compared absolute)."""
+    return a == b or (not is_uri(a) and not is_uri(b) and os.path.abspath(a) == os.path.abspath(b))
+
+
+def check_output(output: str, input: str, other_inputs: bool = False, other_files: bool = False) -> None:
+    """Refuse an output the run should not write into: a file; a folder of other files with no
+    dsseg results (unless ``other_files``); results of another input (unless ``other_inputs``: an
+    append, or an overwrite). ``ConfigError`` names ``output`` and says what to do."""
+    fs, root = resolve(output)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.File:
+        raise ConfigError("output", f"{output} is a file; give a folder (or a URI) for the results")
+    if info.type != pafs.FileType.Directory:
+        return
+    previous = read_config(output)
+    if previous is None:
+        names = [entry.base_name for entry in fs.get_file_info(pafs.FileSelector(root))]
+        foreign = sorted(n for n in names if n != SEGMENTS_DIR and not n.startswith((SUCCESS_FILE, ".")))
+        if foreign and not other_files:
+            raise ConfigError(
+                "output",
+                f"{output} holds other files ({', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''}) and no dsseg "
+                "results: give a new or empty folder, or append to write into it anyway",
+            )
+        return
+    inputs = recorded_inputs(previous)
+    if inputs and not any(_same_input(input, seen) for seen in inputs) and not other_inputs:
+        raise ConfigError(
+            "output",
+            f"{output} holds the results of input {', '.join(inputs)}; give another output for {input!r}, or append to add "
+            "its images to these results",
+        )
+
+
 def write_config(output: str, record: dict[str, Any]) -> None:
-    """Write ``config.json``, keeping the config entries of earlier runs into the same output."""
+    """Write ``config.json``, keeping the config entries and inputs of earlier runs into the same output."""
     previous = read_config(output) or {}
     configs = {entry["config_id"]: entry for entry in previous.get("configs", [])}
     configs.update({entry["config_id"]: entry for entry in record["configs"]})
-    record = {**record, "configs": list(configs.values()), "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    inputs = recorded_inputs(previous)
+    inputs += [record["input"]] if not any(_same_input(record["input"], seen) for seen in inputs) else []
+    record = {
+        **record,
+        "inputs": inputs,
+        "configs": list(configs.values()),
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     fs, path = _path(output, CONFIG_FILE)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     write_json(fs, path, record)

@@ -79,7 +79,9 @@ class SegmentJob:
     ``device`` allows, else 0; fractions share a GPU between workers. ``max_image_side``:
     images are decoded at most this large (masks are still written at the original size);
     ``max_pixels``: the decompression-bomb limit on the header's width × height.
-    ``overwrite``: delete earlier results first (with ``shard``: that shard's only).
+    ``overwrite``: delete earlier results first (with ``shard``: that shard's only). ``append``: write
+    into an output that holds other files or another input's results (refused otherwise), recording
+    every input in ``config.json``.
     ``retry_errors``: also redo images whose error rows have a transient reason (read_failed,
     out_of_memory, model_failed, encode_failed); the new row replaces the error row.
     ``compile``: ``torch.compile`` parts of the model in each actor (``dsseg.model.backbone.compile_backbone``).
@@ -106,6 +108,7 @@ class SegmentJob:
     limit: int | None = None
     shard: tuple[int, int] | None = None
     overwrite: bool = False
+    append: bool = False
     retry_errors: bool = False
     max_image_side: int | None = 4096
     max_pixels: int | None = DEFAULT_MAX_PIXELS

@@ -13,7 +13,16 @@ from collections import Counter
 from importlib import metadata
 from typing import Any
 
-from dsseg.io.results import clear_success, deduplicate, done_pairs, mark_success, remove_results, scan, write_config
+from dsseg.io.results import (
+    check_output,
+    clear_success,
+    deduplicate,
+    done_pairs,
+    mark_success,
+    remove_results,
+    scan,
+    write_config,
+)
 from dsseg.io.schema import TIMING_STAGES
 from dsseg.io.sources import ITEM_SCHEMA, list_inputs
 from dsseg.job.config import SegmentJob
@@ -33,6 +42,7 @@ MAX_BLOCK_ROWS = 256
 
 def plan(job: SegmentJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(every input item, the items still to segment, each with the config ids it lacks)."""
+    check_output(job.output, job.input, other_inputs=job.append or job.overwrite, other_files=job.append)
     items = list_inputs(job.input, job.limit, job.shard)
     job.check_classes(items)
     if job.overwrite:

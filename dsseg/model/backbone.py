@@ -237,10 +237,29 @@ def check_backbone_available(name: str, offline: bool = False) -> None:
     if _is_local(name):
         if not (Path(name).expanduser() / "unet").is_dir():
             raise BackboneNotFoundError(_missing_weights_message(name, f"{name} has no unet/ folder"))
-    elif offline and not isinstance(try_to_load_from_cache(name, "unet/config.json"), str):
-        raise BackboneNotFoundError(
-            _missing_weights_message(name, "not in the Hugging Face cache and --offline is set")
-        )
+    elif not isinstance(try_to_load_from_cache(name, "unet/config.json"), str):
+        if offline:
+            raise BackboneNotFoundError(
+                _missing_weights_message(name, "not in the Hugging Face cache and offline is set")
+            )
+        reason = _hub_unreachable(name)
+        if reason:
+            raise BackboneNotFoundError(_missing_weights_message(name, f"not in the Hugging Face cache, and {reason}"))
+
+
+HUB_CHECK_SECONDS = 10.0
+
+
+def _hub_unreachable(name: str) -> str | None:
+    """Why the hub cannot give ``name`` (one request, ``HUB_CHECK_SECONDS`` at most), or None when it
+    can: a machine without the hub fails in seconds here instead of in minutes of download retries."""
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().model_info(name, timeout=HUB_CHECK_SECONDS)
+    except Exception as error:  # no network, DNS, timeout, 401/404: all end the same way for the user
+        return f"the hub cannot be reached or refuses {name!r} ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+    return None
 
 
 def _is_local(source: str) -> bool:
