@@ -37,7 +37,7 @@ def decoded(job, ids=None):
     return decode_batch(pa.Table.from_pylist(items), job.preparation, job.max_pixels, job.max_image_side)
 
 
-def test_every_bad_input_is_an_error_row_and_every_good_one_keeps_its_size(ray_local, tmp_path):
+def test_every_bad_input_is_an_error_row_and_every_good_one_keeps_its_size(ray_local, tmp_path, capfd):
     folder = make_fault_folder(tmp_path / "in")
     job = SegmentJob(
         input=str(folder), output=str(tmp_path / "run"), backbone="tiny", configs=[MethodSpec("diffseg", SMALL)],
@@ -69,6 +69,14 @@ def test_every_bad_input_is_an_error_row_and_every_good_one_keeps_its_size(ray_l
     assert [c["config_id"] for c in config["configs"]] == [config_id] and config["backbone"] == "tiny"
     assert config["configs"][0]["method_config"]["kl_threshold"] == [1.1, 1.1, 1.1] and "torch" in config["versions"]
     assert json.loads((tmp_path / "run" / "_SUCCESS").read_text())["complete"]
+    # The terminal shows our progress lines, not Ray Data's progress blocks or Ray's spurious errors.
+    err = capfd.readouterr().err
+    total = len(GOOD) + len(BAD)
+    assert f"dsseg: 0/{total} images" in err and f"dsseg: {total}/{total} images (100%)" in err, err[-2000:]
+    (final,) = [line for line in err.splitlines() if f"{total}/{total} images" in line]
+    assert final.endswith(f", {len(BAD)} errors")
+    for noise in ("has constructor arguments in the object store", "logging_progress", "Starting execution"):
+        assert noise not in err, err[-2000:]
 
 
 def test_resume_after_a_cancelled_run_gives_exactly_one_row_per_image_and_config(ray_local, tmp_path):
@@ -371,8 +379,10 @@ def test_jobs_join_a_local_head_as_it_is(monkeypatch):
     monkeypatch.setattr(runner, "_joined_cluster", False)  # restored after the test, as the real Ray is
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: type("Context", (), {"gcs_address": "127.0.0.1:6379"}))
     assert runner.init_ray() is True  # on a cluster: its resources, not ours
-    assert "num_cpus" in calls[0] and calls[1] == {}
+    assert "num_cpus" in calls[0] and "num_cpus" not in calls[1]
     monkeypatch.setattr(ray, "init", lambda **kwargs: (_ for _ in ()).throw(ValueError("something else")))
     with pytest.raises(ValueError, match="something else"):
         runner.init_ray()

@@ -6,6 +6,7 @@ a config are not redone, and the run ends with exactly one row per image × conf
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -26,6 +27,7 @@ from dsseg.io.results import (
 from dsseg.io.schema import TIMING_STAGES
 from dsseg.io.sources import ITEM_SCHEMA, list_inputs
 from dsseg.job.config import SegmentJob
+from dsseg.job.console import ProgressLine, filtered_stderr, quiet_ray_data, without_token_auth_notice
 from dsseg.job.decode import decode_batch
 
 # Memory reserved per decode task. Besides guarding against over-subscription, a resource
@@ -71,21 +73,26 @@ def init_ray(address: str | None = None) -> bool:
     if ray.is_initialized():
         return _joined_cluster
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address)
+        ray.init(address=address, logging_level=logging.WARNING)
         _joined_cluster = True
-        return True
-    try:
-        # Logical CPUs above the physical count keep read tasks running beside a CPU actor
-        # (an actor pool that takes every CPU starves the read tasks and hangs).
-        ray.init(num_cpus=(os.cpu_count() or 1) + 2, include_dashboard=False)
-    except ValueError as error:  # Ray found a local head: join it as it is, no resources of ours
-        if "existing cluster" not in str(error):
-            raise
-        ray.init()
-        _joined_cluster = True
-        return True
-    _joined_cluster = False
-    return False
+    else:
+        try:
+            # Logical CPUs above the physical count keep read tasks running beside a CPU actor
+            # (an actor pool that takes every CPU starves the read tasks and hangs).
+            with without_token_auth_notice():
+                ray.init(num_cpus=(os.cpu_count() or 1) + 2, include_dashboard=False, logging_level=logging.WARNING)
+            _joined_cluster = False
+        except ValueError as error:  # Ray found a local head: join it as it is, no resources of ours
+            if "existing cluster" not in str(error):
+                raise
+            ray.init(logging_level=logging.WARNING)
+            _joined_cluster = True
+    cpus = ray.cluster_resources().get("CPU", 0)
+    where = (
+        f"the Ray cluster at {ray.get_runtime_context().gcs_address}" if _joined_cluster else "an embedded local Ray"
+    )
+    print(f"dsseg: running on {where} ({cpus:g} CPUs)", file=sys.stderr)
+    return _joined_cluster
 
 
 def build_dataset(job: SegmentJob, todo: list[dict[str, Any]], gpus: float, worker: type | None = None):
@@ -187,7 +194,7 @@ class RunStats:
         }
 
 
-PROGRESS_SECONDS = 30.0  # how often the driver prints a progress line (for `ray job logs`)
+PROGRESS_SECONDS = 30.0  # how often the driver prints a progress line outside a terminal (`ray job logs`)
 
 
 def run_segment_job(job: SegmentJob, address: str | None = None, worker: type | None = None) -> dict[str, Any]:
@@ -207,17 +214,15 @@ def run_segment_job(job: SegmentJob, address: str | None = None, worker: type | 
     if todo:
         on_cluster = init_ray(address)
         gpus = gpus_per_worker(job, on_cluster)
-        ray_start = last_report = time.perf_counter()
-        for batch in build_dataset(job, todo, gpus, worker).iter_batches(batch_size=None, batch_format="pyarrow"):
-            stats.add(batch)
-            now = time.perf_counter()
-            if now - last_report > PROGRESS_SECONDS:
-                rate = stats.images / (now - ray_start)
-                print(
-                    f"dsseg: {stats.rows}/{expected_rows} rows written, {rate:.2f} images/s, {stats.rows - stats.ok} errors",
-                    file=sys.stderr,
-                )
-                last_report = now
+        quiet_ray_data()
+        ray_start = time.perf_counter()
+        progress = ProgressLine(len(todo), PROGRESS_SECONDS)
+        progress.update(0, 0)
+        with filtered_stderr():
+            for batch in build_dataset(job, todo, gpus, worker).iter_batches(batch_size=None, batch_format="pyarrow"):
+                stats.add(batch)
+                progress.update(stats.images, stats.rows - stats.ok)
+            progress.update(stats.images, stats.rows - stats.ok, final=True)
         ray_seconds = time.perf_counter() - ray_start
     summary = {
         "output": job.output,

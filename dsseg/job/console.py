@@ -1,0 +1,127 @@
+"""What a job prints: one progress line, and Ray's own chatter kept out of the user's terminal.
+
+In a terminal the progress is a single line redrawn in place; elsewhere (``ray job logs``, a
+file) it is a plain line every ``every_seconds``. Ray's per-operator progress blocks, its
+token-auth notice for the embedded local Ray, and the core worker's spurious error about Ray
+Data's actor constructor arguments (ray-project/ray#57733: Ray Data itself puts them in the
+object store; the driver holds them for the whole run, so actor restarts work) are silenced.
+Ray Data's warnings and errors still reach the terminal; its full logs stay in the session's
+``logs/ray-data`` folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO
+
+# Lines of the driver's stderr (C++ core worker included) that are not the user's to act on.
+SPURIOUS_STDERR = re.compile(rb"has constructor arguments in the object store and max_restarts > 0")
+TERMINAL_REDRAW_SECONDS = 0.25
+
+
+def duration_text(seconds: float) -> str:
+    """``seconds`` as ``1h 02m``, ``3m 07s`` or ``12s``."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def progress_text(done: float, total: int, seconds: float, errors: int) -> str:
+    """``dsseg: 120/2000 images (6%), 3.40 images/s, ETA 9m 13s, 2 errors``; ``done`` may be
+    fractional (images are counted through rows) and is shown rounded down."""
+    rate = done / seconds if seconds > 0 else 0.0
+    eta = duration_text((total - done) / rate) if rate > 0 and done < total else "–" if done < total else "0s"
+    share = f" ({100 * done / total:.0f}%)" if total else ""
+    return f"dsseg: {int(done)}/{total} images{share}, {rate:.2f} images/s, ETA {eta}, {errors} error{'' if errors == 1 else 's'}"
+
+
+class ProgressLine:
+    """Report a run's progress to ``stream`` (default stderr): redrawn in place when it is a
+    terminal, else one line every ``every_seconds``. ``update`` is cheap to call per batch."""
+
+    def __init__(self, total: int, every_seconds: float = 30.0, stream: TextIO | None = None) -> None:
+        self.total = total
+        self.stream = stream if stream is not None else sys.stderr
+        self.in_terminal = self.stream.isatty()
+        self.interval = TERMINAL_REDRAW_SECONDS if self.in_terminal else every_seconds
+        self.start = time.perf_counter()
+        self.last = -float("inf")  # the first update shows
+        self.shown = ""
+
+    def update(self, done: float, errors: int, final: bool = False) -> None:
+        """Show ``done`` images of ``total`` (``errors`` of them error rows), at most once per
+        interval unless ``final``."""
+        now = time.perf_counter()
+        if not final and now - self.last < self.interval:
+            return
+        self.last = now
+        self.shown = progress_text(done, self.total, now - self.start, errors)
+        if self.in_terminal:
+            self.stream.write(f"\r{self.shown}\x1b[K" + ("\n" if final else ""))
+        else:
+            self.stream.write(self.shown + "\n")
+        self.stream.flush()
+
+
+def quiet_ray_data() -> None:
+    """Ray Data in this driver: no progress blocks (``ProgressLine`` reports instead) and only
+    warnings and errors on the console; its log files keep everything."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
+    for handler in logging.getLogger("ray.data").handlers:
+        if handler.name == "console":  # Ray Data's console handler, not its log files
+            handler.setLevel(max(handler.level, logging.WARNING))
+
+
+@contextmanager
+def without_token_auth_notice() -> Iterator[None]:
+    """Hide Ray's notice that a new local cluster uses token authentication: the embedded
+    local Ray is the job's own (authentication stays as Ray chose)."""
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = notice.level
+    notice.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        notice.setLevel(level)
+
+
+@contextmanager
+def filtered_stderr(drop: re.Pattern[bytes] = SPURIOUS_STDERR) -> Iterator[None]:
+    """Pass every line this process writes to file descriptor 2 (Python and C++ alike) through,
+    except those matching ``drop``. Enter it after Ray has started, so that Ray's own processes
+    keep the real stderr."""
+    sys.stderr.flush()
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        with os.fdopen(read_end, "rb") as lines, os.fdopen(os.dup(real), "wb", buffering=0) as out:
+            for line in lines:
+                if not drop.search(line):
+                    out.write(line)
+
+    thread = threading.Thread(target=pump, name="dsseg-stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(real, 2)  # closes the pipe's last write end: the pump drains it and stops
+        thread.join(timeout=5)
+        os.close(real)
