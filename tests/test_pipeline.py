@@ -8,15 +8,16 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
-from conftest import IMAGES
+from conftest import IMAGES, TINY
 from faults import BAD, GOOD, make_fault_folder, write_tar
 
+from dsseg.cli import main as cli_main
 from dsseg.errors import ConfigError
 from dsseg.io.masks import decode_segments
 from dsseg.io.results import read_results, scan, write_parts
 from dsseg.io.schema import OUTPUT_SCHEMA
 from dsseg.io.sources import list_inputs
-from dsseg.job.config import SegmentJob
+from dsseg.job.config import SegmentJob, temporary_working_dir
 from dsseg.job.decode import decode_batch
 from dsseg.job.model_stage import SegmentWorker
 from dsseg.job.runner import plan, run_segment_job
@@ -257,6 +258,25 @@ def test_job_configuration_errors_are_clear(tmp_path):
     )
     other = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", configs=[{"kl_threshold": 1.0}])
     assert first.config_ids() == same.config_ids() != other.config_ids()
+
+
+def test_a_submitted_job_refuses_a_relative_output(tmp_path, monkeypatch, capsys):
+    """Under `ray job submit --working-dir`, the job runs in a temporary copy: out/x would vanish."""
+    monkeypatch.chdir(tmp_path)
+    submitted = {"runtime_env": {"working_dir": "gcs://_ray_pkg_0123.zip"}, "metadata": {"job_submission_id": "x"}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(submitted))
+    assert temporary_working_dir() == str(tmp_path)
+    with pytest.raises(ConfigError, match=r"^output: 'out/x' is relative.*temporary copy.*absolute path"):
+        SegmentJob(input=str(IMAGES), output="out/x")
+    SegmentJob(input=str(IMAGES), output=str(tmp_path / "out"))  # absolute paths and URIs are fine
+    SegmentJob(input=str(IMAGES), output="s3://bucket/out")
+    with pytest.raises(SystemExit) as info:
+        cli_main(["job", "--input", str(IMAGES), "--output", "out/x", *TINY])
+    assert info.value.code == 2
+    assert "--output: 'out/x' is relative" in capsys.readouterr().err
+    assert temporary_working_dir({"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {}})}) is None
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    SegmentJob(input=str(IMAGES), output="out/x")  # run directly, a relative output is the user's own folder
 
 
 def test_manifest_classes_label_openvocab_rows_and_name_diffseg_rows(ray_local, tmp_path):

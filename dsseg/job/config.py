@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -70,6 +71,17 @@ def parse_shard(text: str | Sequence[int] | None) -> tuple[int, int] | None:
     return index, count
 
 
+def temporary_working_dir(environ: Mapping[str, str] | None = None) -> str | None:
+    """The current directory when it is a temporary copy of a ``ray job submit --working-dir``
+    (the job supervisor's ``RAY_JOB_CONFIG_JSON_ENV_VAR`` names a working_dir), else None."""
+    environ = os.environ if environ is None else environ
+    try:
+        runtime_env = json.loads(environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return None
+    return os.getcwd() if runtime_env.get("working_dir") else None
+
+
 @dataclass(frozen=True)
 class SegmentJob:
     """Everything a segment run needs; validated at construction (``ConfigError`` names the setting).
@@ -122,6 +134,14 @@ class SegmentJob:
             raise ConfigError(
                 "input",
                 f"{self.input!r} does not exist; give an image file, a folder, a glob, a manifest or a .tar shard",
+            )
+        copy = temporary_working_dir()
+        if copy and not is_uri(self.output) and not Path(self.output).is_absolute():
+            raise ConfigError(
+                "output",
+                f"{self.output!r} is relative, and this job runs in the temporary copy of its --working-dir that "
+                f"`ray job submit` made ({copy}), which Ray deletes: give an absolute path on storage every node "
+                "shares, or a URI (s3://…, gs://…)",
             )
         if self.batch_size != AUTO_BATCH and not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise ConfigError(
