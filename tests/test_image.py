@@ -44,6 +44,13 @@ def test_decode_errors_are_readable():
     data = _encode(Image.new("RGB", (64, 64), "red"))
     with pytest.raises(ValueError, match="^truncated: "):
         decode_image(data[: len(data) // 2])
+    # Cut inside the header, Pillow cannot even identify the file: still a damaged image, not "not an image".
+    for cut in (data[:40], _encode(Image.new("RGB", (8, 8)), "PNG")[:30]):
+        with pytest.raises(ValueError, match="^truncated: "):
+            decode_image(cut)
+    header_damaged = data[:4] + b"\x00" * 200 + data[-2:]  # a JPEG's first and last bytes, garbage between
+    with pytest.raises(ValueError, match="^(corrupt|truncated): "):
+        decode_image(header_damaged)
 
 
 def test_decode_converts_modes_and_applies_exif_orientation():

@@ -100,8 +100,11 @@ def test_resume_after_a_cancelled_run_gives_exactly_one_row_per_image_and_config
     finished = {(r["config_id"], r["image_id"]) for r in scan(job.output).to_pylist()}
     assert 2 <= len(finished) < 8
 
+    orphan = parts[0].parent / f".{parts[0].name}.0badf00d.tmp"  # the temporary of a writer killed with the run
+    orphan.write_bytes(b"half a parquet file")
     second = run_segment_job(job)  # the same command again
     assert second["complete"] and (tmp_path / "run" / "_SUCCESS").exists()
+    assert second["temporaries_removed"] == 1 and not orphan.exists()
     assert second["rows_written"] == 8 - len(finished)  # finished rows were not redone
     rows = scan(job.output).to_pylist()
     pairs = [(r["config_id"], r["image_id"]) for r in rows]

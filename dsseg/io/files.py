@@ -47,12 +47,23 @@ def write_json(fs: pafs.FileSystem, path: str, document: Any) -> str:
     return write_atomically(fs, path, lambda stream: stream.write(data))
 
 
-def remove_stale_temporaries(folder: Path, older_than: float = STALE_SECONDS) -> int:
-    """Delete the ``.*.tmp`` files that killed writers left under ``folder`` (younger ones may belong
-    to a writer still running); returns how many."""
+def remove_temporaries(fs: pafs.FileSystem, folder: str, written_before: float) -> int:
+    """Delete the ``.*.tmp`` files under ``folder`` on ``fs`` last written before the Unix time
+    ``written_before`` (their writers died); returns how many."""
+    if fs.get_file_info(folder).type != pafs.FileType.Directory:
+        return 0
     removed = 0
-    for path in folder.rglob(".*.tmp") if folder.exists() else []:
-        if time.time() - path.stat().st_mtime > older_than:
-            path.unlink(missing_ok=True)
+    for info in fs.get_file_info(pafs.FileSelector(folder, recursive=True)):
+        is_temporary = (
+            info.type == pafs.FileType.File and info.base_name.startswith(".") and info.base_name.endswith(".tmp")
+        )
+        if is_temporary and info.mtime is not None and info.mtime.timestamp() < written_before:
+            fs.delete_file(info.path)
             removed += 1
     return removed
+
+
+def remove_stale_temporaries(folder: Path, older_than: float = STALE_SECONDS) -> int:
+    """Delete the ``.*.tmp`` files that killed writers left under the local ``folder`` (younger
+    ones may belong to a writer still running); returns how many."""
+    return remove_temporaries(pafs.LocalFileSystem(), str(folder.absolute()), time.time() - older_than)

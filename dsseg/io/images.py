@@ -83,6 +83,9 @@ def _open_checked(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> I
         Image.MAX_IMAGE_PIXELS = None
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
+        damaged = _damaged_header_reason(data)
+        if damaged:
+            raise InputError(damaged, "the file starts as an image but its header cannot be read") from None
         raise InputError(
             "not_an_image", "cannot identify image file (not an image, or a format Pillow cannot read)"
         ) from None
@@ -147,6 +150,28 @@ def decode_image(
         size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
         rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
     return rgb, original_hw
+
+
+# Leading bytes of the formats Pillow reads, and the bytes a whole file of that format ends with
+# (None: the format has no end marker).
+IMAGE_SIGNATURES = {
+    b"\xff\xd8\xff": b"\xff\xd9",  # JPEG: SOI … EOI
+    b"\x89PNG\r\n\x1a\n": b"IEND\xaeB`\x82",  # PNG: … IEND chunk and its CRC
+    b"GIF87a": b";",
+    b"GIF89a": b";",
+    b"II*\x00": None,  # TIFF
+    b"MM\x00*": None,
+}
+
+
+def _damaged_header_reason(data: bytes) -> str | None:
+    """For a file Pillow cannot identify: ``truncated`` when it starts as a known image format
+    but lacks that format's end marker, ``corrupt`` when it has it (or the format has none),
+    None when it does not start as an image at all."""
+    for signature, end in IMAGE_SIGNATURES.items():
+        if data.startswith(signature):
+            return "truncated" if end is not None and not data.rstrip(b"\x00").endswith(end) else "corrupt"
+    return None
 
 
 def _damage_reason(error: Exception) -> str:

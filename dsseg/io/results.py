@@ -30,7 +30,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from dsseg.errors import ConfigError
-from dsseg.io.files import write_atomically, write_json
+from dsseg.io.files import remove_temporaries, write_atomically, write_json
 from dsseg.io.schema import TRANSIENT_ERRORS
 from dsseg.io.sources import in_shard, is_uri, resolve, uri_of
 
@@ -250,6 +250,13 @@ def mark_success(output: str, shard: tuple[int, int] | None, summary: dict[str, 
     """Write ``_SUCCESS`` (or the shard's), atomically: its presence means the run is complete."""
     fs, path = _path(output, success_name(shard))
     write_json(fs, path, summary)
+
+
+def remove_orphaned_temporaries(output: str, written_before: float) -> int:
+    """Delete the temporary part files (``.part-*.tmp``) under ``OUTPUT/segments`` last written
+    before the Unix time ``written_before``: those of writers killed with an earlier run."""
+    fs, folder = _path(output, SEGMENTS_DIR)
+    return remove_temporaries(fs, folder, written_before)
 
 
 def clear_success(output: str, shard: tuple[int, int] | None) -> None:

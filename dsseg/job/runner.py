@@ -14,12 +14,14 @@ from collections import Counter
 from importlib import metadata
 from typing import Any
 
+from dsseg.io.files import STALE_SECONDS
 from dsseg.io.results import (
     check_output,
     clear_success,
     deduplicate,
     done_pairs,
     mark_success,
+    remove_orphaned_temporaries,
     remove_results,
     scan,
     write_config,
@@ -162,6 +164,11 @@ class RunStats:
     def images(self) -> float:
         return self.rows * self.images_per_row
 
+    @property
+    def error_images(self) -> int:
+        """Images whose rows are errors (an unreadable image has one error row per config)."""
+        return round((self.rows - self.ok) * self.images_per_row)
+
     def add(self, batch: Any) -> None:
         """Fold in a WRITTEN_SCHEMA batch (pyarrow table)."""
         self.rows += len(batch)
@@ -202,7 +209,7 @@ def run_segment_job(job: SegmentJob, address: str | None = None, worker: type | 
     (default ``dsseg.job.model_stage.SegmentWorker``)."""
     from dsseg.model.backbone import check_backbone_available
 
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     items, todo = plan(job)
     if todo:
         check_backbone_available(job.backbone, job.offline)
@@ -221,8 +228,8 @@ def run_segment_job(job: SegmentJob, address: str | None = None, worker: type | 
         with filtered_stderr():
             for batch in build_dataset(job, todo, gpus, worker).iter_batches(batch_size=None, batch_format="pyarrow"):
                 stats.add(batch)
-                progress.update(stats.images, stats.rows - stats.ok)
-            progress.update(stats.images, stats.rows - stats.ok, final=True)
+                progress.update(stats.images, stats.error_images)
+            progress.update(stats.images, stats.error_images, final=True)
         ray_seconds = time.perf_counter() - ray_start
     summary = {
         "output": job.output,
@@ -236,6 +243,11 @@ def run_segment_job(job: SegmentJob, address: str | None = None, worker: type | 
     done, ids = done_pairs(scanned), job.config_ids()
     summary["missing"] = sum((cid, item["image_id"]) not in done for item in items for cid in ids)
     summary["complete"] = summary["missing"] == 0
+    # Temporary part files of killed writers: once an unsharded run is complete, every one written
+    # before it started is an orphan; shards of one output may run side by side, so theirs must
+    # also be an hour old (a writer that slow is dead).
+    orphaned_before = started_at if summary["complete"] and job.shard is None else time.time() - STALE_SECONDS
+    summary["temporaries_removed"] = remove_orphaned_temporaries(job.output, orphaned_before)
     summary["seconds"] = round(time.perf_counter() - start, 2)
     if summary["complete"]:
         mark_success(job.output, job.shard, summary)
