@@ -216,14 +216,14 @@ def check_output(output: str, input: str, other_inputs: bool = False, other_file
             raise ConfigError(
                 "output",
                 f"{output} holds other files ({', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''}) and no dsseg "
-                "results: give a new or empty folder, or append to write into it anyway",
+                "results: give a new or empty folder, or append (--append) to write into it anyway",
             )
         return
     inputs = recorded_inputs(previous)
     if inputs and not any(_same_input(input, seen) for seen in inputs) and not other_inputs:
         raise ConfigError(
             "output",
-            f"{output} holds the results of input {', '.join(inputs)}; give another output for {input!r}, or append to add "
+            f"{output} holds the results of input {', '.join(inputs)}; give another output for {input!r}, or append (--append) to add "
             "its images to these results",
         )
 
