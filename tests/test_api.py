@@ -88,8 +88,8 @@ def test_segment_image_with_aspect_geometry_and_sd2_size(tiny, bsds_image):
 
 
 def test_segment_image_rejects_unknown_parameters(tiny, bsds_image):
-    with pytest.raises(dsseg.ConfigError, match="timesteps: .*extraction parameters: .*'timestep'"):
-        dsseg.segment_image(bsds_image, backbone=tiny, timesteps=100)
+    with pytest.raises(dsseg.ConfigError, match="time_step: .*extraction parameters: .*'timestep'"):
+        dsseg.segment_image(bsds_image, backbone=tiny, time_step=100)
 
 
 def test_extraction_captures_only_the_levels_the_method_aggregates():

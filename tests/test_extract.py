@@ -5,6 +5,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
+from dsseg.errors import ConfigError
 from dsseg.io.images import prepare_image
 from dsseg.model.backbone import SD_V1_SCHEDULER
 from dsseg.model.config import ExtractConfig
@@ -56,6 +57,50 @@ def test_noise_modes(tiny, bsds_image):
     torch.testing.assert_close(noisy.self_attention[grid], noisy_again.self_attention[grid])
     for other in (other_seed, clean, inverted):
         assert not torch.allclose(noisy.self_attention[grid], other.self_attention[grid], atol=1e-4)
+
+
+@pytest.mark.parametrize("noise", ["none", "noise"])
+def test_attention_over_several_timesteps_is_the_mean_of_single_timestep_captures(tiny, bsds_image, noise):
+    flipped = np.ascontiguousarray(bsds_image[:, ::-1])
+    images = _batch(tiny, bsds_image, flipped, size=128)
+    steps = (1, 50, 150)
+    base = dict(noise=noise, seed=3)
+    averaged = AttentionExtractor(tiny, ExtractConfig.from_params(dict(base, timesteps=steps, cross_attention=True)))(
+        images
+    )
+    singles = [
+        AttentionExtractor(tiny, ExtractConfig.from_params(dict(base, timestep=t, cross_attention=True)))(images)
+        for t in steps
+    ]
+    assert averaged.timesteps == steps and averaged.timestep == 1 and len(averaged) == 2
+    for kind in ("self_attention", "cross_attention"):
+        for grid, maps in getattr(averaged, kind).items():
+            mean = torch.stack([getattr(single, kind)[grid] for single in singles]).mean(0)
+            torch.testing.assert_close(maps, mean, atol=2e-5, rtol=1e-4)
+            assert not torch.allclose(maps, getattr(singles[0], kind)[grid], atol=1e-4)  # the steps differ
+    # Open vocabulary: each class's map and the self-attention are averaged over the steps too.
+    classes = dict(base, classes=("horse", "sky"), class_template="a photograph of a {class}.")
+    averaged = AttentionExtractor(tiny, ExtractConfig.from_params(dict(classes, timesteps=steps)))(images)
+    singles = [AttentionExtractor(tiny, ExtractConfig.from_params(dict(classes, timestep=t)))(images) for t in steps]
+    for index in range(2):
+        for grid, maps in averaged.class_attention[index].items():
+            mean = torch.stack([single.class_attention[index][grid] for single in singles]).mean(0)
+            torch.testing.assert_close(maps, mean, atol=2e-5, rtol=1e-4)
+    for grid, maps in averaged.self_attention.items():
+        mean = torch.stack([single.self_attention[grid] for single in singles]).mean(0)
+        torch.testing.assert_close(maps, mean, atol=2e-5, rtol=1e-4)
+
+
+def test_timesteps_are_checked():
+    for bad in ({"timesteps": [50, 50]}, {"timesteps": [1000]}, {"timesteps": []}, {"timesteps": "1,50"}):
+        with pytest.raises(ConfigError, match="^timesteps: "):
+            ExtractConfig.from_params(bad)
+    with pytest.raises(ConfigError, match="replaces timestep"):
+        ExtractConfig.from_params({"timesteps": [1, 50], "timestep": 100})
+    with pytest.raises(ConfigError, match="ddim_inversion"):
+        ExtractConfig.from_params({"timesteps": [1, 50], "noise": "ddim_inversion"})
+    assert "timesteps" not in ExtractConfig().flat()  # unset, it leaves config ids as they were
+    assert ExtractConfig.from_params({"timesteps": [1, 50]}).flat()["timesteps"] == (1, 50)
 
 
 def test_seeded_noise_matches_the_scheduler_forward_process(tiny):

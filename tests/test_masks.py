@@ -60,3 +60,15 @@ def test_decode_rejects_segments_that_do_not_partition():
 def test_an_error_rows_empty_segments_say_what_they_are():
     with pytest.raises(ValueError, match="an error row has none"):
         decode_segments([])
+
+
+def test_hundreds_of_segments_encode_with_their_areas_and_boxes():
+    """pycocotools' own area() overflows a uint8 from 256 masks on; areas come from the runs."""
+    labels = np.random.default_rng(0).integers(0, 300, (61, 83))
+    segments = encode_labels(labels)
+    assert [s["segment_id"] for s in segments] == list(range(300))
+    for segment in segments:
+        mask = labels == segment["segment_id"]
+        rows, cols = np.nonzero(mask)
+        assert segment["area"] == mask.sum() and np.array_equal(rle_to_mask(segment["rle"]), mask)
+        assert segment["bbox"] == [cols.min(), rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1]

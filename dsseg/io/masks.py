@@ -59,7 +59,8 @@ def encode_labels(labels: np.ndarray) -> list[dict]:
     ]
     rles = mask_utils.frPyObjects(uncompressed, height, width)
     boxes = mask_utils.toBbox(rles)
-    areas = mask_utils.area(rles)
+    # Areas from the runs, not mask_utils.area: pycocotools 2.0.11 overflows a uint8 there from 256 masks on.
+    areas = np.add.reduceat(lengths[order], first) if len(order) else []
     return [
         {
             "segment_id": int(segment_id),

@@ -68,10 +68,14 @@ class Noising:
     """What the UNet step sees (timesteps in [0, 1000)): ``none`` (the clean latent at ``timestep``,
     default 300, DiffSeg), ``noise`` (seeded Gaussian noise added at ``timestep``, DiffSegmenter)
     or ``ddim_inversion`` (deterministic DDIM inversion for ``inversion_steps`` of
-    ``num_inference_steps``, then the step at the last inverted timestep; ``timestep`` unset)."""
+    ``num_inference_steps``, then the step at the last inverted timestep; ``timestep`` unset).
+    ``timesteps`` (instead of ``timestep``; ``none`` or ``noise``): the attention is the mean of
+    the captures at each of these steps, stacked in the batch of one UNet call (DiffSegmenter's
+    pseudo-labels: 1, 50, 100, 150)."""
 
     noise: NoiseMode = "none"
     timestep: int | None = None
+    timesteps: tuple[int, ...] | None = None
     inversion_steps: int = 10
     num_inference_steps: int = 50
     seed: int = 0
@@ -83,6 +87,19 @@ class Noising:
             raise ConfigError("timestep", "is set by inversion_steps under noise='ddim_inversion'; leave it unset")
         if self.timestep is not None and not 0 <= self.timestep < 1000:
             raise ConfigError("timestep", f"must be in [0, 1000); got {self.timestep}")
+        if self.timesteps is not None:
+            if not isinstance(self.timesteps, (list, tuple)) or any(isinstance(t, (str, bool)) for t in self.timesteps):
+                raise ConfigError(
+                    "timesteps", f"expects a list of steps, e.g. [1, 50, 100, 150]; got {self.timesteps!r}"
+                )
+            steps = tuple(int(t) for t in self.timesteps)
+            object.__setattr__(self, "timesteps", steps)
+            if self.timestep is not None:
+                raise ConfigError("timesteps", "replaces timestep: give one or the other")
+            if self.noise == "ddim_inversion":
+                raise ConfigError("timesteps", "averages steps of the none or noise modes, not of ddim_inversion")
+            if not steps or len(set(steps)) != len(steps) or not all(0 <= t < 1000 for t in steps):
+                raise ConfigError("timesteps", f"must be distinct steps in [0, 1000); got {list(self.timesteps)}")
         if not 1 <= self.inversion_steps <= self.num_inference_steps:
             raise ConfigError(
                 "inversion_steps",
@@ -219,6 +236,7 @@ def check_param_types(config_class: type, params: Mapping[str, Any]) -> None:
 
 
 PARTS = {"preparation": Preparation, "noising": Noising, "capture": Capture, "prompting": Prompting}
+ADDED_PARAMS = frozenset({"timesteps"})  # in flat() only when set: config ids of earlier outputs hold
 RUNTIME_FIELDS = ("class_batch_size",)  # change speed or memory but not results: left out of config ids
 
 
@@ -259,12 +277,13 @@ class ExtractConfig:
         return cls(**parts)
 
     def flat(self) -> dict[str, Any]:
-        """Every parameter by name (derived fields left out): the form config ids hash."""
+        """Every parameter by name (derived fields left out): the form config ids hash. Parameters
+        added after outputs were written (``ADDED_PARAMS``) appear only when set, so those ids hold."""
         out: dict[str, Any] = {}
         for name, part_class in PARTS.items():
             part = getattr(self, name)
             out.update({key: getattr(part, key) for key in param_names(part_class)})
-        return out
+        return {key: value for key, value in out.items() if key not in ADDED_PARAMS or value is not None}
 
     @property
     def uses_classes(self) -> bool:

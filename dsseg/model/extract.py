@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -51,7 +52,8 @@ class AttentionBundle:
     ``self_attention[(h, w)]``: (B, N, N) float32, N = h·w, rows sum to 1 (query × key), the mean
     over heads and over the level's layers; largest grid first. ``cross_attention[(h, w)]``:
     (B, N, T) float32 over T text tokens (empty unless requested; not kept with class prompts).
-    ``timestep``: the UNet step used. With candidate classes, per image i: ``class_names[i]`` (C_i
+    ``timestep``: the UNet step used (the first of ``timesteps``, the steps whose captures were
+    averaged). With candidate classes, per image i: ``class_names[i]`` (C_i
     names) and ``class_attention[i][(h, w)]``: (C_i, N) float32 cross-attention of each class (its
     tokens' columns read out per ``PromptPlan.readout``), mean over heads and the level's layers.
     """
@@ -64,6 +66,7 @@ class AttentionBundle:
     class_names: tuple[tuple[str, ...], ...] | None = None
     class_attention: tuple[dict[Grid, torch.Tensor], ...] | None = None
     images: torch.Tensor | None = None  # (B, 3, h, w) model input in [-1, 1], for image-aware refinement
+    timesteps: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return next(iter(self.self_attention.values())).shape[0]
@@ -80,6 +83,7 @@ class AttentionBundle:
             class_names=None if self.class_names is None else self.class_names[pick],
             class_attention=None if self.class_attention is None else self.class_attention[pick],
             images=None if self.images is None else self.images[pick],
+            timesteps=self.timesteps,
         )
 
 
@@ -128,10 +132,11 @@ class AttentionExtractor:
         noising = config.noising
         if noising.noise == "ddim_inversion":
             self.inversion = inversion_timesteps(scheduler, noising.num_inference_steps, noising.inversion_steps)
-            self.timestep = self.inversion[-1]
+            self.timesteps = (self.inversion[-1],)
         else:
             self.inversion = []
-            self.timestep = DEFAULT_TIMESTEP if noising.timestep is None else noising.timestep
+            self.timesteps = noising.timesteps or (DEFAULT_TIMESTEP if noising.timestep is None else noising.timestep,)
+        self.timestep = self.timesteps[0]
 
     @torch.no_grad()
     def __call__(
@@ -145,17 +150,40 @@ class AttentionExtractor:
         timer = timer or StageTimer(images.device)
         with timer.stage("encode"):
             latents = self.encode(images)
-        if self.config.noising.noise != "none":
-            with timer.stage("invert"):
-                latents = self.add_noise(latents)
+        with timer.stage("invert") if self.config.noising.noise != "none" else nullcontext():
+            noised = self.noised_latents(latents)
         latent_hw = tuple(latents.shape[-2:])
-        bundle = AttentionBundle({}, {}, latent_hw, self.timestep, self.config, images=images)
+        bundle = AttentionBundle({}, {}, latent_hw, self.timestep, self.config, images=images, timesteps=self.timesteps)
         if self.config.uses_classes:
             with timer.stage("unet"):
-                return self._class_forward(latents, self.class_lists(len(latents), classes), bundle)
-        with timer.stage("unet"), capture_attention(self.backbone.unet, self.config.capture_spec(), latent_hw) as store:
-            self.run_unet(latents, self.timestep, self.condition.expand(latents.shape[0], -1, -1))
-        return replace(bundle, self_attention=store.means("self"), cross_attention=store.means("cross"))
+                return self._class_forward(noised, self.class_lists(len(latents), classes), bundle)
+        with timer.stage("unet"):
+            self_maps, cross_maps = self.capture_stacked(noised, self.condition.expand(latents.shape[0], -1, -1))
+        return replace(bundle, self_attention=self_maps, cross_attention=cross_maps)
+
+    def noised_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Clean latents (B, C, h, w) → what the UNet sees at each of ``timesteps``, (T, B, C, h, w)."""
+        if self.config.noising.noise == "ddim_inversion":
+            return self.add_noise(latents)[None]
+        return torch.stack([self.add_noise(latents, t) for t in self.timesteps])
+
+    def capture_stacked(
+        self, noised: torch.Tensor, condition: torch.Tensor
+    ) -> tuple[dict[Grid, torch.Tensor], dict[Grid, torch.Tensor]]:
+        """One UNet call on the T timesteps × k latents of ``noised`` (T, k, C, h, w), stacked in
+        its batch, with text states ``condition`` (k, 77, D) → the captured self- and
+        cross-attention means per level, (k, N, N) and (k, N, 77), averaged over the timesteps."""
+        steps, k = noised.shape[:2]
+        timesteps = (
+            torch.tensor(self.timesteps, device=noised.device).repeat_interleave(k) if steps > 1 else self.timestep
+        )
+        with capture_attention(self.backbone.unet, self.config.capture_spec(), tuple(noised.shape[-2:])) as store:
+            self.run_unet(noised.flatten(0, 1), timesteps, condition.repeat(steps, 1, 1))
+
+        def over_timesteps(maps: dict[Grid, torch.Tensor]) -> dict[Grid, torch.Tensor]:
+            return {grid: m.view(steps, k, *m.shape[1:]).mean(0) if steps > 1 else m for grid, m in maps.items()}
+
+        return over_timesteps(store.means("self")), over_timesteps(store.means("cross"))
 
     def class_lists(self, batch: int, classes: Sequence[Sequence[str] | None] | None) -> list[tuple[str, ...]]:
         """Each image's candidate classes: its own list where given, else the config's."""
@@ -186,10 +214,11 @@ class AttentionExtractor:
         return [class_prompt_plan(tokenizer, config.class_template, name, descriptors.get(name, ())) for name in names]
 
     def _class_forward(
-        self, latents: torch.Tensor, names: list[tuple[str, ...]], bundle: AttentionBundle
+        self, noised: torch.Tensor, names: list[tuple[str, ...]], bundle: AttentionBundle
     ) -> AttentionBundle:
-        """UNet calls on the class prompts of every image, ``class_batch_size`` prompts per call
-        with a template (else as many as images); self-attention averaged over each image's prompts."""
+        """UNet calls on the class prompts of every image (``noised``: (T, B, C, h, w), the images'
+        latents at each timestep), ``class_batch_size`` prompts per call with a template (else as
+        many as images), each at every timestep; self-attention averaged over each image's prompts."""
         work = [(i, plan) for i, image_names in enumerate(names) for plan in self.prompt_plans(image_names)]
         # Joint prompts: as many per call as images (one each, unless a vocabulary overflows 77 tokens).
         size = (
@@ -197,20 +226,18 @@ class AttentionExtractor:
         )
         self_sums: dict[Grid, torch.Tensor] = {}
         parts: list[dict[Grid, list[torch.Tensor]]] = [{} for _ in names]
-        prompts_per_image = torch.zeros(len(names), device=latents.device)
-        spec = self.config.capture_spec()
+        prompts_per_image = torch.zeros(len(names), device=noised.device)
         for start in range(0, len(work), size):
             chunk = work[start : start + size]
-            index = torch.tensor([i for i, _ in chunk], device=latents.device)
+            index = torch.tensor([i for i, _ in chunk], device=noised.device)
             condition = torch.cat([self._class_condition(plan) for _, plan in chunk])
-            with capture_attention(self.backbone.unet, spec, bundle.latent_hw) as store:
-                self.run_unet(latents[index], self.timestep, condition)
-            for grid, maps in store.means("self").items():
+            self_maps, cross_maps = self.capture_stacked(noised[:, index], condition)
+            for grid, maps in self_maps.items():
                 if grid not in self_sums:
                     self_sums[grid] = maps.new_zeros(len(names), *maps.shape[1:])
                 self_sums[grid].index_add_(0, index, maps)
             prompts_per_image.index_add_(0, index, torch.ones_like(index, dtype=prompts_per_image.dtype))
-            for grid, cross in store.means("cross").items():  # (k, N, 77)
+            for grid, cross in cross_maps.items():  # (k, N, 77)
                 for row, (i, plan) in enumerate(chunk):
                     parts[i].setdefault(grid, []).append(cross[row] @ plan.readout(cross.shape[-1]).to(cross))
         class_attention = tuple(
@@ -246,22 +273,24 @@ class AttentionExtractor:
         images = images.to(backbone.device, backbone.dtype)
         return backbone.vae.encode(images).latent_dist.mean * backbone.latent_scaling
 
-    def add_noise(self, latents: torch.Tensor) -> torch.Tensor:
-        """Apply the configured noise mode to clean latents."""
+    def add_noise(self, latents: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
+        """Apply the configured noise mode to clean latents, at ``timestep`` (default: the first of
+        ``timesteps``; ddim_inversion ends at its own)."""
         if self.config.noising.noise == "none":
             return latents
         if self.config.noising.noise == "noise":
             generator = torch.Generator().manual_seed(self.config.noising.seed)
             noise = torch.randn((1, *latents.shape[1:]), generator=generator).to(latents)
-            alpha = float(self.alphas_cumprod[self.timestep])
+            alpha = float(self.alphas_cumprod[self.timestep if timestep is None else timestep])
             return math.sqrt(alpha) * latents + math.sqrt(1.0 - alpha) * noise.expand_as(latents)
         scheduler_config = self.backbone.scheduler.config
         start_alpha = 1.0 if scheduler_config.set_alpha_to_one else float(self.alphas_cumprod[0])
         return ddim_invert(latents, self._predict_noise, self.alphas_cumprod, self.inversion, start_alpha)
 
-    def run_unet(self, latents: torch.Tensor, timestep: int, condition: torch.Tensor) -> torch.Tensor:
-        """One UNet call: latents (B, 4, h, w) at ``timestep`` with text states (B, 77, D) → its output, same shape as latents."""
-        t = torch.tensor(timestep, device=latents.device)
+    def run_unet(self, latents: torch.Tensor, timestep: int | torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """One UNet call: latents (B, 4, h, w) at ``timestep`` (one, or (B,) per latent) with text
+        states (B, 77, D) → its output, same shape as latents."""
+        t = torch.as_tensor(timestep, device=latents.device)
         return self.backbone.unet(latents, t, encoder_hidden_states=condition).sample
 
     def _predict_noise(self, latents: torch.Tensor, timestep: int) -> torch.Tensor:
