@@ -37,3 +37,55 @@ def test_pamr_checks_its_inputs():
     with pytest.raises(ValueError, match="share"):
         pamr(image, scores[..., :8], iterations=1)
     assert torch.equal(pamr(image, scores, iterations=0), scores)
+
+
+def _noisy_two_region_channels(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A dark-left / bright-right 48×64 image, its true labels, and (2, 48, 64) channels that
+    favour the true side by 0.6 to 0.4, with a third of the pixels flipped."""
+    image = -torch.ones(1, 3, 48, 64)
+    image[..., 32:] = 1.0
+    truth = torch.zeros(48, 64, dtype=torch.int64)
+    truth[:, 32:] = 1
+    flipped = torch.rand(48, 64, generator=torch.Generator().manual_seed(seed)) < 0.33
+    noisy = torch.where(flipped, 1 - truth, truth)
+    channels = torch.stack([torch.where(noisy == 0, 0.6, 0.4), torch.where(noisy == 1, 0.6, 0.4)])
+    return image, truth, channels
+
+
+def test_dense_crf_recovers_regions_from_noisy_probabilities():
+    pytest.importorskip("pydensecrf.densecrf", reason="the dense CRF is the optional crf extra")
+    from dsseg.methods.openvocab import crf_marginals
+
+    image, truth, channels = _noisy_two_region_channels()
+    marginals = crf_marginals(channels, image, iterations=5)
+    assert marginals.shape == channels.shape
+    torch.testing.assert_close(marginals.sum(dim=0), torch.ones(48, 64), atol=1e-4, rtol=0)
+    before = (channels.argmax(0) == truth).float().mean()
+    after = (marginals.argmax(0) == truth).float().mean()
+    assert before < 0.7 and after > 0.98  # the colour edge, not the noise, decides
+
+
+def test_dense_crf_without_its_package_says_what_to_install(monkeypatch):
+    import sys
+
+    from dsseg.methods.dense_crf import dense_crf
+    from dsseg.methods.openvocab import OpenVocabConfig
+
+    monkeypatch.setitem(sys.modules, "pydensecrf", None)
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    with pytest.raises(RuntimeError, match=r"pip install -e '\.\[crf\]'"):
+        dense_crf(torch.full((2, 4, 4), 0.5).numpy(), torch.zeros(4, 4, 3, dtype=torch.uint8).numpy())
+    with pytest.raises(ValueError, match="^crf_iterations: the dense CRF needs pydensecrf2"):
+        OpenVocabConfig(crf_iterations=5)
+    assert OpenVocabConfig().crf_iterations == 0  # off by default, no package needed
+
+
+def test_openvocab_with_a_dense_crf_labels_every_pixel(tiny, bsds_image):
+    pytest.importorskip("pydensecrf.densecrf", reason="the dense CRF is the optional crf extra")
+    import dsseg
+
+    common = dict(backbone=tiny, method="openvocab", classes=["horse", "grass"], image_size=128)
+    result = dsseg.segment_image(bsds_image, crf_iterations=3, ignore_margin=0.05, **common)
+    assert result.labels.shape == bsds_image.shape[:2]
+    assert set(result.names) == {"background", "horse", "grass", "ignore"}
+    assert set(map(int, set(result.labels.ravel().tolist()))) <= set(range(len(result.names)))

@@ -91,6 +91,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--pamr-iterations", type=int, default=10, help="image-aware refinement steps, 0 = off (default %(default)s)"
     )
     parser.add_argument(
+        "--crf-iterations",
+        type=int,
+        default=0,
+        help="dense-CRF refinement steps after PAMR, 0 = off; needs pip install -e '.[crf]' (default %(default)s)",
+    )
+    parser.add_argument(
         "--agnostic-method", default="diffseg", choices=["diffseg", "ncut"], help="segments for images without labels"
     )
     parser.add_argument(
@@ -220,6 +226,7 @@ def segment_jobs(args: argparse.Namespace, rows: list[dict[str, Any]], output: P
     weak_params = {
         "ignore_margin": args.ignore_margin,
         "pamr_iterations": args.pamr_iterations,
+        **({"crf_iterations": args.crf_iterations} if args.crf_iterations else {}),
         **params_for("openvocab", extra),
     }
     if args.background_threshold is not None:

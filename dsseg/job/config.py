@@ -31,6 +31,17 @@ AUTO_BATCH = "auto"  # batch size chosen by each model actor from its free memor
 AUTO_BATCH_ROWS = 64  # rows Ray hands an actor per call under "auto"; the actor splits them to its size
 
 
+def id_params(params: Any) -> dict[str, Any]:
+    """A method config's parameters as its config id hashes them: every field, less those added
+    after outputs were written (field metadata ``added``) while they hold their defaults, so the
+    ids of those outputs still match."""
+    hashed = dataclasses.asdict(params)
+    for f in dataclasses.fields(params):
+        if f.metadata.get("added") and getattr(params, f.name) == f.default:
+            del hashed[f.name]
+    return hashed
+
+
 def config_id(
     backbone: str,
     dtype: str,
@@ -51,7 +62,7 @@ def config_id(
         "dtype": dtype,
         "extract": extract_fields,
         "method": spec.method,
-        "params": dataclasses.asdict(resolved.params),
+        "params": id_params(resolved.params),
     }
     if rendering:
         key["rendering"] = dict(rendering)

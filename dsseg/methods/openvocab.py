@@ -17,12 +17,13 @@ uncertain (255 in ``labels_from_scores``; the segment named "ignore" in a ``Meth
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 
 from dsseg.methods.base import MethodResult
+from dsseg.methods.dense_crf import CRF_INSTALL, crf_available, dense_crf
 from dsseg.methods.pamr import pamr
 from dsseg.model.attention import Grid
 from dsseg.model.extract import AttentionBundle
@@ -43,7 +44,9 @@ class OpenVocabConfig:
     a split you may tune on. ``ignore_margin``: None, or the smallest lead of the best channel over
     the runner-up below which a pixel is uncertain. ``upsample_factor``: latent cell → pixels.
     ``pamr_iterations`` (0 = off) and ``pamr_dilations``: image-aware refinement of the pixel score
-    maps before labelling (``dsseg.methods.pamr.pamr``).
+    maps before labelling (``dsseg.methods.pamr.pamr``). ``crf_iterations`` (0 = off): then a dense
+    CRF on the background + class channels, normalised to probabilities (``dsseg.methods.dense_crf``;
+    the optional ``crf`` extra); labels and the ignore margin are read from its marginals.
     """
 
     level_weights: tuple[float, ...] = LEVEL_WEIGHTS
@@ -53,6 +56,7 @@ class OpenVocabConfig:
     upsample_factor: int = 8
     pamr_iterations: int = 0
     pamr_dilations: tuple[int, ...] = (1, 2, 4, 8)
+    crf_iterations: int = field(default=0, metadata={"added": True})
 
     def __post_init__(self) -> None:
         weights = tuple(float(w) for w in self.level_weights)
@@ -70,6 +74,10 @@ class OpenVocabConfig:
             raise ValueError(
                 f"pamr_iterations must be ≥ 0 and pamr_dilations positive; got {self.pamr_iterations}, {self.pamr_dilations}"
             )
+        if self.crf_iterations < 0:
+            raise ValueError(f"crf_iterations must be ≥ 0; got {self.crf_iterations}")
+        if self.crf_iterations and not crf_available():
+            raise ValueError(f"crf_iterations: {CRF_INSTALL}")
 
 
 def minmax(maps: torch.Tensor) -> torch.Tensor:
@@ -132,13 +140,23 @@ def labels_from_scores(
 ) -> torch.Tensor:
     """(C, h, w) class scores → (h, w) int64: 0 background (no class above the threshold),
     c for class c − 1's map, ``IGNORE_LABEL`` where the best channel leads by less than the margin."""
+    return labels_from_channels(score_channels(scores, background_threshold), ignore_margin)
+
+
+def score_channels(scores: torch.Tensor, background_threshold: float) -> torch.Tensor:
+    """(C, h, w) class scores → (1 + C, h, w): the constant background score, then the classes."""
     background = scores.new_full((1, *scores.shape[1:]), background_threshold)
-    channels = torch.cat([background, scores])
+    return torch.cat([background, scores])
+
+
+def labels_from_channels(channels: torch.Tensor, ignore_margin: float | None = None) -> torch.Tensor:
+    """(1 + C, h, w) background and class channels → (h, w) int64 labels: the best channel, or
+    ``IGNORE_LABEL`` where it leads the runner-up by less than ``ignore_margin``."""
     if ignore_margin is None or channels.shape[0] < 2:
         return channels.argmax(dim=0)
     if channels.shape[0] > IGNORE_LABEL:
         raise ValueError(
-            f"an ignore band needs fewer than {IGNORE_LABEL} classes per image (label {IGNORE_LABEL} marks it); got {len(scores)}"
+            f"an ignore band needs fewer than {IGNORE_LABEL} classes per image (label {IGNORE_LABEL} marks it); got {len(channels) - 1}"
         )
     top = channels.topk(2, dim=0)
     labels = top.indices[0]
@@ -175,7 +193,10 @@ def segment_openvocab(
             scores = upsample_scores(latent_scores, size)
             if config.pamr_iterations and names:
                 scores = refine_with_image(scores, image.images, config)
-            labels = labels_from_scores(scores, config.background_threshold, config.ignore_margin)
+            channels = score_channels(scores, config.background_threshold)
+            if config.crf_iterations and names:
+                channels = crf_marginals(channels, image.images, config.crf_iterations)
+            labels = labels_from_channels(channels, config.ignore_margin)
             if config.ignore_margin is not None:
                 labels[labels == IGNORE_LABEL] = len(names) + 1
             means = segment_means(labels, scores, len(names) + 2)
@@ -188,15 +209,30 @@ def segment_openvocab(
     return results
 
 
+def image_at(images: torch.Tensor | None, size: tuple[int, ...], needed_by: str) -> torch.Tensor:
+    """One image's model input (1, 3, h', w') in [-1, 1], resized (bilinear) to ``size`` (h, w)."""
+    if images is None:
+        raise ValueError(f"{needed_by} needs the image: segment images (segment_image / the job), not cached attention")
+    if tuple(images.shape[-2:]) != tuple(size):
+        images = F.interpolate(images.float(), size=tuple(size), mode="bilinear", align_corners=False)
+    return images
+
+
 def refine_with_image(scores: torch.Tensor, images: torch.Tensor | None, config: OpenVocabConfig) -> torch.Tensor:
     """PAMR on one image's (C, h, w) pixel scores with its model input (1, 3, h, w)."""
-    if images is None:
-        raise ValueError(
-            "pamr_iterations needs the image: segment images (segment_image / the job), not cached attention"
-        )
-    if tuple(images.shape[-2:]) != tuple(scores.shape[-2:]):
-        images = F.interpolate(images.float(), size=scores.shape[-2:], mode="bilinear", align_corners=False)
+    images = image_at(images, scores.shape[-2:], "pamr_iterations")
     return pamr(images.to(scores.device), scores[None], config.pamr_iterations, config.pamr_dilations)[0]
+
+
+def crf_marginals(channels: torch.Tensor, images: torch.Tensor | None, iterations: int) -> torch.Tensor:
+    """Dense-CRF marginals of one image's (1 + C, h, w) background and class channels, each
+    pixel's channels normalised to probabilities first; same shape, on the channels' device."""
+    image = image_at(images, channels.shape[-2:], "crf_iterations")[0]
+    rgb = ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    probabilities = channels.float().clamp_min(0)
+    probabilities = probabilities / probabilities.sum(dim=0, keepdim=True).clamp_min(_EPS)
+    marginals = dense_crf(probabilities.cpu().numpy(), rgb, iterations)
+    return torch.from_numpy(marginals).to(channels)
 
 
 def name_segments(result: MethodResult, bundle: AttentionBundle, mode: str = "majority") -> MethodResult:
