@@ -51,3 +51,15 @@ def test_filtered_stderr_drops_only_the_spurious_lines_of_every_writer():
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stderr.splitlines() == ["a C++ line to keep", "a Python line to keep", "after"]
+
+
+def test_filtered_stderr_without_a_stderr_descriptor_just_runs():
+    script = (
+        "import os\n"
+        "os.close(2)\n"
+        "from dsseg.job.console import filtered_stderr\n"
+        "with filtered_stderr():\n"
+        "    print('ran')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout == "ran\n"

@@ -105,7 +105,11 @@ def filtered_stderr(drop: re.Pattern[bytes] = SPURIOUS_STDERR) -> Iterator[None]
     except those matching ``drop``. Enter it after Ray has started, so that Ray's own processes
     keep the real stderr."""
     sys.stderr.flush()
-    real = os.dup(2)
+    try:
+        real = os.dup(2)
+    except OSError:  # no file descriptor 2 (a daemon, some notebook kernels): nothing to filter
+        yield
+        return
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
     os.close(write_end)
