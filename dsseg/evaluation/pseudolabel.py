@@ -504,8 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         write_local_json(output / "coco" / "annotations.json", document)
         summary["coco"] = {"images": len(document["images"]), "annotations": len(document["annotations"])}
     if args.gt_dir:
-        lookup = ground_truth_lookup(ground_truth_names(args.gt_classes, classes), classes)
-        summary["quality"] = quality(weak, classes, voc, Path(args.gt_dir), lookup)
+        summary["quality"] = quality(weak, classes, voc, Path(args.gt_dir), ground_truth_lookup(names, classes))
         write_local_json(output / "quality.json", json_ready(summary["quality"]))
     summary = json_ready(summary)
     write_local_json(output / "summary.json", summary)

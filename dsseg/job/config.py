@@ -20,7 +20,7 @@ from typing import Any
 from dsseg.errors import ConfigError
 from dsseg.io.images import DEFAULT_MAX_PIXELS
 from dsseg.io.sources import is_uri
-from dsseg.model.config import DEFAULT_BACKBONE, RUNTIME_FIELDS, Preparation
+from dsseg.model.config import DEFAULT_BACKBONE, RUNTIME_FIELDS, Preparation, added_at_default
 from dsseg.spec import MethodSpec
 
 MASK_FRAMES = (
@@ -33,13 +33,9 @@ AUTO_BATCH_ROWS = 64  # rows Ray hands an actor per call under "auto"; the actor
 
 def id_params(params: Any) -> dict[str, Any]:
     """A method config's parameters as its config id hashes them: every field, less those added
-    after outputs were written (field metadata ``added``) while they hold their defaults, so the
-    ids of those outputs still match."""
-    hashed = dataclasses.asdict(params)
-    for f in dataclasses.fields(params):
-        if f.metadata.get("added") and getattr(params, f.name) == f.default:
-            del hashed[f.name]
-    return hashed
+    after outputs were written that hold their defaults (``added_at_default``)."""
+    unset = added_at_default(params)
+    return {name: value for name, value in dataclasses.asdict(params).items() if name not in unset}
 
 
 def config_id(

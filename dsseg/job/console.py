@@ -56,7 +56,6 @@ class ProgressLine:
         self.interval = TERMINAL_REDRAW_SECONDS if self.in_terminal else every_seconds
         self.start = time.perf_counter()
         self.last = -float("inf")  # the first update shows
-        self.shown = ""
 
     def update(self, done: float, errors: int, final: bool = False) -> None:
         """Show ``done`` images of ``total`` (``errors`` of them error rows), at most once per
@@ -65,11 +64,11 @@ class ProgressLine:
         if not final and now - self.last < self.interval:
             return
         self.last = now
-        self.shown = progress_text(done, self.total, now - self.start, errors)
+        text = progress_text(done, self.total, now - self.start, errors)
         if self.in_terminal:
-            self.stream.write(f"\r{self.shown}\x1b[K" + ("\n" if final else ""))
+            self.stream.write(f"\r{text}\x1b[K" + ("\n" if final else ""))
         else:
-            self.stream.write(self.shown + "\n")
+            self.stream.write(text + "\n")
         self.stream.flush()
 
 

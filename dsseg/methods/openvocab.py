@@ -26,6 +26,7 @@ from dsseg.methods.base import MethodResult
 from dsseg.methods.dense_crf import CRF_INSTALL, crf_available, dense_crf
 from dsseg.methods.pamr import pamr
 from dsseg.model.attention import Grid
+from dsseg.model.config import ADDED
 from dsseg.model.extract import AttentionBundle
 from dsseg.model.vocabularies import BACKGROUND_NAME, IGNORE_LABEL, IGNORE_NAME
 from dsseg.timing import StageTimer
@@ -56,7 +57,7 @@ class OpenVocabConfig:
     upsample_factor: int = 8
     pamr_iterations: int = 0
     pamr_dilations: tuple[int, ...] = (1, 2, 4, 8)
-    crf_iterations: int = field(default=0, metadata={"added": True})
+    crf_iterations: int = field(default=0, metadata=ADDED)
 
     def __post_init__(self) -> None:
         weights = tuple(float(w) for w in self.level_weights)

@@ -63,6 +63,18 @@ class Preparation:
         return prepare_image(rgb, self.image_size, self.geometry, self.antialias)
 
 
+# Field metadata of a parameter added after outputs were written: config ids leave it out while it
+# holds its default, so the ids of those outputs still match (``added_at_default``).
+ADDED = {"added": True}
+
+
+def added_at_default(config: Any) -> set[str]:
+    """The fields of the dataclass ``config`` marked ``ADDED`` that hold their defaults."""
+    return {
+        f.name for f in dataclasses.fields(config) if f.metadata.get("added") and getattr(config, f.name) == f.default
+    }
+
+
 @dataclass(frozen=True)
 class Noising:
     """What the UNet step sees (timesteps in [0, 1000)): ``none`` (the clean latent at ``timestep``,
@@ -75,7 +87,7 @@ class Noising:
 
     noise: NoiseMode = "none"
     timestep: int | None = None
-    timesteps: tuple[int, ...] | None = None
+    timesteps: tuple[int, ...] | None = field(default=None, metadata=ADDED)
     inversion_steps: int = 10
     num_inference_steps: int = 50
     seed: int = 0
@@ -236,7 +248,6 @@ def check_param_types(config_class: type, params: Mapping[str, Any]) -> None:
 
 
 PARTS = {"preparation": Preparation, "noising": Noising, "capture": Capture, "prompting": Prompting}
-ADDED_PARAMS = frozenset({"timesteps"})  # in flat() only when set: config ids of earlier outputs hold
 RUNTIME_FIELDS = ("class_batch_size",)  # change speed or memory but not results: left out of config ids
 
 
@@ -278,12 +289,13 @@ class ExtractConfig:
 
     def flat(self) -> dict[str, Any]:
         """Every parameter by name (derived fields left out): the form config ids hash. Parameters
-        added after outputs were written (``ADDED_PARAMS``) appear only when set, so those ids hold."""
+        added after outputs were written appear only when set (``added_at_default``), so those ids hold."""
         out: dict[str, Any] = {}
         for name, part_class in PARTS.items():
             part = getattr(self, name)
-            out.update({key: getattr(part, key) for key in param_names(part_class)})
-        return {key: value for key, value in out.items() if key not in ADDED_PARAMS or value is not None}
+            unset = added_at_default(part)
+            out.update({key: getattr(part, key) for key in param_names(part_class) if key not in unset})
+        return out
 
     @property
     def uses_classes(self) -> bool:

@@ -136,7 +136,11 @@ class AttentionExtractor:
         else:
             self.inversion = []
             self.timesteps = noising.timesteps or (DEFAULT_TIMESTEP if noising.timestep is None else noising.timestep,)
-        self.timestep = self.timesteps[0]
+
+    @property
+    def timestep(self) -> int:
+        """The first (or only) step of ``timesteps``: the one a single-step UNet call uses."""
+        return self.timesteps[0]
 
     @torch.no_grad()
     def __call__(
