@@ -100,6 +100,13 @@ def test_timesteps_are_checked():
     with pytest.raises(ConfigError, match="ddim_inversion"):
         ExtractConfig.from_params({"timesteps": [1, 50], "noise": "ddim_inversion"})
     assert "timesteps" not in ExtractConfig().flat()  # unset, it leaves config ids as they were
+    # Over a method whose defaults set timestep (openvocab: 100), timesteps replaces it, and back.
+    from dsseg.spec import MethodSpec
+
+    steps = MethodSpec("openvocab", {"classes": ["horse"], "timesteps": [1, 50, 100, 150]}).resolved.extraction.noising
+    assert steps.timesteps == (1, 50, 100, 150) and steps.timestep is None
+    base = ExtractConfig.from_params({"timesteps": [1, 50]})
+    assert ExtractConfig.from_params({"timestep": 7}, base).noising.timesteps is None
     assert ExtractConfig.from_params({"timesteps": [1, 50]}).flat()["timesteps"] == (1, 50)
 
 

@@ -248,6 +248,7 @@ def check_param_types(config_class: type, params: Mapping[str, Any]) -> None:
 
 
 PARTS = {"preparation": Preparation, "noising": Noising, "capture": Capture, "prompting": Prompting}
+REPLACES = {"timestep": "timesteps", "timesteps": "timestep"}  # parameters that stand for each other
 RUNTIME_FIELDS = ("class_batch_size",)  # change speed or memory but not results: left out of config ids
 
 
@@ -280,6 +281,10 @@ class ExtractConfig:
         unknown = sorted(set(params) - EXTRACT_PARAMS)
         if unknown:
             raise ConfigError(unknown[0], f"is not an extraction parameter; they are {sorted(EXTRACT_PARAMS)}")
+        # One of two parameters that replace each other, given over a base, clears the base's other
+        # (openvocab's default timestep 100, then timesteps=[1, 50, 100, 150]); both given is an error.
+        cleared = {REPLACES[name]: None for name in params if name in REPLACES and REPLACES[name] not in params}
+        params = {**cleared, **params}
         parts = {}
         for name, part_class in PARTS.items():
             own = {k: v for k, v in params.items() if k in param_names(part_class)}
