@@ -1,7 +1,7 @@
 """dsseg: zero-shot segmentation from the attention of a frozen Stable Diffusion UNet.
 
-Public API: ``segment_image``, ``segment_attention``, ``Segmentation``; ``load_backbone`` to load
-a model once, ``MethodSpec`` for a method config and ``Segmenter`` to segment batches with one or
+Public API: ``segment_image``, ``segment_attention``, ``Segmentation``; ``load_backbone`` (and
+``load_captioner``, a BLIP for names and prompts from captions) to load a model once, ``MethodSpec`` for a method config and ``Segmenter`` to segment batches with one or
 more of them. Names are imported on first use, so ``import dsseg`` (or a light submodule such as
 ``dsseg.evaluation.metrics``) loads no model code.
 """
@@ -27,17 +27,22 @@ _EXPORTS = {
     "Backbone": "dsseg.model.backbone",
     "BackboneNotFoundError": "dsseg.model.backbone",
     "load_backbone": "dsseg.model.backbone",
+    "Captioner": "dsseg.model.captioner",
+    "CaptionerNotFoundError": "dsseg.model.captioner",
+    "load_captioner": "dsseg.model.captioner",
 }
 
 __all__ = [
-    "AttentionBundle", "AttentionExtractor", "Backbone", "BackboneNotFoundError", "ConfigError", "ExtractConfig", "MethodSpec",
-    "Segmentation", "Segmenter", "load_backbone", "segment_attention", "segment_image",
+    "AttentionBundle", "AttentionExtractor", "Backbone", "BackboneNotFoundError", "Captioner", "CaptionerNotFoundError",
+    "ConfigError", "ExtractConfig", "MethodSpec", "Segmentation", "Segmenter", "load_backbone", "load_captioner",
+    "segment_attention", "segment_image",
 ]  # fmt: skip
 
 if TYPE_CHECKING:
     from dsseg.api import segment_attention, segment_image
     from dsseg.errors import ConfigError
     from dsseg.model.backbone import Backbone, BackboneNotFoundError, load_backbone
+    from dsseg.model.captioner import Captioner, CaptionerNotFoundError, load_captioner
     from dsseg.model.config import ExtractConfig
     from dsseg.model.extract import AttentionBundle, AttentionExtractor
     from dsseg.segmentation import Segmentation

@@ -30,6 +30,7 @@ def segment_image(
     device: str | None = None,
     dtype: str | None = None,
     class_filter: ClassFilter | None = None,
+    captioner: Any = None,
     **params: Any,
 ) -> Segmentation:
     """Segment one image (path, PIL image or (H, W, 3) uint8 array) with one UNet step.
@@ -42,6 +43,12 @@ def segment_image(
     ``labels`` indexing ``names`` with ``names[0] == "background"``. ``classes`` with another
     method names its segments (``names``, ``scores``). ``class_filter`` (see
     ``dsseg.model.class_filters``) narrows the candidates to those the image plausibly shows.
+
+    Captions: ``captioner`` is a ``Captioner`` (``dsseg.model.captioner.load_captioner``) or its name
+    (``"tiny"``, a BLIP hub id or folder; loaded ones are cached). ``naming="caption"`` (diffseg,
+    ncut) names the segments with the nouns of the image's caption, the caption being the prompt;
+    ``descriptors="caption"`` (openvocab) continues each class prompt with a conditional caption.
+    The result's ``caption`` says what was read.
     """
     spec = MethodSpec(method, params)  # validated before a model loads
     prompting = spec.resolved.extraction.prompting
@@ -52,7 +59,11 @@ def segment_image(
         )
     if not isinstance(backbone, Backbone):
         backbone = cached_backbone(backbone, device=device, dtype=dtype)
-    segmenter = Segmenter(backbone, spec, class_filter=class_filter)
+    if isinstance(captioner, str):
+        from dsseg.model.captioner import cached_captioner
+
+        captioner = cached_captioner(captioner, device=device, dtype=dtype)
+    segmenter = Segmenter(backbone, spec, class_filter=class_filter, captioner=captioner)
     timer = StageTimer(backbone.device)
     with timer.stage("decode"):
         pixels, geometry = segmenter.prepare(load_rgb(image))

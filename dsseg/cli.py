@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from dsseg.errors import ConfigError
 from dsseg.io.images import GEOMETRIES
 from dsseg.methods import METHOD_NAMES
-from dsseg.model.config import DEFAULT_BACKBONE, NOISE_MODES
+from dsseg.model.config import DEFAULT_BACKBONE, DEFAULT_CAPTIONER, NOISE_MODES
 from dsseg.model.vocabularies import VOCABULARIES
 
 if TYPE_CHECKING:
@@ -45,6 +45,12 @@ METHOD_PARAM_FLAGS = ("timestep", "noise", "geometry", "classes", "vocabulary", 
 
 
 STRICT_HELP = "exit 1 when any image failed (default: error rows are results; exit 0 once every image has its row)"
+
+
+CAPTIONER_HELP = (
+    "BLIP captioner for configs that read captions (--param naming=caption, --param descriptors=caption, "
+    f"--class-filter caption): tiny | hub id (e.g. {DEFAULT_CAPTIONER}) | local folder"
+)
 
 
 def add_model_arguments(
@@ -215,8 +221,10 @@ def job_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--class-filter",
-        help="narrow each image's candidate classes: clip:MODEL (hub id or folder) or package.module:factory",
+        help="narrow each image's candidate classes: clip:MODEL (hub id or folder), caption (the classes the image's "
+        "caption names), caption+clip:MODEL (either) or package.module:factory",
     )
+    parser.add_argument("--captioner", help=CAPTIONER_HELP)
     parser.add_argument(
         "--ignore-exif", dest="exif_transpose", action="store_false", default=None,
         help="keep images in their stored pixel order instead of turning them upright by EXIF (as benchmark labels are drawn)",
@@ -293,6 +301,7 @@ def segment_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder for <name>_overlay.png and <name>_labels.png")
     parser.add_argument("--limit", type=int, help="only the first N images")
     parser.add_argument("--strict", action="store_true", help=STRICT_HELP)
+    parser.add_argument("--captioner", help=CAPTIONER_HELP)
     add_model_arguments(parser)
     add_method_arguments(parser)
     args = parser.parse_args(argv)
@@ -306,6 +315,7 @@ def segment_main(argv: Sequence[str] | None = None) -> int:
     from dsseg.io.overlay import overlay
     from dsseg.io.sources import list_inputs, read_bytes
     from dsseg.model.backbone import BackboneNotFoundError, load_backbone
+    from dsseg.model.captioner import CaptionerNotFoundError, load_captioner
     from dsseg.segmenter import Segmenter
     from dsseg.spec import MethodSpec
 
@@ -318,10 +328,17 @@ def segment_main(argv: Sequence[str] | None = None) -> int:
         backbone = load_backbone(
             args.backbone, device=args.device, dtype=args.dtype, offline=args.offline, compile=args.compile
         )
-    except BackboneNotFoundError as error:
+        captioner = (
+            load_captioner(args.captioner, device=backbone.device, dtype=backbone.dtype, offline=args.offline)
+            if args.captioner
+            else None
+        )
+        segmenter = Segmenter(backbone, spec, captioner=captioner)
+    except (BackboneNotFoundError, CaptionerNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    segmenter = Segmenter(backbone, spec)
+    except ConfigError as error:
+        parser.error(flag_message(error, (*METHOD_PARAM_FLAGS, "captioner")))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failures = 0
@@ -338,7 +355,10 @@ def segment_main(argv: Sequence[str] | None = None) -> int:
         Image.fromarray(overlay(rgb, result.labels)).save(out / f"{stem}_overlay.png")
         Image.fromarray(result.labels.astype(np.uint16)).save(out / f"{stem}_labels.png")
         named = f" ({', '.join(sorted({n for n in result.names if n}))})" if result.names else ""
-        print(f"{item['image_id']}: {result.num_segments} segments{named} in {sum(result.timings_ms.values()):.0f} ms")
+        caption = f"; caption: {result.caption!r}" if result.caption else ""
+        print(
+            f"{item['image_id']}: {result.num_segments} segments{named} in {sum(result.timings_ms.values()):.0f} ms{caption}"
+        )
     return 1 if failures and args.strict else 0
 
 

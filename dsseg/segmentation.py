@@ -23,6 +23,7 @@ class Segmentation:
     ``labels``: (H, W) int32 segment ids 0..S−1 at the image's original size; segments
     partition the image. ``names``/``scores``/``parents``: per-segment label, score and parent
     id where the method provides them. ``timings_ms``: per-stage wall time (ms) of the batch.
+    ``caption``: what the captioner wrote for the image, when the config read captions.
     """
 
     labels: np.ndarray
@@ -31,6 +32,7 @@ class Segmentation:
     scores: list[float | None] | None = None
     parents: list[int | None] | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    caption: str | None = None
 
     @property
     def num_segments(self) -> int:

@@ -1,7 +1,7 @@
 """The one orchestration core: a backbone and one or more method configs, applied to batches.
 
-"Filter classes → extract → run each method config → map to the original image" lives here
-and only here. Configs whose extraction differs only in what is captured share one UNet forward
+"Caption → filter classes → extract → run each method config → map to the original image" lives
+here and only here. Configs whose extraction differs only in what is captured share one UNet forward
 (``forward_groups``); every config then segments the shared attention. The Python API, the Ray
 model stage (``dsseg.job.stages``) and the benchmark all call a ``Segmenter``.
 """
@@ -19,17 +19,21 @@ from dsseg.io.images import Geometry
 from dsseg.methods import get_method, run_method
 from dsseg.methods.base import MethodResult
 from dsseg.model.backbone import Backbone
-from dsseg.model.class_filters import ClassFilter, filter_classes
-from dsseg.model.config import ExtractConfig, Preparation
+from dsseg.model.class_filters import ClassFilter, filter_classes, needs_captions
+from dsseg.model.config import CLASS_PLACEHOLDER, ExtractConfig, Preparation
 from dsseg.model.extract import AttentionExtractor, to_model_input
+from dsseg.model.nouns import CaptionNoun, caption_nouns
+from dsseg.model.prompts import ImageTexts, phrase_positions
 from dsseg.segmentation import Segmentation, segmentation_from_labels
 from dsseg.spec import MethodSpec, SegmentConfig
 from dsseg.timing import StageTimer
 
 
-def to_segmentation(result: MethodResult, geometry: Geometry, method: str, timer: StageTimer) -> Segmentation:
+def to_segmentation(
+    result: MethodResult, geometry: Geometry, method: str, timer: StageTimer, caption: str | None = None
+) -> Segmentation:
     """A method's model-frame result → ``Segmentation`` in ``geometry``'s original frame."""
-    return segmentation_from_labels(
+    segmentation = segmentation_from_labels(
         result.labels.cpu().numpy(),
         geometry,
         method,
@@ -39,6 +43,19 @@ def to_segmentation(result: MethodResult, geometry: Geometry, method: str, timer
         result.parents,
         result.background,
     )
+    return segmentation if caption is None else dataclasses.replace(segmentation, caption=caption)
+
+
+def located_nouns(tokenizer, caption: str) -> list[CaptionNoun]:
+    """The nouns of ``caption`` whose words appear as whole tokens in the prompt's CLIP tokens."""
+
+    def found(noun: CaptionNoun) -> bool:
+        try:
+            return bool(phrase_positions(tokenizer, caption, noun.phrase))
+        except ValueError:
+            return False
+
+    return [noun for noun in caption_nouns(caption) if found(noun)]
 
 
 def forward_groups(configs: Sequence[SegmentConfig]) -> list[tuple[ExtractConfig, list[int]]]:
@@ -81,11 +98,13 @@ def shared_preparation(configs: Sequence[SegmentConfig]) -> Preparation:
 
 @dataclass(frozen=True)
 class ConfigOutput:
-    """One config's results for a batch: per image, its model-frame ``MethodResult``; and the
-    batch's per-stage milliseconds (the shared forward's stages and this config's own)."""
+    """One config's results for a batch: per image, its model-frame ``MethodResult``; the batch's
+    per-stage milliseconds (the shared forward's stages and this config's own); and per image the
+    captions this config read (None when it read none)."""
 
     results: list[MethodResult]
     timings_ms: dict[str, float]
+    captions: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +119,9 @@ class Segmenter:
     """A backbone and one or more method configs: build once, call per batch.
 
     ``specs``: ``MethodSpec``s, or a method name with ``params`` (one config). ``class_filter``
-    narrows each image's candidate classes for configs that prompt with classes.
+    narrows each image's candidate classes for configs that prompt with classes. ``captioner``
+    (``dsseg.model.captioner.Captioner``): for configs named by captions or with caption
+    descriptors, and for filters that read captions; each batch is captioned once.
     """
 
     def __init__(
@@ -109,6 +130,7 @@ class Segmenter:
         specs: str | MethodSpec | Sequence[MethodSpec] = "diffseg",
         params: dict | None = None,
         class_filter: ClassFilter | None = None,
+        captioner=None,
     ) -> None:
         if isinstance(specs, str):
             specs = [MethodSpec(specs, params or {})]
@@ -125,6 +147,9 @@ class Segmenter:
             for extraction, members in forward_groups(self.configs)
         ]
         self.class_filter = class_filter
+        self.captioner = captioner
+        if captioner is None:
+            check_no_captions_needed(self.configs, class_filter)
 
     @property
     def config(self) -> SegmentConfig:
@@ -155,24 +180,57 @@ class Segmenter:
         timer = timer or StageTimer(backbone.device)
         model_input = to_model_input(pixels, backbone.device, backbone.dtype)
         outputs: list[ConfigOutput | None] = [None] * len(self.configs)
+        images = list(pixels)
+        captions = LazyCaptions(self.captioner, images, timer)
         for group in self.groups:
             members = [i for i in group.members if wanted is None or i in wanted]
             if not members:
                 continue
-            group_classes = classes
-            prompting = group.extractor.config.prompting
-            if prompting.uses_classes and self.class_filter is not None:
-                group_classes = filter_classes(
-                    self.class_filter, list(pixels), classes or [None] * len(pixels), prompting.classes
-                )
-            bundle = group.extractor(model_input, timer, group_classes)
+            group_classes, texts, read = self.prompt_inputs(group.extractor, images, classes, captions, timer)
+            bundle = group.extractor(model_input, timer, group_classes, texts)
             for i in members:
                 config = self.configs[i]
                 own = StageTimer(backbone.device)
                 results = run_method(get_method(config.method), bundle, config.params, own, config.naming)
-                outputs[i] = ConfigOutput(results, own.ms)
+                outputs[i] = ConfigOutput(results, own.ms, read)
             del bundle
-        return [None if out is None else ConfigOutput(out.results, {**timer.ms, **out.timings_ms}) for out in outputs]
+        return [
+            None if out is None else ConfigOutput(out.results, {**timer.ms, **out.timings_ms}, out.captions)
+            for out in outputs
+        ]
+
+    def prompt_inputs(
+        self,
+        extractor: AttentionExtractor,
+        images: list[np.ndarray],
+        classes: Sequence[Sequence[str] | None] | None,
+        captions: LazyCaptions,
+        timer: StageTimer,
+    ) -> tuple[Sequence[Sequence[str] | None] | None, list[ImageTexts] | None, list[str] | None]:
+        """What one forward group prompts each image with: (class lists, texts, the captions read).
+
+        Named by captions: each image's caption nouns, prompted with the caption. Otherwise the
+        given or configured candidates, narrowed by the class filter, and with caption descriptors
+        each class prompt continued by a conditional caption."""
+        prompting = extractor.config.prompting
+        if prompting.caption_names:
+            nouns = [located_nouns(self.backbone.tokenizer, caption) for caption in captions.get()]
+            texts = [
+                ImageTexts(caption, {noun.name: noun.phrase for noun in found})
+                for caption, found in zip(captions.get(), nouns)
+            ]
+            return [[noun.name for noun in found] for found in nouns], texts, captions.get()
+        if not prompting.uses_classes:
+            return classes, None, None
+        candidates = extractor.class_lists(len(images), classes)
+        read = None
+        if self.class_filter is not None:
+            read = captions.get() if needs_captions(self.class_filter) else None
+            candidates = filter_classes(self.class_filter, images, candidates, prompting.classes, read)
+        if not prompting.caption_descriptors:
+            return candidates, None, read
+        texts, written = conditional_texts(self.captioner, images, candidates, prompting.class_template, timer)
+        return candidates, texts, written
 
     def segment_all(
         self,
@@ -190,8 +248,8 @@ class Segmenter:
             own.ms.update(output.timings_ms)
             out.append(
                 [
-                    to_segmentation(result, geometry, config.method, own)
-                    for result, geometry in zip(output.results, geometries)
+                    to_segmentation(result, geometry, config.method, own, caption)
+                    for result, geometry, caption in zip(output.results, geometries, captions_of(output))
                 ]
             )
         return out
@@ -210,9 +268,68 @@ class Segmenter:
         output = self.segment(pixels, classes, timer)[0]
         timer.ms.update(output.timings_ms)
         return [
-            to_segmentation(result, geometry, self.config.method, timer)
-            for result, geometry in zip(output.results, geometries)
+            to_segmentation(result, geometry, self.config.method, timer, caption)
+            for result, geometry, caption in zip(output.results, geometries, captions_of(output))
         ]
+
+
+class LazyCaptions:
+    """One caption per image of a batch, made on first use and kept for the batch's other configs."""
+
+    def __init__(self, captioner, images: list[np.ndarray], timer: StageTimer) -> None:
+        self.captioner, self.images, self.timer = captioner, images, timer
+        self.captions: list[str] | None = None
+
+    def get(self) -> list[str]:
+        if self.captions is None:
+            with self.timer.stage("caption"):
+                self.captions = self.captioner.caption(self.images)
+        return self.captions
+
+
+def conditional_texts(
+    captioner, images: list[np.ndarray], names: Sequence[Sequence[str]], template: str, timer: StageTimer
+) -> tuple[list[ImageTexts], list[str]]:
+    """Per image, each class's prompt (``template`` filled with the name) continued by the captioner
+    conditioned on it (DiffSegmenter's augmented prompts) → (the continuations as ``ImageTexts``,
+    the full captions of each image joined by "; ")."""
+    pairs = [
+        (i, template.replace(CLASS_PLACEHOLDER, name)) for i, image_names in enumerate(names) for name in image_names
+    ]
+    with timer.stage("caption"):
+        words = iter(captioner.complete(images, pairs))
+    texts, written = [], []
+    for image_names in names:
+        continuations = {name: next(words) for name in image_names}
+        texts.append(ImageTexts(continuations=continuations))
+        written.append(
+            "; ".join(f"{template.replace(CLASS_PLACEHOLDER, n)} {w}".strip() for n, w in continuations.items())
+        )
+    return texts, written
+
+
+def captions_of(output: ConfigOutput) -> list[str | None]:
+    """Per image, the caption a config read (None for each image when it read none)."""
+    return output.captions if output.captions is not None else [None] * len(output.results)
+
+
+def check_no_captions_needed(configs: Sequence[SegmentConfig], class_filter: ClassFilter | None) -> None:
+    """Raise a ``ConfigError`` when a config or the class filter reads captions (there is no captioner)."""
+    for config in configs:
+        prompting = config.extraction.prompting
+        if prompting.needs_captioner or (needs_captions(class_filter) and prompting.uses_classes):
+            what = (
+                "naming='caption'"
+                if prompting.caption_names
+                else "descriptors='caption'"
+                if prompting.caption_descriptors
+                else "the class filter"
+            )
+            raise ConfigError(
+                "captioner",
+                f"{what} of the {config.method} config reads captions: give a captioner "
+                "(captioner='tiny' or a BLIP hub id/folder; in a job --captioner)",
+            )
 
 
 __all__ = [

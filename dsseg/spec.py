@@ -19,16 +19,17 @@ from typing import Any, Literal
 from dsseg.errors import ConfigError
 from dsseg.model.config import EXTRACT_PARAMS, ExtractConfig, check_param_types, check_resolutions
 
-NamingMode = Literal["majority", "mean"]
-NAMING_MODES: tuple[NamingMode, ...] = ("majority", "mean")
+NamingMode = Literal["majority", "mean", "caption"]
+NAMING_MODES: tuple[NamingMode, ...] = ("majority", "mean", "caption")
 
 
 @dataclass(frozen=True)
 class SegmentConfig:
     """One resolved method config: ``method`` (its name), ``extraction``, ``params`` (the method's
     frozen config, e.g. ``DiffSegConfig``) and ``naming`` (how class maps name the segments of a
-    method that does not label pixels itself: ``majority`` of pixel votes or ``mean`` score; None:
-    not named)."""
+    method that does not label pixels itself: ``majority`` of pixel votes or ``mean`` score;
+    ``caption``: the nouns of each image's caption, prompted with that caption, by ``mean`` score
+    as DiffSeg's demo votes; None: not named)."""
 
     method: str
     extraction: ExtractConfig
@@ -72,8 +73,11 @@ def resolve(method: str, params: Mapping[str, Any]) -> SegmentConfig:
         naming = "majority"  # classes without a template name the segments
     if naming is not None and naming not in NAMING_MODES:
         raise ConfigError("naming", f"must be one of {NAMING_MODES} or None; got {naming!r}")
+    if naming == "caption":
+        check_caption_naming(method, prompting)
     if naming is not None and not prompting.joint_names:
-        extraction = dataclasses.replace(extraction, prompting=dataclasses.replace(prompting, joint_names=True))
+        prompting = dataclasses.replace(prompting, joint_names=True, caption_names=naming == "caption")
+        extraction = dataclasses.replace(extraction, prompting=prompting)
     if levels is not None:
         check_resolutions(levels, extraction.preparation)
         captured = extraction.capture.capture_resolutions
@@ -82,6 +86,22 @@ def resolve(method: str, params: Mapping[str, Any]) -> SegmentConfig:
                 "capture_resolutions", f"{list(captured)} leave out levels the method reads: {list(levels)}"
             )
     return SegmentConfig(method, extraction, method_config, naming)
+
+
+def check_caption_naming(method: str, prompting) -> None:
+    """Raise a ``ConfigError`` where ``naming="caption"`` meets settings it replaces."""
+    if prompting.class_template is not None:
+        raise ConfigError(
+            "naming",
+            f"'caption' names the segments of diffseg and ncut; {method} labels pixels by class: use "
+            "descriptors='caption' (augmented prompts) or the class filter 'caption'",
+        )
+    if prompting.classes:
+        raise ConfigError(
+            "naming", "'caption' takes the names from each image's caption: leave out classes and vocabulary"
+        )
+    if prompting.prompt:
+        raise ConfigError("naming", "'caption' prompts each image with its caption: leave out prompt")
 
 
 @dataclass(frozen=True)

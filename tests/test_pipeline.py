@@ -202,14 +202,16 @@ def test_out_of_memory_halves_the_batch_before_giving_up(tmp_path, monkeypatch):
     extractor = worker.segmenter.groups[0].extractor
     original, sizes = extractor.__call__, []
 
-    def limited(images, timer=None, classes=None, capacity=1):
+    def limited(images, timer=None, classes=None, texts=None, capacity=1):
         sizes.append(len(images))
         if len(images) > capacity:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return original(images, timer, classes)
+        return original(images, timer, classes, texts)
 
     monkeypatch.setattr(
-        type(extractor), "__call__", lambda self, images, timer=None, classes=None: limited(images, timer, classes)
+        type(extractor),
+        "__call__",
+        lambda self, images, timer=None, classes=None, texts=None: limited(images, timer, classes, texts),
     )
     batch = decoded(job, {"135069.jpg", "frankfurt_000000_000294_leftImg8bit.png", "horses/horse001.jpg"})
     rows = worker(batch).to_pylist()
@@ -217,7 +219,9 @@ def test_out_of_memory_halves_the_batch_before_giving_up(tmp_path, monkeypatch):
     assert sizes == [3, 1, 2, 1, 1]  # 3 fails → 1 ok, 2 fails → 1, 1 ok
 
     monkeypatch.setattr(
-        type(extractor), "__call__", lambda self, images, timer=None, classes=None: limited(images, timer, classes, 0)
+        type(extractor),
+        "__call__",
+        lambda self, images, timer=None, classes=None, texts=None: limited(images, timer, classes, texts, 0),
     )
     rows = worker(batch).to_pylist()
     assert all(r["status"] == "error" and r["error"].startswith("out_of_memory: OutOfMemoryError") for r in rows)

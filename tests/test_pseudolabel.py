@@ -217,6 +217,24 @@ def test_params_go_to_the_jobs_whose_method_takes_them(tmp_path):
         job.check_unique_stems([{"image_id": "a/b.jpg"}, {"image_id": "a__b.png"}])
 
 
+def test_the_preset_and_the_captioner_set_the_weak_job(tmp_path):
+    job = pseudolabel_command
+    argv = ["--input", str(_manifest(tmp_path)), "--output", str(tmp_path / "out")]
+    args = job.parse_args([*argv, "--preset", "diffsegmenter-voc2012-train", "--captioner", "tiny"])
+    jobs = job.segment_jobs(args, job.input_rows(args), tmp_path / "out")
+    (weak,), (agnostic,) = jobs["weak"].configs, jobs["agnostic"].configs
+    noising = weak.resolved.extraction.noising
+    assert noising.timesteps == (1, 50, 100, 150) and noising.noise == "noise" and noising.timestep is None
+    assert weak.resolved.extraction.prompting.caption_descriptors and jobs["weak"].captioner == "tiny"
+    assert jobs["agnostic"].captioner is None and agnostic.resolved.extraction.noising.timesteps is None
+    assert args.backbone == job.PSEUDO_LABEL_PRESETS["diffsegmenter-voc2012-train"].backbone
+    # the released script's single step: --param timestep=100 replaces the preset's four
+    args = job.parse_args([*argv, "--preset", "diffsegmenter-voc2012-train", "--param", "timestep=100", *TINY])
+    (weak,) = job.segment_jobs(args, job.input_rows(args), tmp_path / "out")["weak"].configs
+    assert weak.resolved.extraction.noising.timesteps is None and weak.resolved.extraction.noising.timestep == 100
+    assert args.backbone == "tiny"
+
+
 def test_quality_report_equals_the_metrics_module(ray_local, tmp_path):
     root = tmp_path / "gt"
     root.mkdir()

@@ -2,7 +2,7 @@
 
 Stages: decode (file bytes → prepared 512² input), encode (VAE), invert (noise or DDIM
 inversion), unet (one step with capture), aggregate, segment, upsample (labels to the original
-size), rle. For each batch size: the median over the repeats (after one warm-up) of
+size), rle, and caption (BLIP, with ``--captioner`` for configs that read captions). For each batch size: the median over the repeats (after one warm-up) of
 milliseconds per image for each stage, end-to-end images/s, and peak host and device memory.
 The comparison mode times every stage that has a straightforward second version against ours on
 the same input, with the speed-up and how far the results are apart (``dsseg.benchmark.comparisons``):
@@ -191,9 +191,14 @@ def benchmark(args: argparse.Namespace) -> dict:
     backbone = load_backbone(
         args.backbone, device=args.device, dtype=args.dtype, offline=args.offline, compile=args.compile
     )
+    captioner = None
+    if args.captioner:
+        from dsseg.model.captioner import load_captioner
+
+        captioner = load_captioner(args.captioner, device=backbone.device, dtype=backbone.dtype, offline=args.offline)
     load_seconds = time.perf_counter() - start
     params = params_from_args(args)
-    segmenter = Segmenter(backbone, MethodSpec(args.method, params))
+    segmenter = Segmenter(backbone, MethodSpec(args.method, params), captioner=captioner)
     data = Path(args.image).read_bytes()
     comparison = None
     if args.compare:
@@ -204,7 +209,9 @@ def benchmark(args: argparse.Namespace) -> dict:
         params = {k: v for k, v in params.items() if k not in ("classes", "vocabulary")}
         runs = []
         for count in args.class_counts:
-            counted = Segmenter(backbone, MethodSpec(args.method, params | {"classes": tuple(names[:count])}))
+            counted = Segmenter(
+                backbone, MethodSpec(args.method, params | {"classes": tuple(names[:count])}), captioner=captioner
+            )
             runs.extend(timed_runs(counted, data, args.batch_sizes, args.repeats, classes=count))
     else:
         runs = timed_runs(
@@ -216,6 +223,7 @@ def benchmark(args: argparse.Namespace) -> dict:
         )
     return {
         "backbone": args.backbone,
+        "captioner": args.captioner,
         "device": str(backbone.device),
         "device_name": torch.cuda.get_device_name()
         if backbone.device.type == "cuda"

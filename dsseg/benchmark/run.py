@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from dsseg.cli import (
+    CAPTIONER_HELP,
     METHOD_PARAM_FLAGS,
     add_method_arguments,
     add_model_arguments,
@@ -46,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--class-counts",
         help="comma-separated numbers of candidate classes to time (the first N of --classes/--vocabulary, else COCO-80)",
+    )
+    parser.add_argument(
+        "--captioner",
+        help=CAPTIONER_HELP + "; tiny or blip-base-random (BLIP-base's architecture, random weights) time it",
     )
     add_model_arguments(parser)
     add_method_arguments(parser)

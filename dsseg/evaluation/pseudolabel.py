@@ -3,6 +3,7 @@
     python jobs/pseudolabel.py --input MANIFEST_OR_DIR --output DIR [--format voc,coco] [--backbone ...]
     python jobs/pseudolabel.py --voc-root VOCdevkit/VOC2012 --split train --output DIR --gt-dir VOCdevkit/VOC2012/SegmentationClass
     python jobs/pseudolabel.py --coco-instances instances_train2017.json --coco-images train2017/ --output DIR
+    python jobs/pseudolabel.py --voc-root VOCdevkit/VOC2012 --output DIR --preset diffsegmenter-voc2012-train --gt-dir …
 
 Images with labels (a manifest's ``labels``/``classes`` column, VOC XML objects, COCO instance
 categories) get weakly supervised masks: the open-vocabulary method restricted to their classes
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ from dsseg.evaluation.exports import (
     write_voc_png,
 )
 from dsseg.evaluation.metrics import MetricState, json_ready
+from dsseg.evaluation.presets import DIFFSEGMENTER_PARAMS, SD15
 from dsseg.io.files import remove_stale_temporaries, write_file
 from dsseg.io.images import InputError, decode_image, displayed_size
 from dsseg.io.results import part_uris, read_part, read_results
@@ -52,12 +55,35 @@ from dsseg.io.sources import list_inputs, read_bytes
 from dsseg.job.config import SegmentJob, parse_shard
 from dsseg.job.runner import init_ray, run_segment_job
 from dsseg.methods import get_method
-from dsseg.model.config import EXTRACT_PARAMS
+from dsseg.model.config import DEFAULT_BACKBONE, EXTRACT_PARAMS, REPLACES
 from dsseg.model.vocabularies import get_vocabulary
 from dsseg.spec import MethodSpec
 
 FORMATS = ("voc", "coco")
 ROW_COLUMNS = ["image_id", "source", "width", "height", "status", "error", "segments"]
+
+
+@dataclass(frozen=True)
+class PseudoLabelPreset:
+    """A published pseudo-label setting: the weak job's ``params`` (``--param`` still overrides),
+    its ``backbone`` (unless ``--backbone``), and the ``published`` quality, reported beside ours."""
+
+    params: dict[str, Any]
+    backbone: str
+    published: dict[str, float]
+    note: str
+
+
+PSEUDO_LABEL_PRESETS = {
+    "diffsegmenter-voc2012-train": PseudoLabelPreset(
+        params={**{k: v for k, v in DIFFSEGMENTER_PARAMS.items() if k != "timestep"}, "timesteps": (1, 50, 100, 150)},
+        backbone=SD15,
+        published={"miou": 70.5},
+        note="DiffSegmenter's VOC train pseudo-labels: attention averaged over t = 1, 50, 100, 150 (the timestep "
+        "of the zero-shot rows, 100, is replaced; its released ptp_stable_best.py runs times = [100] alone: "
+        "--param timestep=100 follows it)",
+    )
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -95,6 +121,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=0,
         help="dense-CRF refinement steps after PAMR, 0 = off; needs pip install -e '.[crf]' (default %(default)s)",
+    )
+    parser.add_argument(
+        "--captioner",
+        help="BLIP captioner (tiny | hub id | folder): continue each class prompt of the weak job with a conditional "
+        "caption of the image (DiffSegmenter's augmented prompts, --param descriptors=caption)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PSEUDO_LABEL_PRESETS),
+        help="a published pseudo-label setting for the weak job (its parameters and backbone; --param and "
+        "--backbone still override); quality.json then reports the published scores beside ours",
     )
     parser.add_argument(
         "--agnostic-method", default="diffseg", choices=["diffseg", "ncut"], help="segments for images without labels"
@@ -135,8 +172,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--batch-size", type=batch_size_value, default=4, help="images per model call, or auto (default %(default)s)"
     )
     parser.add_argument("--num-workers", type=int, default=1, help="model actors (default %(default)s)")
-    add_model_arguments(parser)
+    add_model_arguments(parser, backbone_default=None, note=", or the --preset's")
     args = parser.parse_args(argv)
+    preset = PSEUDO_LABEL_PRESETS.get(args.preset)
+    if args.backbone is None:
+        args.backbone = preset.backbone if preset else DEFAULT_BACKBONE
     if sum(x is not None for x in (args.input, args.voc_root, args.coco_instances)) != 1:
         parser.error("give exactly one of --input, --voc-root, --coco-instances")
     if args.coco_instances and not args.coco_images:
@@ -223,7 +263,11 @@ def segment_jobs(args: argparse.Namespace, rows: list[dict[str, Any]], output: P
         backbone=args.backbone, device=args.device, dtype=args.dtype, offline=args.offline, compile=args.compile, batch_size=args.batch_size,
         num_workers=args.num_workers, limit=args.limit, shard=parse_shard(args.shard), retry_errors=True,
     )  # fmt: skip
+    preset = PSEUDO_LABEL_PRESETS.get(args.preset)
+    replaced = {REPLACES[name] for name in extra if name in REPLACES}  # --param timestep=100 replaces timesteps
     weak_params = {
+        **{k: v for k, v in (preset.params if preset else {}).items() if k not in replaced},
+        **({"descriptors": "caption"} if args.captioner else {}),
         "ignore_margin": args.ignore_margin,
         "pamr_iterations": args.pamr_iterations,
         **({"crf_iterations": args.crf_iterations} if args.crf_iterations else {}),
@@ -252,7 +296,10 @@ def segment_jobs(args: argparse.Namespace, rows: list[dict[str, Any]], output: P
             }
         )
         write_file(manifest, lambda stream, table=table: pq.write_table(table, stream))
-        jobs[kind] = SegmentJob(input=str(manifest), output=str(output / f"run-{kind}"), configs=(spec,), **common)
+        captioner = args.captioner if kind == "weak" else None
+        jobs[kind] = SegmentJob(
+            input=str(manifest), output=str(output / f"run-{kind}"), configs=(spec,), captioner=captioner, **common
+        )
     return jobs
 
 
@@ -505,6 +552,9 @@ def main(argv: list[str] | None = None) -> int:
         summary["coco"] = {"images": len(document["images"]), "annotations": len(document["annotations"])}
     if args.gt_dir:
         summary["quality"] = quality(weak, classes, voc, Path(args.gt_dir), ground_truth_lookup(names, classes))
+        if args.preset:
+            preset = PSEUDO_LABEL_PRESETS[args.preset]
+            summary["quality"]["preset"] = {"name": args.preset, "published": preset.published, "note": preset.note}
         write_local_json(output / "quality.json", json_ready(summary["quality"]))
     summary = json_ready(summary)
     write_local_json(output / "summary.json", summary)

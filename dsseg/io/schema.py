@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-TIMING_STAGES = ("decode", "encode", "invert", "unet", "aggregate", "segment", "upsample", "rle")
+TIMING_STAGES = ("decode", "encode", "invert", "unet", "aggregate", "segment", "upsample", "rle", "caption")
 # Error-row reason codes that a new try may not repeat (a flaky read, memory, a model or encode
 # fault); --retry-errors redoes these. Input faults (corrupt, truncated, too_large, …) are final.
 TRANSIENT_ERRORS = ("read_failed", "out_of_memory", "model_failed", "encode_failed")
@@ -34,7 +34,10 @@ RESULT_FIELDS = [
     ("error", pa.string()),
 ]
 
-OUTPUT_SCHEMA = pa.schema([*RESULT_FIELDS, ("segments", pa.list_(SEGMENT_TYPE)), ("timings_ms", TIMINGS_TYPE)])
+# caption: what the captioner wrote for the image, where the config read captions (else null).
+OUTPUT_SCHEMA = pa.schema(
+    [*RESULT_FIELDS, ("segments", pa.list_(SEGMENT_TYPE)), ("timings_ms", TIMINGS_TYPE), ("caption", pa.string())]
+)
 
 # Between the CPU decode stage and the model actors: the prepared model input of each image.
 DECODED_SCHEMA = pa.schema(
@@ -65,6 +68,7 @@ MODEL_SCHEMA = pa.schema(
         ("parents", pa.list_(pa.int32())),
         ("background", pa.bool_()),  # segment 0 is the background class (MethodResult.background)
         ("timings_ms", TIMINGS_TYPE),
+        ("caption", pa.string()),
     ]
 )
 

@@ -20,7 +20,14 @@ from typing import Any
 from dsseg.errors import ConfigError
 from dsseg.io.images import DEFAULT_MAX_PIXELS
 from dsseg.io.sources import is_uri
-from dsseg.model.config import DEFAULT_BACKBONE, RUNTIME_FIELDS, Preparation, added_at_default
+from dsseg.model.config import (
+    DEFAULT_BACKBONE,
+    RUNTIME_FIELDS,
+    Preparation,
+    added_at_default,
+    check_filter_spec,
+    filter_reads_captions,
+)
 from dsseg.spec import MethodSpec
 
 MASK_FRAMES = (
@@ -44,15 +51,19 @@ def config_id(
     spec: MethodSpec,
     class_filter: str | None = None,
     rendering: Mapping[str, Any] | None = None,
+    captioner: str | None = None,
 ) -> str:
     """Hash of what determines a config's output: backbone, dtype, extraction and method config
     (and the class filter, for configs prompted with classes). ``rendering``: the job's decode and
     mask settings that differ from their defaults (``SegmentJob.rendering``); the defaults add
-    nothing, so ids of outputs written before these settings existed still match."""
+    nothing, so ids of outputs written before these settings existed still match. ``captioner``:
+    part of the id of configs that read captions (``reads_captions``)."""
     resolved = spec.resolved
     extract_fields = {k: v for k, v in resolved.flat_extraction().items() if k not in RUNTIME_FIELDS}
     if resolved.extraction.uses_classes and class_filter:
         extract_fields["class_filter"] = class_filter
+    if captioner and reads_captions(spec, class_filter):
+        extract_fields["captioner"] = captioner
     key = {
         "backbone": backbone,
         "dtype": dtype,
@@ -63,6 +74,13 @@ def config_id(
     if rendering:
         key["rendering"] = dict(rendering)
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def reads_captions(spec: MethodSpec, class_filter: str | None = None) -> bool:
+    """Whether the config reads captions: named by them, prompts continued by them, or prompted with
+    classes that a caption-reading class filter narrows."""
+    extraction = spec.resolved.extraction
+    return extraction.prompting.needs_captioner or (extraction.uses_classes and filter_reads_captions(class_filter))
 
 
 def parse_shard(text: str | Sequence[int] | None) -> tuple[int, int] | None:
@@ -109,8 +127,11 @@ class SegmentJob:
     order, as benchmark labels are drawn). ``mask_frame``: ``original`` draws masks at the image's
     original size; ``model`` keeps them in the model-input frame (e.g. the 512² centre crop), the
     frame the DiffSeg protocol scores in (each RLE's ``size`` is then the model input's).
-    ``class_filter``: ``clip:MODEL`` or ``module:factory`` (see ``dsseg.model.class_filters``),
-    narrowing each image's candidate classes in the model actors.
+    ``class_filter``: ``clip:MODEL``, ``caption``, ``caption+clip:MODEL`` or ``module:factory`` (see
+    ``dsseg.model.class_filters``), narrowing each image's candidate classes in the model actors.
+    ``captioner``: ``tiny`` or a BLIP hub id or folder (``dsseg.model.captioner``), loaded once per
+    model actor, for configs that read captions (``naming=caption``, ``descriptors=caption``, a
+    caption class filter); required by them, refused without them.
     """
 
     input: str
@@ -135,6 +156,7 @@ class SegmentJob:
     exif_transpose: bool = True
     mask_frame: str = "original"
     class_filter: str | None = None
+    captioner: str | None = None
 
     def __post_init__(self) -> None:
         if not is_uri(self.input) and not any(c in self.input for c in "*?[") and not Path(self.input).exists():
@@ -180,9 +202,20 @@ class SegmentJob:
         ids = self.config_ids()
         if len(set(ids)) != len(ids):
             raise ConfigError("configs", "two of the run's configs are the same; remove the repeat")
-        if self.class_filter is not None and ":" not in self.class_filter:
+        if self.class_filter is not None:
+            check_filter_spec(self.class_filter)
+        reading = [spec.method for spec in specs if reads_captions(spec, self.class_filter)]
+        if reading and not self.captioner:
             raise ConfigError(
-                "class_filter", f"expects clip:MODEL or package.module:factory; got {self.class_filter!r}"
+                "captioner",
+                f"the {reading[0]} config reads captions (naming=caption, descriptors=caption or a caption class "
+                "filter): give a captioner, e.g. tiny or Salesforce/blip-image-captioning-base",
+            )
+        if self.captioner and not reading:
+            raise ConfigError(
+                "captioner",
+                "no config reads captions: add --param naming=caption (diffseg, ncut), --param descriptors=caption "
+                "(openvocab) or --class-filter caption, or leave out the captioner",
             )
         if len({spec.resolved.extraction.preparation for spec in specs}) > 1:
             raise ConfigError(
@@ -199,7 +232,10 @@ class SegmentJob:
         }
 
     def config_ids(self) -> list[str]:
-        return [config_id(self.backbone, self.dtype, spec, self.class_filter, self.rendering) for spec in self.configs]
+        return [
+            config_id(self.backbone, self.dtype, spec, self.class_filter, self.rendering, self.captioner)
+            for spec in self.configs
+        ]
 
     @property
     def rows_per_model_call(self) -> int:

@@ -21,6 +21,7 @@ from dsseg.job.config import AUTO_BATCH, SegmentJob
 from dsseg.job.decode import describe
 from dsseg.job.memory import is_out_of_memory, probe_batch_size
 from dsseg.model.backbone import load_backbone
+from dsseg.model.captioner import load_captioner
 from dsseg.model.class_filters import load_class_filter
 from dsseg.segmenter import Segmenter
 from dsseg.timing import StageTimer
@@ -44,7 +45,12 @@ class SegmentWorker:
             if job.class_filter
             else None
         )
-        self.segmenter = Segmenter(backbone, job.configs, class_filter=class_filter)
+        captioner = (
+            load_captioner(job.captioner, device=backbone.device, dtype=backbone.dtype, offline=job.offline)
+            if job.captioner
+            else None
+        )
+        self.segmenter = Segmenter(backbone, job.configs, class_filter=class_filter, captioner=captioner)
         self.config_ids = job.config_ids()
         self.batch_limit = job.rows_per_model_call
         if job.batch_size == AUTO_BATCH:
@@ -130,6 +136,7 @@ class SegmentWorker:
                         "scores": result.scores,
                         "parents": result.parents,
                         "background": result.background,
+                        "caption": output.captions[k] if output.captions is not None else None,
                     }
                 )
         return out

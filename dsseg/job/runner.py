@@ -213,6 +213,10 @@ def run_segment_job(job: SegmentJob, address: str | None = None, worker: type | 
     items, todo = plan(job)
     if todo:
         check_backbone_available(job.backbone, job.offline)
+        if job.captioner:
+            from dsseg.model.captioner import check_captioner_available
+
+            check_captioner_available(job.captioner, job.offline)
     write_config(job.output, job.record() | {"versions": library_versions()})
     clear_success(job.output, job.shard)
     expected_rows = sum(len(item["configs"]) for item in todo)

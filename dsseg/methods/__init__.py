@@ -57,7 +57,7 @@ def run_method(
     method: Method, bundle: AttentionBundle, config: Any, timer: StageTimer | None = None, naming: str | None = None
 ) -> list[MethodResult]:
     """``method`` on ``bundle``; segments left unnamed are named from the bundle's class maps
-    (``naming``: ``majority`` or ``mean``, default majority)."""
+    (``naming``: ``majority`` or ``mean``, default majority; ``caption`` votes by ``mean``)."""
     from dsseg.methods.openvocab import name_segments
     from dsseg.timing import StageTimer
 
@@ -65,9 +65,10 @@ def run_method(
     if bundle.class_attention is None:
         return results
     timer = timer or StageTimer()
+    mode = "mean" if naming == "caption" else naming or "majority"
     with timer.stage("segment"):
         return [
-            result if result.names is not None else name_segments(result, bundle.image(i), naming or "majority")
+            result if result.names is not None else name_segments(result, bundle.image(i), mode)
             for i, result in enumerate(results)
         ]
 

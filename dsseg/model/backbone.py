@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from huggingface_hub import try_to_load_from_cache
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from dsseg.model.config import DEFAULT_BACKBONE
+from dsseg.model.hub import is_local, weights_problem
 from dsseg.model.tokenizer import CONTEXT_LENGTH, clip_tokenizer
 
 RANDOM_BACKBONES = ("tiny", "sd-v1-random")
@@ -231,44 +231,17 @@ def _sharpen_attention(unet: UNet2DConditionModel, gain: float) -> None:
 
 def check_backbone_available(name: str, offline: bool = False) -> None:
     """Fail fast, before any worker starts, when weights certainly cannot be loaded: a local
-    folder without ``unet/``, or (offline) a hub id absent from the Hugging Face cache."""
+    folder without ``unet/``, or a hub id absent from the cache when offline or unreachable."""
     if name in RANDOM_BACKBONES:
         return
-    if _is_local(name):
-        if not (Path(name).expanduser() / "unet").is_dir():
-            raise BackboneNotFoundError(_missing_weights_message(name, f"{name} has no unet/ folder"))
-    elif not isinstance(try_to_load_from_cache(name, "unet/config.json"), str):
-        if offline:
-            raise BackboneNotFoundError(
-                _missing_weights_message(name, "not in the Hugging Face cache and offline is set")
-            )
-        reason = _hub_unreachable(name)
-        if reason:
-            raise BackboneNotFoundError(_missing_weights_message(name, f"not in the Hugging Face cache, and {reason}"))
-
-
-HUB_CHECK_SECONDS = 10.0
-
-
-def _hub_unreachable(name: str) -> str | None:
-    """Why the hub cannot give ``name`` (one request, ``HUB_CHECK_SECONDS`` at most), or None when it
-    can: a machine without the hub fails in seconds here instead of in minutes of download retries."""
-    from huggingface_hub import HfApi
-
-    try:
-        HfApi().model_info(name, timeout=HUB_CHECK_SECONDS)
-    except Exception as error:  # no network, DNS, timeout, 401/404: all end the same way for the user
-        return f"the hub cannot be reached or refuses {name!r} ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
-    return None
-
-
-def _is_local(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or Path(source).expanduser().exists()
+    problem = weights_problem(name, "unet/config.json", offline)
+    if problem:
+        raise BackboneNotFoundError(_missing_weights_message(name, problem))
 
 
 def _load_pretrained(source: str, dtype: torch.dtype, offline: bool) -> dict:
     check_backbone_available(source, offline)
-    source = str(Path(source).expanduser()) if _is_local(source) else source
+    source = str(Path(source).expanduser()) if is_local(source) else source
     common = dict(local_files_only=offline)
     try:
         return dict(

@@ -7,9 +7,12 @@ filter keeps the likely ones before the open-vocabulary method prompts the UNet 
     filter(images, candidates) -> kept
 
 with ``images`` a list of (H, W, 3) uint8 arrays and ``candidates``/``kept`` one list of class
-names per image (``kept`` ⊆ ``candidates``, in candidate order). ``load_class_filter(spec)``
-builds one from a string, so a Ray job can name it: ``clip:MODEL`` (a CLIP checkpoint: hub id or
-local folder, loaded only here) or ``package.module:factory`` (called with no arguments).
+names per image (``kept`` ⊆ ``candidates``, in candidate order). A filter with the attribute
+``needs_captions = True`` is also given ``captions=`` (one caption per image, from the run's
+captioner). ``load_class_filter(spec)`` builds one from a string, so a Ray job can name it:
+``clip:MODEL`` (a CLIP checkpoint: hub id or local folder, loaded only here), ``caption`` (the
+candidates the image's caption names), ``caption+clip:MODEL`` (either: DiffSegmenter's rule) or
+``package.module:factory`` (called with no arguments).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dsseg.errors import ConfigError
+from dsseg.model.config import check_filter_spec
+from dsseg.model.nouns import caption_nouns, classes_named
 
 ClassFilter = Callable[[Sequence[np.ndarray], Sequence[Sequence[str]]], list[list[str]]]
 
@@ -104,11 +108,56 @@ class CLIPClassFilter:
         return kept
 
 
+class CaptionClassFilter:
+    """Keeps the candidates an image's caption names: its nouns (``dsseg.model.nouns``) matched to
+    the candidate names, synonyms included ("man" keeps "person"). None named: none kept."""
+
+    needs_captions = True
+
+    def __call__(
+        self, images: Sequence[np.ndarray], candidates: Sequence[Sequence[str]], captions: Sequence[str]
+    ) -> list[list[str]]:
+        return [
+            classes_named([noun.name for noun in caption_nouns(caption)], names)
+            for caption, names in zip(captions, candidates)
+        ]
+
+
+class UnionClassFilter:
+    """Keeps the candidates any of ``filters`` keeps (DiffSegmenter: caption nouns ∪ CLIP)."""
+
+    def __init__(self, *filters: ClassFilter) -> None:
+        self.filters = filters
+        self.needs_captions = any(needs_captions(f) for f in filters)
+
+    def __call__(self, images, candidates, captions: Sequence[str] | None = None) -> list[list[str]]:
+        kept = [call_filter(f, images, candidates, captions) for f in self.filters]
+        return [[name for name in names if any(name in part[i] for part in kept)] for i, names in enumerate(candidates)]
+
+
+def needs_captions(class_filter: ClassFilter | None) -> bool:
+    """Whether ``class_filter`` reads the images' captions."""
+    return bool(getattr(class_filter, "needs_captions", False))
+
+
+def call_filter(class_filter: ClassFilter, images, candidates, captions: Sequence[str] | None) -> list[list[str]]:
+    """``class_filter`` on a batch, given the captions when it reads them."""
+    if needs_captions(class_filter):
+        if captions is None:
+            raise ValueError("this class filter reads captions: give the segmenter a captioner")
+        return class_filter(images, candidates, captions=captions)
+    return class_filter(images, candidates)
+
+
 def load_class_filter(spec: str, device: str | None = None, offline: bool = False) -> ClassFilter:
-    """``clip:MODEL`` → ``CLIPClassFilter(MODEL)``; ``package.module:factory`` → ``factory()``."""
-    kind, sep, target = spec.partition(":")
-    if not sep or not target:
-        raise ConfigError("class_filter", f"expects clip:MODEL or package.module:factory; got {spec!r}")
+    """``clip:MODEL`` → ``CLIPClassFilter(MODEL)``; ``caption`` → ``CaptionClassFilter()``;
+    ``caption+clip:MODEL`` → their union; ``package.module:factory`` → ``factory()``."""
+    check_filter_spec(spec)
+    if spec == "caption":
+        return CaptionClassFilter()
+    kind, _, target = spec.partition(":")
+    if kind == "caption+clip":
+        return UnionClassFilter(CaptionClassFilter(), load_class_filter(f"clip:{target}", device, offline))
     if kind == "clip":
         local = Path(target).expanduser()
         return CLIPClassFilter(str(local) if local.exists() else target, device=device, offline=offline)
@@ -126,12 +175,14 @@ def filter_classes(
     images: Sequence[np.ndarray],
     classes: Sequence[Sequence[str] | None],
     default: Sequence[str],
+    captions: Sequence[str] | None = None,
 ) -> list[list[str]]:
-    """Each image's candidates (its own list, else ``default``), narrowed by ``class_filter`` if any."""
+    """Each image's candidates (its own list, else ``default``), narrowed by ``class_filter`` if any
+    (given ``captions`` when it reads them)."""
     candidates = [list(default if names is None else names) for names in classes]
     if class_filter is None:
         return candidates
-    kept = class_filter(list(images), candidates)
+    kept = call_filter(class_filter, list(images), candidates, captions)
     if len(kept) != len(candidates) or any(not set(k) <= set(c) for k, c in zip(kept, candidates)):
         raise ValueError("a class filter must return one list per image, each a subset of that image's candidates")
     return [list(k) for k in kept]

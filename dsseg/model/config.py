@@ -25,6 +25,7 @@ from dsseg.io.images import GEOMETRIES, SIDE_MULTIPLE, Geometry, GeometryMode, p
 from dsseg.model.vocabularies import get_vocabulary
 
 DEFAULT_BACKBONE = "CompVis/stable-diffusion-v1-4"  # Stable Diffusion v1.4, the DiffSeg and DWC papers' model
+DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"  # the DiffSeg demo's BLIP
 Block = Literal["down", "mid", "up"]
 BLOCKS: tuple[Block, ...] = ("down", "mid", "up")
 UNET_LEVELS = 4  # attention resolutions of the SD UNet: the latent and three halvings
@@ -35,6 +36,7 @@ DEFAULT_TIMESTEP = 300
 CLASS_PLACEHOLDER = "{class}"
 DEFAULT_TEMPLATE = "a photograph of a {class}"
 DEFAULT_CLASS_WEIGHT = 1.21  # "[class]++": 1.1² (DiffSegmenter)
+CAPTION = "caption"  # descriptors="caption", naming="caption": the words come from a captioner
 
 
 @dataclass(frozen=True)
@@ -166,9 +168,12 @@ class Prompting:
     given at call time. ``class_template`` (with ``{class}``): one prompt per class,
     ``class_batch_size`` per UNet call (open vocabulary); None: one joint prompt naming them (to
     name segments). ``class_weight`` scales the class-name tokens' text embeddings;
-    ``descriptors``: per class, words put before its name whose maps fuse with the name's.
+    ``descriptors``: per class, words put before its name whose maps fuse with the name's; or
+    ``"caption"``: each class prompt continued by a conditional caption of the image (DiffSegmenter's
+    augmented prompts; needs a captioner).
     ``joint_names`` (set by ``dsseg.spec`` when segments are named, not a parameter): prompt with
-    the joint names even when only the images carry classes."""
+    the joint names even when only the images carry classes. ``caption_names`` (set for
+    ``naming="caption"``): each image's prompt is its caption and its classes the caption's nouns."""
 
     prompt: str = ""
     classes: tuple[str, ...] = ()
@@ -178,6 +183,7 @@ class Prompting:
     descriptors: tuple[tuple[str, tuple[str, ...]], ...] = ()
     class_batch_size: int = 8
     joint_names: bool = field(default=False, metadata={"derived": True})
+    caption_names: bool = field(default=False, metadata={"derived": True})
 
     def __post_init__(self) -> None:
         if isinstance(self.classes, str):
@@ -193,8 +199,13 @@ class Prompting:
             classes = shipped
         check_class_names(classes)
         object.__setattr__(self, "classes", classes)
-        descriptors = self.descriptors.items() if isinstance(self.descriptors, Mapping) else self.descriptors
-        object.__setattr__(self, "descriptors", tuple(sorted((str(k), tuple(v)) for k, v in descriptors)))
+        if isinstance(self.descriptors, str) and self.descriptors != CAPTION:
+            raise ConfigError(
+                "descriptors", f"expects {{class: [words]}} or {CAPTION!r} (from a captioner); got {self.descriptors!r}"
+            )
+        if self.descriptors != CAPTION:
+            descriptors = self.descriptors.items() if isinstance(self.descriptors, Mapping) else self.descriptors
+            object.__setattr__(self, "descriptors", tuple(sorted((str(k), tuple(v)) for k, v in descriptors)))
         if self.class_template is not None:
             check_template(self.class_template)
         elif self.descriptors:
@@ -209,6 +220,16 @@ class Prompting:
         """Whether images are prompted with class names (per-image lists at call time apply)."""
         return bool(self.classes) or self.class_template is not None or self.joint_names
 
+    @property
+    def caption_descriptors(self) -> bool:
+        """Whether class prompts are continued by conditional captions (``descriptors="caption"``)."""
+        return self.descriptors == CAPTION
+
+    @property
+    def needs_captioner(self) -> bool:
+        """Whether this prompting reads captions (named by them, or prompts continued by them)."""
+        return self.caption_names or self.caption_descriptors
+
 
 def check_template(template: str) -> None:
     """Raise a ``ConfigError`` unless ``template`` holds ``{class}`` exactly once."""
@@ -217,6 +238,22 @@ def check_template(template: str) -> None:
             "class_template",
             f"must contain {CLASS_PLACEHOLDER} exactly once, e.g. {DEFAULT_TEMPLATE!r}; got {template!r}",
         )
+
+
+FILTER_FORMS = "clip:MODEL, caption, caption+clip:MODEL or package.module:factory"
+
+
+def check_filter_spec(spec: str) -> None:
+    """Raise a ``ConfigError`` unless the class filter ``spec`` has one of the ``FILTER_FORMS``
+    (``dsseg.model.class_filters.load_class_filter``)."""
+    _, sep, target = spec.partition(":")
+    if spec != "caption" and (not sep or not target):
+        raise ConfigError("class_filter", f"expects {FILTER_FORMS}; got {spec!r}")
+
+
+def filter_reads_captions(spec: str | None) -> bool:
+    """Whether the class filter ``spec`` reads captions (``caption``, ``caption+clip:MODEL``)."""
+    return bool(spec) and (spec == "caption" or spec.startswith("caption+"))
 
 
 def check_class_names(names: Sequence[str]) -> None:
@@ -243,7 +280,7 @@ def check_param_types(config_class: type, params: Mapping[str, Any]) -> None:
                 name,
                 f"expects a number{' (or a list of numbers)' if name.endswith('threshold') else ''}; got {value!r}",
             )
-        elif isinstance(default, tuple) and isinstance(value, str) and name != "classes":
+        elif isinstance(default, tuple) and isinstance(value, str) and name != "classes" and value != CAPTION:
             raise ConfigError(name, f"expects a list, e.g. [64, 32, 16]; got {value!r}")
 
 

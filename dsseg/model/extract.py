@@ -30,7 +30,7 @@ import torch
 from dsseg.model.attention import Grid, capture_attention
 from dsseg.model.backbone import Backbone
 from dsseg.model.config import DEFAULT_TIMESTEP, ExtractConfig, check_class_names
-from dsseg.model.prompts import PromptPlan, class_prompt_plan, joint_prompt_plans
+from dsseg.model.prompts import ImageTexts, PromptPlan, class_prompt_plan, joint_prompt_plans
 from dsseg.timing import StageTimer
 
 CONDITION_CACHE = 512  # class-prompt text states kept per extractor (a vocabulary's worth)
@@ -148,9 +148,11 @@ class AttentionExtractor:
         images: torch.Tensor,
         timer: StageTimer | None = None,
         classes: Sequence[Sequence[str] | None] | None = None,
+        texts: Sequence[ImageTexts | None] | None = None,
     ) -> AttentionBundle:
         """``classes``: per image, its candidate class names (None: the config's), used when the
-        config prompts with classes; ignored otherwise."""
+        config prompts with classes; ignored otherwise. ``texts``: per image, its captions (the
+        joint prompt naming its classes, or continuations of its class prompts)."""
         timer = timer or StageTimer(images.device)
         with timer.stage("encode"):
             latents = self.encode(images)
@@ -160,7 +162,8 @@ class AttentionExtractor:
         bundle = AttentionBundle({}, {}, latent_hw, self.timestep, self.config, images=images, timesteps=self.timesteps)
         if self.config.uses_classes:
             with timer.stage("unet"):
-                return self._class_forward(noised, self.class_lists(len(latents), classes), bundle)
+                names = self.class_lists(len(latents), classes, require=False)
+                return self._class_forward(noised, names, bundle, texts or [None] * len(names))
         with timer.stage("unet"):
             self_maps, cross_maps = self.capture_stacked(noised, self.condition.expand(latents.shape[0], -1, -1))
         return replace(bundle, self_attention=self_maps, cross_attention=cross_maps)
@@ -189,8 +192,12 @@ class AttentionExtractor:
 
         return over_timesteps(store.means("self")), over_timesteps(store.means("cross"))
 
-    def class_lists(self, batch: int, classes: Sequence[Sequence[str] | None] | None) -> list[tuple[str, ...]]:
-        """Each image's candidate classes: its own list where given, else the config's."""
+    def class_lists(
+        self, batch: int, classes: Sequence[Sequence[str] | None] | None, require: bool = True
+    ) -> list[tuple[str, ...]]:
+        """Each image's candidate classes: its own list where given, else the config's. ``require``:
+        a ``ValueError`` for an image without candidates when the config labels pixels by class (a
+        class filter may then leave none: that image is all background)."""
         if classes is not None and len(classes) != batch:
             raise ValueError(f"{len(classes)} class lists given for {batch} images")
         lists = [
@@ -199,31 +206,44 @@ class AttentionExtractor:
         ]
         for index, names in enumerate(lists):
             check_class_names(names)
-            if self.config.prompting.class_template is not None and not names:
+            if require and self.config.prompting.class_template is not None and not names:
                 raise ValueError(
                     f"image {index} of the batch has no candidate classes, and labelling pixels by class needs some: "
                     "give classes=[...] or vocabulary=... (voc20, context59, coco80), or a non-empty classes list per image"
                 )
         return lists
 
-    def prompt_plans(self, names: Sequence[str]) -> list[PromptPlan]:
+    def prompt_plans(self, names: Sequence[str], texts: ImageTexts | None = None) -> list[PromptPlan]:
         """The prompts one image runs: one per class with a template (the plain prompt when it has
-        no classes), else joint prompts (one, unless the names overflow CLIP's 77 tokens)."""
+        no classes), else joint prompts (one, unless the names overflow CLIP's 77 tokens; the
+        image's caption when ``texts`` holds one)."""
         config, tokenizer = self.config.prompting, self.backbone.tokenizer
+        texts = texts or ImageTexts()
         if config.class_template is None:
+            if texts.caption:
+                return joint_prompt_plans(tokenizer, names, texts.caption, [texts.phrases.get(n, n) for n in names])
             return joint_prompt_plans(tokenizer, names, config.prompt)
         if not names:
             return [PromptPlan(config.prompt, ())]
-        descriptors = dict(config.descriptors)
-        return [class_prompt_plan(tokenizer, config.class_template, name, descriptors.get(name, ())) for name in names]
+        descriptors = {} if config.caption_descriptors else dict(config.descriptors)
+        return [
+            class_prompt_plan(
+                tokenizer, config.class_template, name, descriptors.get(name, ()), texts.continuations.get(name, "")
+            )
+            for name in names
+        ]
 
     def _class_forward(
-        self, noised: torch.Tensor, names: list[tuple[str, ...]], bundle: AttentionBundle
+        self,
+        noised: torch.Tensor,
+        names: list[tuple[str, ...]],
+        bundle: AttentionBundle,
+        texts: Sequence[ImageTexts | None],
     ) -> AttentionBundle:
         """UNet calls on the class prompts of every image (``noised``: (T, B, C, h, w), the images'
         latents at each timestep), ``class_batch_size`` prompts per call with a template (else as
         many as images), each at every timestep; self-attention averaged over each image's prompts."""
-        work = [(i, plan) for i, image_names in enumerate(names) for plan in self.prompt_plans(image_names)]
+        work = [(i, plan) for i, image_names in enumerate(names) for plan in self.prompt_plans(image_names, texts[i])]
         # Joint prompts: as many per call as images (one each, unless a vocabulary overflows 77 tokens).
         size = (
             self.config.prompting.class_batch_size if self.config.prompting.class_template is not None else len(names)

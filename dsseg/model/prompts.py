@@ -6,6 +6,10 @@ Two ways to prompt:
 - one joint prompt naming every class (``"a photograph of horse, grass"``) or a caption that
   contains them, for naming the segments of the unsupervised methods.
 
+Captions (``ImageTexts``, from ``dsseg.model.captioner``) enter both: an image's caption is its
+joint prompt, its nouns the classes (DiffSeg's demo); a class prompt continued by a conditional
+caption ("a photograph of a horse" + "standing in a field") is DiffSegmenter's augmented prompt.
+
 A ``PromptPlan`` holds the text, the token positions whose text embeddings are re-weighted
 (the class names: "[class]++") and, per class, the positions whose cross-attention maps make
 its map: the name's tokens averaged (multi-token names such as "traffic light"), fused half
@@ -14,8 +18,8 @@ and half with the mean of its descriptive words' tokens when it has any.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -57,6 +61,17 @@ class PromptPlan:
         return matrix
 
 
+@dataclass(frozen=True)
+class ImageTexts:
+    """What a captioner wrote for one image: ``caption``, its joint prompt, in which class ``name``
+    appears as ``phrases[name]`` ("horses"); ``continuations[name]``, the words a conditional caption
+    adds after that class's prompt."""
+
+    caption: str = ""
+    phrases: Mapping[str, str] = field(default_factory=dict)
+    continuations: Mapping[str, str] = field(default_factory=dict)
+
+
 def token_ids(tokenizer, text: str) -> list[int]:
     """CLIP token ids of ``text`` without the start and end tokens."""
     return tokenizer(text, add_special_tokens=False).input_ids
@@ -81,10 +96,17 @@ def phrase_positions(tokenizer, text: str, phrase: str, after: int = 0) -> tuple
     raise ValueError(f"{phrase!r} does not appear as whole tokens in the prompt {text!r}; put spaces around the name")
 
 
-def class_prompt_plan(tokenizer, template: str, name: str, descriptors: Sequence[str] = ()) -> PromptPlan:
-    """One class's prompt from ``template``: ``{class}`` → the descriptors then the name."""
+def class_prompt_plan(
+    tokenizer, template: str, name: str, descriptors: Sequence[str] = (), continuation: str = ""
+) -> PromptPlan:
+    """One class's prompt from ``template``: ``{class}`` → the descriptors then the name; then the
+    ``continuation`` (a conditional caption's words). Descriptor tokens fuse with the name's, and so
+    does a continuation's first word ending in "ing" ("horse standing"), as DiffSegmenter's code reads
+    the class map from the class token and, when the next word is such a participle, that word too."""
     check_template(template)
     text = template.replace(CLASS_PLACEHOLDER, " ".join([*descriptors, name]))
+    if continuation:
+        text = f"{text} {continuation}"
     prefix = template.split(CLASS_PLACEHOLDER, 1)[0]
     start = len(token_ids(tokenizer, prefix)) + 1
     descriptor_positions: list[int] = []
@@ -92,19 +114,24 @@ def class_prompt_plan(tokenizer, template: str, name: str, descriptors: Sequence
         found = phrase_positions(tokenizer, text, word, after=start)
         descriptor_positions.extend(found)
         start = found[-1] + 1
-    return PromptPlan(
-        text, (ClassTokens(phrase_positions(tokenizer, text, name, after=start), tuple(descriptor_positions)),)
-    )
+    name_positions = phrase_positions(tokenizer, text, name, after=start)
+    participle = continuation.split()[0] if continuation.split() else ""
+    if participle.endswith("ing"):
+        descriptor_positions.extend(phrase_positions(tokenizer, text, participle, after=name_positions[-1] + 1))
+    return PromptPlan(text, (ClassTokens(name_positions, tuple(descriptor_positions)),))
 
 
-def joint_prompt_plans(tokenizer, names: Sequence[str], caption: str = "") -> list[PromptPlan]:
-    """Prompts naming every class: ``caption`` if given (each name is found in it), else
+def joint_prompt_plans(
+    tokenizer, names: Sequence[str], caption: str = "", phrases: Sequence[str] | None = None
+) -> list[PromptPlan]:
+    """Prompts naming every class: ``caption`` if given (each name, or its ``phrases`` entry, is found in it), else
     ``"a photograph of NAME1, NAME2, …"`` — as many such prompts as CLIP's 77 tokens need, each
     naming a run of consecutive classes (so any vocabulary fits; each extra prompt is a UNet call)."""
     if not names:
         return [PromptPlan(caption, ())]
     if caption:
-        return [PromptPlan(caption, tuple(ClassTokens(phrase_positions(tokenizer, caption, name)) for name in names))]
+        found = phrases if phrases is not None else names
+        return [PromptPlan(caption, tuple(ClassTokens(phrase_positions(tokenizer, caption, p)) for p in found))]
     budget = CONTEXT_LENGTH - 2 - len(token_ids(tokenizer, JOINT_PREFIX))  # start and end tokens
     groups: list[list[str]] = [[]]
     for name in names:
