@@ -23,7 +23,7 @@ from dsseg.model.class_filters import ClassFilter, filter_classes, needs_caption
 from dsseg.model.config import CLASS_PLACEHOLDER, ExtractConfig, Preparation
 from dsseg.model.extract import AttentionExtractor, to_model_input
 from dsseg.model.nouns import CaptionNoun, caption_nouns
-from dsseg.model.prompts import ImageTexts, phrase_positions
+from dsseg.model.prompts import ImageTexts, phrases_apart
 from dsseg.segmentation import Segmentation, segmentation_from_labels
 from dsseg.spec import MethodSpec, SegmentConfig
 from dsseg.timing import StageTimer
@@ -47,15 +47,16 @@ def to_segmentation(
 
 
 def located_nouns(tokenizer, caption: str) -> list[CaptionNoun]:
-    """The nouns of ``caption`` whose words appear as whole tokens in the prompt's CLIP tokens."""
-
-    def found(noun: CaptionNoun) -> bool:
+    """The nouns of ``caption`` whose words appear apart as whole tokens of its CLIP tokens (the
+    positions ``dsseg.model.prompts.phrases_apart`` gives them; a noun CLIP splits otherwise is left out)."""
+    located: list[CaptionNoun] = []
+    for noun in caption_nouns(caption):
         try:
-            return bool(phrase_positions(tokenizer, caption, noun.phrase))
+            phrases_apart(tokenizer, caption, [n.phrase for n in (*located, noun)])
         except ValueError:
-            return False
-
-    return [noun for noun in caption_nouns(caption) if found(noun)]
+            continue
+        located.append(noun)
+    return located
 
 
 def forward_groups(configs: Sequence[SegmentConfig]) -> list[tuple[ExtractConfig, list[int]]]:
@@ -229,7 +230,7 @@ class Segmenter:
             candidates = filter_classes(self.class_filter, images, candidates, prompting.classes, read)
         if not prompting.caption_descriptors:
             return candidates, None, read
-        texts, written = conditional_texts(self.captioner, images, candidates, prompting.class_template, timer)
+        texts, written = conditional_texts(captions, candidates, prompting.class_template)
         return candidates, texts, written
 
     def segment_all(
@@ -274,11 +275,13 @@ class Segmenter:
 
 
 class LazyCaptions:
-    """One caption per image of a batch, made on first use and kept for the batch's other configs."""
+    """A batch's captions, made on first use and kept for its other forward groups: one caption per
+    image (``get``), and conditional continuations per (image, prompt) (``complete``)."""
 
     def __init__(self, captioner, images: list[np.ndarray], timer: StageTimer) -> None:
         self.captioner, self.images, self.timer = captioner, images, timer
         self.captions: list[str] | None = None
+        self.continuations: dict[tuple[int, str], str] = {}
 
     def get(self) -> list[str]:
         if self.captions is None:
@@ -286,25 +289,30 @@ class LazyCaptions:
                 self.captions = self.captioner.caption(self.images)
         return self.captions
 
+    def complete(self, pairs: Sequence[tuple[int, str]]) -> list[str]:
+        missing = list(dict.fromkeys(pair for pair in pairs if pair not in self.continuations))
+        if missing:
+            with self.timer.stage("caption"):
+                self.continuations.update(zip(missing, self.captioner.complete(self.images, missing)))
+        return [self.continuations[pair] for pair in pairs]
+
 
 def conditional_texts(
-    captioner, images: list[np.ndarray], names: Sequence[Sequence[str]], template: str, timer: StageTimer
-) -> tuple[list[ImageTexts], list[str]]:
+    captions: LazyCaptions, names: Sequence[Sequence[str]], template: str
+) -> tuple[list[ImageTexts], list[str | None]]:
     """Per image, each class's prompt (``template`` filled with the name) continued by the captioner
     conditioned on it (DiffSegmenter's augmented prompts) → (the continuations as ``ImageTexts``,
     the full captions of each image joined by "; ")."""
     pairs = [
         (i, template.replace(CLASS_PLACEHOLDER, name)) for i, image_names in enumerate(names) for name in image_names
     ]
-    with timer.stage("caption"):
-        words = iter(captioner.complete(images, pairs))
+    words = iter(captions.complete(pairs))
     texts, written = [], []
     for image_names in names:
         continuations = {name: next(words) for name in image_names}
         texts.append(ImageTexts(continuations=continuations))
-        written.append(
-            "; ".join(f"{template.replace(CLASS_PLACEHOLDER, n)} {w}".strip() for n, w in continuations.items())
-        )
+        texts_of_image = [f"{template.replace(CLASS_PLACEHOLDER, n)} {w}".strip() for n, w in continuations.items()]
+        written.append("; ".join(texts_of_image) or None)
     return texts, written
 
 

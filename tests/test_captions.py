@@ -3,6 +3,8 @@ named by captions, DiffSegmenter's augmented prompts and caption class filter, t
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from conftest import IMAGES
@@ -59,11 +61,22 @@ def test_nouns_are_read_singular_longest_first_and_once():
     assert caption_nouns("a view of the front") == []  # nouns that name nothing to segment
 
 
+def test_a_repeated_word_is_found_where_its_noun_is_not_inside_an_earlier_phrase():
+    from dsseg.segmenter import located_nouns
+
+    tokenizer, caption = clip_tokenizer(), "a hot dog next to a dog"
+    nouns = located_nouns(tokenizer, caption)
+    assert [(n.name, n.phrase) for n in nouns] == [("hot dog", "hot dog"), ("dog", "dog")]
+    plan = joint_prompt_plans(tokenizer, [n.name for n in nouns], caption, [n.phrase for n in nouns])[0]
+    assert [c.name for c in plan.classes] == [(2, 3), (7,)]
+
+
 def test_caption_nouns_name_class_list_entries_through_synonyms():
     nouns = [n.name for n in caption_nouns("a man on a motorbike next to an airplane and a sofa")]
     assert classes_named(nouns, VOC20) == ["aeroplane", "motorbike", "person", "sofa"]
     assert classes_named(["puppy"], ("cat", "dog")) == ["dog"]
     assert classes_named(["tree"], VOC20) == []
+    assert classes_named(["table"], VOC20) == ["dining table"]
 
 
 def test_the_tiny_blip_loads_back_and_captions_batches_as_single_images(tiny_blip, bsds_image):
@@ -76,7 +89,10 @@ def test_the_tiny_blip_loads_back_and_captions_batches_as_single_images(tiny_bli
     pairs = [(0, "a photograph of a horse"), (1, "a photograph of a traffic light"), (0, "a photograph of a dog")]
     continued = tiny_blip.complete(images, pairs)
     assert continued == [tiny_blip.complete(images, [pair])[0] for pair in pairs]
-    assert all(text and not text.startswith("a photograph") for text in continued)
+    for (index, prompt), text in zip(pairs, continued):  # the continuation is exactly what follows the prompt
+        inputs = tiny_blip.processor(images=[images[index]], text=prompt, return_tensors="pt")
+        whole = tiny_blip.model.generate(**inputs, **tiny_blip.decoding)
+        assert tiny_blip.processor.decode(whole[0], skip_special_tokens=True) == f"{prompt} {text}"
 
 
 def test_missing_captioner_weights_say_what_to_do(tmp_path):
@@ -136,6 +152,8 @@ def test_caption_settings_are_checked_before_any_model_loads(tiny):
         MethodSpec("diffseg", {"descriptors": "caption", "classes": ["horse"]})
     with pytest.raises(ConfigError, match="descriptors: expects"):
         MethodSpec("openvocab", {"descriptors": "captions", "classes": ["horse"]})
+    with pytest.raises(ConfigError, match="level_weights: expects a list"):
+        MethodSpec("openvocab", {"level_weights": "caption", "classes": ["horse"]})
     with pytest.raises(ConfigError, match="give a captioner"):
         Segmenter(tiny, MethodSpec("diffseg", {"naming": "caption"}))
     with pytest.raises(ConfigError, match="give a captioner"):
@@ -177,6 +195,15 @@ def test_the_caption_filter_keeps_the_classes_the_caption_names(tiny, bsds_image
     assert output.results[1].names == ["background", "ignore"]  # named nothing: all background
     assert output.captions == ["two horses on a lawn", "an empty room"]
     assert captioner.calls == [("caption", 2)]  # one captioning per batch
+    sweep = [
+        MethodSpec("openvocab", {"image_size": 64, "classes": ["horse"], "descriptors": "caption", "timestep": t})
+        for t in (50, 100)
+    ]
+    captioner.calls.clear()
+    Segmenter(tiny, sweep, captioner=captioner).segment(pixels)
+    assert captioner.calls == [
+        ("complete", [(0, "a photograph of a horse"), (1, "a photograph of a horse")])
+    ]  # once for both
     union = UnionClassFilter(load_class_filter("caption"), lambda images, candidates: [c[1:2] for c in candidates])
     kept = union([bsds_image], [["horse", "dog", "grass"]], captions=["a horse"])
     assert kept == [["horse", "dog"]] and union.needs_captions
@@ -200,6 +227,14 @@ def test_jobs_need_a_captioner_exactly_when_a_config_reads_captions(tmp_path):
         for name in ("tiny", "Salesforce/blip-image-captioning-base")
     }
     assert len(set(ids.values())) == 2  # the captioner names the segments, so it is part of the id
+    # a factory's filter may read captions: a captioner is accepted with it
+    factory = SegmentJob(
+        input=str(IMAGES), output=str(tmp_path), configs=filtered, class_filter="pkg.mod:make", captioner="tiny"
+    )
+    # a class filter does not narrow names read from captions, so it stays out of their ids
+    unfiltered = SegmentJob(input=str(IMAGES), output=str(tmp_path), configs=naming, captioner="tiny")
+    with_filter = dataclasses.replace(unfiltered, class_filter="caption")
+    assert unfiltered.config_ids() == with_filter.config_ids() and factory.config_ids()
 
 
 def test_the_job_writes_each_images_caption(tmp_path):
@@ -223,3 +258,29 @@ def test_the_job_writes_each_images_caption(tmp_path):
         nouns = {n.name for n in caption_nouns(row["caption"])}
         assert nouns and {segment["label"] for segment in row["segments"]} <= nouns
     assert all(row["caption"] is None for row in plain)
+
+
+def test_results_written_before_the_caption_column_read_with_new_ones(tmp_path):
+    import pyarrow as pa
+
+    from dsseg.io.results import read_results, write_parts
+    from dsseg.io.schema import OUTPUT_SCHEMA
+
+    def row(image_id: str, caption: str | None) -> dict:
+        identity = {"image_id": image_id, "source": image_id, "width": 4, "height": 4, "method": "diffseg"}
+        return identity | {"config_id": "c1", "status": "ok", "error": None, "segments": [], "caption": caption}
+
+    new = pa.Table.from_pylist([row("b", "a horse")], schema=OUTPUT_SCHEMA)
+    old_timings = pa.struct([f for f in OUTPUT_SCHEMA.field("timings_ms").type if f.name != "caption"])
+    old_schema = pa.schema(
+        [
+            f if f.name != "timings_ms" else pa.field("timings_ms", old_timings)
+            for f in OUTPUT_SCHEMA
+            if f.name != "caption"
+        ]
+    )
+    old = pa.Table.from_pylist([row("a", None)], schema=old_schema)
+    write_parts(old, str(tmp_path))
+    write_parts(new, str(tmp_path))
+    rows = sorted(read_results(str(tmp_path)).to_pylist(), key=lambda r: r["image_id"])
+    assert [(r["image_id"], r["caption"]) for r in rows] == [("a", None), ("b", "a horse")]

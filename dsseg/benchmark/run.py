@@ -27,6 +27,7 @@ from dsseg.cli import (
     params_from_args,
     plain,
 )
+from dsseg.errors import ConfigError
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[2] / "tests" / "data" / "images" / "135069.jpg"
 
@@ -80,9 +81,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         report = benchmark(args)
-    except RuntimeError as error:  # a missing backbone, no GPU, …: the message says what to do
+    except RuntimeError as error:  # a missing backbone or captioner, no GPU, …: the message says what to do
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except ConfigError as error:  # a config the captioner flag does not fit
+        parser.error(flag_message(error, (*METHOD_PARAM_FLAGS, "captioner")))
     print_table(report)
     if report["comparison"]:
         print_comparison(report["comparison"])

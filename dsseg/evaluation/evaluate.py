@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dsseg.cli import add_model_arguments, batch_size_value, plain
+from dsseg.cli import CAPTIONER_HELP, add_model_arguments, batch_size_value, plain
 from dsseg.evaluation.datasets import DATASETS, Dataset, DatasetRootError, RegionAnnotations, load_dataset
 from dsseg.evaluation.metrics import json_ready
 from dsseg.evaluation.plan import Plan, make_plan
@@ -76,8 +76,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--class-filter",
-        help="narrow each image's candidate classes (openvocab): clip:MODEL, package.module:factory, or none",
+        help="narrow each image's candidate classes (openvocab): clip:MODEL, caption, caption+clip:MODEL, "
+        "package.module:factory, or none",
     )
+    parser.add_argument("--captioner", help=CAPTIONER_HELP)
     parser.add_argument(
         "--tune-on",
         metavar="SPLIT",
@@ -154,7 +156,7 @@ def build_job(
         input=str(manifest), output=str(folder / "run"), configs=configs, backbone=plan.backbone, device=args.device,
         dtype=args.dtype, offline=args.offline, compile=args.compile, batch_size=args.batch_size, num_workers=args.num_workers,
         retry_errors=True, exif_transpose=False, mask_frame="model" if plan.frame == "model" else "original",
-        class_filter=plan.class_filter,
+        class_filter=plan.class_filter, captioner=args.captioner,
     )  # fmt: skip
 
 

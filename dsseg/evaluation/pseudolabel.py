@@ -524,7 +524,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    summaries = {kind: run_segment_job(job) for kind, job in jobs.items()}
+    try:
+        summaries = {kind: run_segment_job(job) for kind, job in jobs.items()}
+    except RuntimeError as error:  # missing backbone or captioner weights: the message says what to do
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     weak = ok_rows(jobs["weak"]) if "weak" in jobs else []
     agnostic_rows = ok_rows(jobs["agnostic"]) if "agnostic" in jobs else []
     proposals = {

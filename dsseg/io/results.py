@@ -161,7 +161,8 @@ def read_results(
         raise FileNotFoundError(
             f"no results under {output}/{SEGMENTS_DIR}" + (f" for config {config_id}" if config_id else "")
         )
-    return pa.concat_tables(tables)
+    # Permissive: parts written before a column or timing stage existed (caption) read as nulls there.
+    return pa.concat_tables(tables, promote_options="permissive")
 
 
 def _id_array(image_ids: Sequence[str] | None) -> pa.Array | None:

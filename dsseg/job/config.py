@@ -26,6 +26,7 @@ from dsseg.model.config import (
     Preparation,
     added_at_default,
     check_filter_spec,
+    filter_may_read_captions,
     filter_reads_captions,
 )
 from dsseg.spec import MethodSpec
@@ -60,9 +61,9 @@ def config_id(
     part of the id of configs that read captions (``reads_captions``)."""
     resolved = spec.resolved
     extract_fields = {k: v for k, v in resolved.flat_extraction().items() if k not in RUNTIME_FIELDS}
-    if resolved.extraction.uses_classes and class_filter:
+    if filtered(spec, class_filter):
         extract_fields["class_filter"] = class_filter
-    if captioner and reads_captions(spec, class_filter):
+    if captioner and reads_captions(spec, class_filter, may=True):
         extract_fields["captioner"] = captioner
     key = {
         "backbone": backbone,
@@ -76,11 +77,19 @@ def config_id(
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def reads_captions(spec: MethodSpec, class_filter: str | None = None) -> bool:
-    """Whether the config reads captions: named by them, prompts continued by them, or prompted with
-    classes that a caption-reading class filter narrows."""
-    extraction = spec.resolved.extraction
-    return extraction.prompting.needs_captioner or (extraction.uses_classes and filter_reads_captions(class_filter))
+def filtered(spec: MethodSpec, class_filter: str | None) -> bool:
+    """Whether ``class_filter`` narrows the config's classes (it prompts with classes not named by captions)."""
+    prompting = spec.resolved.extraction.prompting
+    return bool(class_filter) and prompting.uses_classes and not prompting.caption_names
+
+
+def reads_captions(spec: MethodSpec, class_filter: str | None = None, may: bool = False) -> bool:
+    """Whether the config reads captions: named by them, prompts continued by them, or its classes
+    narrowed by a caption class filter (``may``: or by a factory's filter, which may read them)."""
+    if spec.resolved.extraction.prompting.needs_captioner:
+        return True
+    reading = filter_may_read_captions if may else filter_reads_captions
+    return filtered(spec, class_filter) and reading(class_filter)
 
 
 def parse_shard(text: str | Sequence[int] | None) -> tuple[int, int] | None:
@@ -211,7 +220,7 @@ class SegmentJob:
                 f"the {reading[0]} config reads captions (naming=caption, descriptors=caption or a caption class "
                 "filter): give a captioner, e.g. tiny or Salesforce/blip-image-captioning-base",
             )
-        if self.captioner and not reading:
+        if self.captioner and not any(reads_captions(spec, self.class_filter, may=True) for spec in specs):
             raise ConfigError(
                 "captioner",
                 "no config reads captions: add --param naming=caption (diffseg, ncut), --param descriptors=caption "

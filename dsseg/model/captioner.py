@@ -58,6 +58,11 @@ class Captioner:
         self.name, self.model, self.processor, self.max_new_tokens = name, model, processor, max_new_tokens
 
     @property
+    def decoding(self) -> dict:
+        """Greedy decoding of at most ``max_new_tokens``, whatever the checkpoint's generation config says."""
+        return dict(max_new_tokens=self.max_new_tokens, num_beams=1, do_sample=False)
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -71,7 +76,7 @@ class Captioner:
         """One caption per image, lower case (BLIP's tokenizer), batched in one ``generate``."""
         if not len(images):
             return []
-        output = self.model.generate(pixel_values=self.pixels(images), max_new_tokens=self.max_new_tokens)
+        output = self.model.generate(pixel_values=self.pixels(images), **self.decoding)
         return [text.strip() for text in self.processor.batch_decode(output, skip_special_tokens=True)]
 
     @torch.no_grad()
@@ -93,7 +98,7 @@ class Captioner:
                 pixel_values=pixels[[pairs[k][0] for k in members]],
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=self.max_new_tokens,
+                **self.decoding,
             )
             # BLIP drops the prompt's closing [SEP]: new tokens start at length − 1.
             for k, text in zip(members, tokenizer.batch_decode(output[:, length - 1 :], skip_special_tokens=True)):

@@ -256,6 +256,12 @@ def filter_reads_captions(spec: str | None) -> bool:
     return bool(spec) and (spec == "caption" or spec.startswith("caption+"))
 
 
+def filter_may_read_captions(spec: str | None) -> bool:
+    """Whether the class filter ``spec`` may read captions: a caption filter, or a factory's
+    (``package.module:factory``; it reads them when it sets ``needs_captions``)."""
+    return filter_reads_captions(spec) or (bool(spec) and spec.partition(":")[0] not in ("clip", "caption+clip"))
+
+
 def check_class_names(names: Sequence[str]) -> None:
     """Raise a ``ConfigError`` for empty or repeated class names."""
     if any(not name for name in names):
@@ -280,7 +286,12 @@ def check_param_types(config_class: type, params: Mapping[str, Any]) -> None:
                 name,
                 f"expects a number{' (or a list of numbers)' if name.endswith('threshold') else ''}; got {value!r}",
             )
-        elif isinstance(default, tuple) and isinstance(value, str) and name != "classes" and value != CAPTION:
+        elif (
+            isinstance(default, tuple)
+            and isinstance(value, str)
+            and name != "classes"
+            and (name, value) != ("descriptors", CAPTION)
+        ):
             raise ConfigError(name, f"expects a list, e.g. [64, 32, 16]; got {value!r}")
 
 

@@ -3,7 +3,7 @@
 The seeds tag captions with NLTK, whose tagger data cannot be fetched on every machine (it is a
 separate download, not a wheel), and a tagger keeps every noun: "picture", "view", "front",
 "side", which name nothing to segment. dsseg instead matches the caption's words against a
-vocabulary of thing and stuff names (COCO-Stuff's 171, ADE20K's 150, the VOC and Context names,
+vocabulary of thing and stuff names (COCO-Stuff's, ADE20K's 150, the VOC and Context names,
 and words captions use for people and animals): longest phrase first ("traffic light" before
 "light"), each word tried as written and singularised ("horses" → "horse", "people" → "person").
 What this misses: nouns outside the vocabulary, and a vocabulary word used as a modifier
@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-# COCO-Stuff's 171 thing and stuff names, written as words ("wall-brick" → "wall").
+# COCO-Stuff's 171 thing and stuff names, written as words ("wall-brick", "wall-wood" → "wall"): 165 distinct.
 COCO_STUFF_NAMES = (
     "airplane", "apple", "backpack", "banana", "banner", "baseball bat", "baseball glove", "bear", "bed",
     "bench", "bicycle", "bird", "blanket", "blender", "boat", "book", "bottle", "bowl", "branch", "bridge",
@@ -95,6 +95,7 @@ SYNONYMS = {
     **dict.fromkeys(("windowpane",), "window"),
     **dict.fromkeys(("duck", "goose", "chicken", "swan", "parrot", "owl", "eagle"), "bird"),
     **dict.fromkeys(("potted plant",), "plant"),
+    **dict.fromkeys(("table",), "dining table"),
     **dict.fromkeys(("shelves",), "shelf"),
 }
 

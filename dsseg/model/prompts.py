@@ -96,6 +96,23 @@ def phrase_positions(tokenizer, text: str, phrase: str, after: int = 0) -> tuple
     raise ValueError(f"{phrase!r} does not appear as whole tokens in the prompt {text!r}; put spaces around the name")
 
 
+def phrases_apart(tokenizer, text: str, phrases: Sequence[str]) -> list[tuple[int, ...]]:
+    """Positions of each phrase in ``text``, no two sharing a token: longer phrases claim theirs
+    first, so "dog" is not found inside "hot dog" in either order; ``ValueError`` when one is absent."""
+    claimed: set[int] = set()
+    found: dict[int, tuple[int, ...]] = {}
+    for index in sorted(range(len(phrases)), key=lambda i: -len(token_ids(tokenizer, phrases[i]))):
+        after = 0
+        while True:
+            positions = phrase_positions(tokenizer, text, phrases[index], after=after)
+            if not claimed.intersection(positions):
+                break
+            after = positions[0] + 1
+        claimed.update(positions)
+        found[index] = positions
+    return [found[i] for i in range(len(phrases))]
+
+
 def class_prompt_plan(
     tokenizer, template: str, name: str, descriptors: Sequence[str] = (), continuation: str = ""
 ) -> PromptPlan:
@@ -124,14 +141,14 @@ def class_prompt_plan(
 def joint_prompt_plans(
     tokenizer, names: Sequence[str], caption: str = "", phrases: Sequence[str] | None = None
 ) -> list[PromptPlan]:
-    """Prompts naming every class: ``caption`` if given (each name, or its ``phrases`` entry, is found in it), else
+    """Prompts naming every class: ``caption`` if given (each name, or its ``phrases`` entry, is found in it,
+    ``phrases_apart``), else
     ``"a photograph of NAME1, NAME2, …"`` — as many such prompts as CLIP's 77 tokens need, each
     naming a run of consecutive classes (so any vocabulary fits; each extra prompt is a UNet call)."""
     if not names:
         return [PromptPlan(caption, ())]
     if caption:
-        found = phrases if phrases is not None else names
-        return [PromptPlan(caption, tuple(ClassTokens(phrase_positions(tokenizer, caption, p)) for p in found))]
+        return [PromptPlan(caption, tuple(ClassTokens(p) for p in phrases_apart(tokenizer, caption, phrases or names)))]
     budget = CONTEXT_LENGTH - 2 - len(token_ids(tokenizer, JOINT_PREFIX))  # start and end tokens
     groups: list[list[str]] = [[]]
     for name in names:
