@@ -32,6 +32,7 @@ CLIP_FILTER = "clip:openai/clip-vit-large-patch14"
 DIFFSEG = "DiffSeg (Tian et al., CVPR 2024)"
 DWC = "Diffusing, Walking and Cutting (Ivanova et al.)"
 DIFFSEGMENTER = "DiffSegmenter (Wang et al.)"
+DIFFCUT = "DiffCut (Couairon et al., NeurIPS 2024)"
 
 DIFFSEG_CHOICES = (
     "as the official code: all 16 self-attention layers (down, mid, up), heads and layers of a level averaged, "
@@ -49,6 +50,17 @@ DWC_CHOICES = (
     "not stated, dsseg's defaults: at least 16 latent cells per segment, at most 12 levels of splits, "
     "every split position along the Fiedler vector tried",
 )
+DIFFCUT_CHOICES = (
+    "as the released code: the output of the last down-path self-attention layer, t = 50, the image squashed to "
+    "1024², W = minmax(cosine)^10, 100 split values from 0.99·min to 0.99·max of the Fiedler vector, leaves assigned "
+    "at the 128² latent grid; per-image Hungarian over all classes",
+    "scored at the label's own size (the latent-grid labels resized by nearest neighbour); the released script "
+    "resizes labels and predictions to 128² and scores there",
+    "seeded noise with dsseg's seed; the released code draws its noise with seed 42 on the GPU",
+    "nodes with a zero affinity stay in their side below the root (the released code drops them: an artefact of "
+    "marking explored nodes with zeros)",
+)
+
 DIFFSEGMENTER_CHOICES = (
     "as the released code: the image squashed to 512² (bilinear), noised once at t = 100, one UNet call per class, "
     "cross-attention fused 0.3/0.5/0.1/0.1 (8/16/32/64) and refined by the 64² self-attention of all blocks; "
@@ -224,6 +236,24 @@ def _diffsegmenter(name: str, dataset: str, split: str, tune_split: str, miou: f
     )  # fmt: skip
 
 
+def _diffcut(name: str, row: str, dataset: str, published: dict, **changes: Any) -> Preset:
+    """A row of DiffCut on SD 1.4 (τ 0.2), scored at the label's size."""
+    params = {"tau": 0.2, **changes}
+    return Preset(
+        name,
+        DIFFCUT,
+        row,
+        dataset,
+        "per_image",
+        published,
+        SD14,
+        "diffcut",
+        params,
+        frame="label",
+        choices=DIFFCUT_CHOICES,
+    )
+
+
 def _presets() -> list[Preset]:
     coco, t6 = "cocostuff27", "Table 6, "
     four_levels = "the 8² level is read from the mid block, the only 8² self-attention (the decoder has none)"
@@ -250,6 +280,10 @@ def _presets() -> list[Preset]:
     presets += [
         _dwc(f"dwc-scaled-mincut-k{k}", f"Table 2, COCO-Stuff-27: MAN-C w/ Scaled MinCut, power walk k = {k}", coco, "per_image", scaled_mincut.get(k, {}), stopping="manc_mincut", power=k)
         for k in range(1, 6)
+    ]  # fmt: skip
+    presets += [
+        _diffcut("diffcut-sd14-cocostuff27", "COCO-Stuff-27: DiffCut on SD 1.4, τ 0.2, without PAMR", coco, {"miou": 31.3}),
+        _diffcut("diffcut-sd14-pamr-cocostuff27", "COCO-Stuff-27: DiffCut on SD 1.4, τ 0.2, with PAMR (10 iterations, dilations 1, 2, 4, 8)", coco, {"miou": 45.2}, pamr_iterations=10),
     ]  # fmt: skip
     presets += [
         _diffsegmenter("diffsegmenter-voc2012", "voc2012", "val", "train", 60.1),

@@ -15,12 +15,13 @@ if TYPE_CHECKING:
     from dsseg.model.extract import AttentionBundle
     from dsseg.timing import StageTimer
 
-METHOD_NAMES = ("diffseg", "ncut", "openvocab")
+METHOD_NAMES = ("diffseg", "ncut", "openvocab", "diffcut")
 
 
 @functools.cache
 def _registry() -> dict[str, Method]:
     from dsseg.methods.base import Method
+    from dsseg.methods.diffcut import DiffCutConfig, segment_diffcut
     from dsseg.methods.diffseg import DiffSegConfig, segment_diffseg
     from dsseg.methods.ncut import NCutConfig, segment_ncut
     from dsseg.methods.openvocab import OpenVocabConfig, segment_openvocab
@@ -39,6 +40,20 @@ def _registry() -> dict[str, Method]:
                 "timestep": 100,
                 "class_template": DEFAULT_TEMPLATE,
                 "class_weight": DEFAULT_CLASS_WEIGHT,
+            },
+        ),
+        # DiffCut: the last down-path self-attention layer's output, t = 50, seeded noise, 1024² squashed
+        "diffcut": Method(
+            "diffcut",
+            DiffCutConfig,
+            segment_diffcut,
+            extraction={
+                "noise": "noise",
+                "timestep": 50,
+                "feature_layer": "down:-1",
+                "self_attention": False,
+                "geometry": "squash",
+                "image_size": 1024,
             },
         ),
     }

@@ -33,7 +33,7 @@ weights the threshold has no such meaning; use ``threshold`` there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -52,6 +52,7 @@ from dsseg.methods.spectral import (
 )
 from dsseg.methods.upsample import upsample_argmax_index
 from dsseg.model.attention import Grid
+from dsseg.model.config import ADDED
 from dsseg.model.extract import AttentionBundle
 from dsseg.timing import StageTimer
 
@@ -75,7 +76,8 @@ class NCutConfig:
     (then ``threshold`` is the NCut cost below which a split is kept; 0.3–0.6 in the paper).
     ``min_segment_size``: fewest latent cells per segment. ``max_depth``: deepest split (≤ 30).
     ``split_candidates``: None tries every split position along the Fiedler vector, an int c
-    tries c evenly spaced values. ``resolutions``/``resolution_weights``: levels to aggregate
+    tries c evenly spaced values (strictly inside its range; with ``candidate_span`` s, from s·min
+    to s·max, as DiffCut's code with s = 0.99). ``resolutions``/``resolution_weights``: levels to aggregate
     (None: the three largest, weights ∝ size). ``upsampling``: ``cosine`` or ``nearest``;
     ``upsample_factor``: pixels per latent cell in the label map (8 for SD).
     ``eigen_tolerance``: residual at which the eigen-solvers stop. ``walk_iterations``: most power
@@ -97,6 +99,7 @@ class NCutConfig:
     upsample_factor: int = 8
     eigen_tolerance: float = 1e-5
     walk_iterations: int = 200
+    candidate_span: float | None = field(default=None, metadata=ADDED)
 
     def __post_init__(self) -> None:
         for name, value, choices in (
@@ -120,6 +123,8 @@ class NCutConfig:
             raise ValueError("min_segment_size, upsample_factor and walk_iterations must be ≥ 1")
         if self.alpha <= 0 or self.eigen_tolerance <= 0:
             raise ValueError(f"alpha and eigen_tolerance must be > 0; got {self.alpha}, {self.eigen_tolerance}")
+        if self.candidate_span is not None and not 0 < self.candidate_span <= 1:
+            raise ValueError(f"candidate_span must be in (0, 1] or None; got {self.candidate_span}")
         if self.split_candidates is not None and self.split_candidates < 1:
             raise ValueError(f"split_candidates must be ≥ 1 or None (every position); got {self.split_candidates}")
         for name in ("resolutions", "resolution_weights"):
@@ -156,13 +161,24 @@ def build_graph(walk: torch.Tensor, config: NCutConfig) -> Graph:
         return DenseGraph(walk, directed=True)
     if config.graph == "dot":
         return FeatureGraph(walk)
-    unit_rows = walk / walk.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
     if config.graph == "cosine":
-        return FeatureGraph(unit_rows)
-    similarity = unit_rows @ unit_rows.T
+        return FeatureGraph(unit_rows(walk))
+    return scaled_cosine_graph(walk, config.alpha)
+
+
+def unit_rows(features: torch.Tensor) -> torch.Tensor:
+    """(N, C) rows scaled to unit length (zero rows stay zero)."""
+    return features / features.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def scaled_cosine_graph(features: torch.Tensor, alpha: float) -> DenseGraph:
+    """DiffCut's graph over the rows of ``features`` (N, C): W = ((S − min S)/(max S − min S))^α, S
+    the cosine similarities, min and max over the whole matrix."""
+    rows = unit_rows(features.float())
+    similarity = rows @ rows.T
     low, high = similarity.min(), similarity.max()
     scaled = (similarity - low) / (high - low).clamp_min(torch.finfo(torch.float32).tiny)
-    return DenseGraph(scaled.pow(config.alpha))
+    return DenseGraph(scaled.pow(alpha))
 
 
 def manc_threshold(nodes: int, total: float, edges: int) -> float:
@@ -193,7 +209,7 @@ def two_way_split(graph: Graph, config: NCutConfig) -> Split | None:
         vector, _ = random_walk_vector(graph, config.walk_iterations, config.eigen_tolerance)
     else:
         vector, _ = fiedler_vector(graph, tolerance=config.eigen_tolerance)
-    return best_split(graph, vector, config.min_segment_size, config.split_candidates)
+    return best_split(graph, vector, config.min_segment_size, config.split_candidates, config.candidate_span)
 
 
 def recursive_ncut(graph: Graph, config: NCutConfig) -> Hierarchy:

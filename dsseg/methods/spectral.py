@@ -299,13 +299,16 @@ def deflated_lazy_walk(graph: DenseGraph, v: torch.Tensor, degrees: torch.Tensor
     return 0.5 * (v + graph.matmul(v) / degrees.clamp_min(torch.finfo(torch.float32).tiny)) - v.mean()
 
 
-def best_split(graph: Graph, x: torch.Tensor, min_size: int = 1, candidates: int | None = None) -> Split | None:
+def best_split(
+    graph: Graph, x: torch.Tensor, min_size: int = 1, candidates: int | None = None, span: float | None = None
+) -> Split | None:
     """The lowest-NCut split of ``graph`` into {x ≤ v} and {x > v} over split values v along ``x`` (n,).
 
     ``candidates``: None tries every value between consecutive distinct entries of x (all n − 1
     positions, O(n²) work in total through prefix sums); an integer c tries c values evenly spaced
-    strictly between min(x) and max(x) (Shi & Malik). Both sides must keep ≥ ``min_size`` nodes.
-    Returns None when no split is allowed.
+    strictly between min(x) and max(x) (Shi & Malik), or, with ``span`` s, c values from s·min(x)
+    to s·max(x) inclusive (DiffCut: s = 0.99). Both sides must keep ≥ ``min_size`` nodes. Returns
+    None when no split is allowed.
     """
     n = graph.size
     order = torch.argsort(x, stable=True)
@@ -323,7 +326,10 @@ def best_split(graph: Graph, x: torch.Tensor, min_size: int = 1, candidates: int
     sizes = torch.arange(1, n, device=x.device)
     allowed = (ordered[1:] > ordered[:-1]) & (sizes >= min_size) & (n - sizes >= min_size)
     if candidates is not None:
-        values = torch.linspace(float(ordered[0]), float(ordered[-1]), candidates + 2, device=x.device)[1:-1]
+        if span is None:
+            values = torch.linspace(float(ordered[0]), float(ordered[-1]), candidates + 2, device=x.device)[1:-1]
+        else:
+            values = torch.linspace(span * float(ordered[0]), span * float(ordered[-1]), candidates, device=x.device)
         positions = torch.searchsorted(ordered, values.to(ordered.dtype), right=True)
         chosen = torch.zeros_like(allowed)
         chosen[(positions - 1).clamp(0, n - 2)] = True

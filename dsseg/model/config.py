@@ -147,18 +147,40 @@ class CaptureSpec:
 @dataclass(frozen=True)
 class Capture:
     """Which attention is kept: the UNet ``blocks``, the self-attention levels
-    ``capture_resolutions`` (latent sides; None = all, by default the levels the method reads) and
-    ``cross_attention`` (also captured whenever images are prompted with classes)."""
+    ``capture_resolutions`` (latent sides; None = all, by default the levels the method reads),
+    ``cross_attention`` (also captured whenever images are prompted with classes) and
+    ``self_attention`` (False: none, for methods that read features only). ``feature_layer``:
+    ``"BLOCK:INDEX"`` keeps the output features of one self-attention layer, the INDEX-th (Python
+    indexing, forward order) of the ``down``, ``mid`` or ``up`` blocks' self-attention layers;
+    ``"down:-1"``, the last of the down path, is DiffCut's layer on SD 1.x and SDXL alike."""
 
     blocks: tuple[Block, ...] = BLOCKS
     capture_resolutions: tuple[int, ...] | None = None
     cross_attention: bool = False
+    self_attention: bool = field(default=True, metadata=ADDED)
+    feature_layer: str | None = field(default=None, metadata=ADDED)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", tuple(self.blocks))
+        if self.feature_layer is not None:
+            parse_feature_layer(self.feature_layer)
         if self.capture_resolutions is not None:
             object.__setattr__(self, "capture_resolutions", tuple(sorted(set(self.capture_resolutions), reverse=True)))
         CaptureSpec(blocks=self.blocks, resolutions=self.capture_resolutions)  # validates
+
+
+def parse_feature_layer(spec: str) -> tuple[Block, int]:
+    """``"down:-1"`` → ("down", −1); a ``ConfigError`` naming the form otherwise."""
+    block, _, index = str(spec).partition(":")
+    try:
+        position = int(index)
+    except ValueError:
+        position = None
+    if block not in BLOCKS or position is None:
+        raise ConfigError(
+            "feature_layer", f"expects BLOCK:INDEX with BLOCK one of {BLOCKS}, e.g. 'down:-1'; got {spec!r}"
+        )
+    return block, position  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -356,7 +378,7 @@ class ExtractConfig:
 
     def capture_spec(self) -> CaptureSpec:
         return CaptureSpec(
-            self_attention=True,
+            self_attention=self.capture.self_attention,
             cross_attention=self.capture.cross_attention or self.uses_classes,
             blocks=self.capture.blocks,
             resolutions=self.capture.capture_resolutions,

@@ -21,15 +21,16 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
-from dsseg.model.attention import Grid, capture_attention
+from dsseg.errors import ConfigError
+from dsseg.model.attention import Grid, attention_layers, capture_attention, level_grids
 from dsseg.model.backbone import Backbone
-from dsseg.model.config import DEFAULT_TIMESTEP, ExtractConfig, check_class_names
+from dsseg.model.config import DEFAULT_TIMESTEP, ExtractConfig, check_class_names, parse_feature_layer
 from dsseg.model.prompts import ImageTexts, PromptPlan, class_prompt_plan, joint_prompt_plans
 from dsseg.timing import StageTimer
 
@@ -67,8 +68,12 @@ class AttentionBundle:
     class_attention: tuple[dict[Grid, torch.Tensor], ...] | None = None
     images: torch.Tensor | None = None  # (B, 3, h, w) model input in [-1, 1], for image-aware refinement
     timesteps: tuple[int, ...] = ()
+    features: torch.Tensor | None = None  # (B, N, C) float32 output of the config's feature_layer
+    feature_grid: Grid | None = None  # its token grid (h, w), N = h·w
 
     def __len__(self) -> int:
+        if self.features is not None:
+            return self.features.shape[0]
         return next(iter(self.self_attention.values())).shape[0]
 
     def image(self, index: int) -> AttentionBundle:
@@ -84,6 +89,8 @@ class AttentionBundle:
             class_attention=None if self.class_attention is None else self.class_attention[pick],
             images=None if self.images is None else self.images[pick],
             timesteps=self.timesteps,
+            features=None if self.features is None else self.features[pick],
+            feature_grid=self.feature_grid,
         )
 
 
@@ -117,6 +124,36 @@ def ddim_invert(
         x = math.sqrt(alpha_t) * x0 + math.sqrt(1.0 - alpha_t) * eps
         alpha_prev = alpha_t
     return x
+
+
+def feature_module(unet, spec: str) -> torch.nn.Module:
+    """The self-attention module ``spec`` (``"BLOCK:INDEX"``, see ``Capture``) names in ``unet``."""
+    block, index = parse_feature_layer(spec)
+    layers = [layer for layer in attention_layers(unet) if layer.kind == "self" and layer.block == block]
+    if not -len(layers) <= index < len(layers):
+        raise ConfigError("feature_layer", f"{spec!r}: the {block} blocks hold {len(layers)} self-attention layers")
+    return unet.get_submodule(layers[index].name.removesuffix(".processor"))
+
+
+@contextmanager
+def keep_output(module: torch.nn.Module | None, kept: list[torch.Tensor]):
+    """Within the block, each forward of ``module`` (if any) appends its output to ``kept``."""
+    if module is None:
+        yield
+        return
+    handle = module.register_forward_hook(lambda _module, _inputs, output: kept.append(output.detach()))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def feature_grid(latent_hw: Grid, tokens: int) -> Grid:
+    """The UNet level grid (h, w) of a feature map with ``tokens`` positions."""
+    for grid in level_grids(latent_hw):
+        if grid[0] * grid[1] == tokens:
+            return grid
+    raise ValueError(f"{tokens} feature tokens match no level of the latent grid {latent_hw}")
 
 
 class AttentionExtractor:
@@ -165,8 +202,13 @@ class AttentionExtractor:
                 names = self.class_lists(len(latents), classes, require=False)
                 return self._class_forward(noised, names, bundle, texts or [None] * len(names))
         with timer.stage("unet"):
-            self_maps, cross_maps = self.capture_stacked(noised, self.condition.expand(latents.shape[0], -1, -1))
-        return replace(bundle, self_attention=self_maps, cross_attention=cross_maps)
+            self_maps, cross_maps, features = self.capture_stacked(
+                noised, self.condition.expand(latents.shape[0], -1, -1)
+            )
+        grid = None if features is None else feature_grid(latent_hw, features.shape[1])
+        return replace(
+            bundle, self_attention=self_maps, cross_attention=cross_maps, features=features, feature_grid=grid
+        )
 
     def noised_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Clean latents (B, C, h, w) → what the UNet sees at each of ``timesteps``, (T, B, C, h, w)."""
@@ -176,21 +218,35 @@ class AttentionExtractor:
 
     def capture_stacked(
         self, noised: torch.Tensor, condition: torch.Tensor
-    ) -> tuple[dict[Grid, torch.Tensor], dict[Grid, torch.Tensor]]:
+    ) -> tuple[dict[Grid, torch.Tensor], dict[Grid, torch.Tensor], torch.Tensor | None]:
         """One UNet call on the T timesteps × k latents of ``noised`` (T, k, C, h, w), stacked in
         its batch, with text states ``condition`` (k, 77, D) → the captured self- and
-        cross-attention means per level, (k, N, N) and (k, N, 77), averaged over the timesteps."""
+        cross-attention means per level, (k, N, N) and (k, N, 77), and the ``feature_layer``'s
+        output (k, N, C) float32 (None without one), each averaged over the timesteps."""
         steps, k = noised.shape[:2]
         timesteps = (
             torch.tensor(self.timesteps, device=noised.device).repeat_interleave(k) if steps > 1 else self.timestep
         )
-        with capture_attention(self.backbone.unet, self.config.capture_spec(), tuple(noised.shape[-2:])) as store:
+        kept: list[torch.Tensor] = []
+        with (
+            capture_attention(self.backbone.unet, self.config.capture_spec(), tuple(noised.shape[-2:])) as store,
+            keep_output(self.feature_module, kept),
+        ):
             self.run_unet(noised.flatten(0, 1), timesteps, condition.repeat(steps, 1, 1))
 
-        def over_timesteps(maps: dict[Grid, torch.Tensor]) -> dict[Grid, torch.Tensor]:
-            return {grid: m.view(steps, k, *m.shape[1:]).mean(0) if steps > 1 else m for grid, m in maps.items()}
+        def over_timesteps(maps: torch.Tensor) -> torch.Tensor:
+            return maps.view(steps, k, *maps.shape[1:]).mean(0) if steps > 1 else maps
 
-        return over_timesteps(store.means("self")), over_timesteps(store.means("cross"))
+        self_maps = {grid: over_timesteps(m) for grid, m in store.means("self").items()}
+        cross_maps = {grid: over_timesteps(m) for grid, m in store.means("cross").items()}
+        return self_maps, cross_maps, over_timesteps(kept[0].float()) if kept else None
+
+    @property
+    def feature_module(self) -> torch.nn.Module | None:
+        """The UNet module whose output ``feature_layer`` names (None when none is)."""
+        if self.config.capture.feature_layer is None:
+            return None
+        return feature_module(self.backbone.unet, self.config.capture.feature_layer)
 
     def class_lists(
         self, batch: int, classes: Sequence[Sequence[str] | None] | None, require: bool = True
@@ -255,7 +311,7 @@ class AttentionExtractor:
             chunk = work[start : start + size]
             index = torch.tensor([i for i, _ in chunk], device=noised.device)
             condition = torch.cat([self._class_condition(plan) for _, plan in chunk])
-            self_maps, cross_maps = self.capture_stacked(noised[:, index], condition)
+            self_maps, cross_maps, _ = self.capture_stacked(noised[:, index], condition)
             for grid, maps in self_maps.items():
                 if grid not in self_sums:
                     self_sums[grid] = maps.new_zeros(len(names), *maps.shape[1:])

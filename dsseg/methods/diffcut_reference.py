@@ -1,0 +1,84 @@
+"""DiffCut written the straightforward way, in float64, after its released code
+(``diffcut/recursive_normalized_cut.py``): for the equivalence tests of ``dsseg.methods.diffcut``.
+
+Dense matrices; each cut from ``numpy.linalg.eigh`` of D^-½(D − W)D^-½; each candidate's cost from
+the Rayleigh quotient the released code evaluates, E = zᵀ(D − W)z / zᵀDz with z = (1 + x) − b(1 − x),
+x = ±1 per side, b = k/(1 − k), k the volume share of the upper side; the leaves assembled from the
+accepted masks as the code assembles them. ``drop_zero_rows`` also drops, below the root, the nodes
+with a zero affinity to any node, as the released code does (see ``dsseg.methods.diffcut``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def reference_affinity(features: np.ndarray, alpha: float) -> np.ndarray:
+    """(N, C) features → (N, N) float64 W = minmax(cosine)^α."""
+    rows = features.astype(np.float64)
+    rows = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    similarity = rows @ rows.T
+    return ((similarity - similarity.min()) / (similarity.max() - similarity.min())) ** alpha
+
+
+def reference_cut(weights: np.ndarray, candidates: int = 100) -> tuple[np.ndarray, float]:
+    """The released code's bipartition of a graph: (upper side (n,) bool, its NCut cost)."""
+    degrees = weights.sum(1)
+    inv_sqrt = np.diag(degrees**-0.5)
+    laplacian = np.diag(degrees) - weights
+    _, vectors = np.linalg.eigh(inv_sqrt @ laplacian @ inv_sqrt)
+    y = inv_sqrt @ vectors[:, 1]
+    y = y * np.sign(y[np.argmax(np.abs(y))])
+    best, best_cost = None, np.inf
+    for threshold in np.linspace(y.min() * 0.99, y.max() * 0.99, candidates):
+        x = np.where(y > threshold, 1.0, -1.0)
+        k = degrees[x > 0].sum() / degrees.sum()
+        b = k / (1 - k)
+        z = (1 + x) - b * (1 - x)
+        cost = (z @ laplacian @ z) / (z @ (degrees * z))
+        if cost < best_cost:
+            best, best_cost = y > threshold, cost
+    return best, float(best_cost)
+
+
+def reference_leaves(features: np.ndarray, tau: float, alpha: float = 10.0, drop_zero_rows: bool = False) -> np.ndarray:
+    """(N,) leaf ids 0..S−1 of the recursive cut, assembled from the accepted masks by the
+    released code's rule (each mask added with a weight above every sum so far, codes relabelled)."""
+    weights = reference_affinity(features, alpha)
+    n = len(weights)
+    masks: list[np.ndarray] = []
+
+    def recurse(nodes: np.ndarray, level: int) -> None:
+        if drop_zero_rows and level > 0:
+            nodes = nodes[~(weights[nodes] == 0).any(axis=1)]
+        if len(nodes) <= 1:
+            return
+        upper, cost = reference_cut(weights[np.ix_(nodes, nodes)])
+        if cost < tau:
+            mask = np.zeros(n, dtype=bool)
+            mask[nodes[upper]] = True
+            masks.append(mask)
+            recurse(nodes[upper], level + 1)
+            recurse(nodes[~upper], level + 1)
+
+    recurse(np.arange(n), 0)
+    codes, step = np.zeros(n), 1.0
+    for mask in masks:
+        codes += step * mask
+        step = codes.max() + 1
+    return np.unique(codes, return_inverse=True)[1].reshape(-1)
+
+
+def reference_labels(
+    features: np.ndarray, grid: tuple[int, int], leaves: np.ndarray, size: tuple[int, int]
+) -> np.ndarray:
+    """(H, W) labels at ``size``: per cell, the leaf whose mean unit feature has the largest dot
+    product with the cell's bilinearly upsampled unit feature (features upsampled, as the code does)."""
+    rows = features.astype(np.float64)
+    rows = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    embeddings = np.stack([rows[leaves == s].mean(0) for s in range(leaves.max() + 1)])
+    field = torch.from_numpy(rows.T.reshape(1, -1, *grid).copy())
+    upsampled = F.interpolate(field, size=size, mode="bilinear", align_corners=False)[0].numpy()
+    return np.einsum("chw,sc->shw", upsampled, embeddings).argmax(0)

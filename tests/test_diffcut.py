@@ -1,0 +1,130 @@
+"""DiffCut's cut: against a float64 transcription of its released algorithm, on planted features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dsseg.methods.diffcut import DiffCutConfig, assign_cells, diffcut_labels, diffcut_partition
+from dsseg.methods.diffcut_reference import reference_affinity, reference_labels, reference_leaves
+
+GRID = (16, 16)
+
+
+def planted_features(seed: int = 0, noise: float = 0.6, channels: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C) features of four planted regions on a 16×16 grid (a disc and three bands) and the (N,) region ids."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[: GRID[0], : GRID[1]]
+    regions = np.where(cols < 5, 0, np.where(rows < 8, 1, 2))
+    regions[(rows - 11) ** 2 + (cols - 10) ** 2 < 10] = 3
+    centres = rng.normal(size=(4, channels))
+    features = centres[regions.reshape(-1)] + noise * rng.normal(size=(regions.size, channels))
+    return features.astype(np.float32), regions.reshape(-1)
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two label arrays group the elements alike (equal up to renaming)."""
+    pairs = set(zip(a.tolist(), b.tolist()))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+# τ 0.7 and 0.8 cut past the planted regions into 85 and 111 leaves: the same leaves too. (Cutting on
+# down to pairs of nodes, float32 and float64 eigenvectors of 2–3-node graphs may part ways.)
+@pytest.mark.parametrize("seed, tau", [(0, 0.5), (1, 0.5), (2, 0.2), (1, 0.7), (2, 0.8)])
+def test_the_cut_is_the_released_algorithms(seed, tau):
+    features, regions = planted_features(seed)
+    hierarchy = diffcut_partition(torch.from_numpy(features), DiffCutConfig(tau=tau))
+    reference = reference_leaves(features, tau)
+    assert same_partition(hierarchy.assignment.numpy(), reference)
+    if tau == 0.5:  # and it finds what was planted
+        assert same_partition(hierarchy.assignment.numpy(), regions)
+
+
+def test_cells_take_the_nearest_leaf_embedding_of_their_upsampled_feature():
+    features, _ = planted_features(4, noise=0.9)
+    labels, hierarchy = diffcut_labels(torch.from_numpy(features), GRID, DiffCutConfig(tau=0.5))
+    expected = reference_labels(features, GRID, hierarchy.assignment.numpy(), (64, 64))
+    assert labels.shape == (64, 64) and (labels.numpy() == expected).mean() > 0.999
+    one = assign_cells(torch.from_numpy(features), GRID, torch.zeros(features.shape[0], dtype=torch.int64), (32, 32))
+    assert one.shape == (32, 32) and int(one.max()) == 0  # a single leaf labels everything
+
+
+def test_the_released_codes_zero_row_drop_moves_at_most_the_least_similar_pair():
+    features, _ = planted_features(5)
+    weights = reference_affinity(features, 10.0)
+    zero_rows = np.flatnonzero((weights == 0).any(axis=1))
+    assert 2 <= len(zero_rows) <= 4  # the least similar pair (exactly 0 after min–max), maybe ties
+    kept = reference_leaves(features, 0.5)
+    dropped = reference_leaves(features, 0.5, drop_zero_rows=True)
+    others = np.setdiff1d(np.arange(len(kept)), zero_rows)
+    assert same_partition(kept[others], dropped[others])
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="tau and alpha"):
+        DiffCutConfig(tau=0)
+    with pytest.raises(ValueError, match="max_depth"):
+        DiffCutConfig(max_depth=31)
+
+
+def test_features_are_the_named_layers_output(tiny):
+    from dsseg.model.config import ExtractConfig
+    from dsseg.model.extract import AttentionExtractor, feature_module, to_model_input
+
+    module = feature_module(tiny.unet, "down:-1")
+    assert module is tiny.unet.down_blocks[2].attentions[-1].transformer_blocks[-1].attn1
+    assert feature_module(tiny.unet, "up:0") is tiny.unet.up_blocks[1].attentions[0].transformer_blocks[0].attn1
+    config = ExtractConfig.from_params(
+        {"image_size": 128, "noise": "noise", "timestep": 50, "feature_layer": "down:-1", "self_attention": False}
+    )
+    inputs = []
+    handle = module.register_forward_pre_hook(lambda _m, args, kwargs: inputs.append((args, kwargs)), with_kwargs=True)
+    rng = np.random.default_rng(0)
+    images = to_model_input(rng.integers(0, 255, (2, 128, 128, 3), dtype=np.uint8), tiny.device, tiny.dtype)
+    try:
+        bundle = AttentionExtractor(tiny, config)(images)
+    finally:
+        handle.remove()
+    args, kwargs = inputs[0]
+    with torch.no_grad():
+        direct = module(*args, **kwargs)
+    assert bundle.features.shape == (2, 16, direct.shape[-1]) and bundle.feature_grid == (4, 4)
+    torch.testing.assert_close(bundle.features, direct.float())
+    assert bundle.self_attention == {}  # nothing else was captured
+
+
+def test_diffcut_runs_end_to_end_and_checks_its_layer(tiny, bsds_image):
+    from dsseg import segment_image
+    from dsseg.errors import ConfigError
+    from dsseg.spec import MethodSpec
+
+    result = segment_image(bsds_image, "diffcut", tiny, image_size=256, tau=0.3, pamr_iterations=2)
+    assert result.labels.shape == bsds_image.shape[:2] and result.num_segments >= 2
+    assert result.parents is not None and len(result.parents) == result.num_segments
+    resolved = MethodSpec("diffcut").resolved
+    assert resolved.extraction.capture.feature_layer == "down:-1" and resolved.extraction.noising.timestep == 50
+    assert resolved.extraction.preparation.image_size == 1024 and resolved.extraction.preparation.geometry == "squash"
+    with pytest.raises(ConfigError, match="feature_layer: expects BLOCK:INDEX"):
+        MethodSpec("diffcut", {"feature_layer": "middle"})
+    with pytest.raises(ConfigError, match="holds|hold"):
+        segment_image(bsds_image, "diffcut", tiny, image_size=128, feature_layer="mid:3")
+
+
+def test_the_model_stage_writes_diffcut_rows_with_parents(tmp_path):
+    from conftest import IMAGES
+    from test_pipeline import decoded
+
+    from dsseg.job.config import SegmentJob
+    from dsseg.job.model_stage import SegmentWorker
+    from dsseg.job.write import encode_row
+    from dsseg.spec import MethodSpec
+
+    job = SegmentJob(
+        input=str(IMAGES), output=str(tmp_path), backbone="tiny", device="cpu",
+        configs=[MethodSpec("diffcut", {"image_size": 128, "tau": 0.4})],
+    )  # fmt: skip
+    rows = [encode_row(row) for row in SegmentWorker(job)(decoded(job, {"135069.jpg"})).to_pylist()]
+    assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["method"] == "diffcut"
+    segments = rows[0]["segments"]
+    assert segments and all(segment["parent"] is not None for segment in segments if len(segments) > 1)
