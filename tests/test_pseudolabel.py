@@ -330,3 +330,23 @@ def test_quality_skips_a_ground_truth_that_stopped_fitting(tmp_path):
     )
     assert report["images"] == 1 and report["per_class_iou"]["horse"] == 1.0
     assert list(report["skipped"]) == ["b"] and "size" in report["skipped"]["b"]
+
+
+def test_image_sizes_for_the_ground_truth_check_come_from_the_header(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    plain, profiled = tmp_path / "plain.jpg", tmp_path / "profiled.jpg"
+    photo.save(plain, quality=95)
+    photo.save(profiled, quality=95, icc_profile=bytes(200_000))  # a header longer than the prefix read
+    reads = []
+    original = pseudolabel_command.read_bytes
+    monkeypatch.setattr(
+        pseudolabel_command, "read_bytes", lambda uri, *args: reads.append(args) or original(uri, *args)
+    )
+    assert pseudolabel_command.header_size(str(plain)) == (300, 400) and reads == [
+        (0, pseudolabel_command.HEADER_BYTES)
+    ]
+    assert (
+        pseudolabel_command.header_size(str(profiled)) == (300, 400) and reads[-1] == ()
+    )  # fell back to the whole file
+    assert plain.stat().st_size > 2 * pseudolabel_command.HEADER_BYTES  # so the first read was a part of the file

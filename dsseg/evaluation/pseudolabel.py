@@ -425,6 +425,18 @@ def ground_truth_lookup(names: tuple[str, ...], classes: tuple[str, ...]) -> np.
     return lookup
 
 
+HEADER_BYTES = 1 << 16  # enough for the headers of nearly every JPEG and PNG
+
+
+def header_size(uri: str) -> tuple[int, int]:
+    """An image's displayed (H, W) from its first ``HEADER_BYTES`` (the whole file when its header
+    runs longer, e.g. a large ICC profile); ``InputError`` for a file that is not an image."""
+    try:
+        return displayed_size(read_bytes(uri, 0, HEADER_BYTES))
+    except InputError:
+        return displayed_size(read_bytes(uri))
+
+
 def check_ground_truth(rows: list[dict[str, Any]], gt_dir: Path, names: tuple[str, ...], named: bool) -> list[str]:
     """What would make the quality report wrong, found before any image is segmented: one line per
     problem. A ground truth of another size than its image (as decoded, EXIF applied); values
@@ -447,7 +459,7 @@ def check_ground_truth(rows: list[dict[str, Any]], gt_dir: Path, names: tuple[st
             problems.append(f"{truth_path}: {truth.shape} is not a single-channel label PNG")
             continue
         try:
-            size = displayed_size(read_bytes(row["uri"]))
+            size = header_size(row["uri"])
         except (OSError, InputError):
             size = truth.shape  # an unreadable image becomes the segment job's error row, not a problem here
         if truth.shape != size:
