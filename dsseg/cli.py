@@ -61,7 +61,9 @@ def add_model_arguments(
     group = parser.add_argument_group("model")
     shown = f" (default: {backbone_default or DEFAULT_BACKBONE}{note})"
     group.add_argument(
-        "--backbone", default=backbone_default, help="tiny | sd-v1-random | hub id | local diffusers folder" + shown
+        "--backbone",
+        default=backbone_default,
+        help="tiny | sd-v1-random | tiny-sdxl | sdxl-random | hub id | local diffusers folder" + shown,
     )
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     group.add_argument(

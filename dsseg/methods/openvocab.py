@@ -95,6 +95,10 @@ def fuse_levels(
     """Per-level class maps {(h, w): (C, h·w)} → (C, H, W) float32 in [0, 1] on the largest grid:
     each level upsampled (bilinear), min–max normalised, then weighted (coarsest level first)."""
     grids = sorted(class_attention, key=lambda g: g[0] * g[1])
+    if tuple(level_weights) == LEVEL_WEIGHTS and len(grids) < len(LEVEL_WEIGHTS):
+        level_weights = LEVEL_WEIGHTS[
+            -len(grids) :
+        ]  # fewer levels (SDXL: 1/2 and 1/4 of the latent): the finest weights
     if len(level_weights) != len(grids):
         raise ValueError(f"{len(level_weights)} level weights for {len(grids)} cross-attention levels {grids}")
     target = grids[-1]

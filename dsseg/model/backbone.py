@@ -6,8 +6,18 @@
   second or two; the real CLIP tokenizer. For tests and smoke runs.
 - ``"sd-v1-random"``: the full-size SD v1 architecture with seeded random weights: the same
   FLOPs and memory as the real model, for speed measurements without weights.
+- ``"tiny-sdxl"`` and ``"sdxl-random"``: the same for SDXL's layout (three UNet levels, attention
+  at 1/2 and 1/4 of the latent, several transformer layers per block, two text encoders, pooled
+  text embeddings and size conditioning).
 - a hub id (default ``CompVis/stable-diffusion-v1-4``) or a local folder in diffusers layout
-  (``unet/ vae/ text_encoder/ tokenizer/ scheduler/``), any SD v1.x or v2.x.
+  (``unet/ vae/ text_encoder/ tokenizer/ scheduler/``), any SD v1.x or v2.x, or SDXL-class
+  (``text_encoder_2/ tokenizer_2/`` too: SDXL base, SSD-1B).
+
+SDXL conditioning: the prompt's states are the penultimate hidden states of both text encoders
+side by side (77 × 2048 for SDXL), the pooled embedding comes from the second encoder's
+projection, and the size ids are (H, W, 0, 0, H, W) of the model input. ``encode_prompt`` packs the
+pooled embedding as one extra row after the 77 token rows (zero-padded to the state width), so a
+condition is one tensor that prompts can be concatenated and re-weighted in; ``run_unet`` unpacks it.
 """
 
 from __future__ import annotations
@@ -18,13 +28,13 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from dsseg.model.config import DEFAULT_BACKBONE
 from dsseg.model.hub import is_local, weights_problem
 from dsseg.model.tokenizer import CONTEXT_LENGTH, clip_tokenizer
 
-RANDOM_BACKBONES = ("tiny", "sd-v1-random")
+RANDOM_BACKBONES = ("tiny", "sd-v1-random", "tiny-sdxl", "sdxl-random")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # SD v1 noise schedule (scheduler/scheduler_config.json of the v1.x checkpoints).
@@ -60,7 +70,42 @@ _ARCHITECTURES = {
         # the tiny model's attention follow local colour and texture, so smoke runs segment something.
         qk_gain=5.0,
     ),
+    # SDXL base: three levels (no attention at the first), transformer depths 1, 2, 10, CLIP-L + bigG.
+    "sdxl-random": dict(
+        unet=dict(
+            block_out_channels=(320, 640, 1280),
+            transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20),
+            addition_time_embed_dim=256,
+            norm_num_groups=32,
+        ),
+        vae=dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32),
+        text=dict(
+            hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, projection_dim=768
+        ),
+        text_2=dict(
+            hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, projection_dim=1280
+        ),
+        qk_gain=1.0,
+    ),
+    "tiny-sdxl": dict(
+        unet=dict(
+            block_out_channels=(32, 64, 64),
+            transformer_layers_per_block=(1, 2, 2),
+            attention_head_dim=(2, 4, 4),
+            addition_time_embed_dim=8,
+            norm_num_groups=8,
+        ),
+        vae=dict(block_out_channels=(8, 16, 32, 32), layers_per_block=1, norm_num_groups=8),
+        text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, projection_dim=32),
+        text_2=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, projection_dim=32
+        ),
+        qk_gain=5.0,
+    ),
 }
+_XL_DOWN = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+_XL_UP = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
 
 
 class BackboneNotFoundError(RuntimeError):
@@ -79,7 +124,14 @@ class Backbone:
     scheduler: DDIMScheduler
     device: torch.device
     dtype: torch.dtype
+    text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL-class only
+    tokenizer_2: CLIPTokenizer | None = None
     _prompt_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def is_xl(self) -> bool:
+        """Whether this is an SDXL-class backbone (two text encoders, pooled and size conditioning)."""
+        return self.text_encoder_2 is not None
 
     @property
     def vae_scale_factor(self) -> int:
@@ -93,17 +145,42 @@ class Backbone:
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str, cache: bool = True) -> torch.Tensor:
-        """Text-encoder states for one prompt: (1, 77, D) in the model dtype; kept for reuse
-        unless ``cache`` is False (callers with many distinct prompts keep their own)."""
+        """The UNet's conditioning for one prompt, in the model dtype: (1, 77, D) text-encoder states,
+        or for SDXL (1, 78, D) with the pooled embedding packed as row 77 (see the module
+        docstring). Kept for reuse unless ``cache`` is False (callers with many prompts keep their own)."""
         if prompt in self._prompt_cache:
             return self._prompt_cache[prompt]
-        ids = self.tokenizer(
-            prompt, padding="max_length", max_length=CONTEXT_LENGTH, truncation=True, return_tensors="pt"
-        ).input_ids.to(self.device)
-        states = self.text_encoder(ids)[0].to(self.dtype)
+        ids = self._token_ids(self.tokenizer, prompt)
+        if not self.is_xl:
+            states = self.text_encoder(ids)[0].to(self.dtype)
+        else:
+            first = self.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
+            second = self.text_encoder_2(self._token_ids(self.tokenizer_2, prompt), output_hidden_states=True)
+            states = torch.cat([first, second.hidden_states[-2]], dim=-1)
+            pooled = torch.nn.functional.pad(second.text_embeds, (0, states.shape[-1] - second.text_embeds.shape[-1]))
+            states = torch.cat([states, pooled[:, None]], dim=1).to(self.dtype)
         if cache:
             self._prompt_cache[prompt] = states
         return states
+
+    def _token_ids(self, tokenizer: CLIPTokenizer, prompt: str) -> torch.Tensor:
+        return tokenizer(
+            prompt, padding="max_length", max_length=CONTEXT_LENGTH, truncation=True, return_tensors="pt"
+        ).input_ids.to(self.device)
+
+    def run_unet(self, latents: torch.Tensor, timestep: int | torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """One UNet call: latents (B, 4, h, w) at ``timestep`` (one, or (B,) per latent) with
+        conditions (B, 77, D) from ``encode_prompt`` (SDXL: (B, 78, D), unpacked here) → its output."""
+        t = torch.as_tensor(timestep, device=latents.device)
+        if not self.is_xl:
+            return self.unet(latents, t, encoder_hidden_states=condition).sample
+        pooled = condition[:, CONTEXT_LENGTH, : self.text_encoder_2.config.projection_dim]
+        height, width = (side * self.vae_scale_factor for side in latents.shape[-2:])
+        size_ids = torch.tensor([height, width, 0, 0, height, width], device=latents.device, dtype=condition.dtype)
+        extra = {"text_embeds": pooled, "time_ids": size_ids.expand(latents.shape[0], -1)}
+        return self.unet(
+            latents, t, encoder_hidden_states=condition[:, :CONTEXT_LENGTH], added_cond_kwargs=extra
+        ).sample
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -144,7 +221,9 @@ def load_backbone(
     else:
         parts = _load_pretrained(name, dtype, offline)
     backbone = Backbone(name=name, device=device, dtype=dtype, **parts)
-    for module in (backbone.vae, backbone.unet, backbone.text_encoder):
+    for module in (backbone.vae, backbone.unet, backbone.text_encoder, backbone.text_encoder_2):
+        if module is None:
+            continue
         # nn.Module.to, not diffusers' override: that one warns on every dtype cast (diffusers 0.42).
         torch.nn.Module.to(module, device=device, dtype=dtype).eval().requires_grad_(False)
     if compile:
@@ -191,23 +270,42 @@ def cached_backbone(name: str, device: str | None = None, dtype: str | None = No
 
 def _build_random(name: str, seed: int) -> dict:
     arch = _ARCHITECTURES[name]
+    xl = "text_2" in arch
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=64, layers_per_block=2, down_block_types=_CROSS_DOWN, up_block_types=_CROSS_UP, **arch["unet"]
-        )
+        if xl:
+            text_dims = arch["text"]["hidden_size"] + arch["text_2"]["hidden_size"]
+            unet = UNet2DConditionModel(
+                sample_size=128, layers_per_block=2, down_block_types=_XL_DOWN, up_block_types=_XL_UP,
+                cross_attention_dim=text_dims, use_linear_projection=True, addition_embed_type="text_time",
+                projection_class_embeddings_input_dim=arch["text_2"]["projection_dim"] + 6 * arch["unet"]["addition_time_embed_dim"],
+                **arch["unet"],
+            )  # fmt: skip
+        else:
+            unet = UNet2DConditionModel(
+                sample_size=64,
+                layers_per_block=2,
+                down_block_types=_CROSS_DOWN,
+                up_block_types=_CROSS_UP,
+                **arch["unet"],
+            )
         vae = AutoencoderKL(
             down_block_types=("DownEncoderBlock2D",) * 4,
             up_block_types=("UpDecoderBlock2D",) * 4,
             latent_channels=4,
-            sample_size=512,
-            scaling_factor=0.18215,
+            sample_size=1024 if xl else 512,
+            scaling_factor=0.13025 if xl else 0.18215,
             **arch["vae"],
         )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=49408, max_position_embeddings=CONTEXT_LENGTH, hidden_act="quick_gelu", **arch["text"]
-            )
+        text_config = dict(vocab_size=49408, max_position_embeddings=CONTEXT_LENGTH, hidden_act="quick_gelu")
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text_config, **arch["text"]))
+        second = (
+            {
+                "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**text_config, **arch["text_2"])),
+                "tokenizer_2": clip_tokenizer(),
+            }
+            if xl
+            else {}
         )
         if arch["qk_gain"] != 1.0:
             _sharpen_attention(unet, arch["qk_gain"])
@@ -217,6 +315,7 @@ def _build_random(name: str, seed: int) -> dict:
         text_encoder=text_encoder,
         tokenizer=clip_tokenizer(),
         scheduler=DDIMScheduler(**SD_V1_SCHEDULER),
+        **second,
     )
 
 
@@ -244,13 +343,20 @@ def _load_pretrained(source: str, dtype: torch.dtype, offline: bool) -> dict:
     source = str(Path(source).expanduser()) if is_local(source) else source
     common = dict(local_files_only=offline)
     try:
-        return dict(
+        parts = dict(
             tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common),
             text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype, **common),
             vae=AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **common),
             unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **common),
+            # SDXL ships an Euler scheduler: its noise schedule (betas) is what DDIM takes from it.
             scheduler=DDIMScheduler.from_pretrained(source, subfolder="scheduler", **common),
         )
+        if parts["unet"].config.addition_embed_type == "text_time":  # SDXL-class: the second text encoder
+            parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", **common)
+            parts["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(
+                source, subfolder="text_encoder_2", dtype=dtype, **common
+            )
+        return parts
     except (OSError, ValueError) as error:  # hub errors and missing files are OSError subclasses
         raise BackboneNotFoundError(_missing_weights_message(source, f"{type(error).__name__}: {error}")) from error
 

@@ -368,10 +368,9 @@ class AttentionExtractor:
         return ddim_invert(latents, self._predict_noise, self.alphas_cumprod, self.inversion, start_alpha)
 
     def run_unet(self, latents: torch.Tensor, timestep: int | torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        """One UNet call: latents (B, 4, h, w) at ``timestep`` (one, or (B,) per latent) with text
-        states (B, 77, D) → its output, same shape as latents."""
-        t = torch.as_tensor(timestep, device=latents.device)
-        return self.backbone.unet(latents, t, encoder_hidden_states=condition).sample
+        """One UNet call (``Backbone.run_unet``): latents (B, 4, h, w) at ``timestep`` (one, or (B,)
+        per latent) with conditions from ``encode_prompt`` → its output, same shape as latents."""
+        return self.backbone.run_unet(latents, timestep, condition)
 
     def _predict_noise(self, latents: torch.Tensor, timestep: int) -> torch.Tensor:
         """ε predicted at ``timestep``, converting v- or x₀-prediction models (SD 2.x) to ε."""

@@ -1,0 +1,108 @@
+"""SDXL-class backbones on the in-process ``tiny-sdxl``: conditioning, capture, every method."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dsseg.model.attention import capture_attention
+from dsseg.model.config import CaptureSpec
+
+
+@pytest.fixture(scope="module")
+def tiny_xl():
+    from dsseg.model.backbone import load_backbone
+
+    return load_backbone("tiny-sdxl", device="cpu")
+
+
+def test_the_condition_packs_both_encoders_states_and_the_pooled_embedding(tiny_xl):
+    condition = tiny_xl.encode_prompt("a horse")
+    ids = tiny_xl.tokenizer("a horse", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        first = tiny_xl.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
+        second = tiny_xl.text_encoder_2(ids, output_hidden_states=True)
+    assert tiny_xl.is_xl and condition.shape == (1, 78, 64)
+    torch.testing.assert_close(condition[:, :77], torch.cat([first, second.hidden_states[-2]], dim=-1))
+    torch.testing.assert_close(condition[:, 77, :32], second.text_embeds)
+    assert not condition[:, 77, 32:].any()
+
+
+def test_captured_probabilities_equal_direct_softmax_on_sdxl_blocks(tiny_xl):
+    """Several transformer layers per block, attention at 1/2 and 1/4 of the latent only."""
+    unet, latents = tiny_xl.unet, torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    condition = tiny_xl.encode_prompt("").expand(2, -1, -1)
+    inputs, modules = {}, {name: m for name, m in unet.named_modules() if name.endswith("attn1")}
+    hooks = [
+        m.register_forward_pre_hook(
+            lambda _m, args, kwargs, name=name: inputs.__setitem__(
+                name, (args[0] if args else kwargs["hidden_states"])
+            ),
+            with_kwargs=True,
+        )
+        for name, m in modules.items()
+    ]
+    try:
+        with torch.no_grad():
+            plain = tiny_xl.run_unet(latents, 50, condition)
+            with capture_attention(unet, CaptureSpec(), (16, 16)) as store:
+                captured_output = tiny_xl.run_unet(latents, 50, condition)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    torch.testing.assert_close(captured_output, plain, atol=1e-5, rtol=1e-4)  # capture changes nothing
+    expected: dict[int, list[torch.Tensor]] = {}
+    with torch.no_grad():
+        for name, module in modules.items():
+            x = inputs[name]
+            q, k = module.to_q(x), module.to_k(x)
+            b, n, width = q.shape
+            d = width // module.heads
+            q, k = (t.view(b, n, module.heads, d).transpose(1, 2) for t in (q, k))
+            expected.setdefault(n, []).append(torch.softmax(q @ k.transpose(-1, -2) / d**0.5, dim=-1).mean(1))
+    counts = store.layer_counts("self")
+    assert set(counts) == {(8, 8), (4, 4)} and counts == {(8, 8): 10, (4, 4): 12}  # depth 2 per block
+    for (h, w), maps in store.means("self").items():
+        torch.testing.assert_close(maps, torch.stack(expected[h * w]).mean(0), atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "method, params",
+    [
+        ("diffseg", {"kl_threshold": 0.3}),
+        ("ncut", {"stopping": "threshold", "threshold": 0.6, "min_segment_size": 2}),
+        ("openvocab", {"classes": ["horse", "grass"]}),
+        ("diffcut", {"tau": 0.4}),
+    ],
+)
+def test_every_method_runs_on_sdxl(tiny_xl, bsds_image, method, params):
+    from dsseg import segment_image
+
+    result = segment_image(bsds_image, method, tiny_xl, image_size=128, **params)
+    assert result.labels.shape == bsds_image.shape[:2] and result.num_segments >= 1
+    if method == "openvocab":
+        assert result.names[0] == "background" and set(result.names) <= {"background", "horse", "grass", "ignore"}
+
+
+def test_diffcuts_layer_on_sdxl_is_the_last_of_the_down_path(tiny_xl):
+    from dsseg.model.extract import feature_module
+
+    block = tiny_xl.unet.down_blocks[-1].attentions[-1].transformer_blocks[-1]
+    assert feature_module(tiny_xl.unet, "down:-1") is block.attn1
+
+
+def test_the_segment_job_takes_an_sdxl_backbone(tmp_path):
+    from conftest import IMAGES
+    from test_pipeline import decoded
+
+    from dsseg.job.config import SegmentJob
+    from dsseg.job.model_stage import SegmentWorker
+    from dsseg.spec import MethodSpec
+
+    job = SegmentJob(
+        input=str(IMAGES), output=str(tmp_path), backbone="tiny-sdxl", device="cpu",
+        configs=[MethodSpec("diffseg", {"image_size": 128, "kl_threshold": 0.3})],
+    )  # fmt: skip
+    rows = SegmentWorker(job)(decoded(job, {"135069.jpg"})).to_pylist()
+    assert len(rows) == 1 and rows[0]["status"] == "ok" and np.frombuffer(rows[0]["labels"], np.int32).size > 0
