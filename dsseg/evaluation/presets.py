@@ -27,6 +27,7 @@ from dsseg.model.config import DEFAULT_TIMESTEP, RUNTIME_FIELDS
 
 SD14 = "CompVis/stable-diffusion-v1-4"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the hub mirror of runwayml/stable-diffusion-v1-5
+SSD1B = "segmind/SSD-1B"  # DiffCut's backbone: a distilled SDXL
 CLIP_FILTER = "clip:openai/clip-vit-large-patch14"
 
 DIFFSEG = "DiffSeg (Tian et al., CVPR 2024)"
@@ -236,22 +237,21 @@ def _diffsegmenter(name: str, dataset: str, split: str, tune_split: str, miou: f
     )  # fmt: skip
 
 
-def _diffcut(name: str, row: str, dataset: str, published: dict, **changes: Any) -> Preset:
-    """A row of DiffCut on SD 1.4 (τ 0.2), scored at the label's size."""
-    params = {"tau": 0.2, **changes}
+SSD1B_RANGE = (
+    "our references give SSD-1B's scores as ranges (COCO-Stuff-27 46.1–49.1, Cityscapes 28.4–30.6), 'the higher "
+    "figures likely with PAMR': the lower end is recorded for the row without PAMR, the higher for the row with it"
+)
+
+
+def _diffcut(
+    name: str, row: str, dataset: str, published: dict, backbone: str = SD14, tau: float = 0.2, **changes: Any
+) -> Preset:
+    """A row of DiffCut (SD 1.4: τ 0.2; SSD-1B: τ 0.5), scored at the label's size."""
+    choices = (*DIFFCUT_CHOICES, SSD1B_RANGE) if backbone == SSD1B else DIFFCUT_CHOICES
+    params = {"tau": tau, **changes}
     return Preset(
-        name,
-        DIFFCUT,
-        row,
-        dataset,
-        "per_image",
-        published,
-        SD14,
-        "diffcut",
-        params,
-        frame="label",
-        choices=DIFFCUT_CHOICES,
-    )
+        name, DIFFCUT, row, dataset, "per_image", published, backbone, "diffcut", params, frame="label", choices=choices
+    )  # fmt: skip
 
 
 def _presets() -> list[Preset]:
@@ -284,6 +284,10 @@ def _presets() -> list[Preset]:
     presets += [
         _diffcut("diffcut-sd14-cocostuff27", "COCO-Stuff-27: DiffCut on SD 1.4, τ 0.2, without PAMR", coco, {"miou": 31.3}),
         _diffcut("diffcut-sd14-pamr-cocostuff27", "COCO-Stuff-27: DiffCut on SD 1.4, τ 0.2, with PAMR (10 iterations, dilations 1, 2, 4, 8)", coco, {"miou": 45.2}, pamr_iterations=10),
+        _diffcut("diffcut-ssd1b-cocostuff27", "COCO-Stuff-27: DiffCut on SSD-1B, τ 0.5, without PAMR", coco, {"miou": 46.1}, SSD1B, 0.5),
+        _diffcut("diffcut-ssd1b-pamr-cocostuff27", "COCO-Stuff-27: DiffCut on SSD-1B, τ 0.5, with PAMR", coco, {"miou": 49.1}, SSD1B, 0.5, pamr_iterations=10),
+        _diffcut("diffcut-ssd1b-cityscapes27", "Cityscapes: DiffCut on SSD-1B, τ 0.5, without PAMR", "cityscapes27", {"miou": 28.4}, SSD1B, 0.5),
+        _diffcut("diffcut-ssd1b-pamr-cityscapes27", "Cityscapes: DiffCut on SSD-1B, τ 0.5, with PAMR", "cityscapes27", {"miou": 30.6}, SSD1B, 0.5, pamr_iterations=10),
     ]  # fmt: skip
     presets += [
         _diffsegmenter("diffsegmenter-voc2012", "voc2012", "val", "train", 60.1),
