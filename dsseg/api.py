@@ -82,8 +82,10 @@ def segment_attention(
     self-attention of shape (heads, N, N) or (N, N), N = r², rows are queries summing to 1
     (the layout the official DiffSeg code takes). Returns (H, W) int32 labels at ``output_size``.
     """
-    bundle = bundle_from_attention(attn)
     config = MethodSpec(method, params).resolved
+    if not config.extraction.capture.self_attention:
+        raise ValueError(f"{method} segments one layer's features, not attention maps: use segment_image")
+    bundle = bundle_from_attention(attn)
     result = get_method(method).segment(bundle, config.params, None)[0]
     return resize_labels(result.labels.cpu().numpy(), tuple(output_size)).astype(np.int32)
 

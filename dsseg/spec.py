@@ -64,6 +64,7 @@ def resolve(method: str, params: Mapping[str, Any]) -> SegmentConfig:
         )
     check_param_types(registered.config_class, method_params)
     method_config = registered.config_class(**method_params)
+    check_features_and_attention(method, registered, {**extract_params, "naming": naming})
     levels = getattr(method_config, "resolutions", None)
     if levels is not None and "capture_resolutions" not in extract_params:
         extract_params["capture_resolutions"] = levels  # capture only the levels the method aggregates
@@ -86,6 +87,22 @@ def resolve(method: str, params: Mapping[str, Any]) -> SegmentConfig:
                 "capture_resolutions", f"{list(captured)} leave out levels the method reads: {list(levels)}"
             )
     return SegmentConfig(method, extraction, method_config, naming)
+
+
+def check_features_and_attention(method: str, registered, extract_params: Mapping[str, Any]) -> None:
+    """Raise a ``ConfigError`` where a config would capture what its method does not read: no
+    attention maps for a method that reads them, no features or class names for one that reads features."""
+    reads_features = registered.extraction.get("self_attention", True) is False
+    if not reads_features and extract_params.get("self_attention") is False:
+        raise ConfigError("self_attention", f"{method} reads attention maps: leave self_attention on")
+    if reads_features:
+        if "feature_layer" in extract_params and extract_params["feature_layer"] is None:
+            raise ConfigError("feature_layer", f"{method} reads one layer's features: give BLOCK:INDEX, e.g. 'down:-1'")
+        named = [k for k in ("classes", "vocabulary", "class_template", "naming") if extract_params.get(k)]
+        if named:
+            raise ConfigError(
+                named[0], f"{method} reads features, not attention, and does not name segments: leave out {named[0]}"
+            )
 
 
 def check_caption_naming(method: str, prompting) -> None:

@@ -128,3 +128,24 @@ def test_the_model_stage_writes_diffcut_rows_with_parents(tmp_path):
     assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["method"] == "diffcut"
     segments = rows[0]["segments"]
     assert segments and all(segment["parent"] is not None for segment in segments if len(segments) > 1)
+
+
+def test_configs_that_capture_what_their_method_does_not_read_are_refused(tiny):
+    from dsseg import segment_attention
+    from dsseg.errors import ConfigError
+    from dsseg.model.config import ExtractConfig
+    from dsseg.model.extract import AttentionExtractor
+    from dsseg.spec import MethodSpec
+
+    with pytest.raises(ConfigError, match="classes: diffcut reads features"):
+        MethodSpec("diffcut", {"classes": ["horse"]})
+    with pytest.raises(ConfigError, match="naming: diffcut"):
+        MethodSpec("diffcut", {"naming": "caption"})
+    with pytest.raises(ConfigError, match="feature_layer: diffcut reads"):
+        MethodSpec("diffcut", {"feature_layer": None})
+    with pytest.raises(ConfigError, match="self_attention: diffseg reads attention maps"):
+        MethodSpec("diffseg", {"self_attention": False})
+    with pytest.raises(ValueError, match="not attention maps: use segment_image"):
+        segment_attention({8: np.eye(64, dtype=np.float32)}, "diffcut")
+    with pytest.raises(ConfigError, match="hold 1 self-attention"):  # before any image: at construction
+        AttentionExtractor(tiny, ExtractConfig.from_params({"image_size": 64, "feature_layer": "mid:3"}))

@@ -106,3 +106,12 @@ def test_the_segment_job_takes_an_sdxl_backbone(tmp_path):
     )  # fmt: skip
     rows = SegmentWorker(job)(decoded(job, {"135069.jpg"})).to_pylist()
     assert len(rows) == 1 and rows[0]["status"] == "ok" and np.frombuffer(rows[0]["labels"], np.int32).size > 0
+
+
+def test_the_sdxl_vae_stays_float32_in_half_precision():
+    from dsseg.model.backbone import load_backbone
+
+    half = load_backbone("tiny-sdxl", device="cpu", dtype="float16")
+    assert next(half.vae.parameters()).dtype == torch.float32  # SDXL's VAE overflows in float16
+    assert next(half.unet.parameters()).dtype == torch.float16
+    assert next(load_backbone("tiny", device="cpu", dtype="float16").vae.parameters()).dtype == torch.float16

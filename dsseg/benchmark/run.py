@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(flag_message(error, METHOD_PARAM_FLAGS))
     if args.repeats < 1:
         parser.error("--repeats must be ≥ 1")
+    if args.compare and not spec.resolved.extraction.capture.self_attention:
+        parser.error(f"--compare times the attention stages; {args.method} reads one layer's features instead")
     if args.compare and spec.resolved.extraction.preparation.geometry == "aspect":
         parser.error("--compare needs square inputs: geometry center_crop or squash")
     if not Path(args.image).is_file():

@@ -429,12 +429,16 @@ HEADER_BYTES = 1 << 16  # enough for the headers of nearly every JPEG and PNG
 
 
 def header_size(uri: str) -> tuple[int, int]:
-    """An image's displayed (H, W) from its first ``HEADER_BYTES`` (the whole file when its header
-    runs longer, e.g. a large ICC profile); ``InputError`` for a file that is not an image."""
-    try:
-        return displayed_size(read_bytes(uri, 0, HEADER_BYTES))
-    except InputError:
-        return displayed_size(read_bytes(uri))
+    """An image's displayed (H, W) from its first ``HEADER_BYTES`` when it is a JPEG (whose EXIF
+    orientation comes before the pixels), else, or when the header runs longer (e.g. a large ICC
+    profile), from the whole file; ``InputError`` for a file that is not an image."""
+    head = read_bytes(uri, 0, HEADER_BYTES)
+    if head.startswith(b"\xff\xd8"):  # other formats may keep EXIF after the pixel data (PNG eXIf)
+        try:
+            return displayed_size(head)
+        except InputError:
+            pass
+    return displayed_size(read_bytes(uri))
 
 
 def check_ground_truth(rows: list[dict[str, Any]], gt_dir: Path, names: tuple[str, ...], named: bool) -> list[str]:

@@ -224,8 +224,10 @@ def load_backbone(
     for module in (backbone.vae, backbone.unet, backbone.text_encoder, backbone.text_encoder_2):
         if module is None:
             continue
+        # SDXL's VAE overflows in float16 (its config says force_upcast): it stays float32.
+        upcast = module is backbone.vae and backbone.is_xl and getattr(module.config, "force_upcast", False)
         # nn.Module.to, not diffusers' override: that one warns on every dtype cast (diffusers 0.42).
-        torch.nn.Module.to(module, device=device, dtype=dtype).eval().requires_grad_(False)
+        torch.nn.Module.to(module, device=device, dtype=torch.float32 if upcast else dtype).eval().requires_grad_(False)
     if compile:
         compile_backbone(backbone)
     return backbone
@@ -365,10 +367,11 @@ def _missing_weights_message(source: str, reason: str) -> str:
     return (
         f"Could not load Stable Diffusion weights from {source!r} ({reason.splitlines()[0]}).\n"
         "dsseg needs a diffusers-format SD v1.x/v2.x pipeline (folders unet/, vae/, text_encoder/, "
-        "tokenizer/, scheduler/). To provide one:\n"
+        "tokenizer/, scheduler/), or an SDXL-class one (also text_encoder_2/, tokenizer_2/: SDXL base, SSD-1B). "
+        "To provide one:\n"
         f"  1. on a machine with internet access: huggingface-cli download {DEFAULT_BACKBONE} "
         "--local-dir /models/sd-v1-4 (accept the licence on huggingface.co first; set HF_TOKEN),\n"
         "     then pass --backbone /models/sd-v1-4 (a local folder), or\n"
         "  2. keep a hub id and point HF_HOME at a cache that holds it; add --offline on machines without internet.\n"
-        "For a smoke test without weights use --backbone tiny (random weights, same layout)."
+        "For a smoke test without weights use --backbone tiny or tiny-sdxl (random weights, same layouts)."
     )

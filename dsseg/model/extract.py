@@ -162,7 +162,10 @@ class AttentionExtractor:
     def __init__(self, backbone: Backbone, config: ExtractConfig) -> None:
         self.backbone = backbone
         self.config = config
-        self.condition = backbone.encode_prompt(config.prompting.prompt)  # (1, 77, D)
+        self.condition = backbone.encode_prompt(config.prompting.prompt)  # (1, 77, D); SDXL (1, 78, D)
+        layer = config.capture.feature_layer
+        # The module whose output ``feature_layer`` names, found now: a bad index fails before any image.
+        self.feature_module = None if layer is None else feature_module(backbone.unet, layer)
         self._class_conditions: OrderedDict[tuple[str, tuple[int, ...]], torch.Tensor] = OrderedDict()
         scheduler = backbone.scheduler
         self.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)
@@ -240,13 +243,6 @@ class AttentionExtractor:
         self_maps = {grid: over_timesteps(m) for grid, m in store.means("self").items()}
         cross_maps = {grid: over_timesteps(m) for grid, m in store.means("cross").items()}
         return self_maps, cross_maps, over_timesteps(kept[0].float()) if kept else None
-
-    @property
-    def feature_module(self) -> torch.nn.Module | None:
-        """The UNet module whose output ``feature_layer`` names (None when none is)."""
-        if self.config.capture.feature_layer is None:
-            return None
-        return feature_module(self.backbone.unet, self.config.capture.feature_layer)
 
     def class_lists(
         self, batch: int, classes: Sequence[Sequence[str] | None] | None, require: bool = True
@@ -350,8 +346,9 @@ class AttentionExtractor:
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, h, w) in [-1, 1] → VAE posterior mean × scaling factor, (B, 4, h/8, w/8)."""
         backbone = self.backbone
-        images = images.to(backbone.device, backbone.dtype)
-        return backbone.vae.encode(images).latent_dist.mean * backbone.latent_scaling
+        images = images.to(backbone.device, next(backbone.vae.parameters()).dtype)  # float32 for an upcast VAE
+        latents = backbone.vae.encode(images).latent_dist.mean * backbone.latent_scaling
+        return latents.to(backbone.dtype)
 
     def add_noise(self, latents: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
         """Apply the configured noise mode to clean latents, at ``timestep`` (default: the first of
