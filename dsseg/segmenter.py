@@ -187,7 +187,7 @@ class Segmenter:
             members = [i for i in group.members if wanted is None or i in wanted]
             if not members:
                 continue
-            group_classes, texts, read = self.prompt_inputs(group.extractor, images, classes, captions, timer)
+            group_classes, texts, read = self.prompt_inputs(group.extractor, images, classes, captions)
             bundle = group.extractor(model_input, timer, group_classes, texts)
             for i in members:
                 config = self.configs[i]
@@ -206,7 +206,6 @@ class Segmenter:
         images: list[np.ndarray],
         classes: Sequence[Sequence[str] | None] | None,
         captions: LazyCaptions,
-        timer: StageTimer,
     ) -> tuple[Sequence[Sequence[str] | None] | None, list[ImageTexts] | None, list[str] | None]:
         """What one forward group prompts each image with: (class lists, texts, the captions read).
 

@@ -1,3 +1,5 @@
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -14,11 +16,10 @@ def _run(unet, latents, context):
     return unet(latents, torch.tensor(300), encoder_hidden_states=context.expand(len(latents), -1, -1)).sample
 
 
-def test_captured_probabilities_equal_direct_softmax(tiny):
-    """Per level: mean over layers of mean over heads of softmax(QKᵀ/√d), from the layers' inputs."""
-    unet, context, latents = tiny.unet, tiny.encode_prompt(""), _latents(tiny, batch=2)
+@contextmanager
+def self_attention_inputs(unet):
+    """Within the block, each self-attention layer's input is recorded: yields {layer name: (B, N, C)}."""
     inputs = {}
-    modules = {name: module for name, module in unet.named_modules() if name.endswith("attn1")}
     hooks = [
         module.register_forward_pre_hook(
             lambda m, args, kwargs, name=name: inputs.__setitem__(
@@ -26,18 +27,22 @@ def test_captured_probabilities_equal_direct_softmax(tiny):
             ),
             with_kwargs=True,
         )
-        for name, module in modules.items()
+        for name, module in unet.named_modules()
+        if name.endswith("attn1")
     ]
     try:
-        with torch.no_grad(), capture_attention(unet, CaptureSpec(), (64, 64)) as store:
-            _run(unet, latents, context)
+        yield inputs
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def direct_self_attention(unet, inputs) -> dict[int, torch.Tensor]:
+    """Per token count N: the mean over the recorded layers of the head mean of softmax(QKᵀ/√d), (B, N, N)."""
     expected: dict[int, list[torch.Tensor]] = {}
     with torch.no_grad():
-        for name, module in modules.items():
-            x = inputs[name]
+        for name, x in inputs.items():
+            module = unet.get_submodule(name)
             q, k = module.to_q(x), module.to_k(x)
             b, n, width = q.shape
             heads = module.heads
@@ -45,10 +50,23 @@ def test_captured_probabilities_equal_direct_softmax(tiny):
             k = k.view(b, n, heads, width // heads).transpose(1, 2)
             probs = torch.softmax(q @ k.transpose(-1, -2) / (width // heads) ** 0.5, dim=-1).mean(1)
             expected.setdefault(n, []).append(probs)
+    return {n: torch.stack(maps).mean(0) for n, maps in expected.items()}
+
+
+def test_captured_probabilities_equal_direct_softmax(tiny):
+    """Per level: mean over layers of mean over heads of softmax(QKᵀ/√d), from the layers' inputs."""
+    unet, context, latents = tiny.unet, tiny.encode_prompt(""), _latents(tiny, batch=2)
+    with (
+        self_attention_inputs(unet) as inputs,
+        torch.no_grad(),
+        capture_attention(unet, CaptureSpec(), (64, 64)) as store,
+    ):
+        _run(unet, latents, context)
+    expected = direct_self_attention(unet, inputs)
     captured = store.means("self")
     assert {g: store.layer_counts("self")[g] for g in captured} == {(64, 64): 5, (32, 32): 5, (16, 16): 5, (8, 8): 1}
     for (h, w), maps in captured.items():
-        reference = torch.stack(expected[h * w]).mean(0)
+        reference = expected[h * w]
         assert maps.shape == (2, h * w, h * w) and maps.dtype == torch.float32
         torch.testing.assert_close(maps, reference, atol=1e-6, rtol=1e-4)
         torch.testing.assert_close(maps.sum(-1), torch.ones(2, h * w), atol=1e-5, rtol=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_attention import direct_self_attention, self_attention_inputs
 
 from dsseg.model.attention import capture_attention
 from dsseg.model.config import CaptureSpec
@@ -33,38 +34,16 @@ def test_captured_probabilities_equal_direct_softmax_on_sdxl_blocks(tiny_xl):
     """Several transformer layers per block, attention at 1/2 and 1/4 of the latent only."""
     unet, latents = tiny_xl.unet, torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     condition = tiny_xl.encode_prompt("").expand(2, -1, -1)
-    inputs, modules = {}, {name: m for name, m in unet.named_modules() if name.endswith("attn1")}
-    hooks = [
-        m.register_forward_pre_hook(
-            lambda _m, args, kwargs, name=name: inputs.__setitem__(
-                name, (args[0] if args else kwargs["hidden_states"])
-            ),
-            with_kwargs=True,
-        )
-        for name, m in modules.items()
-    ]
-    try:
-        with torch.no_grad():
-            plain = tiny_xl.run_unet(latents, 50, condition)
-            with capture_attention(unet, CaptureSpec(), (16, 16)) as store:
-                captured_output = tiny_xl.run_unet(latents, 50, condition)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with self_attention_inputs(unet) as inputs, torch.no_grad():
+        plain = tiny_xl.run_unet(latents, 50, condition)
+        with capture_attention(unet, CaptureSpec(), (16, 16)) as store:
+            captured_output = tiny_xl.run_unet(latents, 50, condition)
     torch.testing.assert_close(captured_output, plain, atol=1e-5, rtol=1e-4)  # capture changes nothing
-    expected: dict[int, list[torch.Tensor]] = {}
-    with torch.no_grad():
-        for name, module in modules.items():
-            x = inputs[name]
-            q, k = module.to_q(x), module.to_k(x)
-            b, n, width = q.shape
-            d = width // module.heads
-            q, k = (t.view(b, n, module.heads, d).transpose(1, 2) for t in (q, k))
-            expected.setdefault(n, []).append(torch.softmax(q @ k.transpose(-1, -2) / d**0.5, dim=-1).mean(1))
+    expected = direct_self_attention(unet, inputs)
     counts = store.layer_counts("self")
     assert set(counts) == {(8, 8), (4, 4)} and counts == {(8, 8): 10, (4, 4): 12}  # depth 2 per block
     for (h, w), maps in store.means("self").items():
-        torch.testing.assert_close(maps, torch.stack(expected[h * w]).mean(0), atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(maps, expected[h * w], atol=1e-6, rtol=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from scipy.ndimage import median_filter
 
 from dsseg.methods.base import MethodResult
-from dsseg.methods.ncut import Hierarchy, NCutConfig, recursive_ncut, scaled_cosine_graph, unit_rows
+from dsseg.methods.ncut import Hierarchy, NCutConfig, member_means, recursive_ncut, scaled_cosine_graph, unit_rows
 from dsseg.methods.pamr import pamr
 from dsseg.model.extract import AttentionBundle
 from dsseg.timing import StageTimer
@@ -94,9 +94,7 @@ def assign_cells(
     cell's bilinearly upsampled (half-pixel centres) unit feature."""
     rows = unit_rows(features.float())
     leaves = int(assignment.max()) + 1
-    members = torch.zeros(leaves, rows.shape[0], device=rows.device)
-    members[assignment, torch.arange(rows.shape[0], device=rows.device)] = 1.0
-    embeddings = (members @ rows) / members.sum(1, keepdim=True)  # (S, C)
+    embeddings = member_means(rows, assignment, leaves)  # (S, C)
     scores = (rows @ embeddings.T).T.reshape(1, leaves, *grid)  # dot products are linear: upsample them
     scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)[0]
     return scores.argmax(dim=0)

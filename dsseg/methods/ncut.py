@@ -245,11 +245,14 @@ def cosine_scores(transition: torch.Tensor, assignment: torch.Tensor, num_segmen
     the map P·m̂_s: so the arg-max of the upsampled maps is the per-pixel cosine arg-max, exactly,
     without materialising per-pixel distributions.
     """
-    members = torch.zeros(num_segments, transition.shape[0], dtype=transition.dtype, device=transition.device)
-    members[assignment, torch.arange(transition.shape[0], device=transition.device)] = 1.0
-    means = (members @ transition) / members.sum(1, keepdim=True)
-    means = means / means.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-    return means @ transition.T
+    return unit_rows(member_means(transition, assignment, num_segments)) @ transition.T
+
+
+def member_means(rows: torch.Tensor, assignment: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """(N, C) rows and each row's segment (N,) in 0..S−1 → (S, C): the mean row of every segment."""
+    members = torch.zeros(num_segments, rows.shape[0], dtype=rows.dtype, device=rows.device)
+    members[assignment, torch.arange(rows.shape[0], device=rows.device)] = 1.0
+    return (members @ rows) / members.sum(1, keepdim=True)
 
 
 def ncut_levels(grids: list[Grid], config: NCutConfig) -> tuple[int, ...]:

@@ -17,6 +17,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from dsseg.model.vocabularies import ADE150_NAMES, COCO80, CONTEXT59, VOC20
+
 # COCO-Stuff's 171 thing and stuff names, written as words ("wall-brick", "wall-wood" → "wall"): 165 distinct.
 COCO_STUFF_NAMES = (
     "airplane", "apple", "backpack", "banana", "banner", "baseball bat", "baseball glove", "bear", "bed",
@@ -38,30 +40,11 @@ COCO_STUFF_NAMES = (
     "wine glass", "wood", "zebra",
 )  # fmt: skip
 
-# ADE20K's 150 (SceneParsing) names, first synonym of each.
-ADE150_NAMES = (
-    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
-    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
-    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
-    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
-    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand",
-    "path", "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge",
-    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove",
-    "palm", "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus",
-    "towel", "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver",
-    "airplane", "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle",
-    "buffet", "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything",
-    "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven",
-    "ball", "food", "step", "tank", "trade name", "microwave", "pot", "animal", "bicycle", "lake",
-    "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray",
-    "ashcan", "fan", "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator", "glass",
-    "clock", "flag",
-)  # fmt: skip
 
-# Names of the VOC and Pascal-Context lists not above, and words captions use for what they show.
+# Words captions use for what they show, beyond the dataset lists.
 CAPTION_NAMES = (
-    "aeroplane", "motorbike", "tv monitor", "bedclothes", "cloth", "shelves", "sign", "track", "keyboard",
-    "man", "woman", "boy", "girl", "child", "kid", "baby", "player", "guy", "lady", "crowd", "puppy", "kitten", "pony", "foal", "lamb", "calf", "bull", "cattle", "duck", "goose",
+    "man", "woman", "boy", "girl", "child", "kid", "baby", "player", "guy", "lady", "crowd", "puppy",
+    "kitten", "pony", "foal", "lamb", "calf", "bull", "cattle", "duck", "goose",
     "chicken", "swan", "parrot", "owl", "eagle", "fish", "deer", "monkey", "lion", "tiger", "rabbit",
     "squirrel", "butterfly", "plane", "jet", "helicopter", "bike", "motorbike", "scooter", "taxi", "van",
     "boat", "ship", "yacht", "canoe", "kayak", "beach", "ocean", "lake", "pond", "forest", "field", "park",
@@ -105,7 +88,7 @@ IRREGULAR_PLURALS = {
     "wolves": "wolf", "calves": "calf", "loaves": "loaf", "skis": "ski", "glasses": "glass",
 }  # fmt: skip
 
-NOUNS = frozenset(COCO_STUFF_NAMES) | frozenset(ADE150_NAMES) | frozenset(CAPTION_NAMES)
+NOUNS = frozenset(COCO_STUFF_NAMES) | frozenset(ADE150_NAMES) | frozenset(VOC20 + CONTEXT59 + COCO80 + CAPTION_NAMES)
 LONGEST_NAME = max(len(name.split()) for name in NOUNS)
 _WORD = re.compile(r"[a-z]+")
 
