@@ -6,6 +6,7 @@
     dsseg pseudolabel  pseudo-label datasets (jobs/pseudolabel.py)
     dsseg benchmark    per-stage latency and memory (jobs/benchmark.py)
     dsseg manc-study   NCut stopping rules on planted attention (jobs/manc_study.py)
+    dsseg explore      local web app: re-segment one image from cached attention, browse a job's output
 
 Method and extraction parameters are given as ``--param NAME=VALUE`` (VALUE read as JSON when
 it parses, e.g. ``--param kl_threshold=0.9`` or ``--param resolutions=[64,32,16]``), or through
@@ -40,6 +41,10 @@ COMMANDS = {
     "pseudolabel": ("dsseg.evaluation.pseudolabel", "pseudo-label datasets (jobs/pseudolabel.py)"),
     "benchmark": ("dsseg.benchmark.run", "per-stage latency and memory (jobs/benchmark.py)"),
     "manc-study": ("dsseg.benchmark.manc_study", "NCut stopping rules on planted attention (jobs/manc_study.py)"),
+    "explore": (
+        "dsseg.explore.command",
+        "local web app: re-segment one image from cached attention, browse a job's output",
+    ),
 }
 METHOD_PARAM_FLAGS = ("timestep", "noise", "geometry", "classes", "vocabulary", "method")
 

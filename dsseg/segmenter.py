@@ -9,7 +9,7 @@ model stage (``dsseg.job.stages``) and the benchmark all call a ``Segmenter``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +21,7 @@ from dsseg.methods.base import MethodResult
 from dsseg.model.backbone import Backbone
 from dsseg.model.class_filters import ClassFilter, filter_classes, needs_captions
 from dsseg.model.config import CLASS_PLACEHOLDER, ExtractConfig, Preparation
-from dsseg.model.extract import AttentionExtractor, to_model_input
+from dsseg.model.extract import AttentionBundle, AttentionExtractor, to_model_input
 from dsseg.model.nouns import CaptionNoun, caption_nouns
 from dsseg.model.prompts import ImageTexts, phrases_apart
 from dsseg.segmentation import Segmentation, segmentation_from_labels
@@ -177,21 +177,12 @@ class Segmenter:
         them), narrowed by the class filter. ``timer`` collects the shared stages (encode, invert,
         unet); each config's own stages (aggregate, segment) are timed apart.
         """
-        backbone = self.backbone
-        timer = timer or StageTimer(backbone.device)
-        model_input = to_model_input(pixels, backbone.device, backbone.dtype)
+        timer = timer or StageTimer(self.backbone.device)
         outputs: list[ConfigOutput | None] = [None] * len(self.configs)
-        images = list(pixels)
-        captions = LazyCaptions(self.captioner, images, timer)
-        for group in self.groups:
-            members = [i for i in group.members if wanted is None or i in wanted]
-            if not members:
-                continue
-            group_classes, texts, read = self.prompt_inputs(group.extractor, images, classes, captions)
-            bundle = group.extractor(model_input, timer, group_classes, texts)
+        for members, bundle, read in self.attention(pixels, classes, timer, wanted):
             for i in members:
                 config = self.configs[i]
-                own = StageTimer(backbone.device)
+                own = StageTimer(self.backbone.device)
                 results = run_method(get_method(config.method), bundle, config.params, own, config.naming)
                 outputs[i] = ConfigOutput(results, own.ms, read)
             del bundle
@@ -199,6 +190,28 @@ class Segmenter:
             None if out is None else ConfigOutput(out.results, {**timer.ms, **out.timings_ms}, out.captions)
             for out in outputs
         ]
+
+    def attention(
+        self,
+        pixels: np.ndarray,
+        classes: Sequence[Sequence[str] | None] | None = None,
+        timer: StageTimer | None = None,
+        wanted: Collection[int] | None = None,
+    ) -> Iterator[tuple[list[int], AttentionBundle, list[str] | None]]:
+        """The forwards ``segment`` runs, one forward group at a time: (the indices of its configs in
+        ``wanted``, its ``AttentionBundle``, the captions it read or None). Groups without a wanted
+        config are skipped; each bundle is made only when the previous one has been taken."""
+        backbone = self.backbone
+        timer = timer or StageTimer(backbone.device)
+        model_input = to_model_input(pixels, backbone.device, backbone.dtype)
+        images = list(pixels)
+        captions = LazyCaptions(self.captioner, images, timer)
+        for group in self.groups:
+            members = [i for i in group.members if wanted is None or i in wanted]
+            if not members:
+                continue
+            group_classes, texts, read = self.prompt_inputs(group.extractor, images, classes, captions)
+            yield members, group.extractor(model_input, timer, group_classes, texts), read
 
     def prompt_inputs(
         self,

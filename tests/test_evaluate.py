@@ -22,7 +22,7 @@ from dsseg.evaluation.metrics import score
 from dsseg.evaluation.scoring import ConfigScores, ModelFrame, aligned, class_ids, score_row, to_model_frame
 from dsseg.io.frames import resize_labels_tf
 from dsseg.io.images import resize_bilinear
-from dsseg.io.masks import encode_labels
+from dsseg.io.masks import decode_segments, encode_labels
 
 
 def _horse_root(root: Path) -> Path:
@@ -122,6 +122,17 @@ def test_evaluate_job_writes_metrics_and_reports(ray_local, tmp_path):
     for config_id, config in metrics["configs"].items():  # the per-image average is the mean of the images' own scores
         own = [r["miou"] for r in records if r["config_id"] == config_id]
         assert config["per_image_avg"]["miou"] == pytest.approx(np.mean(own), abs=1e-9)
+    # dsseg explore OUTPUT opens an evaluation: its rows from run/, its per-image scores beside them.
+    from dsseg.explore.outputs import OutputBrowser
+
+    browser = OutputBrowser(str(out))
+    assert browser.index.num_rows == 4 and browser.score_columns[:2] == ("miou", "acc")
+    diffseg_id = next(c for c, v in metrics["configs"].items() if v["method"] == "diffseg")
+    ranked = sorted((r["miou"], r["image_id"]) for r in records if r["config_id"] == diffseg_id)
+    entries = browser.query(diffseg_id, "miou")
+    assert entries.column("image_id").to_pylist() == [image_id for _, image_id in ranked]
+    row = browser.rows(entries.slice(0, 1))[0]
+    assert browser.image(row).shape[:2] == decode_segments(row["segments"]).shape  # the image in its masks' frame
     run_configs = json.loads((out / "run" / "config.json").read_text())["configs"]
     assert len(run_configs) == 2 and all(
         '"geometry": "aspect"' in json.dumps(c) for c in run_configs
@@ -137,32 +148,29 @@ def test_evaluate_job_writes_metrics_and_reports(ray_local, tmp_path):
     pictures = re.findall(r"src='([^']+)'", html)
     assert len(pictures) == 2 * 4  # two images (best, worst), each: image, ground truth, two configs
     assert all((out / p).is_file() for p in pictures)
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium)")
-    shot = tmp_path / "shot.png"
-    run = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0", f"--screenshot={shot}",
-         "--window-size=1400,900", (out / "report.html").as_uri()],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert "dsseg-report: 8 images, 0 broken" in run.stderr, run.stderr[-2000:]
-    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
-    assert (pixels.min(axis=1) < 200).mean() > 0.3  # pictures, not a blank page
-    assert len(np.unique(pixels, axis=0)) > 1000  # photographs and overlays drawn
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")  # .ci/run installs Debian's
+    if chromium is not None:
+        shot = tmp_path / "shot.png"
+        run = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0", f"--screenshot={shot}",
+             "--window-size=1400,900", (out / "report.html").as_uri()],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert "dsseg-report: 8 images, 0 broken" in run.stderr, run.stderr[-2000:]
+        pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
+        assert (pixels.min(axis=1) < 200).mean() > 0.3  # pictures, not a blank page
+        assert len(np.unique(pixels, axis=0)) > 1000  # photographs and overlays drawn
 
-
-def test_evaluate_scores_only_this_runs_configs_and_images(ray_local, tmp_path):
-    root = _horse_root(tmp_path / "horse")
-    out = tmp_path / "eval"
+    # A second evaluation into the same output scores only its own config and images.
     common = ["--dataset", "horse", "--root", str(root), "--output", str(out), *TINY, "--report-images", "1"]
-    evaluate = evaluate_command
-    assert evaluate.main([*common, "--param", "image_size=64"]) == 0
-    assert evaluate.main([*common, "--param", "image_size=128", "--limit", "1"]) == 0  # a second config, one image
-    metrics = json.loads((out / "metrics.json").read_text())
-    (config,) = metrics["configs"].values()
-    assert metrics["images"] == 1 and config["images"] == 1 and config["params"]["image_size"] == 128
-    records = pq.read_table(out / "per_image.parquet").to_pylist()
-    assert [r["image_id"] for r in records] == ["horse001"]
+    assert evaluate_command.main([*common, "--param", "image_size=64", "--limit", "1"]) == 0
+    rescored = json.loads((out / "metrics.json").read_text())
+    (config,) = rescored["configs"].values()
+    assert rescored["images"] == 1 and config["images"] == 1 and config["params"]["image_size"] == 64
+    assert [r["image_id"] for r in pq.read_table(out / "per_image.parquet").to_pylist()] == ["horse001"]
     other = _horse_root(tmp_path / "other")
-    assert evaluate.main([*common[:3], str(other), *common[4:]]) == 2  # another dataset's ids could collide: refused
+    assert (
+        evaluate_command.main([*common[:3], str(other), *common[4:]]) == 2
+    )  # another dataset's ids could collide: refused
+    if chromium is None:
+        pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium): the report was not opened")

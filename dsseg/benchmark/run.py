@@ -5,9 +5,12 @@ as JSON (and a table on stderr).
                     [--batch-sizes 1,4,auto] [--repeats 3] [--image PATH] [--json OUT.json]
                     [--method diffseg] [--param NAME=VALUE ...] [--noise ...] [--compare]
                     [--method openvocab --class-counts 1,5,20,80]
+    dsseg benchmark --explore [--browser] [--explore-rows 1000000] [--backbone tiny] [--image PATH]
 
-See ``dsseg.benchmark.latency`` for the stages and the comparison mode. The measurement code
-(and torch) loads only after the flags are read.
+See ``dsseg.benchmark.latency`` for the stages and the comparison mode, ``dsseg.benchmark.explore``
+for the explorer's (``--explore``: each control's change to a new overlay at 512², in the app's handler
+and with ``--browser`` in Chromium; the output browser on a synthetic output of ``--explore-rows`` rows).
+The measurement code (and torch) loads only after the flags are read.
 """
 
 from __future__ import annotations
@@ -53,14 +56,75 @@ def build_parser() -> argparse.ArgumentParser:
         "--captioner",
         help=CAPTIONER_HELP + "; tiny or blip-base-random (BLIP-base's architecture, random weights) time it",
     )
+    group = parser.add_argument_group("explorer (dsseg explore; needs the explore extra)")
+    group.add_argument(
+        "--explore", action="store_true", help="time the explorer's controls (the image is resized to 512²)"
+    )
+    group.add_argument("--browser", action="store_true", help="with --explore: also in Chromium (needs playwright)")
+    group.add_argument("--chromium", default="chromium", help="the Chromium binary for --browser (default %(default)s)")
+    group.add_argument("--port", type=int, default=7871, help="port for --browser's app (default %(default)s)")
+    group.add_argument(
+        "--explore-rows", type=int, help="with --explore: also open, query and page a synthetic output of N rows"
+    )
     add_model_arguments(parser)
     add_method_arguments(parser)
     return parser
 
 
+def explore_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``--explore``: the explorer's latencies as JSON (``dsseg.benchmark.explore``)."""
+    import shutil
+    import tempfile
+
+    if args.explore_rows is not None and args.explore_rows < 2:
+        parser.error("--explore-rows must be ≥ 2 (two configs)")
+    if not Path(args.image).is_file():
+        parser.error(f"--image {args.image}: no such file")
+    chromium = shutil.which(args.chromium) if args.browser else None
+    if args.browser and chromium is None:
+        parser.error(f"--chromium {args.chromium!r} not found: give the path of a Chromium binary")
+    try:
+        from dsseg.benchmark.explore import explore_report
+        from dsseg.io.images import load_rgb
+    except ImportError as error:
+        print(f"error: {error.name} is missing: pip install -e '.[explore]'", file=sys.stderr)
+        return 2
+    from PIL import Image
+
+    folder = tempfile.mkdtemp(prefix="dsseg-explore-bench-")
+    square = str(Path(folder) / "image-512.png")
+    Image.fromarray(load_rgb(args.image)).resize((512, 512), Image.BILINEAR).save(square)
+    device = None if args.device == "auto" else args.device
+    try:
+        report = explore_report(
+            args.backbone,
+            square,
+            device,
+            args.classes or "horse,grass,sky",
+            args.explore_rows,
+            args.browser,
+            chromium,
+            args.port,
+        )
+    except RuntimeError as error:  # a missing backbone
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    text = json.dumps(report, indent=2, default=str, ensure_ascii=False)
+    if args.json:
+        Path(args.json).write_text(text)
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.explore:
+        return explore_main(args, parser)
+    if args.browser or args.explore_rows:
+        parser.error("--browser and --explore-rows go with --explore")
     from dsseg.spec import MethodSpec
 
     try:

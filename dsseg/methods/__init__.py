@@ -73,10 +73,17 @@ def run_method(
 ) -> list[MethodResult]:
     """``method`` on ``bundle``; segments left unnamed are named from the bundle's class maps
     (``naming``: ``majority`` or ``mean``, default majority; ``caption`` votes by ``mean``)."""
+    return name_results(method.segment(bundle, config, timer), bundle, timer, naming)
+
+
+def name_results(
+    results: list[MethodResult], bundle: AttentionBundle, timer: StageTimer | None = None, naming: str | None = None
+) -> list[MethodResult]:
+    """Per image of ``bundle``, its result with unnamed segments named from the bundle's class maps
+    (unchanged when the bundle holds none); ``naming`` as in ``run_method``."""
     from dsseg.methods.openvocab import name_segments
     from dsseg.timing import StageTimer
 
-    results = method.segment(bundle, config, timer)
     if bundle.class_attention is None:
         return results
     timer = timer or StageTimer()
@@ -88,4 +95,4 @@ def run_method(
         ]
 
 
-__all__ = ["METHOD_NAMES", "get_method", "run_method"]
+__all__ = ["METHOD_NAMES", "get_method", "name_results", "run_method"]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -44,3 +44,19 @@ class Method:
     def param_names(self) -> frozenset[str]:
         """The parameters of the method's config."""
         return frozenset(f.name for f in fields(self.config_class))
+
+
+T = TypeVar("T")
+
+
+def memoised(bundle: AttentionBundle, key: Hashable, compute: Callable[[], T]) -> T:
+    """``compute()``, kept in ``bundle.memo[key]`` when the bundle carries a memo (the explorer's cached
+    bundles, re-segmented with new parameters); computed afresh when it carries none (jobs).
+
+    ``key`` must name everything the value depends on besides the bundle (levels, weights, image index…).
+    """
+    if bundle.memo is None:
+        return compute()
+    if key not in bundle.memo:
+        bundle.memo[key] = compute()
+    return bundle.memo[key]

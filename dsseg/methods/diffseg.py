@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from dsseg.methods.aggregate import aggregate_self_attention
-from dsseg.methods.base import MethodResult
+from dsseg.methods.base import MethodResult, memoised
 from dsseg.methods.upsample import upsample_argmax
 from dsseg.model.attention import Grid
 from dsseg.model.extract import AttentionBundle
@@ -97,10 +97,20 @@ def symmetric_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return 0.5 * (neg_entropy_p[:, None] + neg_entropy_q[None, :] - cross)
 
 
-def merge_anchors(attention: torch.Tensor, anchors: torch.Tensor, threshold: float) -> torch.Tensor:
+def anchor_distances(attention: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """Symmetric KL of each anchor's row to every row: attention (N, N), anchors (A,) → (A, N).
+    Independent of τ, so a re-segmentation with a new threshold can reuse it."""
+    return symmetric_kl(attention[anchors], attention)
+
+
+def merge_anchors(
+    attention: torch.Tensor, anchors: torch.Tensor, threshold: float, distances: torch.Tensor | None = None
+) -> torch.Tensor:
     """Iteration 0: attention (N, N) rows, anchors (A,) → proposals (A, N), each the mean of the
-    rows within ``threshold`` of its anchor row."""
-    close = (symmetric_kl(attention[anchors], attention) < threshold).to(attention.dtype)
+    rows within ``threshold`` of its anchor row (``distances``: ``anchor_distances``, computed when None)."""
+    if distances is None:
+        distances = anchor_distances(attention, anchors)
+    close = (distances < threshold).to(attention.dtype)
     close[torch.arange(len(anchors)), anchors] = 1.0  # an anchor always matches itself
     return (close @ attention) / close.sum(-1, keepdim=True)
 
@@ -141,12 +151,14 @@ def kmeans_refine(attention: torch.Tensor, centres: torch.Tensor, iterations: in
     return centres
 
 
-def diffseg_proposals(attention: torch.Tensor, grid: Grid, config: DiffSegConfig) -> torch.Tensor:
-    """Aggregated attention (N, N) of one image → merged proposals (K, N) float32."""
+def diffseg_proposals(
+    attention: torch.Tensor, grid: Grid, config: DiffSegConfig, distances: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Aggregated attention (N, N) of one image → merged proposals (K, N) float32 (``distances``:
+    the anchors' ``anchor_distances`` when already known)."""
     attention = attention.float()
-    proposals = merge_anchors(
-        attention, anchor_indices(grid, config.anchor_spacing).to(attention.device), config.kl_threshold[0]
-    )
+    anchors = anchor_indices(grid, config.anchor_spacing).to(attention.device)
+    proposals = merge_anchors(attention, anchors, config.kl_threshold[0], distances)
     for threshold in config.kl_threshold[1:]:
         proposals = merge_proposals(proposals, threshold)
     if config.refine:
@@ -158,16 +170,24 @@ def segment_diffseg(
     bundle: AttentionBundle, config: DiffSegConfig, timer: StageTimer | None = None
 ) -> list[MethodResult]:
     """DiffSeg on every image of ``bundle``: label maps at (f·H, f·W) for the latent grid (H, W)
-    and upsampling factor f (512² for SD at 512²). Stages timed: aggregate, segment."""
+    and upsampling factor f (512² for SD at 512²). Stages timed: aggregate, segment. With a memo on
+    the bundle, the aggregation and the anchors' KL distances are kept (they do not depend on τ)."""
     timer = timer or StageTimer()
+    levels = (config.resolutions, config.resolution_weights)
     with timer.stage("aggregate"):
-        aggregated, grid = aggregate_self_attention(
-            bundle.self_attention, config.resolutions, config.resolution_weights
+        aggregated, grid = memoised(
+            bundle, ("aggregate", *levels), lambda: aggregate_self_attention(bundle.self_attention, *levels)
         )
     results = []
     with timer.stage("segment"):
-        for attention in aggregated:
-            proposals = diffseg_proposals(attention, grid, config)
+        anchors = anchor_indices(grid, config.anchor_spacing).to(aggregated.device)
+        for index, attention in enumerate(aggregated):
+            distances = memoised(
+                bundle,
+                ("anchor_distances", index, *levels, config.anchor_spacing),
+                lambda attention=attention: anchor_distances(attention.float(), anchors),
+            )
+            proposals = diffseg_proposals(attention, grid, config, distances)
             labels = upsample_argmax(proposals.reshape(-1, *grid), config.upsample_factor)
             results.append(MethodResult(labels=labels))
     return results

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from dsseg.methods.aggregate import aggregate_self_attention, level_size
-from dsseg.methods.base import MethodResult
+from dsseg.methods.base import MethodResult, memoised
 from dsseg.methods.spectral import (
     DenseGraph,
     FeatureGraph,
@@ -265,15 +265,21 @@ def ncut_levels(grids: list[Grid], config: NCutConfig) -> tuple[int, ...]:
 def segment_ncut(bundle: AttentionBundle, config: NCutConfig, timer: StageTimer | None = None) -> list[MethodResult]:
     """Recursive NCut on every image of ``bundle``: label maps at (f·H, f·W) for the latent grid
     (H, W) and ``upsample_factor`` f, with each segment's parent heap index. Stages timed:
-    aggregate, segment."""
+    aggregate, segment. With a memo on the bundle, the aggregation and each partition are kept."""
     timer = timer or StageTimer()
+    levels = (ncut_levels(list(bundle.self_attention), config), config.resolution_weights)
     with timer.stage("aggregate"):
-        levels = ncut_levels(list(bundle.self_attention), config)
-        aggregated, grid = aggregate_self_attention(bundle.self_attention, levels, config.resolution_weights)
+        aggregated, grid = memoised(
+            bundle, ("aggregate", *levels), lambda: aggregate_self_attention(bundle.self_attention, *levels)
+        )
     results = []
     with timer.stage("segment"):
-        for transition in aggregated:
-            hierarchy = ncut_partition(transition, config)
+        for index, transition in enumerate(aggregated):
+            hierarchy = memoised(
+                bundle,
+                ("ncut_partition", index, config),
+                lambda transition=transition: ncut_partition(transition, config),
+            )
             if config.upsampling == "cosine":
                 scores = cosine_scores(transition, hierarchy.assignment, hierarchy.num_leaves)
                 winners = upsample_argmax_index(scores.reshape(-1, *grid), config.upsample_factor)
@@ -288,18 +294,44 @@ def segment_ncut(bundle: AttentionBundle, config: NCutConfig, timer: StageTimer 
     return results
 
 
-def cut_hierarchy(labels: np.ndarray, parents: list[int | None], depth: int) -> np.ndarray:
+def tree_depth(parents: list[int | None]) -> int:
+    """The depth of the deepest leaf of a split tree given by its leaves' parent heap indices (0: unsplit)."""
+    return max((parent.bit_length() for parent in parents if parent is not None), default=0)
+
+
+def cut_tree(labels: np.ndarray, parents: list[int | None], depth: int) -> tuple[np.ndarray, list[int | None]]:
     """Merge leaf segments into their ancestors at ``depth`` (0 = whole image, 1 = the first split, …).
 
     ``labels`` (H, W) segment ids indexing ``parents`` (heap indices, as ``MethodResult.parents``).
-    Returns (H, W) int64 labels, compact 0..S'−1 in order of first leaf.
+    Returns ((H, W) int64 labels, compact 0..S'−1 in order of first leaf; each new segment's parent
+    heap index, None for the root).
     """
     if depth < 0:
         raise ValueError(f"depth must be ≥ 0; got {depth}")
-    keys: list[object] = []
+    ids: dict[object, int] = {}
+    new_parents: list[int | None] = []
+    mapping = []
     for leaf, parent in enumerate(parents):
         parent_depth = -1 if parent is None else parent.bit_length() - 1
-        keys.append(("leaf", leaf) if depth > parent_depth else parent >> (parent_depth - depth))
-    ids: dict[object, int] = {}
-    mapping = np.array([ids.setdefault(key, len(ids)) for key in keys], dtype=np.int64)
-    return mapping[labels]
+        if depth > parent_depth:  # the leaf itself survives the cut
+            key, key_parent = ("leaf", leaf), parent
+        else:  # its ancestor at ``depth``, a node of heap index ``node``
+            node = parent >> (parent_depth - depth)
+            key, key_parent = node, (node // 2 if node > 1 else None)
+        if key not in ids:
+            ids[key] = len(ids)
+            new_parents.append(key_parent)
+        mapping.append(ids[key])
+    return np.asarray(mapping, dtype=np.int64)[labels], new_parents
+
+
+def cut_result(result: MethodResult, depth: int) -> MethodResult:
+    """A ``segment_ncut`` result with its split tree cut at ``depth`` (``cut_tree``): the merged labels
+    and the new segments' parents; names and scores are dropped (they belonged to the leaves)."""
+    labels, parents = cut_tree(result.labels.cpu().numpy(), result.parents, depth)
+    return MethodResult(labels=torch.from_numpy(labels).to(result.labels.device), parents=parents)
+
+
+def cut_hierarchy(labels: np.ndarray, parents: list[int | None], depth: int) -> np.ndarray:
+    """The labels of ``cut_tree``: leaves merged into their ancestors at ``depth`` (0 = whole image)."""
+    return cut_tree(labels, parents, depth)[0]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
-from dsseg.methods.base import MethodResult
+from dsseg.methods.base import MethodResult, memoised
 from dsseg.methods.dense_crf import CRF_INSTALL, crf_available, dense_crf
 from dsseg.methods.pamr import pamr
 from dsseg.model.attention import Grid
@@ -192,7 +192,15 @@ def segment_openvocab(
         image = bundle.image(index)
         names = list(image.class_names[0])
         with timer.stage("aggregate"):
-            latent_scores = class_scores(image, config) if names else torch.zeros(0, *image.latent_hw)
+            latent_scores = (
+                memoised(
+                    bundle,
+                    ("class_scores", index, config.level_weights, config.refine),
+                    lambda image=image: class_scores(image, config),
+                )
+                if names
+                else torch.zeros(0, *image.latent_hw)
+            )
         with timer.stage("segment"):
             size = (image.latent_hw[0] * config.upsample_factor, image.latent_hw[1] * config.upsample_factor)
             scores = upsample_scores(latent_scores, size)

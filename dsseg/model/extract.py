@@ -70,6 +70,9 @@ class AttentionBundle:
     timesteps: tuple[int, ...] = ()
     features: torch.Tensor | None = None  # (B, N, C) float32 output of the config's feature_layer
     feature_grid: Grid | None = None  # its token grid (h, w), N = h·w
+    # Intermediates methods may keep between calls on this same bundle (``dsseg.methods.base.memoised``):
+    # None (the default, and in jobs) recomputes every time; the explorer sets a dict to re-segment fast.
+    memo: dict | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         if self.features is not None:
