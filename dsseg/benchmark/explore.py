@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import statistics
 import tempfile
@@ -128,30 +127,20 @@ def synthetic_output(
     return {"rows": rows_per_config * len(configs), "files": files, "seconds": round(time.perf_counter() - start, 2)}
 
 
-def rss_mib() -> float:
-    """This process's resident memory now (MiB; Linux /proc, else the peak)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def output_browser_costs(rows: int, page_size: int = 12, workdir: str | None = None) -> dict[str, Any]:
     """Open, query and page a synthetic output of ``rows`` rows (two configs): seconds and memory."""
     from dsseg.explore.outputs import OutputBrowser
+    from dsseg.job.memory import resident_bytes
 
     folder = Path(tempfile.mkdtemp(prefix="dsseg-explore-rows-", dir=workdir))
     try:
         made = synthetic_output(folder, [("image.jpg", "missing.jpg", 512, 512)], rows // 2, errors_every=25)
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-        before = rss_mib()
+        before = resident_bytes()
         start = time.perf_counter()
         browser = OutputBrowser(str(folder))
         opened = time.perf_counter() - start
-        after = rss_mib()
+        after = resident_bytes()
         first, second = (c.config_id for c in browser.configs)
         timings = {}
         start = time.perf_counter()
@@ -172,7 +161,7 @@ def output_browser_costs(rows: int, page_size: int = 12, workdir: str | None = N
             "write_s": made["seconds"],
             "open_s": round(opened, 2),
             "index_mib": round(browser.index.nbytes / 2**20, 1),
-            "rss_growth_on_open_mib": round(after - before, 1),
+            "rss_growth_on_open_mib": round((after - before) / 2**20, 1),
             **{k: round(v, 3) for k, v in timings.items()},
         }
     finally:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from dsseg.errors import ConfigError
 from dsseg.explore.outputs import OutputBrowser
-from dsseg.explore.render import highlight, legend_html, segment_text, side_by_side, thumbnail
+from dsseg.explore.render import highlight, legend_html, segment_at, segment_text, side_by_side, thumbnail
 from dsseg.explore.session import ExploredImage, ImageExplorer, View, spec_from_controls
 from dsseg.io.images import decode_image
 from dsseg.io.masks import decode_segments
@@ -137,12 +137,11 @@ class ImageTab:
             return gr.update(), ""
         view: View = state["view"]
         labels = view.segmentation.labels
-        x, y = (int(v) for v in event.index)
-        if not (0 <= y < labels.shape[0] and 0 <= x < labels.shape[1]):
+        segment = segment_at(labels, state["segments"], event.index)
+        if segment is None:
             return gr.update(), ""
-        segment_id = int(labels[y, x])
-        segment = next(s for s in state["segments"] if s["segment_id"] == segment_id)
-        return self.write_picture(highlight(view.image.rgb, labels, segment_id)), segment_text(segment, labels.size)
+        picture = highlight(view.image.rgb, labels, segment["segment_id"])
+        return self.write_picture(picture), segment_text(segment, labels.size)
 
 
 def status_line(view: View, elapsed_ms: float) -> str:
@@ -291,10 +290,9 @@ class OutputTab:
         if row is None or row["status"] != "ok" or browser is None:
             return gr.update(), ""
         labels = decode_segments(row["segments"])
-        x, y = (int(v) for v in event.index)
-        if not (0 <= y < labels.shape[0] and 0 <= x < labels.shape[1]):
+        segment = segment_at(labels, row["segments"], event.index)
+        if segment is None:
             return gr.update(), ""
-        segment = next(s for s in row["segments"] if s["segment_id"] == int(labels[y, x]))
         described = f"{row['image_id']} · " + segment_text(segment, labels.size)
         try:
             return highlight(browser.image(row), labels, segment["segment_id"]), described

@@ -235,8 +235,9 @@ class OutputBrowser:
         return {row["image_id"]: row for row in self.rows(entries)}
 
     def image(self, row: dict[str, Any]) -> np.ndarray:
-        """The (h, w, 3) uint8 image of an output row (its masks: ``decode_segments(row["segments"])``), in their frame: as decoded (EXIF upright
-        unless the job kept stored order), or the model input when the job wrote model-frame masks."""
+        """The (h, w, 3) uint8 image of an output row in the frame of its masks
+        (``decode_segments(row["segments"])``): as decoded (EXIF upright unless the job kept stored
+        order), or the model input when the job wrote model-frame masks."""
         data = read_source(row["source"], row["image_id"])
         rgb = decode_image(data, max_pixels=None, exif_transpose=self.record.get("exif_transpose", True))[0]
         if not row["segments"]:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from dsseg.io.frames import resize_labels
 from dsseg.io.overlay import boundaries, overlay, palette
 
 THUMBNAIL_SIDE = 320  # longest side of a gallery tile, pixels
@@ -49,7 +50,7 @@ def fit(image: np.ndarray, side: int) -> np.ndarray:
         return image
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     if image.ndim == 2:
-        return np.asarray(Image.fromarray(image.astype(np.int32)).resize(size, Image.NEAREST)).astype(image.dtype)
+        return resize_labels(image, size[::-1])
     return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
 
 
@@ -72,6 +73,15 @@ def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 6) -> np.ndarra
         return np.pad(tile, ((0, height - tile.shape[0]), (0, 0), (0, 0)), constant_values=255)
 
     return np.concatenate([padded(left), np.full((height, gap, 3), 255, np.uint8), padded(right)], axis=1)
+
+
+def segment_at(labels: np.ndarray, segments: Sequence[dict[str, Any]], point: Sequence[int]) -> dict[str, Any] | None:
+    """The segment dict (``segment_id`` keyed) under the clicked pixel ``point`` (x, y) of ``labels``;
+    None for a point outside the image."""
+    x, y = (int(v) for v in point)
+    if not (0 <= y < labels.shape[0] and 0 <= x < labels.shape[1]):
+        return None
+    return next(s for s in segments if s["segment_id"] == int(labels[y, x]))
 
 
 def segment_text(segment: dict[str, Any], total: int) -> str:

@@ -310,8 +310,3 @@ class ImageExplorer:
         _, bundle, captions = next(segmenter.attention(pixels[None]))
         bundle = dataclasses.replace(bundle, memo=BoundedMemo())
         return CachedForward(bundle, geometry, captions, 1000 * (time.perf_counter() - start))
-
-    def clear(self) -> None:
-        """Drop every cached forward."""
-        with self.lock:
-            self.forwards.clear()

@@ -40,7 +40,8 @@ def free_memory_bytes(device: torch.device) -> int:
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def _resident_bytes() -> int:
+def resident_bytes() -> int:
+    """This process's resident memory now, in bytes (Linux /proc)."""
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -54,13 +55,13 @@ def peak_bytes(run: Callable[[], object], device: torch.device) -> int:
         run()
         torch.cuda.synchronize(device)
         return int(torch.cuda.max_memory_allocated(device) - base)
-    base = _resident_bytes()
+    base = resident_bytes()
     peak = [base]
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], _resident_bytes())
+            peak[0] = max(peak[0], resident_bytes())
             time.sleep(SAMPLE_SECONDS)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -70,7 +71,7 @@ def peak_bytes(run: Callable[[], object], device: torch.device) -> int:
     finally:
         done.set()
         sampler.join()
-    return max(0, max(peak[0], _resident_bytes()) - base)
+    return max(0, max(peak[0], resident_bytes()) - base)
 
 
 def fit_batch_size(
