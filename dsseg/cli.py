@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from dsseg.errors import ConfigError
 from dsseg.io.images import GEOMETRIES
 from dsseg.methods import METHOD_NAMES
-from dsseg.model.config import DEFAULT_BACKBONE, DEFAULT_CAPTIONER, NOISE_MODES
+from dsseg.model.config import CANDIDATES_PREFIX, DEFAULT_BACKBONE, DEFAULT_CAPTIONER, NOISE_MODES
 from dsseg.model.vocabularies import VOCABULARIES
 
 if TYPE_CHECKING:
@@ -229,7 +229,13 @@ def job_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--class-filter",
         help="narrow each image's candidate classes: clip:MODEL (hub id or folder), caption (the classes the image's "
-        "caption names), caption+clip:MODEL (either) or package.module:factory",
+        "caption names), caption+clip:MODEL (either), candidates:FILE or package.module:factory",
+    )
+    parser.add_argument(
+        "--candidates",
+        metavar="FILE",
+        help="each image's candidate classes from a file (= --class-filter candidates:FILE): .json {image: [names]} or "
+        "DiffSegmenter's released lists, .jsonl or .parquet with image_id and classes; matched by id or file stem",
     )
     parser.add_argument("--captioner", help=CAPTIONER_HELP)
     parser.add_argument(
@@ -257,6 +263,10 @@ def job_from_args(args: argparse.Namespace) -> SegmentJob:
         name: getattr(args, name, None) for name in RUN_FILE_KEYS - {"configs"}
     }  # every SegmentJob setting has a flag
     settings.update({name: value for name, value in given.items() if value is not None})
+    if getattr(args, "candidates", None):
+        if args.class_filter:
+            raise ConfigError("candidates", "is the class filter candidates:FILE: give it or --class-filter, not both")
+        settings["class_filter"] = f"{CANDIDATES_PREFIX}{args.candidates}"
     params = params_from_args(args)
     if args.method is not None or params:
         if "configs" in settings:

@@ -169,17 +169,22 @@ class Segmenter:
         classes: Sequence[Sequence[str] | None] | None = None,
         timer: StageTimer | None = None,
         wanted: Collection[int] | None = None,
+        sizes: Sequence[tuple[int, int]] | None = None,
+        keys: Sequence[tuple[str, str]] | None = None,
     ) -> list[ConfigOutput | None]:
         """pixels (B, h, w, 3) uint8 prepared inputs of one size → per config (None unless in
         ``wanted``, default all) its results in the model frame and the batch's timings.
 
         ``classes``: per image, candidate class names replacing the configs' own (None entries keep
         them), narrowed by the class filter. ``timer`` collects the shared stages (encode, invert,
-        unet); each config's own stages (aggregate, segment) are timed apart.
+        unet); each config's own stages (aggregate, segment) are timed apart. ``sizes``: per image,
+        the (h, w) pixels its input was resized from (methods that label at the image's size
+        use them; their labels then come at that size). ``keys``: per image, (image id, source),
+        for class filters that look images up (``candidates:FILE``).
         """
         timer = timer or StageTimer(self.backbone.device)
         outputs: list[ConfigOutput | None] = [None] * len(self.configs)
-        for members, bundle, read in self.attention(pixels, classes, timer, wanted):
+        for members, bundle, read in self.attention(pixels, classes, timer, wanted, sizes, keys):
             for i in members:
                 config = self.configs[i]
                 own = StageTimer(self.backbone.device)
@@ -197,10 +202,13 @@ class Segmenter:
         classes: Sequence[Sequence[str] | None] | None = None,
         timer: StageTimer | None = None,
         wanted: Collection[int] | None = None,
+        sizes: Sequence[tuple[int, int]] | None = None,
+        keys: Sequence[tuple[str, str]] | None = None,
     ) -> Iterator[tuple[list[int], AttentionBundle, list[str] | None]]:
         """The forwards ``segment`` runs, one forward group at a time: (the indices of its configs in
         ``wanted``, its ``AttentionBundle``, the captions it read or None). Groups without a wanted
-        config are skipped; each bundle is made only when the previous one has been taken."""
+        config are skipped; each bundle is made only when the previous one has been taken.
+        ``sizes`` and ``keys`` as in ``segment``."""
         backbone = self.backbone
         timer = timer or StageTimer(backbone.device)
         model_input = to_model_input(pixels, backbone.device, backbone.dtype)
@@ -210,8 +218,8 @@ class Segmenter:
             members = [i for i in group.members if wanted is None or i in wanted]
             if not members:
                 continue
-            group_classes, texts, read = self.prompt_inputs(group.extractor, images, classes, captions)
-            yield members, group.extractor(model_input, timer, group_classes, texts), read
+            group_classes, texts, read = self.prompt_inputs(group.extractor, images, classes, captions, keys)
+            yield members, group.extractor(model_input, timer, group_classes, texts, sizes), read
 
     def prompt_inputs(
         self,
@@ -219,6 +227,7 @@ class Segmenter:
         images: list[np.ndarray],
         classes: Sequence[Sequence[str] | None] | None,
         captions: LazyCaptions,
+        keys: Sequence[tuple[str, str]] | None = None,
     ) -> tuple[Sequence[Sequence[str] | None] | None, list[ImageTexts] | None, list[str] | None]:
         """What one forward group prompts each image with: (class lists, texts, the captions read).
 
@@ -235,14 +244,15 @@ class Segmenter:
             return [[noun.name for noun in found] for found in nouns], texts, captions.get()
         if not prompting.uses_classes:
             return classes, None, None
-        candidates = extractor.class_lists(len(images), classes)
+        supplied = getattr(self.class_filter, "supplies_classes", False)  # a candidate file lists them
+        candidates = extractor.class_lists(len(images), classes, require=not supplied)
         read = None
         if self.class_filter is not None:
             read = captions.get() if needs_captions(self.class_filter) else None
-            candidates = filter_classes(self.class_filter, images, candidates, prompting.classes, read)
+            candidates = filter_classes(self.class_filter, images, candidates, prompting.classes, read, keys)
         if not prompting.caption_descriptors:
             return candidates, None, read
-        texts, written = conditional_texts(captions, candidates, prompting.class_template)
+        texts, written = conditional_texts(captions, candidates, prompting.class_template, prompting.spelled)
         return candidates, texts, written
 
     def segment_all(
@@ -251,10 +261,11 @@ class Segmenter:
         geometries: Sequence[Geometry],
         timer: StageTimer | None = None,
         classes: Sequence[Sequence[str] | None] | None = None,
+        keys: Sequence[tuple[str, str]] | None = None,
     ) -> list[list[Segmentation]]:
         """Like ``segment``, then each result to its image's original frame: [config][image]."""
         timer = timer or StageTimer(self.backbone.device)
-        outputs = self.segment(pixels, classes, timer)
+        outputs = self.segment(pixels, classes, timer, sizes=source_sizes(geometries), keys=keys)
         out = []
         for config, output in zip(self.configs, outputs):
             own = StageTimer(self.backbone.device)
@@ -273,12 +284,13 @@ class Segmenter:
         geometries: Sequence[Geometry],
         timer: StageTimer | None = None,
         classes: Sequence[Sequence[str] | None] | None = None,
+        keys: Sequence[tuple[str, str]] | None = None,
     ) -> list[Segmentation]:
         """The segmentations of a one-config segmenter at each image's original size (see
         ``segment_all``; ``timer`` then also holds every stage, batch totals)."""
         _ = self.config
         timer = timer or StageTimer(self.backbone.device)
-        output = self.segment(pixels, classes, timer)[0]
+        output = self.segment(pixels, classes, timer, sizes=source_sizes(geometries), keys=keys)[0]
         timer.ms.update(output.timings_ms)
         return [
             to_segmentation(result, geometry, self.config.method, timer, caption)
@@ -309,21 +321,28 @@ class LazyCaptions:
         return [self.continuations[pair] for pair in pairs]
 
 
+def source_sizes(geometries: Sequence[Geometry]) -> list[tuple[int, int]]:
+    """Per image, the (h, w) pixels of the box its model input was resized from."""
+    return [(max(1, round(g.box[2])), max(1, round(g.box[3]))) for g in geometries]
+
+
 def conditional_texts(
-    captions: LazyCaptions, names: Sequence[Sequence[str]], template: str
+    captions: LazyCaptions, names: Sequence[Sequence[str]], template: str, spelled=lambda name: name
 ) -> tuple[list[ImageTexts], list[str | None]]:
-    """Per image, each class's prompt (``template`` filled with the name) continued by the captioner
-    conditioned on it (DiffSegmenter's augmented prompts) → (the continuations as ``ImageTexts``,
-    the full captions of each image joined by "; ")."""
-    pairs = [
-        (i, template.replace(CLASS_PLACEHOLDER, name)) for i, image_names in enumerate(names) for name in image_names
-    ]
+    """Per image, each class's prompt (``template`` filled with the class's ``spelled`` words)
+    continued by the captioner conditioned on it (DiffSegmenter's augmented prompts) → (the
+    continuations as ``ImageTexts``, the full captions of each image joined by "; ")."""
+
+    def prompt(name: str) -> str:
+        return template.replace(CLASS_PLACEHOLDER, spelled(name))
+
+    pairs = [(i, prompt(name)) for i, image_names in enumerate(names) for name in image_names]
     words = iter(captions.complete(pairs))
     texts, written = [], []
     for image_names in names:
         continuations = {name: next(words) for name in image_names}
         texts.append(ImageTexts(continuations=continuations))
-        texts_of_image = [f"{template.replace(CLASS_PLACEHOLDER, n)} {w}".strip() for n, w in continuations.items()]
+        texts_of_image = [f"{prompt(n)} {w}".strip() for n, w in continuations.items()]
         written.append("; ".join(texts_of_image) or None)
     return texts, written
 

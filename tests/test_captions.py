@@ -171,14 +171,14 @@ def test_augmented_prompts_continue_each_class_prompt_with_its_conditional_capti
     segmenter = Segmenter(tiny, spec, captioner=captioner)
     pixels, geometry = segmenter.prepare(bsds_image)
     augmented = segmenter(pixels[None], [geometry])[0]
-    assert captioner.calls == [("complete", [(0, "a photograph of a horse"), (0, "a photograph of a grass")])]
-    assert augmented.caption == "a photograph of a horse grazing on a hill; a photograph of a grass grazing on a hill"
+    assert captioner.calls == [("complete", [(0, "a photograph of horse"), (0, "a photograph of grass")])]
+    assert augmented.caption == "a photograph of horse grazing on a hill; a photograph of grass grazing on a hill"
     extractor = segmenter.groups[0].extractor
     texts = ImageTexts(continuations={"horse": "grazing on a hill", "grass": "grazing on a hill"})
     assert [plan.text for plan in extractor.prompt_plans(["horse"], texts)] == [
-        "a photograph of a horse grazing on a hill"
+        "a photograph of horse grazing on a hill"
     ]
-    assert [plan.text for plan in extractor.prompt_plans(["horse"])] == ["a photograph of a horse"]
+    assert [plan.text for plan in extractor.prompt_plans(["horse"])] == ["a photograph of horse"]
     images = to_model_input(pixels[None], tiny.device, tiny.dtype)
     with_texts = extractor(images, classes=[["horse", "grass"]], texts=[texts]).class_attention[0]
     without = extractor(images, classes=[["horse", "grass"]]).class_attention[0]
@@ -202,7 +202,7 @@ def test_the_caption_filter_keeps_the_classes_the_caption_names(tiny, bsds_image
     captioner.calls.clear()
     Segmenter(tiny, sweep, captioner=captioner).segment(pixels)
     assert captioner.calls == [
-        ("complete", [(0, "a photograph of a horse"), (1, "a photograph of a horse")])
+        ("complete", [(0, "a photograph of horse"), (1, "a photograph of horse")])
     ]  # once for both
     union = UnionClassFilter(load_class_filter("caption"), lambda images, candidates: [c[1:2] for c in candidates])
     kept = union([bsds_image], [["horse", "dog", "grass"]], captions=["a horse"])

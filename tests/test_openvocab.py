@@ -12,7 +12,7 @@ from dsseg.io.masks import decode_segments
 from dsseg.methods import get_method, run_method
 from dsseg.methods.base import MethodResult
 from dsseg.methods.openvocab import OpenVocabConfig, labels_from_scores, name_segments, segment_openvocab
-from dsseg.model.config import DEFAULT_TEMPLATE, ExtractConfig
+from dsseg.model.config import ExtractConfig
 from dsseg.model.extract import AttentionBundle, AttentionExtractor
 from dsseg.model.prompts import class_prompt_plan, joint_prompt_plans, phrase_positions
 from dsseg.model.tokenizer import clip_tokenizer
@@ -27,7 +27,7 @@ LEVELS = [(16, 16), (8, 8), (4, 4), (2, 2)]
 @pytest.mark.parametrize("name", ["horse", "traffic light", "potted plant", "hippopotamus", "tv monitor"])
 def test_class_token_positions_point_at_the_name(name):
     tokenizer = clip_tokenizer()
-    plan = class_prompt_plan(tokenizer, DEFAULT_TEMPLATE, name, descriptors=("brown",))
+    plan = class_prompt_plan(tokenizer, "a photograph of a {class}", name, descriptors=("brown",))
     sequence = tokenizer(plan.text).input_ids
     (tokens,) = plan.classes
     name_ids = tokenizer(name, add_special_tokens=False).input_ids
@@ -193,10 +193,11 @@ def test_one_unet_call_per_class_batch_equals_class_by_class(tiny):
         assert (a.labels == b.labels).float().mean() > 0.999
 
 
-def test_class_weight_scales_only_the_name_tokens(tiny):
+def test_class_weight_scale_multiplies_every_name_token(tiny):
     config = ExtractConfig.from_params(
-        {"classes": ("horse",), "class_template": DEFAULT_TEMPLATE, "class_weight": 1.21}
+        {"classes": ("horse",), "class_template": "a photograph of a {class}", "class_weight": 1.21}
     )
+    assert config.prompting.class_weighting == "scale"  # the earlier outputs' weighting, kept for their ids
     extractor = AttentionExtractor(tiny, config)
     (plan,) = extractor.prompt_plans(["horse"])
     weighted = extractor._class_condition(plan)
@@ -205,6 +206,28 @@ def test_class_weight_scales_only_the_name_tokens(tiny):
     torch.testing.assert_close(ratio[0, 5], torch.full_like(ratio[0, 5], 1.21))
     others = [p for p in range(77) if p != 5]
     torch.testing.assert_close(weighted[0, others], plain[0, others])
+
+
+def test_compel_weighting_moves_the_last_name_word_away_from_the_empty_prompt(tiny):
+    """ "light++" as Compel computes it: e + 1.21·(z − e) on the tokens of the name's last word, z the
+    prompt's and e the empty prompt's text-encoder states, straight from the text encoder."""
+    prompting = {"class_template": "a photography of {class}", "class_weighting": "compel", "class_weight": 1.21}
+    extractor = AttentionExtractor(tiny, ExtractConfig.from_params({"classes": ("traffic light",), **prompting}))
+    (plan,) = extractor.prompt_plans(["traffic light"])
+    assert plan.text == "a photography of traffic light"
+    tokenizer = tiny.tokenizer
+
+    def states(text: str) -> torch.Tensor:
+        ids = tokenizer(text, padding="max_length", max_length=77, return_tensors="pt").input_ids
+        return tiny.text_encoder(ids)[0][0]
+
+    z, e = states(plan.text), states("")
+    light = len(tokenizer("a photography of traffic", add_special_tokens=False).input_ids) + 1
+    assert plan.weighted_positions == (light,)  # "traffic" keeps its weight, as Compel's "traffic light++"
+    expected = z.clone()
+    expected[light] = e[light] + 1.21 * (z[light] - e[light])
+    torch.testing.assert_close(extractor._class_condition(plan)[0], expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(expected[light], 1.21 * z[light], atol=1e-3)  # not the plain scaling
 
 
 def test_segment_image_openvocab_end_to_end(tiny, bsds_image):

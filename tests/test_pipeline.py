@@ -202,16 +202,16 @@ def test_out_of_memory_halves_the_batch_before_giving_up(tmp_path, monkeypatch):
     extractor = worker.segmenter.groups[0].extractor
     original, sizes = extractor.__call__, []
 
-    def limited(images, timer=None, classes=None, texts=None, capacity=1):
+    def limited(images, timer=None, classes=None, texts=None, source_hw=None, capacity=1):
         sizes.append(len(images))
         if len(images) > capacity:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return original(images, timer, classes, texts)
+        return original(images, timer, classes, texts, source_hw)
 
     monkeypatch.setattr(
         type(extractor),
         "__call__",
-        lambda self, images, timer=None, classes=None, texts=None: limited(images, timer, classes, texts),
+        lambda self, images, timer=None, classes=None, texts=None, hw=None: limited(images, timer, classes, texts, hw),
     )
     batch = decoded(job, {"135069.jpg", "frankfurt_000000_000294_leftImg8bit.png", "horses/horse001.jpg"})
     rows = worker(batch).to_pylist()
@@ -221,7 +221,9 @@ def test_out_of_memory_halves_the_batch_before_giving_up(tmp_path, monkeypatch):
     monkeypatch.setattr(
         type(extractor),
         "__call__",
-        lambda self, images, timer=None, classes=None, texts=None: limited(images, timer, classes, texts, 0),
+        lambda self, images, timer=None, classes=None, texts=None, hw=None: limited(
+            images, timer, classes, texts, hw, 0
+        ),
     )
     rows = worker(batch).to_pylist()
     assert all(r["status"] == "error" and r["error"].startswith("out_of_memory: OutOfMemoryError") for r in rows)

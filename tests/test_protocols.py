@@ -89,19 +89,30 @@ def test_a_config_matches_a_preset_only_with_all_its_settings():
     ]
 
 
-def test_an_openvocab_preset_needs_its_threshold_tuned_on_another_split():
+def test_an_openvocab_preset_matches_with_its_oracle_threshold_released_lists_and_captioner(tmp_path):
+    from dsseg.evaluation.presets import BLIP_LARGE
+
     preset = get_preset("diffsegmenter-voc2012")
     spec = MethodSpec("openvocab", {**preset.params, "background_threshold": 0.42})
-    args = ("voc2012", spec, "label", preset.backbone, preset.class_filter)
-    assert not matching_presets(*args)  # a threshold nobody tuned
-    assert [m.preset.name for m in matching_presets(*args, tuned=["background_threshold"])] == [
-        preset.name
-    ]  # val: the reader's default
-    assert not matching_presets(*args, tuned=["background_threshold"], split="train")
-    coco = get_preset("diffsegmenter-coco-object")
+    released = f"candidates:sha256={preset.candidates.sha256}"  # what a run reading the released bytes measures with
+    args = ("voc2012", spec, "label", preset.backbone, released)
+    assert not matching_presets(*args, captioner=BLIP_LARGE)  # a threshold nobody chose
+    assert [
+        m.preset.name for m in matching_presets(*args, {"background_threshold": "oracle"}, captioner=BLIP_LARGE)
+    ] == [preset.name]  # chosen on the evaluated split, as the paper; val: the reader's default
+    assert not matching_presets(*args, {"background_threshold": "split"}, captioner=BLIP_LARGE)  # another measurement
+    assert not matching_presets(*args, {"background_threshold": "oracle"}, captioner="tiny")
+    other = tmp_path / "lists.json"
+    other.write_text('{"2007_000033": ["plane"]}')
     assert not matching_presets(
-        "coco_object", coco.spec(), "label", coco.backbone, coco.class_filter, ["background_threshold"]
-    )  # val2017 ≠ val2014
+        "voc2012", spec, "label", preset.backbone, f"candidates:{other}", {"background_threshold": "oracle"},
+        captioner=BLIP_LARGE,
+    )  # other candidate lists  # fmt: skip
+    coco = get_preset("diffsegmenter-coco-object")
+    assert coco.split == "val2014_5k"
+    coco_args = ("coco_object", coco.spec(), "label", coco.backbone, f"candidates:sha256={coco.candidates.sha256}")
+    assert not matching_presets(*coco_args, {"background_threshold": "oracle"}, captioner=BLIP_LARGE)  # val2017
+    assert matching_presets(*coco_args, {"background_threshold": "oracle"}, "val2014_5k", BLIP_LARGE)
 
 
 def test_list_presets_and_bad_flags_exit_cleanly(capsys):
@@ -213,11 +224,11 @@ def test_evaluation_reads_an_exif_rotated_image_aligned_with_its_label(tmp_path)
 def test_config_ids_of_earlier_outputs_stay_the_same():
     configs = (MethodSpec("diffseg"), MethodSpec("ncut"), MethodSpec("openvocab", {"classes": ("horse", "grass")}))
     job = SegmentJob(input=str(IMAGES), output="/tmp/unused", configs=configs, backbone="tiny", device="cpu")
-    assert job.config_ids() == [
-        "af1ac893760b",
-        "9fd6f62c6a33",
-        "fc868dd07ad9",
-    ]  # as written before these settings existed
+    diffseg, ncut, openvocab = job.config_ids()
+    assert (diffseg, ncut) == ("af1ac893760b", "9fd6f62c6a33")  # as written before these settings existed
+    # openvocab now runs DiffSegmenter as released (issue 26: Compel's weighting, the first class token, each
+    # class refined by its own prompt's self-attention, min–max at the image's size): earlier rows keep their id
+    assert openvocab != "fc868dd07ad9"
 
 
 def test_decode_and_mask_settings_change_config_ids_only_when_set(tmp_path):
@@ -290,18 +301,32 @@ def test_background_threshold_is_tuned_on_another_split_never_the_evaluated_one(
     assert (
         evaluate.main(["--dataset", "voc2012", "--methods", "diffseg", "--tune-on", "train", *common]) == 2
     )  # nothing to tune
-    argv = ["--preset", "diffsegmenter-voc2012", "--class-filter", "none", "--param", "image_size=64", *common]
-    assert evaluate.main(argv) == 0
-    tuning = json.loads((out / "tune" / "train" / "tuning.json").read_text())["0"]
-    scores = {float(v): s for v, s in tuning["scores"].items()}
-    assert tuning["split"] == "train" and len(scores) == 45 and min(scores) == 0.3 and max(scores) == 0.74
-    best = max(scores.values())
-    assert tuning["value"] == min(v for v, s in scores.items() if s == best)  # the best; ties to the lower threshold
-    (config,) = json.loads((out / "metrics.json").read_text())["configs"].values()
-    assert config["params"]["background_threshold"] == tuning["value"] and "semantic" in config
-    assert config["presets"] == []  # image_size 64 and no class filter: not the paper's settings
+    preset = ["--preset", "diffsegmenter-voc2012", "--captioner", "tiny", "--param", "image_size=64", *common]
+    assert evaluate.main(preset) == 2  # the released candidate lists are needed
+    candidates = tmp_path / "candidates.json"
+    candidates.write_text(json.dumps({"image_similarity": {"/x/horse_a.jpg": ["horse"], "/x/horse_b.jpg": ["horse"]},
+                                      "text_similarity": {"/x/horse_b.jpg": ["people"]}}))  # fmt: skip
+    assert evaluate.main([*preset, "--candidates", str(candidates), "--tune-on", "train"]) == 0
+    oracle = json.loads((out / "oracle_tuning.json").read_text())["0"]
+    held_out = json.loads((out / "tune" / "train" / "tuning.json").read_text())["1"]
+    for tuning, split in ((oracle, "val"), (held_out, "train")):
+        scores = {float(v): s for v, s in tuning["scores"].items()}
+        assert tuning["split"] == split and len(scores) == 45 and min(scores) == 0.3 and max(scores) == 0.74
+        best = max(scores.values())
+        assert tuning["value"] == min(v for v, s in scores.items() if s == best)  # the best; ties to the lower one
+    assert oracle["oracle"] and not held_out["oracle"]
+    configs = json.loads((out / "metrics.json").read_text())["configs"]
+    assert [c["tuning"]["oracle"] for c in configs.values()] == [True, False]
+    for config, tuning in zip(configs.values(), (oracle, held_out)):
+        assert config["params"]["background_threshold"] == tuning["value"] and "semantic" in config
+        assert config["presets"] == []  # image_size 64, a tiny captioner, other candidate lists: not the paper's
+    (oracle_miou,) = {c["semantic"]["miou"] for c in configs.values() if c["tuning"]["oracle"]}
+    assert oracle_miou == pytest.approx(max(oracle["scores"].values()))  # the oracle's score is its sweep's best
     report = (out / "report.md").read_text()
-    assert f"background_threshold = {tuning['value']:g}, chosen on split 'train' (1 images)" in report
+    assert (
+        "oracle threshold" in report
+        and f"background_threshold = {held_out['value']:g}, chosen on split 'train'" in report
+    )
 
 
 # ---- MAN-C scale ------------------------------------------------------------------------------

@@ -234,6 +234,24 @@ def test_the_preset_and_the_captioner_set_the_weak_job(tmp_path):
     (weak,) = job.segment_jobs(args, job.input_rows(args), tmp_path / "out")["weak"].configs
     assert weak.resolved.extraction.noising.timesteps is None and weak.resolved.extraction.noising.timestep == 100
     assert args.backbone == "tiny"
+    # the paper's refinement: no PAMR, no ignore band, a dense CRF; BLIP-large continues the prompts
+    params = weak.resolved.params
+    assert (params.pamr_iterations, params.ignore_margin, params.crf_iterations) == (0, None, 10)
+    assert args.captioner == "Salesforce/blip-image-captioning-large"
+    prompting = weak.resolved.extraction.prompting
+    assert (prompting.class_weighting, prompting.class_tokens, prompting.spellings) == (
+        "compel",
+        "first",
+        "diffsegmenter-voc20",
+    )
+    asked = ["--preset", "diffsegmenter-voc2012-train", "--pamr-iterations", "3", "--ignore-margin", "0.2", *TINY]
+    args = job.parse_args([*argv, *asked, "--crf-iterations", "0"])
+    (weak,) = job.segment_jobs(args, job.input_rows(args), tmp_path / "out")["weak"].configs
+    assert (weak.resolved.params.pamr_iterations, weak.resolved.params.ignore_margin) == (3, 0.2)
+    assert weak.resolved.params.crf_iterations == 0
+    args = job.parse_args([*argv, *TINY, "--ignore-margin", "none"])  # no preset: dsseg's PAMR, no band as asked
+    (weak,) = job.segment_jobs(args, job.input_rows(args), tmp_path / "out")["weak"].configs
+    assert (weak.resolved.params.pamr_iterations, weak.resolved.params.ignore_margin) == (10, None)
 
 
 def test_quality_report_equals_the_metrics_module(ray_local, tmp_path):

@@ -79,11 +79,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="narrow each image's candidate classes (openvocab): clip:MODEL, caption, caption+clip:MODEL, "
         "package.module:factory, or none",
     )
-    parser.add_argument("--captioner", help=CAPTIONER_HELP)
+    parser.add_argument(
+        "--candidates",
+        metavar="FILE",
+        help="per-image candidate classes from a file (openvocab): DiffSegmenter's released lists (the "
+        "diffsegmenter-* presets need them) or your own .json/.jsonl/.parquet of image id → names",
+    )
+    parser.add_argument("--captioner", help=CAPTIONER_HELP + " (default: the preset's)")
     parser.add_argument(
         "--tune-on",
         metavar="SPLIT",
-        help="choose openvocab's background threshold on this split (never the evaluated one)",
+        help="choose openvocab's background threshold on this split (never the evaluated one); with a preset "
+        "whose threshold is an oracle one, the held-out number is reported beside it",
     )
     parser.add_argument("--tune-limit", type=int, help="use only the first N images of the tuning split")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
@@ -156,7 +163,7 @@ def build_job(
         input=str(manifest), output=str(folder / "run"), configs=configs, backbone=plan.backbone, device=args.device,
         dtype=args.dtype, offline=args.offline, compile=args.compile, batch_size=args.batch_size, num_workers=args.num_workers,
         retry_errors=True, exif_transpose=False, mask_frame="model" if plan.frame == "model" else "original",
-        class_filter=plan.class_filter, captioner=args.captioner,
+        class_filter=plan.class_filter, captioner=plan.captioner,
     )  # fmt: skip
 
 
@@ -182,20 +189,25 @@ def model_frame(job: SegmentJob) -> ModelFrame:
 
 def tune(plan: Plan, args: argparse.Namespace, output: Path) -> dict[int, dict[str, Any]]:
     """Choose each tuned parameter on its tuning split: every grid value is a config sharing one
-    forward; the best score wins (ties: the lower value). Returns config index → record."""
+    forward; the best score wins (ties: the lower value). Returns config index → record. An oracle
+    tuning sweeps the evaluated images themselves, into OUTPUT/run, so the evaluation that follows
+    finds the chosen config's rows already written."""
     chosen: dict[int, dict[str, Any]] = {}
-    for split in sorted({t.split for t in plan.tunings.values()}):
-        indices = [i for i, t in plan.tunings.items() if t.split == split]
-        options = {**plan.options, "split": split}
+    for split, oracle in sorted({(t.split, t.oracle) for t in plan.tunings.values()}):
+        indices = [i for i, t in plan.tunings.items() if (t.split, t.oracle) == (split, oracle)]
+        options = {**plan.options, "split": split} if split else dict(plan.options)
         dataset = load_dataset(plan.dataset, args.root, **options)
         sweep = {
             (i, value): MethodSpec(plan.configs[i].method, {**plan.configs[i].params, plan.tunings[i].param: value})
             for i in indices
             for value in plan.tunings[i].values
         }
-        job = build_job(plan, args, dataset, tuple(sweep.values()), output / "tune" / split, args.tune_limit)
-        summary, totals, _ = segment_and_score(plan, args, job, options, args.tune_limit)
-        ids = dict(zip(sweep, job.config_ids()))
+        unique = unique_specs(sweep.values())
+        folder, limit = (output, args.limit) if oracle else (output / "tune" / split, args.tune_limit)
+        job = build_job(plan, args, dataset, unique, folder, limit)
+        summary, totals, _ = segment_and_score(plan, args, job, options, limit)
+        id_of = job.config_ids()
+        ids = {key: id_of[unique.index(spec)] for key, spec in sweep.items()}
         for i in indices:
             tuning = plan.tunings[i]
             scores = {}
@@ -209,13 +221,32 @@ def tune(plan: Plan, args: argparse.Namespace, output: Path) -> dict[int, dict[s
                 )
             best = max(finite, key=lambda v: (scores[v], -v))  # the highest score; ties go to the lower value
             chosen[i] = {
-                "param": tuning.param, "value": best, "split": split, "images": len(dataset.samples(args.tune_limit)),
+                "param": tuning.param, "value": best, "split": split, "oracle": oracle, "images": len(dataset.samples(limit)),
                 "protocol": tuning.protocol, "metric": tuning.metric, "scores": {f"{v:g}": scores[v] for v in tuning.values},
             }  # fmt: skip
-        (output / "tune" / split / "tuning.json").write_text(
-            json.dumps(json_ready({str(i): chosen[i] for i in indices}), indent=2)
-        )
+        record = folder / ("oracle_tuning.json" if oracle else "tuning.json")
+        record.write_text(json.dumps(json_ready({str(i): chosen[i] for i in indices}), indent=2))
     return chosen
+
+
+def unique_specs(specs) -> tuple[MethodSpec, ...]:
+    """``specs`` without repeats, in order (a job runs each config once)."""
+    out: list[MethodSpec] = []
+    for spec in specs:
+        if spec not in out:
+            out.append(spec)
+    return tuple(out)
+
+
+def tuning_note(record: dict[str, Any]) -> str:
+    """How a tuned parameter was chosen, for the report."""
+    grid = [float(v) for v in record["scores"]]
+    if record["oracle"]:
+        return (
+            f"{record['param']} = {record['value']:g}: oracle threshold, the best of {min(grid):g}–{max(grid):g} on "
+            f"the evaluated images themselves ({record['images']} images), as the paper chose it; not a held-out number"
+        )
+    return f"{record['param']} = {record['value']:g}, chosen on split {record['split']!r} ({record['images']} images)"
 
 
 def pick_report_images(records: pa.Table, config_id: str, count: int, key: str) -> list[tuple[str, str]]:
@@ -312,29 +343,28 @@ def evaluate(args: argparse.Namespace) -> int:
             "classes": classes,
         },
     )
-    build_job(plan, args, dataset, plan.configs, output, args.limit)  # every setting checked before tuning runs models
+    build_job(
+        plan, args, dataset, unique_specs(plan.configs), output, args.limit
+    )  # settings checked before any model runs
     tuned = tune(plan, args, output) if plan.tunings else {}
     configs = tuple(
         MethodSpec(spec.method, {**spec.params, tuned[i]["param"]: tuned[i]["value"]}) if i in tuned else spec
         for i, spec in enumerate(plan.configs)
     )
-    job = build_job(plan, args, dataset, configs, output, args.limit)
+    unique = unique_specs(configs)  # an oracle and a held-out threshold may coincide
+    job = build_job(plan, args, dataset, unique, output, args.limit)
     segment_summary, totals, records = segment_and_score(plan, args, job, plan.options, args.limit)
-    config_ids = job.config_ids()
+    id_of = job.config_ids()
+    config_ids = [id_of[unique.index(spec)] for spec in configs]
     split_size = len(dataset.samples())
     reports = []
     for i, (cid, spec) in enumerate(zip(config_ids, configs)):
-        tuned_params = [tuned[i]["param"]] if i in tuned else []
+        how = {tuned[i]["param"]: "oracle" if tuned[i]["oracle"] else "split"} if i in tuned else {}
         matches = matching_presets(
-            plan.dataset, spec, plan.frame, plan.backbone, plan.class_filter, tuned_params, plan.options.get("split")
-        )
-        notes = (
-            (
-                f"{tuned[i]['param']} = {tuned[i]['value']:g}, chosen on split {tuned[i]['split']!r} ({tuned[i]['images']} images)",
-            )
-            if i in tuned
-            else ()
-        )
+            plan.dataset, spec, plan.frame, plan.backbone, plan.class_filter, how, plan.options.get("split"),
+            plan.captioner,
+        )  # fmt: skip
+        notes = (tuning_note(tuned[i]),) if i in tuned else ()
         if spec.method == "openvocab" and i not in tuned:
             notes += ("background_threshold not tuned (give --tune-on SPLIT): no preset matches an untuned threshold",)
         results = totals[cid].results() if cid in totals else {"images": 0}
@@ -342,6 +372,8 @@ def evaluate(args: argparse.Namespace) -> int:
             notes += (f"partial: {results['images']} of the split's {split_size} images scored ({results.get('failed', 0)} failed); "
                       "the paper scored them all",)  # fmt: skip
         name = plan.preset.name if plan.preset and not args.param else display_name(spec)
+        if i in tuned and len(plan.tunings) > 1:
+            name += " (oracle threshold)" if tuned[i]["oracle"] else f" (threshold chosen on {tuned[i]['split']})"
         reports.append(ConfigReport(cid, name, spec.method, results, tuple(matches), notes))
     metrics = {
         "dataset": plan.dataset,
@@ -352,7 +384,7 @@ def evaluate(args: argparse.Namespace) -> int:
         "preset": plan.preset.name if plan.preset else None,
         "images": len(dataset.samples(args.limit)),
         "configs": {
-            r.config_id: {
+            (r.config_id if r.config_id not in config_ids[:i] else f"{r.config_id} {r.name}"): {
                 "name": r.name, "method": r.method, "params": dict(spec.params),
                 "presets": [{"name": m.preset.name, "backbone": m.backbone} for m in r.matches],
                 "tuning": tuned.get(i), **r.results,

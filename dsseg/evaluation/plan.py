@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dsseg.cli import parse_param_values
 from dsseg.evaluation.datasets import reader_splits
 from dsseg.evaluation.presets import BACKGROUND_TUNING, Preset, Tuning, get_preset
 from dsseg.job.config import load_run_file
+from dsseg.model.config import CANDIDATES_PREFIX
 from dsseg.spec import MethodSpec
 
 # The DiffSeg protocol (the 512² model frame) for the datasets its papers report; the label's size elsewhere.
@@ -28,8 +30,9 @@ class Plan:
     backbone: str
     configs: tuple[MethodSpec, ...]
     class_filter: str | None
-    tunings: dict[int, Tuning] = field(default_factory=dict)  # config index → the parameter chosen on another split
+    tunings: dict[int, Tuning] = field(default_factory=dict)  # config index → the parameter chosen on a split
     preset: Preset | None = None
+    captioner: str | None = None
 
 
 def dataset_options(dataset: str, split: str | None, classes: str | None) -> dict[str, Any]:
@@ -59,6 +62,11 @@ def make_plan(args: argparse.Namespace) -> Plan:
         split = args.split or preset.split
         backbone = args.backbone or preset.backbone
         class_filter = args.class_filter if args.class_filter is not None else preset.class_filter
+        if preset.candidates and not getattr(args, "candidates", None):
+            raise ValueError(
+                f"preset {preset.name} prompts each image with the candidate classes its authors released: download "
+                f"{preset.candidates.source} and give it with --candidates FILE"
+            )
     else:
         dataset = args.dataset
         configs = method_specs(args)
@@ -68,43 +76,67 @@ def make_plan(args: argparse.Namespace) -> Plan:
         class_filter = args.class_filter
     if class_filter in ("", "none"):
         class_filter = None
+    candidates = getattr(args, "candidates", None)
+    if candidates:
+        if args.class_filter not in (None, "", "none"):
+            raise ValueError("give either --candidates FILE or --class-filter, not both")
+        if "://" not in candidates and not Path(candidates).is_file():
+            raise ValueError(f"--candidates {candidates}: no such file")
+        class_filter = f"{CANDIDATES_PREFIX}{candidates}"
+    captioner = getattr(args, "captioner", None) or (
+        preset.captioner if preset and any(s.resolved.extraction.prompting.needs_captioner for s in configs) else None
+    )
     if frame == "label":  # scoring at the label's size segments the whole image unless a config says otherwise
         configs = tuple(
             s if "geometry" in s.params else MethodSpec(s.method, {**s.params, "geometry": "aspect"}) for s in configs
         )
-    tunings = plan_tunings(args, preset, configs)
     takes_split, default = reader_splits(dataset)
-    if (split or tunings) and not takes_split:
-        flags = [flag for flag, given in (("--split", split), ("--tune-on", tunings)) if given]
-        raise ValueError(f"dataset {dataset} has no splits to choose from: drop {' and '.join(flags)}")
     evaluated = split or default
+    configs, tunings = plan_tunings(args, preset, configs, evaluated)
+    if (split or args.tune_on) and not takes_split:
+        flags = [flag for flag, given in (("--split", split), ("--tune-on", args.tune_on)) if given]
+        raise ValueError(f"dataset {dataset} has no splits to choose from: drop {' and '.join(flags)}")
     for tuning in tunings.values():
-        if tuning.split == evaluated:
+        if tuning.split == evaluated and not tuning.oracle:
             source = "--tune-on" if args.tune_on else f"preset {preset.name} tunes on"
             raise ValueError(
                 f"{source} {tuning.split!r}, the evaluated split: choose {tuning.param} on another split (--tune-on SPLIT), never on the test split"
             )
     return Plan(
-        dataset, dataset_options(dataset, split, args.classes), frame, backbone, configs, class_filter, tunings, preset
-    )
+        dataset, dataset_options(dataset, split, args.classes), frame, backbone, configs, class_filter, tunings,
+        preset, captioner,
+    )  # fmt: skip
 
 
-def plan_tunings(args: argparse.Namespace, preset: Preset | None, configs: tuple[MethodSpec, ...]) -> dict[int, Tuning]:
-    """Config index → the parameter each openvocab config has chosen on another split: the preset's
-    tuning, or with ``--tune-on`` the background threshold over DiffSegmenter's grid."""
-    tunings = {}
-    for index, spec in enumerate(configs):
+def plan_tunings(
+    args: argparse.Namespace, preset: Preset | None, configs: tuple[MethodSpec, ...], evaluated: str | None
+) -> tuple[tuple[MethodSpec, ...], dict[int, Tuning]]:
+    """The configs to evaluate and, by config index, the parameter each openvocab config chooses: the
+    preset's tuning (an oracle one on the ``evaluated`` split), or with ``--tune-on`` the background
+    threshold over DiffSegmenter's grid on that split. A preset with an oracle tuning and
+    ``--tune-on`` evaluates its config twice: with the oracle threshold and with the held-out one."""
+    tunings: dict[int, Tuning] = {}
+    out: list[MethodSpec] = []
+    for spec in configs:
         if spec.method != "openvocab" or not (args.tune_on or (preset and preset.tuning)):
+            out.append(spec)
             continue
         base = preset.tuning if preset and preset.tuning else Tuning("background_threshold", BACKGROUND_TUNING, "")
         if base.param in spec.params:
             raise ValueError(
                 f"{base.param} is set ({spec.params[base.param]}) and would be tuned too: drop it, or drop the tuning"
             )
-        tunings[index] = Tuning(base.param, base.values, args.tune_on or base.split, base.protocol, base.metric)
+        if base.oracle:
+            tunings[len(out)] = Tuning(
+                base.param, base.values, evaluated or "", base.protocol, base.metric, oracle=True
+            )
+            out.append(spec)
+        if args.tune_on or not base.oracle:
+            tunings[len(out)] = Tuning(base.param, base.values, args.tune_on or base.split, base.protocol, base.metric)
+            out.append(spec)
     if args.tune_on and not tunings:
         raise ValueError("--tune-on chooses openvocab's background threshold; no openvocab config is evaluated")
-    return tunings
+    return tuple(out), tunings
 
 
 def method_specs(args: argparse.Namespace) -> tuple[MethodSpec, ...]:

@@ -23,12 +23,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dsseg.model.config import DEFAULT_TIMESTEP, RUNTIME_FIELDS
+from dsseg.model.config import CANDIDATES_PREFIX, DEFAULT_TIMESTEP, RUNTIME_FIELDS
 
 SD14 = "CompVis/stable-diffusion-v1-4"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the hub mirror of runwayml/stable-diffusion-v1-5
 SSD1B = "segmind/SSD-1B"  # DiffCut's backbone: a distilled SDXL
-CLIP_FILTER = "clip:openai/clip-vit-large-patch14"
 
 DIFFSEG = "DiffSeg (Tian et al., CVPR 2024)"
 DWC = "Diffusing, Walking and Cutting (Ivanova et al.)"
@@ -63,30 +62,52 @@ DIFFCUT_CHOICES = (
 )
 
 DIFFSEGMENTER_CHOICES = (
-    "as the released code: the image squashed to 512² (bilinear), noised once at t = 100, one UNet call per class, "
-    "cross-attention fused 0.3/0.5/0.1/0.1 (8/16/32/64) and refined by the 64² self-attention of all blocks; "
-    "mIoU over all classes with background, summed over the split, at the label's own size",
-    "prompt 'a photograph of a {class}' with the class tokens' text states × 1.21; the released code instead "
-    "continues 'a photograph of {class}' with a BLIP caption and weights with Compel's '++'",
-    "candidate classes: dsseg's CLIP filter (softmax over the dataset's class prompts, classes with probability "
-    "≥ 0.05, at least the best); the paper's list (caption nouns ∪ CLIP similarity > 0.97) was precomputed by "
-    "code that is not released",
-    "the VAE posterior mean and seeded noise (the released code samples both without a seed)",
-    "the background threshold is chosen on another split (--tune-on) over the released code's grid 0.30–0.74; "
-    "the released code picks it on the evaluated split itself",
+    "as the released code (open_vocabulary/<set>/ptp_stable_*.py, evaluation_*.py): the image squashed to 512² "
+    "(bilinear), noised once at t = 100, one UNet call per candidate class; its prompt 'a photograph of {name}' "
+    "(VOC; 'a photography of {name}' for COCO and Context) in the authors' spellings, continued by BLIP-large "
+    "conditioned on it, the name's last word weighted as Compel's 'word++' (e + 1.21·(z − e)); the class map read "
+    "from the name's first (VOC) or last (COCO, Context) token; cross-attention fused 0.3/0.5/0.1/0.1 "
+    "(8/16/32/64), refined by the 64² self-attention of the class's own prompt run, resized to the image's size, "
+    "then min–max normalised; a constant background score, arg-max; mIoU over all classes with background, "
+    "TP/FP/FN summed over the split, at the label's own size",
+    "candidate classes: the released per-image lists (the union of image_similarity and text_similarity), "
+    "given with --candidates FILE",
+    "the VAE posterior mean and seeded noise (the released code draws a posterior sample and unseeded noise)",
+    "the background score is the best of 0.30–0.74 on the evaluated split itself, as the released evaluation "
+    "picks it: an oracle threshold, reported as such; --tune-on SPLIT adds the score at the threshold chosen on "
+    "another split beside it",
+)
+RELEASED_CANDIDATES = (
+    "VCG-team/DiffSegmenter (github.com/VCG-team/DiffSegmenter), dataset/{}/predict_syn_txt_0.8_img_0.97.json"
 )
 
 
 @dataclass(frozen=True)
+class ReleasedFile:
+    """A file a preset reads that its authors released: where to get it and its sha256 (a run matches
+    the preset only with these bytes)."""
+
+    source: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Tuning:
-    """A parameter chosen on a split other than the evaluated one: its ``values`` (the grid) and
-    the default ``split`` to choose on; the highest ``metric`` wins (ties: the lower value)."""
+    """A parameter chosen over ``values`` (the grid) on a split: the default ``split`` to choose on,
+    another than the evaluated one; or, with ``oracle``, the evaluated split itself, as a paper did
+    (the report says so). The highest ``metric`` wins (ties: the lower value)."""
 
     param: str
     values: tuple[float, ...]
     split: str
     protocol: str = "semantic"
     metric: str = "miou"
+    oracle: bool = False
+
+    @property
+    def how(self) -> str:
+        """``oracle`` (chosen on the evaluated split) or ``split`` (on another): what a match compares."""
+        return "oracle" if self.oracle else "split"
 
 
 @dataclass(frozen=True)
@@ -97,6 +118,8 @@ class Preset:
     when the number is not recorded in our references. ``params``: method and extraction
     parameters (``MethodSpec`` form). ``frame``: ``model`` (DiffSeg protocol) or ``label``.
     ``readers``: other dataset readers with the same classes that may stand in for ``dataset``.
+    ``candidates``: the released per-image class lists the run must read (``--candidates FILE``);
+    ``captioner``: the captioner its prompts need (``descriptors="caption"``).
     """
 
     name: str
@@ -114,6 +137,8 @@ class Preset:
     class_filter: str | None = None
     tuning: Tuning | None = None
     choices: tuple[str, ...] = ()
+    candidates: ReleasedFile | None = None
+    captioner: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", {k: tuple(v) if isinstance(v, list) else v for k, v in self.params.items()})
@@ -127,7 +152,9 @@ class Preset:
         return MethodSpec(self.method, dict(self.params))
 
     def key(self) -> str:
-        return settings_key(self.spec(), self.frame, self.class_filter, self.tuning.param if self.tuning else None)
+        class_filter = f"{CANDIDATES_PREFIX}sha256={self.candidates.sha256}" if self.candidates else self.class_filter
+        tuned = self.tuning.param if self.tuning else None
+        return settings_key(self.spec(), self.frame, class_filter, tuned, self.captioner)
 
     def describe(self) -> list[str]:
         """Lines for ``--list-presets`` and the report: the row, the paper, the dataset, every setting."""
@@ -140,15 +167,25 @@ class Preset:
             + (f"; also read as {', '.join(self.readers)}" if self.readers else ""),
             f"  published ({self.protocol}): {scores}",
             f"  backbone: {self.backbone}; frame: {self.frame}"
-            + (f"; class filter: {self.class_filter}" if self.class_filter else ""),
+            + (f"; class filter: {self.class_filter}" if self.class_filter else "")
+            + (f"; captioner: {self.captioner}" if self.captioner else ""),
             f"  method: {self.method} {_fields(resolved.params, exclude={self.tuning.param} if self.tuning else set())}",
             f"  extraction: {', '.join(f'{k}={v!r}' for k, v in resolved.flat_extraction().items() if k not in RUNTIME_FIELDS)}",
         ]
-        if self.tuning:
-            grid = self.tuning.values
+        if self.candidates:
             lines.append(
-                f"  tuned: {self.tuning.param} over {len(grid)} values {grid[0]:g}…{grid[-1]:g} on split "
-                f"{self.tuning.split!r} (--tune-on), best {self.tuning.protocol} {self.tuning.metric}"
+                f"  candidates: --candidates FILE, the released {self.candidates.source} (sha256 {self.candidates.sha256[:12]}…)"
+            )
+        if self.tuning:
+            grid, tuning = self.tuning.values, self.tuning
+            where = (
+                "on the evaluated split itself (oracle threshold, as the paper; --tune-on SPLIT adds an honest one)"
+                if tuning.oracle
+                else f"on split {tuning.split!r} (--tune-on)"
+            )
+            lines.append(
+                f"  tuned: {tuning.param} over {len(grid)} values {grid[0]:g}…{grid[-1]:g} {where}, "
+                f"best {tuning.protocol} {tuning.metric}"
             )
         lines += [f"  choice: {choice}" for choice in self.choices]
         return lines
@@ -160,10 +197,23 @@ def _fields(config: Any, exclude: set[str] = frozenset()) -> str:
     )
 
 
-def settings_key(spec, frame: str, class_filter: str | None = None, tuned: str | None = None) -> str:
+def filter_identity(class_filter: str | None) -> str | None:
+    """What a class filter spec measures with: ``candidates:FILE`` by the file's sha256 (not its
+    path), any other by its spec."""
+    if class_filter and class_filter.startswith(CANDIDATES_PREFIX) and "sha256=" not in class_filter:
+        from dsseg.model.candidates import file_digest
+
+        return f"{CANDIDATES_PREFIX}sha256={file_digest(class_filter.removeprefix(CANDIDATES_PREFIX))}"
+    return class_filter
+
+
+def settings_key(
+    spec, frame: str, class_filter: str | None = None, tuned: str | None = None, captioner: str | None = None
+) -> str:
     """What a published number depends on, beside dataset and backbone: the resolved extraction and
     method configs (runtime-only fields and a ``tuned`` parameter left out), the frame and, for
-    configs prompted with classes, the class filter. Equal keys: the same measurement."""
+    configs prompted with classes, the class filter (a candidate file by its bytes), and for
+    configs that read captions the captioner. Equal keys: the same measurement."""
     resolved = spec.resolved
     extraction = {k: v for k, v in resolved.flat_extraction().items() if k not in RUNTIME_FIELDS}
     if extraction["noise"] != "ddim_inversion" and extraction["timestep"] is None:
@@ -173,8 +223,10 @@ def settings_key(spec, frame: str, class_filter: str | None = None, tuned: str |
         "extract": extraction,
         "params": {k: v for k, v in dataclasses.asdict(resolved.params).items() if k != tuned},
         "frame": frame,
-        "class_filter": class_filter if resolved.extraction.uses_classes else None,
+        "class_filter": filter_identity(class_filter) if resolved.extraction.uses_classes else None,
     }
+    if resolved.extraction.prompting.needs_captioner:
+        key["captioner"] = BACKBONE_ALIASES.get(captioner, captioner)
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -199,13 +251,28 @@ DWC_BEST = {
     "stopping": "manc_ncut",
     "resolutions": (64, 32, 16),
 }
-DIFFSEGMENTER_PARAMS = {
+DIFFSEGMENTER_PARAMS = {  # the released VOC script (ptp_stable_best.py)
     "noise": "noise",
     "timestep": 100,
     "geometry": "squash",
     "image_size": 512,
+    "class_template": "a photograph of {class}",
     "class_weight": 1.21,
+    "class_weighting": "compel",
+    "class_tokens": "first",
+    "participle_offset": 1,
+    "spellings": "diffsegmenter-voc20",
+    "descriptors": "caption",
 }
+DIFFSEGMENTER_COCO = {  # ptp_stable_coco.py (its "ing" token two on, as released)
+    **DIFFSEGMENTER_PARAMS,
+    "class_template": "a photography of {class}",
+    "class_tokens": "last",
+    "participle_offset": 2,
+    "spellings": "diffsegmenter-coco80",
+}
+DIFFSEGMENTER_CONTEXT = {**DIFFSEGMENTER_COCO, "participle_offset": 1, "spellings": "diffsegmenter-context59"}
+BLIP_LARGE = "Salesforce/blip-image-captioning-large"  # the released code's conditional captioner
 BACKGROUND_TUNING = _grid(0.30, 0.74, 0.01)
 
 
@@ -228,13 +295,19 @@ def _dwc(
     return Preset(name, DWC, row, dataset, protocol, published, SD14, "ncut", params, choices=(*DWC_CHOICES, *choices))
 
 
-def _diffsegmenter(name: str, dataset: str, split: str, tune_split: str, miou: float) -> Preset:
-    """A zero-shot open-vocabulary row of DiffSegmenter (mIoU, background threshold tuned)."""
-    tuning = Tuning("background_threshold", BACKGROUND_TUNING, tune_split)
+def _diffsegmenter(name: str, dataset: str, split: str, miou: float, params: dict, candidates: ReleasedFile) -> Preset:
+    """A zero-shot open-vocabulary row of DiffSegmenter (mIoU, the background threshold chosen on the
+    evaluated split as the paper did: an oracle, reported as such)."""
+    tuning = Tuning("background_threshold", BACKGROUND_TUNING, split, oracle=True)
     return Preset(
-        name, DIFFSEGMENTER, f"zero-shot open vocabulary, {dataset}", dataset, "semantic", {"miou": miou}, SD15, "openvocab",
-        DIFFSEGMENTER_PARAMS, frame="label", split=split, class_filter=CLIP_FILTER, tuning=tuning, choices=DIFFSEGMENTER_CHOICES,
+        name, DIFFSEGMENTER, f"zero-shot open vocabulary, {dataset} (oracle background threshold)", dataset, "semantic",
+        {"miou": miou}, SD15, "openvocab", params, frame="label", split=split, tuning=tuning,
+        choices=DIFFSEGMENTER_CHOICES, candidates=candidates, captioner=BLIP_LARGE,
     )  # fmt: skip
+
+
+def _released(folder: str, sha256: str) -> ReleasedFile:
+    return ReleasedFile(RELEASED_CANDIDATES.format(folder), sha256)
 
 
 SSD1B_RANGE = (
@@ -290,10 +363,13 @@ def _presets() -> list[Preset]:
         _diffcut("diffcut-ssd1b-pamr-cityscapes27", "Cityscapes: DiffCut on SSD-1B, τ 0.5, with PAMR", "cityscapes27", {"miou": 30.6}, SSD1B, 0.5, pamr_iterations=10),
     ]  # fmt: skip
     presets += [
-        _diffsegmenter("diffsegmenter-voc2012", "voc2012", "val", "train", 60.1),
-        _diffsegmenter("diffsegmenter-context60", "context60", "val", "train", 27.5),
-        _diffsegmenter("diffsegmenter-coco-object", "coco_object", "val2014", "train2014", 37.9),
-    ]
+        _diffsegmenter("diffsegmenter-voc2012", "voc2012", "val", 60.1, DIFFSEGMENTER_PARAMS,
+                       _released("voc12", "dc892c063be0cd0c297296ac95de017ed1d7583418a02487ab768df18a71f2b3")),
+        _diffsegmenter("diffsegmenter-context60", "context60", "val", 27.5, DIFFSEGMENTER_CONTEXT,
+                       _released("voc10", "4b3a4807a961afd4beba1340e099db23b395e8f31a01d35a2cd049f4efe62aa3")),
+        _diffsegmenter("diffsegmenter-coco-object", "coco_object", "val2014_5k", 37.9, DIFFSEGMENTER_COCO,
+                       _released("coco", "2917fa1e5e4aa920a688f63b9d0ae4404a9b943a53ee79dc3cdfc86a990f517c")),
+    ]  # fmt: skip
     return [
         preset if preset.split else dataclasses.replace(preset, split=SPLITS.get(preset.dataset)) for preset in presets
     ]
@@ -315,8 +391,8 @@ def list_presets() -> str:
     return "\n\n".join("\n".join(preset.describe()) for preset in PRESETS.values())
 
 
-# Other names of the presets' backbones.
-BACKBONE_ALIASES = {"runwayml/stable-diffusion-v1-5": SD15}
+# Other names of the presets' backbones and captioners.
+BACKBONE_ALIASES = {"runwayml/stable-diffusion-v1-5": SD15, "blip/blip-image-captioning-large": BLIP_LARGE}
 
 
 def backbone_relation(run: str, preset: str) -> str:
@@ -351,25 +427,29 @@ def matching_presets(
     frame: str,
     backbone: str,
     class_filter: str | None = None,
-    tuned: Sequence[str] = (),
+    tuned: Mapping[str, str] | Sequence[str] = (),
     split: str | None = None,
+    captioner: str | None = None,
 ) -> list[PresetMatch]:
     """The presets whose settings a run config has: the same dataset and split (a stand-in reader,
     e.g. ade20k_full for ade20k150, has no split to compare), method, frame, every extraction and
-    method setting and class filter. ``split`` None means the reader's default. A preset with a
-    tuned parameter matches only when that parameter was chosen on another split (``tuned``)."""
+    method setting, class filter and captioner. ``split`` None means the reader's default. A preset
+    with a tuned parameter matches only when ``tuned`` names that parameter chosen the way the
+    preset chose it ({param: ``split`` | ``oracle``}; a bare list of names means ``split``)."""
     from dsseg.evaluation.datasets import reader_splits
 
     split = split or reader_splits(dataset)[1]
+    tuned = dict(tuned) if isinstance(tuned, Mapping) else dict.fromkeys(tuned, "split")
     matches = []
     for preset in PRESETS.values():
         if not preset.accepts(dataset) or preset.method != spec.method:
             continue
         if dataset == preset.dataset and preset.split != split:
             continue
-        if preset.tuning and preset.tuning.param not in tuned:
+        if preset.tuning and tuned.get(preset.tuning.param) != preset.tuning.how:
             continue
-        if preset.key() == settings_key(spec, frame, class_filter, preset.tuning.param if preset.tuning else None):
+        key = settings_key(spec, frame, class_filter, preset.tuning.param if preset.tuning else None, captioner)
+        if preset.key() == key:
             matches.append(PresetMatch(preset, backbone_relation(backbone, preset.backbone)))
     return matches
 

@@ -34,7 +34,7 @@ from dsseg.methods.base import memoised
 from dsseg.model.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from dsseg.model.extract import AttentionBundle
 from dsseg.segmentation import Segmentation
-from dsseg.segmenter import Segmenter, forward_groups, to_segmentation
+from dsseg.segmenter import Segmenter, forward_groups, source_sizes, to_segmentation
 from dsseg.spec import MethodSpec
 from dsseg.timing import StageTimer
 
@@ -307,6 +307,6 @@ class ImageExplorer:
         start = time.perf_counter()
         segmenter = Segmenter(backbone, spec, captioner=self.captioner())
         pixels, geometry = segmenter.prepare(image.rgb)
-        _, bundle, captions = next(segmenter.attention(pixels[None]))
+        _, bundle, captions = next(segmenter.attention(pixels[None], sizes=source_sizes([geometry])))
         bundle = dataclasses.replace(bundle, memo=BoundedMemo())
         return CachedForward(bundle, geometry, captions, 1000 * (time.perf_counter() - start))

@@ -21,6 +21,7 @@ from dsseg.errors import ConfigError
 from dsseg.io.images import DEFAULT_MAX_PIXELS
 from dsseg.io.sources import is_uri
 from dsseg.model.config import (
+    CANDIDATES_PREFIX,
     DEFAULT_BACKBONE,
     RUNTIME_FIELDS,
     Preparation,
@@ -28,6 +29,7 @@ from dsseg.model.config import (
     check_filter_spec,
     filter_may_read_captions,
     filter_reads_captions,
+    filter_supplies_classes,
 )
 from dsseg.spec import MethodSpec
 
@@ -213,6 +215,9 @@ class SegmentJob:
             raise ConfigError("configs", "two of the run's configs are the same; remove the repeat")
         if self.class_filter is not None:
             check_filter_spec(self.class_filter)
+            listing = self.class_filter.removeprefix(CANDIDATES_PREFIX)
+            if filter_supplies_classes(self.class_filter) and "://" not in listing and not Path(listing).is_file():
+                raise ConfigError("candidates", f"{listing}: no such file (the per-image candidate class lists)")
         reading = [spec.method for spec in specs if reads_captions(spec, self.class_filter)]
         if reading and not self.captioner:
             raise ConfigError(
@@ -259,6 +264,8 @@ class SegmentJob:
     def check_classes(self, items: Sequence[Mapping[str, Any]]) -> None:
         """Raise a ``ConfigError`` when a config labels pixels by class (openvocab) without default
         classes and some image has no class list of its own (or an empty one)."""
+        if filter_supplies_classes(self.class_filter):
+            return  # the candidate file gives each image its classes (an image it lacks becomes an error row)
         for spec in self.configs:
             prompting = spec.resolved.extraction.prompting
             if prompting.class_template is not None and not prompting.classes:

@@ -78,7 +78,16 @@ class SegmentWorker:
             "pixels": np.full((side, side, 3), 128, np.uint8).tobytes(), "box": [0, 0, side, side], "decode_ms": 0.0, "error": None,
         }  # fmt: skip
         share = min(job.gpus_per_worker or 1.0, 1.0) if self.device.type == "cuda" else 1.0 / job.num_workers
-        probe = probe_batch_size(lambda n: self._segment_rows([row] * n), self.device, share)
+        # A filter that looks images up (candidates:FILE) knows no probe image: probe with the names above.
+        looks_up = getattr(self.segmenter.class_filter, "needs_keys", False)
+        saved, self.segmenter.class_filter = (
+            self.segmenter.class_filter,
+            None if looks_up else self.segmenter.class_filter,
+        )
+        try:
+            probe = probe_batch_size(lambda n: self._segment_rows([row] * n), self.device, share)
+        finally:
+            self.segmenter.class_filter = saved
         print(f"dsseg: batch_size auto → {json.dumps(probe)}", file=sys.stderr)
         return probe["batch_size"]
 
@@ -115,7 +124,11 @@ class SegmentWorker:
         shape = (rows[0]["input_h"], rows[0]["input_w"], 3)
         pixels = np.stack([np.frombuffer(r["pixels"], dtype=np.uint8).reshape(shape) for r in rows])
         wanted = {i for i, cid in enumerate(self.config_ids) if any(cid in row["configs"] for row in rows)}
-        outputs = self.segmenter.segment(pixels, [row["classes"] for row in rows], StageTimer(self.device), wanted)
+        sizes = [(max(1, round(row["box"][2])), max(1, round(row["box"][3]))) for row in rows]
+        keys = [(row["image_id"], row["source"]) for row in rows]
+        outputs = self.segmenter.segment(
+            pixels, [row["classes"] for row in rows], StageTimer(self.device), wanted, sizes, keys
+        )
         out = []
         for k, row in enumerate(rows):
             for i, output in enumerate(outputs):

@@ -30,7 +30,8 @@ def _registry() -> dict[str, Method]:
         "diffseg": Method("diffseg", DiffSegConfig, segment_diffseg),
         # Diffusing, Walking and Cutting: self-attention after DDIM inversion for 10 of 50 steps
         "ncut": Method("ncut", NCutConfig, segment_ncut, extraction={"noise": "ddim_inversion"}),
-        # DiffSegmenter: one seeded noising to t = 100, one prompt per class, class tokens ×1.21
+        # DiffSegmenter as its released VOC code: one seeded noising to t = 100, one prompt per class
+        # ("a photograph of {class}"), the name weighted as Compel's "name++" (1.21), its first token read
         "openvocab": Method(
             "openvocab",
             OpenVocabConfig,
@@ -40,6 +41,8 @@ def _registry() -> dict[str, Method]:
                 "timestep": 100,
                 "class_template": DEFAULT_TEMPLATE,
                 "class_weight": DEFAULT_CLASS_WEIGHT,
+                "class_weighting": "compel",
+                "class_tokens": "first",
             },
         ),
         # DiffCut: the last down-path self-attention layer's output, t = 50, seeded noise, 1024² squashed

@@ -1,23 +1,31 @@
 """DiffSegmenter (Wang et al.): open-vocabulary labels from cross-attention refined by
 self-attention; and naming the segments of the unsupervised methods.
 
-Score maps of an image's candidate classes (``AttentionBundle.class_attention``), per class c:
+Score maps of an image's candidate classes (``AttentionBundle.class_attention``), per class c, as
+DiffSegmenter's released code (``open_vocabulary/*/ptp_stable_*.py``) computes them:
 1. at each level (h, w), its cross-attention map bilinearly upsampled to the largest grid
    (H, W) (half-pixel centres) and min–max normalised over space;
 2. levels fused with ``level_weights`` (coarsest first: 0.3, 0.5, 0.1, 0.1 for 8/16/32/64);
-3. refined: M_c = minmax(Â_self · vec(fused_c)), Â_self the (N, N) self-attention of the largest
-   level (mean over its encoder and decoder layers and over the image's class prompts);
-4. bilinearly upsampled ×``upsample_factor`` to the model input's pixels.
+3. refined: Â_c · vec(fused_c), Â_c the (N, N) self-attention of the largest level in the UNet
+   call of c's own prompt (mean over that level's layers and heads). The bundle carries
+   Â_c·up(map) per level (``class_refined``); since Â_c's rows sum to 1, Â_c·minmax(u) =
+   (Â_c·u − min u)/(max u − min u), so steps 1–3 are exact for any level weights. Bundles
+   without it (cached attention) use the self-attention they hold, the mean over the prompts;
+4. ``score_size="image"`` (released): bilinearly resized to the image's size (the pixels the
+   model input was resized from), then min–max normalised there; ``"model"``: min–max
+   normalised, then upsampled ×``upsample_factor`` to the model input's pixels.
 
 Labels: each pixel takes the arg-max of [``background_threshold``, M_1, …, M_C]: 0 is background,
-c is class c; with ``ignore_margin``, pixels whose two best channels differ by less become
-uncertain (255 in ``labels_from_scores``; the segment named "ignore" in a ``MethodResult``).
+c is class c (ties go to the background, as ``np.argmax`` in the released evaluation); with
+``ignore_margin``, pixels whose two best channels differ by less become uncertain (255 in
+``labels_from_scores``; the segment named "ignore" in a ``MethodResult``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,11 +35,13 @@ from dsseg.methods.dense_crf import CRF_INSTALL, crf_available, dense_crf
 from dsseg.methods.pamr import pamr
 from dsseg.model.attention import Grid
 from dsseg.model.config import ADDED
-from dsseg.model.extract import AttentionBundle
+from dsseg.model.extract import AttentionBundle, upsample_class_maps
 from dsseg.model.vocabularies import BACKGROUND_NAME, IGNORE_LABEL, IGNORE_NAME
 from dsseg.timing import StageTimer
 
 LEVEL_WEIGHTS = (0.3, 0.5, 0.1, 0.1)  # 8², 16², 32², 64² at 512² (DiffSegmenter)
+ScoreSize = Literal["image", "model"]
+SCORE_SIZES: tuple[ScoreSize, ...] = ("image", "model")
 _EPS = 1e-12
 
 
@@ -43,7 +53,10 @@ class OpenVocabConfig:
     ``refine``: multiply by the self-attention (step 3). ``background_threshold``: the constant
     score of the background channel, in [0, 1]; not tuned (random weights only here): choose it on
     a split you may tune on. ``ignore_margin``: None, or the smallest lead of the best channel over
-    the runner-up below which a pixel is uncertain. ``upsample_factor``: latent cell → pixels.
+    the runner-up below which a pixel is uncertain. ``score_size``: where the maps are min–max
+    normalised and labelled (step 4): ``image`` (the image's own size, as released) or ``model``
+    (the model input's pixels, cheaper for large photos). ``upsample_factor``: latent cell → pixels
+    (``model``, or ``image`` without a known image size).
     ``pamr_iterations`` (0 = off) and ``pamr_dilations``: image-aware refinement of the pixel score
     maps before labelling (``dsseg.methods.pamr.pamr``). ``crf_iterations`` (0 = off): then a dense
     CRF on the background + class channels, normalised to probabilities (``dsseg.methods.dense_crf``;
@@ -58,6 +71,7 @@ class OpenVocabConfig:
     pamr_iterations: int = 0
     pamr_dilations: tuple[int, ...] = (1, 2, 4, 8)
     crf_iterations: int = field(default=0, metadata=ADDED)
+    score_size: ScoreSize = "image"
 
     def __post_init__(self) -> None:
         weights = tuple(float(w) for w in self.level_weights)
@@ -70,6 +84,8 @@ class OpenVocabConfig:
             raise ValueError(f"ignore_margin must be in (0, 1] or None; got {self.ignore_margin}")
         if self.upsample_factor < 1:
             raise ValueError(f"upsample_factor must be ≥ 1; got {self.upsample_factor}")
+        if self.score_size not in SCORE_SIZES:
+            raise ValueError(f"score_size must be one of {SCORE_SIZES}; got {self.score_size!r}")
         object.__setattr__(self, "pamr_dilations", tuple(int(d) for d in self.pamr_dilations))
         if self.pamr_iterations < 0 or not self.pamr_dilations or min(self.pamr_dilations) < 1:
             raise ValueError(
@@ -89,28 +105,37 @@ def minmax(maps: torch.Tensor) -> torch.Tensor:
     return ((flat - low) / (high - low).clamp_min(_EPS)).reshape(maps.shape)
 
 
-def fuse_levels(
-    class_attention: Mapping[Grid, torch.Tensor], level_weights: Sequence[float] = LEVEL_WEIGHTS
-) -> torch.Tensor:
-    """Per-level class maps {(h, w): (C, h·w)} → (C, H, W) float32 in [0, 1] on the largest grid:
-    each level upsampled (bilinear), min–max normalised, then weighted (coarsest level first)."""
-    grids = sorted(class_attention, key=lambda g: g[0] * g[1])
+def fused_level_weights(grids: Sequence[Grid], level_weights: Sequence[float]) -> tuple[float, ...]:
+    """The weights of ``grids`` (coarsest first), normalised to sum 1; the default weights on fewer
+    levels (SDXL: 1/2 and 1/4 of the latent) take the finest ones."""
     if tuple(level_weights) == LEVEL_WEIGHTS and len(grids) < len(LEVEL_WEIGHTS):
-        level_weights = LEVEL_WEIGHTS[
-            -len(grids) :
-        ]  # fewer levels (SDXL: 1/2 and 1/4 of the latent): the finest weights
+        level_weights = LEVEL_WEIGHTS[-len(grids) :]
     if len(level_weights) != len(grids):
-        raise ValueError(f"{len(level_weights)} level weights for {len(grids)} cross-attention levels {grids}")
-    target = grids[-1]
+        raise ValueError(f"{len(level_weights)} level weights for {len(grids)} cross-attention levels {list(grids)}")
     total = float(sum(level_weights))
+    return tuple(float(w) / total for w in level_weights)
+
+
+def fuse_levels(
+    class_attention: Mapping[Grid, torch.Tensor],
+    level_weights: Sequence[float] = LEVEL_WEIGHTS,
+    refined: Mapping[Grid, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Per-level class maps {(h, w): (C, h·w)} → (C, H, W) float32 on the largest grid: each level
+    upsampled (bilinear), min–max normalised, then weighted (coarsest level first; steps 1–2).
+    With ``refined`` ({(h, w): (C, H·W)}, Â_c·up(map) per level): the same fusion of the refined
+    maps, each normalised by its unrefined map's min and max (step 3, exact for row-stochastic Â)."""
+    grids = sorted(class_attention, key=lambda g: g[0] * g[1])
+    target = grids[-1]
     fused = None
-    for grid, weight in zip(grids, level_weights):
-        maps = class_attention[grid].float().reshape(-1, 1, *grid)
-        maps = F.interpolate(maps, size=target, mode="bilinear", align_corners=False)[:, 0]
-        part = minmax(maps) * (weight / total)
+    for grid, weight in zip(grids, fused_level_weights(grids, level_weights)):
+        maps = upsample_class_maps(class_attention[grid], grid, target)
+        low = maps.min(dim=1, keepdim=True).values
+        spread = (maps.max(dim=1, keepdim=True).values - low).clamp_min(_EPS)
+        part = ((maps if refined is None else refined[grid].float()) - low) / spread * weight
         fused = part if fused is None else fused + part
     assert fused is not None
-    return fused
+    return fused.reshape(-1, *target)
 
 
 def refine_scores(maps: torch.Tensor, self_attention: torch.Tensor) -> torch.Tensor:
@@ -122,8 +147,12 @@ def refine_scores(maps: torch.Tensor, self_attention: torch.Tensor) -> torch.Ten
 
 
 def class_scores(bundle: AttentionBundle, config: OpenVocabConfig) -> torch.Tensor:
-    """One image's (C, H, W) score maps on the largest latent grid (steps 1–3)."""
+    """One image's (C, H, W) score maps on the largest latent grid (steps 1–3; not normalised
+    after the refinement by the class's own prompt, min–max normalised after the mean one)."""
     maps = bundle.class_attention[0]
+    own = bundle.class_refined[0] if bundle.class_refined is not None else None
+    if config.refine and own:
+        return fuse_levels(maps, config.level_weights, own)
     fused = fuse_levels(maps, config.level_weights)
     if not config.refine or fused.shape[0] == 0:
         return fused
@@ -202,8 +231,7 @@ def segment_openvocab(
                 else torch.zeros(0, *image.latent_hw)
             )
         with timer.stage("segment"):
-            size = (image.latent_hw[0] * config.upsample_factor, image.latent_hw[1] * config.upsample_factor)
-            scores = upsample_scores(latent_scores, size)
+            scores = pixel_scores(latent_scores, image, config)
             if config.pamr_iterations and names:
                 scores = refine_with_image(scores, image.images, config)
             channels = score_channels(scores, config.background_threshold)
@@ -220,6 +248,16 @@ def segment_openvocab(
                 )
             )
     return results
+
+
+def pixel_scores(latent_scores: torch.Tensor, image: AttentionBundle, config: OpenVocabConfig) -> torch.Tensor:
+    """One image's (C, H, W) latent scores → (C, h, w) scores in [0, 1] at the labelling size (step 4)."""
+    model_size = (image.latent_hw[0] * config.upsample_factor, image.latent_hw[1] * config.upsample_factor)
+    if config.score_size == "model":
+        return upsample_scores(minmax(latent_scores) if latent_scores.shape[0] else latent_scores, model_size)
+    size = image.source_hw[0] if image.source_hw is not None else model_size
+    scores = upsample_scores(latent_scores, size)
+    return minmax(scores) if scores.shape[0] else scores
 
 
 def image_at(images: torch.Tensor | None, size: tuple[int, ...], needed_by: str) -> torch.Tensor:
@@ -256,9 +294,7 @@ def name_segments(result: MethodResult, bundle: AttentionBundle, mode: str = "ma
     if not names:
         return result
     labels = result.labels
-    scores = upsample_scores(
-        fuse_levels(bundle.class_attention[0], LEVEL_WEIGHTS[-len(bundle.class_attention[0]) :]), tuple(labels.shape)
-    )
+    scores = upsample_scores(fuse_levels(bundle.class_attention[0]), tuple(labels.shape))
     segments = int(labels.max()) + 1
     if mode == "majority":
         votes = scores.argmax(dim=0).reshape(-1)

@@ -7,12 +7,14 @@ filter keeps the likely ones before the open-vocabulary method prompts the UNet 
     filter(images, candidates) -> kept
 
 with ``images`` a list of (H, W, 3) uint8 arrays and ``candidates``/``kept`` one list of class
-names per image (``kept`` ⊆ ``candidates``, in candidate order). A filter with the attribute
-``needs_captions = True`` is also given ``captions=`` (one caption per image, from the run's
-captioner). ``load_class_filter(spec)`` builds one from a string, so a Ray job can name it:
-``clip:MODEL`` (a CLIP checkpoint: hub id or local folder, loaded only here), ``caption`` (the
-candidates the image's caption names), ``caption+clip:MODEL`` (either: DiffSegmenter's rule) or
-``package.module:factory`` (called with no arguments).
+names per image (``kept`` ⊆ ``candidates``, in candidate order, where the image has candidates).
+A filter with the attribute ``needs_captions = True`` is also given ``captions=`` (one caption per
+image, from the run's captioner); one with ``needs_keys = True`` is given ``keys=`` (per image, its
+(image id, source URI)). ``load_class_filter(spec)`` builds one from a string, so a Ray job can
+name it: ``clip:MODEL`` (a CLIP checkpoint: hub id or local folder, loaded only here), ``caption``
+(the candidates the image's caption names), ``caption+clip:MODEL`` (either), ``candidates:FILE``
+(the classes a file lists per image: DiffSegmenter's released lists or your own, see
+``dsseg.model.candidates``) or ``package.module:factory`` (called with no arguments).
 """
 
 from __future__ import annotations
@@ -140,22 +142,36 @@ def needs_captions(class_filter: ClassFilter | None) -> bool:
     return bool(getattr(class_filter, "needs_captions", False))
 
 
-def call_filter(class_filter: ClassFilter, images, candidates, captions: Sequence[str] | None) -> list[list[str]]:
-    """``class_filter`` on a batch, given the captions when it reads them."""
+def call_filter(
+    class_filter: ClassFilter,
+    images,
+    candidates,
+    captions: Sequence[str] | None,
+    keys: Sequence[tuple[str, str]] | None = None,
+) -> list[list[str]]:
+    """``class_filter`` on a batch, given the captions and the image keys when it reads them."""
+    extra = {}
     if needs_captions(class_filter):
         if captions is None:
             raise ValueError("this class filter reads captions: give the segmenter a captioner")
-        return class_filter(images, candidates, captions=captions)
-    return class_filter(images, candidates)
+        extra["captions"] = captions
+    if getattr(class_filter, "needs_keys", False):
+        extra["keys"] = keys
+    return class_filter(images, candidates, **extra)
 
 
 def load_class_filter(spec: str, device: str | None = None, offline: bool = False) -> ClassFilter:
     """``clip:MODEL`` → ``CLIPClassFilter(MODEL)``; ``caption`` → ``CaptionClassFilter()``;
-    ``caption+clip:MODEL`` → their union; ``package.module:factory`` → ``factory()``."""
+    ``caption+clip:MODEL`` → their union; ``candidates:FILE`` → ``CandidateFileFilter(FILE)``;
+    ``package.module:factory`` → ``factory()``."""
     check_filter_spec(spec)
     if spec == "caption":
         return CaptionClassFilter()
     kind, _, target = spec.partition(":")
+    if kind == "candidates":
+        from dsseg.model.candidates import CandidateFileFilter
+
+        return CandidateFileFilter(target)
     if kind == "caption+clip":
         return UnionClassFilter(CaptionClassFilter(), load_class_filter(f"clip:{target}", device, offline))
     if kind == "clip":
@@ -176,13 +192,15 @@ def filter_classes(
     classes: Sequence[Sequence[str] | None],
     default: Sequence[str],
     captions: Sequence[str] | None = None,
+    keys: Sequence[tuple[str, str]] | None = None,
 ) -> list[list[str]]:
     """Each image's candidates (its own list, else ``default``), narrowed by ``class_filter`` if any
-    (given ``captions`` when it reads them)."""
+    (given ``captions`` and ``keys`` when it reads them). An image without candidates takes what
+    the filter gives it (a candidate file lists them)."""
     candidates = [list(default if names is None else names) for names in classes]
     if class_filter is None:
         return candidates
-    kept = call_filter(class_filter, list(images), candidates, captions)
-    if len(kept) != len(candidates) or any(not set(k) <= set(c) for k, c in zip(kept, candidates)):
+    kept = call_filter(class_filter, list(images), candidates, captions, keys)
+    if len(kept) != len(candidates) or any(c and not set(k) <= set(c) for k, c in zip(kept, candidates)):
         raise ValueError("a class filter must return one list per image, each a subset of that image's candidates")
     return [list(k) for k in kept]

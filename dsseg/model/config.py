@@ -22,7 +22,7 @@ import numpy as np
 
 from dsseg.errors import ConfigError
 from dsseg.io.images import GEOMETRIES, SIDE_MULTIPLE, Geometry, GeometryMode, prepare_image
-from dsseg.model.vocabularies import get_vocabulary
+from dsseg.model.vocabularies import get_spellings, get_vocabulary
 
 DEFAULT_BACKBONE = "CompVis/stable-diffusion-v1-4"  # Stable Diffusion v1.4, the DiffSeg and DWC papers' model
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"  # the DiffSeg demo's BLIP
@@ -34,8 +34,12 @@ NoiseMode = Literal["none", "noise", "ddim_inversion"]
 NOISE_MODES: tuple[NoiseMode, ...] = ("none", "noise", "ddim_inversion")
 DEFAULT_TIMESTEP = 300
 CLASS_PLACEHOLDER = "{class}"
-DEFAULT_TEMPLATE = "a photograph of a {class}"
+DEFAULT_TEMPLATE = "a photograph of {class}"  # DiffSegmenter's released VOC prompt (no article)
 DEFAULT_CLASS_WEIGHT = 1.21  # "[class]++": 1.1² (DiffSegmenter)
+ClassWeighting = Literal["scale", "compel"]
+CLASS_WEIGHTINGS: tuple[ClassWeighting, ...] = ("scale", "compel")
+ClassTokenMode = Literal["mean", "first", "last"]
+CLASS_TOKEN_MODES: tuple[ClassTokenMode, ...] = ("mean", "first", "last")
 CAPTION = "caption"  # descriptors="caption", naming="caption": the words come from a captioner
 
 
@@ -193,6 +197,18 @@ class Prompting:
     ``descriptors``: per class, words put before its name whose maps fuse with the name's; or
     ``"caption"``: each class prompt continued by a conditional caption of the image (DiffSegmenter's
     augmented prompts; needs a captioner).
+    ``class_weighting``: how ``class_weight`` w re-weights a class token's text state z:
+    ``compel`` as Compel's "name++" (DiffSegmenter's code): e + w·(z − e), e the empty prompt's
+    state at that position, on the tokens of the name's last word; ``scale``: w·z on every token
+    of the name (dsseg before issue 26; kept so that earlier outputs keep their config ids).
+    ``class_tokens``: which tokens' cross-attention make a class's map: ``mean`` (every token of
+    the name, fused half and half with its descriptors' tokens), ``first`` or ``last`` (the
+    name's first or last token, as DiffSegmenter's VOC and COCO/Context code); with ``first`` or
+    ``last``, when the word after the name ends in "ing" (a conditional caption's "standing"),
+    the token ``participle_offset`` positions on is averaged in (1 as released for VOC and
+    Context; the released COCO code reads 2). ``spellings``: the word(s) a class prompt names a
+    class by — a table name (``diffsegmenter-voc20``, ``-context59``, ``-coco80``: the released
+    code's spellings, "plane" for aeroplane) or {class: words}; segments keep the class names.
     ``joint_names`` (set by ``dsseg.spec`` when segments are named, not a parameter): prompt with
     the joint names even when only the images carry classes. ``caption_names`` (set for
     ``naming="caption"``): each image's prompt is its caption and its classes the caption's nouns."""
@@ -204,6 +220,10 @@ class Prompting:
     class_weight: float = 1.0
     descriptors: tuple[tuple[str, tuple[str, ...]], ...] = ()
     class_batch_size: int = 8
+    class_weighting: ClassWeighting = field(default="scale", metadata=ADDED)
+    class_tokens: ClassTokenMode = field(default="mean", metadata=ADDED)
+    participle_offset: int = field(default=1, metadata=ADDED)
+    spellings: str | tuple[tuple[str, str], ...] | None = field(default=None, metadata=ADDED)
     joint_names: bool = field(default=False, metadata={"derived": True})
     caption_names: bool = field(default=False, metadata={"derived": True})
 
@@ -236,6 +256,20 @@ class Prompting:
             raise ConfigError("class_weight", f"must be > 0; got {self.class_weight}")
         if self.class_batch_size < 1:
             raise ConfigError("class_batch_size", f"must be ≥ 1; got {self.class_batch_size}")
+        if self.class_weighting not in CLASS_WEIGHTINGS:
+            raise ConfigError("class_weighting", f"must be one of {CLASS_WEIGHTINGS}; got {self.class_weighting!r}")
+        if self.class_tokens not in CLASS_TOKEN_MODES:
+            raise ConfigError("class_tokens", f"must be one of {CLASS_TOKEN_MODES}; got {self.class_tokens!r}")
+        if self.participle_offset < 0:
+            raise ConfigError("participle_offset", f"must be ≥ 0 (0: never); got {self.participle_offset}")
+        object.__setattr__(self, "spellings", check_spellings(self.spellings))
+
+    def spelled(self, name: str) -> str:
+        """The word(s) a class prompt names class ``name`` by (``spellings``; else the name)."""
+        if self.spellings is None:
+            return name
+        table = get_spellings(self.spellings) if isinstance(self.spellings, str) else dict(self.spellings)
+        return table.get(name, name)
 
     @property
     def uses_classes(self) -> bool:
@@ -253,6 +287,28 @@ class Prompting:
         return self.caption_names or self.caption_descriptors
 
 
+def check_spellings(spellings: Any) -> str | tuple[tuple[str, str], ...] | None:
+    """``spellings`` validated: None, a shipped table's name, or {class: words} as sorted pairs."""
+    if spellings is None:
+        return None
+    if isinstance(spellings, str):
+        try:
+            get_spellings(spellings)
+        except ValueError as error:
+            raise ConfigError("spellings", str(error)) from None
+        return spellings
+    pairs = spellings.items() if isinstance(spellings, Mapping) else spellings
+    try:
+        checked = tuple(sorted((str(name), str(words).strip()) for name, words in pairs))
+    except (TypeError, ValueError):
+        raise ConfigError(
+            "spellings", f"expects a table name or {{class: words}}, e.g. {{'aeroplane': 'plane'}}; got {spellings!r}"
+        ) from None
+    if any(not words for _, words in checked):
+        raise ConfigError("spellings", f"words must be non-empty; got {dict(checked)}")
+    return checked
+
+
 def check_template(template: str) -> None:
     """Raise a ``ConfigError`` unless ``template`` holds ``{class}`` exactly once."""
     if template.count(CLASS_PLACEHOLDER) != 1:
@@ -262,7 +318,8 @@ def check_template(template: str) -> None:
         )
 
 
-FILTER_FORMS = "clip:MODEL, caption, caption+clip:MODEL or package.module:factory"
+FILTER_FORMS = "clip:MODEL, caption, caption+clip:MODEL, candidates:FILE or package.module:factory"
+CANDIDATES_PREFIX = "candidates:"  # the class filter of per-image candidate lists from a file
 
 
 def check_filter_spec(spec: str) -> None:
@@ -281,7 +338,14 @@ def filter_reads_captions(spec: str | None) -> bool:
 def filter_may_read_captions(spec: str | None) -> bool:
     """Whether the class filter ``spec`` may read captions: a caption filter, or a factory's
     (``package.module:factory``; it reads them when it sets ``needs_captions``)."""
-    return filter_reads_captions(spec) or (bool(spec) and spec.partition(":")[0] not in ("clip", "caption+clip"))
+    return filter_reads_captions(spec) or (
+        bool(spec) and spec.partition(":")[0] not in ("clip", "caption+clip", "candidates")
+    )
+
+
+def filter_supplies_classes(spec: str | None) -> bool:
+    """Whether the class filter ``spec`` gives images their candidates (``candidates:FILE``)."""
+    return bool(spec) and spec.startswith(CANDIDATES_PREFIX)
 
 
 def check_class_names(names: Sequence[str]) -> None:

@@ -11,7 +11,9 @@ With candidate classes (``classes``, ``vocabulary`` or per image at call time) t
 conditioned on prompts that name them and the bundle carries each class's cross-attention map:
 - ``class_template`` set (open vocabulary, DiffSegmenter): one prompt per class; the classes of
   the batch's images are stacked in the batch dimension, ``class_batch_size`` prompts per UNet
-  call, each on its image's noised latent. Self-attention is averaged over an image's prompts.
+  call, each on its image's noised latent. Each class's maps are also refined by the
+  self-attention of its own prompt's call (``class_refined``, as DiffSegmenter's code); the
+  bundle's self-attention is the mean over an image's prompts.
 - otherwise (naming the segments of DiffSeg/NCut): one joint prompt per image that names its
   classes (or the ``prompt`` caption, which must contain them), in the image's single UNet call.
 """
@@ -68,6 +70,11 @@ class AttentionBundle:
     class_attention: tuple[dict[Grid, torch.Tensor], ...] | None = None
     images: torch.Tensor | None = None  # (B, 3, h, w) model input in [-1, 1], for image-aware refinement
     timesteps: tuple[int, ...] = ()
+    # With class prompts (one class per prompt), per image i and level (h, w): (C_i, N_max) float32,
+    # Â_c · up(class map of c at that level), Â_c the largest level's self-attention of class c's own
+    # prompt call and up the bilinear upsampling to the largest grid (``upsample_class_maps``).
+    class_refined: tuple[dict[Grid, torch.Tensor], ...] | None = None
+    source_hw: tuple[Grid, ...] | None = None  # per image, the (h, w) pixels its model input was resized from
     features: torch.Tensor | None = None  # (B, N, C) float32 output of the config's feature_layer
     feature_grid: Grid | None = None  # its token grid (h, w), N = h·w
     # Intermediates methods may keep between calls on this same bundle (``dsseg.methods.base.memoised``):
@@ -92,9 +99,21 @@ class AttentionBundle:
             class_attention=None if self.class_attention is None else self.class_attention[pick],
             images=None if self.images is None else self.images[pick],
             timesteps=self.timesteps,
+            class_refined=None if self.class_refined is None else self.class_refined[pick],
+            source_hw=None if self.source_hw is None else self.source_hw[pick],
             features=None if self.features is None else self.features[pick],
             feature_grid=self.feature_grid,
         )
+
+
+def upsample_class_maps(maps: torch.Tensor, grid: Grid, target: Grid) -> torch.Tensor:
+    """Class maps (C, h·w) on ``grid`` → (C, H·W) on ``target``, bilinear with half-pixel centres."""
+    if tuple(grid) == tuple(target):
+        return maps.float()
+    up = torch.nn.functional.interpolate(
+        maps.float().reshape(-1, 1, *grid), size=tuple(target), mode="bilinear", align_corners=False
+    )
+    return up.reshape(maps.shape[0], -1)
 
 
 def inversion_timesteps(scheduler, num_inference_steps: int, steps: int) -> list[int]:
@@ -192,17 +211,24 @@ class AttentionExtractor:
         timer: StageTimer | None = None,
         classes: Sequence[Sequence[str] | None] | None = None,
         texts: Sequence[ImageTexts | None] | None = None,
+        sizes: Sequence[Grid] | None = None,
     ) -> AttentionBundle:
         """``classes``: per image, its candidate class names (None: the config's), used when the
         config prompts with classes; ignored otherwise. ``texts``: per image, its captions (the
-        joint prompt naming its classes, or continuations of its class prompts)."""
+        joint prompt naming its classes, or continuations of its class prompts). ``sizes``: per
+        image, the (h, w) pixels its model input was resized from (kept as ``source_hw``)."""
         timer = timer or StageTimer(images.device)
         with timer.stage("encode"):
             latents = self.encode(images)
         with timer.stage("invert") if self.config.noising.noise != "none" else nullcontext():
             noised = self.noised_latents(latents)
         latent_hw = tuple(latents.shape[-2:])
-        bundle = AttentionBundle({}, {}, latent_hw, self.timestep, self.config, images=images, timesteps=self.timesteps)
+        if sizes is not None and len(sizes) != len(latents):
+            raise ValueError(f"{len(sizes)} image sizes given for {len(latents)} images")
+        bundle = AttentionBundle(
+            {}, {}, latent_hw, self.timestep, self.config, images=images, timesteps=self.timesteps,
+            source_hw=None if sizes is None else tuple((int(h), int(w)) for h, w in sizes),
+        )  # fmt: skip
         if self.config.uses_classes:
             with timer.stage("unet"):
                 names = self.class_lists(len(latents), classes, require=False)
@@ -283,7 +309,14 @@ class AttentionExtractor:
         descriptors = {} if config.caption_descriptors else dict(config.descriptors)
         return [
             class_prompt_plan(
-                tokenizer, config.class_template, name, descriptors.get(name, ()), texts.continuations.get(name, "")
+                tokenizer,
+                config.class_template,
+                config.spelled(name),
+                descriptors.get(name, ()),
+                texts.continuations.get(name, ""),
+                config.class_tokens,
+                config.participle_offset,
+                weight_last_word=config.class_weighting == "compel",
             )
             for name in names
         ]
@@ -297,14 +330,15 @@ class AttentionExtractor:
     ) -> AttentionBundle:
         """UNet calls on the class prompts of every image (``noised``: (T, B, C, h, w), the images'
         latents at each timestep), ``class_batch_size`` prompts per call with a template (else as
-        many as images), each at every timestep; self-attention averaged over each image's prompts."""
+        many as images), each at every timestep; self-attention averaged over each image's prompts.
+        With a template, each class's maps are also refined by its own prompt's self-attention."""
         work = [(i, plan) for i, image_names in enumerate(names) for plan in self.prompt_plans(image_names, texts[i])]
         # Joint prompts: as many per call as images (one each, unless a vocabulary overflows 77 tokens).
-        size = (
-            self.config.prompting.class_batch_size if self.config.prompting.class_template is not None else len(names)
-        )
+        per_class = self.config.prompting.class_template is not None
+        size = self.config.prompting.class_batch_size if per_class else len(names)
         self_sums: dict[Grid, torch.Tensor] = {}
         parts: list[dict[Grid, list[torch.Tensor]]] = [{} for _ in names]
+        refined: list[dict[Grid, list[torch.Tensor]]] = [{} for _ in names]
         prompts_per_image = torch.zeros(len(names), device=noised.device)
         for start in range(0, len(work), size):
             chunk = work[start : start + size]
@@ -316,22 +350,29 @@ class AttentionExtractor:
                     self_sums[grid] = maps.new_zeros(len(names), *maps.shape[1:])
                 self_sums[grid].index_add_(0, index, maps)
             prompts_per_image.index_add_(0, index, torch.ones_like(index, dtype=prompts_per_image.dtype))
+            largest = max(self_maps, key=lambda g: g[0] * g[1]) if self_maps else None
             for grid, cross in cross_maps.items():  # (k, N, 77)
                 for row, (i, plan) in enumerate(chunk):
-                    parts[i].setdefault(grid, []).append(cross[row] @ plan.readout(cross.shape[-1]).to(cross))
-        class_attention = tuple(
-            {grid: torch.cat(image_parts[grid], dim=1).T.contiguous() for grid in image_parts} for image_parts in parts
-        )
+                    maps = cross[row] @ plan.readout(cross.shape[-1]).to(cross)  # (N, K)
+                    parts[i].setdefault(grid, []).append(maps)
+                    if per_class and plan.classes and largest is not None:
+                        up = upsample_class_maps(maps.T, grid, largest)  # (K, N_max)
+                        refined[i].setdefault(grid, []).append(up @ self_maps[largest][row].float().T)
         return replace(
             bundle,
             self_attention={grid: total / prompts_per_image[:, None, None] for grid, total in self_sums.items()},
             class_names=tuple(names),
-            class_attention=class_attention,
+            class_attention=tuple(
+                {grid: torch.cat(image_parts[grid], dim=1).T.contiguous() for grid in image_parts}
+                for image_parts in parts
+            ),
+            class_refined=tuple({grid: torch.cat(r[grid]) for grid in r} for r in refined) if per_class else None,
         )
 
     def _class_condition(self, plan: PromptPlan) -> torch.Tensor:
-        """(1, 77, D) text states of ``plan.text`` with the class-name tokens scaled by the class
-        weight; the last ``CONDITION_CACHE`` prompts are kept."""
+        """(1, 77, D) text states of ``plan.text`` with the class-name tokens re-weighted by the class
+        weight w (``class_weighting``: ``compel``, e + w·(z − e) with e the empty prompt's states;
+        ``scale``, w·z); the last ``CONDITION_CACHE`` prompts are kept."""
         key = (plan.text, plan.weighted_positions)
         if key in self._class_conditions:
             self._class_conditions.move_to_end(key)
@@ -340,7 +381,12 @@ class AttentionExtractor:
         weight = self.config.prompting.class_weight
         if weight != 1.0 and plan.weighted_positions:
             condition = condition.clone()
-            condition[:, list(plan.weighted_positions)] *= weight
+            positions = list(plan.weighted_positions)
+            if self.config.prompting.class_weighting == "compel":
+                empty = self.backbone.encode_prompt("")[:, positions]
+                condition[:, positions] = empty + weight * (condition[:, positions] - empty)
+            else:
+                condition[:, positions] *= weight
         self._class_conditions[key] = condition
         if len(self._class_conditions) > CONDITION_CACHE:
             self._class_conditions.popitem(last=False)

@@ -1,8 +1,8 @@
 """Prompts that name classes, and where each class name sits in the CLIP token sequence.
 
 Two ways to prompt:
-- one prompt per class from a template, ``"a photograph of a {class}"`` (DiffSegmenter), with
-  optional descriptive words before the name (``"a photograph of a brown horse"``);
+- one prompt per class from a template, ``"a photograph of {class}"`` (DiffSegmenter), with
+  optional descriptive words before the name (``"a photograph of brown horse"``);
 - one joint prompt naming every class (``"a photograph of horse, grass"``) or a caption that
   contains them, for naming the segments of the unsupervised methods.
 
@@ -12,8 +12,10 @@ caption ("a photograph of a horse" + "standing in a field") is DiffSegmenter's a
 
 A ``PromptPlan`` holds the text, the token positions whose text embeddings are re-weighted
 (the class names: "[class]++") and, per class, the positions whose cross-attention maps make
-its map: the name's tokens averaged (multi-token names such as "traffic light"), fused half
-and half with the mean of its descriptive words' tokens when it has any.
+its map. By default (``class_tokens="mean"``) the name's tokens averaged (multi-token names such
+as "traffic light"), fused half and half with the mean of its descriptive words' tokens when it
+has any; DiffSegmenter's released code reads one token instead — the name's first (VOC) or last
+(COCO, Context) — averaged with a token after it when the next word is a participle.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dsseg.model.config import CLASS_PLACEHOLDER, check_template
+from dsseg.model.config import CLASS_PLACEHOLDER, ClassTokenMode, check_template
 from dsseg.model.tokenizer import CONTEXT_LENGTH
 
 JOINT_PREFIX = "a photograph of "
@@ -31,10 +33,15 @@ JOINT_PREFIX = "a photograph of "
 
 @dataclass(frozen=True)
 class ClassTokens:
-    """Token positions (in the 77-token sequence, 0 = start token) of one class in a prompt."""
+    """Token positions (in the 77-token sequence, 0 = start token) of one class in a prompt:
+    ``name`` (all of the name's tokens), ``descriptors``; ``weighted``: those whose text states
+    get the class weight (None: the name's); ``read``: those whose cross-attention maps are
+    averaged, equally, into the class map (None: the name's, ½ and ½ with the descriptors')."""
 
     name: tuple[int, ...]
     descriptors: tuple[int, ...] = ()
+    weighted: tuple[int, ...] | None = None
+    read: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -47,13 +54,21 @@ class PromptPlan:
     @property
     def weighted_positions(self) -> tuple[int, ...]:
         """Positions of the class names' tokens (their embeddings get the class weight)."""
-        return tuple(sorted({p for tokens in self.classes for p in tokens.name}))
+        return tuple(
+            sorted(
+                {p for tokens in self.classes for p in (tokens.name if tokens.weighted is None else tokens.weighted)}
+            )
+        )
 
     def readout(self, length: int = CONTEXT_LENGTH) -> torch.Tensor:
         """(length, K) float32: column k turns cross-attention over tokens (…, length) into class k's
-        map — the mean over its name tokens, or ½·that + ½·the mean over its descriptor tokens."""
+        map — the mean over its ``read`` tokens; without them the mean over its name tokens, or
+        ½·that + ½·the mean over its descriptor tokens."""
         matrix = torch.zeros(length, len(self.classes))
         for k, tokens in enumerate(self.classes):
+            if tokens.read is not None:
+                matrix[list(tokens.read), k] += 1.0 / len(tokens.read)
+                continue
             share = 0.5 if tokens.descriptors else 1.0
             matrix[list(tokens.name), k] += share / len(tokens.name)
             if tokens.descriptors:
@@ -114,12 +129,24 @@ def phrases_apart(tokenizer, text: str, phrases: Sequence[str]) -> list[tuple[in
 
 
 def class_prompt_plan(
-    tokenizer, template: str, name: str, descriptors: Sequence[str] = (), continuation: str = ""
+    tokenizer,
+    template: str,
+    name: str,
+    descriptors: Sequence[str] = (),
+    continuation: str = "",
+    class_tokens: ClassTokenMode = "mean",
+    participle_offset: int = 1,
+    weight_last_word: bool = False,
 ) -> PromptPlan:
-    """One class's prompt from ``template``: ``{class}`` → the descriptors then the name; then the
-    ``continuation`` (a conditional caption's words). Descriptor tokens fuse with the name's, and so
-    does a continuation's first word ending in "ing" ("horse standing"), as DiffSegmenter's code reads
-    the class map from the class token and, when the next word is such a participle, that word too."""
+    """One class's prompt from ``template``: ``{class}`` → the descriptors then ``name`` (the words
+    the prompt names the class by); then the ``continuation`` (a conditional caption's words).
+
+    Read-out (``class_tokens``, see ``dsseg.model.config.Prompting``): ``mean`` fuses descriptor
+    tokens with the name's, and a continuation's first word when it ends in "ing" ("horse
+    standing"); ``first``/``last`` read the name's first/last token, averaged with the token
+    ``participle_offset`` on when the word after the name ends in "ing", as DiffSegmenter's code.
+    ``weight_last_word``: only the tokens of the name's last word are re-weighted (Compel's
+    "word++" on the last word, as released), else every token of the name."""
     check_template(template)
     text = template.replace(CLASS_PLACEHOLDER, " ".join([*descriptors, name]))
     if continuation:
@@ -132,10 +159,19 @@ def class_prompt_plan(
         descriptor_positions.extend(found)
         start = found[-1] + 1
     name_positions = phrase_positions(tokenizer, text, name, after=start)
-    participle = continuation.split()[0] if continuation.split() else ""
-    if participle.endswith("ing"):
-        descriptor_positions.extend(phrase_positions(tokenizer, text, participle, after=name_positions[-1] + 1))
-    return PromptPlan(text, (ClassTokens(name_positions, tuple(descriptor_positions)),))
+    weighted = name_positions[-len(token_ids(tokenizer, name.split()[-1])) :] if weight_last_word else None
+    if class_tokens == "mean":
+        participle = continuation.split()[0] if continuation.split() else ""
+        if participle.endswith("ing"):
+            descriptor_positions.extend(phrase_positions(tokenizer, text, participle, after=name_positions[-1] + 1))
+        return PromptPlan(text, (ClassTokens(name_positions, tuple(descriptor_positions), weighted),))
+    named = template.replace(CLASS_PLACEHOLDER, " ".join([*descriptors, name]))
+    following = text[len(named) :].split()  # the released code: prompt.split(" ")[index of the name + 1]
+    position = name_positions[0] if class_tokens == "first" else name_positions[-1]
+    read = (position,)
+    if following and following[0].endswith("ing") and 0 < participle_offset < CONTEXT_LENGTH - position:
+        read = (position, position + participle_offset)
+    return PromptPlan(text, (ClassTokens(name_positions, tuple(descriptor_positions), weighted, read),))
 
 
 def joint_prompt_plans(

@@ -61,6 +61,34 @@ ADE150_NAMES = (
 
 VOCABULARIES: dict[str, tuple[str, ...]] = {"voc20": VOC20, "context59": CONTEXT59, "coco80": COCO80}
 
+# DiffSegmenter's own spellings of the benchmark classes (VCG-team/DiffSegmenter, the ``embs`` lists of
+# ``open_vocabulary/{voc12,voc10,coco}/ptp_stable_*.py``, in each dataset's class order): the words its
+# prompts name the classes with, and the names its released per-image candidate files use. Only the
+# names that differ from ours are listed; every other class is spelled as in the vocabulary.
+DIFFSEGMENTER_SPELLINGS: dict[str, dict[str, str]] = {
+    "voc20": {
+        "aeroplane": "plane", "bus": "buses", "dining table": "table", "person": "people",
+        "potted plant": "plant", "tv monitor": "monitor",
+    },
+    "context59": {"aeroplane": "airplane", "potted plant": "plant", "tv monitor": "monitor"},
+    "coco80": {
+        "motorcycle": "motorbike", "airplane": "aeroplane", "couch": "sofa", "potted plant": "pottedplant",
+        "dining table": "diningtable", "tv": "tvmonitor", "toothbrush": "toothbrus",
+    },
+}  # fmt: skip
+SPELLING_TABLES: dict[str, dict[str, str]] = {
+    f"diffsegmenter-{vocabulary}": table for vocabulary, table in DIFFSEGMENTER_SPELLINGS.items()
+}
+
+
+def get_spellings(name: str) -> dict[str, str]:
+    """The shipped spelling table ``name`` (class name → the word(s) a prompt uses for it):
+    diffsegmenter-voc20, diffsegmenter-context59, diffsegmenter-coco80."""
+    try:
+        return SPELLING_TABLES[name]
+    except KeyError:
+        raise ValueError(f"unknown spelling table {name!r}; available: {sorted(SPELLING_TABLES)}") from None
+
 
 def get_vocabulary(name: str) -> tuple[str, ...]:
     """The class names of vocabulary ``name`` (voc20, context59, coco80)."""

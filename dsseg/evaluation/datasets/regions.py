@@ -5,6 +5,7 @@ the full ADE20K release (``_seg.png`` colour-coded classes, names in a JSON per 
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -62,10 +63,16 @@ class WeizmannHorses(Dataset):
             return (np.asarray(mask.convert("L")) > 127).astype(np.uint8)
 
 
+# Subsets of a COCO split: name → (the split whose files and annotations it reads, its image-id list).
+COCO_SUBSETS = {"val2014_5k": ("val2014", "val2014_5k_ids.txt")}
+
+
 class COCOObject(Dataset):
     """COCO-Object: 80 things + background (class 0) drawn from instance annotations, larger
-    instances first so smaller ones stay visible; crowd regions are ignored. ``val2017/<file>``
-    and ``annotations/instances_val2017.json``."""
+    instances first so smaller ones stay visible; crowd regions are ignored. ``<split>/<file>``
+    and ``annotations/instances_<split>.json``. ``val2014_5k``: the 5,000 val2014 images
+    DiffSegmenter evaluates (the images of its released candidate lists, ``val_5k`` in its loader),
+    read from ``val2014/`` and ``instances_val2014.json``."""
 
     name = "coco_object"
     class_names = ("background", *COCO80)
@@ -74,6 +81,11 @@ class COCOObject(Dataset):
         from pycocotools.coco import COCO
 
         root = Path(root)
+        subset = None
+        if split in COCO_SUBSETS:
+            split, listing = COCO_SUBSETS[split]
+            data = resources.files("dsseg.evaluation.datasets") / "data" / "coco_object" / listing
+            subset = {int(line) for line in data.read_text().split()}
         layout = f"  {split}/<file_name>.jpg\n  annotations/instances_{split}.json"
         annotations = require(
             root / "annotations" / f"instances_{split}.json", "instance annotations", self.name, layout
@@ -83,7 +95,13 @@ class COCOObject(Dataset):
         if len(categories) != len(COCO80):
             raise ValueError(f"{annotations} has {len(categories)} categories; COCO-Object needs the 80 of COCO")
         self.class_of = {cat: index + 1 for index, cat in enumerate(categories)}
-        images = self.coco.loadImgs(sorted(self.coco.getImgIds()))
+        ids = sorted(self.coco.getImgIds())
+        if subset is not None:
+            missing = len(subset - set(ids))
+            if missing:
+                raise ValueError(f"{annotations} lacks {missing} of the subset's {len(subset)} images")
+            ids = [i for i in ids if i in subset]
+        images = self.coco.loadImgs(ids)
         super().__init__([Sample(str(image["id"]), str(root / split / image["file_name"])) for image in images])
 
     def load_label(self, sample: Sample) -> np.ndarray:
