@@ -58,8 +58,7 @@ DIFFCUT_CHOICES = (
     "scored at the label's own size (the latent-grid labels resized by nearest neighbour); the released script "
     "resizes labels and predictions to 128² and scores there",
     "seeded noise with dsseg's seed; the released code draws its noise with seed 42 on the GPU",
-    "nodes with a zero affinity stay in their side below the root (the released code drops them: an artefact of "
-    "marking explored nodes with zeros)",
+    "below the root, nodes whose affinity row holds a zero are dropped from the cuts, as the released code does",
 )
 
 DIFFSEGMENTER_CHOICES = (
