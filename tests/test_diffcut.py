@@ -55,7 +55,7 @@ def test_labels_are_the_released_codes_own(name, tau):
     np.testing.assert_array_equal(labels.numpy(), expected)  # and numbered as the released assembly numbers them
 
 
-@pytest.mark.parametrize("name", ["diffcut_b.npz", "diffcut_c.npz"])
+@pytest.mark.parametrize("name", ["diffcut_a.npz", "diffcut_b.npz", "diffcut_c.npz"])
 def test_the_float64_transcription_gives_the_released_codes_partitions(name):
     golden = np.load(GOLDEN / name)
     tau = max(t for n, t in golden_cases() if n == name)
@@ -121,6 +121,15 @@ def test_settings_are_checked():
         NCutConfig(drop_zero_rows=True)  # DiffCut's rule, for its graph only
     with pytest.raises(ValueError, match="eigensolver"):
         NCutConfig(eigensolver="lapack")
+
+
+def test_config_ids_tell_outputs_with_and_without_the_zero_row_rule_apart():
+    from dsseg.job.config import config_id, id_params
+    from dsseg.spec import MethodSpec
+
+    assert id_params(DiffCutConfig())["drop_zero_rows"] is True  # in every id: earlier outputs, made without it, differ
+    ids = {config_id("tiny", "float32", MethodSpec("diffcut", {"drop_zero_rows": drop})) for drop in (True, False)}
+    assert len(ids) == 2
 
 
 def test_features_are_the_named_layers_output(tiny):

@@ -24,7 +24,10 @@ Per image, from features F (N, C) on an (h, w) grid:
 
 Extraction (its ``tools/ldm.py``): the output of the last self-attention layer of the down path
 (``feature_layer="down:-1"``: ``down_blocks[2]`` in SD 1.x and SDXL, at 1/32 of the image), one
-UNet step at t = 50 on the seeded-noised latent of the image squashed to 1024², the empty prompt.
+UNet step at t = 50 on the seeded-noised latent of the image at 1024², the empty prompt. The
+method's default squashes the image to 1024², as that extractor resizes whatever it is given; the
+released evaluation first crops (``dataloader/iterator.py``), which the presets do with
+``geometry="diffcut_crop"`` and score at 128² (``dsseg.evaluation.presets``).
 
 Reading of the zero-row rule (``drop_zero_rows``, default True as released): the released code
 marks explored nodes by zeroing their pairwise affinities and then, below the root, drops every
