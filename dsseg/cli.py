@@ -104,7 +104,11 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
         choices=NOISE_MODES,
         help="none | noise | ddim_inversion (default: the method's — none for diffseg, ddim_inversion for ncut)",
     )
-    group.add_argument("--geometry", choices=GEOMETRIES, help="center_crop (paper protocol, default) | squash | aspect")
+    group.add_argument(
+        "--geometry",
+        choices=GEOMETRIES,
+        help="center_crop (paper protocol, default) | squash | aspect | diffcut_crop (DiffCut's dataloader: side min − 1)",
+    )
     group.add_argument(
         "--classes",
         help='candidate class names, comma-separated ("horse,grass,traffic light"): labels for openvocab, names for the others',

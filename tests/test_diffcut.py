@@ -1,15 +1,26 @@
-"""DiffCut's cut: against a float64 transcription of its released algorithm, on planted features."""
+"""DiffCut's cut: against golden outputs of its released code, and against a float64 transcription
+of its released algorithm on planted features."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from dsseg.methods.diffcut import DiffCutConfig, assign_cells, diffcut_labels, diffcut_partition
+from dsseg.methods.diffcut import (
+    DiffCutConfig,
+    assign_cells,
+    diffcut_labels,
+    diffcut_partition,
+    released_leaf_order,
+)
 from dsseg.methods.diffcut_reference import reference_affinity, reference_labels, reference_leaves
 
 GRID = (16, 16)
+GOLDEN = Path(__file__).parent / "data" / "golden" / "diffcut"  # outputs of the released code (tests/data/README.md)
 
 
 def planted_features(seed: int = 0, noise: float = 0.6, channels: int = 24) -> tuple[np.ndarray, np.ndarray]:
@@ -25,20 +36,54 @@ def planted_features(seed: int = 0, noise: float = 0.6, channels: int = 24) -> t
 
 def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two label arrays group the elements alike (equal up to renaming)."""
-    pairs = set(zip(a.tolist(), b.tolist()))
-    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+    a, b = np.ravel(a).tolist(), np.ravel(b).tolist()
+    pairs = set(zip(a, b))
+    return len(pairs) == len(set(a)) == len(set(b))
 
 
-# τ 0.7 and 0.8 cut past the planted regions into 85 and 111 leaves: the same leaves too. (Cutting on
-# down to pairs of nodes, float32 and float64 eigenvectors of 2–3-node graphs may part ways.)
+def golden_cases() -> list[tuple[str, float]]:
+    index = json.loads((GOLDEN / "index.json").read_text())
+    return [(entry["file"], tau) for entry in index for tau in entry.get("taus", ())]
+
+
+@pytest.mark.parametrize("name, tau", golden_cases())
+def test_labels_are_the_released_codes_own(name, tau):
+    golden = np.load(GOLDEN / name)
+    expected = golden[f"labels128_tau{tau}"]
+    labels, _ = diffcut_labels(torch.from_numpy(golden["features"]), (32, 32), DiffCutConfig(tau=tau))  # 128²
+    assert labels.shape == (128, 128) and same_partition(labels.numpy(), expected)
+    np.testing.assert_array_equal(labels.numpy(), expected)  # and numbered as the released assembly numbers them
+
+
+@pytest.mark.parametrize("name", ["diffcut_a.npz", "diffcut_b.npz", "diffcut_c.npz"])
+def test_the_float64_transcription_gives_the_released_codes_partitions(name):
+    golden = np.load(GOLDEN / name)
+    tau = max(t for n, t in golden_cases() if n == name)
+    leaves = reference_leaves(golden["features"], tau)  # zero rows dropped below the root, as released
+    labels = reference_labels(golden["features"], (32, 32), leaves, (128, 128))
+    assert same_partition(labels, golden[f"labels128_tau{tau}"])
+
+
+def test_leaves_are_numbered_by_the_released_assembly():
+    # Masks in pre-order, upper side first, each weighted (largest sum so far) + 1: leaves 4 and 5
+    # split from node 2 after leaf 3 took weight 1 at the root, so 5 sums to 2 and 3 to 1.
+    assert released_leaf_order([4, 5, 3]) == [0, 2, 1]
+    assert released_leaf_order([2, 6, 7]) == [0, 1, 2]  # 6: 1 (root), 7: 1 + 2
+    assert released_leaf_order([1]) == [0]
+
+
+# τ 0.7 and 0.8 cut past the planted regions into many leaves: the same leaves too. (Cutting on
+# down to pairs of nodes, float32 and float64 eigenvectors may take the other side as the upper
+# one, so the leaves are compared as partitions.)
 @pytest.mark.parametrize("seed, tau", [(0, 0.5), (1, 0.5), (2, 0.2), (1, 0.7), (2, 0.8)])
 def test_the_cut_is_the_released_algorithms(seed, tau):
     features, regions = planted_features(seed)
     hierarchy = diffcut_partition(torch.from_numpy(features), DiffCutConfig(tau=tau))
     reference = reference_leaves(features, tau)
     assert same_partition(hierarchy.assignment.numpy(), reference)
-    if tau == 0.5:  # and it finds what was planted
-        assert same_partition(hierarchy.assignment.numpy(), regions)
+    if tau == 0.5:  # and, but for the nodes the zero-row rule moves, it finds what was planted
+        kept = ~(reference_affinity(features, 10.0) == 0).any(axis=1)
+        assert same_partition(hierarchy.assignment.numpy()[kept], regions[kept])
 
 
 def test_cells_take_the_nearest_leaf_embedding_of_their_upsampled_feature():
@@ -50,15 +95,19 @@ def test_cells_take_the_nearest_leaf_embedding_of_their_upsampled_feature():
     assert one.shape == (32, 32) and int(one.max()) == 0  # a single leaf labels everything
 
 
-def test_the_released_codes_zero_row_drop_moves_at_most_the_least_similar_pair():
-    features, _ = planted_features(5)
+def test_nodes_with_a_zero_affinity_are_dropped_below_the_root_as_released():
+    features, _ = planted_features(7)
     weights = reference_affinity(features, 10.0)
     zero_rows = np.flatnonzero((weights == 0).any(axis=1))
     assert 2 <= len(zero_rows) <= 4  # the least similar pair (exactly 0 after min–max), maybe ties
-    kept = reference_leaves(features, 0.5)
-    dropped = reference_leaves(features, 0.5, drop_zero_rows=True)
-    others = np.setdiff1d(np.arange(len(kept)), zero_rows)
-    assert same_partition(kept[others], dropped[others])
+    dropped = diffcut_partition(torch.from_numpy(features), DiffCutConfig(tau=0.5))
+    kept = diffcut_partition(torch.from_numpy(features), DiffCutConfig(tau=0.5, drop_zero_rows=False))
+    assert same_partition(dropped.assignment.numpy(), reference_leaves(features, 0.5, drop_zero_rows=True))
+    assert same_partition(kept.assignment.numpy(), reference_leaves(features, 0.5, drop_zero_rows=False))
+    assert dropped.num_leaves > kept.num_leaves  # here the rule changes the cut a lot (29 leaves, 5 without it)
+    for node in zero_rows:  # in no cut below the root: from its root side on, lower sides only
+        heap = dropped.heaps[int(dropped.assignment[node])]
+        assert heap >> (heap.bit_length() - 2) in (2, 3) and heap & ((1 << (heap.bit_length() - 2)) - 1) == 0
 
 
 def test_settings_are_checked():
@@ -66,6 +115,21 @@ def test_settings_are_checked():
         DiffCutConfig(tau=0)
     with pytest.raises(ValueError, match="max_depth"):
         DiffCutConfig(max_depth=31)
+    from dsseg.methods.ncut import NCutConfig
+
+    with pytest.raises(ValueError, match="drop_zero_rows"):
+        NCutConfig(drop_zero_rows=True)  # DiffCut's rule, for its graph only
+    with pytest.raises(ValueError, match="eigensolver"):
+        NCutConfig(eigensolver="lapack")
+
+
+def test_config_ids_tell_outputs_with_and_without_the_zero_row_rule_apart():
+    from dsseg.job.config import config_id, id_params
+    from dsseg.spec import MethodSpec
+
+    assert id_params(DiffCutConfig())["drop_zero_rows"] is True  # in every id: earlier outputs, made without it, differ
+    ids = {config_id("tiny", "float32", MethodSpec("diffcut", {"drop_zero_rows": drop})) for drop in (True, False)}
+    assert len(ids) == 2
 
 
 def test_features_are_the_named_layers_output(tiny):

@@ -71,6 +71,39 @@ def test_model_frame_scores_without_resampling_the_prediction():
         aligned(np.zeros(gt.shape, int), gt, "model")  # a row drawn at the original size cannot be scored there
 
 
+def _diffcut_label_at_128(label: np.ndarray) -> np.ndarray:
+    """What DiffCut's released evaluation scores: its dataloader's crop (torchvision's CenterCrop of
+    side min − 1, offsets by Python's round) and NEAREST_EXACT resize to 1024², then eval_diffcut.py's
+    F.interpolate to 128² (PyTorch's default nearest), written with torch's own resizes."""
+    import torch
+    import torch.nn.functional as F
+
+    side = min(label.shape) - 1
+    top, left = round((label.shape[0] - side) / 2), round((label.shape[1] - side) / 2)
+    crop = torch.from_numpy(label[top : top + side, left : left + side].astype(np.float32))[None, None]
+    full = F.interpolate(crop, size=(1024, 1024), mode="nearest-exact")
+    return F.interpolate(full, size=(128, 128))[0, 0].numpy().astype(label.dtype)
+
+
+def test_diffcut_frame_scores_at_128_as_the_released_evaluation():
+    from dsseg.io.images import plan_geometry
+
+    assert plan_geometry((480, 640), 1024, "diffcut_crop").box == (0, 80, 479, 479)  # 80.5 → 80: halves to even
+    assert plan_geometry((400, 402), 1024, "diffcut_crop").box == (0, 2, 399, 399)  # 1.5 → 2
+    assert plan_geometry((1024, 2048), 1024, "diffcut_crop").box == (0, 512, 1023, 1023)
+    rng = np.random.default_rng(2)
+    frame = ModelFrame(1024, "diffcut_crop", score_size=128)
+    for shape in [(480, 640), (427, 640), (1024, 2048), (640, 425), (333, 334)]:
+        gt = rng.integers(0, 27, shape).astype(np.int64)
+        cells = rng.integers(0, 9, (128, 128))
+        model_frame_masks = cells.repeat(8, 0).repeat(8, 1)  # the job's 1024² masks of 128² labels
+        pred, truth = aligned(model_frame_masks, gt, "model", frame)
+        np.testing.assert_array_equal(truth, _diffcut_label_at_128(gt), err_msg=str(shape))
+        np.testing.assert_array_equal(pred, cells)  # the prediction comes back at its own 128² grid
+    with pytest.raises(ValueError, match="score_size"):
+        ModelFrame(512, "center_crop", score_size=1024)
+
+
 def test_class_names_to_ids():
     segments = [
         {"segment_id": 0, "label": "background"},

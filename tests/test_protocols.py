@@ -3,6 +3,7 @@ benchmark decoding in stored pixel order, a tuning split for openvocab, and clea
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -30,10 +31,24 @@ def test_every_published_row_of_the_issue_has_a_preset_with_its_number():
         "diffseg-cocostuff27": ("per_image", {"acc": 72.5, "miou": 43.6}),
         "diffseg-cityscapes27": ("per_image", {"acc": 76.0, "miou": 21.2}),
         "dwc-manc-ncut": ("per_image", {"acc": 74.1, "f1": 60.8, "miou": 46.6}),
-        "dwc-manc-ncut-four-levels": ("per_image", {"miou": 46.1}),
+        "dwc-manc-ncut-four-levels": ("per_image", {"acc": 74.7, "f1": 60.6, "miou": 46.1}),
+        "dwc-manc-ncut-two-levels": ("per_image", {"acc": 70.1, "f1": 56.4, "miou": 42.7}),
+        "dwc-manc-ncut-one-level": ("per_image", {"acc": 63.9, "f1": 49.6, "miou": 36.4}),
         "dwc-random-walk": ("per_image", {"acc": 72.2, "f1": 56.9, "miou": 43.3}),
-        "dwc-scaled-mincut-k1": ("per_image", {"miou": 23.8}),
-        "dwc-scaled-mincut-k3": ("per_image", {"miou": 42.4}),
+        "dwc-scaled-mincut-k1": ("per_image", {"acc": 45.9, "f1": 36.1, "miou": 23.8}),
+        "dwc-scaled-mincut-k2": ("per_image", {"acc": 67.0, "f1": 54.4, "miou": 40.7}),
+        "dwc-scaled-mincut-k3": ("per_image", {"acc": 71.2, "f1": 56.9, "miou": 42.4}),
+        "dwc-scaled-mincut-k4": ("per_image", {"acc": 70.7, "f1": 55.8, "miou": 41.1}),
+        "dwc-scaled-mincut-k5": ("per_image", {"acc": 70.0, "f1": 54.2, "miou": 39.6}),
+        "dwc-scaled-mincut-three-levels": ("per_image", {"acc": 42.0, "f1": 32.0, "miou": 20.6}),
+        "dwc-scaled-mincut-two-levels": ("per_image", {"acc": 37.2, "f1": 27.6, "miou": 17.0}),
+        "dwc-scaled-mincut-one-level": ("per_image", {"acc": 36.1, "f1": 25.0, "miou": 15.3}),
+        "diffcut-sd14-cocostuff27": ("per_image", {"miou": 31.3}),
+        "diffcut-sd14-pamr-cocostuff27": ("per_image", {"miou": 45.2}),
+        "diffcut-ssd1b-cocostuff27": ("per_image", {"miou": 46.1}),
+        "diffcut-ssd1b-pamr-cocostuff27": ("per_image", {"miou": 49.1}),
+        "diffcut-ssd1b-cityscapes27": ("per_image", {"miou": 28.4}),
+        "diffcut-ssd1b-pamr-cityscapes27": ("per_image", {"miou": 30.6}),
         "dwc-cityscapes27": ("per_image", {"miou": 22.0}),
         "dwc-ade20k150": ("per_image", {"miou": 41.2}),
         "dwc-diffseg-per-image-avg": ("per_image_avg", {"acc": 72.6, "f1": 71.1, "miou": 34.1}),
@@ -47,8 +62,22 @@ def test_every_published_row_of_the_issue_has_a_preset_with_its_number():
         assert (preset.protocol, dict(preset.published)) == (protocol, published), name
     assert {f"dwc-scaled-mincut-k{k}" for k in range(1, 6)} <= set(PRESETS)
     assert get_preset("diffseg-cityscapes27").spec().resolved.params.kl_threshold == (0.9,) * 3
-    four = get_preset("dwc-manc-ncut-four-levels").spec().resolved
-    assert four.params.resolutions == (64, 32, 16, 8) and four.extraction.capture.blocks == ("mid", "up")
+    for name in ("dwc-manc-ncut-four-levels", "dwc-random-walk", "dwc-dot-threshold", "dwc-scaled-mincut-k4"):
+        four = get_preset(name).spec().resolved  # all four levels: the 8² one from the mid block
+        assert four.params.resolutions == (64, 32, 16, 8) and four.extraction.capture.blocks == ("mid", "up"), name
+
+    def levels(name: str) -> tuple[int, ...]:
+        return get_preset(name).spec().resolved.params.resolutions
+
+    assert levels("dwc-manc-ncut") == levels("dwc-scaled-mincut-three-levels") == (64, 32, 16)
+    assert levels("dwc-manc-ncut-two-levels") == levels("dwc-scaled-mincut-two-levels") == (64, 32)
+    assert levels("dwc-manc-ncut-one-level") == levels("dwc-scaled-mincut-one-level") == (64,)
+    for preset in PRESETS.values():  # where each number comes from, and which reading takes the levels
+        if preset.method == "diffcut":
+            assert any(choice.startswith("the number: ") for choice in preset.choices), preset.name
+            assert preset.score_size == 128 and preset.params["geometry"] == "diffcut_crop", preset.name
+        if preset.row.startswith("Table 1"):
+            assert any("§3.1" in choice for choice in preset.choices), preset.name
     with pytest.raises(ValueError, match="list-presets"):
         get_preset("diffseg-coco")
 
@@ -60,7 +89,51 @@ def test_list_presets_prints_every_setting_and_every_choice():
         for choice in preset.choices:
             assert choice in text
     assert "timestep=300" in text and "noise='ddim_inversion'" in text and "inversion_steps=10" in text
-    assert "not recorded in our references" in text  # Scaled MinCut k = 2, 4, 5
+    assert "not recorded in our references" not in text  # every row's number is in REFERENCES.md
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_a_preset_runs_what_it_lists(name, tmp_path):
+    from dsseg.evaluation.plan import make_plan
+
+    preset = get_preset(name)
+    argv = ["--preset", name, "--root", "unused", "--output", "unused"]
+    if preset.candidates:  # the released lists are needed; their bytes are what the preset checks (by sha256)
+        (tmp_path / "lists.json").write_text("{}")
+        argv += ["--candidates", str(tmp_path / "lists.json")]
+    plan = make_plan(evaluate_command.parse_args(argv))
+    (spec,) = plan.configs
+    assert spec.resolved == preset.spec().resolved  # the extraction and method configs, nothing added
+    assert (plan.frame, plan.score_size, plan.backbone) == (preset.frame, preset.score_size, preset.backbone)
+    assert plan.captioner == preset.captioner
+    ran = dataclasses.replace(preset, params=spec.params, frame=plan.frame, score_size=plan.score_size)
+    assert ran.describe() == preset.describe()  # what --list-presets prints is what runs
+    tuned = {preset.tuning.param: preset.tuning.how} if preset.tuning else {}
+    class_filter = f"candidates:sha256={preset.candidates.sha256}" if preset.candidates else plan.class_filter
+    key = settings_key(spec, plan.frame, class_filter, next(iter(tuned), None), plan.score_size, plan.captioner)
+    assert key == preset.key()
+    matches = matching_presets(
+        plan.dataset, spec, plan.frame, plan.backbone, class_filter, tuned, plan.options.get("split"), plan.captioner,
+        plan.score_size,
+    )  # fmt: skip
+    assert name in [m.preset.name for m in matches]
+
+
+def test_the_aspect_geometry_is_added_only_to_runs_without_a_preset_or_a_geometry():
+    from dsseg.evaluation.plan import make_plan
+
+    common = ["--root", "unused", "--output", "unused", "--dataset", "horse"]
+    plan = make_plan(evaluate_command.parse_args([*common, "--methods", "diffseg,diffcut"]))
+    assert plan.frame == "label"
+    assert [s.resolved.extraction.preparation.geometry for s in plan.configs] == ["aspect", "squash"]  # diffcut's own
+    plan = make_plan(evaluate_command.parse_args([*common, "--param", "geometry=center_crop"]))
+    assert plan.configs[0].resolved.extraction.preparation.geometry == "center_crop"
+    with pytest.raises(ValueError, match="--score-size samples the model frame"):
+        make_plan(evaluate_command.parse_args([*common, "--score-size", "128"]))
+    preset = get_preset("diffcut-ssd1b-cocostuff27")
+    plan = make_plan(evaluate_command.parse_args(["--preset", preset.name, *common[:4], "--frame", "label"]))
+    assert plan.score_size is None and plan.configs[0].params["geometry"] == "diffcut_crop"  # no override
+    assert not matching_presets(plan.dataset, plan.configs[0], plan.frame, preset.backbone)  # another measurement
 
 
 def test_a_config_matches_a_preset_only_with_all_its_settings():
@@ -126,8 +199,8 @@ def test_list_presets_and_bad_flags_exit_cleanly(capsys):
     assert exit_info.value.code == 2 and "--dataset (or --preset)" in capsys.readouterr().err
 
 
-def test_cityscapes_preset_end_to_end_reports_the_published_number(ray_local, tmp_path):
-    root = tmp_path / "cityscapes"  # the flat layout of ../shared/data/cityscapes
+def _cityscapes_root(root: Path) -> Path:
+    """One Cityscapes val frame (256×128) in the flat layout of ../shared/data/cityscapes."""
     shutil.copyfile(
         IMAGES / "frankfurt_000000_000294_leftImg8bit.png", _mkdir(root) / "frankfurt_000000_000294_leftImg8bit.png"
     )
@@ -135,6 +208,11 @@ def test_cityscapes_preset_end_to_end_reports_the_published_number(ray_local, tm
         GROUND_TRUTH / "frankfurt_000000_000294_gtFine_labelIds.png",
         root / "frankfurt_000000_000294_gtFine_labelIds.png",
     )
+    return root
+
+
+def test_cityscapes_preset_end_to_end_reports_the_published_number(ray_local, tmp_path):
+    root = _cityscapes_root(tmp_path / "cityscapes")
     out = tmp_path / "eval"
     argv = ["--preset", "diffseg-cityscapes27", "--root", str(root), "--output", str(out), *TINY]
     assert evaluate_command.main(argv) == 0
@@ -148,6 +226,22 @@ def test_cityscapes_preset_end_to_end_reports_the_published_number(ray_local, tm
     assert "percent; BSDS500 covering and PRI as fractions" in report
     rows = pq.read_table(out / "run" / "segments").to_pylist()
     assert {tuple(s["rle"]["size"]) for r in rows for s in r["segments"]} == {(512, 512)}  # scored in the model frame
+
+
+@pytest.mark.slow  # ~15 s on 2 cores: the plan, the crop and the 128² scoring are tested apart by default
+def test_a_diffcut_preset_crops_as_released_and_scores_at_128(ray_local, tmp_path):
+    root = _cityscapes_root(tmp_path / "cityscapes")
+    out = tmp_path / "eval"
+    argv = ["--preset", "diffcut-ssd1b-cityscapes27", "--root", str(root), "--output", str(out), *TINY]
+    assert evaluate_command.main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    (config,) = metrics["configs"].values()
+    assert (metrics["frame"], metrics["score_size"], config["failed"]) == ("model", 128, 0)
+    assert config["presets"] == [{"name": "diffcut-ssd1b-cityscapes27", "backbone": "other"}]
+    assert "Frame: `model, scored at 128²`" in (out / "report.md").read_text()
+    (row,) = pq.read_table(out / "run" / "segments").to_pylist()
+    assert {tuple(s["rle"]["size"]) for s in row["segments"]} == {(1024, 1024)}  # the 127² crop at 1024²
+    assert (row["height"], row["width"]) == (128, 256)
 
 
 def _mkdir(path: Path) -> Path:

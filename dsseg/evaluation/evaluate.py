@@ -6,7 +6,7 @@ per-image statistics per config, and write the results.
     python jobs/evaluate.py --list-presets
     python jobs/evaluate.py --dataset cocostuff27 --root DIR --output DIR \\
         [--methods diffseg,ncut | --config sweep.yaml] [--param NAME=VALUE ...] [--frame model|label] \\
-        [--tune-on SPLIT] [--limit N] [--batch-size 4] [--num-workers 1]
+        [--score-size N] [--tune-on SPLIT] [--limit N] [--batch-size 4] [--num-workers 1]
 
 A preset (``--list-presets``) is one published table row: dataset, backbone, extraction, method
 parameters, frame and protocol; the report prints its published number beside ours. Writes
@@ -36,7 +36,7 @@ from dsseg.cli import CAPTIONER_HELP, add_model_arguments, batch_size_value, pla
 from dsseg.evaluation.datasets import DATASETS, Dataset, DatasetRootError, RegionAnnotations, load_dataset
 from dsseg.evaluation.metrics import json_ready
 from dsseg.evaluation.plan import Plan, make_plan
-from dsseg.evaluation.presets import list_presets, matching_presets
+from dsseg.evaluation.presets import frame_text, list_presets, matching_presets
 from dsseg.evaluation.report import (
     ConfigReport,
     Panel,
@@ -73,6 +73,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="parameter for every config")
     parser.add_argument(
         "--frame", choices=FRAMES, help="model: the 512² model frame (DiffSeg protocol); label: the ground truth's size"
+    )
+    parser.add_argument(
+        "--score-size",
+        type=int,
+        metavar="N",
+        help="score the model frame on a grid of longer side N, prediction and ground truth sampled by PyTorch's "
+        "nearest resize (DiffCut's eval_diffcut.py: 128 for its 1024² input); default: the preset's, else the frame's pixels",
     )
     parser.add_argument(
         "--class-filter",
@@ -177,14 +184,14 @@ def segment_and_score(
     start = time.perf_counter()
     parts = part_uris(job.output, job.config_ids())  # this run's configs only: the folder may hold earlier sweeps
     totals, records = evaluate_parts(
-        parts, plan.dataset, args.root, options, plan.frame, model_frame(job), args.num_workers, limit
+        parts, plan.dataset, args.root, options, plan.frame, model_frame(job, plan.score_size), args.num_workers, limit
     )
     summary["scoring_seconds"] = round(time.perf_counter() - start, 2)
     return summary, totals, records
 
 
-def model_frame(job: SegmentJob) -> ModelFrame:
-    return ModelFrame(job.preparation.image_size, job.preparation.geometry)
+def model_frame(job: SegmentJob, score_size: int | None = None) -> ModelFrame:
+    return ModelFrame(job.preparation.image_size, job.preparation.geometry, score_size)
 
 
 def tune(plan: Plan, args: argparse.Namespace, output: Path) -> dict[int, dict[str, Any]]:
@@ -362,7 +369,7 @@ def evaluate(args: argparse.Namespace) -> int:
         how = {tuned[i]["param"]: "oracle" if tuned[i]["oracle"] else "split"} if i in tuned else {}
         matches = matching_presets(
             plan.dataset, spec, plan.frame, plan.backbone, plan.class_filter, how, plan.options.get("split"),
-            plan.captioner,
+            plan.captioner, plan.score_size,
         )  # fmt: skip
         notes = (tuning_note(tuned[i]),) if i in tuned else ()
         if spec.method == "openvocab" and i not in tuned:
@@ -380,6 +387,7 @@ def evaluate(args: argparse.Namespace) -> int:
         "root": str(args.root),
         "split": plan.options.get("split"),
         "frame": plan.frame,
+        "score_size": plan.score_size,
         "backbone": plan.backbone,
         "preset": plan.preset.name if plan.preset else None,
         "images": len(dataset.samples(args.limit)),
@@ -397,7 +405,9 @@ def evaluate(args: argparse.Namespace) -> int:
     }  # fmt: skip
     (output / "metrics.json").write_text(json.dumps(json_ready(metrics), indent=2, default=str))
     pq.write_table(records, output / "per_image.parquet")
-    (output / "report.md").write_text(markdown_report(plan.dataset, plan.frame, reports, plan.backbone))
+    (output / "report.md").write_text(
+        markdown_report(plan.dataset, frame_text(plan.frame, plan.score_size), reports, plan.backbone)
+    )
     key = "miou" if dataset.class_names else "covering"  # region benchmarks (BSDS500) have no classes
     picks = pick_report_images(records, config_ids[0], args.report_images, key)
     html_report(

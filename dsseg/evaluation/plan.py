@@ -12,6 +12,7 @@ from dsseg.cli import parse_param_values
 from dsseg.evaluation.datasets import reader_splits
 from dsseg.evaluation.presets import BACKGROUND_TUNING, Preset, Tuning, get_preset
 from dsseg.job.config import load_run_file
+from dsseg.methods import get_method
 from dsseg.model.config import CANDIDATES_PREFIX
 from dsseg.spec import MethodSpec
 
@@ -22,7 +23,8 @@ DEFAULT_BACKBONE = "CompVis/stable-diffusion-v1-4"
 
 @dataclass(frozen=True)
 class Plan:
-    """Everything one evaluation run is set to: from a preset, from the flags, or both."""
+    """Everything one evaluation run is set to: from a preset, from the flags, or both.
+    ``score_size``: the model frame is scored on a grid of that longer side (None: its pixels)."""
 
     dataset: str
     options: dict[str, Any]
@@ -33,6 +35,7 @@ class Plan:
     tunings: dict[int, Tuning] = field(default_factory=dict)  # config index → the parameter chosen on a split
     preset: Preset | None = None
     captioner: str | None = None
+    score_size: int | None = None
 
 
 def dataset_options(dataset: str, split: str | None, classes: str | None) -> dict[str, Any]:
@@ -42,7 +45,11 @@ def dataset_options(dataset: str, split: str | None, classes: str | None) -> dic
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
-    """Resolve the preset (if any) and the flags into one plan; ``ValueError`` on conflicts."""
+    """Resolve the preset (if any) and the flags into one plan; ``ValueError`` on conflicts.
+
+    A preset's configs run as ``--list-presets`` shows them: its parameters (with ``--param`` on
+    top), never anything the plan adds. Without a preset, a config scored in the ``label`` frame
+    whose parameters and method set no ``geometry`` segments the whole image (``aspect``)."""
     preset = get_preset(args.preset) if args.preset else None
     if preset:
         if args.dataset and not preset.accepts(args.dataset):
@@ -59,6 +66,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
             spec = MethodSpec(spec.method, {**spec.params, **parse_param_values(args.param)})
         configs = (spec,)
         frame = args.frame or preset.frame
+        score_size = (
+            args.score_size if args.score_size is not None else (preset.score_size if frame == preset.frame else None)
+        )
         split = args.split or preset.split
         backbone = args.backbone or preset.backbone
         class_filter = args.class_filter if args.class_filter is not None else preset.class_filter
@@ -71,6 +81,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
         dataset = args.dataset
         configs = method_specs(args)
         frame = args.frame or ("model" if dataset in MODEL_FRAME_DATASETS else "label")
+        if frame == "label":  # scoring at the label's size segments the whole image unless a config says otherwise
+            configs = tuple(
+                s if "geometry" in s.params or "geometry" in get_method(s.method).extraction
+                else MethodSpec(s.method, {**s.params, "geometry": "aspect"})
+                for s in configs
+            )  # fmt: skip
+        score_size = args.score_size
         split = args.split
         backbone = args.backbone or DEFAULT_BACKBONE
         class_filter = args.class_filter
@@ -86,10 +103,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     captioner = getattr(args, "captioner", None) or (
         preset.captioner if preset and any(s.resolved.extraction.prompting.needs_captioner for s in configs) else None
     )
-    if frame == "label":  # scoring at the label's size segments the whole image unless a config says otherwise
-        configs = tuple(
-            s if "geometry" in s.params else MethodSpec(s.method, {**s.params, "geometry": "aspect"}) for s in configs
-        )
+    if score_size is not None and frame != "model":
+        raise ValueError(f"--score-size samples the model frame: it needs --frame model (the frame is {frame})")
     takes_split, default = reader_splits(dataset)
     evaluated = split or default
     configs, tunings = plan_tunings(args, preset, configs, evaluated)
@@ -104,7 +119,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             )
     return Plan(
         dataset, dataset_options(dataset, split, args.classes), frame, backbone, configs, class_filter, tunings,
-        preset, captioner,
+        preset, captioner, score_size,
     )  # fmt: skip
 
 

@@ -11,7 +11,8 @@ preset, and no published number is printed beside them. Numbers are in percent.
 
 Sources: DiffSeg (Tian et al., CVPR 2024) and its official code (google/diffseg); Diffusing,
 Walking and Cutting (Ivanova et al., WACV 2026, "DWC"); DiffSegmenter (Wang et al.) and its
-code (VCG-team/DiffSegmenter).
+code (VCG-team/DiffSegmenter); DiffCut (Couairon et al., NeurIPS 2024) and its code
+(PaulCouairon/DiffCut), with the re-runs of it in DWC (Table 5) and Seg4Diff (Kim et al.).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ DIFFSEG = "DiffSeg (Tian et al., CVPR 2024)"
 DWC = "Diffusing, Walking and Cutting (Ivanova et al.)"
 DIFFSEGMENTER = "DiffSegmenter (Wang et al.)"
 DIFFCUT = "DiffCut (Couairon et al., NeurIPS 2024)"
+SEG4DIFF = "Seg4Diff (Kim et al., NeurIPS 2025), re-running DiffCut"
 
 DIFFSEG_CHOICES = (
     "as the official code: all 16 self-attention layers (down, mid, up), heads and layers of a level averaged, "
@@ -51,15 +53,28 @@ DWC_CHOICES = (
     "every split position along the Fiedler vector tried",
 )
 DIFFCUT_CHOICES = (
-    "as the released code: the output of the last down-path self-attention layer, t = 50, the image squashed to "
-    "1024², W = minmax(cosine)^10, 100 split values from 0.99·min to 0.99·max of the Fiedler vector, leaves assigned "
-    "at the 128² latent grid; per-image Hungarian over all classes",
-    "scored at the label's own size (the latent-grid labels resized by nearest neighbour); the released script "
-    "resizes labels and predictions to 128² and scores there",
+    "as the released code (dataloader/iterator.py, tools/ldm.py, diffcut/recursive_normalized_cut.py, tools/pamr.py, "
+    "eval_diffcut.py): the centred square of side min(H, W) − 1 at torchvision's CenterCrop offsets, bilinear 1024² "
+    "without antialiasing; the output of the last down-path self-attention layer at t = 50; W = minmax(cosine)^10; "
+    "dense float32 eigenvectors; 100 split values from 0.99·min to 0.99·max of the Fiedler vector; below the root, "
+    "nodes whose affinity row holds a zero dropped from the cuts; leaves numbered by the released assembly and "
+    "assigned at 128²; PAMR (centre pixel in the local spread) then a 3×3 median filter where the row uses it",
+    "scored at 128² as eval_diffcut.py: the label cropped like the image, nearest-exact to 1024², PyTorch's "
+    "nearest to 128²; per-image Hungarian over all classes, TP/FP/FN summed over the split",
+    "the resized image is rounded to 8-bit before the VAE (the released code keeps float values): at most half a "
+    "grey level",
     "seeded noise with dsseg's seed; the released code draws its noise with seed 42 on the GPU",
-    "nodes with a zero affinity stay in their side below the root (the released code drops them: an artefact of "
-    "marking explored nodes with zeros)",
+    "deliberately otherwise: splits stop at depth 30 (the released code has no limit); NCut costs in float64 (the "
+    "released code: the float32 Rayleigh quotient, equal in exact arithmetic); leaves kept apart by exact codes (the "
+    "released float32 codes collide past about 40 accepted splits and merge leaves); segment ids are compact in the "
+    "rows, where a leaf with no pixel at 128² leaves an empty id in the released code's Hungarian matrix (ties "
+    "between equally good assignments may then go otherwise)",
 )
+DWC_TABLE1_LEVELS = (
+    "Table 1 does not state its resolutions: §3.1 makes all four levels (8, 16, 32, 64) the default and the preset "
+    "takes that reading (the best row's {64, 32, 16} comes from the level ablation of Table 3)"
+)
+DWC_FOUR_LEVELS = "the 8² level is read from the mid block, the only 8² self-attention (the decoder has none)"
 
 DIFFSEGMENTER_CHOICES = (
     "as the released code (open_vocabulary/<set>/ptp_stable_*.py, evaluation_*.py): the image squashed to 512² "
@@ -116,7 +131,9 @@ class Preset:
 
     ``published``: the row's scores (``acc``/``f1``/``miou``, percent) under ``protocol``; empty
     when the number is not recorded in our references. ``params``: method and extraction
-    parameters (``MethodSpec`` form). ``frame``: ``model`` (DiffSeg protocol) or ``label``.
+    parameters (``MethodSpec`` form), the geometry always among them, so that the run is what
+    ``describe`` lists. ``frame``: ``model`` (DiffSeg protocol) or ``label``; ``score_size``: the
+    model frame scored on a grid of that longer side (DiffCut's 128²; None: its own pixels).
     ``readers``: other dataset readers with the same classes that may stand in for ``dataset``.
     ``candidates``: the released per-image class lists the run must read (``--candidates FILE``);
     ``captioner``: the captioner its prompts need (``descriptors="caption"``).
@@ -139,9 +156,14 @@ class Preset:
     choices: tuple[str, ...] = ()
     candidates: ReleasedFile | None = None
     captioner: str | None = None
+    score_size: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", {k: tuple(v) if isinstance(v, list) else v for k, v in self.params.items()})
+        if "geometry" not in self.params:
+            raise ValueError(f"preset {self.name} must name its geometry: the run must be what it lists")
+        if self.score_size is not None and self.frame != "model":
+            raise ValueError(f"preset {self.name}: a score_size samples the model frame")
 
     def accepts(self, dataset: str) -> bool:
         return dataset == self.dataset or dataset in self.readers
@@ -154,7 +176,7 @@ class Preset:
     def key(self) -> str:
         class_filter = f"{CANDIDATES_PREFIX}sha256={self.candidates.sha256}" if self.candidates else self.class_filter
         tuned = self.tuning.param if self.tuning else None
-        return settings_key(self.spec(), self.frame, class_filter, tuned, self.captioner)
+        return settings_key(self.spec(), self.frame, class_filter, tuned, self.score_size, self.captioner)
 
     def describe(self) -> list[str]:
         """Lines for ``--list-presets`` and the report: the row, the paper, the dataset, every setting."""
@@ -166,7 +188,7 @@ class Preset:
             f"  dataset: {self.dataset}{f' (split {self.split})' if self.split else ''}"
             + (f"; also read as {', '.join(self.readers)}" if self.readers else ""),
             f"  published ({self.protocol}): {scores}",
-            f"  backbone: {self.backbone}; frame: {self.frame}"
+            f"  backbone: {self.backbone}; frame: {frame_text(self.frame, self.score_size)}"
             + (f"; class filter: {self.class_filter}" if self.class_filter else "")
             + (f"; captioner: {self.captioner}" if self.captioner else ""),
             f"  method: {self.method} {_fields(resolved.params, exclude={self.tuning.param} if self.tuning else set())}",
@@ -191,6 +213,11 @@ class Preset:
         return lines
 
 
+def frame_text(frame: str, score_size: int | None = None) -> str:
+    """``model``, ``label`` or ``model, scored at 128²``."""
+    return frame if score_size is None else f"{frame}, scored at {score_size}²"
+
+
 def _fields(config: Any, exclude: set[str] = frozenset()) -> str:
     return ", ".join(
         f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config) if f.name not in exclude
@@ -208,12 +235,17 @@ def filter_identity(class_filter: str | None) -> str | None:
 
 
 def settings_key(
-    spec, frame: str, class_filter: str | None = None, tuned: str | None = None, captioner: str | None = None
+    spec,
+    frame: str,
+    class_filter: str | None = None,
+    tuned: str | None = None,
+    score_size: int | None = None,
+    captioner: str | None = None,
 ) -> str:
     """What a published number depends on, beside dataset and backbone: the resolved extraction and
-    method configs (runtime-only fields and a ``tuned`` parameter left out), the frame and, for
-    configs prompted with classes, the class filter (a candidate file by its bytes), and for
-    configs that read captions the captioner. Equal keys: the same measurement."""
+    method configs (runtime-only fields and a ``tuned`` parameter left out), the frame and its
+    score size, for configs prompted with classes the class filter (a candidate file by its
+    bytes), and for configs that read captions the captioner. Equal keys: the same measurement."""
     resolved = spec.resolved
     extraction = {k: v for k, v in resolved.flat_extraction().items() if k not in RUNTIME_FIELDS}
     if extraction["noise"] != "ddim_inversion" and extraction["timestep"] is None:
@@ -225,6 +257,8 @@ def settings_key(
         "frame": frame,
         "class_filter": filter_identity(class_filter) if resolved.extraction.uses_classes else None,
     }
+    if score_size is not None:
+        key["score_size"] = score_size
     if resolved.extraction.prompting.needs_captioner:
         key["captioner"] = BACKBONE_ALIASES.get(captioner, captioner)
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -310,57 +344,77 @@ def _released(folder: str, sha256: str) -> ReleasedFile:
     return ReleasedFile(RELEASED_CANDIDATES.format(folder), sha256)
 
 
-SSD1B_RANGE = (
-    "our references give SSD-1B's scores as ranges (COCO-Stuff-27 46.1–49.1, Cityscapes 28.4–30.6), 'the higher "
-    "figures likely with PAMR': the lower end is recorded for the row without PAMR, the higher for the row with it"
-)
+DIFFCUT_PARAMS = {"geometry": "diffcut_crop", "image_size": 1024}
+DIFFCUT_SCORE_SIZE = 128  # eval_diffcut.py scores at the 128² assignment grid
 
 
 def _diffcut(
-    name: str, row: str, dataset: str, published: dict, backbone: str = SD14, tau: float = 0.2, **changes: Any
-) -> Preset:
-    """A row of DiffCut (SD 1.4: τ 0.2; SSD-1B: τ 0.5), scored at the label's size."""
-    choices = (*DIFFCUT_CHOICES, SSD1B_RANGE) if backbone == SSD1B else DIFFCUT_CHOICES
-    params = {"tau": tau, **changes}
+    name: str, paper: str, row: str, dataset: str, published: dict, source: str, backbone: str = SD14,
+    tau: float = 0.2, **changes: Any,
+) -> Preset:  # fmt: skip
+    """A row of DiffCut as its released code runs it (SD 1.4: τ 0.2; SSD-1B: τ 0.5), scored at 128²;
+    ``paper`` reported the number, ``source`` says where and how."""
+    params = {**DIFFCUT_PARAMS, "tau": tau, **changes}
     return Preset(
-        name, DIFFCUT, row, dataset, "per_image", published, backbone, "diffcut", params, frame="label", choices=choices
+        name, paper, row, dataset, "per_image", published, backbone, "diffcut", params, frame="model",
+        choices=(*DIFFCUT_CHOICES, source), score_size=DIFFCUT_SCORE_SIZE,
     )  # fmt: skip
 
 
 def _presets() -> list[Preset]:
     coco, t6 = "cocostuff27", "Table 6, "
-    four_levels = "the 8² level is read from the mid block, the only 8² self-attention (the decoder has none)"
     ade = (
         "ADE20K in DiffSeg's protocol (centre square, 512²) like COCO-Stuff; the full ADE20K release (ade20k_full) "
         "stands in for SceneParsing, its objects mapped to the 150 classes"
     )
+    four = {"blocks": ("mid", "up"), "resolutions": (64, 32, 16, 8)}  # §3.1: "all available resolutions"
     presets = [
         _diffseg("diffseg-cocostuff27", DIFFSEG, "COCO-Stuff-27: DiffSeg, τ 1.1", coco, "per_image", {"acc": 72.5, "miou": 43.6}, 1.1),
         _diffseg("diffseg-cityscapes27", DIFFSEG, "Cityscapes: DiffSeg, τ 0.9 (DWC §4.5)", "cityscapes27", "per_image", {"acc": 76.0, "miou": 21.2}, 0.9),
         _diffseg("dwc-diffseg-globally-averaged", DWC, t6 + "DiffSeg, globally averaged", coco, "per_image", {"acc": 72.5, "f1": 58.5, "miou": 43.6}, 1.1),
         _diffseg("dwc-diffseg-per-image-avg", DWC, t6 + "DiffSeg, per-image averaged", coco, "per_image_avg", {"acc": 72.6, "f1": 71.1, "miou": 34.1}, 1.1),
         _diffseg("dwc-diffseg-oracle-merged", DWC, t6 + "DiffSeg, per-image averaged with the oracle merge", coco, "oracle_merged", {"acc": 79.2, "f1": 73.0, "miou": 60.6}, 1.1),
-        _dwc("dwc-manc-ncut", "COCO-Stuff-27: MAN-C w/ NCut, k = 1, resolutions {64, 32, 16} (the best row)", coco, "per_image", {"acc": 74.1, "f1": 60.8, "miou": 46.6}),
-        _dwc("dwc-manc-ncut-four-levels", "COCO-Stuff-27: MAN-C w/ NCut, k = 1, all four resolutions", coco, "per_image", {"miou": 46.1}, (four_levels,), blocks=("mid", "up"), resolutions=(64, 32, 16, 8)),
-        _dwc("dwc-random-walk", "COCO-Stuff-27: Random Walk NCut on P, threshold 0.3 (baseline)", coco, "per_image", {"acc": 72.2, "f1": 56.9, "miou": 43.3}, graph="random_walk", stopping="threshold", threshold=0.3),
-        _dwc("dwc-dot-threshold", "COCO-Stuff-27: dot-product adjacency A = P·Pᵀ, NCut threshold 0.4", coco, "per_image", {"acc": 74.0, "f1": 58.4, "miou": 44.0}, stopping="threshold", threshold=0.4),
+        _dwc("dwc-manc-ncut", "COCO-Stuff-27: MAN-C w/ NCut, k = 1, resolutions {64, 32, 16} (the best row; Table 3, three levels)", coco, "per_image", {"acc": 74.1, "f1": 60.8, "miou": 46.6}),
+        _dwc("dwc-manc-ncut-four-levels", "Table 3, COCO-Stuff-27: MAN-C w/ NCut, k = 1, four levels {64, 32, 16, 8}", coco, "per_image", {"acc": 74.7, "f1": 60.6, "miou": 46.1}, (DWC_FOUR_LEVELS,), **four),
+        _dwc("dwc-manc-ncut-two-levels", "Table 3, COCO-Stuff-27: MAN-C w/ NCut, k = 1, two levels {64, 32}", coco, "per_image", {"acc": 70.1, "f1": 56.4, "miou": 42.7}, resolutions=(64, 32)),
+        _dwc("dwc-manc-ncut-one-level", "Table 3, COCO-Stuff-27: MAN-C w/ NCut, k = 1, one level {64}", coco, "per_image", {"acc": 63.9, "f1": 49.6, "miou": 36.4}, resolutions=(64,)),
+        _dwc("dwc-random-walk", "Table 1, COCO-Stuff-27: Random Walk NCut on P, threshold 0.3 (baseline)", coco, "per_image", {"acc": 72.2, "f1": 56.9, "miou": 43.3}, (DWC_TABLE1_LEVELS, DWC_FOUR_LEVELS), graph="random_walk", stopping="threshold", threshold=0.3, **four),
+        _dwc("dwc-dot-threshold", "Table 1, COCO-Stuff-27: dot-product adjacency A = P·Pᵀ, NCut threshold 0.4", coco, "per_image", {"acc": 74.0, "f1": 58.4, "miou": 44.0}, (DWC_TABLE1_LEVELS, DWC_FOUR_LEVELS), stopping="threshold", threshold=0.4, **four),
         _dwc("dwc-ncut-per-image-avg", t6 + "MAN-C w/ NCut, per-image averaged", coco, "per_image_avg", {"acc": 74.0, "f1": 73.3, "miou": 38.0}),
         _dwc("dwc-ncut-oracle-merged", t6 + "MAN-C w/ NCut, per-image averaged with the oracle merge", coco, "oracle_merged", {"acc": 83.6, "f1": 76.0, "miou": 64.5}),
         _dwc("dwc-cityscapes27", "Cityscapes: MAN-C w/ NCut", "cityscapes27", "per_image", {"miou": 22.0}),
         dataclasses.replace(_dwc("dwc-ade20k150", "ADE20K (150 classes): MAN-C w/ NCut", "ade20k150", "per_image", {"miou": 41.2}, (ade,)), readers=("ade20k_full",)),
     ]  # fmt: skip
-    scaled_mincut = {1: {"miou": 23.8}, 3: {"miou": 42.4}}  # k = 2, 4, 5: not recorded in REFERENCES.md
+    # Table 2: Scaled MinCut over all four levels, power walk k = 1..5 (k = 1 is also Table 3's four-level row).
+    scaled_mincut = {
+        1: {"acc": 45.9, "f1": 36.1, "miou": 23.8}, 2: {"acc": 67.0, "f1": 54.4, "miou": 40.7},
+        3: {"acc": 71.2, "f1": 56.9, "miou": 42.4}, 4: {"acc": 70.7, "f1": 55.8, "miou": 41.1},
+        5: {"acc": 70.0, "f1": 54.2, "miou": 39.6},
+    }  # fmt: skip
     presets += [
-        _dwc(f"dwc-scaled-mincut-k{k}", f"Table 2, COCO-Stuff-27: MAN-C w/ Scaled MinCut, power walk k = {k}", coco, "per_image", scaled_mincut.get(k, {}), stopping="manc_mincut", power=k)
+        _dwc(f"dwc-scaled-mincut-k{k}", f"Table 2, COCO-Stuff-27: MAN-C w/ Scaled MinCut, power walk k = {k}, all four levels" + (" (= Table 3, four levels)" if k == 1 else ""), coco, "per_image", scaled_mincut[k], (DWC_FOUR_LEVELS,), stopping="manc_mincut", power=k, **four)
         for k in range(1, 6)
     ]  # fmt: skip
     presets += [
-        _diffcut("diffcut-sd14-cocostuff27", "COCO-Stuff-27: DiffCut on SD 1.4, τ 0.2, without PAMR", coco, {"miou": 31.3}),
-        _diffcut("diffcut-sd14-pamr-cocostuff27", "COCO-Stuff-27: DiffCut on SD 1.4, τ 0.2, with PAMR (10 iterations, dilations 1, 2, 4, 8)", coco, {"miou": 45.2}, pamr_iterations=10),
-        _diffcut("diffcut-ssd1b-cocostuff27", "COCO-Stuff-27: DiffCut on SSD-1B, τ 0.5, without PAMR", coco, {"miou": 46.1}, SSD1B, 0.5),
-        _diffcut("diffcut-ssd1b-pamr-cocostuff27", "COCO-Stuff-27: DiffCut on SSD-1B, τ 0.5, with PAMR", coco, {"miou": 49.1}, SSD1B, 0.5, pamr_iterations=10),
-        _diffcut("diffcut-ssd1b-cityscapes27", "Cityscapes: DiffCut on SSD-1B, τ 0.5, without PAMR", "cityscapes27", {"miou": 28.4}, SSD1B, 0.5),
-        _diffcut("diffcut-ssd1b-pamr-cityscapes27", "Cityscapes: DiffCut on SSD-1B, τ 0.5, with PAMR", "cityscapes27", {"miou": 30.6}, SSD1B, 0.5, pamr_iterations=10),
+        _dwc("dwc-scaled-mincut-three-levels", "Table 3, COCO-Stuff-27: MAN-C w/ Scaled MinCut, k = 1, three levels {64, 32, 16}", coco, "per_image", {"acc": 42.0, "f1": 32.0, "miou": 20.6}, stopping="manc_mincut"),
+        _dwc("dwc-scaled-mincut-two-levels", "Table 3, COCO-Stuff-27: MAN-C w/ Scaled MinCut, k = 1, two levels {64, 32}", coco, "per_image", {"acc": 37.2, "f1": 27.6, "miou": 17.0}, stopping="manc_mincut", resolutions=(64, 32)),
+        _dwc("dwc-scaled-mincut-one-level", "Table 3, COCO-Stuff-27: MAN-C w/ Scaled MinCut, k = 1, one level {64}", coco, "per_image", {"acc": 36.1, "f1": 25.0, "miou": 15.3}, stopping="manc_mincut", resolutions=(64,)),
+    ]  # fmt: skip
+    dwc_rerun = "DWC Table 5: their re-run of the released code"
+    presets += [
+        _diffcut("diffcut-sd14-cocostuff27", DWC, "COCO-Stuff-27: DiffCut on SD 1.4, τ 0.2, without PAMR (DWC Table 5)", coco, {"miou": 31.3},
+                 f"the number: {dwc_rerun} on SD 1.4 (τ 0.2 and α 10, as the DiffCut author advised them); the DiffCut paper has no SD 1.4 row"),
+        _diffcut("diffcut-sd14-pamr-cocostuff27", DWC, "COCO-Stuff-27: DiffCut on SD 1.4, τ 0.2, with PAMR (10 iterations, dilations 1, 2, 4, 8; DWC Table 5)", coco, {"miou": 45.2},
+                 f"the number: {dwc_rerun} on SD 1.4 with PAMR (τ 0.2, α 10, as the DiffCut author advised them)", pamr_iterations=10),
+        _diffcut("diffcut-ssd1b-cocostuff27", DWC, "COCO-Stuff-27: DiffCut on SSD-1B, τ 0.5, without PAMR (DWC Table 5)", coco, {"miou": 46.1},
+                 f"the number: {dwc_rerun} on SSD-1B without PAMR (Seg4Diff's re-run gives the same 46.1)", SSD1B, 0.5),
+        _diffcut("diffcut-ssd1b-pamr-cocostuff27", DIFFCUT, "COCO-Stuff-27: DiffCut on SSD-1B, τ 0.5, with PAMR", coco, {"miou": 49.1},
+                 "the number: the DiffCut paper (SSD-1B, with PAMR); DWC Table 5's re-run with PAMR gives the same 49.1", SSD1B, 0.5, pamr_iterations=10),
+        _diffcut("diffcut-ssd1b-cityscapes27", SEG4DIFF, "Cityscapes: DiffCut on SSD-1B, τ 0.5, without PAMR (Seg4Diff's re-run)", "cityscapes27", {"miou": 28.4},
+                 "the number: Seg4Diff's re-run of DiffCut on SSD-1B; our references do not say whether it applied PAMR: the "
+                 "preset reads it as without, as the 46.1 that re-run gives for COCO-Stuff-27 is DWC's figure without PAMR", SSD1B, 0.5),
+        _diffcut("diffcut-ssd1b-pamr-cityscapes27", DIFFCUT, "Cityscapes: DiffCut on SSD-1B, τ 0.5, with PAMR", "cityscapes27", {"miou": 30.6},
+                 "the number: the DiffCut paper (SSD-1B, with PAMR)", SSD1B, 0.5, pamr_iterations=10),
     ]  # fmt: skip
     presets += [
         _diffsegmenter("diffsegmenter-voc2012", "voc2012", "val", 60.1, DIFFSEGMENTER_PARAMS,
@@ -430,12 +484,14 @@ def matching_presets(
     tuned: Mapping[str, str] | Sequence[str] = (),
     split: str | None = None,
     captioner: str | None = None,
+    score_size: int | None = None,
 ) -> list[PresetMatch]:
     """The presets whose settings a run config has: the same dataset and split (a stand-in reader,
-    e.g. ade20k_full for ade20k150, has no split to compare), method, frame, every extraction and
-    method setting, class filter and captioner. ``split`` None means the reader's default. A preset
-    with a tuned parameter matches only when ``tuned`` names that parameter chosen the way the
-    preset chose it ({param: ``split`` | ``oracle``}; a bare list of names means ``split``)."""
+    e.g. ade20k_full for ade20k150, has no split to compare), method, frame and score size, every
+    extraction and method setting, class filter and captioner. ``split`` None means the reader's
+    default. A preset with a tuned parameter matches only when ``tuned`` names that parameter
+    chosen the way the preset chose it ({param: ``split`` | ``oracle``}; a bare list of names
+    means ``split``)."""
     from dsseg.evaluation.datasets import reader_splits
 
     split = split or reader_splits(dataset)[1]
@@ -448,8 +504,8 @@ def matching_presets(
             continue
         if preset.tuning and tuned.get(preset.tuning.param) != preset.tuning.how:
             continue
-        key = settings_key(spec, frame, class_filter, preset.tuning.param if preset.tuning else None, captioner)
-        if preset.key() == key:
+        tuned_param = preset.tuning.param if preset.tuning else None
+        if preset.key() == settings_key(spec, frame, class_filter, tuned_param, score_size, captioner):
             matches.append(PresetMatch(preset, backbone_relation(backbone, preset.backbone)))
     return matches
 

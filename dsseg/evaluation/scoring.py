@@ -5,7 +5,11 @@ Frames (where prediction and ground truth meet):
 - ``model`` (the DiffSeg protocol, used by DiffSeg and DWC): the model-input frame. The segment
   job keeps the masks there (``mask_frame="model"``: e.g. 512² for the centre square), and the
   ground truth is brought to it by the run's own crop box and TF2's nearest-neighbour resize,
-  exactly as the official code's ``process_image`` does; no prediction is ever resampled.
+  exactly as the official code's ``process_image`` does; no prediction is ever resampled. With a
+  ``score_size`` (DiffCut's protocol: 128 for its 1024² input) prediction and ground truth are then
+  both taken to that grid by PyTorch's default nearest resize, as ``eval_diffcut.py`` does (its
+  labels: crop, nearest-exact to 1024², nearest to 128²; its predictions are made at 128², which
+  the model-frame masks repeat ×8).
 - ``label``: the ground truth's own size; predictions (masks at the original image size) are
   resized to it with nearest neighbour where the image differs, as for the Weizmann horses.
 Unsupervised rows are scored under every matching protocol; rows whose segments carry class
@@ -24,7 +28,7 @@ import pyarrow as pa
 
 from dsseg.evaluation.datasets import Dataset, RegionAnnotations, Sample
 from dsseg.evaluation.metrics import MetricState, bsds_scores
-from dsseg.io.frames import resize_labels, resize_labels_tf
+from dsseg.io.frames import resize_labels, resize_labels_tf, resize_labels_torch
 from dsseg.io.images import GeometryMode, plan_geometry
 from dsseg.io.masks import class_labels, decode_segments
 
@@ -36,10 +40,23 @@ BSDS_KEYS = ("covering", "pri", "voi")
 
 @dataclass(frozen=True)
 class ModelFrame:
-    """A run's model-input frame: its extraction ``image_size`` and ``geometry`` (crop / resize mode)."""
+    """A run's model-input frame: its extraction ``image_size`` and ``geometry`` (crop / resize mode),
+    and the ``score_size`` it is scored at (the longer side of the grid prediction and ground truth
+    are both sampled to; None: the model frame's own pixels)."""
 
     image_size: int = 512
     geometry: GeometryMode = "center_crop"
+    score_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.score_size is not None and not 1 <= self.score_size <= self.image_size:
+            raise ValueError(f"score_size must be in [1, image_size={self.image_size}] or None; got {self.score_size}")
+
+
+def score_grid(shape: tuple[int, int], score_size: int) -> tuple[int, int]:
+    """The (h, w) grid a model-frame map of ``shape`` is scored on: its longer side ``score_size``."""
+    scale = score_size / max(shape)
+    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
 
 
 def to_model_frame(labels: np.ndarray, frame: ModelFrame) -> np.ndarray:
@@ -55,7 +72,8 @@ def aligned(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Prediction and ground truth on the same pixel grid under ``frame`` (see the module docstring).
 
-    ``model``: ``pred`` must already be in the model frame (raises ``ValueError`` otherwise).
+    ``model``: ``pred`` must already be in the model frame (raises ``ValueError`` otherwise); with
+    ``model_frame.score_size`` both are then sampled to the score grid (``resize_labels_torch``).
     """
     if frame == "model":
         truth = to_model_frame(gt, model_frame)
@@ -65,6 +83,9 @@ def aligned(
                 "there must be written with mask_frame='model' (jobs/evaluate.py does this), and the label must have the "
                 "image's aspect ratio (else score with --frame label)"
             )
+        if model_frame.score_size is not None:
+            grid = score_grid(truth.shape, model_frame.score_size)
+            pred, truth = resize_labels_torch(pred, grid), resize_labels_torch(truth, grid)
         return pred, truth
     if frame == "label":
         return (resize_labels(pred, gt.shape) if pred.shape != gt.shape else pred), gt

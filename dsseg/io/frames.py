@@ -71,3 +71,21 @@ def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     rows = nearest_indices(size[0], 0, size[0], labels.shape[0])
     cols = nearest_indices(size[1], 0, size[1], labels.shape[1])
     return labels[rows[:, None], cols[None, :]]
+
+
+def torch_nearest_indices(in_size: int, out_size: int) -> np.ndarray:
+    """Source index of each of ``out_size`` output pixels under PyTorch's default
+    ``F.interpolate(..., mode="nearest")`` (corner-aligned, not half-pixel): min(⌊x·in/out⌋, in − 1)
+    in float32 as PyTorch computes it; 1024 → 128 takes every 8th pixel from the first."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    source = np.arange(out_size, dtype=np.float32) * scale
+    return np.minimum(np.floor(source).astype(np.int64), in_size - 1)
+
+
+def resize_labels_torch(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an (h, w) label map to ``size`` (H, W) exactly as PyTorch's default
+    ``F.interpolate`` (see ``torch_nearest_indices``), as DiffCut's ``eval_diffcut.py`` brings its
+    1024² labels to 128²."""
+    rows = torch_nearest_indices(labels.shape[0], size[0])
+    cols = torch_nearest_indices(labels.shape[1], size[1])
+    return labels[rows[:, None], cols[None, :]]

@@ -2,6 +2,10 @@
 
 Geometries (``ExtractConfig.geometry``):
 - ``center_crop`` (DiffSeg's protocol): the centred square of side min(H, W), resized to S×S.
+- ``diffcut_crop`` (DiffCut's released dataloader, ``dataloader/iterator.py``): torchvision's
+  ``CenterCrop`` of side min(H, W) − 1, i.e. the square at top = round((H − side)/2), left =
+  round((W − side)/2) with Python's rounding (halves to even: 0 on the short side, ⌊·⌋ or ⌈·⌉ on
+  the long one), resized to S×S.
 - ``squash``: the whole image resized to S×S, aspect ratio not kept.
 - ``aspect``: the whole image resized so its longer side is S and the shorter side is the
   nearest multiple of 64 (at least 64); the latent is then not square.
@@ -19,8 +23,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-GeometryMode = Literal["center_crop", "squash", "aspect"]
-GEOMETRIES: tuple[GeometryMode, ...] = ("center_crop", "squash", "aspect")
+GeometryMode = Literal["center_crop", "squash", "aspect", "diffcut_crop"]
+GEOMETRIES: tuple[GeometryMode, ...] = ("center_crop", "squash", "aspect", "diffcut_crop")
 SIDE_MULTIPLE = 64  # model input sides are multiples of 64 px: three UNet halvings of an 8× latent
 
 
@@ -41,6 +45,10 @@ def plan_geometry(original_hw: tuple[int, int], size: int, mode: GeometryMode) -
     if mode == "center_crop":
         side = min(height, width)
         box = ((height - side) // 2, (width - side) // 2, side, side)
+        return Geometry(original_hw, box, (size, size))
+    if mode == "diffcut_crop":
+        side = max(1, min(height, width) - 1)
+        box = (round((height - side) / 2), round((width - side) / 2), side, side)  # torchvision's CenterCrop
         return Geometry(original_hw, box, (size, size))
     box = (0, 0, height, width)
     if mode == "squash":

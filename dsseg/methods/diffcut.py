@@ -4,27 +4,46 @@ self-attention block, the way its released code (``diffcut/recursive_normalized_
 Per image, from features F (N, C) on an (h, w) grid:
 1. W = ((S − min S)/(max S − min S))^α with S the cosine similarities of the feature rows, the
    min and max over the whole matrix (α = 10);
-2. recursive two-way NCut: the generalised Fiedler vector y of each (sub-)graph, sign fixed so its
-   largest |y_i| is positive; candidate splits {y > t} for 100 values t from 0.99·min y to
-   0.99·max y; the lowest NCut cost kept when below τ (0.5 for SSD-1B, 0.2 for SD 1.4), and both
-   sides split again on W restricted to them (not rescaled);
-3. each leaf's embedding is the mean of its unit feature rows; every cell of the latent grid
+2. recursive two-way NCut: the generalised Fiedler vector y of each (sub-)graph from a dense
+   float32 eigendecomposition of D^-½(D − W)D^-½ (as the code: ``spectral.laplacian_fiedler_vector``),
+   sign fixed so its largest |y_i| is positive; candidate splits {y > t} for 100 values t from
+   0.99·min y to 0.99·max y (float32 ``torch.linspace``); the lowest NCut cost kept when below τ
+   (0.5 for SSD-1B, 0.2 for SD 1.4), and both sides split again on W restricted to them (not
+   rescaled). Below the root, nodes whose row of W holds a zero are left out of the cuts and
+   follow the lower sides (``drop_zero_rows``, see the reading below);
+3. the leaves numbered as the code's ``assemble_clusters`` numbers them (``released_leaf_order``);
+   each leaf's embedding is the mean of its unit feature rows; every cell of the latent grid
    (``assign_factor`` 4 cells per feature cell: 128² for a 1024² input, where the released code
    assigns) takes the leaf with the largest dot product between that embedding and the cell's
-   bilinearly upsampled unit feature;
-4. optionally PAMR on the one-hot masks with the image at that grid (10 iterations, dilations 1, 2,
-   4, 8), the arg-max, then a 3×3 median filter of the labels, as its evaluation script does;
+   bilinearly upsampled unit feature (ties: the lower id);
+4. optionally PAMR (``dsseg.methods.pamr``) on the one-hot masks of the ids present, in id order,
+   with the image in [0, 1] resized bilinearly to that grid (10 iterations, dilations 1, 2, 4,
+   8), the arg-max, then a 3×3 median filter of those ids, as its evaluation script does (the
+   median depends on the numbering: the released leaf order gives the released labels);
 5. labels repeated to the model input's pixels (``upsample_factor`` 8).
 
 Extraction (its ``tools/ldm.py``): the output of the last self-attention layer of the down path
 (``feature_layer="down:-1"``: ``down_blocks[2]`` in SD 1.x and SDXL, at 1/32 of the image), one
-UNet step at t = 50 on the seeded-noised latent of the image squashed to 1024², the empty prompt.
+UNet step at t = 50 on the seeded-noised latent of the image at 1024², the empty prompt. The
+method's default squashes the image to 1024², as that extractor resizes whatever it is given; the
+released evaluation first crops (``dataloader/iterator.py``), which the presets do with
+``geometry="diffcut_crop"`` and score at 128² (``dsseg.evaluation.presets``).
 
-Reading: the released code marks explored nodes by zeroing their affinities and then, below the
-root, drops every node with any zero affinity. That also drops the nodes whose affinity is zero
-by nature (the least similar pair, which the min–max scaling sets to exactly 0, and affinities that
-underflow float32 after ^α), which then always fall to the lower side of later splits. dsseg keeps
-them: each sub-graph is exactly the nodes of its side (``diffcut_reference`` can do either).
+Reading of the zero-row rule (``drop_zero_rows``, default True as released): the released code
+marks explored nodes by zeroing their pairwise affinities and then, below the root, drops every
+node whose affinity row (over all N columns) holds any zero. That removes the explored nodes, and
+also the nodes whose affinity is zero by nature: the least similar pair, which the min–max scaling
+sets to exactly 0, and affinities that underflow float32 after ^α. Such a node takes part in the
+root cut only; below it, it is in no cut and so in no accepted mask, i.e. it ends in the leaf
+reached from its root side by lower sides only. ``drop_zero_rows=False`` keeps it in every cut of
+its side instead. Config ids: ``drop_zero_rows`` is an ordinary field (not ``ADDED``), so every
+diffcut config id changed when it came (with the released eigensolver, leaf order and PAMR): no
+output computed before can be taken for one computed now, whatever the field's value.
+
+Deliberate differences from the released code: splits stop at ``max_depth`` 30 (the code has no
+limit); NCut costs are evaluated in float64 from prefix sums (the code: the float32 Rayleigh
+quotient, equal in exact arithmetic); leaves are ordered by exact integer codes (the code's float32
+codes collide once they pass 2²⁴, from about 40 accepted splits on, and merge unrelated leaves).
 """
 
 from __future__ import annotations
@@ -52,7 +71,9 @@ class DiffCutConfig:
     tried per cut. ``max_depth``: deepest split (the released code has no limit; ours stops at 30).
     ``assign_factor``: cells of the assignment grid per feature cell along each side (4: the latent
     grid). ``pamr_iterations`` (0 = off) and ``pamr_dilations``: step 4. ``upsample_factor``: pixels
-    per assignment cell in the label map (8: the model input's pixels)."""
+    per assignment cell in the label map (8: the model input's pixels). ``drop_zero_rows``: below
+    the root, leave the nodes with a zero in their row of W out of the cuts, as released (see the
+    module docstring)."""
 
     tau: float = 0.5
     alpha: float = 10.0
@@ -62,6 +83,7 @@ class DiffCutConfig:
     pamr_iterations: int = 0
     pamr_dilations: tuple[int, ...] = (1, 2, 4, 8)
     upsample_factor: int = 8
+    drop_zero_rows: bool = True
 
     def __post_init__(self) -> None:
         if self.tau <= 0 or self.alpha <= 0:
@@ -78,12 +100,56 @@ class DiffCutConfig:
         return NCutConfig(
             graph="diffcut", stopping="threshold", threshold=self.tau, alpha=self.alpha, min_segment_size=1,
             max_depth=self.max_depth, split_candidates=self.split_candidates, candidate_span=CANDIDATE_SPAN,
+            eigensolver="dense_laplacian", drop_zero_rows=self.drop_zero_rows,
         )  # fmt: skip
 
 
 def diffcut_partition(features: torch.Tensor, config: DiffCutConfig) -> Hierarchy:
-    """Steps 1–2 on one image's features (N, C): the leaves of the recursive cut."""
-    return recursive_ncut(scaled_cosine_graph(features, config.alpha), config.cut_config())
+    """Steps 1–2 on one image's features (N, C): the leaves of the recursive cut, numbered in the
+    released code's order (``released_leaf_order``)."""
+    # The rows are normalised here and again in the graph, as the released code normalises them in
+    # generate_masks and again in recursive_ncut: the same float32 affinities, bit for bit, so that
+    # choices decided by rounding (which side of a two-node cut is the upper one) fall alike.
+    hierarchy = recursive_ncut(scaled_cosine_graph(unit_rows(features.float()), config.alpha), config.cut_config())
+    order = released_leaf_order(hierarchy.heaps)
+    rank = torch.empty(len(order), dtype=torch.int64)
+    rank[torch.tensor(order, dtype=torch.int64)] = torch.arange(len(order))
+    return Hierarchy(
+        assignment=rank.to(hierarchy.assignment.device)[hierarchy.assignment],
+        parents=[hierarchy.parents[i] for i in order],
+        heaps=[hierarchy.heaps[i] for i in order],
+    )
+
+
+def released_leaf_order(heaps: list[int]) -> list[int]:
+    """The leaves (given by their heap indices, as ``Hierarchy.heaps``) in the order of the ids the
+    released ``assemble_clusters`` gives them.
+
+    The code collects each accepted split's upper side as a mask, in pre-order with the upper side
+    explored first, and sums them with weights w₁ = 1, w_{m+1} = (largest sum so far) + 1; ids are
+    the ranks of the sums. A node lies in the masks of the splits where its leaf's path goes up
+    (with ``drop_zero_rows`` the dropped nodes go down, so this holds for them too), so the sums
+    are computed per leaf, here with exact integers."""
+    if len(heaps) == 1:
+        return [0]
+    splits = set()
+    for heap in heaps:
+        while heap > 1:
+            heap //= 2
+            splits.add(heap)
+    stack, codes, weight = [1], [0] * len(heaps), 1
+    while stack:
+        node = stack.pop()
+        if node not in splits:
+            continue
+        upper = 2 * node + 1
+        for leaf, heap in enumerate(heaps):
+            shift = heap.bit_length() - upper.bit_length()
+            if shift >= 0 and heap >> shift == upper:
+                codes[leaf] += weight
+        weight = max(codes) + 1
+        stack += [2 * node, upper]  # the upper side is explored first
+    return sorted(range(len(heaps)), key=codes.__getitem__)
 
 
 def assign_cells(
@@ -111,13 +177,21 @@ def diffcut_labels(
 
 
 def refine_labels(labels: torch.Tensor, image: torch.Tensor, config: DiffCutConfig) -> torch.Tensor:
-    """Step 4: labels (H, W) and the image (1, 3, h', w') in [-1, 1] → PAMR on the one-hot masks
-    of the labels present, their arg-max, then a 3×3 median filter (edges: nearest), (H, W) int64."""
+    """Step 4: labels (H, W) and the model input (1, 3, h', w') in [-1, 1] → (H, W) int64 labels."""
+    pixels = torch.round((image.float() + 1.0) * 127.5) / 255.0  # the uint8 pixels in [0, 1], as the code reads them
+    pixels = F.interpolate(pixels, size=tuple(labels.shape), mode="bilinear", align_corners=False)
+    return pamr_median(labels, pixels.to(labels.device), config.pamr_iterations, config.pamr_dilations)
+
+
+def pamr_median(labels: torch.Tensor, image: torch.Tensor, iterations: int, dilations: tuple[int, ...]) -> torch.Tensor:
+    """Labels (H, W) and the image (1, 3, H, W) → PAMR on the one-hot masks of the ids present (in
+    ascending order), their arg-max (ties: the lower id), then a 3×3 median filter of the ids (edges
+    mirrored, scipy's default), as ``eval_diffcut.py`` does; (H, W) int64. The code filters the
+    arg-max indices, i.e. the ranks of the present ids: the same labels, as ranking is monotone."""
     present = torch.unique(labels)
     masks = (labels[None] == present[:, None, None]).float()[None]  # (1, S, H, W)
-    image = F.interpolate(image.float(), size=tuple(labels.shape), mode="bilinear", align_corners=False)
-    refined = present[pamr(image.to(masks.device), masks, config.pamr_iterations, config.pamr_dilations)[0].argmax(0)]
-    filtered = median_filter(refined.cpu().numpy(), size=3, mode="nearest")
+    refined = present[pamr(image, masks, iterations, dilations)[0].argmax(0)]
+    filtered = median_filter(refined.cpu().numpy(), size=3)
     return torch.from_numpy(np.ascontiguousarray(filtered)).to(labels.device)
 
 

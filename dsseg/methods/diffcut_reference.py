@@ -4,8 +4,11 @@
 Dense matrices; each cut from ``numpy.linalg.eigh`` of D^-½(D − W)D^-½; each candidate's cost from
 the Rayleigh quotient the released code evaluates, E = zᵀ(D − W)z / zᵀDz with z = (1 + x) − b(1 − x),
 x = ±1 per side, b = k/(1 − k), k the volume share of the upper side; the leaves assembled from the
-accepted masks as the code assembles them. ``drop_zero_rows`` also drops, below the root, the nodes
-with a zero affinity to any node, as the released code does (see ``dsseg.methods.diffcut``).
+accepted masks as the code assembles them (float64 codes: its ids while they stay below 2⁵³).
+``drop_zero_rows`` (default True, as released) drops, below the root, the nodes with a zero
+affinity to any node before each cut (see ``dsseg.methods.diffcut``). Being float64, it may take
+the other side as "upper" where a cut is decided by rounding (two-node cuts): compare its leaves
+with dsseg's and the released code's as partitions.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def reference_cut(weights: np.ndarray, candidates: int = 100) -> tuple[np.ndarra
     return best, float(best_cost)
 
 
-def reference_leaves(features: np.ndarray, tau: float, alpha: float = 10.0, drop_zero_rows: bool = False) -> np.ndarray:
+def reference_leaves(features: np.ndarray, tau: float, alpha: float = 10.0, drop_zero_rows: bool = True) -> np.ndarray:
     """(N,) leaf ids 0..S−1 of the recursive cut, assembled from the accepted masks by the
     released code's rule (each mask added with a weight above every sum so far, codes relabelled)."""
     weights = reference_affinity(features, alpha)

@@ -48,6 +48,7 @@ from dsseg.methods.spectral import (
     Split,
     best_split,
     fiedler_vector,
+    laplacian_fiedler_vector,
     random_walk_vector,
 )
 from dsseg.methods.upsample import upsample_argmax_index
@@ -59,9 +60,11 @@ from dsseg.timing import StageTimer
 GraphMode = Literal["random_walk", "dot", "cosine", "diffcut"]
 Stopping = Literal["manc_ncut", "manc_mincut", "threshold"]
 Upsampling = Literal["cosine", "nearest"]
+EigenSolver = Literal["auto", "dense_laplacian"]
 GRAPHS: tuple[GraphMode, ...] = ("random_walk", "dot", "cosine", "diffcut")
 STOPPINGS: tuple[Stopping, ...] = ("manc_ncut", "manc_mincut", "threshold")
 UPSAMPLINGS: tuple[Upsampling, ...] = ("cosine", "nearest")
+EIGEN_SOLVERS: tuple[EigenSolver, ...] = ("auto", "dense_laplacian")
 DEFAULT_LEVELS = 3  # resolutions None → the three largest captured levels (64, 32, 16 at 512²)
 MAX_DEPTH_LIMIT = 30  # heap indices of depth-30 nodes still fit in int32
 
@@ -83,6 +86,10 @@ class NCutConfig:
     ``eigen_tolerance``: residual at which the eigen-solvers stop. ``walk_iterations``: most power
     iterations per random-walk eigenvector (near-equal eigenvalues converge slowly, but the split
     needs only the dominant invariant subspace, reached in tens of iterations).
+    ``eigensolver``: ``auto`` (dense up to 256 nodes, else Lanczos: ``spectral.fiedler_vector``) or
+    ``dense_laplacian`` (DiffCut's released solver, ``spectral.laplacian_fiedler_vector``).
+    ``drop_zero_rows`` (``graph="diffcut"`` only): below the root, nodes whose row of W holds a
+    zero are left out of every cut and follow the lower side, as DiffCut's released code does.
     """
 
     graph: GraphMode = "dot"
@@ -100,15 +107,20 @@ class NCutConfig:
     eigen_tolerance: float = 1e-5
     walk_iterations: int = 200
     candidate_span: float | None = field(default=None, metadata=ADDED)
+    eigensolver: EigenSolver = field(default="auto", metadata=ADDED)
+    drop_zero_rows: bool = field(default=False, metadata=ADDED)
 
     def __post_init__(self) -> None:
         for name, value, choices in (
             ("graph", self.graph, GRAPHS),
             ("stopping", self.stopping, STOPPINGS),
             ("upsampling", self.upsampling, UPSAMPLINGS),
+            ("eigensolver", self.eigensolver, EIGEN_SOLVERS),
         ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}; got {value!r}")
+        if self.drop_zero_rows and self.graph != "diffcut":
+            raise ValueError("drop_zero_rows follows DiffCut's released code: graph='diffcut' only")
         if self.stopping == "threshold" and (self.threshold is None or self.threshold <= 0):
             raise ValueError("stopping='threshold' needs a positive threshold (the paper uses 0.3–0.6)")
         if self.stopping != "threshold" and self.threshold is not None:
@@ -139,11 +151,13 @@ class Hierarchy:
 
     ``assignment``: (N,) int64 leaf index per node, leaves numbered depth-first (left = lower
     Fiedler values first). ``parents``: per leaf, the heap index of the node it was split from
-    (None for an unsplit root).
+    (None for an unsplit root). ``heaps``: per leaf, its own heap index (root 1; the lower side of
+    node v is 2v, the upper 2v + 1).
     """
 
     assignment: torch.Tensor
     parents: list[int | None]
+    heaps: list[int] = field(default_factory=list)
 
     @property
     def num_leaves(self) -> int:
@@ -207,28 +221,47 @@ def two_way_split(graph: Graph, config: NCutConfig) -> Split | None:
         return None
     if isinstance(graph, DenseGraph) and graph.directed:
         vector, _ = random_walk_vector(graph, config.walk_iterations, config.eigen_tolerance)
+    elif config.eigensolver == "dense_laplacian":
+        vector = laplacian_fiedler_vector(graph)
     else:
         vector, _ = fiedler_vector(graph, tolerance=config.eigen_tolerance)
     return best_split(graph, vector, config.min_segment_size, config.split_candidates, config.candidate_span)
 
 
 def recursive_ncut(graph: Graph, config: NCutConfig) -> Hierarchy:
-    """Split ``graph`` recursively (depth first, left side first) while the stopping rule accepts."""
+    """Split ``graph`` recursively (depth first, left side first) while the stopping rule accepts.
+
+    With ``drop_zero_rows`` each cut below the root sees only the side's nodes whose row of the
+    whole W holds no zero; the others join the cut's lower side (see ``NCutConfig``)."""
     device = graph.device
     assignment = torch.zeros(graph.size, dtype=torch.int64, device=device)
     parents: list[int | None] = []
+    heaps: list[int] = []
+    dropped = zero_rows(graph) if config.drop_zero_rows else None
     stack = [(torch.arange(graph.size, device=device), 1, 0)]  # (nodes, heap index, depth)
     while stack:
         nodes, heap, depth = stack.pop()
-        sub = graph if depth == 0 else graph.subgraph(nodes)
+        cut_nodes = nodes if dropped is None or depth == 0 else nodes[~dropped[nodes]]
+        sub = graph if depth == 0 else graph.subgraph(cut_nodes)
         split = two_way_split(sub, config) if depth < config.max_depth else None
         if split is not None and accept_split(sub, split, config):
-            stack.append((nodes[split.right], 2 * heap + 1, depth + 1))
-            stack.append((nodes[~split.right], 2 * heap, depth + 1))
+            upper = cut_nodes[split.right]
+            in_upper = torch.zeros(graph.size, dtype=torch.bool, device=device)
+            in_upper[upper] = True
+            stack.append((upper, 2 * heap + 1, depth + 1))
+            stack.append((nodes[~in_upper[nodes]], 2 * heap, depth + 1))
             continue
         assignment[nodes] = len(parents)
         parents.append(heap // 2 if heap > 1 else None)
-    return Hierarchy(assignment=assignment, parents=parents)
+        heaps.append(heap)
+    return Hierarchy(assignment=assignment, parents=parents, heaps=heaps)
+
+
+def zero_rows(graph: Graph) -> torch.Tensor:
+    """(n,) bool: the nodes whose row of W holds a zero (a dense graph's; DiffCut's zero-row rule)."""
+    if not isinstance(graph, DenseGraph):
+        raise ValueError("drop_zero_rows needs explicit weights (graph='diffcut')")
+    return (graph.weights == 0).any(dim=1)
 
 
 def ncut_partition(transition: torch.Tensor, config: NCutConfig) -> Hierarchy:

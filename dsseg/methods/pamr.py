@@ -2,10 +2,13 @@
 CVPR 2020), in torch.
 
 Each pixel's scores become a weighted mean of its neighbours' scores — the 8 neighbours at each
-of several dilations — with weights from a softmax over the neighbours of −|ΔI| / (0.1·σ),
-ΔI the colour difference to the neighbour (averaged over RGB), σ the standard deviation of the
-neighbours' colours around the pixel. Repeated ``iterations`` times, so scores spread within
-regions of similar colour and stop at edges. Same code on CPU and GPU; memory O(C·H·W) per step.
+of several dilations — with weights from a softmax over the neighbours of the channel mean of
+−|ΔI_c| / (0.1·σ_c + 10⁻⁸), ΔI_c the difference of colour channel c to the neighbour and σ_c the
+local standard deviation of channel c. As the released PAMR (``tools/pamr.py`` of DiffCut, from
+1-stage-wseg) computes it, σ_c is the unbiased standard deviation over the 3×3 dilated window of
+every dilation, centre included: 9·len(dilations) values, the pixel itself once per dilation.
+Edges are replicated. Repeated ``iterations`` times, so scores spread within regions of similar
+colour and stop at edges. Same code on CPU and GPU; memory O(C·H·W) per step.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 TEMPERATURE = 0.1  # scales the local colour spread (PAMR's setting)
+EPSILON = 1e-8  # added to the scaled spread (PAMR's setting): flat windows give uniform weights
 
 
 def neighbour_offsets(dilations: Sequence[int]) -> list[tuple[int, int]]:
@@ -36,8 +40,9 @@ def pamr_affinities(image: torch.Tensor, dilations: Sequence[int] = (1, 2, 4, 8)
     image = image.float()
     pad = max(dilations)
     neighbours = torch.stack([_shifted(image, o, pad) for o in neighbour_offsets(dilations)], dim=2)  # (B, 3, K, H, W)
-    spread = neighbours.std(dim=2, keepdim=True).clamp_min(1e-8)
-    logits = -((neighbours - image[:, :, None]).abs() / (TEMPERATURE * spread)).mean(dim=1)  # (B, K, H, W)
+    centres = image[:, :, None].expand(-1, -1, len(dilations), -1, -1)  # the centre of each dilation's window
+    spread = torch.cat([neighbours, centres], dim=2).std(dim=2, keepdim=True)  # (B, 3, 1, H, W), unbiased
+    logits = -((neighbours - image[:, :, None]).abs() / (TEMPERATURE * spread + EPSILON)).mean(dim=1)  # (B, K, H, W)
     return logits.softmax(dim=1)
 
 

@@ -203,6 +203,22 @@ def fiedler_vector(graph: Graph, max_steps: int = 200, tolerance: float = 1e-5) 
     return fixed_sign(inv_sqrt * y), 1.0 - mu
 
 
+def laplacian_fiedler_vector(graph: Graph) -> torch.Tensor:
+    """DiffCut's released solver: the second-smallest eigenvector v of the normalised Laplacian
+    D^-½·(D − W)·D^-½ from a dense float32 ``torch.linalg.eigh`` (its column 1), mapped back to
+    x = D^-½·v with the sign that makes the largest |x_i| positive; (n,) float32.
+
+    The same generalised eigenvector as ``fiedler_vector``, computed from the same matrix and in the
+    same order of operations as ``diffcut/recursive_normalized_cut.py``, so that the split values and
+    the sides of nodes near them follow that code (dense: O(n³), n ≤ 1024 for a 1024² DiffCut input).
+    """
+    degrees = graph.degrees()
+    inv_sqrt = 1.0 / degrees.sqrt()
+    laplacian = torch.diag(degrees) - graph.dense()
+    _, vectors = torch.linalg.eigh(inv_sqrt[:, None] * laplacian * inv_sqrt[None, :])
+    return fixed_sign(inv_sqrt * vectors[:, 1])
+
+
 def lanczos_largest(
     matmul, deflated: torch.Tensor, max_steps: int, tolerance: float, restarts: int = 4
 ) -> tuple[float, torch.Tensor]:
@@ -328,8 +344,8 @@ def best_split(
     if candidates is not None:
         if span is None:
             values = torch.linspace(float(ordered[0]), float(ordered[-1]), candidates + 2, device=x.device)[1:-1]
-        else:
-            values = torch.linspace(span * float(ordered[0]), span * float(ordered[-1]), candidates, device=x.device)
+        else:  # float32 ends from the vector itself, as DiffCut's code computes them: torch.linspace(0.99·min, 0.99·max)
+            values = torch.linspace(ordered[0] * span, ordered[-1] * span, candidates, device=x.device)
         positions = torch.searchsorted(ordered, values.to(ordered.dtype), right=True)
         chosen = torch.zeros_like(allowed)
         chosen[(positions - 1).clamp(0, n - 2)] = True

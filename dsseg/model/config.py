@@ -46,8 +46,9 @@ CAPTION = "caption"  # descriptors="caption", naming="caption": the words come f
 @dataclass(frozen=True)
 class Preparation:
     """The model input, in pixels: ``geometry`` ``center_crop`` (the centred square, DiffSeg's
-    protocol), ``squash`` (the whole image resized to a square) or ``aspect`` (the longer side to
-    ``image_size``, the shorter to the nearest multiple of 64); bilinear, antialiased or not."""
+    protocol), ``squash`` (the whole image resized to a square), ``aspect`` (the longer side to
+    ``image_size``, the shorter to the nearest multiple of 64) or ``diffcut_crop`` (the centred
+    square of side min(H, W) − 1 as DiffCut's dataloader crops it); bilinear, antialiased or not."""
 
     image_size: int = 512
     geometry: GeometryMode = "center_crop"
