@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from dsseg.errors import ConfigError
 from dsseg.io.images import GEOMETRIES
 from dsseg.methods import METHOD_NAMES
-from dsseg.model.config import CANDIDATES_PREFIX, DEFAULT_BACKBONE, DEFAULT_CAPTIONER, NOISE_MODES
+from dsseg.model.config import DEFAULT_BACKBONE, DEFAULT_CAPTIONER, NOISE_MODES, candidates_filter
 from dsseg.model.vocabularies import VOCABULARIES
 
 if TYPE_CHECKING:
@@ -267,10 +267,8 @@ def job_from_args(args: argparse.Namespace) -> SegmentJob:
         name: getattr(args, name, None) for name in RUN_FILE_KEYS - {"configs"}
     }  # every SegmentJob setting has a flag
     settings.update({name: value for name, value in given.items() if value is not None})
-    if getattr(args, "candidates", None):
-        if args.class_filter:
-            raise ConfigError("candidates", "is the class filter candidates:FILE: give it or --class-filter, not both")
-        settings["class_filter"] = f"{CANDIDATES_PREFIX}{args.candidates}"
+    if args.candidates:
+        settings["class_filter"] = candidates_filter(args.class_filter, args.candidates)
     params = params_from_args(args)
     if args.method is not None or params:
         if "configs" in settings:

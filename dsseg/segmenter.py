@@ -321,9 +321,14 @@ class LazyCaptions:
         return [self.continuations[pair] for pair in pairs]
 
 
+def box_size(box: Sequence[float]) -> tuple[int, int]:
+    """The (h, w) pixels of a crop box (top, left, height, width), which may be fractional."""
+    return max(1, round(box[2])), max(1, round(box[3]))
+
+
 def source_sizes(geometries: Sequence[Geometry]) -> list[tuple[int, int]]:
     """Per image, the (h, w) pixels of the box its model input was resized from."""
-    return [(max(1, round(g.box[2])), max(1, round(g.box[3]))) for g in geometries]
+    return [box_size(g.box) for g in geometries]
 
 
 def conditional_texts(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from dsseg.cli import parse_param_values
@@ -13,7 +12,7 @@ from dsseg.evaluation.datasets import reader_splits
 from dsseg.evaluation.presets import BACKGROUND_TUNING, Preset, Tuning, get_preset
 from dsseg.job.config import load_run_file
 from dsseg.methods import get_method
-from dsseg.model.config import CANDIDATES_PREFIX
+from dsseg.model.config import candidates_filter
 from dsseg.spec import MethodSpec
 
 # The DiffSeg protocol (the 512² model frame) for the datasets its papers report; the label's size elsewhere.
@@ -72,7 +71,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         split = args.split or preset.split
         backbone = args.backbone or preset.backbone
         class_filter = args.class_filter if args.class_filter is not None else preset.class_filter
-        if preset.candidates and not getattr(args, "candidates", None):
+        if preset.candidates and not args.candidates:
             raise ValueError(
                 f"preset {preset.name} prompts each image with the candidate classes its authors released: download "
                 f"{preset.candidates.source} and give it with --candidates FILE"
@@ -93,14 +92,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         class_filter = args.class_filter
     if class_filter in ("", "none"):
         class_filter = None
-    candidates = getattr(args, "candidates", None)
-    if candidates:
-        if args.class_filter not in (None, "", "none"):
-            raise ValueError("give either --candidates FILE or --class-filter, not both")
-        if "://" not in candidates and not Path(candidates).is_file():
-            raise ValueError(f"--candidates {candidates}: no such file")
-        class_filter = f"{CANDIDATES_PREFIX}{candidates}"
-    captioner = getattr(args, "captioner", None) or (
+    if args.candidates:
+        class_filter = candidates_filter(args.class_filter, args.candidates)
+    captioner = args.captioner or (
         preset.captioner if preset and any(s.resolved.extraction.prompting.needs_captioner for s in configs) else None
     )
     if score_size is not None and frame != "model":

@@ -496,6 +496,7 @@ def matching_presets(
 
     split = split or reader_splits(dataset)[1]
     tuned = dict(tuned) if isinstance(tuned, Mapping) else dict.fromkeys(tuned, "split")
+    class_filter = filter_identity(class_filter)  # a candidate file read and hashed once, not per preset
     matches = []
     for preset in PRESETS.values():
         if not preset.accepts(dataset) or preset.method != spec.method:

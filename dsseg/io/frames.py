@@ -53,8 +53,14 @@ def tf_nearest_indices(in_size: int, out_size: int) -> np.ndarray:
     """Source index of each of ``out_size`` output pixels under TF2's ``tf.image.resize(...,
     NEAREST_NEIGHBOR)`` (half-pixel centres): min(⌊(x + 0.5)·in/out⌋, in − 1), in float32 as
     TF computes it, so labels land exactly where the official DiffSeg evaluation puts them."""
+    return float32_nearest_indices(in_size, out_size, offset=0.5)
+
+
+def float32_nearest_indices(in_size: int, out_size: int, offset: float) -> np.ndarray:
+    """min(⌊(x + offset)·in/out⌋, in − 1) for each output pixel x, in float32: nearest neighbour with
+    half-pixel centres (``offset`` 0.5, TensorFlow) or corner-aligned ones (0, PyTorch's default)."""
     scale = np.float32(in_size) / np.float32(out_size)
-    source = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale
+    source = (np.arange(out_size, dtype=np.float32) + np.float32(offset)) * scale
     return np.minimum(np.floor(source).astype(np.int64), in_size - 1)
 
 
@@ -77,9 +83,7 @@ def torch_nearest_indices(in_size: int, out_size: int) -> np.ndarray:
     """Source index of each of ``out_size`` output pixels under PyTorch's default
     ``F.interpolate(..., mode="nearest")`` (corner-aligned, not half-pixel): min(⌊x·in/out⌋, in − 1)
     in float32 as PyTorch computes it; 1024 → 128 takes every 8th pixel from the first."""
-    scale = np.float32(in_size) / np.float32(out_size)
-    source = np.arange(out_size, dtype=np.float32) * scale
-    return np.minimum(np.floor(source).astype(np.int64), in_size - 1)
+    return float32_nearest_indices(in_size, out_size, offset=0.0)
 
 
 def resize_labels_torch(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -21,11 +21,11 @@ from dsseg.errors import ConfigError
 from dsseg.io.images import DEFAULT_MAX_PIXELS
 from dsseg.io.sources import is_uri
 from dsseg.model.config import (
-    CANDIDATES_PREFIX,
     DEFAULT_BACKBONE,
     RUNTIME_FIELDS,
     Preparation,
     added_at_default,
+    check_candidates_file,
     check_filter_spec,
     filter_may_read_captions,
     filter_reads_captions,
@@ -215,9 +215,7 @@ class SegmentJob:
             raise ConfigError("configs", "two of the run's configs are the same; remove the repeat")
         if self.class_filter is not None:
             check_filter_spec(self.class_filter)
-            listing = self.class_filter.removeprefix(CANDIDATES_PREFIX)
-            if filter_supplies_classes(self.class_filter) and "://" not in listing and not Path(listing).is_file():
-                raise ConfigError("candidates", f"{listing}: no such file (the per-image candidate class lists)")
+            check_candidates_file(self.class_filter)
         reading = [spec.method for spec in specs if reads_captions(spec, self.class_filter)]
         if reading and not self.captioner:
             raise ConfigError(

@@ -23,7 +23,7 @@ from dsseg.job.memory import is_out_of_memory, probe_batch_size
 from dsseg.model.backbone import load_backbone
 from dsseg.model.captioner import load_captioner
 from dsseg.model.class_filters import load_class_filter
-from dsseg.segmenter import Segmenter
+from dsseg.segmenter import Segmenter, box_size
 from dsseg.timing import StageTimer
 
 PROBE_CLASSES = 8  # candidate classes per probe image when neither the configs nor the inputs name any
@@ -124,7 +124,7 @@ class SegmentWorker:
         shape = (rows[0]["input_h"], rows[0]["input_w"], 3)
         pixels = np.stack([np.frombuffer(r["pixels"], dtype=np.uint8).reshape(shape) for r in rows])
         wanted = {i for i, cid in enumerate(self.config_ids) if any(cid in row["configs"] for row in rows)}
-        sizes = [(max(1, round(row["box"][2])), max(1, round(row["box"][3]))) for row in rows]
+        sizes = [box_size(row["box"]) for row in rows]
         keys = [(row["image_id"], row["source"]) for row in rows]
         outputs = self.segmenter.segment(
             pixels, [row["classes"] for row in rows], StageTimer(self.device), wanted, sizes, keys

@@ -16,12 +16,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from dsseg.errors import ConfigError
 from dsseg.io.images import GEOMETRIES, SIDE_MULTIPLE, Geometry, GeometryMode, prepare_image
+from dsseg.io.sources import is_uri
 from dsseg.model.vocabularies import get_spellings, get_vocabulary
 
 DEFAULT_BACKBONE = "CompVis/stable-diffusion-v1-4"  # Stable Diffusion v1.4, the DiffSeg and DWC papers' model
@@ -347,6 +349,26 @@ def filter_may_read_captions(spec: str | None) -> bool:
 def filter_supplies_classes(spec: str | None) -> bool:
     """Whether the class filter ``spec`` gives images their candidates (``candidates:FILE``)."""
     return bool(spec) and spec.startswith(CANDIDATES_PREFIX)
+
+
+def check_candidates_file(spec: str | None) -> None:
+    """Raise a ``ConfigError`` when ``spec`` is ``candidates:FILE`` with a local FILE that does not exist."""
+    if filter_supplies_classes(spec):
+        listing = spec.removeprefix(CANDIDATES_PREFIX)
+        if not is_uri(listing) and not Path(listing).is_file():
+            raise ConfigError("candidates", f"{listing}: no such file (the per-image candidate class lists)")
+
+
+def candidates_filter(class_filter: str | None, candidates: str | None) -> str | None:
+    """The class filter of a run given ``--class-filter`` and ``--candidates FILE`` (which is
+    ``candidates:FILE``, checked to exist); a ``ConfigError`` when both are given."""
+    if not candidates:
+        return class_filter
+    if class_filter not in (None, "", "none"):
+        raise ConfigError("candidates", "is the class filter candidates:FILE: give it or --class-filter, not both")
+    spec = f"{CANDIDATES_PREFIX}{candidates}"
+    check_candidates_file(spec)
+    return spec
 
 
 def check_class_names(names: Sequence[str]) -> None:

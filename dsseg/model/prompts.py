@@ -148,9 +148,8 @@ def class_prompt_plan(
     ``weight_last_word``: only the tokens of the name's last word are re-weighted (Compel's
     "word++" on the last word, as released), else every token of the name."""
     check_template(template)
-    text = template.replace(CLASS_PLACEHOLDER, " ".join([*descriptors, name]))
-    if continuation:
-        text = f"{text} {continuation}"
+    named = template.replace(CLASS_PLACEHOLDER, " ".join([*descriptors, name]))
+    text = f"{named} {continuation}" if continuation else named
     prefix = template.split(CLASS_PLACEHOLDER, 1)[0]
     start = len(token_ids(tokenizer, prefix)) + 1
     descriptor_positions: list[int] = []
@@ -165,7 +164,6 @@ def class_prompt_plan(
         if participle.endswith("ing"):
             descriptor_positions.extend(phrase_positions(tokenizer, text, participle, after=name_positions[-1] + 1))
         return PromptPlan(text, (ClassTokens(name_positions, tuple(descriptor_positions), weighted),))
-    named = template.replace(CLASS_PLACEHOLDER, " ".join([*descriptors, name]))
     following = text[len(named) :].split()  # the released code: prompt.split(" ")[index of the name + 1]
     position = name_positions[0] if class_tokens == "first" else name_positions[-1]
     read = (position,)
