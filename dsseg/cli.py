@@ -213,6 +213,12 @@ def job_parser() -> argparse.ArgumentParser:
         "--rows-per-file", type=int, help="rows per write batch, split into one part file per config (default 256)"
     )
     parser.add_argument(
+        "--flush-seconds",
+        type=float,
+        help="also write a batch once its first row has waited this long, so rows land (and survive Ctrl-C) "
+        "within about this time (default 60)",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         default=None,
@@ -401,11 +407,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[0] not in COMMANDS:
         print(f"dsseg: unknown command {argv[0]!r}\n{usage()}", file=sys.stderr)
         return 2
-    if argv[0] == "segment":
-        return segment_main(argv[1:])
-    if argv[0] == "job":
-        return job_main(argv[1:])
-    return importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])
+    try:
+        return run_command(argv[0], argv[1:])
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM (ray job stop): one line, status 130
+        from dsseg.job.interrupts import quiet_exit
+
+        message = str(interrupt) if str(interrupt).startswith("interrupted") else "interrupted"
+        quiet_exit(message if "resume" in message else f"{message}; run the same command to resume")
+        return 130  # not reached: quiet_exit leaves the process
+
+
+def run_command(command: str, argv: list[str]) -> int:
+    """Run ``dsseg COMMAND ARGV``; the first SIGINT/SIGTERM raises ``Interrupted`` (a second exits)."""
+    from dsseg.job.interrupts import interruptible
+
+    with interruptible(mute_stdout=True):
+        if command == "segment":
+            return segment_main(argv)
+        if command == "job":
+            return job_main(argv)
+        return importlib.import_module(COMMANDS[command][0]).main(argv)
 
 
 if __name__ == "__main__":

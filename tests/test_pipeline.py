@@ -20,7 +20,7 @@ from dsseg.io.sources import list_inputs
 from dsseg.job.config import SegmentJob, temporary_working_dir
 from dsseg.job.decode import decode_batch
 from dsseg.job.model_stage import SegmentWorker
-from dsseg.job.runner import plan, run_segment_job
+from dsseg.job.runner import list_todo, prepare_inputs, run_segment_job
 from dsseg.job.write import encode_row
 from dsseg.segmenter import forward_groups
 from dsseg.spec import MethodSpec
@@ -112,12 +112,12 @@ def test_resume_after_a_cancelled_run_gives_exactly_one_row_per_image_and_config
 
     third = run_segment_job(job)
     assert third["already_done"] == 4 and third["rows_written"] == 0 and third["complete"]
-    _, todo = plan(
+    todo = list_todo(
         SegmentJob(**{**job.__dict__, "overwrite": True, "limit": 1})
     )  # what --overwrite --limit 1 would run
     assert len(scan(job.output)) == 0 and [len(item["configs"]) for item in todo] == [
         2
-    ]  # earlier rows gone, both configs redone
+    ]  # earlier rows gone, both redone
 
 
 class CrashOnceWorker(SegmentWorker):
@@ -426,21 +426,21 @@ def test_outputs_that_are_not_this_runs_are_refused_unless_appending(tmp_path):
     )
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(ConfigError, match="is a file"):
-        plan(SegmentJob(**{**job.__dict__, "output": str(tmp_path / "a-file")}))
+        prepare_inputs(SegmentJob(**{**job.__dict__, "output": str(tmp_path / "a-file")}))
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "thesis.tex").write_text("mine")
     with pytest.raises(ConfigError, match=r"holds other files \(thesis.tex\) and no dsseg results"):
-        plan(SegmentJob(**{**job.__dict__, "output": str(tmp_path / "notes")}))
-    assert plan(SegmentJob(**{**job.__dict__, "output": str(tmp_path / "notes"), "append": True}))[1]
+        prepare_inputs(SegmentJob(**{**job.__dict__, "output": str(tmp_path / "notes")}))
+    assert prepare_inputs(SegmentJob(**{**job.__dict__, "output": str(tmp_path / "notes"), "append": True}))
     # Results of one input, then another input into the same output:
     write_config(job.output, job.record())
     other = tmp_path / "other"
     other.mkdir()
     (other / "photo.jpg").write_bytes((IMAGES / "135069.jpg").read_bytes())
     with pytest.raises(ConfigError, match="holds the results of input .*images; give another output"):
-        plan(SegmentJob(**{**job.__dict__, "input": str(other)}))
+        prepare_inputs(SegmentJob(**{**job.__dict__, "input": str(other)}))
     appended = SegmentJob(**{**job.__dict__, "input": str(other), "append": True})
-    plan(appended)
+    prepare_inputs(appended)
     write_config(appended.output, appended.record())
     assert read_config(job.output)["inputs"] == [str(IMAGES), str(other)]  # every input recorded
-    assert plan(job)[1]  # the first input again: its own output, no append needed
+    assert prepare_inputs(job).listed is not None  # the first input again: its own output, no append needed

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -39,6 +40,7 @@ CONFIG_FILE = "config.json"
 SUCCESS_FILE = "_SUCCESS"
 PARTITION_PREFIX = "config="
 SCAN_COLUMNS = ["image_id", "config_id", "status", "error"]
+PART_SHARD = re.compile(r"part-s(\d+)of(\d+)-")
 
 
 def _path(output: str, *parts: str) -> tuple[pafs.FileSystem, str]:
@@ -50,19 +52,34 @@ def success_name(shard: tuple[int, int] | None) -> str:
     return SUCCESS_FILE if shard is None else f"{SUCCESS_FILE}-shard-{shard[0]}-of-{shard[1]}"
 
 
-def part_name(config_id: str, image_ids: list[str]) -> str:
+def part_name(config_id: str, image_ids: list[str], shard: tuple[int, int] | None = None) -> str:
+    """``part-<hash>.parquet``, or ``part-s<I>of<N>-<hash>.parquet`` for rows of shard I of N (so a
+    shard's resume reads only its own parts and the unsharded ones)."""
     digest = hashlib.sha1("\n".join([config_id, *sorted(image_ids)]).encode()).hexdigest()[:20]
-    return f"part-{digest}.parquet"
+    tag = f"s{shard[0]}of{shard[1]}-" if shard is not None else ""
+    return f"part-{tag}{digest}.parquet"
 
 
-def write_parts(table: pa.Table, output: str) -> list[str]:
+def part_shard(path: str) -> tuple[int, int] | None:
+    """The shard a part file's name says its rows belong to (``part_name``), or None."""
+    match = PART_SHARD.match(path.rsplit("/", 1)[-1])
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def may_hold_shard(path: str, shard: tuple[int, int]) -> bool:
+    """False only for part files of another shard of the same split."""
+    tag = part_shard(path)
+    return tag is None or tag[1] != shard[1] or tag == shard
+
+
+def write_parts(table: pa.Table, output: str, shard: tuple[int, int] | None = None) -> list[str]:
     """Write ``table`` (rows of the output schema) as one part file per config; returns the paths."""
     written = []
     for config_id in sorted(set(table.column("config_id").to_pylist())):
         rows = table.filter(pc.equal(table.column("config_id"), config_id))
         fs, folder = _path(output, SEGMENTS_DIR, PARTITION_PREFIX + config_id)
         fs.create_dir(folder, recursive=True)
-        final = f"{folder}/{part_name(config_id, rows.column('image_id').to_pylist())}"
+        final = f"{folder}/{part_name(config_id, rows.column('image_id').to_pylist(), shard)}"
         written.append(write_atomically(fs, final, lambda stream, rows=rows: pq.write_table(rows, stream)))
     return written
 

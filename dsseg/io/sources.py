@@ -29,6 +29,8 @@ import posixpath
 import tarfile
 import zlib
 from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
@@ -117,26 +119,85 @@ def extension(path: str) -> str:
     return posixpath.splitext(path)[1].lower()
 
 
-def list_inputs(spec: str, limit: int | None = None, shard: tuple[int, int] | None = None) -> list[Item]:
-    """The images of ``spec`` (see the module docstring) in a deterministic order.
+@dataclass(frozen=True)
+class InputPlan:
+    """What a job reads, decided on the driver without reading the images' rows.
 
-    ``shard=(i, n)`` keeps the images whose id hashes (CRC-32) to i mod n — stable when the
-    collection grows; ``limit`` then keeps the first N. Raises ``ValueError`` with what to do
-    when nothing is found, the input is missing, or ids repeat.
+    ``listed``: the items of images and tar shards (ITEM_SCHEMA), listed on the driver (one
+    entry per file: bounded by the files a folder holds). ``manifests``: the manifest files
+    (one file, or every file of a folder or glob of manifests), read as a stream of chunks
+    (``manifest_chunks``) by Ray tasks, never as one list.
     """
-    items = _expand(spec)
+
+    spec: str
+    listed: pa.Table | None = None
+    manifests: tuple[str, ...] = ()
+
+
+def plan_inputs(spec: str) -> InputPlan:
+    """Decide how ``spec`` is read (see the module docstring); listing errors are ``ConfigError``s."""
+    expanded = _expand(spec)
+    if isinstance(expanded, InputPlan):
+        return expanded
+    items = expanded
     if not items:
         raise ConfigError(
             "input", f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) or .tar shards found in {spec!r}"
         )
-    repeated = [image_id for image_id, count in Counter(item["image_id"] for item in items).items() if count > 1]
+    check_unique(spec, [item["image_id"] for item in items])
+    return InputPlan(spec, listed=pa.Table.from_pylist(items, schema=ITEM_SCHEMA))
+
+
+def check_unique(spec: str, image_ids: Sequence[str]) -> None:
+    """Refuse repeated ids (each image has one row per config)."""
+    repeated = [image_id for image_id, count in Counter(image_ids).items() if count > 1]
     if repeated:
         raise ConfigError(
             "input", f"{spec!r} has {len(repeated)} repeated image_id(s), e.g. {repeated[:3]}; ids must be unique"
         )
-    if shard is not None:
-        items = [item for item in items if in_shard(item["image_id"], shard)]
-    return items[:limit] if limit else items
+
+
+def list_inputs(spec: str, limit: int | None = None, shard: tuple[int, int] | None = None) -> list[Item]:
+    """The images of ``spec`` (see the module docstring) in a deterministic order, as one list:
+    for tools and tests on small inputs (the segment job streams manifests instead).
+
+    ``shard=(i, n)`` keeps the images whose id hashes (CRC-32) to i mod n — stable when the
+    collection grows; ``limit`` then keeps the first N. Raises ``ConfigError`` with what to do
+    when nothing is found, the input is missing, or ids repeat.
+    """
+    inputs = plan_inputs(spec)
+    if inputs.listed is not None:
+        items = inputs.listed.to_pylist()
+        if shard is not None:
+            items = [item for item in items if in_shard(item["image_id"], shard)]
+        return items[:limit] if limit else items
+    table = first_items(inputs.manifests, limit, shard)
+    check_unique(spec, table.column("image_id").to_pylist())
+    return table.to_pylist()
+
+
+def first_items(manifests: Sequence[str], limit: int | None, shard: tuple[int, int] | None) -> pa.Table:
+    """The first ``limit`` items (all without a limit) of ``manifests`` in file order that fall
+    in ``shard``, read chunk by chunk (memory holds the result and one chunk)."""
+    kept: list[pa.Table] = []
+    count = 0
+    for source in manifests:
+        for chunk in manifest_chunks(source):
+            for table in read_manifest_chunk(chunk):
+                if shard is not None:
+                    table = table.filter(shard_mask(table.column("image_id"), shard))
+                if limit:
+                    table = table.slice(0, limit - count)
+                kept.append(table)
+                count += len(table)
+                if limit and count >= limit:
+                    return pa.concat_tables(kept)
+    return pa.concat_tables(kept) if kept else ITEM_SCHEMA.empty_table()
+
+
+def shard_mask(image_ids: pa.ChunkedArray | pa.Array, shard: tuple[int, int]) -> pa.Array:
+    """Which ``image_ids`` belong to ``shard`` (see ``in_shard``), as a boolean array."""
+    return pa.array([in_shard(image_id, shard) for image_id in image_ids.to_pylist()], pa.bool_())
 
 
 def in_shard(image_id: str, shard: tuple[int, int]) -> bool:
@@ -144,7 +205,7 @@ def in_shard(image_id: str, shard: tuple[int, int]) -> bool:
     return zlib.crc32(image_id.encode()) % shard[1] == shard[0]
 
 
-def _expand(spec: str) -> list[Item]:
+def _expand(spec: str) -> list[Item] | InputPlan:
     if any(char in GLOB_CHARS for char in spec):
         return _from_glob(spec)
     fs, path = resolve(spec)
@@ -160,7 +221,7 @@ def _expand(spec: str) -> list[Item]:
         return _from_files(spec, path, files)
     suffix = extension(path)
     if suffix in MANIFEST_EXTENSIONS:
-        return read_manifest(spec)
+        return InputPlan(spec, manifests=(spec,))
     if suffix == TAR_EXTENSION:
         return list_tar(spec)
     if suffix in IMAGE_EXTENSIONS:
@@ -172,7 +233,7 @@ def _expand(spec: str) -> list[Item]:
     )
 
 
-def _from_glob(spec: str) -> list[Item]:
+def _from_glob(spec: str) -> list[Item] | InputPlan:
     fs, pattern = resolve(spec)
     parts = pattern.split("/")
     fixed = next(i for i, part in enumerate(parts) if any(char in GLOB_CHARS for char in part))
@@ -188,11 +249,22 @@ def _from_glob(spec: str) -> list[Item]:
     return _from_files(spec, root, files)
 
 
-def _from_files(spec: str, root: str, files: list[str]) -> list[Item]:
-    """Images under ``root`` by relative path (sorted), then the members of its tar shards."""
+def _from_files(spec: str, root: str, files: list[str]) -> list[Item] | InputPlan:
+    """Images under ``root`` by relative path (sorted), then the members of its tar shards; or,
+    when the files are manifests only, those manifests (sorted) as one input."""
     images = sorted((posixpath.relpath(f, root), f) for f in files if extension(f) in IMAGE_EXTENSIONS)
+    shards = sorted(f for f in files if extension(f) == TAR_EXTENSION)
+    manifests = sorted(f for f in files if extension(f) in MANIFEST_EXTENSIONS)
+    if manifests and not images and not shards:
+        return InputPlan(spec, manifests=tuple(uri_of(spec, path) for path in manifests))
+    if manifests:
+        raise ConfigError(
+            "input",
+            f"{spec!r} holds both images (or .tar shards) and manifests ({posixpath.basename(manifests[0])}); "
+            "give a folder or glob of one kind, e.g. a glob like DIR/*.parquet for the manifests",
+        )
     items = [_item(relative, uri_of(spec, path)) for relative, path in images]
-    for shard in sorted(f for f in files if extension(f) == TAR_EXTENSION):
+    for shard in shards:
         items.extend(list_tar(uri_of(spec, shard)))
     return items
 
@@ -210,27 +282,98 @@ def list_tar(source: str) -> list[Item]:
     return [_item(posixpath.normpath(m.name).lstrip("/"), source, m.offset_data, m.size) for m in members]
 
 
-def read_manifest(source: str) -> list[Item]:
-    """Items of a Parquet or JSON-lines manifest with ``image_id`` and ``uri`` columns, in file order."""
+# Rows per chunk a manifest is read in: a bounded slice of memory in a Ray task or the driver.
+MANIFEST_CHUNK_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class ManifestChunk:
+    """A piece of a manifest one task reads: a Parquet row group, or a whole JSON-lines file."""
+
+    source: str
+    row_group: int | None = None
+
+
+def manifest_chunks(source: str) -> list[ManifestChunk]:
+    """The pieces of ``source`` (one per Parquet row group; one for a JSON-lines file), after
+    checking its columns; ``ConfigError`` says what is missing."""
+    check_manifest_columns(source, manifest_columns(source))
+    if extension(source) != ".parquet":
+        return [ManifestChunk(source)]
     fs, path = resolve(source)
     with fs.open_input_file(path) as handle:
-        table = pq.read_table(handle) if extension(path) == ".parquet" else pajson.read_json(handle)
-    missing = {"image_id", "uri"} - set(table.column_names)
+        groups = pq.ParquetFile(handle).metadata.num_row_groups
+    return [ManifestChunk(source, group) for group in range(groups)]
+
+
+def manifest_columns(source: str) -> pa.Schema:
+    """The schema of a manifest (a Parquet footer, or the first block of a JSON-lines file)."""
+    fs, path = resolve(source)
+    with fs.open_input_file(path) as handle:
+        if extension(path) == ".parquet":
+            return pq.read_schema(handle)
+        reader = pajson.open_json(handle)
+        return reader.schema
+
+
+def check_manifest_columns(source: str, schema: pa.Schema) -> None:
+    missing = {"image_id", "uri"} - set(schema.names)
     if missing:
-        raise ValueError(
-            f"manifest {source!r} lacks column(s) {sorted(missing)}; it needs image_id and uri (found {table.column_names})"
+        raise ConfigError(
+            "input",
+            f"manifest {source!r} lacks column(s) {sorted(missing)}; it needs image_id and uri (found {schema.names})",
         )
-    base = parent(source)
-    ids = [str(value) for value in table.column("image_id").to_pylist()]
-    uris = table.column("uri").to_pylist()
-    if any(uri is None for uri in uris):
-        raise ValueError(f"manifest {source!r} has rows without a uri")
-    column = next(
-        (name for name in CLASS_COLUMNS if name in table.column_names and _holds_names(table.schema.field(name).type)),
-        None,
+
+
+def read_manifest_chunk(chunk: ManifestChunk) -> Iterator[pa.Table]:
+    """The items (ITEM_SCHEMA) of one manifest chunk, in file order, ``MANIFEST_CHUNK_ROWS`` at a time."""
+    fs, path = resolve(chunk.source)
+    base = parent(chunk.source)
+    with fs.open_input_file(path) as handle:
+        if chunk.row_group is None:
+            reader = pajson.open_json(handle)
+            schema = reader.schema
+            batches: Iterator[pa.RecordBatch] = iter(reader)
+        else:
+            parquet = pq.ParquetFile(handle)
+            schema = parquet.schema_arrow
+            names = [name for name in ("image_id", "uri", class_column(schema)) if name]
+            batches = parquet.iter_batches(MANIFEST_CHUNK_ROWS, row_groups=[chunk.row_group], columns=names)
+        check_manifest_columns(chunk.source, schema)
+        column = class_column(schema)
+        for batch in batches:
+            yield manifest_items(batch, base, column)
+
+
+def class_column(schema: pa.Schema) -> str | None:
+    """The manifest column of class names: ``classes``, else ``labels`` when it holds strings."""
+    return next(
+        (name for name in CLASS_COLUMNS if name in schema.names and _holds_names(schema.field(name).type)), None
     )
-    classes = [parse_classes(value) for value in table.column(column).to_pylist()] if column else [None] * len(ids)
-    return [_item(image_id, join(base, str(uri)), classes=names) for image_id, uri, names in zip(ids, uris, classes)]
+
+
+def manifest_items(batch: pa.RecordBatch | pa.Table, base: str, column: str | None) -> pa.Table:
+    """Manifest rows → ITEM_SCHEMA rows: ids as strings, URIs resolved against ``base`` (a row
+    without one keeps an empty source, which the decode stage reports as that image's error)."""
+    ids = [str(value) for value in batch.column("image_id").to_pylist()]
+    sources = ["" if uri is None else join(base, str(uri)) for uri in batch.column("uri").to_pylist()]
+    classes = [parse_classes(value) for value in batch.column(column).to_pylist()] if column else None
+    rows = len(ids)
+    return pa.table(
+        {
+            "image_id": pa.array(ids, pa.string()),
+            "source": pa.array(sources, pa.string()),
+            "offset": pa.nulls(rows, pa.int64()),
+            "size": pa.nulls(rows, pa.int64()),
+            "classes": pa.array(classes, pa.list_(pa.string())) if classes else pa.nulls(rows, pa.list_(pa.string())),
+        },
+        schema=ITEM_SCHEMA,
+    )
+
+
+def read_manifest(source: str) -> list[Item]:
+    """Items of a Parquet or JSON-lines manifest with ``image_id`` and ``uri`` columns, in file order."""
+    return first_items([source], None, None).to_pylist()
 
 
 def _holds_names(kind: pa.DataType) -> bool:

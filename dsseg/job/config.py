@@ -134,6 +134,8 @@ class SegmentJob:
     out_of_memory, model_failed, encode_failed); the new row replaces the error row.
     ``compile``: ``torch.compile`` parts of the model in each actor (``dsseg.model.backbone.compile_backbone``).
     ``rows_per_file``: rows per write batch; each config's share of a batch is its own part file.
+    ``flush_seconds``: a write batch also closes when its first row has waited this long, so rows
+    land (and survive an interrupt) within about this time however slow the model is.
     ``exif_transpose``: turn photos upright by their EXIF orientation (False: keep the stored pixel
     order, as benchmark labels are drawn). ``mask_frame``: ``original`` draws masks at the image's
     original size; ``model`` keeps them in the model-input frame (e.g. the 512² centre crop), the
@@ -164,6 +166,7 @@ class SegmentJob:
     max_image_side: int | None = 4096
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     rows_per_file: int = 256
+    flush_seconds: float = 60.0
     exif_transpose: bool = True
     mask_frame: str = "original"
     class_filter: str | None = None
@@ -191,6 +194,8 @@ class SegmentJob:
         for name in ("num_workers", "rows_per_file"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be ≥ 1; got {getattr(self, name)}")
+        if not self.flush_seconds > 0:
+            raise ConfigError("flush_seconds", f"must be > 0 (seconds); got {self.flush_seconds}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError("limit", f"must be ≥ 1; got {self.limit}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -259,21 +264,53 @@ class SegmentJob:
         """The model input every config takes, which the decode stage prepares (one per image)."""
         return self.configs[0].resolved.extraction.preparation
 
+    @property
+    def needs_item_classes(self) -> bool:
+        """Whether some config labels pixels by class (openvocab) without default classes, so
+        each image needs a class list of its own (unless the class filter gives them)."""
+        if filter_supplies_classes(self.class_filter):
+            return False  # the candidate file gives each image its classes (an image it lacks becomes an error row)
+        return any(
+            spec.resolved.extraction.prompting.class_template is not None
+            and not spec.resolved.extraction.prompting.classes
+            for spec in self.configs
+        )
+
     def check_classes(self, items: Sequence[Mapping[str, Any]]) -> None:
         """Raise a ``ConfigError`` when a config labels pixels by class (openvocab) without default
         classes and some image has no class list of its own (or an empty one)."""
-        if filter_supplies_classes(self.class_filter):
-            return  # the candidate file gives each image its classes (an image it lacks becomes an error row)
-        for spec in self.configs:
-            prompting = spec.resolved.extraction.prompting
-            if prompting.class_template is not None and not prompting.classes:
-                lacking = sum(not item.get("classes") for item in items)  # no list, or an empty one
-                if lacking:
-                    raise ConfigError(
-                        "classes",
-                        f"{lacking} image(s) have no (or an empty) class list and the {spec.method} config gives none: add a classes "
-                        "column to the manifest, or give classes or a vocabulary",
-                    )
+        if not self.needs_item_classes:
+            return
+        lacking = sum(not item.get("classes") for item in items)  # no list, or an empty one
+        if lacking:
+            raise ConfigError(
+                "classes",
+                f"{lacking} image(s) have no (or an empty) class list and the {self.class_method} config gives none: add a "
+                "classes column to the manifest, or give classes or a vocabulary",
+            )
+
+    def check_manifest_classes(self, manifests: Sequence[str]) -> None:
+        """The streamed form of ``check_classes``: the manifests must have a class column (a row
+        with an empty list becomes that image's error row, ``no_classes:``)."""
+        from dsseg.io.sources import class_column, manifest_columns
+
+        if not self.needs_item_classes:
+            return
+        lacking = [source for source in manifests if class_column(manifest_columns(source)) is None]
+        if lacking:
+            raise ConfigError(
+                "classes",
+                f"the manifest {lacking[0]!r} has no classes column and the {self.class_method} config gives none: add a "
+                "classes column to the manifest, or give classes or a vocabulary",
+            )
+
+    @property
+    def class_method(self) -> str:
+        """The method of the first config that needs each image's classes (for messages)."""
+        return next(
+            (spec.method for spec in self.configs if spec.resolved.extraction.prompting.class_template is not None),
+            self.configs[0].method,
+        )
 
     def record(self) -> dict[str, Any]:
         """A JSON-ready description of the run (for config.json)."""

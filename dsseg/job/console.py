@@ -36,35 +36,55 @@ def duration_text(seconds: float) -> str:
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
-def progress_text(done: float, total: int, seconds: float, errors: int) -> str:
+def progress_text(done: float, total: int | None, seconds: float, errors: int, total_final: bool = True) -> str:
     """``dsseg: 120/2000 images (6%), 3.40 images/s, ETA 9m 13s, 2 errors``; ``done`` may be
-    fractional (images are counted through rows) and is shown rounded down."""
+    fractional and is shown rounded down. While the plan is still being read (``total_final``
+    False) the total is the images planned so far: ``120/≥2000 images``, no share, no ETA;
+    ``total`` None: none planned yet."""
     rate = done / seconds if seconds > 0 else 0.0
+    errors_text = f"{errors} error{'' if errors == 1 else 's'}"
+    if total is None or not total_final:
+        planned = f"/≥{total}" if total else ""
+        return f"dsseg: {int(done)}{planned} images, {rate:.2f} images/s, {errors_text}"
     eta = duration_text((total - done) / rate) if rate > 0 and done < total else "–" if done < total else "0s"
     share = f" ({100 * done / total:.0f}%)" if total else ""
-    return f"dsseg: {int(done)}/{total} images{share}, {rate:.2f} images/s, ETA {eta}, {errors} error{'' if errors == 1 else 's'}"
+    return f"dsseg: {int(done)}/{total} images{share}, {rate:.2f} images/s, ETA {eta}, {errors_text}"
 
 
 class ProgressLine:
     """Report a run's progress to ``stream`` (default stderr): redrawn in place when it is a
     terminal, else one line every ``every_seconds``. ``update`` is cheap to call per batch."""
 
-    def __init__(self, total: int, every_seconds: float = 30.0, stream: TextIO | None = None) -> None:
+    def __init__(self, total: int | None, every_seconds: float = 30.0, stream: TextIO | None = None) -> None:
         self.total = total
+        self.total_final = total is not None
         self.stream = stream if stream is not None else sys.stderr
         self.in_terminal = self.stream.isatty()
         self.interval = TERMINAL_REDRAW_SECONDS if self.in_terminal else every_seconds
         self.start = time.perf_counter()
         self.last = -float("inf")  # the first update shows
+        self.shown: tuple = ()
+
+    def set_total(self, total: int, final: bool) -> None:
+        """The images to do: all of them (``final``), or those planned so far."""
+        self.total, self.total_final = total, final
+
+    def due(self) -> bool:
+        """Whether an ``update`` now would show (callers skip gathering its numbers otherwise)."""
+        return time.perf_counter() - self.last >= self.interval
 
     def update(self, done: float, errors: int, final: bool = False) -> None:
         """Show ``done`` images of ``total`` (``errors`` of them error rows), at most once per
-        interval unless ``final``."""
+        interval unless ``final``; a final line that repeats the last shown is not drawn again."""
         now = time.perf_counter()
         if not final and now - self.last < self.interval:
             return
         self.last = now
-        text = progress_text(done, self.total, now - self.start, errors)
+        counts = (int(done), self.total, self.total_final, errors)
+        if final and counts == self.shown and not self.in_terminal:
+            return  # the last line already said it
+        self.shown = counts
+        text = progress_text(done, self.total, now - self.start, errors, self.total_final)
         if self.in_terminal:
             self.stream.write(f"\r{text}\x1b[K" + ("\n" if final else ""))
         else:
@@ -98,11 +118,35 @@ def without_token_auth_notice() -> Iterator[None]:
         notice.setLevel(level)
 
 
+_muted = threading.Event()  # set on an interrupt: nothing more of this process's stderr reaches the terminal
+_real_stderr: int | None = None  # the terminal's stderr while ``filtered_stderr`` is active (or after a mute)
+
+
+def mute_console(stdout: bool = False) -> None:
+    """From now on drop every line written to file descriptor 2 inside ``filtered_stderr`` (and
+    send fd 2 to /dev/null when it ends), and with ``stdout`` send fd 1 to /dev/null; ``say``
+    still reaches the terminal. Called on an interrupt, when Ray's shutdown chatter (its log
+    monitor prints to both) is not the user's to read."""
+    _muted.set()
+    if stdout:
+        sys.stdout.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+
+
+def say(text: str) -> None:
+    """Write one line to the real stderr, muted or not."""
+    sys.stderr.flush()
+    os.write(_real_stderr if _real_stderr is not None else 2, (text + "\n").encode())
+
+
 @contextmanager
 def filtered_stderr(drop: re.Pattern[bytes] = SPURIOUS_STDERR) -> Iterator[None]:
     """Pass every line this process writes to file descriptor 2 (Python and C++ alike) through,
-    except those matching ``drop``. Enter it after Ray has started, so that Ray's own processes
-    keep the real stderr."""
+    except those matching ``drop`` (and all of them after ``mute_console``). Enter it after Ray
+    has started, so that Ray's own processes keep the real stderr."""
+    global _real_stderr
     sys.stderr.flush()
     try:
         real = os.dup(2)
@@ -112,11 +156,12 @@ def filtered_stderr(drop: re.Pattern[bytes] = SPURIOUS_STDERR) -> Iterator[None]
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
     os.close(write_end)
+    _real_stderr = real
 
     def pump() -> None:
         with os.fdopen(read_end, "rb") as lines, os.fdopen(os.dup(real), "wb", buffering=0) as out:
             for line in lines:
-                if not drop.search(line):
+                if not _muted.is_set() and not drop.search(line):
                     out.write(line)
 
     thread = threading.Thread(target=pump, name="dsseg-stderr", daemon=True)
@@ -125,6 +170,13 @@ def filtered_stderr(drop: re.Pattern[bytes] = SPURIOUS_STDERR) -> Iterator[None]
         yield
     finally:
         sys.stderr.flush()
-        os.dup2(real, 2)  # closes the pipe's last write end: the pump drains it and stops
+        if _muted.is_set():  # keep the terminal for `say`; later chatter goes nowhere
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        else:
+            os.dup2(real, 2)  # closes the pipe's last write end: the pump drains it and stops
         thread.join(timeout=5)
-        os.close(real)
+        if not _muted.is_set():
+            os.close(real)
+            _real_stderr = None

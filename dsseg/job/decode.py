@@ -23,14 +23,24 @@ def describe(error: BaseException, code: str) -> str:
 
 
 def decode_batch(
-    batch: pa.Table, preparation: Preparation, max_pixels: int | None, max_side: int | None, exif_transpose: bool = True
+    batch: pa.Table,
+    preparation: Preparation,
+    max_pixels: int | None,
+    max_side: int | None,
+    exif_transpose: bool = True,
+    needs_classes: bool = False,
 ) -> pa.Table:
-    """Item rows (``image_id, source, offset, size, configs, classes``) → DECODED_SCHEMA rows."""
+    """Item rows (``image_id, source, offset, size, configs, classes``) → DECODED_SCHEMA rows.
+    ``needs_classes``: an item without (or with an empty) class list is an error row."""
     rows = []
     for item in batch.to_pylist():
         start = time.perf_counter()
         row: dict[str, Any] = {key: item[key] for key in ("image_id", "source", "configs", "classes")}
         try:
+            if not item["source"]:
+                raise InputError("read_failed", "the manifest gives this image no uri")
+            if needs_classes and not item["classes"]:
+                raise InputError("no_classes", "the manifest gives this image no classes and the config none")
             try:
                 data = read_bytes(item["source"], item["offset"], item["size"])
             except Exception as error:

@@ -1,7 +1,10 @@
-"""The segment job on Ray Data: plan → decode (CPU tasks) → segment (actor pool) → encode + write (CPU tasks).
+"""The segment job on Ray Data: plan (a stream) → decode (CPU tasks) → segment (actor pool) →
+encode (CPU tasks) → part files (the driver's ``PartWriter``).
 
-Re-running the same command on the same output resumes: images that already have a row for
-a config are not redone, and the run ends with exactly one row per image × config.
+Re-running the same command on the same output resumes: (image, config) pairs that already
+have a row are not redone, and the run ends with exactly one row per image × config. Nothing on
+the driver grows with the number of images (``dsseg.job.plan``); rows land by count or by
+time (``flush_seconds``); Ctrl-C or SIGTERM writes the rows held and ends with one line.
 """
 
 from __future__ import annotations
@@ -14,51 +17,60 @@ from collections import Counter
 from importlib import metadata
 from typing import Any
 
+import pyarrow as pa
+
 from dsseg.io.files import STALE_SECONDS
 from dsseg.io.results import (
     check_output,
     clear_success,
-    deduplicate,
-    done_pairs,
     mark_success,
     remove_orphaned_temporaries,
     remove_results,
-    scan,
     write_config,
 )
 from dsseg.io.schema import TIMING_STAGES
-from dsseg.io.sources import ITEM_SCHEMA, list_inputs
+from dsseg.io.sources import InputPlan, check_unique, first_items, plan_inputs, shard_mask
 from dsseg.job.config import SegmentJob
 from dsseg.job.console import ProgressLine, filtered_stderr, quiet_ray_data, without_token_auth_notice
 from dsseg.job.decode import decode_batch
+from dsseg.job.interrupts import Interrupted, JobInterrupted, interruptible
+from dsseg.job.plan import PlanTally, build_done_index, remove_repeated_rows, todo_dataset
+from dsseg.job.write import PartWriter, encode_rows, flushing_by_time
 
 # Memory reserved per decode task. Besides guarding against over-subscription, a resource
 # shape unlike the model actors' keeps Ray from fusing decoding into the actors, so CPU
 # decoding overlaps with model work instead of running inside the actor.
 DECODE_TASK_MEMORY = 512 * 1024**2
-# The encode-and-write tasks draw masks at the original size (up to max_pixels int32 labels).
-WRITE_TASK_MEMORY = 1024 * 1024**2
+# The encode tasks draw masks at the original size (up to max_pixels int32 labels).
+ENCODE_TASK_MEMORY = 1024 * 1024**2
 
 
-# Rows per input block: enough blocks for parallel decoding, few enough to keep scheduling cheap.
-MAX_BLOCK_ROWS = 256
-
-
-def plan(job: SegmentJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(every input item, the items still to segment, each with the config ids it lacks)."""
+def prepare_inputs(job: SegmentJob) -> InputPlan:
+    """Check the output and the input, and clear earlier results under ``--overwrite``; returns
+    how the input is read. Items the driver holds anyway (a listing, a ``--limit``) are checked
+    here: unique ids, class lists where a config needs them."""
     check_output(job.output, job.input, other_inputs=job.append or job.overwrite, other_files=job.append)
-    items = list_inputs(job.input, job.limit, job.shard)
-    job.check_classes(items)
+    inputs = plan_inputs(job.input)
+    if inputs.listed is not None:
+        job.check_classes(inputs.listed.select(["classes"]).to_pylist())
+    elif job.limit:
+        first = first_items(inputs.manifests, job.limit, job.shard)
+        check_unique(job.input, first.column("image_id").to_pylist())
+        job.check_classes(first.select(["classes"]).to_pylist())
+    else:
+        job.check_manifest_classes(inputs.manifests)
     if job.overwrite:
         remove_results(job.output, job.shard)
-    done = done_pairs(scan(job.output), retry_errors=job.retry_errors)
-    ids = job.config_ids()
-    todo = []
-    for item in items:
-        missing = [cid for cid in ids if (cid, item["image_id"]) not in done]
-        if missing:
-            todo.append({**item, "configs": missing})
-    return items, todo
+    return inputs
+
+
+def expected_items(inputs: InputPlan, job: SegmentJob) -> int | None:
+    """How many items the plan will read, where the driver knows it (a listing, a limit)."""
+    if inputs.listed is not None:
+        ids = inputs.listed.column("image_id")
+        count = len(ids) if job.shard is None else sum(shard_mask(ids, job.shard).to_pylist())
+        return min(count, job.limit) if job.limit else count
+    return None
 
 
 _joined_cluster = False  # whether this process's Ray is an existing cluster (set by init_ray)
@@ -97,28 +109,42 @@ def init_ray(address: str | None = None) -> bool:
     return _joined_cluster
 
 
-def build_dataset(job: SegmentJob, todo: list[dict[str, Any]], gpus: float, worker: type | None = None):
-    """The Ray Data graph over ``todo`` items; yields WRITTEN_SCHEMA rows as part files land.
-    ``worker``: the model stage's callable class (default ``SegmentWorker``, or a subclass)."""
-    import pyarrow as pa
+def list_todo(job: SegmentJob, address: str | None = None) -> list[dict[str, Any]]:
+    """The plan of ``job`` as a list of TODO rows (each item with the config ids it lacks): for
+    tests and small inputs (the job itself streams them). Applies ``--overwrite``."""
+    import ray
+
+    inputs = prepare_inputs(job)
+    init_ray(address)
+    ids = job.config_ids()
+    index = build_done_index(job.output, ids, job.shard, skip_transient_errors=job.retry_errors)
+    tally = ray.remote(num_cpus=0)(PlanTally).remote()
+    dataset = todo_dataset(inputs, ids, index, tally, job.limit, job.shard)
+    return [row for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow") for row in batch.to_pylist()]
+
+
+def build_dataset(job: SegmentJob, todo, gpus: float, items: int | None = None, worker: type | None = None):
+    """The Ray Data graph over the TODO rows ``todo`` (a Dataset); yields OUTPUT_SCHEMA rows, an
+    image's rows in one block. ``items``: how many the plan holds, where known (small runs then
+    still reach every actor). ``worker``: the model stage's callable class (default
+    ``SegmentWorker``, or a subclass)."""
     import ray
 
     from dsseg.job.model_stage import PROBE_CLASSES, SegmentWorker
-    from dsseg.job.write import encode_and_write
 
-    workers = min(job.num_workers, len(todo))
-    items = pa.Table.from_pylist(todo, schema=ITEM_SCHEMA.append(pa.field("configs", pa.list_(pa.string()))))
-    per_worker = -(-len(todo) // workers)
-    call_rows = min(job.rows_per_model_call, per_worker)  # under "auto", small runs still reach every actor
-    block_rows = min(MAX_BLOCK_ROWS, max(call_rows, -(-len(todo) // (8 * workers))))
-    dataset = ray.data.from_arrow([items.slice(start, block_rows) for start in range(0, len(todo), block_rows)])
-    dataset = dataset.map_batches(
+    workers = max(1, min(job.num_workers, items)) if items is not None else job.num_workers
+    per_worker = -(-items // workers) if items else job.rows_per_model_call
+    call_rows = max(1, min(job.rows_per_model_call, per_worker))  # under "auto", small runs still reach every actor
+    # Blocks of one model call: a block is never split between tasks, so a smaller one keeps every
+    # stage's output (and the rows the driver writes) a call's work behind the model.
+    dataset = todo.repartition(target_num_rows_per_block=call_rows).map_batches(
         decode_batch,
         fn_kwargs={
             "preparation": job.preparation,
             "max_pixels": job.max_pixels,
             "max_side": job.max_image_side,
             "exif_transpose": job.exif_transpose,
+            "needs_classes": job.needs_item_classes,
         },
         batch_size=call_rows,
         batch_format="pyarrow",
@@ -126,60 +152,52 @@ def build_dataset(job: SegmentJob, todo: list[dict[str, Any]], gpus: float, work
     )
     # Ray Data restarts a dead model actor and retries its batch (max_restarts and
     # max_task_retries default to -1 for actor pools), so an OOM-killed actor loses no rows.
-    longest_class_list = max((len(item.get("classes") or ()) for item in todo), default=0)
     dataset = dataset.map_batches(
         worker or SegmentWorker,
-        fn_constructor_kwargs={"job": job, "probe_classes": max(PROBE_CLASSES, longest_class_list)},
+        fn_constructor_kwargs={"job": job, "probe_classes": PROBE_CLASSES},
         compute=ray.data.ActorPoolStrategy(size=workers),
         batch_size=call_rows,
         batch_format="pyarrow",
         num_gpus=gpus,
         num_cpus=1,
     )
+    # batch_size=None: each model call's rows are encoded as they come, and stay one block.
     return dataset.map_batches(
-        encode_and_write,
-        fn_kwargs={"output": job.output, "mask_frame": job.mask_frame},
-        batch_size=job.rows_per_file,
+        encode_rows,
+        fn_kwargs={"mask_frame": job.mask_frame},
+        batch_size=None,
         batch_format="pyarrow",
-        memory=WRITE_TASK_MEMORY,
+        memory=ENCODE_TASK_MEMORY,
     )
 
 
 class RunStats:
-    """Running totals of the rows written, kept small on the driver however many images run.
+    """Running totals of the rows that left the model stage, kept small on the driver however
+    many images run. An image's rows arrive in one block, so images are counted exactly."""
 
-    Images are counted as rows × (images / rows) of the work planned: exact once every planned
-    row is written, proportional before (images need different numbers of config rows on resume).
-    """
-
-    def __init__(self, planned_images: int = 0, planned_rows: int = 0) -> None:
-        self.images_per_row = planned_images / planned_rows if planned_rows else 0.0
+    def __init__(self) -> None:
+        self.images = 0
+        self.error_images = 0
         self.rows = 0
         self.ok = 0
         self.reasons: Counter[str] = Counter()
         self.stage_sums: dict[str, float] = dict.fromkeys(TIMING_STAGES, 0.0)
         self.stage_counts: dict[str, int] = dict.fromkeys(TIMING_STAGES, 0)
 
-    @property
-    def images(self) -> float:
-        return self.rows * self.images_per_row
-
-    @property
-    def error_images(self) -> int:
-        """Images whose rows are errors (an unreadable image has one error row per config)."""
-        return round((self.rows - self.ok) * self.images_per_row)
-
-    def add(self, batch: Any) -> None:
-        """Fold in a WRITTEN_SCHEMA batch (pyarrow table)."""
+    def add(self, batch: pa.Table) -> None:
+        """Fold in a block of OUTPUT_SCHEMA rows."""
         self.rows += len(batch)
-        for status, error, timings in zip(
-            *(batch.column(name).to_pylist() for name in ("status", "error", "timings_ms"))
-        ):
+        ids, statuses, errors, timings = (
+            batch.column(name).to_pylist() for name in ("image_id", "status", "error", "timings_ms")
+        )
+        self.images += len(set(ids))
+        self.error_images += len({image for image, status in zip(ids, statuses) if status != "ok"})
+        for status, error, row_timings in zip(statuses, errors, timings):
             if status != "ok":
                 self.reasons[(error or "").split(":", 1)[0]] += 1
                 continue
             self.ok += 1
-            for stage, ms in timings.items():
+            for stage, ms in row_timings.items():
                 if ms is not None:
                     self.stage_sums[stage] += ms
                     self.stage_counts[stage] += 1
@@ -187,12 +205,12 @@ class RunStats:
     def summary(self, seconds: float) -> dict[str, Any]:
         """Images/s, mean per-stage milliseconds of the ok rows and errors by reason code."""
         return {
-            "images_segmented": round(self.images),
+            "images_segmented": self.images,
             "rows_written": self.rows,
             "ok": self.ok,
             "error": self.rows - self.ok,
             "errors_by_reason": dict(self.reasons.most_common()),
-            "images_per_second": round(self.images / seconds, 3) if seconds > 0 else None,
+            "images_per_second": round(self.images / seconds, 3) if seconds > 0 and self.images else None,
             "mean_stage_ms": {
                 stage: round(total / self.stage_counts[stage], 1)
                 for stage, total in self.stage_sums.items()
@@ -206,46 +224,62 @@ PROGRESS_SECONDS = 30.0  # how often the driver prints a progress line outside a
 
 def run_segment_job(job: SegmentJob, address: str | None = None, worker: type | None = None) -> dict[str, Any]:
     """Run (or resume) the job; returns a summary. ``worker``: the model stage's callable class
-    (default ``dsseg.job.model_stage.SegmentWorker``)."""
+    (default ``dsseg.job.model_stage.SegmentWorker``). A SIGINT or SIGTERM raises
+    ``JobInterrupted`` once the rows held are written."""
+    import ray
+
     from dsseg.model.backbone import check_backbone_available
 
     start, started_at = time.perf_counter(), time.time()
-    items, todo = plan(job)
-    if todo:
+    with interruptible():
+        inputs = prepare_inputs(job)
         check_backbone_available(job.backbone, job.offline)
         if job.captioner:
             from dsseg.model.captioner import check_captioner_available
 
             check_captioner_available(job.captioner, job.offline)
-    write_config(job.output, job.record() | {"versions": library_versions()})
-    clear_success(job.output, job.shard)
-    expected_rows = sum(len(item["configs"]) for item in todo)
-    stats = RunStats(len(todo), expected_rows)
-    ray_seconds = 0.0
-    if todo:
+        write_config(job.output, job.record() | {"versions": library_versions()})
+        clear_success(job.output, job.shard)
         on_cluster = init_ray(address)
         gpus = gpus_per_worker(job, on_cluster)
         quiet_ray_data()
+        ids = job.config_ids()
+        index = build_done_index(job.output, ids, job.shard, skip_transient_errors=job.retry_errors)
+        tally = ray.remote(num_cpus=0)(PlanTally).remote()
+        items = expected_items(inputs, job)
+        todo = todo_dataset(inputs, ids, index, tally, job.limit, job.shard)
+        stats, writer = RunStats(), PartWriter(job.output, job.rows_per_file, job.flush_seconds, job.shard)
         ray_start = time.perf_counter()
-        progress = ProgressLine(len(todo), PROGRESS_SECONDS)
+        progress = ProgressLine(items if index is None else None, PROGRESS_SECONDS)  # nothing done: all listed to do
         progress.update(0, 0)
-        with filtered_stderr():
-            for batch in build_dataset(job, todo, gpus, worker).iter_batches(batch_size=None, batch_format="pyarrow"):
-                stats.add(batch)
-                progress.update(stats.images, stats.error_images)
-            progress.update(stats.images, stats.error_images, final=True)
+
+        def tick() -> None:
+            if progress.due():
+                show_progress(progress, stats, tally, items)
+
+        try:
+            with filtered_stderr(), flushing_by_time(writer, on_tick=tick):
+                for batch in build_dataset(job, todo, gpus, items, worker).iter_batches(
+                    batch_size=None, batch_format="pyarrow"
+                ):
+                    writer.add(batch)
+                    stats.add(batch)
+                    tick()
+                show_progress(progress, stats, tally, items, final=True)
+        except Interrupted as interrupt:
+            raise JobInterrupted(interrupt.signal_number, job.output, writer.rows_written) from None
         ray_seconds = time.perf_counter() - ray_start
+        plan = ray.get(tally.totals.remote())
     summary = {
         "output": job.output,
-        "config_ids": job.config_ids(),
-        "images": len(items),
-        "already_done": len(items) - len(todo),
+        "config_ids": ids,
+        "images": plan["images"],
+        "already_done": plan["images"] - plan["todo_images"],
         **stats.summary(ray_seconds),
+        "part_files_written": writer.files_written,
     }
-    scanned = scan(job.output)
-    summary["duplicates_removed"] = deduplicate(job.output, scanned)
-    done, ids = done_pairs(scanned), job.config_ids()
-    summary["missing"] = sum((cid, item["image_id"]) not in done for item in items for cid in ids)
+    summary["duplicates_removed"] = remove_repeated_rows(job.output, ids, job.shard)
+    summary["missing"] = max(0, plan["todo_pairs"] - writer.rows_written)
     summary["complete"] = summary["missing"] == 0
     # Temporary part files of killed writers: once an unsharded run is complete, every one written
     # before it started is an orphan; shards of one output may run side by side, so theirs must
@@ -256,6 +290,16 @@ def run_segment_job(job: SegmentJob, address: str | None = None, worker: type | 
     if summary["complete"]:
         mark_success(job.output, job.shard, summary)
     return summary
+
+
+def show_progress(progress: ProgressLine, stats: RunStats, tally: Any, items: int | None, final: bool = False) -> None:
+    """Update the progress line, with the images planned so far (final once the plan is read)."""
+    import ray
+
+    plan = ray.get(tally.totals.remote())
+    if final or not progress.total_final:
+        progress.set_total(plan["todo_images"], final or (items is not None and plan["images"] >= items))
+    progress.update(stats.images, stats.error_images, final=final)
 
 
 def gpus_per_worker(job: SegmentJob, on_cluster: bool) -> float:
