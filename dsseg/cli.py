@@ -7,6 +7,7 @@
     dsseg benchmark    per-stage latency and memory (jobs/benchmark.py)
     dsseg manc-study   NCut stopping rules on planted attention (jobs/manc_study.py)
     dsseg explore      local web app: re-segment one image from cached attention, browse a job's output
+    dsseg compact      merge a job output's small part files into large ones (jobs/compact.py)
 
 Method and extraction parameters are given as ``--param NAME=VALUE`` (VALUE read as JSON when
 it parses, e.g. ``--param kl_threshold=0.9`` or ``--param resolutions=[64,32,16]``), or through
@@ -45,6 +46,7 @@ COMMANDS = {
         "dsseg.explore.command",
         "local web app: re-segment one image from cached attention, browse a job's output",
     ),
+    "compact": ("dsseg.cli", "merge a job output's small part files into large ones (jobs/compact.py)"),
 }
 METHOD_PARAM_FLAGS = ("timestep", "noise", "geometry", "classes", "vocabulary", "method")
 
@@ -387,6 +389,69 @@ def segment_main(argv: Sequence[str] | None = None) -> int:
     return 1 if failures and args.strict else 0
 
 
+class CommandLineError(Exception):
+    """A flag or argument ``compact_main`` cannot take: reported on one line, exit 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors raise ``CommandLineError`` instead of printing the usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CommandLineError(message)
+
+
+def target_mb_value(text: str) -> float:
+    """``--target-mb``: a number of MiB > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value * 1024**2 < 1:
+        raise argparse.ArgumentTypeError(f"must be a number > 0; got {text!r}")
+    return value
+
+
+def compact_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="dsseg compact",
+        description="Merge the small part files of a segment job's output (segments/config=<id>/part-*.parquet) "
+        "into parts of about --target-mb, rows kept exactly; prints a JSON summary. Each merge is committed "
+        "by a record (_compaction-*.json): dsseg's readers and a resumed job see the old parts or the new "
+        "one, never both, even if compaction is killed; rerun it to finish or clean up. Parts a job is "
+        "still writing are not touched, but do not run it while a job's final de-duplication (its last "
+        "step) runs on the same output, nor while an evaluation or the explorer reads it, nor two compactions of "
+        "one output at once. Readers that list the "
+        "folder themselves (pq.read_table(OUTPUT/segments)) may see both old and new rows for a moment.",
+    )
+    parser.add_argument("output", metavar="OUTPUT", help="a segment job's --output folder or URI")
+    parser.add_argument(
+        "--target-mb", type=target_mb_value, default=128.0, help="size of a merged part in MiB (default 128)"
+    )
+    parser.add_argument(
+        "--config", action="append", metavar="ID", help="only this config's parts (repeatable; default: every config)"
+    )
+    return parser
+
+
+def compact_main(argv: Sequence[str] | None = None) -> int:
+    """``dsseg compact OUTPUT`` (= ``jobs/compact.py``): exit 0 once compacted; errors on one line, exit 2."""
+    parser = compact_parser()
+    try:
+        args = parser.parse_args(argv)
+    except CommandLineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from dsseg.io.compact import compact
+
+    try:
+        summary = compact(args.output, round(args.target_mb * 1024**2), args.config)
+    except (OSError, ValueError) as error:  # no such output or config, an unreadable file
+        print(f"error: {flag_message(error, ('config',))}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
@@ -426,6 +491,8 @@ def run_command(command: str, argv: list[str]) -> int:
             return segment_main(argv)
         if command == "job":
             return job_main(argv)
+        if command == "compact":
+            return compact_main(argv)
         return importlib.import_module(COMMANDS[command][0]).main(argv)
 
 

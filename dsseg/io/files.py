@@ -34,6 +34,15 @@ def write_atomically(fs: pafs.FileSystem, path: str, write: Callable[[IO[bytes]]
     return path
 
 
+def remove_file(fs: pafs.FileSystem, path: str) -> bool:
+    """Delete the file ``path`` on ``fs`` if it is there; returns whether it was."""
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def write_file(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
     """``write_atomically`` for a local file (its folder created)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,17 @@ its config and image ids: two runs (or shards) never write the same name unless 
 the same rows, so nothing is overwritten with different content. Reading tools skip names
 starting with ``.`` or ``_``. ``pq.read_table(OUTPUT/segments)`` reads every config (with a
 ``config`` partition column beside ``config_id``).
+
+``dsseg compact`` (``dsseg.io.compact``) replaces many small parts by fewer large ones. Each
+replacement is committed by a record ``config=<id>/_compaction-<digest>.json`` that names the new
+part and the parts it replaces, written before the new part appears. ``part_files`` honours the
+records: where a record's new part exists, the parts it replaces are not listed even while they
+still exist; where it does not, the record is ignored (``deduplicate`` and ``remove_results``
+finish committed records before they rewrite parts). Every dsseg reader lists through
+``part_files`` (``scan``, ``read_results``, the explorer, the evaluation), so it reads either the
+old parts or the new one, never both and never neither, however a compaction ended. A third-party
+reader that lists the folder itself (``pq.read_table(OUTPUT/segments)``) sees both the old and the
+new rows between a compaction's rename and its deletions (milliseconds to seconds per new part).
 """
 
 from __future__ import annotations
@@ -22,8 +33,8 @@ import json
 import os
 import re
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -31,7 +42,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from dsseg.errors import ConfigError
-from dsseg.io.files import remove_temporaries, write_atomically, write_json
+from dsseg.io.files import remove_file, remove_temporaries, write_atomically, write_json
 from dsseg.io.schema import TRANSIENT_ERRORS
 from dsseg.io.sources import in_shard, is_uri, resolve, uri_of
 
@@ -41,6 +52,10 @@ SUCCESS_FILE = "_SUCCESS"
 PARTITION_PREFIX = "config="
 SCAN_COLUMNS = ["image_id", "config_id", "status", "error"]
 PART_SHARD = re.compile(r"part-s(\d+)of(\d+)-")
+RECORD_PREFIX = "_compaction-"  # a compaction's commit record: _compaction-<digest>.json
+LISTING_ATTEMPTS = 3  # listings tried when a listed part vanishes while it is read (a compaction replaced it)
+
+T = TypeVar("T")
 
 
 def _path(output: str, *parts: str) -> tuple[pafs.FileSystem, str]:
@@ -84,21 +99,108 @@ def write_parts(table: pa.Table, output: str, shard: tuple[int, int] | None = No
     return written
 
 
-def part_files(output: str, config_ids: Sequence[str] | None = None) -> list[str]:
-    """Every finished part file under ``OUTPUT/segments`` (sorted), or only those of ``config_ids``."""
+def is_part_name(name: str) -> bool:
+    """Whether a file name is a finished part's (``part-*.parquet``)."""
+    return name.startswith("part-") and name.endswith(".parquet")
+
+
+def is_record_name(name: str) -> bool:
+    """Whether a file name is a compaction's commit record (``_compaction-*.json``)."""
+    return name.startswith(RECORD_PREFIX) and name.endswith(".json")
+
+
+def segment_files(output: str) -> tuple[pafs.FileSystem, list[pafs.FileInfo]]:
+    """The file system of ``output`` and every file under ``OUTPUT/segments`` (one recursive
+    listing; none when there is no such folder)."""
     fs, folder = _path(output, SEGMENTS_DIR)
     if fs.get_file_info(folder).type != pafs.FileType.Directory:
-        return []
+        return fs, []
     infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True))
-    paths = sorted(
-        i.path
-        for i in infos
-        if i.type == pafs.FileType.File and i.base_name.startswith("part-") and i.base_name.endswith(".parquet")
-    )
+    return fs, [info for info in infos if info.type == pafs.FileType.File]
+
+
+def read_record(fs: pafs.FileSystem, path: str) -> dict[str, Any]:
+    """A compaction record: ``{"new": NAME, "replaces": [NAME, ...], ...}``, names of files in the
+    record's own folder. ``ValueError`` names a record that is not one (records are written whole)."""
+    with fs.open_input_stream(path) as stream:
+        data = stream.read()
+    try:
+        record = json.loads(data.decode())
+        new, replaces = record["new"], record["replaces"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not a compaction record ({error}); delete it if no dsseg compact wrote it") from None
+    if not isinstance(new, str) or not isinstance(replaces, list):
+        raise ValueError(f"{path}: not a compaction record (new: a name, replaces: a list of names)")
+    return record
+
+
+def superseded(fs: pafs.FileSystem, infos: Sequence[pafs.FileInfo]) -> set[str]:
+    """Paths among ``infos`` (one listing) that a committed compaction replaced: the parts its
+    record lists, where the record's new part is in the listing too. Reads only the records listed
+    (normally none)."""
+    present = {info.path for info in infos}
+    hidden: set[str] = set()
+    for info in infos:
+        if not is_record_name(info.base_name):
+            continue
+        folder = info.path.rsplit("/", 1)[0]
+        record = read_record(fs, info.path)
+        if f"{folder}/{record['new']}" in present:
+            hidden.update(f"{folder}/{name}" for name in record["replaces"] if name != record["new"])
+    return hidden
+
+
+def finish_record(fs: pafs.FileSystem, record_path: str) -> bool:
+    """Finish the compaction that a record commits: when its new part exists, delete the parts it
+    replaces that are still there, then the record; True. False (nothing done) when the new part
+    does not exist (not committed; ``dsseg.io.compact`` rolls it back)."""
+    folder = record_path.rsplit("/", 1)[0]
+    record = read_record(fs, record_path)
+    if fs.get_file_info(f"{folder}/{record['new']}").type != pafs.FileType.File:
+        return False
+    for name in record["replaces"]:
+        if name != record["new"]:
+            remove_file(fs, f"{folder}/{name}")
+    remove_file(fs, record_path)
+    return True
+
+
+def finish_compactions(output: str) -> int:
+    """Finish every committed compaction record under ``OUTPUT/segments`` (what a killed
+    compaction left), so that no part a record hides is left to come back when its new part is
+    rewritten or deleted; returns how many. Safe beside a running compaction: it touches only
+    committed records."""
+    fs, infos = segment_files(output)
+    records = [info.path for info in infos if is_record_name(info.base_name)]
+    finished = 0
+    for path in records:
+        try:
+            finished += finish_record(fs, path)
+        except FileNotFoundError:  # finished meanwhile
+            continue
+    return finished
+
+
+def part_infos(output: str, config_ids: Sequence[str] | None = None) -> list[pafs.FileInfo]:
+    """``part_files`` with their sizes (``FileInfo``: ``path``, ``size`` in bytes), sorted by path."""
+    return relisting(lambda: _part_infos(output, config_ids))  # a record read may find it deleted since
+
+
+def _part_infos(output: str, config_ids: Sequence[str] | None) -> list[pafs.FileInfo]:
+    fs, infos = segment_files(output)
     if config_ids is not None:
         folders = {f"{PARTITION_PREFIX}{config_id}" for config_id in config_ids}
-        paths = [path for path in paths if path.rsplit("/", 2)[-2] in folders]
-    return paths
+        infos = [info for info in infos if info.path.rsplit("/", 2)[-2] in folders]
+    hidden = superseded(fs, infos)
+    return sorted(
+        (info for info in infos if is_part_name(info.base_name) and info.path not in hidden), key=lambda i: i.path
+    )
+
+
+def part_files(output: str, config_ids: Sequence[str] | None = None) -> list[str]:
+    """Every finished part file under ``OUTPUT/segments`` (sorted), or only those of ``config_ids``;
+    without the parts a committed compaction replaced (see the module docstring)."""
+    return [info.path for info in part_infos(output, config_ids)]
 
 
 def part_uris(output: str, config_ids: Sequence[str] | None = None) -> list[str]:
@@ -106,8 +208,25 @@ def part_uris(output: str, config_ids: Sequence[str] | None = None) -> list[str]
     return [uri_of(output, path) for path in part_files(output, config_ids)]
 
 
+def relisting(read: Callable[[], T]) -> T:
+    """``read()``, which lists files under ``OUTPUT/segments`` and reads them; listed and read
+    again (``LISTING_ATTEMPTS`` tries in all) when a listed file vanished meanwhile (a compaction
+    replaced it)."""
+    for _ in range(LISTING_ATTEMPTS - 1):
+        try:
+            return read()
+        except FileNotFoundError:
+            continue
+    return read()
+
+
 def scan(output: str) -> pa.Table:
-    """``image_id, config_id, status, error, file`` of every row written so far."""
+    """``image_id, config_id, status, error, file`` of every row written so far (files in
+    ``part_files`` order, each file's rows in its order)."""
+    return relisting(lambda: _scan(output))
+
+
+def _scan(output: str) -> pa.Table:
     fs, _ = resolve(output)
     tables = []
     for path in part_files(output):
@@ -131,31 +250,54 @@ def done_pairs(scanned: pa.Table, retry_errors: bool = False) -> set[tuple[str, 
 
 def deduplicate(output: str, scanned: pa.Table) -> int:
     """Drop repeated (config_id, image_id) rows, keeping an ``ok`` row over error rows and else
-    the first by file order; returns how many were dropped.
+    the first by file order; returns how many were dropped. ``scanned``: ``scan``'s columns for
+    every row of the files it names, or for some of them with a ``row`` column (int, the row's
+    place in its file).
 
     Repeats arise when a cancelled run's last writes land after a new run has planned its work
     (the same computation, so either copy may stay), and when ``--retry-errors`` redoes an image.
+    After a compaction both copies may sit in one file, so rows are dropped by their place in
+    their file, not by image id. Do not run it beside ``dsseg compact`` on the same output.
     """
+    finish_compactions(output)  # a part it deletes must not be a record's new part: the old ones would return
     columns = [scanned.column(name).to_pylist() for name in ("config_id", "image_id", "status", "file")]
     keeper: dict[tuple[str, str], int] = {}
     for row, (config, image, status, _) in enumerate(zip(*columns)):
         kept = keeper.get((config, image))
         if kept is None or (status == "ok" and columns[2][kept] != "ok"):
             keeper[(config, image)] = row
-    drop: dict[str, set[str]] = {}
+    drop: dict[str, dict[int, str]] = {}  # file → {row number in the file: its image_id}
+    place: dict[str, int] = {}
+    numbers = scanned.column("row").to_pylist() if "row" in scanned.column_names else None  # a subset's places
     for row, (config, image, _, path) in enumerate(zip(*columns)):
+        place[path] = numbers[row] if numbers is not None else place.get(path, -1) + 1
         if keeper[(config, image)] != row:
-            drop.setdefault(path, set()).add(image)
+            drop.setdefault(path, {})[place[path]] = image
     fs, _ = resolve(output)
-    for path, images in drop.items():
-        with fs.open_input_file(path) as handle:
-            table = pq.read_table(handle)
-        kept = table.filter(pc.invert(pc.is_in(table.column("image_id"), pa.array(sorted(images), pa.string()))))
-        if len(kept):
-            write_atomically(fs, path, lambda stream, kept=kept: pq.write_table(kept, stream))
-        else:
-            fs.delete_file(path)
-    return sum(len(images) for images in drop.values())
+    for path, rows in drop.items():
+        _drop_rows(fs, path, rows)
+    return sum(len(rows) for rows in drop.values())
+
+
+def _drop_rows(fs: pafs.FileSystem, path: str, rows: dict[int, str]) -> None:
+    """Rewrite the part ``path`` without ``rows`` ({row number: the image_id it must hold}), or
+    delete it when none is left. ``RuntimeError`` when the file no longer holds those rows there."""
+    with fs.open_input_file(path) as handle:
+        table = pq.read_table(handle)
+    ids = table.column("image_id")
+    if any(number >= len(table) or ids[number].as_py() != image for number, image in rows.items()):
+        raise RuntimeError(f"{path} changed since it was scanned; run again to de-duplicate")
+    _keep_rows(fs, path, table, pa.array([number not in rows for number in range(len(table))], pa.bool_()))
+
+
+def _keep_rows(fs: pafs.FileSystem, path: str, table: pa.Table, keep: pa.BooleanArray) -> None:
+    """Rewrite the part ``path`` (whose rows are ``table``) with the rows where ``keep``, atomically;
+    delete it when none is kept."""
+    kept = table.filter(keep)
+    if len(kept):
+        write_atomically(fs, path, lambda stream: pq.write_table(kept, stream))
+    else:
+        fs.delete_file(path)  # no compaction record names it as new: finish_compactions ran first
 
 
 def read_part(path: str, columns: list[str] | None = None, image_ids: Sequence[str] | None = None) -> pa.Table:
@@ -171,9 +313,8 @@ def read_results(
     the segment job. Filters file by file, so memory holds one part file beyond the result."""
     fs, _ = resolve(output)
     wanted = _id_array(image_ids)
-    tables = [
-        _read_rows(fs, path, columns, wanted) for path in part_files(output, None if config_id is None else [config_id])
-    ]
+    configs = None if config_id is None else [config_id]
+    tables = relisting(lambda: [_read_rows(fs, path, columns, wanted) for path in part_files(output, configs)])
     if not tables:
         raise FileNotFoundError(
             f"no results under {output}/{SEGMENTS_DIR}" + (f" for config {config_id}" if config_id else "")
@@ -285,15 +426,21 @@ def clear_success(output: str, shard: tuple[int, int] | None) -> None:
 
 def remove_results(output: str, shard: tuple[int, int] | None = None) -> None:
     """``--overwrite``: delete segments/, config.json and success markers (nothing else); with a
-    shard, only that shard's part files and success marker, so other shards' results stay."""
+    shard, only that shard's rows and success marker, so other shards' results stay (a part that
+    ``dsseg compact`` merged from several shards is rewritten with the other shards' rows)."""
     fs, root = resolve(output)
     if fs.get_file_info(root).type != pafs.FileType.Directory:
         return
     if shard is not None:
+        finish_compactions(output)  # as in deduplicate
         scanned = scan(output)
         ids, files = scanned.column("image_id").to_pylist(), scanned.column("file").to_pylist()
+        mixed = {path for image_id, path in zip(ids, files) if not in_shard(image_id, shard)}
         for path in sorted({path for image_id, path in zip(ids, files) if in_shard(image_id, shard)}):
-            fs.delete_file(path)
+            if path in mixed:  # also holds other shards' rows (a compacted part): keep those
+                _remove_shard_rows(fs, path, shard)
+            else:
+                fs.delete_file(path)
         clear_success(output, shard)
         return
     for info in fs.get_file_info(pafs.FileSelector(root)):
@@ -301,3 +448,11 @@ def remove_results(output: str, shard: tuple[int, int] | None = None) -> None:
             fs.delete_dir(info.path)
         elif info.base_name == CONFIG_FILE or info.base_name.startswith(SUCCESS_FILE):
             fs.delete_file(info.path)
+
+
+def _remove_shard_rows(fs: pafs.FileSystem, path: str, shard: tuple[int, int]) -> None:
+    """Rewrite the part ``path`` without its rows of ``shard`` (delete it when none is left)."""
+    with fs.open_input_file(path) as handle:
+        table = pq.read_table(handle)
+    keep = [not in_shard(image_id, shard) for image_id in table.column("image_id").to_pylist()]
+    _keep_rows(fs, path, table, pa.array(keep, pa.bool_()))

@@ -136,8 +136,8 @@ def build_done_index(
 
 
 def rows_with_keys(uris: Sequence[str], keys: np.ndarray) -> pa.Table:
-    """``image_id, config_id, status, error, file`` of the rows of part files ``uris`` whose
-    (config, image) key is in ``keys`` (sorted)."""
+    """``image_id, config_id, status, error, row, file`` of the rows of part files ``uris`` whose
+    (config, image) key is in ``keys`` (sorted); ``row``: the row's place in its file."""
     found = []
     for uri in uris:
         fs, path = resolve(uri)
@@ -149,9 +149,9 @@ def rows_with_keys(uris: Sequence[str], keys: np.ndarray) -> pa.Table:
             ids = table.column("image_id").take(pa.array(rows)).to_pylist()
             hit[rows] = contains(keys, pair_keys(config_id, ids))
         if hit.any():
-            table = table.filter(pa.array(hit))
+            table = table.append_column("row", pa.array(np.arange(len(table)), pa.int64())).filter(pa.array(hit))
             found.append(table.append_column("file", pa.array([path] * len(table), pa.string())))
-    schema = pa.schema([(name, pa.string()) for name in [*SCAN_COLUMNS, "file"]])
+    schema = pa.schema([*((name, pa.string()) for name in SCAN_COLUMNS), ("row", pa.int64()), ("file", pa.string())])
     return pa.concat_tables(found) if found else schema.empty_table()
 
 
