@@ -52,6 +52,7 @@ class JobInterrupted(Interrupted):
 
 
 _installed = False  # whether an ``interruptible`` block is active (an inner one defers to it)
+_handler = None  # its handler, for ``reclaim_signals``
 
 
 @contextmanager
@@ -72,14 +73,23 @@ def interruptible(mute_stdout: bool = False) -> Iterator[None]:
         mute_console(stdout=mute_stdout)
         raise Interrupted(number)
 
+    global _handler
     previous = {number: signal.signal(number, handle) for number in (signal.SIGINT, signal.SIGTERM)}
-    _installed = True
+    _installed, _handler = True, handle
     try:
         yield
     finally:
-        _installed = False
+        _installed, _handler = False, None
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def reclaim_signals() -> None:
+    """Install the active ``interruptible`` handler again: ``ray.init`` puts its core worker's
+    failure handler on SIGTERM (it prints a stack and aborts), which would bypass ours."""
+    if _handler is not None and threading.current_thread() is threading.main_thread():
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, _handler)
 
 
 def quiet_exit(message: str, status: int = INTERRUPTED_EXIT) -> None:

@@ -33,7 +33,7 @@ from dsseg.io.sources import InputPlan, check_unique, first_items, plan_inputs, 
 from dsseg.job.config import SegmentJob
 from dsseg.job.console import ProgressLine, filtered_stderr, quiet_ray_data, without_token_auth_notice
 from dsseg.job.decode import decode_batch
-from dsseg.job.interrupts import Interrupted, JobInterrupted, interruptible
+from dsseg.job.interrupts import Interrupted, JobInterrupted, interruptible, reclaim_signals
 from dsseg.job.plan import PlanTally, build_done_index, remove_repeated_rows, todo_dataset
 from dsseg.job.write import PartWriter, encode_rows, flushing_by_time
 
@@ -101,6 +101,7 @@ def init_ray(address: str | None = None) -> bool:
                 raise
             ray.init(logging_level=logging.WARNING)
             _joined_cluster = True
+    reclaim_signals()  # SIGTERM (ray job stop) ends the job in one line, not in Ray's abort handler
     cpus = ray.cluster_resources().get("CPU", 0)
     where = (
         f"the Ray cluster at {ray.get_runtime_context().gcs_address}" if _joined_cluster else "an embedded local Ray"
