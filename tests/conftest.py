@@ -38,3 +38,15 @@ def ray_local():
     init_ray()
     yield ray
     ray.shutdown()
+
+
+def output_rows(ids, config="c1", status="ok", error=None):
+    """OUTPUT_SCHEMA rows of ``ids`` for one config, without segments (for results-folder tests)."""
+    import pyarrow as pa
+
+    from dsseg.io.schema import OUTPUT_SCHEMA
+
+    row = {"source": "", "width": 4, "height": 4, "method": "diffseg", "config_id": config, "status": status}
+    return pa.Table.from_pylist(
+        [row | {"image_id": i, "error": error, "segments": []} for i in ids], schema=OUTPUT_SCHEMA
+    )

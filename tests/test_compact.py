@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+from conftest import output_rows
 
 from dsseg.benchmark.explore import synthetic_output
 from dsseg.cli import main
@@ -28,32 +29,13 @@ from dsseg.io.results import (
     scan,
     write_parts,
 )
-from dsseg.io.schema import OUTPUT_SCHEMA
 from dsseg.io.sources import in_shard
 
 ORDER = [("config_id", "ascending"), ("image_id", "ascending"), ("status", "ascending")]
 TARGET = 20_000  # bytes: a few 16-row synthetic parts (about 9.7 kB each)
 
 
-def rows(ids: list[str], config: str = "c1", status: str = "ok", error: str | None = None) -> pa.Table:
-    """Output-schema rows of ``ids`` for one config, no segments."""
-    return pa.Table.from_pylist(
-        [
-            {
-                "image_id": i,
-                "source": i,
-                "width": 4,
-                "height": 4,
-                "method": "diffseg",
-                "config_id": config,
-                "status": status,
-                "error": error,
-                "segments": [],
-            }
-            for i in ids
-        ],
-        schema=OUTPUT_SCHEMA,
-    )
+rows = output_rows
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
-from conftest import IMAGES, TINY
+from conftest import IMAGES, TINY, output_rows
 from faults import BAD, GOOD, make_fault_folder, write_tar
 
 from dsseg.cli import main as cli_main
@@ -337,24 +337,7 @@ def test_worker_applies_the_jobs_class_filter(tmp_path):
     assert {segment["label"] for row in rows for segment in row["segments"]} <= {"background", "ignore", "horse"}
 
 
-def _rows(ids, config="c1", status="ok", error=None):
-    return pa.Table.from_pylist(
-        [
-            {
-                "image_id": i,
-                "source": i,
-                "width": 4,
-                "height": 4,
-                "method": "diffseg",
-                "config_id": config,
-                "status": status,
-                "error": error,
-                "segments": [],
-            }
-            for i in ids
-        ],
-        schema=OUTPUT_SCHEMA,
-    )
+_rows = output_rows
 
 
 def test_overwrite_with_a_shard_deletes_only_that_shards_results(tmp_path):

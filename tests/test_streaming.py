@@ -13,10 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import IMAGES
+from conftest import IMAGES, output_rows
 
 from dsseg.io.results import read_results, scan, write_parts
-from dsseg.io.schema import OUTPUT_SCHEMA
 from dsseg.io.sources import in_shard, list_inputs, plan_inputs
 from dsseg.job.config import SegmentJob
 from dsseg.job.plan import contains, missing_configs, pair_keys, part_keys, remove_repeated_rows
@@ -32,15 +31,6 @@ def manifest(path: Path, ids: list[str], **columns) -> Path:
     uris = [str(IMAGES / GOOD_IMAGES[i % len(GOOD_IMAGES)]) for i in range(len(ids))]
     pq.write_table(pa.table({"image_id": ids, "uri": uris, **columns}), path, row_group_size=7)
     return path
-
-
-def output_rows(ids: list[str], config_id: str, status: str = "ok", error: str | None = None) -> pa.Table:
-    rows = [
-        {"image_id": i, "source": "", "width": 1, "height": 1, "method": "diffseg", "config_id": config_id,
-         "status": status, "error": error, "segments": [], "timings_ms": {}, "caption": None}
-        for i in ids
-    ]  # fmt: skip
-    return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
 
 
 def test_pair_keys_are_per_config_and_found_by_binary_search():
