@@ -148,15 +148,16 @@ def wait_for_new_part(output: Path, before: set[Path], job: subprocess.Popen, se
     raise AssertionError("no part file landed")
 
 
-def test_ctrl_c_and_sigterm_end_in_one_line_and_the_resume_is_exact(tmp_path):
-    """A terminal's Ctrl-C (SIGINT to the driver), then `ray job stop`'s SIGTERM, then a full run."""
+def interrupt_then_resume(tmp_path: Path, signals: tuple[signal.Signals, ...]) -> None:
+    """Interrupt a job with each of ``signals`` once a new part file lands, checking the one-line
+    ending each time, then run it to the end and check exactly one row per image."""
     ids = [f"img{i:04d}" for i in range(150)]
     path = manifest(tmp_path / "m.parquet", ids)
     output = tmp_path / "out"
     args = ["--input", str(path), "--output", str(output), "--backbone", "tiny", "--device", "cpu"]
     args += ["--param", "image_size=64", "--batch-size", "2", "--rows-per-file", "500", "--flush-seconds", "2"]
     written = 0
-    for number in (signal.SIGINT, signal.SIGTERM):
+    for number in signals:
         before = set((output / "segments").glob("config=*/part-*.parquet"))
         job = run_job(args, tmp_path / "log.txt")
         wait_for_new_part(output, before, job)
@@ -172,3 +173,13 @@ def test_ctrl_c_and_sigterm_end_in_one_line_and_the_resume_is_exact(tmp_path):
     pairs = Counter((r["config_id"], r["image_id"]) for r in scan(str(output)).to_pylist())
     assert len(pairs) == len(ids) and set(pairs.values()) == {1}  # exactly one row per image
     assert (output / "_SUCCESS").exists()
+
+
+def test_sigterm_as_ray_job_stop_sends_it_ends_in_one_line_and_the_resume_is_exact(tmp_path):
+    interrupt_then_resume(tmp_path, (signal.SIGTERM,))
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_sigterm_then_a_full_run(tmp_path):
+    """A terminal's Ctrl-C (SIGINT to the driver), then `ray job stop`'s SIGTERM, then a full run."""
+    interrupt_then_resume(tmp_path, (signal.SIGINT, signal.SIGTERM))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from collections import Counter
 from importlib import metadata
@@ -254,9 +255,14 @@ def run_segment_job(job: SegmentJob, address: str | None = None, worker: type | 
         progress = ProgressLine(items if index is None else None, PROGRESS_SECONDS)  # nothing done: all listed to do
         progress.update(0, 0)
 
+        drawing = threading.Lock()  # the main thread and the flush timer both draw the progress line
+
         def tick() -> None:
-            if progress.due():
-                show_progress(progress, stats, tally, items)
+            if progress.due() and drawing.acquire(blocking=False):
+                try:
+                    show_progress(progress, stats, tally, items)
+                finally:
+                    drawing.release()
 
         try:
             with filtered_stderr(), flushing_by_time(writer, on_tick=tick):
