@@ -475,10 +475,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run_command(argv[0], argv[1:])
     except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM (ray job stop): one line, status 130
-        from dsseg.job.interrupts import quiet_exit
+        from dsseg.job.interrupts import JobInterrupted, quiet_exit
 
-        message = str(interrupt) if str(interrupt).startswith("interrupted") else "interrupted"
-        quiet_exit(message if "resume" in message else f"{message}; run the same command to resume")
+        ended = isinstance(interrupt, JobInterrupted)  # it says how many rows were written
+        quiet_exit(str(interrupt) if ended else "interrupted; run the same command to resume")
         return 130  # not reached: quiet_exit leaves the process
 
 

@@ -504,6 +504,22 @@ def resume_phase(manifest: Path, output: Path, work: Path, done: int, prewritten
     return run
 
 
+def interrupted_run_checks(name: str, run: dict, rows_written: int) -> dict[str, bool]:
+    """The checks of one interrupted job run (``fresh_phase`` or ``resume_phase``'s result), each
+    named ``<name>_<check>``; ``rows_written``: the rows the run itself added."""
+    peak = max(run["driver_peak_rss_mb"], run.get("driver_hwm_mb_before_interrupt") or 0)
+    checks = {
+        "exit_130": run.get("exit_status") == 130,
+        "interrupt_line": run["interrupt_line_ok"],
+        "rows_as_said": run["rows_said_written"] == rows_written,
+        "no_traceback": not run["traceback_seen"],
+        "no_repeated_pair": run["repeated_pairs"] == 0,
+        "first_row_within_120s": run.get("time_to_first_row_s", 1e9) <= FIRST_ROW_LIMIT_S,
+        "driver_peak_under_1500mb": peak <= DRIVER_RSS_LIMIT_MB,
+    }
+    return {f"{name}_{check}": value for check, value in checks.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000_000, help="manifest rows")
@@ -544,16 +560,7 @@ def main() -> int:
         if not args.skip_fresh:
             fresh = fresh_phase(manifest, work, args.run_seconds)
             result["fresh"] = fresh
-            checks["fresh_exit_130"] = fresh.get("exit_status") == 130
-            checks["fresh_interrupt_line"] = fresh["interrupt_line_ok"]
-            checks["fresh_rows_as_said"] = fresh["rows_said_written"] == fresh["rows_in_output"]
-            checks["fresh_no_traceback"] = not fresh["traceback_seen"]
-            checks["fresh_no_repeated_pair"] = fresh["repeated_pairs"] == 0
-            checks["fresh_first_row_within_120s"] = fresh.get("time_to_first_row_s", 1e9) <= FIRST_ROW_LIMIT_S
-            checks["fresh_driver_peak_under_1500mb"] = (
-                max(fresh["driver_peak_rss_mb"], fresh.get("driver_hwm_mb_before_interrupt") or 0)
-                <= DRIVER_RSS_LIMIT_MB
-            )
+            checks.update(interrupted_run_checks("fresh", fresh, fresh["rows_in_output"]))
             result["config_id_matches_job_output"] = fresh["config_folders"] == [config_id]
             if fresh["config_folders"] and fresh["config_folders"] != [config_id]:
                 say(f"config id {config_id} differs from the job's {fresh['config_folders']}: using the job's")
@@ -568,17 +575,8 @@ def main() -> int:
         if not args.skip_resume:
             resume = resume_phase(manifest, out2, work, args.done, prewritten, args.run_seconds)
             result["resume"] = resume
-            checks["resume_exit_130"] = resume.get("exit_status") == 130
-            checks["resume_interrupt_line"] = resume["interrupt_line_ok"]
-            checks["resume_rows_as_said"] = resume["rows_said_written"] == resume["new_rows"]
-            checks["resume_no_traceback"] = not resume["traceback_seen"]
-            checks["resume_no_repeated_pair"] = resume["repeated_pairs"] == 0
+            checks.update(interrupted_run_checks("resume", resume, resume["new_rows"]))
             checks["resume_no_done_image_redone"] = resume["new_rows_of_done_images"] == 0
-            checks["resume_first_row_within_120s"] = resume.get("time_to_first_row_s", 1e9) <= FIRST_ROW_LIMIT_S
-            checks["resume_driver_peak_under_1500mb"] = (
-                max(resume["driver_peak_rss_mb"], resume.get("driver_hwm_mb_before_interrupt") or 0)
-                <= DRIVER_RSS_LIMIT_MB
-            )
 
         reading = {
             "part_files": len(part_files(str(out2))),

@@ -81,15 +81,3 @@ def row_identity(image: dict, method: str, config_id: str, status: str, error: s
         "status": status,
         "error": error,
     }
-
-
-# What the write stage returns to the driver: one row per row written (progress and summary).
-WRITTEN_SCHEMA = pa.schema(
-    [
-        ("image_id", pa.string()),
-        ("config_id", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("timings_ms", TIMINGS_TYPE),
-    ]
-)

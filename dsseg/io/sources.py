@@ -123,8 +123,9 @@ def extension(path: str) -> str:
 class InputPlan:
     """What a job reads, decided on the driver without reading the images' rows.
 
-    ``listed``: the items of images and tar shards (ITEM_SCHEMA), listed on the driver (one
-    entry per file: bounded by the files a folder holds). ``manifests``: the manifest files
+    ``listed``: items held on the driver (ITEM_SCHEMA): the images and tar members of a listing
+    (one entry per file: bounded by the files a folder holds), or after ``held_items`` the
+    sharded and limited items a run plans. ``manifests``: the manifest files
     (one file, or every file of a folder or glob of manifests), read as a stream of chunks
     (``manifest_chunks``) by Ray tasks, never as one list.
     """
@@ -165,15 +166,21 @@ def list_inputs(spec: str, limit: int | None = None, shard: tuple[int, int] | No
     collection grows; ``limit`` then keeps the first N. Raises ``ConfigError`` with what to do
     when nothing is found, the input is missing, or ids repeat.
     """
-    inputs = plan_inputs(spec)
+    return held_items(plan_inputs(spec), limit, shard).to_pylist()
+
+
+def held_items(inputs: InputPlan, limit: int | None, shard: tuple[int, int] | None) -> pa.Table:
+    """The items of ``inputs`` in ``shard`` (all without one), the first ``limit`` of them (all
+    without one), held on the driver: a listing's, or a manifest's read chunk by chunk (its ids
+    checked for repeats here; a listing's were checked when listed)."""
     if inputs.listed is not None:
-        items = inputs.listed.to_pylist()
+        items = inputs.listed
         if shard is not None:
-            items = [item for item in items if in_shard(item["image_id"], shard)]
-        return items[:limit] if limit else items
-    table = first_items(inputs.manifests, limit, shard)
-    check_unique(spec, table.column("image_id").to_pylist())
-    return table.to_pylist()
+            items = items.filter(shard_mask(items.column("image_id"), shard))
+        return items.slice(0, limit) if limit else items
+    items = first_items(inputs.manifests, limit, shard)
+    check_unique(inputs.spec, items.column("image_id").to_pylist())
+    return items
 
 
 def first_items(manifests: Sequence[str], limit: int | None, shard: tuple[int, int] | None) -> pa.Table:
@@ -297,13 +304,14 @@ class ManifestChunk:
 def manifest_chunks(source: str) -> list[ManifestChunk]:
     """The pieces of ``source`` (one per Parquet row group; one for a JSON-lines file), after
     checking its columns; ``ConfigError`` says what is missing."""
-    check_manifest_columns(source, manifest_columns(source))
     if extension(source) != ".parquet":
+        check_manifest_columns(source, manifest_columns(source))
         return [ManifestChunk(source)]
     fs, path = resolve(source)
     with fs.open_input_file(path) as handle:
-        groups = pq.ParquetFile(handle).metadata.num_row_groups
-    return [ManifestChunk(source, group) for group in range(groups)]
+        parquet = pq.ParquetFile(handle)  # one footer read: the columns and the row groups
+        check_manifest_columns(source, parquet.schema_arrow)
+        return [ManifestChunk(source, group) for group in range(parquet.metadata.num_row_groups)]
 
 
 def manifest_columns(source: str) -> pa.Schema:
@@ -369,11 +377,6 @@ def manifest_items(batch: pa.RecordBatch | pa.Table, base: str, column: str | No
         },
         schema=ITEM_SCHEMA,
     )
-
-
-def read_manifest(source: str) -> list[Item]:
-    """Items of a Parquet or JSON-lines manifest with ``image_id`` and ``uri`` columns, in file order."""
-    return first_items([source], None, None).to_pylist()
 
 
 def _holds_names(kind: pa.DataType) -> bool:

@@ -39,7 +39,6 @@ from dsseg.io.sources import (
     ITEM_SCHEMA,
     InputPlan,
     ManifestChunk,
-    first_items,
     manifest_chunks,
     read_manifest_chunk,
     resolve,
@@ -251,44 +250,33 @@ class PlanStage:
 
 
 def todo_dataset(
-    inputs: InputPlan,
-    config_ids: Sequence[str],
-    index: DoneIndex | None,
-    tally: Any,
-    limit: int | None = None,
-    shard: tuple[int, int] | None = None,
+    inputs: InputPlan, config_ids: Sequence[str], index: DoneIndex | None, tally: Any, shard: tuple[int, int] | None
 ):
-    """The Ray Dataset of TODO rows for ``inputs``: listed items (sharded and limited on the
-    driver) in blocks, or manifest chunks read and sharded by tasks (with ``limit``: its first N
-    items, read on the driver, which then holds N)."""
+    """The Ray Dataset of TODO rows for ``inputs`` as ``runner.prepare_inputs`` returns them:
+    the items the driver holds (already sharded and limited) in blocks, or manifest chunks read
+    and sharded by tasks."""
     import ray
 
     keys = index.keys if index is not None else None
     # Plan tasks take no CPU slot: a task paused by backpressure must not keep decoding from a CPU.
     remote_args = {"batch_format": "pyarrow", "num_cpus": 0}
-    if inputs.listed is None and not limit:
-        chunks = [chunk for source in inputs.manifests for chunk in manifest_chunks(source)]
-        table = pa.table(
-            {
-                "source": pa.array([chunk.source for chunk in chunks], pa.string()),
-                "row_group": pa.array([chunk.row_group for chunk in chunks], pa.int64()),
-            }
-        )
-        stage = PlanStage(config_ids, shard, keys, tally)
-        descriptors = ray.data.from_arrow([table.slice(i, 1) for i in range(len(table))])
-        # One chunk at a time: the plan only has to stay ahead of the model, and must not take
-        # the CPUs from decoding while it reads ahead.
-        return descriptors.map_batches(
-            stage.items_of_chunks, batch_size=1, compute=ray.data.TaskPoolStrategy(size=1), **remote_args
-        )
     if inputs.listed is not None:
         items = inputs.listed
-        if shard is not None:
-            items = items.filter(shard_mask(items.column("image_id"), shard))
-        items = items.slice(0, limit) if limit else items
-    else:
-        items = first_items(inputs.manifests, limit, shard)
-    blocks = [items.slice(start, ITEM_BLOCK_ROWS) for start in range(0, len(items), ITEM_BLOCK_ROWS)]
-    stage = PlanStage(config_ids, None, keys, tally)
-    listed = ray.data.from_arrow(blocks or [ITEM_SCHEMA.empty_table()])
-    return listed.map_batches(stage.items_of_block, batch_size=None, **remote_args)
+        blocks = [items.slice(start, ITEM_BLOCK_ROWS) for start in range(0, len(items), ITEM_BLOCK_ROWS)]
+        stage = PlanStage(config_ids, None, keys, tally)
+        listed = ray.data.from_arrow(blocks or [ITEM_SCHEMA.empty_table()])
+        return listed.map_batches(stage.items_of_block, batch_size=None, **remote_args)
+    chunks = [chunk for source in inputs.manifests for chunk in manifest_chunks(source)]
+    table = pa.table(
+        {
+            "source": pa.array([chunk.source for chunk in chunks], pa.string()),
+            "row_group": pa.array([chunk.row_group for chunk in chunks], pa.int64()),
+        }
+    )
+    stage = PlanStage(config_ids, shard, keys, tally)
+    descriptors = ray.data.from_arrow([table.slice(i, 1) for i in range(len(table))])
+    # One chunk at a time: the plan only has to stay ahead of the model, and must not take
+    # the CPUs from decoding while it reads ahead.
+    return descriptors.map_batches(
+        stage.items_of_chunks, batch_size=1, compute=ray.data.TaskPoolStrategy(size=1), **remote_args
+    )

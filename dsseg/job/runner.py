@@ -30,7 +30,7 @@ from dsseg.io.results import (
     write_config,
 )
 from dsseg.io.schema import TIMING_STAGES
-from dsseg.io.sources import InputPlan, check_unique, first_items, plan_inputs, shard_mask
+from dsseg.io.sources import InputPlan, held_items, plan_inputs
 from dsseg.job.config import SegmentJob
 from dsseg.job.console import ProgressLine, filtered_stderr, quiet_ray_data, without_token_auth_notice
 from dsseg.job.decode import decode_batch
@@ -48,30 +48,20 @@ ENCODE_TASK_MEMORY = 1024 * 1024**2
 
 def prepare_inputs(job: SegmentJob) -> InputPlan:
     """Check the output and the input, and clear earlier results under ``--overwrite``; returns
-    how the input is read. Items the driver holds anyway (a listing, a ``--limit``) are checked
-    here: unique ids, class lists where a config needs them."""
+    how the input is read. Items the driver holds anyway (a listing, a ``--limit``) are sharded,
+    limited and checked here, once (unique ids, class lists where a config needs them), and come
+    back as ``listed``; streamed manifests only have their class column checked."""
     check_output(job.output, job.input, other_inputs=job.append or job.overwrite, other_files=job.append)
     inputs = plan_inputs(job.input)
-    if inputs.listed is not None:
-        job.check_classes(inputs.listed.select(["classes"]).to_pylist())
-    elif job.limit:
-        first = first_items(inputs.manifests, job.limit, job.shard)
-        check_unique(job.input, first.column("image_id").to_pylist())
-        job.check_classes(first.select(["classes"]).to_pylist())
+    if inputs.listed is not None or job.limit:
+        items = held_items(inputs, job.limit, job.shard)
+        job.check_classes(items.select(["classes"]).to_pylist())
+        inputs = InputPlan(inputs.spec, listed=items)
     else:
         job.check_manifest_classes(inputs.manifests)
     if job.overwrite:
         remove_results(job.output, job.shard)
     return inputs
-
-
-def expected_items(inputs: InputPlan, job: SegmentJob) -> int | None:
-    """How many items the plan will read, where the driver knows it (a listing, a limit)."""
-    if inputs.listed is not None:
-        ids = inputs.listed.column("image_id")
-        count = len(ids) if job.shard is None else sum(shard_mask(ids, job.shard).to_pylist())
-        return min(count, job.limit) if job.limit else count
-    return None
 
 
 _joined_cluster = False  # whether this process's Ray is an existing cluster (set by init_ray)
@@ -121,7 +111,7 @@ def list_todo(job: SegmentJob, address: str | None = None) -> list[dict[str, Any
     ids = job.config_ids()
     index = build_done_index(job.output, ids, job.shard, skip_transient_errors=job.retry_errors)
     tally = ray.remote(num_cpus=0)(PlanTally).remote()
-    dataset = todo_dataset(inputs, ids, index, tally, job.limit, job.shard)
+    dataset = todo_dataset(inputs, ids, index, tally, job.shard)
     return [row for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow") for row in batch.to_pylist()]
 
 
@@ -248,8 +238,8 @@ def run_segment_job(job: SegmentJob, address: str | None = None, worker: type | 
         ids = job.config_ids()
         index = build_done_index(job.output, ids, job.shard, skip_transient_errors=job.retry_errors)
         tally = ray.remote(num_cpus=0)(PlanTally).remote()
-        items = expected_items(inputs, job)
-        todo = todo_dataset(inputs, ids, index, tally, job.limit, job.shard)
+        items = len(inputs.listed) if inputs.listed is not None else None  # known where the driver holds them
+        todo = todo_dataset(inputs, ids, index, tally, job.shard)
         stats, writer = RunStats(), PartWriter(job.output, job.rows_per_file, job.flush_seconds, job.shard)
         ray_start = time.perf_counter()
         progress = ProgressLine(items if index is None else None, PROGRESS_SECONDS)  # nothing done: all listed to do
