@@ -155,7 +155,7 @@ def interrupt_then_resume(tmp_path: Path, signals: tuple[signal.Signals, ...]) -
     path = manifest(tmp_path / "m.parquet", ids)
     output = tmp_path / "out"
     args = ["--input", str(path), "--output", str(output), "--backbone", "tiny", "--device", "cpu"]
-    args += ["--param", "image_size=64", "--batch-size", "2", "--rows-per-file", "500", "--flush-seconds", "2"]
+    args += ["--param", "image_size=64", "--batch-size", "4", "--rows-per-file", "500", "--flush-seconds", "2"]
     written = 0
     for number in signals:
         before = set((output / "segments").glob("config=*/part-*.parquet"))
