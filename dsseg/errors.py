@@ -1,4 +1,4 @@
-"""The error users act on: a parameter with a value that cannot work."""
+"""The errors users act on: a parameter with a value that cannot work, weights that are not there."""
 
 from __future__ import annotations
 
@@ -10,3 +10,8 @@ class ConfigError(ValueError):
     def __init__(self, param: str, reason: str) -> None:
         super().__init__(f"{param}: {reason}")
         self.param, self.reason = param, reason
+
+
+class WeightsNotFoundError(RuntimeError):
+    """Model weights (a backbone, a captioner, a CLIP filter) that are not where they were asked
+    for; the message says how to get them."""

@@ -52,7 +52,7 @@ def test_dtype_choice():
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
     assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
-    with pytest.raises(ValueError, match="dtype must be one of"):
+    with pytest.raises(ValueError, match="^dtype: must be one of"):
         resolve_dtype("float8", torch.device("cpu"))
 
 
@@ -88,3 +88,13 @@ def test_an_unreachable_hub_fails_in_seconds_with_the_message(monkeypatch):
     assert time.perf_counter() - start < 5
     with pytest.raises(BackboneNotFoundError, match="offline is set"):
         check_backbone_available("someone/not-cached-model", offline=True)
+
+
+def test_cuda_asked_for_on_a_machine_without_it_says_what_to_do(monkeypatch):
+    from dsseg.errors import ConfigError
+    from dsseg.model.backbone import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="^device: CUDA is not available.*use --device cpu"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")

@@ -3,7 +3,22 @@ import pytest
 from conftest import IMAGES
 from PIL import Image
 
-from dsseg.cli import job_from_args, job_main, job_parser, main, parse_param_values
+from dsseg.commands import main
+from dsseg.commands.common import parse_param_values
+from dsseg.commands.job import build_parser as job_parser
+from dsseg.commands.job import job_from_args
+
+
+def job_main(argv):
+    return main(["job", *argv])
+
+
+def one_line_error(capsys, command="job") -> str:
+    """The error a command printed: one line naming the flag, then where to read more."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"dsseg {command}: error: "), lines
+    assert lines[1] == f"(see: dsseg {command} --help)"
+    return lines[0].removeprefix(f"dsseg {command}: error: ")
 
 
 def test_dsseg_segment_writes_overlay_and_label_pngs(tmp_path, capsys):
@@ -37,17 +52,61 @@ def test_dsseg_segment_reports_bad_files_and_goes_on(tmp_path, capsys):
 
 
 def test_wrong_flags_say_what_to_do(tmp_path, capsys):
-    with pytest.raises(SystemExit) as info:
-        job_main(["--input", str(IMAGES), "--output", str(tmp_path), "--param", "tau=1"])
-    assert info.value.code == 2
-    assert "--param tau: is not a parameter of 'diffseg'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        job_main(["--input", str(tmp_path / "nope"), "--output", str(tmp_path)])
-    assert "does not exist" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        job_main(["--input", str(IMAGES), "--output", str(tmp_path), "--noise", "gauss"])
-    assert "invalid choice" in capsys.readouterr().err
+    assert job_main(["--input", str(IMAGES), "--output", str(tmp_path), "--param", "tau=1"]) == 2
+    assert one_line_error(capsys).startswith("--param tau: is not a parameter of 'diffseg'")
+    assert job_main(["--input", str(tmp_path / "nope"), "--output", str(tmp_path)]) == 2
+    assert one_line_error(capsys).startswith(f"--input: '{tmp_path / 'nope'}' does not exist")
+    assert job_main(["--input", str(IMAGES), "--output", str(tmp_path), "--noise", "gauss"]) == 2
+    assert one_line_error(capsys).startswith("--noise: invalid choice: 'gauss'")
     assert main([]) == 2
+
+
+@pytest.mark.parametrize(
+    "command, argv, expected",
+    [
+        ("job", ["--param", "kl_threshold=-3"], "--param kl_threshold: must be > 0; got -3"),
+        ("job", ["--limit", "0"], "--limit: expected an integer ≥ 1; got '0'"),
+        ("job", ["--bogus"], "unrecognized arguments: --bogus"),
+        (
+            "job",
+            ["--device", "cuda", "--batch-size", "0"],
+            "--batch-size: expected a positive integer or auto; got '0'",
+        ),
+        ("segment", ["/nothere", "--out", "x"], "IMAGE_OR_DIR: '/nothere' does not exist"),
+        ("evaluate", ["--dataset", "bsds500", "--root", "r", "--output", "o", "--limit", "0"], "--limit: expected an"),
+        ("evaluate", ["--root", "r", "--output", "o"], "--dataset: required, or --preset"),
+        (
+            "pseudolabel",
+            ["--input", "x", "--output", "o", "--ignore-margin", "-1"],
+            "--ignore-margin: must be in (0, 1]",
+        ),
+        ("pseudolabel", ["--input", "x", "--output", "o", "--format", "png"], "--format: takes a comma-separated"),
+        ("explore", ["/nonexistent"], "OUTPUT: /nonexistent: no such folder"),
+        ("benchmark", ["--repeats", "0"], "--repeats: expected an integer ≥ 1; got '0'"),
+        ("compact", ["--target-mb", "0", "o"], "--target-mb: must be a number > 0"),
+        ("manc-study", ["--powers", "0"], "--powers: expected comma-separated integers ≥ 1"),
+    ],
+)
+def test_every_mistake_is_one_line_that_names_the_flag(command, argv, expected, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths above name nothing that exists
+    if command == "job":
+        argv = ["--input", str(IMAGES), "--output", str(tmp_path / "out"), "--backbone", "tiny", *argv]
+    if command == "pseudolabel" and "--ignore-margin" in argv:
+        argv[1] = str(IMAGES)  # an input that exists: the refinement is checked by the weak job's method
+        argv += ["--backbone", "tiny"]
+    assert main([command, *argv]) == 2
+    assert one_line_error(capsys, command).startswith(expected)
+
+
+def test_evaluate_refuses_an_output_that_is_a_file(tmp_path, capsys):
+    afile = tmp_path / "metrics.txt"
+    afile.write_text("not a folder")
+    argv = ["evaluate", "--dataset", "bsds500", "--root", str(tmp_path), "--output", str(afile)]
+    assert main(argv) == 2
+    assert (
+        one_line_error(capsys, "evaluate")
+        == f"--output: {afile} is a file; give a folder (new, or an earlier evaluation's)"
+    )
 
 
 def test_missing_weights_stop_the_job_before_ray_starts(tmp_path, capsys):
@@ -84,22 +143,18 @@ def test_run_file_gives_settings_and_configs_and_flags_override(tmp_path, capsys
     with pytest.raises(ValueError, match="not both"):
         job_from_args(job_parser().parse_args(["--config", str(run), "--method", "ncut"]))
     run.write_text("input: x\nthreads: 3\n")
-    with pytest.raises(SystemExit):
-        job_main(["--config", str(run)])
-    assert "unknown key(s) ['threads']" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        job_main(["--output", str(tmp_path)])
-    assert "--input required" in capsys.readouterr().err
+    assert job_main(["--config", str(run)]) == 2
+    assert "unknown key(s) ['threads']" in one_line_error(capsys)
+    assert job_main(["--output", str(tmp_path)]) == 2
+    assert one_line_error(capsys) == "--input: required (on the command line or in --config)"
 
 
 def test_every_job_setting_has_a_flag_and_errors_name_it(tmp_path, capsys):
-    from dsseg.cli import flags_of, job_parser
     from dsseg.job.config import RUN_FILE_KEYS
 
-    assert RUN_FILE_KEYS - {"configs"} <= flags_of(job_parser())
-    with pytest.raises(SystemExit):
-        job_main(["--input", str(IMAGES), "--output", str(tmp_path), "--max-pixels", "10"])
-    assert "--max-pixels: must be ≥ 64" in capsys.readouterr().err  # the library said max_pixels
+    assert RUN_FILE_KEYS - {"configs"} <= set(job_parser().flag_of)
+    assert job_main(["--input", str(IMAGES), "--output", str(tmp_path), "--max-pixels", "10"]) == 2
+    assert one_line_error(capsys).startswith("--max-pixels: must be ≥ 64")  # the library said max_pixels
 
 
 def test_a_bad_parameter_value_names_the_parameter_and_the_value(tmp_path, capsys):
@@ -108,9 +163,8 @@ def test_a_bad_parameter_value_names_the_parameter_and_the_value(tmp_path, capsy
         ("image_size=big", "--param image_size: expects a number; got 'big'"),
         ("refine=yes", "--param refine: expects true or false; got 'yes'"),
     ):
-        with pytest.raises(SystemExit):
-            job_main(["--input", str(IMAGES), "--output", str(tmp_path), "--param", param])
-        assert expected in capsys.readouterr().err
+        assert job_main(["--input", str(IMAGES), "--output", str(tmp_path), "--param", param]) == 2
+        assert one_line_error(capsys).startswith(expected)
 
 
 @pytest.mark.parametrize("command", ["segment", "job", "evaluate", "pseudolabel", "benchmark", "manc-study"])
@@ -122,3 +176,27 @@ def test_every_help_is_plain_text_and_names_the_default_backbone(command, capsys
     if command not in ("manc-study",):
         unwrapped = " ".join(text.split()).replace("- ", "-")  # argparse may wrap after a hyphen
         assert "CompVis/stable-diffusion-v1-4" in unwrapped  # the default backbone, however wrapped
+
+
+def test_the_library_never_sees_the_command_line():
+    """Only dsseg.commands (and the dsseg.cli entry point) parse flags; the library takes typed
+    settings, so it neither imports argparse nor the commands."""
+    import ast
+    from pathlib import Path
+
+    import dsseg
+
+    package = Path(dsseg.__file__).parent
+    offenders = []
+    for path in package.rglob("*.py"):
+        if path.parent.name == "commands" or path.name == "cli.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [
+                f"{path.relative_to(package)}: {n}"
+                for n in names
+                if n == "argparse" or n.startswith(("dsseg.cli", "dsseg.commands"))
+            ]
+    assert offenders == []

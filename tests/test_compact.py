@@ -15,7 +15,7 @@ import pytest
 from conftest import output_rows
 
 from dsseg.benchmark.explore import synthetic_output
-from dsseg.cli import main
+from dsseg.commands import main
 from dsseg.io.compact import MIN_FRACTION, SizeModel, compact, stream_group
 from dsseg.io.files import write_json
 from dsseg.io.results import (
@@ -211,7 +211,7 @@ def test_compact_command_prints_a_summary(output, capsys):
     [
         (["{missing}"], "error: no such output folder: "),
         (["{empty}"], "has no segments/ folder"),
-        (["{output}", "--target-mb", "0"], "error: argument --target-mb: must be a number > 0; got '0'"),
+        (["{output}", "--target-mb", "0"], "error: --target-mb: must be a number > 0; got '0'"),
         (["{output}", "--target-mb", "lots"], "must be a number > 0; got 'lots'"),
         (["{output}", "--config", "nope"], "error: --config: no results of config nope under "),
         ([], "error: the following arguments are required: OUTPUT"),
@@ -222,7 +222,7 @@ def test_compact_command_errors_are_one_line(output, tmp_path, capsys, arguments
     paths = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "output": output}
     assert main(["compact", *(a.format(**paths) for a in arguments)]) == 2
     captured = capsys.readouterr()
-    assert captured.out == "" and message in captured.err and captured.err.count("\n") == 1
+    assert captured.out == "" and message in captured.err and captured.err.count("\n") == 2  # + "(see: … --help)"
 
 
 def test_compact_help_is_plain_text(capsys):

@@ -20,6 +20,9 @@ def test_progress_text_counts_images_rate_eta_and_errors():
     assert text == "dsseg: 120/2000 images (6%), 2.01 images/s, ETA 15m 34s, 2 errors"
     assert progress_text(0, 10, 5.0, 0).endswith("0.00 images/s, ETA –, 0 errors")
     assert progress_text(10, 10, 5.0, 1).endswith("ETA 0s, 1 error")
+    resumed = progress_text(5, 23, 2.0, 0, before=8)  # 8 of 23 done by an earlier run: 13/23, 10 left
+    assert resumed == "dsseg: 13/23 images (57%), 2.50 images/s, ETA 4s, 0 errors, 8 done before"
+    assert progress_text(2, 40, 1.0, 0, total_final=False, before=3).startswith("dsseg: 5/≥40 images, 2.00")
 
 
 def test_progress_is_one_redrawn_line_in_a_terminal_and_periodic_lines_elsewhere():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from dsseg.errors import ConfigError
 from dsseg.methods.diffcut import (
     DiffCutConfig,
     assign_cells,
@@ -111,15 +112,17 @@ def test_nodes_with_a_zero_affinity_are_dropped_below_the_root_as_released():
 
 
 def test_settings_are_checked():
-    with pytest.raises(ValueError, match="tau and alpha"):
+    with pytest.raises(ConfigError, match="^tau: must be > 0; got 0"):
         DiffCutConfig(tau=0)
+    with pytest.raises(ConfigError, match="^pamr_iterations: must be ≥ 0"):
+        DiffCutConfig(pamr_iterations=-1)
     with pytest.raises(ValueError, match="max_depth"):
         DiffCutConfig(max_depth=31)
     from dsseg.methods.ncut import NCutConfig
 
     with pytest.raises(ValueError, match="drop_zero_rows"):
         NCutConfig(drop_zero_rows=True)  # DiffCut's rule, for its graph only
-    with pytest.raises(ValueError, match="eigensolver"):
+    with pytest.raises(ConfigError, match="^eigensolver: must be one of"):
         NCutConfig(eigensolver="lapack")
 
 

@@ -110,7 +110,7 @@ def test_kmeans_refinement_and_thresholds(planted):
     "kwargs, message",
     [
         (dict(kl_threshold=(1.0, 1.0)), "1 or 3 values"),
-        (dict(kl_threshold=-1.0), "positive"),
+        (dict(kl_threshold=-1.0), "^kl_threshold: must be > 0; got -1.0"),
         (dict(iterations=0), "iterations"),
         (dict(anchor_spacing=0), "anchor_spacing"),
     ],

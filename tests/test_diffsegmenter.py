@@ -186,7 +186,8 @@ def test_a_job_reads_each_images_classes_from_a_candidate_file(tmp_path):
     import pyarrow as pa
     from conftest import IMAGES
 
-    from dsseg.cli import job_from_args, job_parser
+    from dsseg.commands.job import build_parser as job_parser
+    from dsseg.commands.job import job_from_args
     from dsseg.io.sources import list_inputs
     from dsseg.job.config import SegmentJob
     from dsseg.job.decode import decode_batch
@@ -201,7 +202,9 @@ def test_a_job_reads_each_images_classes_from_a_candidate_file(tmp_path):
     with pytest.raises(ValueError, match="not both"):
         job_from_args(job_parser().parse_args([*argv, "--candidates", str(listing), "--class-filter", "caption"]))
     with pytest.raises(ValueError, match="no such file"):
-        SegmentJob(input=str(IMAGES), output=str(tmp_path / "x"), class_filter=f"candidates:{tmp_path / 'none.json'}")
+        SegmentJob(
+            input=str(IMAGES), output=str(tmp_path / "x"), class_filter=f"candidates:{tmp_path / 'none.json'}"
+        ).check_paths()
     wanted = {"135069.jpg", "horses/horse001.jpg", "frankfurt_000000_000294_leftImg8bit.png"}
     items = [item | {"configs": job.config_ids()} for item in list_inputs(job.input) if item["image_id"] in wanted]
     batch = decode_batch(pa.Table.from_pylist(items), job.preparation, job.max_pixels, job.max_image_side)

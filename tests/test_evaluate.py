@@ -16,13 +16,25 @@ import pytest
 from conftest import DATA, GROUND_TRUTH, IMAGES, TINY
 from PIL import Image
 
-from dsseg.evaluation import evaluate as evaluate_command
+from dsseg.commands import main as dsseg_main
+from dsseg.commands.evaluate import build_parser as evaluate_parser
+from dsseg.commands.evaluate import request_of
 from dsseg.evaluation.datasets import load_dataset
 from dsseg.evaluation.metrics import score
 from dsseg.evaluation.scoring import ConfigScores, ModelFrame, aligned, class_ids, score_row, to_model_frame
 from dsseg.io.frames import resize_labels_tf
 from dsseg.io.images import resize_bilinear
 from dsseg.io.masks import decode_segments, encode_labels
+
+
+def evaluate_main(argv: list[str]) -> int:
+    """``dsseg evaluate ARGV``'s exit status."""
+    return dsseg_main(["evaluate", *argv])
+
+
+def evaluation_request(argv: list[str]):
+    """The typed request ``dsseg evaluate ARGV`` runs."""
+    return request_of(evaluate_parser().parse_args(argv))
 
 
 def _horse_root(root: Path) -> Path:
@@ -143,7 +155,7 @@ def test_evaluate_job_writes_metrics_and_reports(ray_local, tmp_path):
         "--dataset", "horse", "--root", str(root), "--output", str(out), "--backbone", "tiny", "--device", "cpu",
         "--methods", "diffseg,openvocab", "--param", "image_size=128", "--report-images", "1",
     ]  # fmt: skip
-    assert evaluate_command.main(argv) == 0
+    assert evaluate_main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["images"] == 2 and metrics["frame"] == "label"
     by_method = {c["method"]: c for c in metrics["configs"].values()}
@@ -178,6 +190,10 @@ def test_evaluate_job_writes_metrics_and_reports(ray_local, tmp_path):
     assert "Open vocabulary" in report
 
     html = (out / "report.html").read_text()
+    diffseg_acc = f"{metrics['configs'][diffseg_id]['per_image']['acc']:.1f}"
+    row_html = f"<tr><td>diffseg image_size=128</td><td>no preset</td><td>2</td><td>{diffseg_acc}</td>"
+    assert "<section id='metrics'>" in html and row_html in html  # the numbers of report.md, as a table
+    assert "<th>mIoU</th>" in html and html.index("<section id='metrics'>") < html.index("<img")
     pictures = re.findall(r"src='([^']+)'", html)
     assert len(pictures) == 2 * 4  # two images (best, worst), each: image, ground truth, two configs
     assert all((out / p).is_file() for p in pictures)
@@ -186,24 +202,36 @@ def test_evaluate_job_writes_metrics_and_reports(ray_local, tmp_path):
         shot = tmp_path / "shot.png"
         run = subprocess.run(
             [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0", f"--screenshot={shot}",
-             "--window-size=1400,900", (out / "report.html").as_uri()],
+             "--window-size=1400,1800", (out / "report.html").as_uri()],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert "dsseg-report: 8 images, 0 broken" in run.stderr, run.stderr[-2000:]
         pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
-        assert (pixels.min(axis=1) < 200).mean() > 0.3  # pictures, not a blank page
+        assert (pixels.min(axis=1) < 200).mean() > 0.1  # pictures below the tables, not a blank page
         assert len(np.unique(pixels, axis=0)) > 1000  # photographs and overlays drawn
 
     # A second evaluation into the same output scores only its own config and images.
     common = ["--dataset", "horse", "--root", str(root), "--output", str(out), *TINY, "--report-images", "1"]
-    assert evaluate_command.main([*common, "--param", "image_size=64", "--limit", "1"]) == 0
+    assert evaluate_main([*common, "--param", "image_size=64", "--limit", "1"]) == 0
     rescored = json.loads((out / "metrics.json").read_text())
     (config,) = rescored["configs"].values()
     assert rescored["images"] == 1 and config["images"] == 1 and config["params"]["image_size"] == 64
     assert [r["image_id"] for r in pq.read_table(out / "per_image.parquet").to_pylist()] == ["horse001"]
     other = _horse_root(tmp_path / "other")
-    assert (
-        evaluate_command.main([*common[:3], str(other), *common[4:]]) == 2
-    )  # another dataset's ids could collide: refused
+    assert evaluate_main([*common[:3], str(other), *common[4:]]) == 2  # another dataset's ids could collide: refused
     if chromium is None:
         pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium): the report was not opened")
+
+
+def test_markdown_tables_become_html_tables_and_text_is_escaped():
+    from dsseg.evaluation.report import markdown_to_html
+
+    text = "## Results <1>\n\n| config | mIoU |\n|---|---|\n| a<b | 12.5 (43.6) |\n\n```\nx & y\n```\n- a note"
+    assert markdown_to_html(text).splitlines() == [
+        "<h3>Results &lt;1&gt;</h3>",
+        "<table><tr><th>config</th><th>mIoU</th></tr>",
+        "<tr><td>a&lt;b</td><td>12.5 (43.6)</td></tr>",
+        "</table>",
+        "<pre>x &amp; y</pre>",
+        "<li>a note</li>",
+    ]

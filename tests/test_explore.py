@@ -292,8 +292,12 @@ def test_explore_command_messages(tmp_path, monkeypatch):
     assert bad.returncode == 2 and "--param kl_threshold: is not an extraction parameter" in bad.stderr
     assert run("--cache-images", "0").returncode == 2
     assert "--images" in run("--help").stdout
-    from dsseg.explore import command
+    nowhere = run(str(tmp_path / "nowhere"))
+    assert nowhere.returncode == 2 and nowhere.stderr.startswith(
+        f"dsseg explore: error: OUTPUT: {tmp_path / 'nowhere'}: no such folder"
+    )
+    from dsseg.commands import main
 
     monkeypatch.setitem(sys.modules, "gradio", None)  # as if the explore extra were not installed
     monkeypatch.delitem(sys.modules, "dsseg.explore.app", raising=False)
-    assert command.main([]) == 2
+    assert main(["explore"]) == 2

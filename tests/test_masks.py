@@ -72,3 +72,20 @@ def test_hundreds_of_segments_encode_with_their_areas_and_boxes():
         rows, cols = np.nonzero(mask)
         assert segment["area"] == mask.sum() and np.array_equal(rle_to_mask(segment["rle"]), mask)
         assert segment["bbox"] == [cols.min(), rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1]
+
+
+def test_rows_read_with_pandas_decode_like_pylist_rows(tmp_path):
+    """pandas gives a row's segments as a NumPy object array and each size as an array."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dsseg.io.schema import SEGMENT_TYPE
+
+    labels = _real_label_maps()["camvid"]
+    table = pa.table({"segments": pa.array([encode_labels(labels)], pa.list_(SEGMENT_TYPE))})
+    pq.write_table(table, tmp_path / "part.parquet")
+    row = pq.read_table(tmp_path / "part.parquet").to_pandas().segments[0]
+    assert isinstance(row, np.ndarray) and isinstance(row[0]["rle"]["size"], np.ndarray)
+    assert np.array_equal(decode_segments(row), labels)
+    with pytest.raises(ValueError, match="no segments"):
+        decode_segments(np.array([], dtype=object))

@@ -244,11 +244,11 @@ def test_same_input_same_output():
 
 
 def test_config_errors_say_what_to_do():
-    with pytest.raises(ValueError, match="needs a positive threshold"):
+    with pytest.raises(ValueError, match="^threshold: stopping='threshold' needs a threshold > 0"):
         NCutConfig(stopping="threshold")
     with pytest.raises(ValueError, match="only used with stopping='threshold'"):
         NCutConfig(threshold=0.4)
-    with pytest.raises(ValueError, match="graph must be one of"):
+    with pytest.raises(ValueError, match="^graph: must be one of"):
         NCutConfig(graph="knn")
     with pytest.raises(ValueError, match="max_depth"):
         NCutConfig(max_depth=31)

@@ -11,7 +11,7 @@ import torch
 from conftest import IMAGES, TINY, output_rows
 from faults import BAD, GOOD, make_fault_folder, write_tar
 
-from dsseg.cli import main as cli_main
+from dsseg.commands import main as cli_main
 from dsseg.errors import ConfigError
 from dsseg.io.masks import decode_segments
 from dsseg.io.results import read_results, scan, write_parts
@@ -244,8 +244,9 @@ def test_worker_writes_ncut_rows_with_parents(tmp_path):
 
 
 def test_job_configuration_errors_are_clear(tmp_path):
-    with pytest.raises(ValueError, match="does not exist"):
-        SegmentJob(input=str(tmp_path / "missing"), output=str(tmp_path))
+    missing = SegmentJob(input=str(tmp_path / "missing"), output=str(tmp_path))  # a value: no file system read
+    with pytest.raises(ConfigError, match="^input: .* does not exist"):
+        missing.check_paths()  # where the job runs, before any model loads
     with pytest.raises(ConfigError, match="^tau: is not a parameter of 'diffseg'") as info:
         SegmentJob(input=str(IMAGES), output=str(tmp_path), configs=[{"method": "diffseg", "tau": 1.0}])
     assert info.value.param == "tau"  # errors name the parameter; the command line names the flag
@@ -276,16 +277,14 @@ def test_a_submitted_job_refuses_a_relative_output(tmp_path, monkeypatch, capsys
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(submitted))
     assert temporary_working_dir() == str(tmp_path)
     with pytest.raises(ConfigError, match=r"^output: 'out/x' is relative.*temporary copy.*absolute path"):
-        SegmentJob(input=str(IMAGES), output="out/x")
-    SegmentJob(input=str(IMAGES), output=str(tmp_path / "out"))  # absolute paths and URIs are fine
-    SegmentJob(input=str(IMAGES), output="s3://bucket/out")
-    with pytest.raises(SystemExit) as info:
-        cli_main(["job", "--input", str(IMAGES), "--output", "out/x", *TINY])
-    assert info.value.code == 2
-    assert "--output: 'out/x' is relative" in capsys.readouterr().err
+        SegmentJob(input=str(IMAGES), output="out/x").check_paths()
+    SegmentJob(input=str(IMAGES), output=str(tmp_path / "out")).check_paths()  # absolute paths and URIs are fine
+    SegmentJob(input=str(IMAGES), output="s3://bucket/out").check_paths()
+    assert cli_main(["job", "--input", str(IMAGES), "--output", "out/x", *TINY]) == 2
+    assert "dsseg job: error: --output: 'out/x' is relative" in capsys.readouterr().err
     assert temporary_working_dir({"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {}})}) is None
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
-    SegmentJob(input=str(IMAGES), output="out/x")  # run directly, a relative output is the user's own folder
+    SegmentJob(input=str(IMAGES), output="out/x").check_paths()  # run directly: a relative output is the user's
 
 
 def test_manifest_classes_label_openvocab_rows_and_name_diffseg_rows(ray_local, tmp_path):

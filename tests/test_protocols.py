@@ -17,13 +17,26 @@ from conftest import GROUND_TRUTH, IMAGES, ROOT, TINY
 from PIL import Image
 
 from dsseg.benchmark import manc_study
-from dsseg.evaluation import evaluate as evaluate_command
-from dsseg.evaluation.presets import PRESETS, get_preset, list_presets, matching_presets, settings_key
+from dsseg.commands import main as dsseg_main
+from dsseg.commands.evaluate import build_parser as evaluate_parser
+from dsseg.commands.evaluate import request_of
+from dsseg.evaluation.preset import settings_key
+from dsseg.evaluation.presets import PRESETS, get_preset, list_presets, matching_presets
 from dsseg.io.images import decode_image
 from dsseg.job.config import SegmentJob
 from dsseg.spec import MethodSpec
 
 # ---- presets ------------------------------------------------------------------------------
+
+
+def evaluate_main(argv: list[str]) -> int:
+    """``dsseg evaluate ARGV``'s exit status."""
+    return dsseg_main(["evaluate", *argv])
+
+
+def evaluation_request(argv: list[str]):
+    """The typed request ``dsseg evaluate ARGV`` runs."""
+    return request_of(evaluate_parser().parse_args(argv))
 
 
 def test_every_published_row_of_the_issue_has_a_preset_with_its_number():
@@ -101,7 +114,7 @@ def test_a_preset_runs_what_it_lists(name, tmp_path):
     if preset.candidates:  # the released lists are needed; their bytes are what the preset checks (by sha256)
         (tmp_path / "lists.json").write_text("{}")
         argv += ["--candidates", str(tmp_path / "lists.json")]
-    plan = make_plan(evaluate_command.parse_args(argv))
+    plan = make_plan(evaluation_request(argv))
     (spec,) = plan.configs
     assert spec.resolved == preset.spec().resolved  # the extraction and method configs, nothing added
     assert (plan.frame, plan.score_size, plan.backbone) == (preset.frame, preset.score_size, preset.backbone)
@@ -123,15 +136,15 @@ def test_the_aspect_geometry_is_added_only_to_runs_without_a_preset_or_a_geometr
     from dsseg.evaluation.plan import make_plan
 
     common = ["--root", "unused", "--output", "unused", "--dataset", "horse"]
-    plan = make_plan(evaluate_command.parse_args([*common, "--methods", "diffseg,diffcut"]))
+    plan = make_plan(evaluation_request([*common, "--methods", "diffseg,diffcut"]))
     assert plan.frame == "label"
     assert [s.resolved.extraction.preparation.geometry for s in plan.configs] == ["aspect", "squash"]  # diffcut's own
-    plan = make_plan(evaluate_command.parse_args([*common, "--param", "geometry=center_crop"]))
+    plan = make_plan(evaluation_request([*common, "--param", "geometry=center_crop"]))
     assert plan.configs[0].resolved.extraction.preparation.geometry == "center_crop"
     with pytest.raises(ValueError, match="--score-size samples the model frame"):
-        make_plan(evaluate_command.parse_args([*common, "--score-size", "128"]))
+        make_plan(evaluation_request([*common, "--score-size", "128"]))
     preset = get_preset("diffcut-ssd1b-cocostuff27")
-    plan = make_plan(evaluate_command.parse_args(["--preset", preset.name, *common[:4], "--frame", "label"]))
+    plan = make_plan(evaluation_request(["--preset", preset.name, *common[:4], "--frame", "label"]))
     assert plan.score_size is None and plan.configs[0].params["geometry"] == "diffcut_crop"  # no override
     assert not matching_presets(plan.dataset, plan.configs[0], plan.frame, preset.backbone)  # another measurement
 
@@ -163,7 +176,7 @@ def test_a_config_matches_a_preset_only_with_all_its_settings():
 
 
 def test_an_openvocab_preset_matches_with_its_oracle_threshold_released_lists_and_captioner(tmp_path):
-    from dsseg.evaluation.presets import BLIP_LARGE
+    from dsseg.evaluation.preset import BLIP_LARGE
 
     preset = get_preset("diffsegmenter-voc2012")
     spec = MethodSpec("openvocab", {**preset.params, "background_threshold": 0.42})
@@ -189,14 +202,15 @@ def test_an_openvocab_preset_matches_with_its_oracle_threshold_released_lists_an
 
 
 def test_list_presets_and_bad_flags_exit_cleanly(capsys):
-    evaluate = evaluate_command
-    assert evaluate.main(["--list-presets"]) == 0
+    assert evaluate_main(["--list-presets"]) == 0
     assert "dwc-manc-ncut: COCO-Stuff-27" in capsys.readouterr().out
-    assert evaluate.main(["--preset", "nope", "--root", "x", "--output", "y"]) == 2
+    assert evaluate_main(["--preset", "nope", "--root", "x", "--output", "y"]) == 2
     assert "unknown preset 'nope'" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_info:
-        evaluate.main(["--root", "x", "--output", "y"])
-    assert exit_info.value.code == 2 and "--dataset (or --preset)" in capsys.readouterr().err
+    assert evaluate_main(["--root", "x", "--output", "y"]) == 2
+    assert "dsseg evaluate: error: --dataset: required, or --preset" in capsys.readouterr().err
+    assert evaluate_main(["--list-presets", "names"]) == 0
+    names = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in names] == list(PRESETS)  # one line per preset, in order
 
 
 def _cityscapes_root(root: Path) -> Path:
@@ -215,7 +229,7 @@ def test_cityscapes_preset_end_to_end_reports_the_published_number(ray_local, tm
     root = _cityscapes_root(tmp_path / "cityscapes")
     out = tmp_path / "eval"
     argv = ["--preset", "diffseg-cityscapes27", "--root", str(root), "--output", str(out), *TINY]
-    assert evaluate_command.main(argv) == 0
+    assert evaluate_main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     (config,) = metrics["configs"].values()
     assert metrics["frame"] == "model" and config["presets"] == [{"name": "diffseg-cityscapes27", "backbone": "other"}]
@@ -233,7 +247,7 @@ def test_a_diffcut_preset_crops_as_released_and_scores_at_128(ray_local, tmp_pat
     root = _cityscapes_root(tmp_path / "cityscapes")
     out = tmp_path / "eval"
     argv = ["--preset", "diffcut-ssd1b-cityscapes27", "--root", str(root), "--output", str(out), *TINY]
-    assert evaluate_command.main(argv) == 0
+    assert evaluate_main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     (config,) = metrics["configs"].values()
     assert (metrics["frame"], metrics["score_size"], config["failed"]) == ("model", 128, 0)
@@ -298,10 +312,12 @@ def test_evaluation_reads_an_exif_rotated_image_aligned_with_its_label(tmp_path)
         "--output",
         str(tmp_path / "eval"),
     ]
-    args = evaluate_command.parse_args([*argv, "--frame", "model", "--param", "image_size=64", *TINY])
+    args = evaluation_request([*argv, "--frame", "model", "--param", "image_size=64", *TINY])
     plan = make_plan(args)
     dataset = load_dataset("manifest", manifest, **plan.options)
-    job = evaluate_command.build_job(plan, args, dataset, plan.configs, tmp_path / "eval", None)
+    from dsseg.evaluation.evaluate import build_job
+
+    job = build_job(plan, args, dataset, plan.configs, tmp_path / "eval", None)
     assert (job.exif_transpose, job.mask_frame) == (False, "model")  # what an evaluation runs with
     # The job's three stages, in process: decode, model, write.
     items = [item | {"configs": job.config_ids()} for item in list_inputs(job.input)]
@@ -379,7 +395,6 @@ def test_background_threshold_is_tuned_on_another_split_never_the_evaluated_one(
     root = _voc_root(tmp_path / "voc")
     out = tmp_path / "eval"
     common = ["--root", str(root), "--output", str(out), *TINY, "--report-images", "1"]
-    evaluate = evaluate_command
     refused = [
         "--dataset",
         "voc2012",
@@ -391,16 +406,16 @@ def test_background_threshold_is_tuned_on_another_split_never_the_evaluated_one(
         "val",
         *common,
     ]
-    assert evaluate.main(refused) == 2  # the evaluated split
+    assert evaluate_main(refused) == 2  # the evaluated split
     assert (
-        evaluate.main(["--dataset", "voc2012", "--methods", "diffseg", "--tune-on", "train", *common]) == 2
+        evaluate_main(["--dataset", "voc2012", "--methods", "diffseg", "--tune-on", "train", *common]) == 2
     )  # nothing to tune
     preset = ["--preset", "diffsegmenter-voc2012", "--captioner", "tiny", "--param", "image_size=64", *common]
-    assert evaluate.main(preset) == 2  # the released candidate lists are needed
+    assert evaluate_main(preset) == 2  # the released candidate lists are needed
     candidates = tmp_path / "candidates.json"
     candidates.write_text(json.dumps({"image_similarity": {"/x/horse_a.jpg": ["horse"], "/x/horse_b.jpg": ["horse"]},
                                       "text_similarity": {"/x/horse_b.jpg": ["people"]}}))  # fmt: skip
-    assert evaluate.main([*preset, "--candidates", str(candidates), "--tune-on", "train"]) == 0
+    assert evaluate_main([*preset, "--candidates", str(candidates), "--tune-on", "train"]) == 0
     oracle = json.loads((out / "oracle_tuning.json").read_text())["0"]
     held_out = json.loads((out / "tune" / "train" / "tuning.json").read_text())["1"]
     for tuning, split in ((oracle, "val"), (held_out, "train")):

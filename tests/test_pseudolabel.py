@@ -14,7 +14,9 @@ from conftest import GROUND_TRUTH, IMAGES, TINY
 from PIL import Image
 from pycocotools.coco import COCO
 
-from dsseg.evaluation import pseudolabel as pseudolabel_command
+from dsseg.commands import main as dsseg_main
+from dsseg.commands.pseudolabel import build_parser, request_of
+from dsseg.errors import ConfigError
 from dsseg.evaluation.exports import (
     agnostic_segments,
     class_list,
@@ -26,6 +28,10 @@ from dsseg.evaluation.exports import (
 from dsseg.evaluation.metrics import score
 from dsseg.methods.openvocab import labels_from_scores
 from dsseg.model.vocabularies import IGNORE_LABEL
+from dsseg.pseudolabel import PSEUDO_LABEL_PRESETS
+from dsseg.pseudolabel import quality as quality_module
+from dsseg.pseudolabel.inputs import check_unique_stems, classes_for, input_rows, segment_jobs
+from dsseg.pseudolabel.quality import check_ground_truth, ground_truth_lookup, ground_truth_names, header_size, quality
 from dsseg.segmentation import Segmentation
 
 
@@ -130,11 +136,20 @@ def _manifest(tmp_path: Path, agnostic: bool = True) -> Path:
 FAST = [*TINY, "--param", "image_size=128", "--pamr-iterations", "2", "--min-area", "0.0"]
 
 
+def pseudolabel_main(argv: list[str]) -> int:
+    """``dsseg pseudolabel ARGV``'s exit status."""
+    return dsseg_main(["pseudolabel", *argv])
+
+
+def parse_request(argv: list[str]):
+    """The resolved request ``dsseg pseudolabel ARGV`` runs (preset and defaults filled in)."""
+    return request_of(build_parser().parse_args(argv)).resolved()
+
+
 def test_two_shards_export_voc_and_coco_with_unique_ids(ray_local, tmp_path):
     manifest, out = _manifest(tmp_path), tmp_path / "out"
-    job = pseudolabel_command
     for shard in ("0/2", "1/2"):
-        assert job.main(["--input", str(manifest), "--output", str(out), "--shard", shard, *FAST]) == 0
+        assert pseudolabel_main(["--input", str(manifest), "--output", str(out), "--shard", shard, *FAST]) == 0
     pngs = sorted((out / "VOCdevkit/VOC2012/SegmentationClassAug").glob("*.png"))
     assert [p.stem for p in pngs] == ["horse001", "photo"]
     for png in pngs:
@@ -165,16 +180,15 @@ def test_a_killed_job_resumes_and_writes_each_image_once(ray_local, tmp_path):
     from dsseg.job.runner import run_segment_job
 
     manifest, out = _manifest(tmp_path, agnostic=False), tmp_path / "out"  # one segment job per run
-    job = pseudolabel_command
-    args = job.parse_args(["--input", str(manifest), "--output", str(out), *FAST])
-    weak = job.segment_jobs(args, job.input_rows(args), out)["weak"]
+    args = parse_request(["--input", str(manifest), "--output", str(out), *FAST])
+    weak = segment_jobs(args, input_rows(args), out)["weak"]
     first = run_segment_job(dataclasses.replace(weak, limit=1))  # a run that got through one image before it died
     assert first["rows_written"] == 1
     (out / "VOCdevkit/VOC2012/SegmentationClassAug").mkdir(parents=True)
     leftover = out / "VOCdevkit/VOC2012/SegmentationClassAug/.photo.png.1234.tmp"
     leftover.write_bytes(b"half a file")  # a killed writer's leftover, an hour old
     os.utime(leftover, (leftover.stat().st_mtime - 7200,) * 2)
-    assert job.main(["--input", str(manifest), "--output", str(out), *FAST]) == 0
+    assert pseudolabel_main(["--input", str(manifest), "--output", str(out), *FAST]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["segment_jobs"]["weak"]["already_done"] == 1 and summary["segment_jobs"]["weak"]["rows_written"] == 1
     assert summary["weak_images"] == 2 and summary["stale_temporaries_removed"] == 1
@@ -188,7 +202,7 @@ def test_a_killed_job_resumes_and_writes_each_image_once(ray_local, tmp_path):
         "photo.png",
     ]
     # Other settings into the same output: the PNGs are rewritten, and the COCO file holds each image once.
-    assert job.main(["--input", str(manifest), "--output", str(out), *FAST, "--ignore-margin", "0.3"]) == 0
+    assert pseudolabel_main(["--input", str(manifest), "--output", str(out), *FAST, "--ignore-margin", "0.3"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["voc_pngs_removed"] == 2 and summary["voc_pngs_written"] == 2 and summary["weak_images"] == 2
     assert summary["coco"]["images"] == 2
@@ -196,7 +210,6 @@ def test_a_killed_job_resumes_and_writes_each_image_once(ray_local, tmp_path):
 
 
 def test_params_go_to_the_jobs_whose_method_takes_them(tmp_path):
-    job = pseudolabel_command
     manifest = _manifest(tmp_path)
     argv = [
         "--input",
@@ -208,30 +221,29 @@ def test_params_go_to_the_jobs_whose_method_takes_them(tmp_path):
         "--param",
         "kl_threshold=0.5",
     ]
-    args = job.parse_args(argv)
-    jobs = job.segment_jobs(args, job.input_rows(args), tmp_path / "out")
+    args = parse_request(argv)
+    jobs = segment_jobs(args, input_rows(args), tmp_path / "out")
     (weak,), (agnostic,) = jobs["weak"].configs, jobs["agnostic"].configs
     assert weak.params["image_size"] == agnostic.params["image_size"] == 128
     assert "kl_threshold" not in weak.params and agnostic.params["kl_threshold"] == 0.5
-    assert job.main([*argv, "--param", "no_such_thing=1"]) == 2
+    assert pseudolabel_main([*argv, "--param", "no_such_thing=1"]) == 2
     with pytest.raises(ValueError, match="share the file name"):
-        job.check_unique_stems([{"image_id": "a/b.jpg"}, {"image_id": "a__b.png"}])
+        check_unique_stems([{"image_id": "a/b.jpg"}, {"image_id": "a__b.png"}])
 
 
 def test_the_preset_and_the_captioner_set_the_weak_job(tmp_path):
-    job = pseudolabel_command
     argv = ["--input", str(_manifest(tmp_path)), "--output", str(tmp_path / "out")]
-    args = job.parse_args([*argv, "--preset", "diffsegmenter-voc2012-train", "--captioner", "tiny"])
-    jobs = job.segment_jobs(args, job.input_rows(args), tmp_path / "out")
+    args = parse_request([*argv, "--preset", "diffsegmenter-voc2012-train", "--captioner", "tiny"])
+    jobs = segment_jobs(args, input_rows(args), tmp_path / "out")
     (weak,), (agnostic,) = jobs["weak"].configs, jobs["agnostic"].configs
     noising = weak.resolved.extraction.noising
     assert noising.timesteps == (1, 50, 100, 150) and noising.noise == "noise" and noising.timestep is None
     assert weak.resolved.extraction.prompting.caption_descriptors and jobs["weak"].captioner == "tiny"
     assert jobs["agnostic"].captioner is None and agnostic.resolved.extraction.noising.timesteps is None
-    assert args.backbone == job.PSEUDO_LABEL_PRESETS["diffsegmenter-voc2012-train"].backbone
+    assert args.backbone == PSEUDO_LABEL_PRESETS["diffsegmenter-voc2012-train"].backbone
     # the released script's single step: --param timestep=100 replaces the preset's four
-    args = job.parse_args([*argv, "--preset", "diffsegmenter-voc2012-train", "--param", "timestep=100", *TINY])
-    (weak,) = job.segment_jobs(args, job.input_rows(args), tmp_path / "out")["weak"].configs
+    args = parse_request([*argv, "--preset", "diffsegmenter-voc2012-train", "--param", "timestep=100", *TINY])
+    (weak,) = segment_jobs(args, input_rows(args), tmp_path / "out")["weak"].configs
     assert weak.resolved.extraction.noising.timesteps is None and weak.resolved.extraction.noising.timestep == 100
     assert args.backbone == "tiny"
     # the paper's refinement: no PAMR, no ignore band, a dense CRF; BLIP-large continues the prompts
@@ -245,12 +257,12 @@ def test_the_preset_and_the_captioner_set_the_weak_job(tmp_path):
         "diffsegmenter-voc20",
     )
     asked = ["--preset", "diffsegmenter-voc2012-train", "--pamr-iterations", "3", "--ignore-margin", "0.2", *TINY]
-    args = job.parse_args([*argv, *asked, "--crf-iterations", "0"])
-    (weak,) = job.segment_jobs(args, job.input_rows(args), tmp_path / "out")["weak"].configs
+    args = parse_request([*argv, *asked, "--crf-iterations", "0"])
+    (weak,) = segment_jobs(args, input_rows(args), tmp_path / "out")["weak"].configs
     assert (weak.resolved.params.pamr_iterations, weak.resolved.params.ignore_margin) == (3, 0.2)
     assert weak.resolved.params.crf_iterations == 0
-    args = job.parse_args([*argv, *TINY, "--ignore-margin", "none"])  # no preset: dsseg's PAMR, no band as asked
-    (weak,) = job.segment_jobs(args, job.input_rows(args), tmp_path / "out")["weak"].configs
+    args = parse_request([*argv, *TINY, "--ignore-margin", "none"])  # no preset: dsseg's PAMR, no band as asked
+    (weak,) = segment_jobs(args, input_rows(args), tmp_path / "out")["weak"].configs
     assert (weak.resolved.params.pamr_iterations, weak.resolved.params.ignore_margin) == (10, None)
 
 
@@ -281,7 +293,7 @@ def test_quality_report_equals_the_metrics_module(ray_local, tmp_path):
         str(tmp_path / "classes.txt"),
         *FAST,
     ]
-    assert pseudolabel_command.main(argv) == 0
+    assert pseudolabel_main(argv) == 0
     report = json.loads((out / "quality.json").read_text())
     pseudo = np.asarray(Image.open(out / "VOCdevkit/VOC2012/SegmentationClassAug/horse001.png")).astype(np.int64)
     expected = score([np.where(pseudo == 255, 2, pseudo)], [truth], num_classes=2, protocol="semantic")
@@ -300,37 +312,35 @@ def _one_horse(tmp_path: Path, truth: np.ndarray) -> tuple[list[dict], Path]:
 
 def test_ground_truth_that_does_not_fit_is_refused_before_any_work(tmp_path, capsys):
     width, height = Image.open(IMAGES / "horses/horse001.jpg").size
-    voc = pseudolabel_command.classes_for(
-        pseudolabel_command.parse_args(["--input", "x", "--output", "y", "--class-list", "voc20"]), []
-    )
+    voc = classes_for(parse_request(["--input", "x", "--output", "y", "--class-list", "voc20"]), [])
     horse_only = ("background", "horse")
     # Another size: found up front, named with both sizes; main segments nothing.
     rows, root = _one_horse(tmp_path, np.zeros((height // 2, width), np.uint8))
-    (problem,) = pseudolabel_command.check_ground_truth(rows, root, horse_only, named=False)
+    (problem,) = check_ground_truth(rows, root, horse_only, named=False)
     assert f"{width}×{height // 2}, its image {width}×{height}" in problem
     manifest = tmp_path / "one.jsonl"
     manifest.write_text(json.dumps(rows[0]) + "\n")
     argv = ["--input", str(manifest), "--output", str(tmp_path / "out"), "--gt-dir", str(root), *FAST]
-    assert pseudolabel_command.main(argv) == 2
+    assert pseudolabel_main(argv) == 2
     assert "nothing was segmented" in capsys.readouterr().err and not (tmp_path / "out" / "run-weak").exists()
     # 0/1 ground truth under a 21-class list is ambiguous (1 = aeroplane) until its values are named.
     binary = np.zeros((height, width), np.uint8)
     binary[height // 3 :, width // 3 :] = 1
     rows, root = _one_horse(tmp_path, binary)
-    (problem,) = pseudolabel_command.check_ground_truth(rows, root, voc, named=False)
+    (problem,) = check_ground_truth(rows, root, voc, named=False)
     assert "--gt-classes" in problem and "'aeroplane'" in problem
-    names = pseudolabel_command.ground_truth_names("background,horse", voc)
-    assert pseudolabel_command.check_ground_truth(rows, root, names, named=True) == []
-    lookup = pseudolabel_command.ground_truth_lookup(names, voc)
+    names = ground_truth_names("background,horse", voc)
+    assert check_ground_truth(rows, root, names, named=True) == []
+    lookup = ground_truth_lookup(names, voc)
     assert lookup[0] == 0 and lookup[1] == voc.index("horse") and lookup[255] == 255 and lookup[2] == -1
     with pytest.raises(ValueError, match="'zebra'"):
-        pseudolabel_command.ground_truth_names("background,zebra", horse_only)
+        ground_truth_names("background,zebra", horse_only)
     # A value without a name is a problem, per image.
     rows, root = _one_horse(tmp_path, binary * 7)
-    (problem,) = pseudolabel_command.check_ground_truth(rows, root, horse_only, named=False)
+    (problem,) = check_ground_truth(rows, root, horse_only, named=False)
     assert "values [7] have no class name" in problem
-    with pytest.raises(SystemExit):  # a quality report needs the VOC PNGs
-        pseudolabel_command.parse_args([*argv, "--format", "coco"])
+    with pytest.raises(ConfigError, match="include voc in --format"):  # a quality report needs the VOC PNGs
+        parse_request([*argv, "--format", "coco"])
 
 
 def test_quality_skips_a_ground_truth_that_stopped_fitting(tmp_path):
@@ -343,9 +353,7 @@ def test_quality_skips_a_ground_truth_that_stopped_fitting(tmp_path):
         Image.fromarray(np.ones(truth_shape, np.uint8)).save(gt / f"{stem}.png")
     classes = ("background", "horse")
     rows = [{"image_id": "a"}, {"image_id": "b"}]
-    report = pseudolabel_command.quality(
-        rows, classes, tmp_path / "voc", gt, pseudolabel_command.ground_truth_lookup(classes, classes)
-    )
+    report = quality(rows, classes, tmp_path / "voc", gt, ground_truth_lookup(classes, classes))
     assert report["images"] == 1 and report["per_class_iou"]["horse"] == 1.0
     assert list(report["skipped"]) == ["b"] and "size" in report["skipped"]["b"]
 
@@ -357,14 +365,8 @@ def test_image_sizes_for_the_ground_truth_check_come_from_the_header(tmp_path, m
     photo.save(plain, quality=95)
     photo.save(profiled, quality=95, icc_profile=bytes(200_000))  # a header longer than the prefix read
     reads = []
-    original = pseudolabel_command.read_bytes
-    monkeypatch.setattr(
-        pseudolabel_command, "read_bytes", lambda uri, *args: reads.append(args) or original(uri, *args)
-    )
-    assert pseudolabel_command.header_size(str(plain)) == (300, 400) and reads == [
-        (0, pseudolabel_command.HEADER_BYTES)
-    ]
-    assert (
-        pseudolabel_command.header_size(str(profiled)) == (300, 400) and reads[-1] == ()
-    )  # fell back to the whole file
-    assert plain.stat().st_size > 2 * pseudolabel_command.HEADER_BYTES  # so the first read was a part of the file
+    original = quality_module.read_bytes
+    monkeypatch.setattr(quality_module, "read_bytes", lambda uri, *args: reads.append(args) or original(uri, *args))
+    assert header_size(str(plain)) == (300, 400) and reads == [(0, quality_module.HEADER_BYTES)]
+    assert header_size(str(profiled)) == (300, 400) and reads[-1] == ()  # fell back to the whole file
+    assert plain.stat().st_size > 2 * quality_module.HEADER_BYTES  # so the first read was a part of the file

@@ -19,7 +19,7 @@ from dsseg.io.results import read_results, scan, write_parts
 from dsseg.io.sources import in_shard, list_inputs, plan_inputs
 from dsseg.job.config import SegmentJob
 from dsseg.job.plan import contains, missing_configs, pair_keys, part_keys, remove_repeated_rows
-from dsseg.job.runner import list_todo
+from dsseg.job.runner import list_todo, run_segment_job
 from dsseg.job.write import PartWriter, flushing_by_time
 from dsseg.spec import MethodSpec
 
@@ -150,7 +150,8 @@ def wait_for_new_part(output: Path, before: set[Path], job: subprocess.Popen, se
 
 def interrupt_then_resume(tmp_path: Path, signals: tuple[signal.Signals, ...]) -> None:
     """Interrupt a job with each of ``signals`` once a new part file lands, checking the one-line
-    ending each time, then run it to the end and check exactly one row per image."""
+    ending each time, then run the same job to the end (in this process, on the tests' Ray: the
+    resume is the same code path without a second Ray start-up) and check exactly one row per image."""
     ids = [f"img{i:04d}" for i in range(150)]
     path = manifest(tmp_path / "m.parquet", ids)
     output = tmp_path / "out"
@@ -169,17 +170,22 @@ def interrupt_then_resume(tmp_path: Path, signals: tuple[signal.Signals, ...]) -
         assert lines[-1] == f"interrupted: {rows - written} rows written to {output}; run the same command to resume"
         written = rows
         assert 0 < written < len(ids)  # rows held when the signal came were written; not done yet
-    assert run_job(args, tmp_path / "log.txt").wait(timeout=600) == 0
+    job = SegmentJob(
+        input=str(path), output=str(output), backbone="tiny", device="cpu", configs=[MethodSpec("diffseg", SMALL)],
+        batch_size=4, rows_per_file=500, flush_seconds=2,
+    )  # fmt: skip
+    summary = run_segment_job(job)  # the arguments above, as the command line makes them
+    assert summary["complete"] and summary["already_done"] == written and summary["rows_written"] == len(ids) - written
     pairs = Counter((r["config_id"], r["image_id"]) for r in scan(str(output)).to_pylist())
     assert len(pairs) == len(ids) and set(pairs.values()) == {1}  # exactly one row per image
     assert (output / "_SUCCESS").exists()
 
 
-def test_sigterm_as_ray_job_stop_sends_it_ends_in_one_line_and_the_resume_is_exact(tmp_path):
+def test_sigterm_as_ray_job_stop_sends_it_ends_in_one_line_and_the_resume_is_exact(ray_local, tmp_path):
     interrupt_then_resume(tmp_path, (signal.SIGTERM,))
 
 
 @pytest.mark.slow
-def test_ctrl_c_then_sigterm_then_a_full_run(tmp_path):
+def test_ctrl_c_then_sigterm_then_a_full_run(ray_local, tmp_path):
     """A terminal's Ctrl-C (SIGINT to the driver), then `ray job stop`'s SIGTERM, then a full run."""
     interrupt_then_resume(tmp_path, (signal.SIGINT, signal.SIGTERM))

@@ -17,13 +17,13 @@ against the number of candidate classes: one UNet call per ``class_batch_size`` 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import platform
 import resource
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,6 @@ from dsseg.benchmark.comparisons import (
     compare_rle,
     compare_upsample,
 )
-from dsseg.cli import params_from_args
 from dsseg.evaluation.metrics import relabelled_agreement
 from dsseg.io.frames import labels_to_original
 from dsseg.io.images import decode_image
@@ -53,6 +52,7 @@ from dsseg.model.backbone import load_backbone
 from dsseg.model.extract import AttentionBundle, to_model_input
 from dsseg.model.vocabularies import COCO80
 from dsseg.segmenter import Segmenter
+from dsseg.settings import ModelSettings
 from dsseg.spec import MethodSpec
 from dsseg.timing import StageTimer
 
@@ -186,7 +186,26 @@ def timed_runs(
     return runs
 
 
-def benchmark(args: argparse.Namespace) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class LatencyRequest(ModelSettings):
+    """What ``dsseg benchmark`` times: ``method`` with ``params`` on ``backbone`` over ``image``
+    (a file path), per batch size (ints or "auto"), each timed ``repeats`` times after a warm-up;
+    ``class_counts``: also per number of candidate classes; ``compare``: each stage against its
+    straightforward version."""
+
+    image: str
+    method: str = "diffseg"
+    params: dict = field(default_factory=dict)
+    batch_sizes: tuple[int | str, ...] = (1,)
+    repeats: int = 3
+    compare: bool = False
+    class_counts: tuple[int, ...] = ()
+    captioner: str | None = None
+
+
+def benchmark(args: LatencyRequest) -> dict:
+    """The report ``dsseg benchmark`` prints: the settings, per-run stage milliseconds per image,
+    throughput and memory, and the comparison (``compare``)."""
     start = time.perf_counter()
     backbone = load_backbone(
         args.backbone, device=args.device, dtype=args.dtype, offline=args.offline, compile=args.compile
@@ -197,7 +216,7 @@ def benchmark(args: argparse.Namespace) -> dict:
 
         captioner = load_captioner(args.captioner, device=backbone.device, dtype=backbone.dtype, offline=args.offline)
     load_seconds = time.perf_counter() - start
-    params = params_from_args(args)
+    params = dict(args.params)
     segmenter = Segmenter(backbone, MethodSpec(args.method, params), captioner=captioner)
     data = Path(args.image).read_bytes()
     comparison = None
@@ -255,7 +274,8 @@ def print_table(report: dict) -> None:
     )
     print(header, file=sys.stderr)
     for run in report["runs"]:
-        cells = " ".join(f"{run['ms_per_image'].get(stage, float('nan')):9.1f}" for stage in TIMING_STAGES)
+        shown = {stage: run["ms_per_image"].get(stage) for stage in TIMING_STAGES}
+        cells = " ".join(f"{'-':>9}" if ms is None or ms != ms else f"{ms:9.1f}" for ms in shown.values())
         classes = "-" if run["classes"] is None else run["classes"]
         print(
             f"{run['batch_size']:>5} {classes:>7} {cells} {run['end_to_end_ms_per_image']:9.1f} {run['end_to_end_images_per_second']:7.2f}",

@@ -1,24 +1,11 @@
-"""How NCut's stopping rules behave on planted-partition attention, power walk k = 1..5.
-
-    python jobs/manc_study.py [--regions 8,10,12] [--powers 1,2,3,4,5] [--heads 8] [--json OUT.json]
-
-Each case: Voronoi regions on a 64² latent, SD-shaped self-attention (``--heads`` heads at
-64/32/16/8, rows summing to 1, same-region affinity, locality and noise; ``dsseg.methods.planted``),
-segmented by ``ncut`` under each stopping rule (MAN-C with the NCut cost, MAN-C with the scaled
-min-cut, and the fixed thresholds of the paper's baselines) and graph. Prints a JSON list of
-{regions, graph, stopping, power, segments, ari, root_manc_threshold} and a table; nothing here is
-tuned to it.
-"""
+"""The MAN-C study: NCut's stopping rules and graphs on planted-partition attention, power walk k
+(``run_study``: records; ``study_table``: Markdown). The command: ``dsseg.commands.manc_study``."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
-from pathlib import Path
-
-from dsseg.cli import plain
 
 # (graph, stopping rule, threshold): the rules of the paper (DWC §3 and its baselines)
 RULES = (
@@ -28,13 +15,6 @@ RULES = (
     ("random_walk", "manc_ncut", None),
     ("random_walk", "threshold", 0.3),
 )
-
-
-def integers(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 1,2,3; got {text!r}") from None
 
 
 def root_threshold(attention: dict, graph: str, power: int) -> float:
@@ -51,27 +31,20 @@ def root_threshold(attention: dict, graph: str, power: int) -> float:
     return manc_threshold(built.size, total, edges)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--regions", type=integers, default=[8, 10, 12], help="planted region counts (default 8,10,12)")
-    parser.add_argument(
-        "--powers", type=integers, default=[1, 2, 3, 4, 5], help="power walk exponents k (default 1..5)"
-    )
-    parser.add_argument("--heads", type=int, default=8, help="attention heads per level (default 8, as SD)")
-    parser.add_argument("--json", help="also write the records to this file")
-    args = parser.parse_args(argv)
-
+def run_study(regions: list[int], powers: list[int], heads: int = 8) -> list[dict]:
+    """One record per (region count, rule, power): {regions, graph, stopping, power, segments,
+    ari, seconds, root_manc_threshold}; each record is also printed to stderr as it comes."""
     import dsseg
     from dsseg.evaluation.metrics import adjusted_rand_index
     from dsseg.methods.planted import pixel_regions, planted_attention, voronoi_regions
 
     records = []
-    for count in args.regions:
-        regions = voronoi_regions(64, count, seed=count)
-        attention = planted_attention(regions, heads=args.heads, affinity=6.0, locality=0.3, noise=2.5, seed=count)
-        truth = pixel_regions(regions)
+    for count in regions:
+        planted = voronoi_regions(64, count, seed=count)
+        attention = planted_attention(planted, heads=heads, affinity=6.0, locality=0.3, noise=2.5, seed=count)
+        truth = pixel_regions(planted)
         for graph, stopping, threshold in RULES:
-            for power in args.powers:
+            for power in powers:
                 params = {"graph": graph, "stopping": stopping, "power": power}
                 if threshold is not None:
                     params["threshold"] = threshold
@@ -84,12 +57,14 @@ def main(argv: list[str] | None = None) -> int:
                     "root_manc_threshold": round(root_threshold(attention, graph, power), 4),
                 })  # fmt: skip
                 print(json.dumps(records[-1]), file=sys.stderr)
-    if args.json:
-        Path(args.json).write_text(json.dumps(records, indent=2))
-    print(json.dumps(records))
-    print("\n| regions | graph | stopping | " + " | ".join(f"k={k}" for k in args.powers) + " |")
-    print("|---|---|---|" + "---|" * len(args.powers))
-    for count in args.regions:
+    return records
+
+
+def study_table(records: list[dict], regions: list[int], powers: list[int]) -> str:
+    """The records as a Markdown table: segments (ARI) per rule and power."""
+    lines = ["| regions | graph | stopping | " + " | ".join(f"k={k}" for k in powers) + " |"]
+    lines.append("|---|---|---|" + "---|" * len(powers))
+    for count in regions:
         for graph, stopping, threshold in RULES:
             name = stopping if threshold is None else f"threshold {threshold}"
             cells = [
@@ -97,9 +72,5 @@ def main(argv: list[str] | None = None) -> int:
                 for r in records
                 if r["regions"] == count and r["graph"] == graph and r["stopping"] == name
             ]
-            print(f"| {count} | {graph} | {name} | " + " | ".join(cells) + " |")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+            lines.append(f"| {count} | {graph} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,23 +1,61 @@
-"""What one evaluation run is set to: a preset (one published table row), the flags, or both,
-resolved into one ``Plan`` before any model runs (``jobs/evaluate.py``)."""
+"""What one evaluation run is set to: the user's ``EvaluationRequest`` (a preset, one published
+table row; the flags of ``jobs/evaluate.py``; or both), resolved into one ``Plan`` before any
+model runs."""
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsseg.cli import parse_param_values
+from dsseg.errors import ConfigError
 from dsseg.evaluation.datasets import reader_splits
-from dsseg.evaluation.presets import BACKGROUND_TUNING, Preset, Tuning, get_preset
+from dsseg.evaluation.preset import Preset, Tuning
+from dsseg.evaluation.presets import BACKGROUND_TUNING, get_preset
 from dsseg.job.config import load_run_file
 from dsseg.methods import get_method
 from dsseg.model.config import candidates_filter
+from dsseg.settings import RunSettings
 from dsseg.spec import MethodSpec
 
 # The DiffSeg protocol (the 512² model frame) for the datasets its papers report; the label's size elsewhere.
 MODEL_FRAME_DATASETS = ("cocostuff27", "cityscapes27")
 DEFAULT_BACKBONE = "CompVis/stable-diffusion-v1-4"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationRequest(RunSettings):
+    """One evaluation as the user asked for it (``dsseg evaluate``'s flags, by the same names;
+    ``params``: ``--param`` values, for every config). Checked here for what each value alone must
+    be; ``make_plan`` resolves the preset and the rules between values."""
+
+    output: str
+    root: str
+    preset: str | None = None
+    dataset: str | None = None
+    split: str | None = None
+    classes: str | None = None
+    methods: str | None = None
+    config: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    frame: str | None = None
+    score_size: int | None = None
+    class_filter: str | None = None
+    candidates: str | None = None
+    captioner: str | None = None
+    tune_on: str | None = None
+    tune_limit: int | None = None
+    report_images: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.preset and not self.dataset:
+            raise ConfigError("dataset", "required, or --preset (--list-presets shows the presets)")
+        for name in ("tune_limit", "score_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(name, f"must be an integer ≥ 1; got {value!r}")
+        if self.report_images < 0:
+            raise ConfigError("report_images", f"must be ≥ 0; got {self.report_images}")
 
 
 @dataclass(frozen=True)
@@ -43,82 +81,84 @@ def dataset_options(dataset: str, split: str | None, classes: str | None) -> dic
     return {"split": split} if split else {}
 
 
-def make_plan(args: argparse.Namespace) -> Plan:
+def make_plan(request: EvaluationRequest) -> Plan:
     """Resolve the preset (if any) and the flags into one plan; ``ValueError`` on conflicts.
 
     A preset's configs run as ``--list-presets`` shows them: its parameters (with ``--param`` on
     top), never anything the plan adds. Without a preset, a config scored in the ``label`` frame
     whose parameters and method set no ``geometry`` segments the whole image (``aspect``)."""
-    preset = get_preset(args.preset) if args.preset else None
+    preset = get_preset(request.preset) if request.preset else None
     if preset:
-        if args.dataset and not preset.accepts(args.dataset):
+        if request.dataset and not preset.accepts(request.dataset):
             raise ValueError(
-                f"preset {preset.name} evaluates {preset.dataset}; --dataset {args.dataset} has other classes"
+                f"preset {preset.name} evaluates {preset.dataset}; --dataset {request.dataset} has other classes"
             )
-        if args.methods or args.config:
+        if request.methods or request.config:
             raise ValueError(
                 "a preset fixes the method config: drop --methods/--config (or use --param to vary it, and lose the match)"
             )
-        dataset = args.dataset or preset.dataset
+        dataset = request.dataset or preset.dataset
         spec = preset.spec()
-        if args.param:
-            spec = MethodSpec(spec.method, {**spec.params, **parse_param_values(args.param)})
+        if request.params:
+            spec = MethodSpec(spec.method, {**spec.params, **request.params})
         configs = (spec,)
-        frame = args.frame or preset.frame
+        frame = request.frame or preset.frame
         score_size = (
-            args.score_size if args.score_size is not None else (preset.score_size if frame == preset.frame else None)
+            request.score_size
+            if request.score_size is not None
+            else (preset.score_size if frame == preset.frame else None)
         )
-        split = args.split or preset.split
-        backbone = args.backbone or preset.backbone
-        class_filter = args.class_filter if args.class_filter is not None else preset.class_filter
-        if preset.candidates and not args.candidates:
+        split = request.split or preset.split
+        backbone = request.backbone or preset.backbone
+        class_filter = request.class_filter if request.class_filter is not None else preset.class_filter
+        if preset.candidates and not request.candidates:
             raise ValueError(
                 f"preset {preset.name} prompts each image with the candidate classes its authors released: download "
                 f"{preset.candidates.source} and give it with --candidates FILE"
             )
     else:
-        dataset = args.dataset
-        configs = method_specs(args)
-        frame = args.frame or ("model" if dataset in MODEL_FRAME_DATASETS else "label")
+        dataset = request.dataset
+        configs = method_specs(request)
+        frame = request.frame or ("model" if dataset in MODEL_FRAME_DATASETS else "label")
         if frame == "label":  # scoring at the label's size segments the whole image unless a config says otherwise
             configs = tuple(
                 s if "geometry" in s.params or "geometry" in get_method(s.method).extraction
                 else MethodSpec(s.method, {**s.params, "geometry": "aspect"})
                 for s in configs
             )  # fmt: skip
-        score_size = args.score_size
-        split = args.split
-        backbone = args.backbone or DEFAULT_BACKBONE
-        class_filter = args.class_filter
+        score_size = request.score_size
+        split = request.split
+        backbone = request.backbone or DEFAULT_BACKBONE
+        class_filter = request.class_filter
     if class_filter in ("", "none"):
         class_filter = None
-    if args.candidates:
-        class_filter = candidates_filter(args.class_filter, args.candidates)
-    captioner = args.captioner or (
+    if request.candidates:
+        class_filter = candidates_filter(request.class_filter, request.candidates)
+    captioner = request.captioner or (
         preset.captioner if preset and any(s.resolved.extraction.prompting.needs_captioner for s in configs) else None
     )
     if score_size is not None and frame != "model":
         raise ValueError(f"--score-size samples the model frame: it needs --frame model (the frame is {frame})")
     takes_split, default = reader_splits(dataset)
     evaluated = split or default
-    configs, tunings = plan_tunings(args, preset, configs, evaluated)
-    if (split or args.tune_on) and not takes_split:
-        flags = [flag for flag, given in (("--split", split), ("--tune-on", args.tune_on)) if given]
+    configs, tunings = plan_tunings(request, preset, configs, evaluated)
+    if (split or request.tune_on) and not takes_split:
+        flags = [flag for flag, given in (("--split", split), ("--tune-on", request.tune_on)) if given]
         raise ValueError(f"dataset {dataset} has no splits to choose from: drop {' and '.join(flags)}")
     for tuning in tunings.values():
         if tuning.split == evaluated and not tuning.oracle:
-            source = "--tune-on" if args.tune_on else f"preset {preset.name} tunes on"
+            source = "--tune-on" if request.tune_on else f"preset {preset.name} tunes on"
             raise ValueError(
                 f"{source} {tuning.split!r}, the evaluated split: choose {tuning.param} on another split (--tune-on SPLIT), never on the test split"
             )
     return Plan(
-        dataset, dataset_options(dataset, split, args.classes), frame, backbone, configs, class_filter, tunings,
+        dataset, dataset_options(dataset, split, request.classes), frame, backbone, configs, class_filter, tunings,
         preset, captioner, score_size,
     )  # fmt: skip
 
 
 def plan_tunings(
-    args: argparse.Namespace, preset: Preset | None, configs: tuple[MethodSpec, ...], evaluated: str | None
+    request: EvaluationRequest, preset: Preset | None, configs: tuple[MethodSpec, ...], evaluated: str | None
 ) -> tuple[tuple[MethodSpec, ...], dict[int, Tuning]]:
     """The configs to evaluate and, by config index, the parameter each openvocab config chooses: the
     preset's tuning (an oracle one on the ``evaluated`` split), or with ``--tune-on`` the background
@@ -127,7 +167,7 @@ def plan_tunings(
     tunings: dict[int, Tuning] = {}
     out: list[MethodSpec] = []
     for spec in configs:
-        if spec.method != "openvocab" or not (args.tune_on or (preset and preset.tuning)):
+        if spec.method != "openvocab" or not (request.tune_on or (preset and preset.tuning)):
             out.append(spec)
             continue
         base = preset.tuning if preset and preset.tuning else Tuning("background_threshold", BACKGROUND_TUNING, "")
@@ -140,27 +180,30 @@ def plan_tunings(
                 base.param, base.values, evaluated or "", base.protocol, base.metric, oracle=True
             )
             out.append(spec)
-        if args.tune_on or not base.oracle:
-            tunings[len(out)] = Tuning(base.param, base.values, args.tune_on or base.split, base.protocol, base.metric)
+        if request.tune_on or not base.oracle:
+            tunings[len(out)] = Tuning(
+                base.param, base.values, request.tune_on or base.split, base.protocol, base.metric
+            )
             out.append(spec)
-    if args.tune_on and not tunings:
+    if request.tune_on and not tunings:
         raise ValueError("--tune-on chooses openvocab's background threshold; no openvocab config is evaluated")
     return tuple(out), tunings
 
 
-def method_specs(args: argparse.Namespace) -> tuple[MethodSpec, ...]:
+def method_specs(request: EvaluationRequest) -> tuple[MethodSpec, ...]:
     """The run's method configs from ``--config`` or ``--methods`` + ``--param``."""
-    if args.config:
-        settings = load_run_file(args.config)
+    if request.config:
+        settings = load_run_file(request.config)
         others = sorted(set(settings) - {"configs"})
         if others:
             raise ValueError(
-                f"--config {args.config}: an evaluation takes only `configs:` from a run file; give {others} as flags"
+                f"--config {request.config}: an evaluation takes only `configs:` from a run file; give {others} as flags"
             )
         if not settings.get("configs"):
-            raise ValueError(f"--config {args.config} has no `configs:` list")
+            raise ValueError(f"--config {request.config} has no `configs:` list")
         return tuple(settings["configs"])
-    params = parse_param_values(args.param)
     return tuple(
-        MethodSpec(method.strip(), params) for method in (args.methods or "diffseg").split(",") if method.strip()
+        MethodSpec(method.strip(), dict(request.params))
+        for method in (request.methods or "diffseg").split(",")
+        if method.strip()
     )

@@ -1,5 +1,6 @@
 """Evaluation reports: ``report.md`` (tables laid out like the papers', our number beside the
-published one) and ``report.html`` (overlays of sample images, readable offline: PNGs beside it)."""
+published one) and ``report.html`` (the same tables, then overlays of sample images; readable
+offline: PNGs beside it)."""
 
 from __future__ import annotations
 
@@ -155,8 +156,54 @@ def ground_truth_panel(labels: np.ndarray, class_names: Sequence[str]) -> Panel:
     return Panel("ground truth", colour_classes(labels, len(class_names)), legend)
 
 
-def html_report(path: Path, title: str, rows: Sequence[tuple[str, Sequence[Panel]]], width: int = 320) -> Path:
-    """Write ``path`` (report.html) and its PNGs into ``<stem>_files/``: one row per image."""
+def markdown_to_html(text: str) -> str:
+    """The Markdown ``markdown_report`` writes (headings, pipe tables, fenced blocks, list items,
+    paragraphs) as HTML, escaped; ``**`` and backticks are kept as written."""
+    out: list[str] = []
+    table: list[list[str]] = []
+    fenced: list[str] | None = None
+
+    def end_table() -> None:
+        if table:
+            head, *body = table
+            out.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>")
+            out.extend("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+            out.append("</table>")
+            table.clear()
+
+    for line in text.splitlines():
+        if fenced is not None:
+            if line.startswith("```"):
+                out.append("<pre>" + html.escape("\n".join(fenced)) + "</pre>")
+                fenced = None
+            else:
+                fenced.append(line)
+            continue
+        if line.startswith("|"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            if not all(set(cell) <= set("-: ") for cell in cells):  # the |---|---| rule
+                table.append(cells)
+            continue
+        end_table()
+        if line.startswith("```"):
+            fenced = []
+        elif line.startswith("#"):
+            level = min(len(line) - len(line.lstrip("#")) + 1, 4)  # the page's own title is the h1
+            out.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
+        elif line.startswith("- "):
+            out.append(f"<li>{html.escape(line[2:])}</li>")
+        elif line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    end_table()
+    return "\n".join(out)
+
+
+def html_report(
+    path: Path, title: str, rows: Sequence[tuple[str, Sequence[Panel]]], width: int = 320, tables: str = ""
+) -> Path:
+    """Write ``path`` (report.html) and its PNGs into ``<stem>_files/``: ``tables`` (the Markdown
+    of ``markdown_report``: metric tables beside the published numbers) first, then one row of
+    pictures per image."""
     assets = path.with_name(f"{path.stem}_files")
     assets.mkdir(parents=True, exist_ok=True)
     parts = [
@@ -166,9 +213,13 @@ def html_report(path: Path, title: str, rows: Sequence[tuple[str, Sequence[Panel
         "figcaption{font-size:12px;max-width:"
         + str(width)
         + "px}.sw{display:inline-block;width:10px;height:10px;margin-right:3px}"
-        "h2{font-size:16px;margin:16px 0 4px}</style></head><body>",
+        "h2{font-size:16px;margin:16px 0 4px}table{border-collapse:collapse;margin:4px 0 12px}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px;text-align:left}pre{font-size:12px}</style>"
+        "</head><body>",
         f"<h1>{html.escape(title)}</h1>",
     ]
+    if tables:
+        parts += ["<section id='metrics'>", markdown_to_html(tables), "</section>", "<h2>Sample images</h2>"]
     for index, (heading, panels) in enumerate(rows):
         parts.append(f"<h2>{html.escape(heading)}</h2><div>")
         for k, panel in enumerate(panels):

@@ -51,17 +51,8 @@ import pyarrow.parquet as pq
 
 from dsseg.errors import ConfigError
 from dsseg.io.files import remove_file, write_json
-from dsseg.io.results import (
-    PARTITION_PREFIX,
-    RECORD_PREFIX,
-    SEGMENTS_DIR,
-    finish_record,
-    is_record_name,
-    part_infos,
-    part_name,
-    part_shard,
-    read_record,
-)
+from dsseg.io.records import RECORD_PREFIX, finish_record, is_record_name, read_record
+from dsseg.io.results import PARTITION_PREFIX, SEGMENTS_DIR, part_infos, part_name, part_shard
 from dsseg.io.schema import OUTPUT_SCHEMA
 from dsseg.io.sources import resolve
 

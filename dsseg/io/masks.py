@@ -75,18 +75,22 @@ def encode_labels(labels: np.ndarray) -> list[dict]:
 def rle_to_mask(rle: dict) -> np.ndarray:
     """A segment's ``rle`` dict (string or bytes counts) → (H, W) bool mask."""
     counts = rle["counts"]
-    coco = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    size = [int(side) for side in rle["size"]]  # a list, or a NumPy array in rows read with pandas
+    coco = {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
     return mask_utils.decode(coco).astype(bool)
 
 
-def decode_segments(segments: Sequence[dict], size: tuple[int, int] | None = None) -> np.ndarray:
-    """Segment dicts → (H, W) int32 label map of their ``segment_id``s.
+def decode_segments(segments: Sequence[dict] | None, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Segment dicts → (H, W) int32 label map of their ``segment_id``s. ``segments``: a row's
+    ``segments`` as pyarrow's ``to_pylist`` gives it (a list) or as pandas does (a NumPy object
+    array of dicts, sizes as arrays).
 
     Raises ``ValueError`` unless the segments partition the image (every pixel in exactly one).
     """
+    segments = [] if segments is None else list(segments)
     if not segments:
         raise ValueError("no segments to decode: an error row has none (its status is 'error' and its error says why)")
-    size = tuple(size or segments[0]["rle"]["size"])
+    size = tuple(int(side) for side in (size if size is not None else segments[0]["rle"]["size"]))
     labels = np.full(size, -1, dtype=np.int32)
     covered = np.zeros(size, dtype=np.int32)
     for segment in segments:

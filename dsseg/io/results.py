@@ -42,7 +42,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from dsseg.errors import ConfigError
-from dsseg.io.files import remove_file, remove_temporaries, write_atomically, write_json
+from dsseg.io.files import remove_temporaries, write_atomically, write_json
+from dsseg.io.records import finish_committed, superseded
 from dsseg.io.schema import TRANSIENT_ERRORS
 from dsseg.io.sources import in_shard, is_uri, resolve, uri_of
 
@@ -52,7 +53,6 @@ SUCCESS_FILE = "_SUCCESS"
 PARTITION_PREFIX = "config="
 SCAN_COLUMNS = ["image_id", "config_id", "status", "error"]
 PART_SHARD = re.compile(r"part-s(\d+)of(\d+)-")
-RECORD_PREFIX = "_compaction-"  # a compaction's commit record: _compaction-<digest>.json
 LISTING_ATTEMPTS = 3  # listings tried when a listed part vanishes while it is read (a compaction replaced it)
 
 T = TypeVar("T")
@@ -104,11 +104,6 @@ def is_part_name(name: str) -> bool:
     return name.startswith("part-") and name.endswith(".parquet")
 
 
-def is_record_name(name: str) -> bool:
-    """Whether a file name is a compaction's commit record (``_compaction-*.json``)."""
-    return name.startswith(RECORD_PREFIX) and name.endswith(".json")
-
-
 def segment_files(output: str) -> tuple[pafs.FileSystem, list[pafs.FileInfo]]:
     """The file system of ``output`` and every file under ``OUTPUT/segments`` (one recursive
     listing; none when there is no such folder)."""
@@ -119,66 +114,11 @@ def segment_files(output: str) -> tuple[pafs.FileSystem, list[pafs.FileInfo]]:
     return fs, [info for info in infos if info.type == pafs.FileType.File]
 
 
-def read_record(fs: pafs.FileSystem, path: str) -> dict[str, Any]:
-    """A compaction record: ``{"new": NAME, "replaces": [NAME, ...], ...}``, names of files in the
-    record's own folder. ``ValueError`` names a record that is not one (records are written whole)."""
-    with fs.open_input_stream(path) as stream:
-        data = stream.read()
-    try:
-        record = json.loads(data.decode())
-        new, replaces = record["new"], record["replaces"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: not a compaction record ({error}); delete it if no dsseg compact wrote it") from None
-    if not isinstance(new, str) or not isinstance(replaces, list):
-        raise ValueError(f"{path}: not a compaction record (new: a name, replaces: a list of names)")
-    return record
-
-
-def superseded(fs: pafs.FileSystem, infos: Sequence[pafs.FileInfo]) -> set[str]:
-    """Paths among ``infos`` (one listing) that a committed compaction replaced: the parts its
-    record lists, where the record's new part is in the listing too. Reads only the records listed
-    (normally none)."""
-    present = {info.path for info in infos}
-    hidden: set[str] = set()
-    for info in infos:
-        if not is_record_name(info.base_name):
-            continue
-        folder = info.path.rsplit("/", 1)[0]
-        record = read_record(fs, info.path)
-        if f"{folder}/{record['new']}" in present:
-            hidden.update(f"{folder}/{name}" for name in record["replaces"] if name != record["new"])
-    return hidden
-
-
-def finish_record(fs: pafs.FileSystem, record_path: str) -> bool:
-    """Finish the compaction that a record commits: when its new part exists, delete the parts it
-    replaces that are still there, then the record; True. False (nothing done) when the new part
-    does not exist (not committed; ``dsseg.io.compact`` rolls it back)."""
-    folder = record_path.rsplit("/", 1)[0]
-    record = read_record(fs, record_path)
-    if fs.get_file_info(f"{folder}/{record['new']}").type != pafs.FileType.File:
-        return False
-    for name in record["replaces"]:
-        if name != record["new"]:
-            remove_file(fs, f"{folder}/{name}")
-    remove_file(fs, record_path)
-    return True
-
-
 def finish_compactions(output: str) -> int:
     """Finish every committed compaction record under ``OUTPUT/segments`` (what a killed
-    compaction left), so that no part a record hides is left to come back when its new part is
-    rewritten or deleted; returns how many. Safe beside a running compaction: it touches only
-    committed records."""
+    compaction left; ``dsseg.io.records``); returns how many."""
     fs, infos = segment_files(output)
-    records = [info.path for info in infos if is_record_name(info.base_name)]
-    finished = 0
-    for path in records:
-        try:
-            finished += finish_record(fs, path)
-        except FileNotFoundError:  # finished meanwhile
-            continue
-    return finished
+    return finish_committed(fs, infos)
 
 
 def part_infos(output: str, config_ids: Sequence[str] | None = None) -> list[pafs.FileInfo]:

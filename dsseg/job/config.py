@@ -120,7 +120,8 @@ def temporary_working_dir(environ: Mapping[str, str] | None = None) -> str | Non
 
 @dataclass(frozen=True)
 class SegmentJob:
-    """Everything a segment run needs; validated at construction (``ConfigError`` names the setting).
+    """Everything a segment run needs; a value, validated at construction without touching the file
+    system (``ConfigError`` names the setting); ``check_paths`` checks the paths where the job runs.
 
     ``input``: see ``dsseg.io.sources``. ``configs``: the method configs (dicts are read as
     ``MethodSpec.from_mapping``). ``gpus_per_worker``: None → 1 when the cluster has GPUs and
@@ -173,19 +174,6 @@ class SegmentJob:
     captioner: str | None = None
 
     def __post_init__(self) -> None:
-        if not is_uri(self.input) and not any(c in self.input for c in "*?[") and not Path(self.input).exists():
-            raise ConfigError(
-                "input",
-                f"{self.input!r} does not exist; give an image file, a folder, a glob, a manifest or a .tar shard",
-            )
-        copy = temporary_working_dir()
-        if copy and not is_uri(self.output) and not Path(self.output).is_absolute():
-            raise ConfigError(
-                "output",
-                f"{self.output!r} is relative, and this job runs in the temporary copy of its --working-dir that "
-                f"`ray job submit` made ({copy}), which Ray deletes: give an absolute path on storage every node "
-                "shares, or a URI (s3://…, gs://…)",
-            )
         if self.batch_size != AUTO_BATCH and not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise ConfigError(
                 "batch_size",
@@ -220,7 +208,6 @@ class SegmentJob:
             raise ConfigError("configs", "two of the run's configs are the same; remove the repeat")
         if self.class_filter is not None:
             check_filter_spec(self.class_filter)
-            check_candidates_file(self.class_filter)
         reading = [spec.method for spec in specs if reads_captions(spec, self.class_filter)]
         if reading and not self.captioner:
             raise ConfigError(
@@ -239,6 +226,26 @@ class SegmentJob:
                 "configs",
                 "all configs of a run must share image_size, geometry and antialias; run the others as another job",
             )
+
+    def check_paths(self) -> None:
+        """What the settings alone cannot tell, checked where the job will run (before any model
+        loads): the input and a candidates file exist, and under ``ray job submit`` the output is
+        not relative to the temporary copy of the working dir. ``ConfigError`` otherwise."""
+        if not is_uri(self.input) and not any(c in self.input for c in "*?[") and not Path(self.input).exists():
+            raise ConfigError(
+                "input",
+                f"{self.input!r} does not exist; give an image file, a folder, a glob, a manifest or a .tar shard",
+            )
+        copy = temporary_working_dir()
+        if copy and not is_uri(self.output) and not Path(self.output).is_absolute():
+            raise ConfigError(
+                "output",
+                f"{self.output!r} is relative, and this job runs in the temporary copy of its --working-dir that "
+                f"`ray job submit` made ({copy}), which Ray deletes: give an absolute path on storage every node "
+                "shares, or a URI (s3://…, gs://…)",
+            )
+        if self.class_filter is not None:
+            check_candidates_file(self.class_filter)
 
     @property
     def rendering(self) -> dict[str, Any]:

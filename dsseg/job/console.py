@@ -36,19 +36,25 @@ def duration_text(seconds: float) -> str:
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
-def progress_text(done: float, total: int | None, seconds: float, errors: int, total_final: bool = True) -> str:
-    """``dsseg: 120/2000 images (6%), 3.40 images/s, ETA 9m 13s, 2 errors``; ``done`` may be
-    fractional and is shown rounded down. While the plan is still being read (``total_final``
-    False) the total is the images planned so far: ``120/≥2000 images``, no share, no ETA;
-    ``total`` None: none planned yet."""
+def progress_text(
+    done: float, total: int | None, seconds: float, errors: int, total_final: bool = True, before: int = 0
+) -> str:
+    """``dsseg: 120/2000 images (6%), 3.40 images/s, ETA 9m 13s, 2 errors``; ``done`` (this run's
+    images, may be fractional, shown rounded down) counts on from ``before`` (images a resumed
+    run found done: ``, 80 done before``); the rate and ETA are this run's. While the plan is still
+    being read (``total_final`` False) the total is the images planned so far: ``120/≥2000
+    images``, no share, no ETA; ``total`` None: none planned yet."""
     rate = done / seconds if seconds > 0 else 0.0
     errors_text = f"{errors} error{'' if errors == 1 else 's'}"
+    before_text = f", {before} done before" if before else ""
+    shown = int(done) + before
     if total is None or not total_final:
         planned = f"/≥{total}" if total else ""
-        return f"dsseg: {int(done)}{planned} images, {rate:.2f} images/s, {errors_text}"
-    eta = duration_text((total - done) / rate) if rate > 0 and done < total else "–" if done < total else "0s"
-    share = f" ({100 * done / total:.0f}%)" if total else ""
-    return f"dsseg: {int(done)}/{total} images{share}, {rate:.2f} images/s, ETA {eta}, {errors_text}"
+        return f"dsseg: {shown}{planned} images, {rate:.2f} images/s, {errors_text}{before_text}"
+    left = total - before - done
+    eta = duration_text(left / rate) if rate > 0 and left > 0 else "–" if left > 0 else "0s"
+    share = f" ({100 * shown / total:.0f}%)" if total else ""
+    return f"dsseg: {shown}/{total} images{share}, {rate:.2f} images/s, ETA {eta}, {errors_text}{before_text}"
 
 
 class ProgressLine:
@@ -58,6 +64,7 @@ class ProgressLine:
     def __init__(self, total: int | None, every_seconds: float = 30.0, stream: TextIO | None = None) -> None:
         self.total = total
         self.total_final = total is not None
+        self.before = 0
         self.stream = stream if stream is not None else sys.stderr
         self.in_terminal = self.stream.isatty()
         self.interval = TERMINAL_REDRAW_SECONDS if self.in_terminal else every_seconds
@@ -65,9 +72,10 @@ class ProgressLine:
         self.last = -float("inf")  # the first update shows
         self.shown: tuple = ()
 
-    def set_total(self, total: int, final: bool) -> None:
-        """The images to do: all of them (``final``), or those planned so far."""
-        self.total, self.total_final = total, final
+    def set_total(self, total: int, final: bool, before: int = 0) -> None:
+        """The images in scope: all of them (``final``), or those planned so far; ``before`` of
+        them were done by earlier runs."""
+        self.total, self.total_final, self.before = total, final, before
 
     def due(self) -> bool:
         """Whether an ``update`` now would show (callers skip gathering its numbers otherwise)."""
@@ -80,11 +88,11 @@ class ProgressLine:
         if not final and now - self.last < self.interval:
             return
         self.last = now
-        counts = (int(done), self.total, self.total_final, errors)
+        counts = (int(done), self.total, self.total_final, errors, self.before)
         if final and counts == self.shown and not self.in_terminal:
             return  # the last line already said it
         self.shown = counts
-        text = progress_text(done, self.total, now - self.start, errors, self.total_final)
+        text = progress_text(done, self.total, now - self.start, errors, self.total_final, self.before)
         if self.in_terminal:
             self.stream.write(f"\r{text}\x1b[K" + ("\n" if final else ""))
         else:

@@ -10,7 +10,9 @@ Nothing here holds the input or the output on the driver:
   and kept in the object store, where each node maps it once for all its plan tasks (16 bytes
   per written row: 1.6 GB at 10⁸ rows);
 - a plan task looks its items up in the index (binary search) and passes on each item with the
-  config ids it still lacks; ``PlanTally`` (a small actor) keeps the counts of the plan.
+  config ids it still lacks; ``PlanTally`` (a small actor) keeps the counts of the plan. Items
+  the driver holds anyway are looked up in one task (``plan_items``), so the driver knows
+  before any model starts how many are left, and a run with nothing to do starts none.
 
 Why not Ray Data's ``checkpoint`` (beta in 2.60): it keys on one id column, while a dsseg run
 resumes (image, config) pairs (a new config on old images redoes only that config); it keeps
@@ -37,7 +39,6 @@ from dsseg.io.results import SCAN_COLUMNS, deduplicate, may_hold_shard, part_uri
 from dsseg.io.schema import TRANSIENT_ERRORS
 from dsseg.io.sources import (
     ITEM_SCHEMA,
-    InputPlan,
     ManifestChunk,
     manifest_chunks,
     read_manifest_chunk,
@@ -212,10 +213,9 @@ def block_name(items: pa.Table) -> str:
 
 
 class PlanStage:
-    """The plan's Ray Data step: an ITEM block (or a manifest chunk) → its TODO rows.
+    """The plan's Ray Data step for streamed manifests: a manifest chunk → its TODO rows.
 
-    ``shard``: keep only that shard's items (manifest chunks; listed items are sharded on the
-    driver). ``index``: the ``DoneIndex`` keys (ObjectRef) or None. ``tally``: a ``PlanTally``
+    ``shard``: keep only that shard's items. ``index``: the ``DoneIndex`` keys (ObjectRef) or None. ``tally``: a ``PlanTally``
     actor handle.
     """
 
@@ -244,29 +244,42 @@ class PlanStage:
                 if len(todo):
                     yield todo
 
-    def items_of_block(self, items: pa.Table) -> pa.Table:
-        """Ray Data ``map_batches`` over listed ITEM blocks: their TODO rows."""
-        return self.todo(items)
+
+def plan_items(items: pa.Table, config_ids: Sequence[str], index: DoneIndex | None) -> tuple[pa.Table, dict[str, int]]:
+    """The plan of items the driver holds anyway (a listing, or a manifest under ``--limit``,
+    already sharded and limited): (their TODO rows, the plan's counts as ``PlanTally.totals``).
+    The lookup runs in one Ray task, where the index is mapped, so the driver never holds the
+    index (it may hold other inputs' rows); the TODO rows are at most the items."""
+    import ray
+
+    if index is None:
+        todo = missing_configs(items, config_ids, None)
+    else:
+        todo = ray.get(ray.remote(missing_configs).remote(items, list(config_ids), index.keys))
+    pairs = sum(len(configs) for configs in todo.column("configs").to_pylist())
+    return todo, {"images": len(items), "todo_images": len(todo), "todo_pairs": pairs}
+
+
+def dataset_of_rows(rows: pa.Table):
+    """A Ray Dataset of TODO ``rows`` held on the driver, in blocks of ``ITEM_BLOCK_ROWS``."""
+    import ray
+
+    return ray.data.from_arrow([rows.slice(start, ITEM_BLOCK_ROWS) for start in range(0, len(rows), ITEM_BLOCK_ROWS)])
 
 
 def todo_dataset(
-    inputs: InputPlan, config_ids: Sequence[str], index: DoneIndex | None, tally: Any, shard: tuple[int, int] | None
+    manifests: Sequence[str],
+    config_ids: Sequence[str],
+    index: DoneIndex | None,
+    tally: Any,
+    shard: tuple[int, int] | None,
 ):
-    """The Ray Dataset of TODO rows for ``inputs`` as ``runner.prepare_inputs`` returns them:
-    the items the driver holds (already sharded and limited) in blocks, or manifest chunks read
-    and sharded by tasks."""
+    """The Ray Dataset of TODO rows of streamed ``manifests``: their chunks read, sharded and
+    looked up by plan tasks, which report their counts to ``tally`` (a ``PlanTally`` actor)."""
     import ray
 
     keys = index.keys if index is not None else None
-    # Plan tasks take no CPU slot: a task paused by backpressure must not keep decoding from a CPU.
-    remote_args = {"batch_format": "pyarrow", "num_cpus": 0}
-    if inputs.listed is not None:
-        items = inputs.listed
-        blocks = [items.slice(start, ITEM_BLOCK_ROWS) for start in range(0, len(items), ITEM_BLOCK_ROWS)]
-        stage = PlanStage(config_ids, None, keys, tally)
-        listed = ray.data.from_arrow(blocks or [ITEM_SCHEMA.empty_table()])
-        return listed.map_batches(stage.items_of_block, batch_size=None, **remote_args)
-    chunks = [chunk for source in inputs.manifests for chunk in manifest_chunks(source)]
+    chunks = [chunk for source in manifests for chunk in manifest_chunks(source)]
     table = pa.table(
         {
             "source": pa.array([chunk.source for chunk in chunks], pa.string()),
@@ -276,7 +289,12 @@ def todo_dataset(
     stage = PlanStage(config_ids, shard, keys, tally)
     descriptors = ray.data.from_arrow([table.slice(i, 1) for i in range(len(table))])
     # One chunk at a time: the plan only has to stay ahead of the model, and must not take
-    # the CPUs from decoding while it reads ahead.
+    # the CPUs from decoding while it reads ahead. Plan tasks take no CPU slot: a task paused
+    # by backpressure must not keep decoding from a CPU.
     return descriptors.map_batches(
-        stage.items_of_chunks, batch_size=1, compute=ray.data.TaskPoolStrategy(size=1), **remote_args
+        stage.items_of_chunks,
+        batch_size=1,
+        compute=ray.data.TaskPoolStrategy(size=1),
+        batch_format="pyarrow",
+        num_cpus=0,
     )

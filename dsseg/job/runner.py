@@ -15,11 +15,13 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
 import pyarrow as pa
 
+from dsseg.errors import ConfigError
 from dsseg.io.files import STALE_SECONDS
 from dsseg.io.results import (
     check_output,
@@ -35,7 +37,7 @@ from dsseg.job.config import SegmentJob
 from dsseg.job.console import ProgressLine, filtered_stderr, quiet_ray_data, without_token_auth_notice
 from dsseg.job.decode import decode_batch
 from dsseg.job.interrupts import Interrupted, JobInterrupted, interruptible, reclaim_signals
-from dsseg.job.plan import PlanTally, build_done_index, remove_repeated_rows, todo_dataset
+from dsseg.job.plan import PlanTally, build_done_index, dataset_of_rows, plan_items, remove_repeated_rows, todo_dataset
 from dsseg.job.write import PartWriter, encode_rows, flushing_by_time
 
 # Memory reserved per decode task. Besides guarding against over-subscription, a resource
@@ -51,6 +53,7 @@ def prepare_inputs(job: SegmentJob) -> InputPlan:
     how the input is read. Items the driver holds anyway (a listing, a ``--limit``) are sharded,
     limited and checked here, once (unique ids, class lists where a config needs them), and come
     back as ``listed``; streamed manifests only have their class column checked."""
+    job.check_paths()
     check_output(job.output, job.input, other_inputs=job.append or job.overwrite, other_files=job.append)
     inputs = plan_inputs(job.input)
     if inputs.listed is not None or job.limit:
@@ -101,24 +104,36 @@ def init_ray(address: str | None = None) -> bool:
     return _joined_cluster
 
 
+def plan_job(job: SegmentJob, inputs: InputPlan, config_ids: list[str]) -> tuple[Any, Callable[[], dict[str, int]]]:
+    """The TODO rows of ``job`` as a Ray Dataset (None when the driver knows nothing is left),
+    and a function returning the plan's counts so far (``PlanTally.totals``): exact from the
+    start for items the driver holds, growing while streamed manifests are read."""
+    import ray
+
+    index = build_done_index(job.output, config_ids, job.shard, skip_transient_errors=job.retry_errors)
+    if inputs.listed is not None:
+        rows, counts = plan_items(inputs.listed, config_ids, index)
+        return (dataset_of_rows(rows) if len(rows) else None), lambda: counts
+    tally = ray.remote(num_cpus=0)(PlanTally).remote()
+    dataset = todo_dataset(inputs.manifests, config_ids, index, tally, job.shard)
+    return dataset, lambda: ray.get(tally.totals.remote())
+
+
 def list_todo(job: SegmentJob, address: str | None = None) -> list[dict[str, Any]]:
     """The plan of ``job`` as a list of TODO rows (each item with the config ids it lacks): for
     tests and small inputs (the job itself streams them). Applies ``--overwrite``."""
-    import ray
-
     inputs = prepare_inputs(job)
     init_ray(address)
-    ids = job.config_ids()
-    index = build_done_index(job.output, ids, job.shard, skip_transient_errors=job.retry_errors)
-    tally = ray.remote(num_cpus=0)(PlanTally).remote()
-    dataset = todo_dataset(inputs, ids, index, tally, job.shard)
+    dataset, _ = plan_job(job, inputs, job.config_ids())
+    if dataset is None:
+        return []
     return [row for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow") for row in batch.to_pylist()]
 
 
 def build_dataset(job: SegmentJob, todo, gpus: float, items: int | None = None, worker: type | None = None):
     """The Ray Data graph over the TODO rows ``todo`` (a Dataset); yields OUTPUT_SCHEMA rows, an
-    image's rows in one block. ``items``: how many the plan holds, where known (small runs then
-    still reach every actor). ``worker``: the model stage's callable class (default
+    image's rows in one block. ``items``: how many images are left to do, where known (small runs
+    then still reach every actor). ``worker``: the model stage's callable class (default
     ``SegmentWorker``, or a subclass)."""
     import ray
 
@@ -218,7 +233,6 @@ def run_segment_job(job: SegmentJob, address: str | None = None, worker: type | 
     """Run (or resume) the job; returns a summary. ``worker``: the model stage's callable class
     (default ``dsseg.job.model_stage.SegmentWorker``). A SIGINT or SIGTERM raises
     ``JobInterrupted`` once the rows held are written."""
-    import ray
 
     from dsseg.model.backbone import check_backbone_available
 
@@ -236,37 +250,38 @@ def run_segment_job(job: SegmentJob, address: str | None = None, worker: type | 
         gpus = gpus_per_worker(job, on_cluster)
         quiet_ray_data()
         ids = job.config_ids()
-        index = build_done_index(job.output, ids, job.shard, skip_transient_errors=job.retry_errors)
-        tally = ray.remote(num_cpus=0)(PlanTally).remote()
-        items = len(inputs.listed) if inputs.listed is not None else None  # known where the driver holds them
-        todo = todo_dataset(inputs, ids, index, tally, job.shard)
+        todo, planned = plan_job(job, inputs, ids)
+        known = planned() if inputs.listed is not None else None  # exact where the driver holds the items
+        items = known["todo_images"] if known else None
         stats, writer = RunStats(), PartWriter(job.output, job.rows_per_file, job.flush_seconds, job.shard)
         ray_start = time.perf_counter()
-        progress = ProgressLine(items if index is None else None, PROGRESS_SECONDS)  # nothing done: all listed to do
-        progress.update(0, 0)
-
+        progress = ProgressLine(None, PROGRESS_SECONDS)
         drawing = threading.Lock()  # the main thread and the flush timer both draw the progress line
 
-        def tick() -> None:
-            if progress.due() and drawing.acquire(blocking=False):
+        def tick(final: bool = False) -> None:
+            if (final or progress.due()) and drawing.acquire(blocking=final):
                 try:
-                    show_progress(progress, stats, tally, items)
+                    show_progress(progress, stats, planned(), items is not None, final)
                 finally:
                     drawing.release()
 
-        try:
-            with filtered_stderr(), flushing_by_time(writer, on_tick=tick):
-                for batch in build_dataset(job, todo, gpus, items, worker).iter_batches(
-                    batch_size=None, batch_format="pyarrow"
-                ):
-                    writer.add(batch)
-                    stats.add(batch)
-                    tick()
-                show_progress(progress, stats, tally, items, final=True)
-        except Interrupted as interrupt:
-            raise JobInterrupted(interrupt.signal_number, job.output, writer.rows_written) from None
+        if todo is None:
+            print(f"dsseg: nothing to do: every image × config in scope has its row in {job.output}", file=sys.stderr)
+        else:
+            tick()
+            try:
+                with filtered_stderr(), flushing_by_time(writer, on_tick=tick):
+                    for batch in build_dataset(job, todo, gpus, items, worker).iter_batches(
+                        batch_size=None, batch_format="pyarrow"
+                    ):
+                        writer.add(batch)
+                        stats.add(batch)
+                        tick()
+                    tick(final=True)
+            except Interrupted as interrupt:
+                raise JobInterrupted(interrupt.signal_number, job.output, writer.rows_written) from None
         ray_seconds = time.perf_counter() - ray_start
-        plan = ray.get(tally.totals.remote())
+        plan = planned()
     summary = {
         "output": job.output,
         "config_ids": ids,
@@ -289,13 +304,10 @@ def run_segment_job(job: SegmentJob, address: str | None = None, worker: type | 
     return summary
 
 
-def show_progress(progress: ProgressLine, stats: RunStats, tally: Any, items: int | None, final: bool = False) -> None:
-    """Update the progress line, with the images planned so far (final once the plan is read)."""
-    import ray
-
-    plan = ray.get(tally.totals.remote())
-    if final or not progress.total_final:
-        progress.set_total(plan["todo_images"], final or (items is not None and plan["images"] >= items))
+def show_progress(progress: ProgressLine, stats: RunStats, plan: dict[str, int], known: bool, final: bool) -> None:
+    """Update the progress line from the plan's counts so far (``known``: complete from the
+    start; else complete once ``final``): images done before this run count as done."""
+    progress.set_total(plan["images"], known or final, before=plan["images"] - plan["todo_images"])
     progress.update(stats.images, stats.error_images, final=final)
 
 
@@ -319,8 +331,8 @@ def gpus_per_worker(job: SegmentJob, on_cluster: bool) -> float:
         )
         wanted = 0.0
     if wanted and not on_cluster and gpus < wanted:
-        raise RuntimeError(
-            f"{wanted} GPU(s) per worker requested but this machine's Ray has {gpus:g}; use --device cpu"
+        raise ConfigError(
+            "device", f"{wanted:g} GPU(s) per worker requested but this machine's Ray has {gpus:g}; use --device cpu"
         )
     return wanted
 

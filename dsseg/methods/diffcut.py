@@ -55,9 +55,10 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import median_filter
 
+from dsseg.errors import ConfigError
 from dsseg.methods.base import MethodResult
 from dsseg.methods.ncut import Hierarchy, NCutConfig, member_means, recursive_ncut, scaled_cosine_graph, unit_rows
-from dsseg.methods.pamr import pamr
+from dsseg.methods.pamr import check_pamr, pamr
 from dsseg.model.extract import AttentionBundle
 from dsseg.timing import StageTimer
 
@@ -86,13 +87,14 @@ class DiffCutConfig:
     drop_zero_rows: bool = True
 
     def __post_init__(self) -> None:
-        if self.tau <= 0 or self.alpha <= 0:
-            raise ValueError(f"tau and alpha must be > 0; got {self.tau}, {self.alpha}")
-        if min(self.split_candidates, self.assign_factor, self.upsample_factor) < 1:
-            raise ValueError("split_candidates, assign_factor and upsample_factor must be ≥ 1")
+        for name in ("tau", "alpha"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(name, f"must be > 0; got {getattr(self, name)}")
+        for name in ("split_candidates", "assign_factor", "upsample_factor"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be ≥ 1; got {getattr(self, name)}")
         object.__setattr__(self, "pamr_dilations", tuple(int(d) for d in self.pamr_dilations))
-        if self.pamr_iterations < 0 or not self.pamr_dilations or min(self.pamr_dilations) < 1:
-            raise ValueError("pamr_iterations must be ≥ 0 and pamr_dilations positive")
+        check_pamr(self.pamr_iterations, self.pamr_dilations)
         self.cut_config()  # validates max_depth
 
     def cut_config(self) -> NCutConfig:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dsseg.errors import ConfigError
 from dsseg.methods.aggregate import aggregate_self_attention
 from dsseg.methods.base import MethodResult, memoised
 from dsseg.methods.upsample import upsample_argmax
@@ -53,18 +54,19 @@ class DiffSegConfig:
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
-            raise ValueError(f"iterations must be ≥ 1; got {self.iterations}")
-        thresholds = self.kl_threshold
+            raise ConfigError("iterations", f"must be ≥ 1; got {self.iterations}")
+        thresholds = given = self.kl_threshold
         if isinstance(thresholds, (int, float)):
             thresholds = (float(thresholds),) * self.iterations
         thresholds = tuple(float(t) for t in thresholds)
         if len(thresholds) != self.iterations:
-            raise ValueError(f"kl_threshold needs 1 or {self.iterations} values; got {len(thresholds)}")
+            raise ConfigError("kl_threshold", f"needs 1 or {self.iterations} values; got {len(thresholds)}")
         if min(thresholds) <= 0:
-            raise ValueError(f"kl_threshold must be positive; got {thresholds}")
+            raise ConfigError("kl_threshold", f"must be > 0; got {given}")
         object.__setattr__(self, "kl_threshold", thresholds)
-        if self.anchor_spacing < 1 or self.kmeans_iterations < 1 or self.upsample_factor < 1:
-            raise ValueError("anchor_spacing, kmeans_iterations and upsample_factor must be ≥ 1")
+        for name in ("anchor_spacing", "kmeans_iterations", "upsample_factor"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be ≥ 1; got {getattr(self, name)}")
         for name in ("resolutions", "resolution_weights"):
             value = getattr(self, name)
             if value is not None:

@@ -39,6 +39,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from dsseg.errors import ConfigError
 from dsseg.methods.aggregate import aggregate_self_attention, level_size
 from dsseg.methods.base import MethodResult, memoised
 from dsseg.methods.spectral import (
@@ -118,27 +119,32 @@ class NCutConfig:
             ("eigensolver", self.eigensolver, EIGEN_SOLVERS),
         ):
             if value not in choices:
-                raise ValueError(f"{name} must be one of {choices}; got {value!r}")
+                raise ConfigError(name, f"must be one of {choices}; got {value!r}")
         if self.drop_zero_rows and self.graph != "diffcut":
-            raise ValueError("drop_zero_rows follows DiffCut's released code: graph='diffcut' only")
+            raise ConfigError("drop_zero_rows", "follows DiffCut's released code: graph='diffcut' only")
         if self.stopping == "threshold" and (self.threshold is None or self.threshold <= 0):
-            raise ValueError("stopping='threshold' needs a positive threshold (the paper uses 0.3–0.6)")
+            raise ConfigError(
+                "threshold",
+                f"stopping='threshold' needs a threshold > 0 (the paper uses 0.3–0.6); got {self.threshold}",
+            )
         if self.stopping != "threshold" and self.threshold is not None:
-            raise ValueError(
-                f"threshold is only used with stopping='threshold'; stopping={self.stopping!r} sets its own"
+            raise ConfigError(
+                "threshold", f"is only used with stopping='threshold'; stopping={self.stopping!r} sets its own"
             )
         if self.power < 1:
-            raise ValueError(f"power must be ≥ 1; got {self.power}")
+            raise ConfigError("power", f"must be ≥ 1; got {self.power}")
         if not 1 <= self.max_depth <= MAX_DEPTH_LIMIT:
-            raise ValueError(f"max_depth must be in [1, {MAX_DEPTH_LIMIT}]; got {self.max_depth}")
-        if min(self.min_segment_size, self.upsample_factor, self.walk_iterations) < 1:
-            raise ValueError("min_segment_size, upsample_factor and walk_iterations must be ≥ 1")
-        if self.alpha <= 0 or self.eigen_tolerance <= 0:
-            raise ValueError(f"alpha and eigen_tolerance must be > 0; got {self.alpha}, {self.eigen_tolerance}")
+            raise ConfigError("max_depth", f"must be in [1, {MAX_DEPTH_LIMIT}]; got {self.max_depth}")
+        for name in ("min_segment_size", "upsample_factor", "walk_iterations"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be ≥ 1; got {getattr(self, name)}")
+        for name in ("alpha", "eigen_tolerance"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(name, f"must be > 0; got {getattr(self, name)}")
         if self.candidate_span is not None and not 0 < self.candidate_span <= 1:
-            raise ValueError(f"candidate_span must be in (0, 1] or None; got {self.candidate_span}")
+            raise ConfigError("candidate_span", f"must be in (0, 1] or None; got {self.candidate_span}")
         if self.split_candidates is not None and self.split_candidates < 1:
-            raise ValueError(f"split_candidates must be ≥ 1 or None (every position); got {self.split_candidates}")
+            raise ConfigError("split_candidates", f"must be ≥ 1 or None (every position); got {self.split_candidates}")
         for name in ("resolutions", "resolution_weights"):
             value = getattr(self, name)
             if value is not None:

@@ -30,9 +30,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from dsseg.errors import ConfigError
 from dsseg.methods.base import MethodResult, memoised
 from dsseg.methods.dense_crf import CRF_INSTALL, crf_available, dense_crf
-from dsseg.methods.pamr import pamr
+from dsseg.methods.pamr import check_pamr, pamr
 from dsseg.model.attention import Grid
 from dsseg.model.config import ADDED
 from dsseg.model.extract import AttentionBundle, upsample_class_maps
@@ -76,25 +77,22 @@ class OpenVocabConfig:
     def __post_init__(self) -> None:
         weights = tuple(float(w) for w in self.level_weights)
         if not weights or min(weights) < 0 or sum(weights) <= 0:
-            raise ValueError(f"level_weights must be non-negative with a positive sum; got {weights}")
+            raise ConfigError("level_weights", f"must be non-negative with a positive sum; got {weights}")
         object.__setattr__(self, "level_weights", weights)
         if not 0.0 <= self.background_threshold <= 1.0:
-            raise ValueError(f"background_threshold is a score in [0, 1]; got {self.background_threshold}")
+            raise ConfigError("background_threshold", f"is a score in [0, 1]; got {self.background_threshold}")
         if self.ignore_margin is not None and not 0.0 < self.ignore_margin <= 1.0:
-            raise ValueError(f"ignore_margin must be in (0, 1] or None; got {self.ignore_margin}")
+            raise ConfigError("ignore_margin", f"must be in (0, 1] or None; got {self.ignore_margin}")
         if self.upsample_factor < 1:
-            raise ValueError(f"upsample_factor must be ≥ 1; got {self.upsample_factor}")
+            raise ConfigError("upsample_factor", f"must be ≥ 1; got {self.upsample_factor}")
         if self.score_size not in SCORE_SIZES:
-            raise ValueError(f"score_size must be one of {SCORE_SIZES}; got {self.score_size!r}")
+            raise ConfigError("score_size", f"must be one of {SCORE_SIZES}; got {self.score_size!r}")
         object.__setattr__(self, "pamr_dilations", tuple(int(d) for d in self.pamr_dilations))
-        if self.pamr_iterations < 0 or not self.pamr_dilations or min(self.pamr_dilations) < 1:
-            raise ValueError(
-                f"pamr_iterations must be ≥ 0 and pamr_dilations positive; got {self.pamr_iterations}, {self.pamr_dilations}"
-            )
+        check_pamr(self.pamr_iterations, self.pamr_dilations)
         if self.crf_iterations < 0:
-            raise ValueError(f"crf_iterations must be ≥ 0; got {self.crf_iterations}")
+            raise ConfigError("crf_iterations", f"must be ≥ 0; got {self.crf_iterations}")
         if self.crf_iterations and not crf_available():
-            raise ValueError(f"crf_iterations: {CRF_INSTALL}")
+            raise ConfigError("crf_iterations", CRF_INSTALL)
 
 
 def minmax(maps: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from dsseg.errors import ConfigError, WeightsNotFoundError
 from dsseg.model.config import DEFAULT_BACKBONE
 from dsseg.model.hub import is_local, weights_problem
 from dsseg.model.tokenizer import CONTEXT_LENGTH, clip_tokenizer
@@ -108,7 +109,7 @@ _XL_DOWN = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
 _XL_UP = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
 
 
-class BackboneNotFoundError(RuntimeError):
+class BackboneNotFoundError(WeightsNotFoundError):
     """Stable Diffusion weights could not be loaded; the message says how to provide them."""
 
 
@@ -187,7 +188,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None``/``"auto"`` → CUDA when available, else CPU."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "CUDA is not available on this machine (torch sees no GPU); use --device cpu")
+    return resolved
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -197,7 +201,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype is None or dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+        raise ConfigError("dtype", f"must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
     return DTYPES[dtype]
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dsseg.errors import WeightsNotFoundError
 from dsseg.model.backbone import resolve_device, resolve_dtype
 from dsseg.model.config import DEFAULT_CAPTIONER
 from dsseg.model.hub import is_local, weights_problem
@@ -45,7 +46,7 @@ _ARCHITECTURES = {
 }
 
 
-class CaptionerNotFoundError(RuntimeError):
+class CaptionerNotFoundError(WeightsNotFoundError):
     """BLIP weights could not be loaded; the message says how to provide them."""
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dsseg.errors import WeightsNotFoundError
 from dsseg.model.config import check_filter_spec
 from dsseg.model.nouns import caption_nouns, classes_named
 
@@ -37,7 +38,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class ClassFilterNotFoundError(RuntimeError):
+class ClassFilterNotFoundError(WeightsNotFoundError):
     """A filter's model or factory could not be loaded; the message says what to provide."""
 
 

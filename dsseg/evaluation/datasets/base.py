@@ -85,7 +85,8 @@ class Dataset:
 def require(path: Path, what: str, dataset: str, layout: str) -> Path:
     """``path`` if it exists, else a ``DatasetRootError`` that names it and shows the layout."""
     if not path.exists():
-        raise DatasetRootError(f"{dataset}: {what} not found at {path}\nexpected layout under the root:\n{layout}")
+        expected = ", ".join(line.strip() for line in layout.splitlines() if line.strip())
+        raise DatasetRootError(f"{dataset}: {what} not found at {path}; expected layout under the root: {expected}")
     return path
 
 

@@ -16,7 +16,15 @@ import os
 import sys
 from pathlib import Path
 
-from dsseg.cli import CAPTIONER_HELP, add_model_arguments, flag_message, parse_param_values, plain
+from dsseg.commands.common import (
+    CAPTIONER_HELP,
+    CommandParser,
+    add_model_arguments,
+    fail,
+    parse_param_values,
+    plain,
+    positive_int,
+)
 from dsseg.errors import ConfigError
 from dsseg.io.sources import IMAGE_EXTENSIONS
 from dsseg.model.config import ExtractConfig
@@ -24,8 +32,8 @@ from dsseg.model.config import ExtractConfig
 DEFAULT_CAPACITY = 4  # forwards kept (dsseg.explore.session.DEFAULT_CAPACITY; not imported: --help stays light)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="dsseg explore", description=plain(__doc__).split("\n\n")[0])
+def build_parser() -> CommandParser:
+    parser = CommandParser(prog="dsseg explore", description=plain(__doc__).split("\n\n")[0])
     parser.add_argument(
         "output", nargs="?", help="a segment job's --output folder, or an evaluation's (its run/ and per_image.parquet)"
     )
@@ -35,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument(
         "--cache-images",
-        type=int,
+        type=positive_int,
         default=DEFAULT_CAPACITY,
         help=f"forwards kept in memory (default {DEFAULT_CAPACITY})",
     )
@@ -49,49 +57,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "on a CPU, noise=noise or timestep=100; the controls set the method's own",
     )
     add_model_arguments(parser, backbone_default="tiny", note=": random weights, for trying the app")
-    return parser.parse_args(argv)
+    return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.cache_images < 1:
-        print(f"error: --cache-images must be ≥ 1; got {args.cache_images}", file=sys.stderr)
-        return 2
-    try:
-        params = parse_param_values(args.param)
-        ExtractConfig.from_params(params)  # extraction parameters only: the controls set the method's
-    except (ConfigError, ValueError, TypeError) as error:
-        print(f"error: {flag_message(error)}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    params = parse_param_values(args.param)
+    ExtractConfig.from_params(params)  # extraction parameters only: the controls set the method's
     if args.scores and not args.output:
-        print(
-            "error: --scores goes with an OUTPUT folder (dsseg explore OUTPUT --scores per_image.parquet)",
-            file=sys.stderr,
-        )
-        return 2
+        raise ConfigError("scores", "goes with an OUTPUT folder (dsseg explore OUTPUT --scores per_image.parquet)")
     images = []
     if args.images:
         if not Path(args.images).is_dir():
-            print(f"error: --images {args.images!r} is not a folder", file=sys.stderr)
-            return 2
+            raise ConfigError("images", f"{args.images!r} is not a folder")
         images = image_files(args.images)
     from dsseg.explore.outputs import OutputBrowser
 
     browser = None
     if args.output:
-        try:
-            browser = OutputBrowser(args.output, args.scores)
-        except (OSError, ValueError) as error:  # OutputError, or an unreadable part or scores file
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+        if not Path(args.output).exists() and "://" not in args.output:
+            raise ConfigError("output", f"{args.output}: no such folder")
+        browser = OutputBrowser(args.output, args.scores)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing is sent anywhere
     try:
         from dsseg.explore.app import build_app, launch
     except ImportError as error:
         if error.name is None or not error.name.startswith("gradio"):
             raise
-        print("error: dsseg explore needs Gradio: pip install -e '.[explore]'", file=sys.stderr)
-        return 2
+        return fail("dsseg explore", "needs Gradio: pip install -e '.[explore]'")
     from dsseg.explore.session import ImageExplorer
 
     explorer = ImageExplorer(
@@ -104,18 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         compile=args.compile,
         params=params,
     )
-    try:
-        explorer.backbone()  # now, so that a missing model is said before the app starts
-    except (RuntimeError, ValueError, AssertionError) as error:  # missing weights, no CUDA, a bad dtype
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    explorer.backbone()  # now, so that a missing model is said before the app starts
     app = build_app(explorer, browser, images)
     print(f"dsseg explore on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
     try:
         launch(app, args.host, args.port, block=True)
     except OSError as error:  # the port is taken, or the address cannot be bound
-        print(f"error: cannot serve on {args.host}:{args.port}: {error} (choose another with --port)", file=sys.stderr)
-        return 2
+        raise ConfigError("port", f"cannot serve on {args.host}:{args.port}: {error}; choose another port") from None
     return 0
 
 

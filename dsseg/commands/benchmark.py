@@ -20,36 +20,42 @@ import json
 import sys
 from pathlib import Path
 
-from dsseg.cli import (
+from dsseg.commands.common import (
     CAPTIONER_HELP,
-    METHOD_PARAM_FLAGS,
+    CommandParser,
+    UsageError,
     add_method_arguments,
     add_model_arguments,
     batch_size_value,
-    flag_message,
     params_from_args,
     plain,
+    positive_int,
 )
 from dsseg.errors import ConfigError
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[2] / "tests" / "data" / "images" / "135069.jpg"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dsseg benchmark", description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def build_parser() -> CommandParser:
+    parser = CommandParser(prog="dsseg benchmark", description=plain(__doc__))
     parser.add_argument("--image", default=str(DEFAULT_IMAGE), help="image to segment (default: a BSDS500 test image)")
     parser.add_argument(
-        "--batch-sizes", default="1", help="comma-separated batch sizes, auto = fit free memory (default %(default)s)"
+        "--batch-sizes",
+        type=batch_sizes_value,
+        default=(1,),
+        help="comma-separated batch sizes, auto = fit free memory (default 1)",
     )
     parser.add_argument(
-        "--repeats", type=int, default=3, help="timed runs per batch size after one warm-up (default %(default)s)"
+        "--repeats",
+        type=positive_int,
+        default=3,
+        help="timed runs per batch size after one warm-up (default %(default)s)",
     )
-    parser.add_argument("--json", help="also write the report to this file")
+    parser.add_argument("--json", metavar="OUT", help="write the JSON report to this file instead of stdout")
     parser.add_argument("--compare", action="store_true", help="also time each stage's straightforward version (slow)")
     parser.add_argument(
         "--class-counts",
+        type=class_counts_value,
         help="comma-separated numbers of candidate classes to time (the first N of --classes/--vocabulary, else COCO-80)",
     )
     parser.add_argument(
@@ -71,24 +77,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def explore_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def write_report(report: dict, path: str | None) -> None:
+    """The report as strict JSON (stages that did not run are null): to ``path`` when given (a
+    line on stderr says where), else to stdout."""
+    from dsseg.evaluation.metrics import json_ready
+
+    text = json.dumps(json_ready(report), indent=2, default=str, ensure_ascii=False)
+    if path:
+        Path(path).write_text(text + "\n")
+        print(f"dsseg benchmark: report written to {path}", file=sys.stderr)
+    else:
+        print(text)
+
+
+def explore_run(args: argparse.Namespace) -> int:
     """``--explore``: the explorer's latencies as JSON (``dsseg.benchmark.explore``)."""
     import shutil
     import tempfile
 
     if args.explore_rows is not None and args.explore_rows < 2:
-        parser.error("--explore-rows must be ≥ 2 (two configs)")
-    if not Path(args.image).is_file():
-        parser.error(f"--image {args.image}: no such file")
+        raise ConfigError("explore_rows", "must be ≥ 2 (two configs)")
     chromium = shutil.which(args.chromium) if args.browser else None
     if args.browser and chromium is None:
-        parser.error(f"--chromium {args.chromium!r} not found: give the path of a Chromium binary")
+        raise ConfigError("chromium", f"{args.chromium!r} not found: give the path of a Chromium binary")
     try:
         from dsseg.benchmark.explore import explore_report
         from dsseg.io.images import load_rgb
     except ImportError as error:
-        print(f"error: {error.name} is missing: pip install -e '.[explore]'", file=sys.stderr)
-        return 2
+        raise UsageError(f"--explore needs {error.name}: pip install -e '.[explore]'") from None
     from PIL import Image
 
     folder = tempfile.mkdtemp(prefix="dsseg-explore-bench-")
@@ -106,57 +122,52 @@ def explore_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             chromium,
             args.port,
         )
-    except RuntimeError as error:  # a missing backbone
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    text = json.dumps(report, indent=2, default=str, ensure_ascii=False)
-    if args.json:
-        Path(args.json).write_text(text)
-    print(text)
+    write_report(report, args.json)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def class_counts_value(text: str) -> tuple[int, ...]:
+    """``--class-counts``: comma-separated integers ≥ 1."""
+    try:
+        counts = tuple(int(n) for n in text.split(",") if n.strip())
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers ≥ 1, e.g. 1,5,20; got {text!r}")
+    return counts
+
+
+def batch_sizes_value(text: str) -> tuple[int | str, ...]:
+    """``--batch-sizes``: comma-separated positive integers or auto."""
+    return tuple(batch_size_value(b.strip()) for b in text.split(","))
+
+
+def run(args: argparse.Namespace) -> int:
+    if not Path(args.image).is_file():
+        raise ConfigError("image", f"{args.image}: no such file")
     if args.explore:
-        return explore_main(args, parser)
+        return explore_run(args)
     if args.browser or args.explore_rows:
-        parser.error("--browser and --explore-rows go with --explore")
+        raise UsageError("--browser and --explore-rows go with --explore")
+    from dsseg.benchmark.latency import LatencyRequest, benchmark, print_comparison, print_table
     from dsseg.spec import MethodSpec
 
-    try:
-        args.batch_sizes = [batch_size_value(b.strip()) for b in args.batch_sizes.split(",")]
-        args.class_counts = [int(n) for n in args.class_counts.split(",")] if args.class_counts else []
-        if args.class_counts and min(args.class_counts) < 1:
-            raise ValueError("--class-counts must be ≥ 1")
-        spec = MethodSpec(args.method, params_from_args(args))
-    except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
-        parser.error(flag_message(error, METHOD_PARAM_FLAGS))
-    if args.repeats < 1:
-        parser.error("--repeats must be ≥ 1")
+    params = params_from_args(args)
+    spec = MethodSpec(args.method, params)
     if args.compare and not spec.resolved.extraction.capture.self_attention:
-        parser.error(f"--compare times the attention stages; {args.method} reads one layer's features instead")
+        raise ConfigError("compare", f"times the attention stages; {args.method} reads one layer's features instead")
     if args.compare and spec.resolved.extraction.preparation.geometry == "aspect":
-        parser.error("--compare needs square inputs: geometry center_crop or squash")
-    if not Path(args.image).is_file():
-        parser.error(f"--image {args.image}: no such file")
-    from dsseg.benchmark.latency import benchmark, print_comparison, print_table
-
-    try:
-        report = benchmark(args)
-    except RuntimeError as error:  # a missing backbone or captioner, no GPU, …: the message says what to do
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except ConfigError as error:  # a config the captioner flag does not fit
-        parser.error(flag_message(error, (*METHOD_PARAM_FLAGS, "captioner")))
+        raise ConfigError("compare", "needs square inputs: geometry center_crop or squash")
+    request = LatencyRequest(
+        image=args.image, backbone=args.backbone, method=args.method, params=params, batch_sizes=args.batch_sizes,
+        repeats=args.repeats, compare=args.compare, class_counts=args.class_counts or (), captioner=args.captioner,
+        device=args.device, dtype=args.dtype, offline=args.offline, compile=args.compile,
+    )  # fmt: skip
+    report = benchmark(request)
     print_table(report)
     if report["comparison"]:
         print_comparison(report["comparison"])
-    text = json.dumps(report, indent=2, default=str)
-    if args.json:
-        Path(args.json).write_text(text)
-    print(text)
+    write_report(report, args.json)
     return 0
