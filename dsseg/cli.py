@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 from dsseg.errors import ConfigError
 from dsseg.io.images import GEOMETRIES
 from dsseg.methods import METHOD_NAMES
-from dsseg.model.config import DEFAULT_BACKBONE, DEFAULT_CAPTIONER, NOISE_MODES, candidates_filter
+from dsseg.model.config import DEFAULT_BACKBONE, DEFAULT_CAPTIONER, NOISE_MODES
+from dsseg.model.filter_specs import candidates_filter
 from dsseg.model.vocabularies import VOCABULARIES
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from dsseg.evaluation.datasets import reader_splits
 from dsseg.evaluation.presets import BACKGROUND_TUNING, Preset, Tuning, get_preset
 from dsseg.job.config import load_run_file
 from dsseg.methods import get_method
-from dsseg.model.config import candidates_filter
+from dsseg.model.filter_specs import candidates_filter
 from dsseg.spec import MethodSpec
 
 # The DiffSeg protocol (the 512² model frame) for the datasets its papers report; the label's size elsewhere.

@@ -20,17 +20,15 @@ from typing import Any
 from dsseg.errors import ConfigError
 from dsseg.io.images import DEFAULT_MAX_PIXELS
 from dsseg.io.sources import is_uri
-from dsseg.model.config import (
-    DEFAULT_BACKBONE,
-    RUNTIME_FIELDS,
-    Preparation,
-    added_at_default,
+from dsseg.model.config import DEFAULT_BACKBONE, RUNTIME_FIELDS, Preparation
+from dsseg.model.filter_specs import (
     check_candidates_file,
     check_filter_spec,
     filter_may_read_captions,
     filter_reads_captions,
     filter_supplies_classes,
 )
+from dsseg.params import added_at_default
 from dsseg.spec import MethodSpec
 
 MASK_FRAMES = (

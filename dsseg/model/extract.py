@@ -261,7 +261,7 @@ class AttentionExtractor:
         )
         kept: list[torch.Tensor] = []
         with (
-            capture_attention(self.backbone.unet, self.config.capture_spec(), tuple(noised.shape[-2:])) as store,
+            capture_attention(self.backbone.unet, self.config.captured, tuple(noised.shape[-2:])) as store,
             keep_output(self.feature_module, kept),
         ):
             self.run_unet(noised.flatten(0, 1), timesteps, condition.repeat(steps, 1, 1))
