@@ -14,13 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dsseg.checks import check_candidates, check_captioner, shared_preparation
 from dsseg.errors import ConfigError
 from dsseg.io.images import Geometry
 from dsseg.methods import get_method, run_method
 from dsseg.methods.base import MethodResult
 from dsseg.model.backbone import Backbone
 from dsseg.model.class_filters import ClassFilter, filter_classes, needs_captions
-from dsseg.model.config import CLASS_PLACEHOLDER, ExtractConfig, Preparation
+from dsseg.model.config import CLASS_PLACEHOLDER, ExtractConfig
 from dsseg.model.extract import AttentionBundle, AttentionExtractor, to_model_input
 from dsseg.model.nouns import CaptionNoun, caption_nouns
 from dsseg.model.prompts import ImageTexts, phrases_apart
@@ -86,17 +87,6 @@ def forward_groups(configs: Sequence[SegmentConfig]) -> list[tuple[ExtractConfig
     return merged
 
 
-def shared_preparation(configs: Sequence[SegmentConfig]) -> Preparation:
-    """The model input every config takes; ``ConfigError`` when they differ (one input per image)."""
-    preparations = {config.extraction.preparation for config in configs}
-    if len(preparations) > 1:
-        raise ConfigError(
-            "image_size",
-            "all configs of a run must share image_size, geometry and antialias: run the others as another job",
-        )
-    return configs[0].extraction.preparation
-
-
 @dataclass(frozen=True)
 class ConfigOutput:
     """One config's results for a batch: per image, its model-frame ``MethodResult``; the batch's
@@ -149,8 +139,9 @@ class Segmenter:
         ]
         self.class_filter = class_filter
         self.captioner = captioner
-        if captioner is None:
-            check_no_captions_needed(self.configs, class_filter)
+        check_captioner(
+            self.configs, captioner=captioner is not None, filter_reads_captions=needs_captions(class_filter)
+        )
 
     @property
     def config(self) -> SegmentConfig:
@@ -245,7 +236,9 @@ class Segmenter:
         if not prompting.uses_classes:
             return classes, None, None
         supplied = getattr(self.class_filter, "supplies_classes", False)  # a candidate file lists them
-        candidates = extractor.class_lists(len(images), classes, require=not supplied)
+        candidates = extractor.class_lists(len(images), classes)
+        config = next(self.configs[g.members[0]] for g in self.groups if g.extractor is extractor)
+        check_candidates(config, candidates, filter_supplies_classes=supplied)
         read = None
         if self.class_filter is not None:
             read = captions.get() if needs_captions(self.class_filter) else None
@@ -355,25 +348,6 @@ def conditional_texts(
 def captions_of(output: ConfigOutput) -> list[str | None]:
     """Per image, the caption a config read (None for each image when it read none)."""
     return output.captions if output.captions is not None else [None] * len(output.results)
-
-
-def check_no_captions_needed(configs: Sequence[SegmentConfig], class_filter: ClassFilter | None) -> None:
-    """Raise a ``ConfigError`` when a config or the class filter reads captions (there is no captioner)."""
-    for config in configs:
-        prompting = config.extraction.prompting
-        if prompting.needs_captioner or (needs_captions(class_filter) and prompting.uses_classes):
-            what = (
-                "naming='caption'"
-                if prompting.caption_names
-                else "descriptors='caption'"
-                if prompting.caption_descriptors
-                else "the class filter"
-            )
-            raise ConfigError(
-                "captioner",
-                f"{what} of the {config.method} config reads captions: give a captioner "
-                "(captioner='tiny' or a BLIP hub id/folder; in a job --captioner)",
-            )
 
 
 __all__ = [
