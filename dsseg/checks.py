@@ -9,7 +9,8 @@ settings (``dsseg.job.config.SegmentJob``) and the evaluation's manifest.
 - ``shared_preparation``: the configs of one run share the model input (image_size, geometry,
   antialias), since each image is prepared once;
 - ``reads_captions`` / ``check_captioner``: a captioner is required when a config, or the class
-  filter narrowing a config's classes, reads captions;
+  filter narrowing a config's classes, reads captions (and in a job, ``check_captioner_used``,
+  refused when none may read them);
 - ``needs_image_classes`` / ``check_classes_given`` / ``check_candidates``: a config that labels
   pixels by class needs candidate classes for every image (its own, the image's, or the class filter's).
 
@@ -83,6 +84,18 @@ def check_captioner(configs: Sequence[SegmentConfig], *, captioner: bool, filter
             )
 
 
+def check_captioner_used(configs: Sequence[SegmentConfig], *, captioner: bool, filter_may_read_captions: bool) -> None:
+    """Raise a ``ConfigError`` (``captioner``) when a ``captioner`` is given and no config may read
+    captions (``filter_may_read_captions``: the class filter may, a factory's that reads them when it
+    sets ``needs_captions``). A segment job checks this: the captioner is part of its config ids."""
+    if captioner and not any(reads_captions(config, filter_may_read_captions) for config in configs):
+        raise ConfigError(
+            "captioner",
+            "no config reads captions: add --param naming=caption (diffseg, ncut), --param descriptors=caption "
+            "(openvocab) or --class-filter caption, or leave out the captioner",
+        )
+
+
 def needs_image_classes(config: SegmentConfig, *, filter_supplies_classes: bool = False) -> bool:
     """Whether each image must bring its own candidate classes for ``config``: it labels pixels by
     class (a class template) and names none itself, and no class filter gives images their
@@ -130,6 +143,7 @@ __all__ = [
     "caption_reader",
     "check_candidates",
     "check_captioner",
+    "check_captioner_used",
     "check_classes_given",
     "classes_error",
     "needs_image_classes",

@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from dsseg import checks
-from dsseg.checks import check_captioner, check_classes_given, needs_image_classes, shared_preparation
+from dsseg.checks import (
+    check_captioner,
+    check_captioner_used,
+    check_classes_given,
+    needs_image_classes,
+    shared_preparation,
+)
 from dsseg.errors import ConfigError
 from dsseg.io.images import DEFAULT_MAX_PIXELS
 from dsseg.io.sources import is_uri
@@ -224,12 +230,11 @@ class SegmentJob:
         check_captioner(
             configs, captioner=bool(self.captioner), filter_reads_captions=filter_reads_captions(self.class_filter)
         )
-        if self.captioner and not any(reads_captions(spec, self.class_filter, may=True) for spec in specs):
-            raise ConfigError(
-                "captioner",
-                "no config reads captions: add --param naming=caption (diffseg, ncut), --param descriptors=caption "
-                "(openvocab) or --class-filter caption, or leave out the captioner",
-            )
+        check_captioner_used(
+            configs,
+            captioner=bool(self.captioner),
+            filter_may_read_captions=filter_may_read_captions(self.class_filter),
+        )
         shared_preparation(configs)
 
     @property
