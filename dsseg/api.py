@@ -62,8 +62,9 @@ def segment_image(
     segmenter = Segmenter(backbone, spec, class_filter=class_filter, captioner=captioner)
     timer = StageTimer(backbone.device)
     with timer.stage("decode"):
-        pixels, geometry = segmenter.prepare(load_rgb(image))
-    return segmenter(pixels[None], [geometry], timer)[0]
+        batch = segmenter.batch([load_rgb(image)])
+    ((segmentation,),) = segmenter.segment(batch, timer=timer)
+    return segmentation
 
 
 def segment_attention(

@@ -17,6 +17,7 @@ from conftest import GROUND_TRUTH, IMAGES, ROOT, TINY
 from PIL import Image
 
 from dsseg.benchmark import manc_study
+from dsseg.errors import ConfigError
 from dsseg.evaluation import evaluate as evaluate_command
 from dsseg.evaluation.presets import PRESETS, get_preset, list_presets, matching_presets, settings_key
 from dsseg.io.images import decode_image
@@ -343,11 +344,11 @@ def test_openvocab_without_classes_is_an_error_not_a_background_segment(tiny, tm
     from dsseg.segmenter import Segmenter
 
     segmenter = Segmenter(tiny, "openvocab", {"image_size": 64})
-    pixels, geometry = segmenter.prepare(np.full((64, 64, 3), 128, np.uint8))
-    with pytest.raises(ValueError, match="no candidate classes"):
-        segmenter(pixels[None], [geometry], classes=[[]])
-    with pytest.raises(ValueError, match="no candidate classes"):
-        segmenter(pixels[None], [geometry])
+    grey = np.full((64, 64, 3), 128, np.uint8)
+    with pytest.raises(ConfigError, match="^classes: image 0 of the batch has no candidate classes"):
+        segmenter.segment(segmenter.batch([grey], classes=[[]]))
+    with pytest.raises(ConfigError, match="no candidate classes"):
+        segmenter.segment(segmenter.batch([grey]))
     manifest = tmp_path / "m.parquet"
     pq.write_table(
         pa.table(
