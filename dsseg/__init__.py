@@ -2,7 +2,7 @@
 
 Public API: ``segment_image``, ``segment_attention``, ``Segmentation``; ``load_backbone`` (and
 ``load_captioner``, a BLIP for names and prompts from captions) to load a model once, ``MethodSpec`` for a method config and ``Segmenter`` to segment batches with one or
-more of them. Names are imported on first use, so ``import dsseg`` (or a light submodule such as
+more of them (``Segmenter.segment(batch)`` → [config][image]; ``Segmenter.batch`` prepares a ``Batch``). Names are imported on first use, so ``import dsseg`` (or a light submodule such as
 ``dsseg.evaluation.metrics``) loads no model code.
 """
 
@@ -19,6 +19,7 @@ _EXPORTS = {
     "segment_attention": "dsseg.api",
     "Segmentation": "dsseg.segmentation",
     "Segmenter": "dsseg.segmenter",
+    "Batch": "dsseg.segmenter",
     "MethodSpec": "dsseg.spec",
     "ConfigError": "dsseg.errors",
     "ExtractConfig": "dsseg.model.config",
@@ -33,7 +34,7 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "AttentionBundle", "AttentionExtractor", "Backbone", "BackboneNotFoundError", "Captioner", "CaptionerNotFoundError",
+    "AttentionBundle", "AttentionExtractor", "Backbone", "Batch", "BackboneNotFoundError", "Captioner", "CaptionerNotFoundError",
     "ConfigError", "ExtractConfig", "MethodSpec", "Segmentation", "Segmenter", "load_backbone", "load_captioner",
     "segment_attention", "segment_image",
 ]  # fmt: skip
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from dsseg.model.config import ExtractConfig
     from dsseg.model.extract import AttentionBundle, AttentionExtractor
     from dsseg.segmentation import Segmentation
-    from dsseg.segmenter import Segmenter
+    from dsseg.segmenter import Batch, Segmenter
     from dsseg.spec import MethodSpec
 
 

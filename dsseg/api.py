@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dsseg.errors import ConfigError
+from dsseg.checks import check_classes_given
 from dsseg.io.frames import resize_labels
 from dsseg.io.images import load_rgb
 from dsseg.methods import get_method
@@ -51,12 +51,8 @@ def segment_image(
     The result's ``caption`` says what was read.
     """
     spec = MethodSpec(method, params)  # validated before a model loads
-    prompting = spec.resolved.extraction.prompting
-    if prompting.class_template is not None and not prompting.classes:
-        raise ConfigError(
-            "classes",
-            f"method {method!r} labels pixels by class: give classes=[...] or vocabulary=... (voc20, context59, coco80)",
-        )
+    supplied = getattr(class_filter, "supplies_classes", False)
+    check_classes_given([spec.resolved], "the image has", filter_supplies_classes=supplied)
     if not isinstance(backbone, Backbone):
         backbone = cached_backbone(backbone, device=device, dtype=dtype)
     if isinstance(captioner, str):
@@ -66,8 +62,9 @@ def segment_image(
     segmenter = Segmenter(backbone, spec, class_filter=class_filter, captioner=captioner)
     timer = StageTimer(backbone.device)
     with timer.stage("decode"):
-        pixels, geometry = segmenter.prepare(load_rgb(image))
-    return segmenter(pixels[None], [geometry], timer)[0]
+        batch = segmenter.batch([load_rgb(image)])
+    ((segmentation,),) = segmenter.segment(batch, timer=timer)
+    return segmentation
 
 
 def segment_attention(

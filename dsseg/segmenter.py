@@ -1,32 +1,331 @@
 """The one orchestration core: a backbone and one or more method configs, applied to batches.
 
-"Caption → filter classes → extract → run each method config → map to the original image" lives
-here and only here. Configs whose extraction differs only in what is captured share one UNet forward
-(``forward_groups``); every config then segments the shared attention. The Python API, the Ray
-model stage (``dsseg.job.stages``) and the benchmark all call a ``Segmenter``.
+``Segmenter.segment`` is the recipe, and it lives here only: 1. caption → 2. each image's candidate
+classes, filtered → 3. extract attention → 4. segment with each config → 5. name the segments → 6. map
+each result to its image's original frame. Configs whose extraction differs only in what is captured
+share one UNet forward (``forward_groups``); every config then segments the shared attention.
+
+Each step is a function the recipe calls, and that callers who need one step call too: the explorer
+(``dsseg.explore.session``) runs ``Segmenter.forward`` once per image, keeps the attention, and
+re-runs ``run_config`` → ``name_segments`` → ``to_segmentation`` on it as controls change; the
+benchmark times ``run_config`` and ``name_segments`` against reference code. The Python API
+(``dsseg.api``), the command line, the Ray model stage (``dsseg.job.model_stage``: model-frame
+results, ``frame="model"``) and the benchmark's timings all call ``segment``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, overload
 
 import numpy as np
 
+from dsseg.checks import check_candidates, check_captioner, shared_preparation
 from dsseg.errors import ConfigError
 from dsseg.io.images import Geometry
-from dsseg.methods import get_method, run_method
-from dsseg.methods.base import MethodResult
+from dsseg.methods import get_method, name_results
+from dsseg.methods.base import MethodResult, memoised
 from dsseg.model.backbone import Backbone
+from dsseg.model.caption_prompts import LazyCaptions, conditional_texts, located_nouns
 from dsseg.model.class_filters import ClassFilter, filter_classes, needs_captions
-from dsseg.model.config import CLASS_PLACEHOLDER, ExtractConfig, Preparation
+from dsseg.model.config import ExtractConfig
 from dsseg.model.extract import AttentionBundle, AttentionExtractor, to_model_input
-from dsseg.model.nouns import CaptionNoun, caption_nouns
-from dsseg.model.prompts import ImageTexts, phrases_apart
+from dsseg.model.prompts import ImageTexts
 from dsseg.segmentation import Segmentation, segmentation_from_labels
 from dsseg.spec import MethodSpec, SegmentConfig
 from dsseg.timing import StageTimer
+
+Frame = Literal["original", "model"]
+ClassLists = Sequence[Sequence[str] | None]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Images prepared for a segmenter (``Segmenter.batch`` makes one), all of one model-input size.
+
+    ``pixels``: (B, h, w, 3) uint8 model inputs. ``geometries``: per image, where its input came
+    from (``Geometry``: the original (H, W), the crop box, the input (h, w)). ``classes``: per image,
+    candidate class names replacing the configs' own (a None entry keeps them; None: every image
+    keeps them). ``keys``: per image, (image id, source), for class filters that look images up
+    (``candidates:FILE``). Validated at construction.
+    """
+
+    pixels: np.ndarray
+    geometries: tuple[Geometry, ...]
+    classes: tuple[tuple[str, ...] | None, ...] | None = None
+    keys: tuple[tuple[str, str], ...] | None = None
+
+    def __post_init__(self) -> None:
+        pixels = self.pixels
+        if not isinstance(pixels, np.ndarray) or pixels.ndim != 4 or pixels.shape[-1] != 3 or pixels.dtype != np.uint8:
+            raise ValueError(
+                f"pixels must be a (B, h, w, 3) uint8 array; got {getattr(pixels, 'dtype', type(pixels))} "
+                f"of shape {getattr(pixels, 'shape', None)}"
+            )
+        if len(pixels) == 0:
+            raise ValueError("a batch holds at least one image")
+        object.__setattr__(self, "geometries", tuple(self.geometries))
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(None if c is None else tuple(c) for c in self.classes))
+        if self.keys is not None:
+            object.__setattr__(self, "keys", tuple((str(i), str(s)) for i, s in self.keys))
+        for name in ("geometries", "classes", "keys"):
+            value = getattr(self, name)
+            if value is not None and len(value) != len(pixels):
+                raise ValueError(f"{len(value)} {name} given for {len(pixels)} images")
+        wrong = [g.input_hw for g in self.geometries if tuple(g.input_hw) != pixels.shape[1:3]]
+        if wrong:
+            raise ValueError(f"a geometry's input size {wrong[0]} is not the pixels' {pixels.shape[1:3]}")
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    @property
+    def sizes(self) -> list[tuple[int, int]]:
+        """Per image, the (h, w) pixels its input was resized from (the crop box): methods that
+        label at the image's size use them."""
+        return source_sizes(self.geometries)
+
+
+@dataclass(frozen=True)
+class ModelFrameResult:
+    """One image's result for one config in the model-input frame (``segment(..., frame="model")``):
+    ``result`` (labels (h, w) at the model input's size, or at the crop box's for methods that label
+    at the image's size; names, scores, parents), the ``caption`` the config read (None when it read
+    none) and ``timings_ms``: the batch's milliseconds per stage, the shared forward's and the config's own."""
+
+    result: MethodResult
+    caption: str | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ForwardGroup:
+    """An extractor and the indices of the configs that segment its attention."""
+
+    extractor: AttentionExtractor
+    members: list[int]
+
+
+class Segmenter:
+    """A backbone and one or more method configs: build once, then ``segment`` batches.
+
+    ``specs``: ``MethodSpec``s, or a method name with ``params`` (one config). ``class_filter``
+    narrows each image's candidate classes for configs that prompt with classes. ``captioner``
+    (``dsseg.model.captioner.Captioner``): for configs named by captions or with caption
+    descriptors, and for filters that read captions; each batch is captioned once.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        specs: str | MethodSpec | Sequence[MethodSpec] = "diffseg",
+        params: dict | None = None,
+        class_filter: ClassFilter | None = None,
+        captioner=None,
+    ) -> None:
+        if isinstance(specs, str):
+            specs = [MethodSpec(specs, params or {})]
+        elif isinstance(specs, MethodSpec):
+            specs = [specs]
+        if not specs:
+            raise ConfigError("configs", "a segmenter needs at least one method config")
+        self.backbone = backbone
+        self.specs = list(specs)
+        self.configs = [spec.resolved for spec in self.specs]
+        self.preparation = shared_preparation(self.configs)
+        check_captioner(
+            self.configs, captioner=captioner is not None, filter_reads_captions=needs_captions(class_filter)
+        )
+        self.groups = [
+            ForwardGroup(AttentionExtractor(backbone, extraction), members)
+            for extraction, members in forward_groups(self.configs)
+        ]
+        self.class_filter = class_filter
+        self.captioner = captioner
+
+    @property
+    def config(self) -> SegmentConfig:
+        """The config of a one-config segmenter."""
+        if len(self.configs) != 1:
+            raise ValueError(f"this segmenter holds {len(self.configs)} configs; pick one from .configs")
+        return self.configs[0]
+
+    def prepare(self, rgb: np.ndarray) -> tuple[np.ndarray, Geometry]:
+        """(H, W, 3) uint8 → ((h, w, 3) uint8 model input, geometry): CPU work, shared by every config."""
+        return self.preparation.prepare(rgb)
+
+    def batch(
+        self,
+        images: Sequence[np.ndarray],
+        classes: ClassLists | None = None,
+        keys: Sequence[tuple[str, str]] | None = None,
+    ) -> Batch:
+        """(H, W, 3) uint8 images (their sizes may differ, their model inputs may not) → a ``Batch``."""
+        prepared = [self.prepare(rgb) for rgb in images]
+        return Batch(np.stack([p for p, _ in prepared]), tuple(g for _, g in prepared), classes, keys)
+
+    @overload
+    def segment(
+        self,
+        batch: Batch,
+        *,
+        wanted: Collection[int] | None = None,
+        timer: StageTimer | None = None,
+        frame: Literal["original"] = "original",
+    ) -> list[list[Segmentation]]: ...
+
+    @overload
+    def segment(
+        self,
+        batch: Batch,
+        *,
+        wanted: Collection[int] | None = None,
+        timer: StageTimer | None = None,
+        frame: Literal["model"],
+    ) -> list[list[ModelFrameResult]]: ...
+
+    def segment(
+        self,
+        batch: Batch,
+        *,
+        wanted: Collection[int] | None = None,
+        timer: StageTimer | None = None,
+        frame: Frame = "original",
+    ) -> list[list[Segmentation]] | list[list[ModelFrameResult]]:
+        """Segment ``batch`` with every config → [config][image], in the order of ``configs``.
+
+        ``frame="original"``: ``Segmentation``s at each image's original size. ``frame="model"``: the
+        ``ModelFrameResult``s before step 6, in the model-input frame (the job's model stage; its write
+        stage maps them). ``wanted``: the indices of the configs to run (default all; the others get
+        an empty list, and a forward group none of whose configs is wanted is skipped). ``timer``
+        collects the shared stages (caption, encode, invert, unet) and whatever the caller timed
+        before (decode); each result's ``timings_ms`` holds those and its config's own (aggregate,
+        segment; upsample in the original frame), batch totals in milliseconds.
+        """
+        if frame not in ("original", "model"):
+            raise ValueError(f"frame must be 'original' or 'model'; got {frame!r}")
+        device = self.backbone.device
+        timer = timer or StageTimer(device)
+        own = [StageTimer(device) for _ in self.configs]
+        results: list[list[MethodResult]] = [[] for _ in self.configs]
+        read: list[list[str] | None] = [None] * len(self.configs)
+        model_input = to_model_input(batch.pixels, device, self.backbone.dtype)
+        # 1. caption: on first use (a config or filter that reads captions), once per batch
+        captions = LazyCaptions(self.captioner, list(batch.pixels), timer)
+        for group in self.groups:
+            members = [i for i in group.members if wanted is None or i in wanted]
+            if not members:
+                continue
+            # 2. candidate classes, filtered → 3. extract attention: one UNet forward per forward group
+            bundle, read_by_group = self.forward(batch, group, timer, captions, model_input)
+            for i in members:
+                found = run_config(self.configs[i], bundle, own[i])  # 4. segment with each config
+                results[i] = name_segments(self.configs[i], bundle, found, own[i])  # 5. name the segments
+                read[i] = read_by_group
+            del bundle  # the next group's forward may need the memory
+        in_model_frame = [
+            model_frame_results(results[i], read[i], {**timer.ms, **own[i].ms}) for i in range(len(self.configs))
+        ]
+        if frame == "model":
+            return in_model_frame
+        # 6. map each result to its image's original frame
+        return [to_original(config, out, batch.geometries, device) for config, out in zip(self.configs, in_model_frame)]
+
+    def forward(
+        self,
+        batch: Batch,
+        group: ForwardGroup | None = None,
+        timer: StageTimer | None = None,
+        captions: LazyCaptions | None = None,
+        model_input=None,
+    ) -> tuple[AttentionBundle, list[str] | None]:
+        """Steps 2 and 3 of ``segment`` for one forward ``group`` (default: the first) → (its
+        ``AttentionBundle``, per image the captions its prompts read, or None when they read none).
+        ``captions`` (step 1, made here when not given) and ``model_input`` ((B, 3, h, w) on the
+        model's device) are shared by the groups of one batch."""
+        group = group or self.groups[0]
+        timer = timer or StageTimer(self.backbone.device)
+        if captions is None:
+            captions = LazyCaptions(self.captioner, list(batch.pixels), timer)
+        if model_input is None:
+            model_input = to_model_input(batch.pixels, self.backbone.device, self.backbone.dtype)
+        classes, texts, read = self.prompt_inputs(group, batch, captions)
+        return group.extractor(model_input, timer, classes, texts, batch.sizes), read
+
+    def prompt_inputs(
+        self, group: ForwardGroup, batch: Batch, captions: LazyCaptions
+    ) -> tuple[ClassLists | None, list[ImageTexts] | None, list[str] | None]:
+        """Step 2 for one forward group: what it prompts each image with (class lists, texts, the
+        captions read).
+
+        Named by captions: each image's caption nouns, prompted with the caption. Otherwise the
+        given or configured candidates, narrowed by the class filter, and with caption descriptors
+        each class prompt continued by a conditional caption."""
+        extractor, images = group.extractor, list(batch.pixels)
+        prompting = extractor.config.prompting
+        if prompting.caption_names:
+            nouns = [located_nouns(self.backbone.tokenizer, caption) for caption in captions.get()]
+            texts = [
+                ImageTexts(caption, {noun.name: noun.phrase for noun in found})
+                for caption, found in zip(captions.get(), nouns)
+            ]
+            return [[noun.name for noun in found] for found in nouns], texts, captions.get()
+        if not prompting.uses_classes:
+            return batch.classes, None, None
+        candidates = extractor.class_lists(len(images), batch.classes)
+        supplied = getattr(self.class_filter, "supplies_classes", False)  # a candidate file lists them
+        check_candidates(self.configs[group.members[0]], candidates, filter_supplies_classes=supplied)
+        read = None
+        if self.class_filter is not None:
+            read = captions.get() if needs_captions(self.class_filter) else None
+            candidates = filter_classes(self.class_filter, images, candidates, prompting.classes, read, batch.keys)
+        if not prompting.caption_descriptors:
+            return candidates, None, read
+        texts, written = conditional_texts(captions, candidates, prompting.class_template, prompting.spelled)
+        return candidates, texts, written
+
+
+def run_config(config: SegmentConfig, bundle: AttentionBundle, timer: StageTimer | None = None) -> list[MethodResult]:
+    """Step 4: ``config``'s method on ``bundle`` → per image its model-frame ``MethodResult``. Kept in
+    the bundle's memo when it carries one (the explorer's cached forwards), so a config seen before
+    is not segmented again."""
+    method = get_method(config.method)
+    return memoised(bundle, ("results", config), lambda: method.segment(bundle, config.params, timer))
+
+
+def name_segments(
+    config: SegmentConfig, bundle: AttentionBundle, results: list[MethodResult], timer: StageTimer | None = None
+) -> list[MethodResult]:
+    """Step 5: the segments ``run_config`` left unnamed, named from the bundle's class maps by
+    ``config.naming`` (unchanged when the bundle holds none)."""
+    return name_results(results, bundle, timer, config.naming)
+
+
+def model_frame_results(
+    results: list[MethodResult], captions: Sequence[str | None] | None, timings_ms: dict[str, float]
+) -> list[ModelFrameResult]:
+    """Per image, its result with the caption read (None without captions) and the batch's timings."""
+    captions = captions if captions is not None else [None] * len(results)
+    return [ModelFrameResult(result, caption, timings_ms) for result, caption in zip(results, captions)]
+
+
+def to_original(
+    config: SegmentConfig, results: Sequence[ModelFrameResult], geometries: Sequence[Geometry], device=None
+) -> list[Segmentation]:
+    """Step 6: one config's model-frame results → ``Segmentation``s at each image's original size;
+    their ``timings_ms`` (one dict for the config's images) add the upsampling of all of them, timed
+    on ``device`` (a ``torch.device``; CUDA is synchronised)."""
+    if not results:
+        return []
+    timer = StageTimer(device)
+    timer.ms.update(results[0].timings_ms)
+    return [
+        to_segmentation(out.result, geometry, config.method, timer, out.caption)
+        for out, geometry in zip(results, geometries)
+    ]
 
 
 def to_segmentation(
@@ -44,19 +343,6 @@ def to_segmentation(
         result.background,
     )
     return segmentation if caption is None else dataclasses.replace(segmentation, caption=caption)
-
-
-def located_nouns(tokenizer, caption: str) -> list[CaptionNoun]:
-    """The nouns of ``caption`` whose words appear apart as whole tokens of its CLIP tokens (the
-    positions ``dsseg.model.prompts.phrases_apart`` gives them; a noun CLIP splits otherwise is left out)."""
-    located: list[CaptionNoun] = []
-    for noun in caption_nouns(caption):
-        try:
-            phrases_apart(tokenizer, caption, [n.phrase for n in (*located, noun)])
-        except ValueError:
-            continue
-        located.append(noun)
-    return located
 
 
 def forward_groups(configs: Sequence[SegmentConfig]) -> list[tuple[ExtractConfig, list[int]]]:
@@ -86,241 +372,6 @@ def forward_groups(configs: Sequence[SegmentConfig]) -> list[tuple[ExtractConfig
     return merged
 
 
-def shared_preparation(configs: Sequence[SegmentConfig]) -> Preparation:
-    """The model input every config takes; ``ConfigError`` when they differ (one input per image)."""
-    preparations = {config.extraction.preparation for config in configs}
-    if len(preparations) > 1:
-        raise ConfigError(
-            "image_size",
-            "all configs of a run must share image_size, geometry and antialias: run the others as another job",
-        )
-    return configs[0].extraction.preparation
-
-
-@dataclass(frozen=True)
-class ConfigOutput:
-    """One config's results for a batch: per image, its model-frame ``MethodResult``; the batch's
-    per-stage milliseconds (the shared forward's stages and this config's own); and per image the
-    captions this config read (None when it read none)."""
-
-    results: list[MethodResult]
-    timings_ms: dict[str, float]
-    captions: list[str] | None = None
-
-
-@dataclass(frozen=True)
-class ForwardGroup:
-    """An extractor and the indices of the configs that segment its attention."""
-
-    extractor: AttentionExtractor
-    members: list[int]
-
-
-class Segmenter:
-    """A backbone and one or more method configs: build once, call per batch.
-
-    ``specs``: ``MethodSpec``s, or a method name with ``params`` (one config). ``class_filter``
-    narrows each image's candidate classes for configs that prompt with classes. ``captioner``
-    (``dsseg.model.captioner.Captioner``): for configs named by captions or with caption
-    descriptors, and for filters that read captions; each batch is captioned once.
-    """
-
-    def __init__(
-        self,
-        backbone: Backbone,
-        specs: str | MethodSpec | Sequence[MethodSpec] = "diffseg",
-        params: dict | None = None,
-        class_filter: ClassFilter | None = None,
-        captioner=None,
-    ) -> None:
-        if isinstance(specs, str):
-            specs = [MethodSpec(specs, params or {})]
-        elif isinstance(specs, MethodSpec):
-            specs = [specs]
-        if not specs:
-            raise ConfigError("configs", "a segmenter needs at least one method config")
-        self.backbone = backbone
-        self.specs = list(specs)
-        self.configs = [spec.resolved for spec in self.specs]
-        self.preparation = shared_preparation(self.configs)
-        self.groups = [
-            ForwardGroup(AttentionExtractor(backbone, extraction), members)
-            for extraction, members in forward_groups(self.configs)
-        ]
-        self.class_filter = class_filter
-        self.captioner = captioner
-        if captioner is None:
-            check_no_captions_needed(self.configs, class_filter)
-
-    @property
-    def config(self) -> SegmentConfig:
-        """The config of a one-config segmenter."""
-        if len(self.configs) != 1:
-            raise ValueError(f"this segmenter holds {len(self.configs)} configs; pick one from .configs")
-        return self.configs[0]
-
-    def prepare(self, rgb: np.ndarray) -> tuple[np.ndarray, Geometry]:
-        """(H, W, 3) uint8 → ((h, w, 3) uint8 model input, geometry): CPU work, shared by every config."""
-        return self.preparation.prepare(rgb)
-
-    def segment(
-        self,
-        pixels: np.ndarray,
-        classes: Sequence[Sequence[str] | None] | None = None,
-        timer: StageTimer | None = None,
-        wanted: Collection[int] | None = None,
-        sizes: Sequence[tuple[int, int]] | None = None,
-        keys: Sequence[tuple[str, str]] | None = None,
-    ) -> list[ConfigOutput | None]:
-        """pixels (B, h, w, 3) uint8 prepared inputs of one size → per config (None unless in
-        ``wanted``, default all) its results in the model frame and the batch's timings.
-
-        ``classes``: per image, candidate class names replacing the configs' own (None entries keep
-        them), narrowed by the class filter. ``timer`` collects the shared stages (encode, invert,
-        unet); each config's own stages (aggregate, segment) are timed apart. ``sizes``: per image,
-        the (h, w) pixels its input was resized from (methods that label at the image's size
-        use them; their labels then come at that size). ``keys``: per image, (image id, source),
-        for class filters that look images up (``candidates:FILE``).
-        """
-        timer = timer or StageTimer(self.backbone.device)
-        outputs: list[ConfigOutput | None] = [None] * len(self.configs)
-        for members, bundle, read in self.attention(pixels, classes, timer, wanted, sizes, keys):
-            for i in members:
-                config = self.configs[i]
-                own = StageTimer(self.backbone.device)
-                results = run_method(get_method(config.method), bundle, config.params, own, config.naming)
-                outputs[i] = ConfigOutput(results, own.ms, read)
-            del bundle
-        return [
-            None if out is None else ConfigOutput(out.results, {**timer.ms, **out.timings_ms}, out.captions)
-            for out in outputs
-        ]
-
-    def attention(
-        self,
-        pixels: np.ndarray,
-        classes: Sequence[Sequence[str] | None] | None = None,
-        timer: StageTimer | None = None,
-        wanted: Collection[int] | None = None,
-        sizes: Sequence[tuple[int, int]] | None = None,
-        keys: Sequence[tuple[str, str]] | None = None,
-    ) -> Iterator[tuple[list[int], AttentionBundle, list[str] | None]]:
-        """The forwards ``segment`` runs, one forward group at a time: (the indices of its configs in
-        ``wanted``, its ``AttentionBundle``, the captions it read or None). Groups without a wanted
-        config are skipped; each bundle is made only when the previous one has been taken.
-        ``sizes`` and ``keys`` as in ``segment``."""
-        backbone = self.backbone
-        timer = timer or StageTimer(backbone.device)
-        model_input = to_model_input(pixels, backbone.device, backbone.dtype)
-        images = list(pixels)
-        captions = LazyCaptions(self.captioner, images, timer)
-        for group in self.groups:
-            members = [i for i in group.members if wanted is None or i in wanted]
-            if not members:
-                continue
-            group_classes, texts, read = self.prompt_inputs(group.extractor, images, classes, captions, keys)
-            yield members, group.extractor(model_input, timer, group_classes, texts, sizes), read
-
-    def prompt_inputs(
-        self,
-        extractor: AttentionExtractor,
-        images: list[np.ndarray],
-        classes: Sequence[Sequence[str] | None] | None,
-        captions: LazyCaptions,
-        keys: Sequence[tuple[str, str]] | None = None,
-    ) -> tuple[Sequence[Sequence[str] | None] | None, list[ImageTexts] | None, list[str] | None]:
-        """What one forward group prompts each image with: (class lists, texts, the captions read).
-
-        Named by captions: each image's caption nouns, prompted with the caption. Otherwise the
-        given or configured candidates, narrowed by the class filter, and with caption descriptors
-        each class prompt continued by a conditional caption."""
-        prompting = extractor.config.prompting
-        if prompting.caption_names:
-            nouns = [located_nouns(self.backbone.tokenizer, caption) for caption in captions.get()]
-            texts = [
-                ImageTexts(caption, {noun.name: noun.phrase for noun in found})
-                for caption, found in zip(captions.get(), nouns)
-            ]
-            return [[noun.name for noun in found] for found in nouns], texts, captions.get()
-        if not prompting.uses_classes:
-            return classes, None, None
-        supplied = getattr(self.class_filter, "supplies_classes", False)  # a candidate file lists them
-        candidates = extractor.class_lists(len(images), classes, require=not supplied)
-        read = None
-        if self.class_filter is not None:
-            read = captions.get() if needs_captions(self.class_filter) else None
-            candidates = filter_classes(self.class_filter, images, candidates, prompting.classes, read, keys)
-        if not prompting.caption_descriptors:
-            return candidates, None, read
-        texts, written = conditional_texts(captions, candidates, prompting.class_template, prompting.spelled)
-        return candidates, texts, written
-
-    def segment_all(
-        self,
-        pixels: np.ndarray,
-        geometries: Sequence[Geometry],
-        timer: StageTimer | None = None,
-        classes: Sequence[Sequence[str] | None] | None = None,
-        keys: Sequence[tuple[str, str]] | None = None,
-    ) -> list[list[Segmentation]]:
-        """Like ``segment``, then each result to its image's original frame: [config][image]."""
-        timer = timer or StageTimer(self.backbone.device)
-        outputs = self.segment(pixels, classes, timer, sizes=source_sizes(geometries), keys=keys)
-        out = []
-        for config, output in zip(self.configs, outputs):
-            own = StageTimer(self.backbone.device)
-            own.ms.update(output.timings_ms)
-            out.append(
-                [
-                    to_segmentation(result, geometry, config.method, own, caption)
-                    for result, geometry, caption in zip(output.results, geometries, captions_of(output))
-                ]
-            )
-        return out
-
-    def __call__(
-        self,
-        pixels: np.ndarray,
-        geometries: Sequence[Geometry],
-        timer: StageTimer | None = None,
-        classes: Sequence[Sequence[str] | None] | None = None,
-        keys: Sequence[tuple[str, str]] | None = None,
-    ) -> list[Segmentation]:
-        """The segmentations of a one-config segmenter at each image's original size (see
-        ``segment_all``; ``timer`` then also holds every stage, batch totals)."""
-        _ = self.config
-        timer = timer or StageTimer(self.backbone.device)
-        output = self.segment(pixels, classes, timer, sizes=source_sizes(geometries), keys=keys)[0]
-        timer.ms.update(output.timings_ms)
-        return [
-            to_segmentation(result, geometry, self.config.method, timer, caption)
-            for result, geometry, caption in zip(output.results, geometries, captions_of(output))
-        ]
-
-
-class LazyCaptions:
-    """A batch's captions, made on first use and kept for its other forward groups: one caption per
-    image (``get``), and conditional continuations per (image, prompt) (``complete``)."""
-
-    def __init__(self, captioner, images: list[np.ndarray], timer: StageTimer) -> None:
-        self.captioner, self.images, self.timer = captioner, images, timer
-        self.captions: list[str] | None = None
-        self.continuations: dict[tuple[int, str], str] = {}
-
-    def get(self) -> list[str]:
-        if self.captions is None:
-            with self.timer.stage("caption"):
-                self.captions = self.captioner.caption(self.images)
-        return self.captions
-
-    def complete(self, pairs: Sequence[tuple[int, str]]) -> list[str]:
-        missing = list(dict.fromkeys(pair for pair in pairs if pair not in self.continuations))
-        if missing:
-            with self.timer.stage("caption"):
-                self.continuations.update(zip(missing, self.captioner.complete(self.images, missing)))
-        return [self.continuations[pair] for pair in pairs]
-
-
 def box_size(box: Sequence[float]) -> tuple[int, int]:
     """The (h, w) pixels of a crop box (top, left, height, width), which may be fractional."""
     return max(1, round(box[2])), max(1, round(box[3]))
@@ -331,57 +382,15 @@ def source_sizes(geometries: Sequence[Geometry]) -> list[tuple[int, int]]:
     return [box_size(g.box) for g in geometries]
 
 
-def conditional_texts(
-    captions: LazyCaptions, names: Sequence[Sequence[str]], template: str, spelled=lambda name: name
-) -> tuple[list[ImageTexts], list[str | None]]:
-    """Per image, each class's prompt (``template`` filled with the class's ``spelled`` words)
-    continued by the captioner conditioned on it (DiffSegmenter's augmented prompts) → (the
-    continuations as ``ImageTexts``, the full captions of each image joined by "; ")."""
-
-    def prompt(name: str) -> str:
-        return template.replace(CLASS_PLACEHOLDER, spelled(name))
-
-    pairs = [(i, prompt(name)) for i, image_names in enumerate(names) for name in image_names]
-    words = iter(captions.complete(pairs))
-    texts, written = [], []
-    for image_names in names:
-        continuations = {name: next(words) for name in image_names}
-        texts.append(ImageTexts(continuations=continuations))
-        texts_of_image = [f"{prompt(n)} {w}".strip() for n, w in continuations.items()]
-        written.append("; ".join(texts_of_image) or None)
-    return texts, written
-
-
-def captions_of(output: ConfigOutput) -> list[str | None]:
-    """Per image, the caption a config read (None for each image when it read none)."""
-    return output.captions if output.captions is not None else [None] * len(output.results)
-
-
-def check_no_captions_needed(configs: Sequence[SegmentConfig], class_filter: ClassFilter | None) -> None:
-    """Raise a ``ConfigError`` when a config or the class filter reads captions (there is no captioner)."""
-    for config in configs:
-        prompting = config.extraction.prompting
-        if prompting.needs_captioner or (needs_captions(class_filter) and prompting.uses_classes):
-            what = (
-                "naming='caption'"
-                if prompting.caption_names
-                else "descriptors='caption'"
-                if prompting.caption_descriptors
-                else "the class filter"
-            )
-            raise ConfigError(
-                "captioner",
-                f"{what} of the {config.method} config reads captions: give a captioner "
-                "(captioner='tiny' or a BLIP hub id/folder; in a job --captioner)",
-            )
-
-
 __all__ = [
-    "ConfigOutput",
+    "Batch",
     "ForwardGroup",
+    "ModelFrameResult",
     "Segmentation",
     "Segmenter",
     "forward_groups",
-    "shared_preparation",
+    "name_segments",
+    "run_config",
+    "to_original",
     "to_segmentation",
 ]

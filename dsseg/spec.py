@@ -17,7 +17,8 @@ from functools import cached_property
 from typing import Any, Literal
 
 from dsseg.errors import ConfigError
-from dsseg.model.config import EXTRACT_PARAMS, ExtractConfig, check_param_types, check_resolutions
+from dsseg.model.config import EXTRACT_PARAMS, ExtractConfig, check_resolutions
+from dsseg.params import check_param_types
 
 NamingMode = Literal["majority", "mean", "caption"]
 NAMING_MODES: tuple[NamingMode, ...] = ("majority", "mean", "caption")

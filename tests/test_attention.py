@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dsseg.model.attention import attention_layers, capture_attention, level_grids
-from dsseg.model.config import CaptureSpec
+from dsseg.model.config import Capture
 
 
 def _latents(tiny, batch=1, size=64, seed=0):
@@ -59,7 +59,7 @@ def test_captured_probabilities_equal_direct_softmax(tiny):
     with (
         self_attention_inputs(unet) as inputs,
         torch.no_grad(),
-        capture_attention(unet, CaptureSpec(), (64, 64)) as store,
+        capture_attention(unet, Capture(), (64, 64)) as store,
     ):
         _run(unet, latents, context)
     expected = direct_self_attention(unet, inputs)
@@ -77,7 +77,7 @@ def test_capture_leaves_the_unet_output_unchanged_and_restores_processors(tiny):
     before = dict(unet.attn_processors)
     with torch.no_grad():
         plain = _run(unet, latents, context)
-        with capture_attention(unet, CaptureSpec(cross_attention=True), (64, 64)) as store:
+        with capture_attention(unet, Capture(cross_attention=True), (64, 64)) as store:
             captured = _run(unet, latents, context)
     torch.testing.assert_close(captured, plain, atol=1e-5, rtol=1e-4)
     assert store.means("cross")  # cross-attention was captured too
@@ -88,7 +88,7 @@ def test_capture_leaves_the_unet_output_unchanged_and_restores_processors(tiny):
 def test_processors_restored_after_an_exception(tiny):
     before = dict(tiny.unet.attn_processors)
     with pytest.raises(RuntimeError, match="boom"):
-        with capture_attention(tiny.unet, CaptureSpec(), (64, 64)):
+        with capture_attention(tiny.unet, Capture(), (64, 64)):
             raise RuntimeError("boom")
     assert all(tiny.unet.attn_processors[name] is p for name, p in before.items())
 
@@ -97,9 +97,9 @@ def test_batches_capture_each_image_independently(tiny):
     unet, context = tiny.unet, tiny.encode_prompt("")
     a, b = _latents(tiny, seed=2), _latents(tiny, seed=3)
     with torch.no_grad():
-        with capture_attention(unet, CaptureSpec(), (64, 64)) as together:
+        with capture_attention(unet, Capture(), (64, 64)) as together:
             _run(unet, torch.cat([a, b]), context)
-        with capture_attention(unet, CaptureSpec(), (64, 64)) as alone:
+        with capture_attention(unet, Capture(), (64, 64)) as alone:
             _run(unet, b, context)
     for grid, maps in alone.means("self").items():
         torch.testing.assert_close(together.means("self")[grid][1:], maps, atol=1e-5, rtol=1e-4)
@@ -107,7 +107,7 @@ def test_batches_capture_each_image_independently(tiny):
 
 
 def test_cross_attention_and_selection(tiny):
-    spec = CaptureSpec(self_attention=True, cross_attention=True, blocks=("up",), resolutions=(64, 16))
+    spec = Capture(self_attention=True, cross_attention=True, blocks=("up",), capture_resolutions=(64, 16))
     with torch.no_grad(), capture_attention(tiny.unet, spec, (64, 64)) as store:
         _run(tiny.unet, _latents(tiny), tiny.encode_prompt("a photograph of a horse"))
     assert list(store.means("self")) == [(64, 64), (16, 16)]  # the resolution filter is for self-attention
@@ -123,7 +123,7 @@ def test_non_square_and_larger_latents_map_to_level_grids(tiny):
     assert level_grids((64, 40)) == [(64, 40), (32, 20), (16, 10), (8, 5)]
     with pytest.raises(ValueError, match="multiple of 64"):
         level_grids((60, 64))
-    with torch.no_grad(), capture_attention(tiny.unet, CaptureSpec(resolutions=(8,)), (64, 40)) as store:
+    with torch.no_grad(), capture_attention(tiny.unet, Capture(capture_resolutions=(8,)), (64, 40)) as store:
         _run(tiny.unet, torch.randn(1, 4, 64, 40), tiny.encode_prompt(""))
     assert list(store.means("self")) == [(8, 5)]
 
@@ -133,7 +133,7 @@ def test_layer_names_and_kinds(tiny):
     assert {layer.kind for layer in layers} == {"self", "cross"}
     assert all(layer.name.endswith(".processor") for layer in layers)
     with pytest.raises(ValueError, match="blocks"):
-        CaptureSpec(blocks=("left",))
+        Capture(blocks=("left",))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -159,7 +159,7 @@ def test_bfloat16_backbone_captures_valid_maps():
 
     backbone = load_backbone("tiny", device="cpu", dtype="bfloat16")
     latents = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
-    with torch.no_grad(), capture_attention(backbone.unet, CaptureSpec(), (32, 32)) as store:
+    with torch.no_grad(), capture_attention(backbone.unet, Capture(), (32, 32)) as store:
         out = _run(backbone.unet, latents, backbone.encode_prompt(""))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     for grid, maps in store.means("self").items():

@@ -65,8 +65,8 @@ def test_compiled_backbone_gives_the_eager_attention(bsds_image):
     eager, compiled = load_backbone("tiny", device="cpu"), load_backbone("tiny", device="cpu")
     assert compile_backbone(compiled) > 10
     segmenters = [Segmenter(b, "diffseg", {"image_size": 128}) for b in (eager, compiled)]
-    pixels, geometry = segmenters[0].prepare(bsds_image)
-    results = [s(pixels[None], [geometry])[0] for s in segmenters]
+    batch = segmenters[0].batch([bsds_image])
+    results = [s.segment(batch)[0][0] for s in segmenters]
     assert (results[0].labels == results[1].labels).mean() > 0.99
 
 

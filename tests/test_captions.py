@@ -62,7 +62,7 @@ def test_nouns_are_read_singular_longest_first_and_once():
 
 
 def test_a_repeated_word_is_found_where_its_noun_is_not_inside_an_earlier_phrase():
-    from dsseg.segmenter import located_nouns
+    from dsseg.model.caption_prompts import located_nouns
 
     tokenizer, caption = clip_tokenizer(), "a hot dog next to a dog"
     nouns = located_nouns(tokenizer, caption)
@@ -169,8 +169,8 @@ def test_augmented_prompts_continue_each_class_prompt_with_its_conditional_capti
     captioner = WrittenCaptions(continuation="grazing on a hill")
     spec = MethodSpec("openvocab", {"image_size": 128, "classes": ["horse", "grass"], "descriptors": "caption"})
     segmenter = Segmenter(tiny, spec, captioner=captioner)
-    pixels, geometry = segmenter.prepare(bsds_image)
-    augmented = segmenter(pixels[None], [geometry])[0]
+    batch = segmenter.batch([bsds_image])
+    ((augmented,),) = segmenter.segment(batch)
     assert captioner.calls == [("complete", [(0, "a photograph of horse"), (0, "a photograph of grass")])]
     assert augmented.caption == "a photograph of horse grazing on a hill; a photograph of grass grazing on a hill"
     extractor = segmenter.groups[0].extractor
@@ -179,7 +179,7 @@ def test_augmented_prompts_continue_each_class_prompt_with_its_conditional_capti
         "a photograph of horse grazing on a hill"
     ]
     assert [plan.text for plan in extractor.prompt_plans(["horse"])] == ["a photograph of horse"]
-    images = to_model_input(pixels[None], tiny.device, tiny.dtype)
+    images = to_model_input(batch.pixels, tiny.device, tiny.dtype)
     with_texts = extractor(images, classes=[["horse", "grass"]], texts=[texts]).class_attention[0]
     without = extractor(images, classes=[["horse", "grass"]]).class_attention[0]
     assert not any(torch.allclose(with_texts[grid], without[grid]) for grid in without)  # the prompts changed the maps
@@ -189,18 +189,18 @@ def test_the_caption_filter_keeps_the_classes_the_caption_names(tiny, bsds_image
     captioner = WrittenCaptions("two horses on a lawn", "an empty room")
     spec = MethodSpec("openvocab", {"image_size": 64, "classes": ["horse", "dog", "grass"]})
     segmenter = Segmenter(tiny, spec, class_filter=load_class_filter("caption"), captioner=captioner)
-    pixels = np.stack([segmenter.prepare(bsds_image)[0]] * 2)
-    output = segmenter.segment(pixels)[0]
-    assert output.results[0].names == ["background", "horse", "grass", "ignore"]  # lawn: grass
-    assert output.results[1].names == ["background", "ignore"]  # named nothing: all background
-    assert output.captions == ["two horses on a lawn", "an empty room"]
+    batch = segmenter.batch([bsds_image] * 2)
+    (output,) = segmenter.segment(batch, frame="model")
+    assert output[0].result.names == ["background", "horse", "grass", "ignore"]  # lawn: grass
+    assert output[1].result.names == ["background", "ignore"]  # named nothing: all background
+    assert [out.caption for out in output] == ["two horses on a lawn", "an empty room"]
     assert captioner.calls == [("caption", 2)]  # one captioning per batch
     sweep = [
         MethodSpec("openvocab", {"image_size": 64, "classes": ["horse"], "descriptors": "caption", "timestep": t})
         for t in (50, 100)
     ]
     captioner.calls.clear()
-    Segmenter(tiny, sweep, captioner=captioner).segment(pixels)
+    Segmenter(tiny, sweep, captioner=captioner).segment(batch)
     assert captioner.calls == [
         ("complete", [(0, "a photograph of horse"), (1, "a photograph of horse")])
     ]  # once for both

@@ -82,8 +82,7 @@ def test_the_conditional_caption_is_asked_with_the_spelled_prompt(tiny, bsds_ima
     captioner = WrittenCaptions(continuation="flying over a city")
     spec = MethodSpec("openvocab", {"image_size": 64, "classes": ["aeroplane"], "descriptors": "caption", **VOC})
     segmenter = Segmenter(tiny, spec, captioner=captioner)
-    pixels, geometry = segmenter.prepare(bsds_image)
-    (result,) = segmenter(pixels[None], [geometry])
+    ((result,),) = segmenter.segment(segmenter.batch([bsds_image]))
     assert captioner.calls == [("complete", [(0, "a photograph of plane")])]
     assert result.caption == "a photograph of plane flying over a city"
     assert set(result.names) <= {"background", "aeroplane", "ignore"}  # segments keep the dataset's name

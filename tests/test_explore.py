@@ -170,8 +170,7 @@ def test_memo_does_not_change_job_results(tiny, photo):
 
     for method, params in (("diffseg", {"kl_threshold": 0.8}), ("ncut", {"power": 2})):
         segmenter = Segmenter(tiny, MethodSpec(method, {**SMALL, **params}))
-        pixels, _ = segmenter.prepare(photo.rgb)
-        _, bundle, _ = next(segmenter.attention(pixels[None]))
+        bundle, _ = segmenter.forward(segmenter.batch([photo.rgb]))
         plain = get_method(method).segment(bundle, segmenter.config.params, None)[0]
         kept = dataclasses.replace(bundle, memo={})
         for _ in range(2):

@@ -249,15 +249,15 @@ def test_segment_image_openvocab_end_to_end(tiny, bsds_image):
 def test_unsupervised_segments_named_in_the_same_forward(tiny, bsds_image):
     segmenter = Segmenter(tiny, "diffseg", {"image_size": 128, "classes": ("horse", "grass"), "kl_threshold": 0.5})
     assert segmenter.config.naming == "majority" and segmenter.config.extraction.prompting.class_template is None
-    pixels, geometry = segmenter.prepare(bsds_image)
+    batch = segmenter.batch([bsds_image] * 2, classes=[None, ["sky", "rock"]])
     calls, handle = _count_unet_calls(tiny)
     try:
-        named, own = segmenter(np.stack([pixels, pixels]), [geometry, geometry], classes=[None, ["sky", "rock"]])
+        ((named, own),) = segmenter.segment(batch)
     finally:
         handle.remove()
     assert calls == [2]  # one joint prompt per image, one call for the batch
     vocabulary = Segmenter(tiny, "diffseg", {"image_size": 128, "vocabulary": "coco80", "kl_threshold": 0.5})
-    (coco,) = vocabulary(pixels[None], [geometry])
+    ((coco,),) = vocabulary.segment(vocabulary.batch([bsds_image]))
     assert set(coco.names) <= set(get_vocabulary("coco80"))  # 80 names over several prompts
     assert set(named.names) <= {"horse", "grass"} and set(own.names) <= {"sky", "rock"}
     assert len(named.names) == named.num_segments and all(0 <= s <= 1 for s in named.scores)

@@ -20,6 +20,7 @@ from dsseg.benchmark import manc_study
 from dsseg.commands import main as dsseg_main
 from dsseg.commands.evaluate import build_parser as evaluate_parser
 from dsseg.commands.evaluate import request_of
+from dsseg.errors import ConfigError
 from dsseg.evaluation.preset import settings_key
 from dsseg.evaluation.presets import PRESETS, get_preset, list_presets, matching_presets
 from dsseg.io.images import decode_image
@@ -359,11 +360,11 @@ def test_openvocab_without_classes_is_an_error_not_a_background_segment(tiny, tm
     from dsseg.segmenter import Segmenter
 
     segmenter = Segmenter(tiny, "openvocab", {"image_size": 64})
-    pixels, geometry = segmenter.prepare(np.full((64, 64, 3), 128, np.uint8))
-    with pytest.raises(ValueError, match="no candidate classes"):
-        segmenter(pixels[None], [geometry], classes=[[]])
-    with pytest.raises(ValueError, match="no candidate classes"):
-        segmenter(pixels[None], [geometry])
+    grey = np.full((64, 64, 3), 128, np.uint8)
+    with pytest.raises(ConfigError, match="^classes: image 0 of the batch has no candidate classes"):
+        segmenter.segment(segmenter.batch([grey], classes=[[]]))
+    with pytest.raises(ConfigError, match="no candidate classes"):
+        segmenter.segment(segmenter.batch([grey]))
     manifest = tmp_path / "m.parquet"
     pq.write_table(
         pa.table(

@@ -8,7 +8,7 @@ import torch
 from test_attention import direct_self_attention, self_attention_inputs
 
 from dsseg.model.attention import capture_attention
-from dsseg.model.config import CaptureSpec
+from dsseg.model.config import Capture
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_captured_probabilities_equal_direct_softmax_on_sdxl_blocks(tiny_xl):
     condition = tiny_xl.encode_prompt("").expand(2, -1, -1)
     with self_attention_inputs(unet) as inputs, torch.no_grad():
         plain = tiny_xl.run_unet(latents, 50, condition)
-        with capture_attention(unet, CaptureSpec(), (16, 16)) as store:
+        with capture_attention(unet, Capture(), (16, 16)) as store:
             captured_output = tiny_xl.run_unet(latents, 50, condition)
     torch.testing.assert_close(captured_output, plain, atol=1e-5, rtol=1e-4)  # capture changes nothing
     expected = direct_self_attention(unet, inputs)

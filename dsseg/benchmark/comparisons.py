@@ -139,7 +139,7 @@ def compare_capture(extractor: AttentionExtractor, images: torch.Tensor) -> Stag
     latents = extractor.add_noise(extractor.encode(images))
     latent_hw = tuple(latents.shape[-2:])
     condition = extractor.condition.expand(latents.shape[0], -1, -1)
-    spec = config.capture_spec()
+    spec = config.captured
 
     def ours() -> dict[Grid, torch.Tensor]:
         with capture_attention(backbone.unet, spec, latent_hw) as store:

@@ -42,7 +42,6 @@ from dsseg.io.images import decode_image
 from dsseg.io.schema import TIMING_STAGES
 from dsseg.job.memory import probe_batch_size
 from dsseg.job.runner import library_versions
-from dsseg.methods import get_method, run_method
 from dsseg.methods.aggregate import aggregate_self_attention
 from dsseg.methods.diffseg import DiffSegConfig, segment_diffseg
 from dsseg.methods.diffseg_reference import reference_aggregate, reference_diffseg
@@ -51,7 +50,7 @@ from dsseg.methods.ncut_reference import reference_ncut
 from dsseg.model.backbone import load_backbone
 from dsseg.model.extract import AttentionBundle, to_model_input
 from dsseg.model.vocabularies import COCO80
-from dsseg.segmenter import Segmenter
+from dsseg.segmenter import Segmenter, name_segments, run_config
 from dsseg.settings import ModelSettings
 from dsseg.spec import MethodSpec
 from dsseg.timing import StageTimer
@@ -61,12 +60,13 @@ def run_once(segmenter: Segmenter, data: bytes, batch_size: int) -> dict[str, fl
     """One pass over a batch of copies of the image; milliseconds per image by stage."""
     timer = StageTimer(segmenter.backbone.device)
     with timer.stage("decode"):
-        prepared = [segmenter.prepare(decode_image(data, max_pixels=None)[0]) for _ in range(batch_size)]
-    segmentations = segmenter(np.stack([p for p, _ in prepared]), [g for _, g in prepared], timer)
+        batch = segmenter.batch([decode_image(data, max_pixels=None)[0] for _ in range(batch_size)])
+    (segmentations,) = segmenter.segment(batch, timer=timer)
     with timer.stage("rle"):
         for segmentation in segmentations:
             segmentation.to_rles()
-    return {stage: timer.ms[stage] / batch_size for stage in TIMING_STAGES if stage in timer.ms}
+    ms = {**segmentations[0].timings_ms, "rle": timer.ms["rle"]}  # every stage of the batch, then the RLEs
+    return {stage: ms[stage] / batch_size for stage in TIMING_STAGES if stage in ms}
 
 
 def compare_with_reference(segmenter: Segmenter, data: bytes) -> dict:
@@ -74,9 +74,9 @@ def compare_with_reference(segmenter: Segmenter, data: bytes) -> dict:
     aggregation + segmentation against its float64 transcription, on one image: times, speed-ups,
     agreement; the stages computed by the same library calls either way are named."""
     backbone, method, extractor = segmenter.backbone, segmenter.config.method, segmenter.groups[0].extractor
-    pixels, geometry = segmenter.prepare(decode_image(data, max_pixels=None)[0])
-    images = to_model_input(pixels[None], backbone.device, backbone.dtype)
-    bundle = extractor(images)
+    batch = segmenter.batch([decode_image(data, max_pixels=None)[0]])
+    images = to_model_input(batch.pixels, backbone.device, backbone.dtype)
+    bundle, _ = segmenter.forward(batch, model_input=images)
     config = segmenter.config.params
     levels = (
         ncut_levels(list(bundle.self_attention), config) if method == "ncut" else getattr(config, "resolutions", None)
@@ -88,7 +88,8 @@ def compare_with_reference(segmenter: Segmenter, data: bytes) -> dict:
     compare_method = {"diffseg": compare_diffseg, "ncut": compare_ncut}.get(method)
     if compare_method is not None:
         stages.append(compare_method(bundle, config))
-    result = run_method(get_method(method), bundle, config, naming=segmenter.config.naming)[0]
+    result = name_segments(segmenter.config, bundle, run_config(segmenter.config, bundle))[0]
+    geometry = batch.geometries[0]
     stages.append(compare_upsample(result.labels.cpu().numpy(), geometry).record())
     stages.append(compare_rle(labels_to_original(result.labels.cpu().numpy(), geometry)).record())
     return {"stages": stages, "same_code_stages": list(SAME_CODE_STAGES)}

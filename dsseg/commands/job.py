@@ -18,7 +18,7 @@ from dsseg.commands.common import (
     positive_int,
 )
 from dsseg.errors import ConfigError
-from dsseg.model.config import candidates_filter
+from dsseg.model.filter_specs import candidates_filter
 
 if TYPE_CHECKING:
     from dsseg.job.config import SegmentJob

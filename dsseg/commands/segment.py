@@ -62,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
         stem = Path(item["image_id"]).with_suffix("").as_posix().replace("/", "__")
         try:
             rgb = decode_image(read_bytes(item["source"], item["offset"], item["size"]))[0]
-            pixels, geometry = segmenter.prepare(rgb)
-            result = segmenter(pixels[None], [geometry], classes=[item["classes"]])[0]
+            ((result,),) = segmenter.segment(segmenter.batch([rgb], classes=[item["classes"]]))
         except Exception as error:  # report and go on with the next image
             failures += 1
             print(f"{item['image_id']}: error: {type(error).__name__}: {error}", file=sys.stderr)

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dsseg.checks import needs_image_classes
 from dsseg.errors import ConfigError
 from dsseg.evaluation.datasets import Dataset, RegionAnnotations, load_dataset
 from dsseg.evaluation.metrics import json_ready
@@ -63,9 +64,7 @@ def write_manifest(dataset: Dataset, configs: tuple[MethodSpec, ...], path: Path
     """The dataset's images as a segment-job manifest; with an open-vocabulary config that names no
     classes, every image's candidates are the dataset's classes (background excluded)."""
     table = dataset.manifest(limit)
-    if any(
-        p.class_template is not None and not p.classes for p in (spec.resolved.extraction.prompting for spec in configs)
-    ):
+    if any(needs_image_classes(spec.resolved) for spec in configs):
         names = [name for name in dataset.class_names if name != "background"]
         table = table.append_column("classes", pa.array([names] * len(table), pa.list_(pa.string())))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from dsseg.evaluation.preset import Preset, Tuning
 from dsseg.evaluation.presets import BACKGROUND_TUNING, get_preset
 from dsseg.job.config import load_run_file
 from dsseg.methods import get_method
-from dsseg.model.config import candidates_filter
+from dsseg.model.filter_specs import candidates_filter
 from dsseg.settings import RunSettings
 from dsseg.spec import MethodSpec
 

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dsseg.model.config import CANDIDATES_PREFIX, DEFAULT_TIMESTEP, RUNTIME_FIELDS
+from dsseg.model.config import DEFAULT_TIMESTEP, RUNTIME_FIELDS
+from dsseg.model.filter_specs import CANDIDATES_PREFIX
 
 SD14 = "CompVis/stable-diffusion-v1-4"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the hub mirror of runwayml/stable-diffusion-v1-5

@@ -1,8 +1,11 @@
 """The explorer's engine for one image (no web framework here): one forward per image, backbone and
 extraction, its attention kept in a bounded cache, and re-segmentation from that cache as controls change.
 
-A view (``ImageExplorer.view``) resolves a ``MethodSpec``. When a forward with the spec's extraction is
-cached for the image, only the method runs again, on the cached bundle, whose memo keeps what does not
+A view (``ImageExplorer.view``) resolves a ``MethodSpec``. The steps are the segmenter's own
+(``dsseg.segmenter``): ``Segmenter.forward`` (caption, candidate classes, the UNet forward), then on its
+attention ``run_config`` → ``name_segments`` → ``to_segmentation``, NCut's tree cut between the first two.
+When a forward with the spec's extraction is cached for the image, only the method runs again, on the
+cached bundle, whose memo keeps what does not
 depend on the changed parameters (``dsseg.methods.base.memoised``): the aggregation, DiffSeg's anchor
 KL distances (τ then only thresholds them), each NCut partition (the tree-depth control then only cuts
 the tree: ``dsseg.methods.ncut.cut_result``) and openvocab's class score maps. A spec whose extraction
@@ -29,12 +32,10 @@ from PIL import Image
 from dsseg.io.images import Geometry
 from dsseg.io.overlay import overlay, palette
 from dsseg.io.sources import parse_classes
-from dsseg.methods import get_method, name_results
-from dsseg.methods.base import memoised
 from dsseg.model.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from dsseg.model.extract import AttentionBundle
 from dsseg.segmentation import Segmentation
-from dsseg.segmenter import Segmenter, forward_groups, source_sizes, to_segmentation
+from dsseg.segmenter import Segmenter, forward_groups, name_segments, run_config, to_segmentation
 from dsseg.spec import MethodSpec
 from dsseg.timing import StageTimer
 
@@ -283,11 +284,9 @@ class ImageExplorer:
             entry = self.forwards[key]
             start = time.perf_counter()
             timer = StageTimer(loaded.device)
-            method = get_method(config.method)
-            # A config seen before (τ back to an earlier value, the depth slider) is not segmented again.
-            results = memoised(
-                entry.bundle, ("results", config), lambda: method.segment(entry.bundle, config.params, timer)
-            )
+            # A config seen before (τ back to an earlier value, the depth slider) is not segmented again:
+            # run_config keeps its results in the cached bundle's memo.
+            results = run_config(config, entry.bundle, timer)
             max_depth = None
             if config.method == "ncut":
                 from dsseg.methods.ncut import cut_result, tree_depth
@@ -295,7 +294,7 @@ class ImageExplorer:
                 max_depth = tree_depth(results[0].parents)
                 if depth is not None and depth < max_depth:
                     results = [cut_result(result, depth) for result in results]
-            results = name_results(results, entry.bundle, timer, config.naming)
+            results = name_segments(config, entry.bundle, results, timer)
             caption = entry.captions[0] if entry.captions else None
             segmentation = to_segmentation(results[0], entry.geometry, config.method, timer, caption)
             timings = {"forward": 0.0 if cached else entry.forward_ms, "segment": 1000 * (time.perf_counter() - start)}
@@ -306,7 +305,7 @@ class ImageExplorer:
         """One UNet forward of ``image`` for ``spec``'s extraction (captioning first when it reads captions)."""
         start = time.perf_counter()
         segmenter = Segmenter(backbone, spec, captioner=self.captioner())
-        pixels, geometry = segmenter.prepare(image.rgb)
-        _, bundle, captions = next(segmenter.attention(pixels[None], sizes=source_sizes([geometry])))
+        batch = segmenter.batch([image.rgb])
+        bundle, captions = segmenter.forward(batch)
         bundle = dataclasses.replace(bundle, memo=BoundedMemo())
-        return CachedForward(bundle, geometry, captions, 1000 * (time.perf_counter() - start))
+        return CachedForward(bundle, batch.geometries[0], captions, 1000 * (time.perf_counter() - start))

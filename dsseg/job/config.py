@@ -17,20 +17,26 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from dsseg import checks
+from dsseg.checks import (
+    check_captioner,
+    check_captioner_used,
+    check_classes_given,
+    needs_image_classes,
+    shared_preparation,
+)
 from dsseg.errors import ConfigError
 from dsseg.io.images import DEFAULT_MAX_PIXELS
 from dsseg.io.sources import is_uri
-from dsseg.model.config import (
-    DEFAULT_BACKBONE,
-    RUNTIME_FIELDS,
-    Preparation,
-    added_at_default,
+from dsseg.model.config import DEFAULT_BACKBONE, RUNTIME_FIELDS, Preparation
+from dsseg.model.filter_specs import (
     check_candidates_file,
     check_filter_spec,
     filter_may_read_captions,
     filter_reads_captions,
     filter_supplies_classes,
 )
+from dsseg.params import added_at_default
 from dsseg.spec import MethodSpec
 
 MASK_FRAMES = (
@@ -86,12 +92,11 @@ def filtered(spec: MethodSpec, class_filter: str | None) -> bool:
 
 
 def reads_captions(spec: MethodSpec, class_filter: str | None = None, may: bool = False) -> bool:
-    """Whether the config reads captions: named by them, prompts continued by them, or its classes
-    narrowed by a caption class filter (``may``: or by a factory's filter, which may read them)."""
-    if spec.resolved.extraction.prompting.needs_captioner:
-        return True
+    """Whether the config reads captions (``dsseg.checks.reads_captions``) under the class filter
+    ``class_filter`` (``may``: or may read them, through a factory's filter that reads them when it
+    sets ``needs_captions``)."""
     reading = filter_may_read_captions if may else filter_reads_captions
-    return filtered(spec, class_filter) and reading(class_filter)
+    return checks.reads_captions(spec.resolved, reading(class_filter))
 
 
 def parse_shard(text: str | Sequence[int] | None) -> tuple[int, int] | None:
@@ -208,24 +213,16 @@ class SegmentJob:
             raise ConfigError("configs", "two of the run's configs are the same; remove the repeat")
         if self.class_filter is not None:
             check_filter_spec(self.class_filter)
-        reading = [spec.method for spec in specs if reads_captions(spec, self.class_filter)]
-        if reading and not self.captioner:
-            raise ConfigError(
-                "captioner",
-                f"the {reading[0]} config reads captions (naming=caption, descriptors=caption or a caption class "
-                "filter): give a captioner, e.g. tiny or Salesforce/blip-image-captioning-base",
-            )
-        if self.captioner and not any(reads_captions(spec, self.class_filter, may=True) for spec in specs):
-            raise ConfigError(
-                "captioner",
-                "no config reads captions: add --param naming=caption (diffseg, ncut), --param descriptors=caption "
-                "(openvocab) or --class-filter caption, or leave out the captioner",
-            )
-        if len({spec.resolved.extraction.preparation for spec in specs}) > 1:
-            raise ConfigError(
-                "configs",
-                "all configs of a run must share image_size, geometry and antialias; run the others as another job",
-            )
+        configs = [spec.resolved for spec in specs]
+        check_captioner(
+            configs, captioner=bool(self.captioner), filter_reads_captions=filter_reads_captions(self.class_filter)
+        )
+        check_captioner_used(
+            configs,
+            captioner=bool(self.captioner),
+            filter_may_read_captions=filter_may_read_captions(self.class_filter),
+        )
+        shared_preparation(configs)
 
     def check_paths(self) -> None:
         """What the settings alone cannot tell, checked where the job will run (before any model
@@ -275,26 +272,19 @@ class SegmentJob:
     def needs_item_classes(self) -> bool:
         """Whether some config labels pixels by class (openvocab) without default classes, so
         each image needs a class list of its own (unless the class filter gives them)."""
-        if filter_supplies_classes(self.class_filter):
-            return False  # the candidate file gives each image its classes (an image it lacks becomes an error row)
-        return any(
-            spec.resolved.extraction.prompting.class_template is not None
-            and not spec.resolved.extraction.prompting.classes
-            for spec in self.configs
-        )
+        # With candidates:FILE the file gives each image its classes (an image it lacks becomes an error row).
+        supplied = filter_supplies_classes(self.class_filter)
+        return any(needs_image_classes(spec.resolved, filter_supplies_classes=supplied) for spec in self.configs)
 
     def check_classes(self, items: Sequence[Mapping[str, Any]]) -> None:
         """Raise a ``ConfigError`` when a config labels pixels by class (openvocab) without default
         classes and some image has no class list of its own (or an empty one)."""
-        if not self.needs_item_classes:
-            return
         lacking = sum(not item.get("classes") for item in items)  # no list, or an empty one
-        if lacking:
-            raise ConfigError(
-                "classes",
-                f"{lacking} image(s) have no (or an empty) class list and the {self.class_method} config gives none: add a "
-                "classes column to the manifest, or give classes or a vocabulary",
-            )
+        check_classes_given(
+            [spec.resolved for spec in self.configs],
+            f"{lacking} image(s) with no (or an empty) class list have" if lacking else None,
+            filter_supplies_classes=filter_supplies_classes(self.class_filter),
+        )
 
     def check_manifest_classes(self, manifests: Sequence[str]) -> None:
         """The streamed form of ``check_classes``: the manifests must have a class column (a row
@@ -304,19 +294,10 @@ class SegmentJob:
         if not self.needs_item_classes:
             return
         lacking = [source for source in manifests if class_column(manifest_columns(source)) is None]
-        if lacking:
-            raise ConfigError(
-                "classes",
-                f"the manifest {lacking[0]!r} has no classes column and the {self.class_method} config gives none: add a "
-                "classes column to the manifest, or give classes or a vocabulary",
-            )
-
-    @property
-    def class_method(self) -> str:
-        """The method of the first config that needs each image's classes (for messages)."""
-        return next(
-            (spec.method for spec in self.configs if spec.resolved.extraction.prompting.class_template is not None),
-            self.configs[0].method,
+        check_classes_given(
+            [spec.resolved for spec in self.configs],
+            f"the images of manifest {lacking[0]!r} (it has no classes column) have" if lacking else None,
+            filter_supplies_classes=filter_supplies_classes(self.class_filter),
         )
 
     def record(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from dsseg.io.images import Geometry
 from dsseg.io.schema import MODEL_SCHEMA, TIMING_STAGES, row_identity
 from dsseg.job.config import AUTO_BATCH, SegmentJob
 from dsseg.job.decode import describe
@@ -23,7 +24,7 @@ from dsseg.job.memory import is_out_of_memory, probe_batch_size
 from dsseg.model.backbone import load_backbone
 from dsseg.model.captioner import load_captioner
 from dsseg.model.class_filters import load_class_filter
-from dsseg.segmenter import Segmenter, box_size
+from dsseg.segmenter import Batch, Segmenter
 from dsseg.timing import StageTimer
 
 PROBE_CLASSES = 8  # candidate classes per probe image when neither the configs nor the inputs name any
@@ -122,20 +123,21 @@ class SegmentWorker:
     def _segment_rows(self, rows: list[dict]) -> list[dict]:
         """Same-size rows → one MODEL_SCHEMA row per row × config it still needs."""
         shape = (rows[0]["input_h"], rows[0]["input_w"], 3)
-        pixels = np.stack([np.frombuffer(r["pixels"], dtype=np.uint8).reshape(shape) for r in rows])
-        wanted = {i for i, cid in enumerate(self.config_ids) if any(cid in row["configs"] for row in rows)}
-        sizes = [box_size(row["box"]) for row in rows]
-        keys = [(row["image_id"], row["source"]) for row in rows]
-        outputs = self.segmenter.segment(
-            pixels, [row["classes"] for row in rows], StageTimer(self.device), wanted, sizes, keys
+        batch = Batch(
+            pixels=np.stack([np.frombuffer(r["pixels"], dtype=np.uint8).reshape(shape) for r in rows]),
+            geometries=[Geometry((r["height"], r["width"]), tuple(r["box"]), shape[:2]) for r in rows],
+            classes=[row["classes"] for row in rows],
+            keys=[(row["image_id"], row["source"]) for row in rows],
         )
+        wanted = {i for i, cid in enumerate(self.config_ids) if any(cid in row["configs"] for row in rows)}
+        outputs = self.segmenter.segment(batch, wanted=wanted, timer=StageTimer(self.device), frame="model")
         out = []
         for k, row in enumerate(rows):
-            for i, output in enumerate(outputs):
-                if output is None or self.config_ids[i] not in row["configs"]:
+            for i, per_image in enumerate(outputs):
+                if not per_image or self.config_ids[i] not in row["configs"]:
                     continue
-                result = output.results[k]
-                timings = {stage: ms / len(rows) for stage, ms in output.timings_ms.items()} | {
+                result = per_image[k].result
+                timings = {stage: ms / len(rows) for stage, ms in per_image[k].timings_ms.items()} | {
                     "decode": row["decode_ms"]
                 }
                 out.append(
@@ -149,7 +151,7 @@ class SegmentWorker:
                         "scores": result.scores,
                         "parents": result.parents,
                         "background": result.background,
-                        "caption": output.captions[k] if output.captions is not None else None,
+                        "caption": per_image[k].caption,
                     }
                 )
         return out

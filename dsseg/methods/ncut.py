@@ -54,8 +54,8 @@ from dsseg.methods.spectral import (
 )
 from dsseg.methods.upsample import upsample_argmax_index
 from dsseg.model.attention import Grid
-from dsseg.model.config import ADDED
 from dsseg.model.extract import AttentionBundle
+from dsseg.params import ADDED
 from dsseg.timing import StageTimer
 
 GraphMode = Literal["random_walk", "dot", "cosine", "diffcut"]

@@ -35,9 +35,9 @@ from dsseg.methods.base import MethodResult, memoised
 from dsseg.methods.dense_crf import CRF_INSTALL, crf_available, dense_crf
 from dsseg.methods.pamr import check_pamr, pamr
 from dsseg.model.attention import Grid
-from dsseg.model.config import ADDED
 from dsseg.model.extract import AttentionBundle, upsample_class_maps
 from dsseg.model.vocabularies import BACKGROUND_NAME, IGNORE_LABEL, IGNORE_NAME
+from dsseg.params import ADDED
 from dsseg.timing import StageTimer
 
 LEVEL_WEIGHTS = (0.3, 0.5, 0.1, 0.1)  # 8², 16², 32², 64² at 512² (DiffSegmenter)

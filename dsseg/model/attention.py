@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from diffusers import UNet2DConditionModel
 
-from dsseg.model.config import UNET_LEVELS, Block, CaptureSpec
+from dsseg.model.config import UNET_LEVELS, Block, Capture
 
 Kind = Literal["self", "cross"]
 Grid = tuple[int, int]
@@ -68,7 +68,7 @@ class AttentionStore:
     captured layers of that level.
     """
 
-    def __init__(self, spec: CaptureSpec, latent_hw: Grid) -> None:
+    def __init__(self, spec: Capture, latent_hw: Grid) -> None:
         self.spec = spec
         self._grids = {h * w: (h, w) for h, w in level_grids(latent_hw)}
         self._sums: dict[tuple[Kind, Grid], torch.Tensor] = {}
@@ -80,7 +80,7 @@ class AttentionStore:
         grid = self._grids.get(num_tokens)
         if grid is None:
             raise ValueError(f"{num_tokens} query tokens match no UNet level of {sorted(self._grids.values())}")
-        if kind == "self" and self.spec.resolutions is not None and max(grid) not in self.spec.resolutions:
+        if kind == "self" and not self.spec.keeps_self_attention_at(max(grid)):
             return None
         return grid
 
@@ -172,7 +172,7 @@ def attend_and_average(
 
 
 @contextmanager
-def capture_attention(unet: UNet2DConditionModel, spec: CaptureSpec, latent_hw: Grid) -> Iterator[AttentionStore]:
+def capture_attention(unet: UNet2DConditionModel, spec: Capture, latent_hw: Grid) -> Iterator[AttentionStore]:
     """Within the block, ``unet`` forward passes record the attention ``spec`` selects.
 
     The original processors are restored on exit, also after an exception.

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from dsseg.errors import WeightsNotFoundError
-from dsseg.model.config import check_filter_spec
+from dsseg.model.filter_specs import check_filter_spec
 from dsseg.model.nouns import caption_nouns, classes_named
 
 ClassFilter = Callable[[Sequence[np.ndarray], Sequence[Sequence[str]]], list[list[str]]]

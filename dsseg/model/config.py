@@ -6,7 +6,7 @@
 - ``Prompting``: the text the UNet is conditioned on (a prompt, class names, templates).
 
 ``ExtractConfig`` holds one of each. Every parameter name belongs to exactly one config
-(``owner_of``), so a flat ``{name: value}`` from a command line, a run file or keyword
+(``PARTS``), so a flat ``{name: value}`` from a command line, a run file or keyword
 arguments is routed by asking the configs, not by lists kept elsewhere. This module imports no
 model code: configs validate in milliseconds, before any model loads.
 """
@@ -16,15 +16,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from dsseg.errors import ConfigError
 from dsseg.io.images import GEOMETRIES, SIDE_MULTIPLE, Geometry, GeometryMode, prepare_image
-from dsseg.io.sources import is_uri
 from dsseg.model.vocabularies import get_spellings, get_vocabulary
+from dsseg.params import ADDED, DERIVED, OWN_TYPE_CHECK, added_at_default, check_param_types, param_names
 
 DEFAULT_BACKBONE = "CompVis/stable-diffusion-v1-4"  # Stable Diffusion v1.4, the DiffSeg and DWC papers' model
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"  # the DiffSeg demo's BLIP
@@ -72,18 +71,6 @@ class Preparation:
         return prepare_image(rgb, self.image_size, self.geometry, self.antialias)
 
 
-# Field metadata of a parameter added after outputs were written: config ids leave it out while it
-# holds its default, so the ids of those outputs still match (``added_at_default``).
-ADDED = {"added": True}
-
-
-def added_at_default(config: Any) -> set[str]:
-    """The fields of the dataclass ``config`` marked ``ADDED`` that hold their defaults."""
-    return {
-        f.name for f in dataclasses.fields(config) if f.metadata.get("added") and getattr(config, f.name) == f.default
-    }
-
-
 @dataclass(frozen=True)
 class Noising:
     """What the UNet step sees (timesteps in [0, 1000)): ``none`` (the clean latent at ``timestep``,
@@ -129,33 +116,11 @@ class Noising:
 
 
 @dataclass(frozen=True)
-class CaptureSpec:
-    """Which attention a UNet call keeps: ``resolutions`` are latent side lengths of the kept
-    self-attention levels (None: all); cross-attention (N × 77 per layer) is kept at every level."""
-
-    self_attention: bool = True
-    cross_attention: bool = False
-    blocks: tuple[Block, ...] = BLOCKS
-    resolutions: tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        unknown = set(self.blocks) - set(BLOCKS)
-        if unknown or not self.blocks:
-            raise ConfigError("blocks", f"must be a non-empty subset of {BLOCKS}; got {self.blocks}")
-        if self.resolutions is not None and (not self.resolutions or min(self.resolutions) < 1):
-            raise ConfigError("capture_resolutions", f"must be positive latent sizes or None; got {self.resolutions}")
-
-    def selects(self, layer) -> bool:
-        """Whether to capture ``layer`` (a ``dsseg.model.attention.AttentionLayer``), whatever its level."""
-        wanted_kind = self.self_attention if layer.kind == "self" else self.cross_attention
-        return wanted_kind and layer.block in self.blocks
-
-
-@dataclass(frozen=True)
 class Capture:
-    """Which attention is kept: the UNet ``blocks``, the self-attention levels
-    ``capture_resolutions`` (latent sides; None = all, by default the levels the method reads),
-    ``cross_attention`` (also captured whenever images are prompted with classes) and
+    """Which attention a UNet call keeps: the UNet ``blocks``; the self-attention levels
+    ``capture_resolutions`` (latent sides, kept in descending order; None = all, by default the
+    levels the method reads); ``cross_attention`` (N × 77 per layer, kept at every level; a config
+    that prompts with classes captures it whatever this says: ``ExtractConfig.captured``);
     ``self_attention`` (False: none, for methods that read features only). ``feature_layer``:
     ``"BLOCK:INDEX"`` keeps the output features of one self-attention layer, the INDEX-th (Python
     indexing, forward order) of the ``down``, ``mid`` or ``up`` blocks' self-attention layers;
@@ -169,11 +134,25 @@ class Capture:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", tuple(self.blocks))
+        if set(self.blocks) - set(BLOCKS) or not self.blocks:
+            raise ConfigError("blocks", f"must be a non-empty subset of {BLOCKS}; got {self.blocks}")
         if self.feature_layer is not None:
             parse_feature_layer(self.feature_layer)
         if self.capture_resolutions is not None:
+            if not self.capture_resolutions or min(self.capture_resolutions) < 1:
+                raise ConfigError(
+                    "capture_resolutions", f"must be positive latent sizes or None; got {self.capture_resolutions}"
+                )
             object.__setattr__(self, "capture_resolutions", tuple(sorted(set(self.capture_resolutions), reverse=True)))
-        CaptureSpec(blocks=self.blocks, resolutions=self.capture_resolutions)  # validates
+
+    def selects(self, layer) -> bool:
+        """Whether to capture ``layer`` (a ``dsseg.model.attention.AttentionLayer``), whatever its level."""
+        wanted_kind = self.self_attention if layer.kind == "self" else self.cross_attention
+        return wanted_kind and layer.block in self.blocks
+
+    def keeps_self_attention_at(self, side: int) -> bool:
+        """Whether self-attention is kept at the level whose longer latent side is ``side``."""
+        return self.capture_resolutions is None or side in self.capture_resolutions
 
 
 def parse_feature_layer(spec: str) -> tuple[Block, int]:
@@ -217,18 +196,18 @@ class Prompting:
     ``naming="caption"``): each image's prompt is its caption and its classes the caption's nouns."""
 
     prompt: str = ""
-    classes: tuple[str, ...] = ()
+    classes: tuple[str, ...] = field(default=(), metadata=OWN_TYPE_CHECK)  # one string: a message of its own
     vocabulary: str | None = None
     class_template: str | None = None
     class_weight: float = 1.0
-    descriptors: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    descriptors: tuple[tuple[str, tuple[str, ...]], ...] | str = field(default=(), metadata=OWN_TYPE_CHECK)
     class_batch_size: int = 8
     class_weighting: ClassWeighting = field(default="scale", metadata=ADDED)
     class_tokens: ClassTokenMode = field(default="mean", metadata=ADDED)
     participle_offset: int = field(default=1, metadata=ADDED)
     spellings: str | tuple[tuple[str, str], ...] | None = field(default=None, metadata=ADDED)
-    joint_names: bool = field(default=False, metadata={"derived": True})
-    caption_names: bool = field(default=False, metadata={"derived": True})
+    joint_names: bool = field(default=False, metadata=DERIVED)
+    caption_names: bool = field(default=False, metadata=DERIVED)
 
     def __post_init__(self) -> None:
         if isinstance(self.classes, str):
@@ -321,56 +300,6 @@ def check_template(template: str) -> None:
         )
 
 
-FILTER_FORMS = "clip:MODEL, caption, caption+clip:MODEL, candidates:FILE or package.module:factory"
-CANDIDATES_PREFIX = "candidates:"  # the class filter of per-image candidate lists from a file
-
-
-def check_filter_spec(spec: str) -> None:
-    """Raise a ``ConfigError`` unless the class filter ``spec`` has one of the ``FILTER_FORMS``
-    (``dsseg.model.class_filters.load_class_filter``)."""
-    _, sep, target = spec.partition(":")
-    if spec != "caption" and (not sep or not target):
-        raise ConfigError("class_filter", f"expects {FILTER_FORMS}; got {spec!r}")
-
-
-def filter_reads_captions(spec: str | None) -> bool:
-    """Whether the class filter ``spec`` reads captions (``caption``, ``caption+clip:MODEL``)."""
-    return bool(spec) and (spec == "caption" or spec.startswith("caption+"))
-
-
-def filter_may_read_captions(spec: str | None) -> bool:
-    """Whether the class filter ``spec`` may read captions: a caption filter, or a factory's
-    (``package.module:factory``; it reads them when it sets ``needs_captions``)."""
-    return filter_reads_captions(spec) or (
-        bool(spec) and spec.partition(":")[0] not in ("clip", "caption+clip", "candidates")
-    )
-
-
-def filter_supplies_classes(spec: str | None) -> bool:
-    """Whether the class filter ``spec`` gives images their candidates (``candidates:FILE``)."""
-    return bool(spec) and spec.startswith(CANDIDATES_PREFIX)
-
-
-def check_candidates_file(spec: str | None) -> None:
-    """Raise a ``ConfigError`` when ``spec`` is ``candidates:FILE`` with a local FILE that does not exist."""
-    if filter_supplies_classes(spec):
-        listing = spec.removeprefix(CANDIDATES_PREFIX)
-        if not is_uri(listing) and not Path(listing).is_file():
-            raise ConfigError("candidates", f"{listing}: no such file (the per-image candidate class lists)")
-
-
-def candidates_filter(class_filter: str | None, candidates: str | None) -> str | None:
-    """The class filter of a run given ``--class-filter`` and ``--candidates FILE`` (which is
-    ``candidates:FILE``, checked to exist); a ``ConfigError`` when both are given."""
-    if not candidates:
-        return class_filter
-    if class_filter not in (None, "", "none"):
-        raise ConfigError("candidates", "is the class filter candidates:FILE: give it or --class-filter, not both")
-    spec = f"{CANDIDATES_PREFIX}{candidates}"
-    check_candidates_file(spec)
-    return spec
-
-
 def check_class_names(names: Sequence[str]) -> None:
     """Raise a ``ConfigError`` for empty or repeated class names."""
     if any(not name for name in names):
@@ -380,38 +309,9 @@ def check_class_names(names: Sequence[str]) -> None:
         raise ConfigError("classes", f"names repeat: {repeated}")
 
 
-def check_param_types(config_class: type, params: Mapping[str, Any]) -> None:
-    """Raise a ``ConfigError`` naming the parameter when a value given for one of ``config_class``'s
-    fields is not of the kind its default is (a number, true/false, a list), before the config's
-    own checks would fail on it with a message that names neither."""
-    defaults = {f.name: f.default for f in dataclasses.fields(config_class) if f.default is not dataclasses.MISSING}
-    for name, value in params.items():
-        default = defaults.get(name)
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ConfigError(name, f"expects true or false; got {value!r}")
-        elif isinstance(default, (int, float)) and isinstance(value, (str, bool)):
-            raise ConfigError(
-                name,
-                f"expects a number{' (or a list of numbers)' if name.endswith('threshold') else ''}; got {value!r}",
-            )
-        elif (
-            isinstance(default, tuple)
-            and isinstance(value, str)
-            and name != "classes"
-            and (name, value) != ("descriptors", CAPTION)
-        ):
-            raise ConfigError(name, f"expects a list, e.g. [64, 32, 16]; got {value!r}")
-
-
 PARTS = {"preparation": Preparation, "noising": Noising, "capture": Capture, "prompting": Prompting}
 REPLACES = {"timestep": "timesteps", "timesteps": "timestep"}  # parameters that stand for each other
 RUNTIME_FIELDS = ("class_batch_size",)  # change speed or memory but not results: left out of config ids
-
-
-def param_names(config_class: type) -> tuple[str, ...]:
-    """The parameters a config owns: its fields, less the derived ones."""
-    return tuple(f.name for f in dataclasses.fields(config_class) if not f.metadata.get("derived"))
 
 
 EXTRACT_PARAMS = frozenset(name for part in PARTS.values() for name in param_names(part))
@@ -463,13 +363,13 @@ class ExtractConfig:
     def uses_classes(self) -> bool:
         return self.prompting.uses_classes
 
-    def capture_spec(self) -> CaptureSpec:
-        return CaptureSpec(
-            self_attention=self.capture.self_attention,
-            cross_attention=self.capture.cross_attention or self.uses_classes,
-            blocks=self.capture.blocks,
-            resolutions=self.capture.capture_resolutions,
-        )
+    @property
+    def captured(self) -> Capture:
+        """What a UNet call of this extraction keeps: ``capture``, with cross-attention whenever
+        images are prompted with classes (their maps are cross-attention)."""
+        if self.uses_classes and not self.capture.cross_attention:
+            return dataclasses.replace(self.capture, cross_attention=True)
+        return self.capture
 
     def shared_forward_key(self) -> ExtractConfig:
         """What must be equal for two configs to share one UNet forward: all but the captured levels,

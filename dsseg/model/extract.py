@@ -231,7 +231,7 @@ class AttentionExtractor:
         )  # fmt: skip
         if self.config.uses_classes:
             with timer.stage("unet"):
-                names = self.class_lists(len(latents), classes, require=False)
+                names = self.class_lists(len(latents), classes)
                 return self._class_forward(noised, names, bundle, texts or [None] * len(names))
         with timer.stage("unet"):
             self_maps, cross_maps, features = self.capture_stacked(
@@ -261,7 +261,7 @@ class AttentionExtractor:
         )
         kept: list[torch.Tensor] = []
         with (
-            capture_attention(self.backbone.unet, self.config.capture_spec(), tuple(noised.shape[-2:])) as store,
+            capture_attention(self.backbone.unet, self.config.captured, tuple(noised.shape[-2:])) as store,
             keep_output(self.feature_module, kept),
         ):
             self.run_unet(noised.flatten(0, 1), timesteps, condition.repeat(steps, 1, 1))
@@ -273,25 +273,17 @@ class AttentionExtractor:
         cross_maps = {grid: over_timesteps(m) for grid, m in store.means("cross").items()}
         return self_maps, cross_maps, over_timesteps(kept[0].float()) if kept else None
 
-    def class_lists(
-        self, batch: int, classes: Sequence[Sequence[str] | None] | None, require: bool = True
-    ) -> list[tuple[str, ...]]:
-        """Each image's candidate classes: its own list where given, else the config's. ``require``:
-        a ``ValueError`` for an image without candidates when the config labels pixels by class (a
-        class filter may then leave none: that image is all background)."""
+    def class_lists(self, batch: int, classes: Sequence[Sequence[str] | None] | None) -> list[tuple[str, ...]]:
+        """Each image's candidate classes: its own list where given, else the config's (an image
+        without any is checked by ``dsseg.checks.check_candidates``)."""
         if classes is not None and len(classes) != batch:
             raise ValueError(f"{len(classes)} class lists given for {batch} images")
         lists = [
             self.config.prompting.classes if c is None else tuple(str(name).strip() for name in c)
             for c in (classes or [None] * batch)
         ]
-        for index, names in enumerate(lists):
+        for names in lists:
             check_class_names(names)
-            if require and self.config.prompting.class_template is not None and not names:
-                raise ValueError(
-                    f"image {index} of the batch has no candidate classes, and labelling pixels by class needs some: "
-                    "give classes=[...] or vocabulary=... (voc20, context59, coco80), or a non-empty classes list per image"
-                )
         return lists
 
     def prompt_plans(self, names: Sequence[str], texts: ImageTexts | None = None) -> list[PromptPlan]:
