@@ -5,7 +5,7 @@ from conftest import IMAGES
 from PIL import Image
 
 import dsseg
-from dsseg.methods.planted import planted_attention, planted_regions
+from dsseg.benchmark.planted import planted_attention, planted_regions
 
 
 @pytest.fixture(scope="module")

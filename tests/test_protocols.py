@@ -427,7 +427,7 @@ def test_background_threshold_is_tuned_on_another_split_never_the_evaluated_one(
 
 
 def test_manc_threshold_of_a_row_stochastic_walk_is_about_one_half():
-    from dsseg.methods.planted import planted_attention, voronoi_regions
+    from dsseg.benchmark.planted import planted_attention, voronoi_regions
 
     study = manc_study
     attention = planted_attention(
