@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -43,3 +45,30 @@ def test_upsample_and_rle_agree_with_the_straightforward_way():
     assert upsample.difference == 0.0
     full = rng.integers(0, 5, (60, 90))
     assert compare_rle(full).difference == 0.0
+
+
+def test_the_benchmark_runs_as_installed_and_compare_runs_from_the_checkout(tmp_path, capsys):
+    """No --image: the synthetic JPEG drawn in process (no file of the checkout); --compare times the
+    method against its float64 transcription, loaded from tests/oracles."""
+    from dsseg.benchmark.image import NAME
+    from dsseg.benchmark.run import main
+
+    report_path = tmp_path / "report.json"
+    argv = ["--backbone", "tiny", "--device", "cpu", "--param", "image_size=128", "--param", "kl_threshold=0.3"]
+    assert main([*argv, "--repeats", "1", "--compare", "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["image"] == NAME and report["runs"][0]["ms_per_image"]["decode"] > 0
+    stages = {record["stage"]: record for record in report["comparison"]["stages"]}
+    method = stages["aggregate+segment (DiffSeg)"]
+    assert method["segments"][0] == method["segments"][1] >= 2 and method["agreement"] == 1.0
+    assert stages["aggregate"]["max_abs_difference"] < 1e-5
+
+
+def test_compare_outside_a_source_checkout_says_it_needs_one(tmp_path, monkeypatch, capsys):
+    from dsseg.benchmark import checkout
+    from dsseg.benchmark.run import main
+
+    monkeypatch.setattr(checkout, "ORACLES", tmp_path / "tests" / "oracles")  # an installed wheel: no tests/
+    with pytest.raises(SystemExit) as info:
+        main(["--backbone", "tiny", "--device", "cpu", "--compare"])
+    assert info.value.code == 2 and "source checkout" in capsys.readouterr().err

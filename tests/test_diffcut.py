@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from oracles.diffcut_reference import reference_affinity, reference_labels, reference_leaves
 
 from dsseg.methods.diffcut import (
     DiffCutConfig,
@@ -17,7 +18,6 @@ from dsseg.methods.diffcut import (
     diffcut_partition,
     released_leaf_order,
 )
-from dsseg.methods.diffcut_reference import reference_affinity, reference_labels, reference_leaves
 
 GRID = (16, 16)
 GOLDEN = Path(__file__).parent / "data" / "golden" / "diffcut"  # outputs of the released code (tests/data/README.md)

@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 import torch
+from oracles.diffseg_reference import kl_to_all, reference_diffseg, sampling_grid
 
 from dsseg.api import segment_attention
 from dsseg.benchmark.planted import pixel_regions, planted_attention, planted_regions
 from dsseg.evaluation.metrics import adjusted_rand_index, relabelled_agreement
 from dsseg.methods.diffseg import DiffSegConfig, anchor_indices, merge_proposals, symmetric_kl
-from dsseg.methods.diffseg_reference import kl_to_all, reference_diffseg, sampling_grid
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ import pytest
 import scipy.linalg
 import torch
 import torch.nn.functional as F
+from oracles.ncut_reference import reference_ncut, reference_ncut_cost
 
 import dsseg
 from dsseg.api import bundle_from_attention
@@ -11,7 +12,6 @@ from dsseg.evaluation.metrics import adjusted_rand_index, relabelled_agreement
 from dsseg.methods import get_method
 from dsseg.methods.aggregate import aggregate_self_attention
 from dsseg.methods.ncut import NCutConfig, cosine_scores, cut_hierarchy, manc_threshold, ncut_partition
-from dsseg.methods.ncut_reference import reference_ncut, reference_ncut_cost
 from dsseg.methods.spectral import (
     DENSE_EIGEN_LIMIT,
     DenseGraph,

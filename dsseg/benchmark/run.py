@@ -10,6 +10,9 @@ as JSON (and a table on stderr).
 See ``dsseg.benchmark.latency`` for the stages and the comparison mode, ``dsseg.benchmark.explore``
 for the explorer's (``--explore``: each control's change to a new overlay at 512², in the app's handler
 and with ``--browser`` in Chromium; the output browser on a synthetic output of ``--explore-rows`` rows).
+Without ``--image`` the input is a synthetic 481×321 JPEG drawn in process (``dsseg.benchmark.image``).
+``--compare`` times dsseg against the float64 transcriptions kept with the tests (``tests/oracles``):
+it runs from a source checkout (``python jobs/benchmark.py --compare``), not from an installed wheel.
 The measurement code (and torch) loads only after the flags are read.
 """
 
@@ -32,14 +35,15 @@ from dsseg.cli import (
 )
 from dsseg.errors import ConfigError
 
-DEFAULT_IMAGE = Path(__file__).resolve().parents[2] / "tests" / "data" / "images" / "135069.jpg"
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dsseg benchmark", description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--image", default=str(DEFAULT_IMAGE), help="image to segment (default: a BSDS500 test image)")
+    parser.add_argument(
+        "--image",
+        help="image to segment (default: a synthetic 481×321 JPEG, the size of a BSDS500 image, drawn in process)",
+    )
     parser.add_argument(
         "--batch-sizes", default="1", help="comma-separated batch sizes, auto = fit free memory (default %(default)s)"
     )
@@ -47,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeats", type=int, default=3, help="timed runs per batch size after one warm-up (default %(default)s)"
     )
     parser.add_argument("--json", help="also write the report to this file")
-    parser.add_argument("--compare", action="store_true", help="also time each stage's straightforward version (slow)")
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="also time each stage's straightforward version (slow; needs a source checkout: tests/oracles)",
+    )
     parser.add_argument(
         "--class-counts",
         help="comma-separated numbers of candidate classes to time (the first N of --classes/--vocabulary, else COCO-80)",
@@ -78,14 +86,15 @@ def explore_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
     if args.explore_rows is not None and args.explore_rows < 2:
         parser.error("--explore-rows must be ≥ 2 (two configs)")
-    if not Path(args.image).is_file():
+    if args.image is not None and not Path(args.image).is_file():
         parser.error(f"--image {args.image}: no such file")
     chromium = shutil.which(args.chromium) if args.browser else None
     if args.browser and chromium is None:
         parser.error(f"--chromium {args.chromium!r} not found: give the path of a Chromium binary")
     try:
         from dsseg.benchmark.explore import explore_report
-        from dsseg.io.images import load_rgb
+        from dsseg.benchmark.image import synthetic_jpeg
+        from dsseg.io.images import decode_image, load_rgb
     except ImportError as error:
         print(f"error: {error.name} is missing: pip install -e '.[explore]'", file=sys.stderr)
         return 2
@@ -93,7 +102,8 @@ def explore_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
     folder = tempfile.mkdtemp(prefix="dsseg-explore-bench-")
     square = str(Path(folder) / "image-512.png")
-    Image.fromarray(load_rgb(args.image)).resize((512, 512), Image.BILINEAR).save(square)
+    rgb = decode_image(synthetic_jpeg(), max_pixels=None)[0] if args.image is None else load_rgb(args.image)
+    Image.fromarray(rgb).resize((512, 512), Image.BILINEAR).save(square)
     device = None if args.device == "auto" else args.device
     try:
         report = explore_report(
@@ -141,7 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--compare times the attention stages; {args.method} reads one layer's features instead")
     if args.compare and spec.resolved.extraction.preparation.geometry == "aspect":
         parser.error("--compare needs square inputs: geometry center_crop or squash")
-    if not Path(args.image).is_file():
+    if args.compare:
+        from dsseg.benchmark.checkout import NEEDS_CHECKOUT, oracles_available
+
+        if not oracles_available():
+            parser.error(NEEDS_CHECKOUT)
+    if args.image is not None and not Path(args.image).is_file():
         parser.error(f"--image {args.image}: no such file")
     from dsseg.benchmark.latency import benchmark, print_comparison, print_table
 
