@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import IMAGES
+from helpers import IMAGES
 from PIL import Image
 
 import dsseg

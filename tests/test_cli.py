@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import IMAGES
+from helpers import IMAGES
 from PIL import Image
 
 from dsseg.cli import job_from_args, job_main, job_parser, main, parse_param_values

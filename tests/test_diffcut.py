@@ -176,8 +176,7 @@ def test_diffcut_runs_end_to_end_and_checks_its_layer(tiny, bsds_image):
 
 
 def test_the_model_stage_writes_diffcut_rows_with_parents(tmp_path):
-    from conftest import IMAGES
-    from test_pipeline import decoded
+    from helpers import IMAGES, decoded
 
     from dsseg.job.config import SegmentJob
     from dsseg.job.model_stage import SegmentWorker

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import GROUND_TRUTH, IMAGES, ROOT, TINY
+from helpers import GROUND_TRUTH, IMAGES, ROOT, TINY
 from PIL import Image
 
 from dsseg.benchmark import manc_study

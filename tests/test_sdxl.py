@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_attention import direct_self_attention, self_attention_inputs
+from oracles.attention import direct_self_attention, self_attention_inputs
 
 from dsseg.model.attention import capture_attention
 from dsseg.model.config import CaptureSpec
@@ -72,8 +72,7 @@ def test_diffcuts_layer_on_sdxl_is_the_last_of_the_down_path(tiny_xl):
 
 
 def test_the_segment_job_takes_an_sdxl_backbone(tmp_path):
-    from conftest import IMAGES
-    from test_pipeline import decoded
+    from helpers import IMAGES, decoded
 
     from dsseg.job.config import SegmentJob
     from dsseg.job.model_stage import SegmentWorker
