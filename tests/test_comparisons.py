@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 
-from dsseg.benchmark.comparisons import compare_aggregate, compare_capture, compare_rle, compare_upsample
+from dsseg.benchmark import comparisons
+from dsseg.benchmark.comparisons import (
+    StageComparison,
+    compare_aggregate,
+    compare_capture,
+    compare_rle,
+    compare_upsample,
+)
 from dsseg.io.images import plan_geometry
 from dsseg.model.extract import to_model_input
 from dsseg.segmenter import Segmenter
@@ -23,12 +31,43 @@ def bundle_and_images(tiny, bsds_image):
 
 def test_capture_keeping_every_head_gives_our_level_maps(bundle_and_images):
     segmenter, images, _, _ = bundle_and_images
-    comparison = compare_capture(segmenter.groups[0].extractor, images)
-    assert comparison.difference < 1e-4
-    record = comparison.record()
-    assert record["speedup"] == pytest.approx(comparison.straightforward_ms / comparison.ours_ms, rel=1e-2)
+    assert compare_capture(segmenter.groups[0].extractor, images).difference < 1e-4
     up_only = Segmenter(segmenter.backbone, "diffseg", {"image_size": 128, "blocks": ("up",)})
     assert compare_capture(up_only.groups[0].extractor, images).difference < 1e-4  # the same layers on both sides
+
+
+def test_each_side_of_the_capture_comparison_gets_its_own_time(bundle_and_images, monkeypatch):
+    """The kept-heads forward's time goes to straightforward_ms and ours to ours_ms (the clock made
+    deterministic: 7 ms for a call that runs the kept-heads processors, 1 ms otherwise)."""
+    segmenter, images, _, _ = bundle_and_images
+    keep_all_heads, inside = comparisons.keep_all_heads, []
+
+    @contextmanager
+    def marked_keep_all_heads(unet):
+        with keep_all_heads(unet) as kept:
+            inside.append(True)
+            yield kept
+
+    def fixed_clock(function, device):
+        inside.clear()
+        result = function()
+        return result, (7.0 if inside else 1.0), None
+
+    monkeypatch.setattr(comparisons, "keep_all_heads", marked_keep_all_heads)
+    monkeypatch.setattr(comparisons, "timed", fixed_clock)
+    comparison = compare_capture(segmenter.groups[0].extractor, images)  # one image: ms per image as timed
+    assert (comparison.ours_ms, comparison.straightforward_ms, comparison.record()["speedup"]) == (1.0, 7.0, 7.0)
+
+
+def test_the_records_speed_up_is_the_straightforward_time_over_ours():
+    from dsseg.benchmark.latency import comparison_record
+
+    record = StageComparison("unet", "kept heads", 4.0, 10.0, 0.0, "max_abs_difference").record()
+    assert (record["ours_ms"], record["straightforward_ms"], record["speedup"]) == (4.0, 10.0, 2.5)
+    assert StageComparison("rle", "masks", 0.0, 3.0, 0.0, "fraction").record()["speedup"] == 3e9  # no ZeroDivision
+    labels = np.array([[0, 0, 1], [2, 2, 1]])
+    method = comparison_record("aggregate+segment (DiffSeg)", 20.0, 900.0, labels, (labels + 1) % 3)
+    assert (method["speedup"], method["segments"], method["agreement"]) == (45.0, [3, 3], 1.0)
 
 
 def test_float64_aggregation_matches(bundle_and_images):
