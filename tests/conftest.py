@@ -1,17 +1,11 @@
-"""Shared fixtures: the tiny backbone, real test images, an embedded Ray."""
+"""Shared fixtures: the tiny backbone, real test images, an embedded Ray. Plain helpers (paths,
+flags, builders) are in ``helpers.py``: tests import those, never this file."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).parent / "data"
-IMAGES = DATA / "images"
-GROUND_TRUTH = DATA / "gt"
-TINY = ["--backbone", "tiny", "--device", "cpu"]  # command-line flags of a quick CPU run
+from helpers import IMAGES
 
 
 @pytest.fixture(scope="session")
@@ -38,15 +32,3 @@ def ray_local():
     init_ray()
     yield ray
     ray.shutdown()
-
-
-def output_rows(ids, config="c1", status="ok", error=None):
-    """OUTPUT_SCHEMA rows of ``ids`` for one config, without segments (for results-folder tests)."""
-    import pyarrow as pa
-
-    from dsseg.io.schema import OUTPUT_SCHEMA
-
-    row = {"source": "", "width": 4, "height": 4, "method": "diffseg", "config_id": config, "status": status}
-    return pa.Table.from_pylist(
-        [row | {"image_id": i, "error": error, "segments": []} for i in ids], schema=OUTPUT_SCHEMA
-    )

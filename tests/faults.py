@@ -12,7 +12,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from conftest import IMAGES
+from helpers import IMAGES
 from PIL import Image
 
 # image_id → (height, width) as displayed, for inputs that must segment.

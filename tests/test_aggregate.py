@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
+from oracles.diffseg_reference import reference_aggregate
 
 from dsseg.methods.aggregate import aggregate_self_attention, select_levels
-from dsseg.methods.diffseg_reference import reference_aggregate
 
 
 def _random_attention(rng, sizes, batch=1):

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 import torch
-from conftest import IMAGES
+from helpers import IMAGES
 from PIL import Image
 
 import dsseg
-from dsseg.methods.planted import planted_attention, planted_regions
+from dsseg.benchmark.planted import planted_attention, planted_regions
 
 
 @pytest.fixture(scope="module")

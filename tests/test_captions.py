@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import IMAGES
+from helpers import IMAGES, WrittenCaptions, decoded
 
 from dsseg import segment_image
 from dsseg.errors import ConfigError
@@ -19,21 +19,6 @@ from dsseg.model.tokenizer import clip_tokenizer
 from dsseg.model.vocabularies import VOC20
 from dsseg.segmenter import Segmenter
 from dsseg.spec import MethodSpec
-
-
-class WrittenCaptions:
-    """A captioner that returns written captions (cycled) and records what it was asked."""
-
-    def __init__(self, *captions: str, continuation: str = "standing in a field") -> None:
-        self.captions, self.continuation, self.calls = captions, continuation, []
-
-    def caption(self, images):
-        self.calls.append(("caption", len(images)))
-        return [self.captions[i % len(self.captions)] for i in range(len(images))]
-
-    def complete(self, images, pairs):
-        self.calls.append(("complete", list(pairs)))
-        return [self.continuation for _ in pairs]
 
 
 @pytest.fixture(scope="module")
@@ -238,8 +223,6 @@ def test_jobs_need_a_captioner_exactly_when_a_config_reads_captions(tmp_path):
 
 
 def test_the_job_writes_each_images_caption(tmp_path):
-    from test_pipeline import decoded
-
     from dsseg.job.config import SegmentJob
     from dsseg.job.model_stage import SegmentWorker
     from dsseg.job.write import encode_row

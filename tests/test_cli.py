@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import IMAGES
+from helpers import IMAGES
 from PIL import Image
 
 from dsseg.commands import main

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from conftest import output_rows
+from helpers import output_rows
 
 from dsseg.benchmark.explore import synthetic_output
 from dsseg.commands import main

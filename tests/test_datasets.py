@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import GROUND_TRUTH, IMAGES
+from helpers import GROUND_TRUTH, IMAGES
 from PIL import Image
 
 from dsseg.evaluation.datasets import DatasetRootError, load_dataset

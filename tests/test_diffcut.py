@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from oracles.diffcut_reference import reference_affinity, reference_labels, reference_leaves
 
 from dsseg.errors import ConfigError
 from dsseg.methods.diffcut import (
@@ -18,7 +19,6 @@ from dsseg.methods.diffcut import (
     diffcut_partition,
     released_leaf_order,
 )
-from dsseg.methods.diffcut_reference import reference_affinity, reference_labels, reference_leaves
 
 GRID = (16, 16)
 GOLDEN = Path(__file__).parent / "data" / "golden" / "diffcut"  # outputs of the released code (tests/data/README.md)
@@ -179,8 +179,7 @@ def test_diffcut_runs_end_to_end_and_checks_its_layer(tiny, bsds_image):
 
 
 def test_the_model_stage_writes_diffcut_rows_with_parents(tmp_path):
-    from conftest import IMAGES
-    from test_pipeline import decoded
+    from helpers import IMAGES, decoded
 
     from dsseg.job.config import SegmentJob
     from dsseg.job.model_stage import SegmentWorker

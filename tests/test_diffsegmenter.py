@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DATA
+from helpers import DATA
 
 from dsseg.methods.openvocab import OpenVocabConfig, segment_openvocab
 from dsseg.model.candidates import CandidateFileFilter, CandidatesError, read_candidate_lists
@@ -77,7 +77,7 @@ def test_the_class_map_is_read_from_the_tokens_the_released_scripts_read(tiny):
 
 
 def test_the_conditional_caption_is_asked_with_the_spelled_prompt(tiny, bsds_image):
-    from test_captions import WrittenCaptions
+    from helpers import WrittenCaptions
 
     captioner = WrittenCaptions(continuation="flying over a city")
     spec = MethodSpec("openvocab", {"image_size": 64, "classes": ["aeroplane"], "descriptors": "caption", **VOC})
@@ -183,7 +183,7 @@ def test_a_job_reads_each_images_classes_from_a_candidate_file(tmp_path):
     """``--candidates FILE`` in a job: images take the file's classes (no vocabulary needed); an image
     the file does not list becomes an error row, the others are segmented."""
     import pyarrow as pa
-    from conftest import IMAGES
+    from helpers import IMAGES
 
     from dsseg.commands.job import build_parser as job_parser
     from dsseg.commands.job import job_from_args

@@ -10,10 +10,10 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import official_diffseg as official
 import pyarrow.parquet as pq
 import pytest
-from conftest import DATA, GROUND_TRUTH, IMAGES, TINY
+from helpers import DATA, GROUND_TRUTH, IMAGES, TINY
+from oracles import official_diffseg as official
 from PIL import Image
 
 from dsseg.commands import main as dsseg_main

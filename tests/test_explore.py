@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import IMAGES, ROOT
+from helpers import IMAGES, ROOT
 
 from dsseg.api import segment_image
 from dsseg.benchmark.explore import blocky_labels, synthetic_output

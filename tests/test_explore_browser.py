@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import IMAGES
+from helpers import IMAGES
 from PIL import Image
 
 pytestmark = pytest.mark.browser
@@ -153,12 +153,15 @@ def test_image_tab_upload_slider_depth_click_and_downloads(served, page, tmp_pat
 
 
 def test_image_tab_pick_an_image(served, page):
-    url, _, _ = served
+    url, explorer, _ = served
     page.goto(url)
     page.get_by_role("tab", name="Image").click()
-    page.locator("#examples button").first.click()
+    page.locator("#examples button").first.click()  # the app's one example: horse001.jpg
     wait_text(page, "#status", "segments")
-    assert page.get_attribute("#legend table", "data-segments") is not None
+    picked = ExploredImage.of(load_rgb(str(IMAGES / "horses" / "horse001.jpg")))
+    expected = explorer.view(picked, spec_from_controls("diffseg", 1.1, *DEFAULTS, extra=SMALL))
+    assert page.get_attribute("#legend table", "data-segments") == str(expected.segmentation.num_segments)
+    assert np.array_equal(shown_picture(page, "#overlay"), expected.overlay())  # that image, segmented as set
 
 
 def test_job_output_pages_sorts_filters_and_shows_segments(served, page, tmp_path):

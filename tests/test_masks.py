@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import GROUND_TRUTH
+from helpers import GROUND_TRUTH
 from PIL import Image
 from pycocotools import mask as mask_utils
 from scipy.io import loadmat

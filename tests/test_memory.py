@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import IMAGES
+from helpers import IMAGES
 
 from dsseg.job.config import SegmentJob
 from dsseg.job.memory import fit_batch_size, peak_bytes, probe_batch_size

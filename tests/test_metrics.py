@@ -31,7 +31,7 @@ def test_independent_labelings_score_near_zero():
 # ---- benchmark protocols -------------------------------------------------------------------
 
 
-import official_diffseg as official  # noqa: E402
+from oracles import official_diffseg as official  # noqa: E402
 
 from dsseg.evaluation.metrics import (  # noqa: E402
     IGNORE,

@@ -3,15 +3,15 @@ import pytest
 import scipy.linalg
 import torch
 import torch.nn.functional as F
+from oracles.ncut_reference import reference_ncut, reference_ncut_cost
 
 import dsseg
 from dsseg.api import bundle_from_attention
+from dsseg.benchmark.planted import pixel_regions, planted_attention, planted_regions, voronoi_regions
 from dsseg.evaluation.metrics import adjusted_rand_index, relabelled_agreement
 from dsseg.methods import get_method
 from dsseg.methods.aggregate import aggregate_self_attention
 from dsseg.methods.ncut import NCutConfig, cosine_scores, cut_hierarchy, manc_threshold, ncut_partition
-from dsseg.methods.ncut_reference import reference_ncut, reference_ncut_cost
-from dsseg.methods.planted import pixel_regions, planted_attention, planted_regions, voronoi_regions
 from dsseg.methods.spectral import (
     DENSE_EIGEN_LIMIT,
     DenseGraph,

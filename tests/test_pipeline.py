@@ -3,22 +3,19 @@ import os
 import sys
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
-from conftest import IMAGES, TINY, output_rows
 from faults import BAD, GOOD, make_fault_folder, write_tar
+from helpers import IMAGES, TINY, decoded, output_rows
 
 from dsseg.commands import main as cli_main
 from dsseg.errors import ConfigError
 from dsseg.io.masks import decode_segments
 from dsseg.io.results import read_results, scan, write_parts
 from dsseg.io.schema import OUTPUT_SCHEMA
-from dsseg.io.sources import list_inputs
 from dsseg.job.config import SegmentJob, temporary_working_dir
-from dsseg.job.decode import decode_batch
 from dsseg.job.model_stage import SegmentWorker
 from dsseg.job.runner import list_todo, prepare_inputs, run_segment_job
 from dsseg.job.write import encode_row
@@ -26,16 +23,6 @@ from dsseg.segmenter import forward_groups
 from dsseg.spec import MethodSpec
 
 SMALL = {"image_size": 256}  # the tiny backbone at 256² keeps the Ray tests fast
-
-
-def decoded(job, ids=None):
-    """The decode stage's output for ``job``'s images (all configs wanted)."""
-    items = [
-        item | {"configs": job.config_ids()}
-        for item in list_inputs(job.input)
-        if ids is None or item["image_id"] in ids
-    ]
-    return decode_batch(pa.Table.from_pylist(items), job.preparation, job.max_pixels, job.max_image_side)
 
 
 def test_every_bad_input_is_an_error_row_and_every_good_one_keeps_its_size(ray_local, tmp_path, capfd):

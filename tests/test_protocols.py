@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import GROUND_TRUTH, IMAGES, ROOT, TINY
+from helpers import DATA, GROUND_TRUTH, IMAGES, ROOT, TINY
 from PIL import Image
 
 from dsseg.benchmark import manc_study
@@ -40,41 +41,67 @@ def evaluation_request(argv: list[str]):
     return request_of(evaluate_parser().parse_args(argv))
 
 
-def test_every_published_row_of_the_issue_has_a_preset_with_its_number():
-    expected = {
-        "diffseg-cocostuff27": ("per_image", {"acc": 72.5, "miou": 43.6}),
-        "diffseg-cityscapes27": ("per_image", {"acc": 76.0, "miou": 21.2}),
-        "dwc-manc-ncut": ("per_image", {"acc": 74.1, "f1": 60.8, "miou": 46.6}),
-        "dwc-manc-ncut-four-levels": ("per_image", {"acc": 74.7, "f1": 60.6, "miou": 46.1}),
-        "dwc-manc-ncut-two-levels": ("per_image", {"acc": 70.1, "f1": 56.4, "miou": 42.7}),
-        "dwc-manc-ncut-one-level": ("per_image", {"acc": 63.9, "f1": 49.6, "miou": 36.4}),
-        "dwc-random-walk": ("per_image", {"acc": 72.2, "f1": 56.9, "miou": 43.3}),
-        "dwc-scaled-mincut-k1": ("per_image", {"acc": 45.9, "f1": 36.1, "miou": 23.8}),
-        "dwc-scaled-mincut-k2": ("per_image", {"acc": 67.0, "f1": 54.4, "miou": 40.7}),
-        "dwc-scaled-mincut-k3": ("per_image", {"acc": 71.2, "f1": 56.9, "miou": 42.4}),
-        "dwc-scaled-mincut-k4": ("per_image", {"acc": 70.7, "f1": 55.8, "miou": 41.1}),
-        "dwc-scaled-mincut-k5": ("per_image", {"acc": 70.0, "f1": 54.2, "miou": 39.6}),
-        "dwc-scaled-mincut-three-levels": ("per_image", {"acc": 42.0, "f1": 32.0, "miou": 20.6}),
-        "dwc-scaled-mincut-two-levels": ("per_image", {"acc": 37.2, "f1": 27.6, "miou": 17.0}),
-        "dwc-scaled-mincut-one-level": ("per_image", {"acc": 36.1, "f1": 25.0, "miou": 15.3}),
-        "diffcut-sd14-cocostuff27": ("per_image", {"miou": 31.3}),
-        "diffcut-sd14-pamr-cocostuff27": ("per_image", {"miou": 45.2}),
-        "diffcut-ssd1b-cocostuff27": ("per_image", {"miou": 46.1}),
-        "diffcut-ssd1b-pamr-cocostuff27": ("per_image", {"miou": 49.1}),
-        "diffcut-ssd1b-cityscapes27": ("per_image", {"miou": 28.4}),
-        "diffcut-ssd1b-pamr-cityscapes27": ("per_image", {"miou": 30.6}),
-        "dwc-cityscapes27": ("per_image", {"miou": 22.0}),
-        "dwc-ade20k150": ("per_image", {"miou": 41.2}),
-        "dwc-diffseg-per-image-avg": ("per_image_avg", {"acc": 72.6, "f1": 71.1, "miou": 34.1}),
-        "dwc-ncut-oracle-merged": ("oracle_merged", {"acc": 83.6, "f1": 76.0, "miou": 64.5}),
-        "diffsegmenter-voc2012": ("semantic", {"miou": 60.1}),
-        "diffsegmenter-context60": ("semantic", {"miou": 27.5}),
-        "diffsegmenter-coco-object": ("semantic", {"miou": 37.9}),
+# Where tests/data/references.md (a copy of the project's reference facts, ../shared/REFERENCES.md)
+# publishes each preset's scores: its sentences, with <preset> for that preset's acc/f1/miou as the
+# text writes them ("74.1/60.8/46.6") and <preset.metric> for one score. The numbers come from the
+# presets; the test finds the filled-in sentence in the references.
+PUBLISHED_IN_REFERENCES = (
+    "Reported: COCO-Stuff-27 Acc <diffseg-cocostuff27.acc> / mIoU <diffseg-cocostuff27.miou>; Cityscapes Acc "
+    "<diffseg-cityscapes27.acc> / mIoU <diffseg-cityscapes27.miou> (per-image Hungarian protocol).",
+    "NCut threshold 0.3 → Acc <dwc-random-walk.acc> / F1 <dwc-random-walk.f1> / mIoU <dwc-random-walk.miou>.",
+    "Dot product at NCut threshold 0.4: Acc <dwc-dot-threshold.acc> / F1 <dwc-dot-threshold.f1> / mIoU "
+    "<dwc-dot-threshold.miou>.",
+    "Acc/F1/mIoU k=1 <dwc-scaled-mincut-k1>, k=2 <dwc-scaled-mincut-k2>, k=3 <dwc-scaled-mincut-k3>, "
+    "k=4 <dwc-scaled-mincut-k4>, k=5 <dwc-scaled-mincut-k5>.",
+    "MAN-C NCut <dwc-manc-ncut-four-levels>, <dwc-manc-ncut>, <dwc-manc-ncut-two-levels>, <dwc-manc-ncut-one-level>; "
+    "MAN-C Scaled MinCut <dwc-scaled-mincut-k1>, <dwc-scaled-mincut-three-levels>, <dwc-scaled-mincut-two-levels>, "
+    "<dwc-scaled-mincut-one-level>.",
+    "Best: MAN-C w/ NCut, resolutions {64,32,16}: Acc <dwc-manc-ncut.acc> / F1 <dwc-manc-ncut.f1> / mIoU "
+    "<dwc-manc-ncut.miou> on COCO-Stuff-27; Cityscapes mIoU <dwc-cityscapes27.miou>; ADE20K <dwc-ade20k150.miou>.",
+    "DiffSeg <dwc-diffseg-globally-averaged> global, <dwc-diffseg-per-image-avg> per-image, "
+    "<dwc-diffseg-oracle-merged> merged; theirs <dwc-manc-ncut>, <dwc-ncut-per-image-avg>, <dwc-ncut-oracle-merged> "
+    "(Acc/F1/mIoU).",
+    "DiffCut paper (SSD-1B, with PAMR): COCO-Stuff-27 <diffcut-ssd1b-pamr-cocostuff27.miou>, Cityscapes "
+    "<diffcut-ssd1b-pamr-cityscapes27.miou>,",
+    "Seg4Diff's re-run (SSD-1B): 46.1 / <diffcut-ssd1b-cityscapes27.miou> / 62.0",
+    "DWC Table 5 re-runs: SD 1.4 τ 0.2 <diffcut-sd14-cocostuff27.miou> without PAMR, "
+    "<diffcut-sd14-pamr-cocostuff27.miou> with; SSD-1B τ 0.5 <diffcut-ssd1b-cocostuff27.miou> without PAMR, "
+    "<diffcut-ssd1b-pamr-cocostuff27.miou> with (COCO-Stuff-27).",
+    "Reported: zero-shot VOC <diffsegmenter-voc2012.miou> / Context <diffsegmenter-context60.miou> / COCO-Object "
+    "<diffsegmenter-coco-object.miou> mIoU",
+)
+
+
+def test_every_preset_publishes_the_numbers_of_the_references():
+    references = " ".join((DATA / "references.md").read_text().split())
+    cited = set()
+
+    def score(match: re.Match) -> str:
+        preset = get_preset(match[1])
+        metrics = (match[2],) if match[2] else ("acc", "f1", "miou")
+        cited.update((preset.name, metric) for metric in metrics)
+        return "/".join(f"{preset.published[metric]:.1f}" for metric in metrics)
+
+    for sentence in PUBLISHED_IN_REFERENCES:
+        filled = re.sub(r"<([a-z0-9-]+)(?:\.([a-z0-9]+))?>", score, sentence)
+        assert filled in references, filled
+    assert cited == {(name, metric) for name, preset in PRESETS.items() for metric in preset.published}
+
+    def protocol(name: str) -> set[str]:
+        return {preset.name for preset in PRESETS.values() if preset.protocol == name}
+
+    assert protocol("per_image_avg") == {"dwc-diffseg-per-image-avg", "dwc-ncut-per-image-avg"}  # DWC Table 6
+    assert protocol("oracle_merged") == {"dwc-diffseg-oracle-merged", "dwc-ncut-oracle-merged"}
+    assert protocol("semantic") == {name for name in PRESETS if name.startswith("diffsegmenter-")}
+    assert {preset.protocol for preset in PRESETS.values()} == {
+        "per_image",
+        "per_image_avg",
+        "oracle_merged",
+        "semantic",
     }
-    for name, (protocol, published) in expected.items():
-        preset = get_preset(name)
-        assert (preset.protocol, dict(preset.published)) == (protocol, published), name
-    assert {f"dwc-scaled-mincut-k{k}" for k in range(1, 6)} <= set(PRESETS)
+
+
+def test_each_preset_takes_the_levels_and_settings_of_its_row():
     assert get_preset("diffseg-cityscapes27").spec().resolved.params.kl_threshold == (0.9,) * 3
     for name in ("dwc-manc-ncut-four-levels", "dwc-random-walk", "dwc-dot-threshold", "dwc-scaled-mincut-k4"):
         four = get_preset(name).spec().resolved  # all four levels: the 8² one from the mid block
@@ -235,9 +262,9 @@ def test_cityscapes_preset_end_to_end_reports_the_published_number(ray_local, tm
     (config,) = metrics["configs"].values()
     assert metrics["frame"] == "model" and config["presets"] == [{"name": "diffseg-cityscapes27", "backbone": "other"}]
     report = (out / "report.md").read_text()
-    assert (
-        "| diffseg-cityscapes27 | diffseg-cityscapes27 † | 1 |" in report and "(76.0)" in report and "(21.2)" in report
-    )
+    assert "| diffseg-cityscapes27 | diffseg-cityscapes27 † | 1 |" in report
+    published = get_preset("diffseg-cityscapes27").published
+    assert set(published) == {"acc", "miou"} and all(f"({value:.1f})" in report for value in published.values())
     assert "percent; BSDS500 covering and PRI as fractions" in report
     rows = pq.read_table(out / "run" / "segments").to_pylist()
     assert {tuple(s["rle"]["size"]) for r in rows for s in r["segments"]} == {(512, 512)}  # scored in the model frame
@@ -443,7 +470,7 @@ def test_background_threshold_is_tuned_on_another_split_never_the_evaluated_one(
 
 
 def test_manc_threshold_of_a_row_stochastic_walk_is_about_one_half():
-    from dsseg.methods.planted import planted_attention, voronoi_regions
+    from dsseg.benchmark.planted import planted_attention, voronoi_regions
 
     study = manc_study
     attention = planted_attention(

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import GROUND_TRUTH, IMAGES, TINY
+from helpers import GROUND_TRUTH, IMAGES, TINY
 from PIL import Image
 from pycocotools.coco import COCO
 

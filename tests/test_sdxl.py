@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_attention import direct_self_attention, self_attention_inputs
+from oracles.attention import direct_self_attention, self_attention_inputs
 
 from dsseg.model.attention import capture_attention
 from dsseg.model.config import Capture
@@ -46,22 +46,27 @@ def test_captured_probabilities_equal_direct_softmax_on_sdxl_blocks(tiny_xl):
         torch.testing.assert_close(maps, expected[h * w], atol=1e-6, rtol=1e-4)
 
 
+# Parameters under which each method splits the tiny SDXL's (random-weight, near-uniform) maps of the
+# test photograph at 128²: DiffSeg finds 4 segments at τ 0.1 (1 at 0.3), NCut 29 at threshold 0.99
+# (1 at 0.97 and below: its root cut costs between 0.97 and 0.98), openvocab background + both classes, DiffCut 12.
 @pytest.mark.parametrize(
     "method, params",
     [
-        ("diffseg", {"kl_threshold": 0.3}),
-        ("ncut", {"stopping": "threshold", "threshold": 0.6, "min_segment_size": 2}),
+        ("diffseg", {"kl_threshold": 0.1}),
+        ("ncut", {"stopping": "threshold", "threshold": 0.99, "min_segment_size": 2}),
         ("openvocab", {"classes": ["horse", "grass"]}),
         ("diffcut", {"tau": 0.4}),
     ],
 )
-def test_every_method_runs_on_sdxl(tiny_xl, bsds_image, method, params):
+def test_every_method_segments_on_sdxl(tiny_xl, bsds_image, method, params):
     from dsseg import segment_image
 
     result = segment_image(bsds_image, method, tiny_xl, image_size=128, **params)
-    assert result.labels.shape == bsds_image.shape[:2] and result.num_segments >= 1
+    assert result.labels.shape == bsds_image.shape[:2]
+    ids = np.unique(result.labels)
+    assert result.num_segments >= 2 and np.array_equal(ids, np.arange(result.num_segments))  # ids 0..S−1, all used
     if method == "openvocab":
-        assert result.names[0] == "background" and set(result.names) <= {"background", "horse", "grass", "ignore"}
+        assert result.names == ["background", "horse", "grass"]
 
 
 def test_diffcuts_layer_on_sdxl_is_the_last_of_the_down_path(tiny_xl):
@@ -72,8 +77,7 @@ def test_diffcuts_layer_on_sdxl_is_the_last_of_the_down_path(tiny_xl):
 
 
 def test_the_segment_job_takes_an_sdxl_backbone(tmp_path):
-    from conftest import IMAGES
-    from test_pipeline import decoded
+    from helpers import IMAGES, decoded
 
     from dsseg.job.config import SegmentJob
     from dsseg.job.model_stage import SegmentWorker

@@ -4,8 +4,8 @@ import tarfile
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import IMAGES
 from faults import write_tar
+from helpers import IMAGES
 
 from dsseg.io.sources import list_inputs, parse_classes, read_bytes
 

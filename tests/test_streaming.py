@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import IMAGES, output_rows
+from helpers import IMAGES, output_rows
 
 from dsseg.io.results import read_results, scan, write_parts
 from dsseg.io.sources import in_shard, list_inputs, plan_inputs

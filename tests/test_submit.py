@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import IMAGES, ROOT
+from helpers import IMAGES, ROOT
 
 from dsseg.io.results import read_results
 

@@ -6,7 +6,8 @@ Straightforward versions:
   probabilities as (B·heads, N, M) in the model dtype) with every layer's per-head maps kept
   until the forward ends and averaged then, as the official DiffSeg code keeps them; ours
   averages heads inside the layer in float32 and keeps only the levels the method reads.
-- ``aggregate``: float64 NumPy, level by level (``diffseg_reference.reference_aggregate``).
+- ``aggregate``: float64 NumPy, level by level (``reference_aggregate`` of ``tests/oracles/diffseg_reference.py``,
+  loaded from the source checkout by ``dsseg.benchmark.checkout``).
 - ``upsample``: the full-size label map gathered first, then renumbered there.
 - ``rle``: one binary mask per segment through ``pycocotools.mask.encode``.
 The method's own aggregation + segmentation against its float64 transcription lives in
@@ -25,12 +26,12 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from dsseg.benchmark.checkout import load_oracle
 from dsseg.io.frames import compact_to_original, labels_to_original
 from dsseg.io.images import Geometry
 from dsseg.io.masks import encode_labels
 from dsseg.job.memory import peak_bytes
 from dsseg.methods.aggregate import aggregate_self_attention, select_levels
-from dsseg.methods.diffseg_reference import reference_aggregate
 from dsseg.model.attention import AttentionLayer, AttentionStore, Grid, attention_layers, capture_attention
 from dsseg.model.extract import AttentionExtractor
 from dsseg.timing import StageTimer
@@ -174,6 +175,7 @@ def compare_aggregate(self_attention: dict[Grid, torch.Tensor], resolutions=None
     (mine, target), ours_ms, _ = timed(lambda: aggregate_self_attention(one, resolutions, weights), device)
     largest_first = sorted(levels, key=lambda grid: -grid[0])
     arrays = {grid[0]: one[grid][0].double().cpu().numpy() for grid in largest_first}
+    reference_aggregate = load_oracle("diffseg_reference").reference_aggregate
     theirs, plain_ms, _ = timed(
         lambda: reference_aggregate(arrays, [levels[grid] for grid in largest_first]), torch.device("cpu")
     )

@@ -9,9 +9,10 @@ the same input, with the speed-up and how far the results are apart (``dsseg.ben
 the UNet step with every per-head map kept (and its peak device memory on CUDA), float64
 aggregation, full-size upsampling, per-mask RLE; and the method's aggregation + segmentation
 against its float64 transcription — for DiffSeg the loop-by-loop official algorithm
-(``dsseg.methods.diffseg_reference``), for NCut dense matrices, scipy's eigensolver and costs
-from the definition (``dsseg.methods.ncut_reference``), agreement of the label maps (NCut:
-latent-cell partitions). Class counts time the open-vocabulary method (or segment naming)
+(``tests/oracles/diffseg_reference.py``), for NCut dense matrices, scipy's eigensolver and costs
+from the definition (``tests/oracles/ncut_reference.py``), agreement of the label maps (NCut:
+latent-cell partitions). The transcriptions are the tests' oracles: the comparison mode runs from a
+source checkout (``dsseg.benchmark.checkout``). Class counts time the open-vocabulary method (or segment naming)
 against the number of candidate classes: one UNet call per ``class_batch_size`` class prompts.
 """
 
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dsseg.benchmark.checkout import load_oracle
 from dsseg.benchmark.comparisons import (
     SAME_CODE_STAGES,
     compare_aggregate,
@@ -36,6 +38,8 @@ from dsseg.benchmark.comparisons import (
     compare_rle,
     compare_upsample,
 )
+from dsseg.benchmark.image import NAME as IMAGE_NAME
+from dsseg.benchmark.image import synthetic_jpeg
 from dsseg.evaluation.metrics import relabelled_agreement
 from dsseg.io.frames import labels_to_original
 from dsseg.io.images import decode_image
@@ -44,9 +48,7 @@ from dsseg.job.memory import probe_batch_size
 from dsseg.job.runner import library_versions
 from dsseg.methods.aggregate import aggregate_self_attention
 from dsseg.methods.diffseg import DiffSegConfig, segment_diffseg
-from dsseg.methods.diffseg_reference import reference_aggregate, reference_diffseg
 from dsseg.methods.ncut import NCutConfig, ncut_levels, ncut_partition, segment_ncut
-from dsseg.methods.ncut_reference import reference_ncut
 from dsseg.model.backbone import load_backbone
 from dsseg.model.extract import AttentionBundle, to_model_input
 from dsseg.model.vocabularies import COCO80
@@ -120,6 +122,7 @@ def compare_diffseg(bundle: AttentionBundle, config: DiffSegConfig) -> dict:
     ours_ms = timed_ours(segment_diffseg, bundle, config)
     ours = segment_diffseg(bundle, config)[0].labels.cpu().numpy()
     attention = {grid[0]: maps[0].cpu().numpy() for grid, maps in bundle.self_attention.items()}
+    reference_diffseg = load_oracle("diffseg_reference").reference_diffseg
     start = time.perf_counter()
     reference = reference_diffseg(
         attention,
@@ -141,6 +144,8 @@ def compare_ncut(bundle: AttentionBundle, config: NCutConfig) -> dict:
     transition = aggregate_self_attention(bundle.self_attention, levels, config.resolution_weights)[0][0]
     ours = ncut_partition(transition, config).assignment.cpu().numpy()
     attention = {grid[0]: maps[0].cpu().numpy() for grid, maps in bundle.self_attention.items() if grid[0] in levels}
+    reference_aggregate = load_oracle("diffseg_reference").reference_aggregate
+    reference_ncut = load_oracle("ncut_reference").reference_ncut
     start = time.perf_counter()
     aggregated = reference_aggregate(attention, config.resolution_weights)
     reference = reference_ncut(aggregated.reshape(len(ours), len(ours)), config)
@@ -190,11 +195,11 @@ def timed_runs(
 @dataclass(frozen=True, kw_only=True)
 class LatencyRequest(ModelSettings):
     """What ``dsseg benchmark`` times: ``method`` with ``params`` on ``backbone`` over ``image``
-    (a file path), per batch size (ints or "auto"), each timed ``repeats`` times after a warm-up;
+    (a file path; None: a synthetic BSDS500-sized JPEG drawn in process), per batch size (ints or "auto"), each timed ``repeats`` times after a warm-up;
     ``class_counts``: also per number of candidate classes; ``compare``: each stage against its
     straightforward version."""
 
-    image: str
+    image: str | None = None
     method: str = "diffseg"
     params: dict = field(default_factory=dict)
     batch_sizes: tuple[int | str, ...] = (1,)
@@ -219,7 +224,7 @@ def benchmark(args: LatencyRequest) -> dict:
     load_seconds = time.perf_counter() - start
     params = dict(args.params)
     segmenter = Segmenter(backbone, MethodSpec(args.method, params), captioner=captioner)
-    data = Path(args.image).read_bytes()
+    data = synthetic_jpeg() if args.image is None else Path(args.image).read_bytes()
     comparison = None
     if args.compare:
         comparison = compare_with_reference(segmenter, data)
@@ -253,7 +258,7 @@ def benchmark(args: LatencyRequest) -> dict:
         "method": args.method,
         "method_config": dataclasses.asdict(segmenter.config.params),
         "extract_config": segmenter.config.flat_extraction(),
-        "image": str(args.image),
+        "image": IMAGE_NAME if args.image is None else str(args.image),
         "repeats": args.repeats,
         "backbone_load_seconds": round(load_seconds, 2),
         "peak_host_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -35,8 +35,8 @@ def run_study(regions: list[int], powers: list[int], heads: int = 8) -> list[dic
     """One record per (region count, rule, power): {regions, graph, stopping, power, segments,
     ari, seconds, root_manc_threshold}; each record is also printed to stderr as it comes."""
     import dsseg
+    from dsseg.benchmark.planted import pixel_regions, planted_attention, voronoi_regions
     from dsseg.evaluation.metrics import adjusted_rand_index
-    from dsseg.methods.planted import pixel_regions, planted_attention, voronoi_regions
 
     records = []
     for count in regions:

@@ -10,6 +10,9 @@ as JSON (and a table on stderr).
 See ``dsseg.benchmark.latency`` for the stages and the comparison mode, ``dsseg.benchmark.explore``
 for the explorer's (``--explore``: each control's change to a new overlay at 512², in the app's handler
 and with ``--browser`` in Chromium; the output browser on a synthetic output of ``--explore-rows`` rows).
+Without ``--image`` the input is a synthetic 481×321 JPEG drawn in process (``dsseg.benchmark.image``).
+``--compare`` times dsseg against the float64 transcriptions kept with the tests (``tests/oracles``):
+it runs from a source checkout (``python jobs/benchmark.py --compare``), not from an installed wheel.
 The measurement code (and torch) loads only after the flags are read.
 """
 
@@ -33,12 +36,13 @@ from dsseg.commands.common import (
 )
 from dsseg.errors import ConfigError
 
-DEFAULT_IMAGE = Path(__file__).resolve().parents[2] / "tests" / "data" / "images" / "135069.jpg"
-
 
 def build_parser() -> CommandParser:
     parser = CommandParser(prog="dsseg benchmark", description=plain(__doc__))
-    parser.add_argument("--image", default=str(DEFAULT_IMAGE), help="image to segment (default: a BSDS500 test image)")
+    parser.add_argument(
+        "--image",
+        help="image to segment (default: a synthetic 481×321 JPEG, the size of a BSDS500 image, drawn in process)",
+    )
     parser.add_argument(
         "--batch-sizes",
         type=batch_sizes_value,
@@ -52,7 +56,11 @@ def build_parser() -> CommandParser:
         help="timed runs per batch size after one warm-up (default %(default)s)",
     )
     parser.add_argument("--json", metavar="OUT", help="write the JSON report to this file instead of stdout")
-    parser.add_argument("--compare", action="store_true", help="also time each stage's straightforward version (slow)")
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="also time each stage's straightforward version (slow; needs a source checkout: tests/oracles)",
+    )
     parser.add_argument(
         "--class-counts",
         type=class_counts_value,
@@ -102,14 +110,16 @@ def explore_run(args: argparse.Namespace) -> int:
         raise ConfigError("chromium", f"{args.chromium!r} not found: give the path of a Chromium binary")
     try:
         from dsseg.benchmark.explore import explore_report
-        from dsseg.io.images import load_rgb
+        from dsseg.benchmark.image import synthetic_jpeg
+        from dsseg.io.images import decode_image, load_rgb
     except ImportError as error:
         raise UsageError(f"--explore needs {error.name}: pip install -e '.[explore]'") from None
     from PIL import Image
 
     folder = tempfile.mkdtemp(prefix="dsseg-explore-bench-")
     square = str(Path(folder) / "image-512.png")
-    Image.fromarray(load_rgb(args.image)).resize((512, 512), Image.BILINEAR).save(square)
+    rgb = decode_image(synthetic_jpeg(), max_pixels=None)[0] if args.image is None else load_rgb(args.image)
+    Image.fromarray(rgb).resize((512, 512), Image.BILINEAR).save(square)
     device = None if args.device == "auto" else args.device
     try:
         report = explore_report(
@@ -145,7 +155,7 @@ def batch_sizes_value(text: str) -> tuple[int | str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not Path(args.image).is_file():
+    if args.image is not None and not Path(args.image).is_file():
         raise ConfigError("image", f"{args.image}: no such file")
     if args.explore:
         return explore_run(args)
@@ -160,6 +170,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("compare", f"times the attention stages; {args.method} reads one layer's features instead")
     if args.compare and spec.resolved.extraction.preparation.geometry == "aspect":
         raise ConfigError("compare", "needs square inputs: geometry center_crop or squash")
+    if args.compare:
+        from dsseg.benchmark.checkout import NEEDS_CHECKOUT, oracles_available
+
+        if not oracles_available():
+            raise ConfigError("compare", NEEDS_CHECKOUT)
     request = LatencyRequest(
         image=args.image, backbone=args.backbone, method=args.method, params=params, batch_sizes=args.batch_sizes,
         repeats=args.repeats, compare=args.compare, class_counts=args.class_counts or (), captioner=args.captioner,

@@ -3,7 +3,7 @@
     python jobs/manc_study.py [--regions 8,10,12] [--powers 1,2,3,4,5] [--heads 8] [--json OUT.json]
 
 Each case: Voronoi regions on a 64² latent, SD-shaped self-attention (``--heads`` heads at
-64/32/16/8, rows summing to 1, same-region affinity, locality and noise; ``dsseg.methods.planted``),
+64/32/16/8, rows summing to 1, same-region affinity, locality and noise; ``dsseg.benchmark.planted``),
 segmented by ``ncut`` under each stopping rule (MAN-C with the NCut cost, MAN-C with the scaled
 min-cut, and the fixed thresholds of the paper's baselines) and graph. Prints a JSON list of
 {regions, graph, stopping, power, segments, ari, root_manc_threshold} and a table; nothing here is

@@ -1,5 +1,7 @@
-"""Planted-partition self-attention: regions that attend to themselves, with known ground truth
-(for tests of the methods and for studies of their parameters, e.g. `jobs/manc_study.py`)."""
+"""Planted-partition self-attention: regions that attend to themselves, with known ground truth.
+
+The input of the parameter studies (``dsseg manc-study``, ``jobs/manc_study.py``); the tests of the
+methods use it too. It is benchmark input, not a method: it lives beside the studies that read it."""
 
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ one deliberate difference: KL is computed in float64 with log guarded at the sma
 normal float32, where the official code casts to float16 and gets NaN on peaked maps.
 
 It is the yardstick for ``dsseg.methods.diffseg`` (tests check both give the same label
-maps) and the "straightforward" side of the benchmark's comparison mode. Slow by design.
+maps) and the "straightforward" side of ``dsseg benchmark --compare`` (from a source checkout).
+Slow by design.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Recursive NCut written the straightforward way, in float64 numpy/scipy, for equivalence tests
-and the benchmark's comparison mode.
+and ``dsseg benchmark --compare`` (from a source checkout).
 
 Dense adjacency matrices, a dense generalised eigensolver (``scipy.linalg.eigh(D − W, D)``) or
 a dense non-symmetric eigendecomposition for the random walk, and every split position's NCut
