@@ -2,8 +2,8 @@
 
 Marked ``browser``: ``python -m pytest -q -m browser`` runs them (``.ci/run`` does, after the default
 run). Skipped where the explore extra (Gradio), Playwright or Chromium is missing; ``.ci/run`` installs
-all three. ``DSSEG_SCREENSHOT_DIR=tests/screenshots python -m pytest -q -m browser`` refreshes the
-README's screenshots.
+all three. ``DSSEG_SCREENSHOT_DIR=tests/screenshots python -m pytest -q -m browser`` refreshes
+the screenshots of docs/explorer.md.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def wait_new_picture(page, selector: str, before: str | None) -> None:
 
 
 def screenshot(page, tmp_path: Path, name: str) -> Path:
-    """A screenshot of the window, also into $DSSEG_SCREENSHOT_DIR when set (the README's pictures)."""
+    """A screenshot of the window, also into $DSSEG_SCREENSHOT_DIR when set (the pictures of docs/explorer.md)."""
     path = tmp_path / name
     page.screenshot(path=str(path), type="jpeg", quality=80)
     folder = os.environ.get("DSSEG_SCREENSHOT_DIR")

@@ -1,4 +1,4 @@
-"""The README's submit path, as a new user runs it: a local head, `ray job submit`, the job's rows.
+"""The submit path of docs/cluster.md, as a new user runs it: a local head, `ray job submit`, the job's rows.
 
 Needs the `cluster` extra (ray[default]: the dashboard's job server) and a free machine (no
 other local head), so it is a slow check: `python -m pytest -q -m slow tests/test_submit.py`.
@@ -31,7 +31,7 @@ def _free_port() -> int:
 def test_ray_job_submit_on_a_local_head_writes_every_row(tmp_path):
     pytest.importorskip("aiohttp", reason="ray job submit needs the cluster extra: pip install -e '.[cluster]'")
     ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}  # the README's path: token auth, as `ray start` enables it
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}  # docs/cluster.md's path: token auth, as `ray start` enables it
     env.pop("RAY_ADDRESS", None)
     port, dashboard = _free_port(), _free_port()
     head = [ray_cli, "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}", "--num-cpus=3"]
