@@ -419,6 +419,22 @@ def _voc_root(root: Path) -> Path:
     return root
 
 
+def test_a_threshold_is_never_tuned_on_the_evaluated_split(tmp_path, capsys):
+    """Refused while planning, before any model runs: tuning on the evaluated split, tuning a
+    method with nothing to tune, and a DiffSegmenter preset without its released candidate lists."""
+    root = _voc_root(tmp_path / "voc")
+    common = ["--root", str(root), "--output", str(tmp_path / "eval"), *TINY]
+    tuned = ["--dataset", "voc2012", "--methods", "openvocab", "--param", "image_size=64", *common]
+    assert evaluate_main([*tuned, "--tune-on", "val"]) == 2
+    assert "the evaluated split: choose background_threshold on another split" in capsys.readouterr().err
+    assert evaluate_main(["--dataset", "voc2012", "--methods", "diffseg", "--tune-on", "train", *common]) == 2
+    assert "no openvocab config is evaluated" in capsys.readouterr().err
+    assert evaluate_main(["--preset", "diffsegmenter-voc2012", "--captioner", "tiny", *common]) == 2
+    assert "--candidates FILE" in capsys.readouterr().err
+    assert not (tmp_path / "eval" / "run").exists()  # nothing was segmented
+
+
+@pytest.mark.slow  # ~30 s on 2 cores: two segment jobs and their scoring; the refusals above run by default
 def test_background_threshold_is_tuned_on_another_split_never_the_evaluated_one(ray_local, tmp_path):
     root = _voc_root(tmp_path / "voc")
     out = tmp_path / "eval"

@@ -146,6 +146,7 @@ def parse_request(argv: list[str]):
     return request_of(build_parser().parse_args(argv)).resolved()
 
 
+@pytest.mark.slow  # ~30 s on 2 cores (four segment jobs); the resume test below checks one run's VOC and COCO files
 def test_two_shards_export_voc_and_coco_with_unique_ids(ray_local, tmp_path):
     manifest, out = _manifest(tmp_path), tmp_path / "out"
     for shard in ("0/2", "1/2"):
@@ -201,6 +202,22 @@ def test_a_killed_job_resumes_and_writes_each_image_once(ray_local, tmp_path):
         "horse001.png",
         "photo.png",
     ]
+    voc = out / "VOCdevkit/VOC2012"
+    for png in (voc / "SegmentationClassAug").glob("*.png"):  # palette PNGs of VOC's class ids, 255 = ignore
+        image = Image.open(png)
+        assert image.mode == "P" and set(np.unique(np.asarray(image))) <= set(range(21)) | {255}
+        assert image.size == Image.open(voc / "JPEGImages" / f"{png.stem}.jpg").size
+    for image_id in (voc / "ImageSets/Segmentation/train.txt").read_text().split():  # what VOC loaders open
+        assert (voc / "JPEGImages" / f"{image_id}.jpg").is_file() and (
+            voc / "SegmentationClass" / f"{image_id}.png"
+        ).is_file()
+    coco = COCO(str(out / "coco/annotations.json"))
+    annotations = coco.loadAnns(coco.getAnnIds())
+    assert len({a["id"] for a in annotations}) == len(annotations) > 0
+    assert all(
+        coco.annToMask(a).shape == tuple(coco.loadImgs(a["image_id"])[0][k] for k in ("height", "width"))
+        for a in annotations
+    )
     # Other settings into the same output: the PNGs are rewritten, and the COCO file holds each image once.
     assert pseudolabel_main(["--input", str(manifest), "--output", str(out), *FAST, "--ignore-margin", "0.3"]) == 0
     summary = json.loads((out / "summary.json").read_text())
