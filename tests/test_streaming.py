@@ -148,14 +148,14 @@ def wait_for_new_part(output: Path, before: set[Path], job: subprocess.Popen, se
     raise AssertionError("no part file landed")
 
 
-def interrupt_then_resume(tmp_path: Path, signals: tuple[signal.Signals, ...]) -> None:
+def interrupt_then_resume(tmp_path: Path, signals: tuple[signal.Signals, ...], images: int = 96) -> None:
     """Interrupt a job with each of ``signals`` once a new part file lands, checking the one-line
     ending each time, then run the same job to the end (in this process) and check exactly one row
     per image. Every run joins the tests' Ray, as `ray job submit` drivers join a cluster's: a
     driver's signal ends its own job only, and no run pays for a Ray start-up."""
     import ray
 
-    ids = [f"img{i:04d}" for i in range(64)]
+    ids = [f"img{i:04d}" for i in range(images)]  # enough that each run is still going when its first part lands
     path = manifest(tmp_path / "m.parquet", ids)
     output = tmp_path / "out"
     args = ["--input", str(path), "--output", str(output), "--backbone", "tiny", "--device", "cpu"]
@@ -192,4 +192,4 @@ def test_sigterm_as_ray_job_stop_sends_it_ends_in_one_line_and_the_resume_is_exa
 @pytest.mark.slow
 def test_ctrl_c_then_sigterm_then_a_full_run(ray_local, tmp_path):
     """A terminal's Ctrl-C (SIGINT to the driver), then `ray job stop`'s SIGTERM, then a full run."""
-    interrupt_then_resume(tmp_path, (signal.SIGINT, signal.SIGTERM))
+    interrupt_then_resume(tmp_path, (signal.SIGINT, signal.SIGTERM), images=150)
