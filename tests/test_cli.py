@@ -200,3 +200,25 @@ def test_the_library_never_sees_the_command_line():
                 if n == "argparse" or n.startswith(("dsseg.cli", "dsseg.commands"))
             ]
     assert offenders == []
+
+
+def test_presets_and_method_settings_resolve_without_torch():
+    """Listing the presets, resolving a run's configs and their ids load no model code: the method
+    configs are torch-free (dsseg.methods.configs); a method's module loads when it first runs."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, contextlib, io\n"
+        "from dsseg.commands import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    assert main(['evaluate', '--list-presets']) == 0\n"
+        "assert 'dwc-manc-ncut: COCO-Stuff-27' in out.getvalue()\n"
+        "from dsseg.job.config import SegmentJob\n"
+        "job = SegmentJob(input='x', output='y', configs=[{'method': m, 'power': 2} if m == 'ncut' else {'method': m} for m in ('diffseg', 'ncut')])\n"
+        "assert len(set(job.config_ids())) == 2\n"
+        "print(sorted(name for name in ('torch', 'diffusers', 'transformers') if name in sys.modules))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "[]"

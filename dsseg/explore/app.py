@@ -19,7 +19,7 @@ from dsseg.explore.outputs import OutputBrowser
 from dsseg.explore.render import highlight, legend_html, segment_at, segment_text
 from dsseg.explore.session import ExploredImage, ImageExplorer, View, spec_from_controls
 from dsseg.io.images import decode_image
-from dsseg.methods.ncut import STOPPINGS
+from dsseg.methods.configs import STOPPINGS
 
 EXPLORED_METHODS = ("diffseg", "ncut", "openvocab")
 # Larger images are explored at this longer side: overlays, clicks and downloads stay interactive.

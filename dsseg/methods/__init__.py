@@ -1,7 +1,7 @@
 """Segmentation methods, by name. Each maps an ``AttentionBundle`` and a frozen config to
 per-image ``MethodResult``s; ``run_method`` also names the segments when the bundle holds
-class maps and the method does not label pixels itself. The registry loads a method's module
-(and torch) only when the method is asked for."""
+class maps and the method does not label pixels itself. The registry holds the methods' configs
+(``dsseg.methods.configs``, torch-free); a method's module (and torch) loads when it first runs."""
 
 from __future__ import annotations
 
@@ -21,21 +21,18 @@ METHOD_NAMES = ("diffseg", "ncut", "openvocab", "diffcut")
 @functools.cache
 def _registry() -> dict[str, Method]:
     from dsseg.methods.base import Method
-    from dsseg.methods.diffcut import DiffCutConfig, segment_diffcut
-    from dsseg.methods.diffseg import DiffSegConfig, segment_diffseg
-    from dsseg.methods.ncut import NCutConfig, segment_ncut
-    from dsseg.methods.openvocab import OpenVocabConfig, segment_openvocab
+    from dsseg.methods.configs import DiffCutConfig, DiffSegConfig, NCutConfig, OpenVocabConfig
 
     return {
-        "diffseg": Method("diffseg", DiffSegConfig, segment_diffseg),
+        "diffseg": Method("diffseg", DiffSegConfig, "dsseg.methods.diffseg:segment_diffseg"),
         # Diffusing, Walking and Cutting: self-attention after DDIM inversion for 10 of 50 steps
-        "ncut": Method("ncut", NCutConfig, segment_ncut, extraction={"noise": "ddim_inversion"}),
+        "ncut": Method("ncut", NCutConfig, "dsseg.methods.ncut:segment_ncut", extraction={"noise": "ddim_inversion"}),
         # DiffSegmenter as its released VOC code: one seeded noising to t = 100, one prompt per class
         # ("a photograph of {class}"), the name weighted as Compel's "name++" (1.21), its first token read
         "openvocab": Method(
             "openvocab",
             OpenVocabConfig,
-            segment_openvocab,
+            "dsseg.methods.openvocab:segment_openvocab",
             extraction={
                 "noise": "noise",
                 "timestep": 100,
@@ -49,7 +46,7 @@ def _registry() -> dict[str, Method]:
         "diffcut": Method(
             "diffcut",
             DiffCutConfig,
-            segment_diffcut,
+            "dsseg.methods.diffcut:segment_diffcut",
             extraction={
                 "noise": "noise",
                 "timestep": 50,

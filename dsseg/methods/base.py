@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
-
 if TYPE_CHECKING:
+    import torch
+
     from dsseg.model.extract import AttentionBundle
     from dsseg.timing import StageTimer
 
@@ -32,13 +33,21 @@ class MethodResult:
 
 @dataclass(frozen=True)
 class Method:
-    """A segmentation method: its frozen config class, its function and the extraction its paper
-    uses (``extraction``: flat extraction parameters applied before the user's, e.g. DDIM inversion)."""
+    """A segmentation method: its frozen config class, where its function lives (``function``:
+    ``"module:name"``, imported with torch on first use, so configs resolve without it) and the
+    extraction its paper uses (``extraction``: flat extraction parameters applied before the
+    user's, e.g. DDIM inversion)."""
 
     name: str
     config_class: type
-    segment: Callable[[AttentionBundle, Any, StageTimer | None], list[MethodResult]]
+    function: str
     extraction: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def segment(self) -> Callable[[AttentionBundle, Any, StageTimer | None], list[MethodResult]]:
+        """The method's function: ``(bundle, config, timer) → one MethodResult per image``."""
+        module, name = self.function.split(":")
+        return getattr(importlib.import_module(module), name)
 
     @property
     def param_names(self) -> frozenset[str]:

@@ -48,62 +48,17 @@ codes collide once they pass 2²⁴, from about 40 accepted splits on, and merge
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import median_filter
 
-from dsseg.errors import ConfigError
 from dsseg.methods.base import MethodResult
-from dsseg.methods.ncut import Hierarchy, NCutConfig, member_means, recursive_ncut, scaled_cosine_graph, unit_rows
-from dsseg.methods.pamr import check_pamr, pamr
+from dsseg.methods.configs import DiffCutConfig
+from dsseg.methods.ncut import Hierarchy, member_means, recursive_ncut, scaled_cosine_graph, unit_rows
+from dsseg.methods.pamr import pamr
 from dsseg.model.extract import AttentionBundle
 from dsseg.timing import StageTimer
-
-CANDIDATE_SPAN = 0.99  # the released code's candidate range: 0.99·min y … 0.99·max y
-
-
-@dataclass(frozen=True)
-class DiffCutConfig:
-    """DiffCut parameters. ``tau``: the NCut cost below which a split is kept (0.5 for SSD-1B, 0.2
-    for SD 1.4 in the paper). ``alpha``: the affinity exponent. ``split_candidates``: split values
-    tried per cut. ``max_depth``: deepest split (the released code has no limit; ours stops at 30).
-    ``assign_factor``: cells of the assignment grid per feature cell along each side (4: the latent
-    grid). ``pamr_iterations`` (0 = off) and ``pamr_dilations``: step 4. ``upsample_factor``: pixels
-    per assignment cell in the label map (8: the model input's pixels). ``drop_zero_rows``: below
-    the root, leave the nodes with a zero in their row of W out of the cuts, as released (see the
-    module docstring)."""
-
-    tau: float = 0.5
-    alpha: float = 10.0
-    split_candidates: int = 100
-    max_depth: int = 30
-    assign_factor: int = 4
-    pamr_iterations: int = 0
-    pamr_dilations: tuple[int, ...] = (1, 2, 4, 8)
-    upsample_factor: int = 8
-    drop_zero_rows: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("tau", "alpha"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(name, f"must be > 0; got {getattr(self, name)}")
-        for name in ("split_candidates", "assign_factor", "upsample_factor"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, f"must be ≥ 1; got {getattr(self, name)}")
-        object.__setattr__(self, "pamr_dilations", tuple(int(d) for d in self.pamr_dilations))
-        check_pamr(self.pamr_iterations, self.pamr_dilations)
-        self.cut_config()  # validates max_depth
-
-    def cut_config(self) -> NCutConfig:
-        """The recursive-NCut settings that run DiffCut's cut."""
-        return NCutConfig(
-            graph="diffcut", stopping="threshold", threshold=self.tau, alpha=self.alpha, min_segment_size=1,
-            max_depth=self.max_depth, split_candidates=self.split_candidates, candidate_span=CANDIDATE_SPAN,
-            eigensolver="dense_laplacian", drop_zero_rows=self.drop_zero_rows,
-        )  # fmt: skip
 
 
 def diffcut_partition(features: torch.Tensor, config: DiffCutConfig) -> Hierarchy:

@@ -16,61 +16,17 @@ float16 (which produces NaN and silently drops merges). Same code on CPU and GPU
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from dsseg.errors import ConfigError
 from dsseg.methods.aggregate import aggregate_self_attention
 from dsseg.methods.base import MethodResult, memoised
+from dsseg.methods.configs import DiffSegConfig
 from dsseg.methods.upsample import upsample_argmax
 from dsseg.model.attention import Grid
 from dsseg.model.extract import AttentionBundle
 from dsseg.timing import StageTimer
 
 LOG_FLOOR = torch.finfo(torch.float32).tiny
-
-
-@dataclass(frozen=True)
-class DiffSegConfig:
-    """DiffSeg parameters.
-
-    ``kl_threshold``: τ for every merge iteration, or one per iteration (1.1 for COCO-Stuff,
-    0.9 for Cityscapes in the paper). ``anchor_spacing``: latent cells between anchors (4 → a
-    16×16 grid on 64×64). ``refine``: k-means refinement with at most ``kmeans_iterations``
-    Lloyd steps. ``resolutions``/``resolution_weights``: levels to aggregate (None = all
-    four, weights ∝ size). ``upsample_factor``: proposal upsampling before the arg-max
-    (8 = pixel resolution of SD's latent).
-    """
-
-    kl_threshold: float | tuple[float, ...] = 1.1
-    iterations: int = 3
-    anchor_spacing: int = 4
-    refine: bool = False
-    kmeans_iterations: int = 300
-    resolutions: tuple[int, ...] | None = None
-    resolution_weights: tuple[float, ...] | None = None
-    upsample_factor: int = 8
-
-    def __post_init__(self) -> None:
-        if self.iterations < 1:
-            raise ConfigError("iterations", f"must be ≥ 1; got {self.iterations}")
-        thresholds = given = self.kl_threshold
-        if isinstance(thresholds, (int, float)):
-            thresholds = (float(thresholds),) * self.iterations
-        thresholds = tuple(float(t) for t in thresholds)
-        if len(thresholds) != self.iterations:
-            raise ConfigError("kl_threshold", f"needs 1 or {self.iterations} values; got {len(thresholds)}")
-        if min(thresholds) <= 0:
-            raise ConfigError("kl_threshold", f"must be > 0; got {given}")
-        object.__setattr__(self, "kl_threshold", thresholds)
-        for name in ("anchor_spacing", "kmeans_iterations", "upsample_factor"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, f"must be ≥ 1; got {getattr(self, name)}")
-        for name in ("resolutions", "resolution_weights"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, tuple(value))
 
 
 def anchor_indices(grid: Grid, spacing: int = 4) -> torch.Tensor:

@@ -34,14 +34,13 @@ weights the threshold has no such meaning; use ``threshold`` there.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
 
-from dsseg.errors import ConfigError
 from dsseg.methods.aggregate import aggregate_self_attention, level_size
 from dsseg.methods.base import MethodResult, memoised
+from dsseg.methods.configs import DEFAULT_LEVELS, NCutConfig
 from dsseg.methods.spectral import (
     DenseGraph,
     FeatureGraph,
@@ -55,100 +54,7 @@ from dsseg.methods.spectral import (
 from dsseg.methods.upsample import upsample_argmax_index
 from dsseg.model.attention import Grid
 from dsseg.model.extract import AttentionBundle
-from dsseg.params import ADDED
 from dsseg.timing import StageTimer
-
-GraphMode = Literal["random_walk", "dot", "cosine", "diffcut"]
-Stopping = Literal["manc_ncut", "manc_mincut", "threshold"]
-Upsampling = Literal["cosine", "nearest"]
-EigenSolver = Literal["auto", "dense_laplacian"]
-GRAPHS: tuple[GraphMode, ...] = ("random_walk", "dot", "cosine", "diffcut")
-STOPPINGS: tuple[Stopping, ...] = ("manc_ncut", "manc_mincut", "threshold")
-UPSAMPLINGS: tuple[Upsampling, ...] = ("cosine", "nearest")
-EIGEN_SOLVERS: tuple[EigenSolver, ...] = ("auto", "dense_laplacian")
-DEFAULT_LEVELS = 3  # resolutions None → the three largest captured levels (64, 32, 16 at 512²)
-MAX_DEPTH_LIMIT = 30  # heap indices of depth-30 nodes still fit in int32
-
-
-@dataclass(frozen=True)
-class NCutConfig:
-    """Recursive-NCut parameters.
-
-    ``graph``: ``random_walk`` (NCut on the directed Pᵏ), ``dot`` (A = Pᵏ·(Pᵏ)ᵀ), ``cosine``
-    (cosine similarity of the rows of Pᵏ) or ``diffcut`` (min–max scaled cosine to the power
-    ``alpha``). ``power``: k ≥ 1. ``stopping``: ``manc_ncut``, ``manc_mincut`` or ``threshold``
-    (then ``threshold`` is the NCut cost below which a split is kept; 0.3–0.6 in the paper).
-    ``min_segment_size``: fewest latent cells per segment. ``max_depth``: deepest split (≤ 30).
-    ``split_candidates``: None tries every split position along the Fiedler vector, an int c
-    tries c evenly spaced values (strictly inside its range; with ``candidate_span`` s, from s·min
-    to s·max, as DiffCut's code with s = 0.99). ``resolutions``/``resolution_weights``: levels to aggregate
-    (None: the three largest, weights ∝ size). ``upsampling``: ``cosine`` or ``nearest``;
-    ``upsample_factor``: pixels per latent cell in the label map (8 for SD).
-    ``eigen_tolerance``: residual at which the eigen-solvers stop. ``walk_iterations``: most power
-    iterations per random-walk eigenvector (near-equal eigenvalues converge slowly, but the split
-    needs only the dominant invariant subspace, reached in tens of iterations).
-    ``eigensolver``: ``auto`` (dense up to 256 nodes, else Lanczos: ``spectral.fiedler_vector``) or
-    ``dense_laplacian`` (DiffCut's released solver, ``spectral.laplacian_fiedler_vector``).
-    ``drop_zero_rows`` (``graph="diffcut"`` only): below the root, nodes whose row of W holds a
-    zero are left out of every cut and follow the lower side, as DiffCut's released code does.
-    """
-
-    graph: GraphMode = "dot"
-    power: int = 1
-    stopping: Stopping = "manc_ncut"
-    threshold: float | None = None
-    alpha: float = 10.0
-    min_segment_size: int = 16
-    max_depth: int = 12
-    split_candidates: int | None = None
-    resolutions: tuple[int, ...] | None = None
-    resolution_weights: tuple[float, ...] | None = None
-    upsampling: Upsampling = "cosine"
-    upsample_factor: int = 8
-    eigen_tolerance: float = 1e-5
-    walk_iterations: int = 200
-    candidate_span: float | None = field(default=None, metadata=ADDED)
-    eigensolver: EigenSolver = field(default="auto", metadata=ADDED)
-    drop_zero_rows: bool = field(default=False, metadata=ADDED)
-
-    def __post_init__(self) -> None:
-        for name, value, choices in (
-            ("graph", self.graph, GRAPHS),
-            ("stopping", self.stopping, STOPPINGS),
-            ("upsampling", self.upsampling, UPSAMPLINGS),
-            ("eigensolver", self.eigensolver, EIGEN_SOLVERS),
-        ):
-            if value not in choices:
-                raise ConfigError(name, f"must be one of {choices}; got {value!r}")
-        if self.drop_zero_rows and self.graph != "diffcut":
-            raise ConfigError("drop_zero_rows", "follows DiffCut's released code: graph='diffcut' only")
-        if self.stopping == "threshold" and (self.threshold is None or self.threshold <= 0):
-            raise ConfigError(
-                "threshold",
-                f"stopping='threshold' needs a threshold > 0 (the paper uses 0.3–0.6); got {self.threshold}",
-            )
-        if self.stopping != "threshold" and self.threshold is not None:
-            raise ConfigError(
-                "threshold", f"is only used with stopping='threshold'; stopping={self.stopping!r} sets its own"
-            )
-        if self.power < 1:
-            raise ConfigError("power", f"must be ≥ 1; got {self.power}")
-        if not 1 <= self.max_depth <= MAX_DEPTH_LIMIT:
-            raise ConfigError("max_depth", f"must be in [1, {MAX_DEPTH_LIMIT}]; got {self.max_depth}")
-        for name in ("min_segment_size", "upsample_factor", "walk_iterations"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, f"must be ≥ 1; got {getattr(self, name)}")
-        for name in ("alpha", "eigen_tolerance"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(name, f"must be > 0; got {getattr(self, name)}")
-        if self.candidate_span is not None and not 0 < self.candidate_span <= 1:
-            raise ConfigError("candidate_span", f"must be in (0, 1] or None; got {self.candidate_span}")
-        if self.split_candidates is not None and self.split_candidates < 1:
-            raise ConfigError("split_candidates", f"must be ≥ 1 or None (every position); got {self.split_candidates}")
-        for name in ("resolutions", "resolution_weights"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, tuple(value))
 
 
 @dataclass(frozen=True)

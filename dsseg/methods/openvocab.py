@@ -24,75 +24,21 @@ c is class c (ties go to the background, as ``np.argmax`` in the released evalua
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
-from dsseg.errors import ConfigError
 from dsseg.methods.base import MethodResult, memoised
-from dsseg.methods.dense_crf import CRF_INSTALL, crf_available, dense_crf
-from dsseg.methods.pamr import check_pamr, pamr
+from dsseg.methods.configs import LEVEL_WEIGHTS, OpenVocabConfig
+from dsseg.methods.dense_crf import dense_crf
+from dsseg.methods.pamr import pamr
 from dsseg.model.attention import Grid
 from dsseg.model.extract import AttentionBundle, upsample_class_maps
 from dsseg.model.vocabularies import BACKGROUND_NAME, IGNORE_LABEL, IGNORE_NAME
-from dsseg.params import ADDED
 from dsseg.timing import StageTimer
 
-LEVEL_WEIGHTS = (0.3, 0.5, 0.1, 0.1)  # 8², 16², 32², 64² at 512² (DiffSegmenter)
-ScoreSize = Literal["image", "model"]
-SCORE_SIZES: tuple[ScoreSize, ...] = ("image", "model")
 _EPS = 1e-12
-
-
-@dataclass(frozen=True)
-class OpenVocabConfig:
-    """Open-vocabulary labelling.
-
-    ``level_weights``: cross-attention fusion weights, coarsest level first (normalised to sum 1).
-    ``refine``: multiply by the self-attention (step 3). ``background_threshold``: the constant
-    score of the background channel, in [0, 1]; not tuned (random weights only here): choose it on
-    a split you may tune on. ``ignore_margin``: None, or the smallest lead of the best channel over
-    the runner-up below which a pixel is uncertain. ``score_size``: where the maps are min–max
-    normalised and labelled (step 4): ``image`` (the image's own size, as released) or ``model``
-    (the model input's pixels, cheaper for large photos). ``upsample_factor``: latent cell → pixels
-    (``model``, or ``image`` without a known image size).
-    ``pamr_iterations`` (0 = off) and ``pamr_dilations``: image-aware refinement of the pixel score
-    maps before labelling (``dsseg.methods.pamr.pamr``). ``crf_iterations`` (0 = off): then a dense
-    CRF on the background + class channels, normalised to probabilities (``dsseg.methods.dense_crf``;
-    the optional ``crf`` extra); labels and the ignore margin are read from its marginals.
-    """
-
-    level_weights: tuple[float, ...] = LEVEL_WEIGHTS
-    refine: bool = True
-    background_threshold: float = 0.5
-    ignore_margin: float | None = None
-    upsample_factor: int = 8
-    pamr_iterations: int = 0
-    pamr_dilations: tuple[int, ...] = (1, 2, 4, 8)
-    crf_iterations: int = field(default=0, metadata=ADDED)
-    score_size: ScoreSize = "image"
-
-    def __post_init__(self) -> None:
-        weights = tuple(float(w) for w in self.level_weights)
-        if not weights or min(weights) < 0 or sum(weights) <= 0:
-            raise ConfigError("level_weights", f"must be non-negative with a positive sum; got {weights}")
-        object.__setattr__(self, "level_weights", weights)
-        if not 0.0 <= self.background_threshold <= 1.0:
-            raise ConfigError("background_threshold", f"is a score in [0, 1]; got {self.background_threshold}")
-        if self.ignore_margin is not None and not 0.0 < self.ignore_margin <= 1.0:
-            raise ConfigError("ignore_margin", f"must be in (0, 1] or None; got {self.ignore_margin}")
-        if self.upsample_factor < 1:
-            raise ConfigError("upsample_factor", f"must be ≥ 1; got {self.upsample_factor}")
-        if self.score_size not in SCORE_SIZES:
-            raise ConfigError("score_size", f"must be one of {SCORE_SIZES}; got {self.score_size!r}")
-        object.__setattr__(self, "pamr_dilations", tuple(int(d) for d in self.pamr_dilations))
-        check_pamr(self.pamr_iterations, self.pamr_dilations)
-        if self.crf_iterations < 0:
-            raise ConfigError("crf_iterations", f"must be ≥ 0; got {self.crf_iterations}")
-        if self.crf_iterations and not crf_available():
-            raise ConfigError("crf_iterations", CRF_INSTALL)
 
 
 def minmax(maps: torch.Tensor) -> torch.Tensor:

@@ -63,13 +63,3 @@ def pamr(
             refined += weights[:, k : k + 1] * _shifted(scores, offset, pad)
         scores = refined
     return scores
-
-
-def check_pamr(iterations: int, dilations: tuple[int, ...]) -> None:
-    """A method config's PAMR settings: ``ConfigError`` unless iterations ≥ 0 and dilations ≥ 1."""
-    from dsseg.errors import ConfigError
-
-    if iterations < 0:
-        raise ConfigError("pamr_iterations", f"must be ≥ 0 (0 = off); got {iterations}")
-    if not dilations or min(dilations) < 1:
-        raise ConfigError("pamr_dilations", f"must be integers ≥ 1; got {dilations}")
