@@ -18,7 +18,7 @@ from helpers import IMAGES, output_rows
 from dsseg.io.results import read_results, scan, write_parts
 from dsseg.io.sources import in_shard, list_inputs, plan_inputs
 from dsseg.job.config import SegmentJob
-from dsseg.job.plan import contains, missing_configs, pair_keys, part_keys, remove_repeated_rows
+from dsseg.job.plan import build_done_index, contains, missing_configs, pair_keys, part_keys, remove_repeated_rows
 from dsseg.job.runner import list_todo, run_segment_job
 from dsseg.job.write import PartWriter, flushing_by_time
 from dsseg.spec import MethodSpec
@@ -99,14 +99,16 @@ def test_the_writer_closes_a_batch_by_count_or_by_time(tmp_path):
     assert sorted(read_results(str(tmp_path / "timed")).column("image_id").to_pylist()) == ["x", "y"]
 
 
-def test_repeated_rows_are_found_through_the_index_and_one_kept(ray_local, tmp_path):
+@pytest.mark.parametrize("planned", [False, True])  # a fresh index, or the plan's (a run that wrote nothing)
+def test_repeated_rows_are_found_through_the_index_and_one_kept(ray_local, tmp_path, planned):
     output = str(tmp_path)
     write_parts(pa.concat_tables([output_rows(["a", "b"], "c1"), output_rows(["c"], "c2")]), output)
     write_parts(output_rows(["b"], "c1", "error", "model_failed: x"), output)  # a retried image's old error row
     write_parts(
         pa.concat_tables([output_rows(["a"], "c1", "error", "model_failed: y"), output_rows(["d"], "c1")]), output
     )
-    assert remove_repeated_rows(output, ["c1", "c2"]) == 2
+    index = build_done_index(output, ["c1", "c2"]) if planned else None
+    assert remove_repeated_rows(output, ["c1", "c2"], index=index) == 2
     rows = {(r["config_id"], r["image_id"]): r["status"] for r in scan(output).to_pylist()}
     assert (
         rows == {("c1", "a"): "ok", ("c1", "b"): "ok", ("c1", "d"): "ok", ("c2", "c"): "ok"} and len(scan(output)) == 4

@@ -26,7 +26,7 @@ from dsseg.commands.common import (
     positive_int,
 )
 from dsseg.errors import ConfigError
-from dsseg.io.sources import IMAGE_EXTENSIONS
+from dsseg.io.sources import IMAGE_EXTENSIONS, is_uri
 from dsseg.model.config import ExtractConfig
 
 DEFAULT_CAPACITY = 4  # forwards kept (dsseg.explore.session.DEFAULT_CAPACITY; not imported: --help stays light)
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     browser = None
     if args.output:
-        if not Path(args.output).exists() and "://" not in args.output:
+        if not is_uri(args.output) and not Path(args.output).exists():
             raise ConfigError("output", f"{args.output}: no such folder")
         browser = OutputBrowser(args.output, args.scores)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing is sent anywhere

@@ -155,13 +155,16 @@ def rows_with_keys(uris: Sequence[str], keys: np.ndarray) -> pa.Table:
     return pa.concat_tables(found) if found else schema.empty_table()
 
 
-def remove_repeated_rows(output: str, config_ids: Sequence[str], shard: tuple[int, int] | None = None) -> int:
+def remove_repeated_rows(
+    output: str, config_ids: Sequence[str], shard: tuple[int, int] | None = None, index: DoneIndex | None = None
+) -> int:
     """Keep one row per (config, image) of ``config_ids`` (an ``ok`` row over error rows), found
-    through a fresh index; returns how many rows were dropped. Repeats come from a cancelled
-    run's late writes, ``--retry-errors`` and ids a streamed manifest repeats."""
+    through ``index`` (an index of every row of the output as it stands, e.g. the plan's when the
+    run wrote nothing; by default a fresh one); returns how many rows were dropped. Repeats come
+    from a cancelled run's late writes, ``--retry-errors`` and ids a streamed manifest repeats."""
     import ray
 
-    index = build_done_index(output, config_ids, shard)
+    index = index or build_done_index(output, config_ids, shard)
     if index is None or not len(index.repeated):
         return 0
     uris = index_uris(output, config_ids, shard)

@@ -37,7 +37,15 @@ from dsseg.job.config import SegmentJob
 from dsseg.job.console import ProgressLine, filtered_stderr, quiet_ray_data, without_token_auth_notice
 from dsseg.job.decode import decode_batch
 from dsseg.job.interrupts import Interrupted, JobInterrupted, interruptible, reclaim_signals
-from dsseg.job.plan import PlanTally, build_done_index, dataset_of_rows, plan_items, remove_repeated_rows, todo_dataset
+from dsseg.job.plan import (
+    DoneIndex,
+    PlanTally,
+    build_done_index,
+    dataset_of_rows,
+    plan_items,
+    remove_repeated_rows,
+    todo_dataset,
+)
 from dsseg.job.write import PartWriter, encode_rows, flushing_by_time
 
 # Memory reserved per decode task. Besides guarding against over-subscription, a resource
@@ -104,19 +112,22 @@ def init_ray(address: str | None = None) -> bool:
     return _joined_cluster
 
 
-def plan_job(job: SegmentJob, inputs: InputPlan, config_ids: list[str]) -> tuple[Any, Callable[[], dict[str, int]]]:
-    """The TODO rows of ``job`` as a Ray Dataset (None when the driver knows nothing is left),
-    and a function returning the plan's counts so far (``PlanTally.totals``): exact from the
-    start for items the driver holds, growing while streamed manifests are read."""
+def plan_job(
+    job: SegmentJob, inputs: InputPlan, config_ids: list[str]
+) -> tuple[Any, Callable[[], dict[str, int]], DoneIndex | None]:
+    """The TODO rows of ``job`` as a Ray Dataset (None when the driver knows nothing is left); a
+    function returning the plan's counts so far (``PlanTally.totals``): exact from the start for
+    items the driver holds, growing while streamed manifests are read; and the index of the rows
+    already written that the plan looked them up in."""
     import ray
 
     index = build_done_index(job.output, config_ids, job.shard, skip_transient_errors=job.retry_errors)
     if inputs.listed is not None:
         rows, counts = plan_items(inputs.listed, config_ids, index)
-        return (dataset_of_rows(rows) if len(rows) else None), lambda: counts
+        return (dataset_of_rows(rows) if len(rows) else None), lambda: counts, index
     tally = ray.remote(num_cpus=0)(PlanTally).remote()
     dataset = todo_dataset(inputs.manifests, config_ids, index, tally, job.shard)
-    return dataset, lambda: ray.get(tally.totals.remote())
+    return dataset, lambda: ray.get(tally.totals.remote()), index
 
 
 def list_todo(job: SegmentJob, address: str | None = None) -> list[dict[str, Any]]:
@@ -124,7 +135,7 @@ def list_todo(job: SegmentJob, address: str | None = None) -> list[dict[str, Any
     tests and small inputs (the job itself streams them). Applies ``--overwrite``."""
     inputs = prepare_inputs(job)
     init_ray(address)
-    dataset, _ = plan_job(job, inputs, job.config_ids())
+    dataset, _, _ = plan_job(job, inputs, job.config_ids())
     if dataset is None:
         return []
     return [row for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow") for row in batch.to_pylist()]
@@ -250,9 +261,8 @@ def run_segment_job(job: SegmentJob, address: str | None = None, worker: type | 
         gpus = gpus_per_worker(job, on_cluster)
         quiet_ray_data()
         ids = job.config_ids()
-        todo, planned = plan_job(job, inputs, ids)
-        known = planned() if inputs.listed is not None else None  # exact where the driver holds the items
-        items = known["todo_images"] if known else None
+        todo, planned, index = plan_job(job, inputs, ids)
+        items = planned()["todo_images"] if inputs.listed is not None else None  # exact where the driver holds them
         stats, writer = RunStats(), PartWriter(job.output, job.rows_per_file, job.flush_seconds, job.shard)
         ray_start = time.perf_counter()
         progress = ProgressLine(None, PROGRESS_SECONDS)
@@ -290,7 +300,10 @@ def run_segment_job(job: SegmentJob, address: str | None = None, worker: type | 
         **stats.summary(ray_seconds),
         "part_files_written": writer.files_written,
     }
-    summary["duplicates_removed"] = remove_repeated_rows(job.output, ids, job.shard)
+    # A run that wrote nothing left the output as the plan's index saw it (unless that index left
+    # transient error rows out for --retry-errors): no second read of every part file.
+    unchanged = writer.rows_written == 0 and not job.retry_errors
+    summary["duplicates_removed"] = remove_repeated_rows(job.output, ids, job.shard, index if unchanged else None)
     summary["missing"] = max(0, plan["todo_pairs"] - writer.rows_written)
     summary["complete"] = summary["missing"] == 0
     # Temporary part files of killed writers: once an unsharded run is complete, every one written
