@@ -32,5 +32,12 @@ class RunSettings(ModelSettings):
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ConfigError("num_workers", f"must be ≥ 1; got {self.num_workers}")
-        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
-            raise ConfigError("limit", f"must be an integer ≥ 1; got {self.limit!r}")
+        check_counts(self, "limit")
+
+
+def check_counts(settings: object, *names: str) -> None:
+    """``ConfigError`` unless each of ``names`` on ``settings`` is None or an integer ≥ 1."""
+    for name in names:
+        value = getattr(settings, name)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(name, f"must be an integer ≥ 1; got {value!r}")

@@ -13,13 +13,13 @@ from dsseg.evaluation.preset import Preset, Tuning
 from dsseg.evaluation.presets import BACKGROUND_TUNING, get_preset
 from dsseg.job.config import load_run_file
 from dsseg.methods import get_method
+from dsseg.model.config import DEFAULT_BACKBONE
 from dsseg.model.filter_specs import candidates_filter
-from dsseg.settings import RunSettings
+from dsseg.settings import RunSettings, check_counts
 from dsseg.spec import MethodSpec
 
 # The DiffSeg protocol (the 512² model frame) for the datasets its papers report; the label's size elsewhere.
 MODEL_FRAME_DATASETS = ("cocostuff27", "cityscapes27")
-DEFAULT_BACKBONE = "CompVis/stable-diffusion-v1-4"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,10 +50,7 @@ class EvaluationRequest(RunSettings):
         super().__post_init__()
         if not self.preset and not self.dataset:
             raise ConfigError("dataset", "required, or --preset (--list-presets shows the presets)")
-        for name in ("tune_limit", "score_size"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(name, f"must be an integer ≥ 1; got {value!r}")
+        check_counts(self, "tune_limit", "score_size")
         if self.report_images < 0:
             raise ConfigError("report_images", f"must be ≥ 0; got {self.report_images}")
 

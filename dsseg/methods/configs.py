@@ -27,12 +27,22 @@ SCORE_SIZES: tuple[ScoreSize, ...] = ("image", "model")
 CANDIDATE_SPAN = 0.99  # the released code's candidate range: 0.99·min y … 0.99·max y
 
 
-def check_pamr(iterations: int, dilations: tuple[int, ...]) -> None:
-    """A method config's PAMR settings: ``ConfigError`` unless iterations ≥ 0 and dilations ≥ 1."""
-    if iterations < 0:
-        raise ConfigError("pamr_iterations", f"must be ≥ 0 (0 = off); got {iterations}")
-    if not dilations or min(dilations) < 1:
-        raise ConfigError("pamr_dilations", f"must be integers ≥ 1; got {dilations}")
+def check_pamr(config: object) -> None:
+    """A config's PAMR settings: ``pamr_dilations`` made a tuple of ints; ``ConfigError`` unless
+    ``pamr_iterations`` ≥ 0 and every dilation ≥ 1."""
+    object.__setattr__(config, "pamr_dilations", tuple(int(d) for d in config.pamr_dilations))
+    if config.pamr_iterations < 0:
+        raise ConfigError("pamr_iterations", f"must be ≥ 0 (0 = off); got {config.pamr_iterations}")
+    if not config.pamr_dilations or min(config.pamr_dilations) < 1:
+        raise ConfigError("pamr_dilations", f"must be integers ≥ 1; got {config.pamr_dilations}")
+
+
+def levels_as_tuples(config: object) -> None:
+    """A config's ``resolutions`` and ``resolution_weights`` given as lists, made tuples (hashable)."""
+    for name in ("resolutions", "resolution_weights"):
+        value = getattr(config, name)
+        if value is not None:
+            object.__setattr__(config, name, tuple(value))
 
 
 @dataclass(frozen=True)
@@ -71,10 +81,7 @@ class DiffSegConfig:
         for name in ("anchor_spacing", "kmeans_iterations", "upsample_factor"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be ≥ 1; got {getattr(self, name)}")
-        for name in ("resolutions", "resolution_weights"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, tuple(value))
+        levels_as_tuples(self)
 
 
 @dataclass(frozen=True)
@@ -152,10 +159,7 @@ class NCutConfig:
             raise ConfigError("candidate_span", f"must be in (0, 1] or None; got {self.candidate_span}")
         if self.split_candidates is not None and self.split_candidates < 1:
             raise ConfigError("split_candidates", f"must be ≥ 1 or None (every position); got {self.split_candidates}")
-        for name in ("resolutions", "resolution_weights"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, tuple(value))
+        levels_as_tuples(self)
 
 
 @dataclass(frozen=True)
@@ -199,8 +203,7 @@ class OpenVocabConfig:
             raise ConfigError("upsample_factor", f"must be ≥ 1; got {self.upsample_factor}")
         if self.score_size not in SCORE_SIZES:
             raise ConfigError("score_size", f"must be one of {SCORE_SIZES}; got {self.score_size!r}")
-        object.__setattr__(self, "pamr_dilations", tuple(int(d) for d in self.pamr_dilations))
-        check_pamr(self.pamr_iterations, self.pamr_dilations)
+        check_pamr(self)
         if self.crf_iterations < 0:
             raise ConfigError("crf_iterations", f"must be ≥ 0; got {self.crf_iterations}")
         if self.crf_iterations and not crf_available():
@@ -235,8 +238,7 @@ class DiffCutConfig:
         for name in ("split_candidates", "assign_factor", "upsample_factor"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be ≥ 1; got {getattr(self, name)}")
-        object.__setattr__(self, "pamr_dilations", tuple(int(d) for d in self.pamr_dilations))
-        check_pamr(self.pamr_iterations, self.pamr_dilations)
+        check_pamr(self)
         self.cut_config()  # validates max_depth
 
     def cut_config(self) -> NCutConfig:
