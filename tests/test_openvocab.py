@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from dsseg.api import segment_image
 from dsseg.io.masks import decode_segments
-from dsseg.methods import get_method, run_method
+from dsseg.methods import get_method, name_results
 from dsseg.methods.base import MethodResult
 from dsseg.methods.openvocab import OpenVocabConfig, labels_from_scores, name_segments, segment_openvocab
 from dsseg.model.config import ExtractConfig
@@ -277,9 +277,10 @@ def test_class_config_errors():
         OpenVocabConfig(background_threshold=2.0)
 
 
-def test_run_method_leaves_openvocab_names_alone():
+def test_naming_leaves_openvocab_names_alone():
     bundle = _planted_bundle(_regions(), ("horse", "grass"))
-    (result,) = run_method(get_method("openvocab"), bundle, OpenVocabConfig(upsample_factor=1))
+    results = get_method("openvocab").segment(bundle, OpenVocabConfig(upsample_factor=1), None)
+    (result,) = name_results(results, bundle)
     assert result.names[:3] == ["background", "horse", "grass"]
 
 

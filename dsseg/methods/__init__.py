@@ -1,12 +1,12 @@
 """Segmentation methods, by name. Each maps an ``AttentionBundle`` and a frozen config to
-per-image ``MethodResult``s; ``run_method`` also names the segments when the bundle holds
-class maps and the method does not label pixels itself. The registry holds the methods' configs
+per-image ``MethodResult``s; ``name_results`` names the segments when the bundle holds class maps
+and the method does not label pixels itself. The registry holds the methods' configs
 (``dsseg.methods.configs``, torch-free); a method's module (and torch) loads when it first runs."""
 
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dsseg.model.config import DEFAULT_CLASS_WEIGHT, DEFAULT_TEMPLATE
 
@@ -68,19 +68,12 @@ def get_method(name: str) -> Method:
     return _registry()[name]
 
 
-def run_method(
-    method: Method, bundle: AttentionBundle, config: Any, timer: StageTimer | None = None, naming: str | None = None
-) -> list[MethodResult]:
-    """``method`` on ``bundle``; segments left unnamed are named from the bundle's class maps
-    (``naming``: ``majority`` or ``mean``, default majority; ``caption`` votes by ``mean``)."""
-    return name_results(method.segment(bundle, config, timer), bundle, timer, naming)
-
-
 def name_results(
     results: list[MethodResult], bundle: AttentionBundle, timer: StageTimer | None = None, naming: str | None = None
 ) -> list[MethodResult]:
     """Per image of ``bundle``, its result with unnamed segments named from the bundle's class maps
-    (unchanged when the bundle holds none); ``naming`` as in ``run_method``."""
+    (unchanged when the bundle holds none). ``naming``: ``majority`` or ``mean`` (default majority;
+    ``caption`` votes by ``mean``). ``dsseg.segmenter`` runs a method, then this (steps 4 and 5)."""
     from dsseg.methods.openvocab import name_segments
     from dsseg.timing import StageTimer
 
@@ -95,4 +88,4 @@ def name_results(
         ]
 
 
-__all__ = ["METHOD_NAMES", "get_method", "name_results", "run_method"]
+__all__ = ["METHOD_NAMES", "get_method", "name_results"]
