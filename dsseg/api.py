@@ -53,7 +53,7 @@ def segment_image(
     spec = MethodSpec(method, params)  # validated before a model loads
     supplied = getattr(class_filter, "supplies_classes", False)
     check_classes_given([spec.resolved], "the image has", filter_supplies_classes=supplied)
-    if not isinstance(backbone, Backbone):
+    if isinstance(backbone, str):
         backbone = cached_backbone(backbone, device=device, dtype=dtype)
     if isinstance(captioner, str):
         from dsseg.model.captioner import cached_captioner

@@ -150,3 +150,66 @@ __all__ = [
     "reads_captions",
     "shared_preparation",
 ]
+
+
+# Methods that read one family's attention only.
+FAMILY_METHODS = {"seg4diff": "mmdit"}
+SD3_EXAMPLES = "tiny-sd3, sd3-random, stabilityai/stable-diffusion-3-medium-diffusers or a local SD3 folder"
+
+
+def check_family(configs: Sequence[SegmentConfig], family: str) -> None:
+    """Raise a ``ConfigError`` naming the parameter where a config cannot run on a backbone of
+    ``family`` (``dsseg.model.families``): a UNet's blocks, DDPM noise or down/mid/up feature layers on
+    an MM-DiT; MM-DiT layers, flow-matching noise or Seg4Diff on a UNet; levels the backbone lacks."""
+    for config in configs:
+        wanted = FAMILY_METHODS.get(config.method)
+        if wanted is not None and wanted != family:
+            raise ConfigError(
+                "method", f"{config.method} reads MM-DiT joint attention: use an SD3 backbone ({SD3_EXAMPLES})"
+            )
+        extraction = config.extraction
+        noise, capture = extraction.noising.noise, extraction.capture
+        feature_layer = capture.feature_layer
+        on_mmdit_layer = feature_layer is not None and feature_layer.startswith("layer:")
+        if family == "mmdit":
+            _check_on_mmdit(config, noise, capture, feature_layer, on_mmdit_layer)
+        else:
+            if noise == "flow":
+                raise ConfigError(
+                    "noise", "'flow' (flow matching) is for MM-DiT backbones; UNets take none, noise or ddim_inversion"
+                )
+            if capture.layers is not None:
+                raise ConfigError("layers", "picks MM-DiT blocks; on a UNet choose blocks or capture_resolutions")
+            if on_mmdit_layer:
+                raise ConfigError(
+                    "feature_layer", f"{feature_layer!r} names an MM-DiT block; on a UNet give e.g. 'down:-1'"
+                )
+
+
+def _check_on_mmdit(
+    config: SegmentConfig, noise: str, capture, feature_layer: str | None, on_mmdit_layer: bool
+) -> None:
+    from dsseg.model.config import BLOCKS
+
+    if noise in ("noise", "ddim_inversion"):
+        raise ConfigError(
+            "noise",
+            f"{noise!r} reads a UNet's DDPM schedule; an MM-DiT is noised by flow matching: noise='flow' with "
+            "flow_step (e.g. flow_step=-8, num_inference_steps=28 as Seg4Diff), or noise='none'",
+        )
+    if tuple(capture.blocks) != BLOCKS:
+        raise ConfigError("blocks", "picks UNet blocks; on an MM-DiT choose transformer blocks with layers=[...]")
+    if feature_layer is not None and not on_mmdit_layer:
+        raise ConfigError(
+            "feature_layer",
+            f"{feature_layer!r} names a UNet layer; on an MM-DiT give one transformer block's output, e.g. 'layer:9'",
+        )
+    side = config.extraction.preparation.image_size // 16  # one token grid: 8 px per latent cell, patch 2
+    levels = set(capture.capture_resolutions or ()) | set(getattr(config.params, "resolutions", None) or ())
+    if levels - {side}:
+        name = "resolutions" if getattr(config.params, "resolutions", None) else "capture_resolutions"
+        raise ConfigError(
+            name,
+            f"an MM-DiT has one token grid, {side}² at image_size {config.extraction.preparation.image_size}; "
+            f"got {sorted(levels, reverse=True)} (leave it unset)",
+        )

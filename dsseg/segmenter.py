@@ -22,7 +22,7 @@ from typing import Literal, overload
 
 import numpy as np
 
-from dsseg.checks import check_candidates, check_captioner, shared_preparation
+from dsseg.checks import check_candidates, check_captioner, check_family, shared_preparation
 from dsseg.errors import ConfigError
 from dsseg.io.images import Geometry
 from dsseg.methods import get_method, name_results
@@ -136,6 +136,7 @@ class Segmenter:
         self.specs = list(specs)
         self.configs = [spec.resolved for spec in self.specs]
         self.preparation = shared_preparation(self.configs)
+        check_family(self.configs, backbone.family)
         check_captioner(
             self.configs, captioner=captioner is not None, filter_reads_captions=needs_captions(class_filter)
         )

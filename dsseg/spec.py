@@ -93,7 +93,7 @@ def resolve(method: str, params: Mapping[str, Any]) -> SegmentConfig:
 def check_features_and_attention(method: str, registered, extract_params: Mapping[str, Any]) -> None:
     """Raise a ``ConfigError`` where a config would capture what its method does not read: no
     attention maps for a method that reads them, no features or class names for one that reads features."""
-    reads_features = registered.extraction.get("self_attention", True) is False
+    reads_features = registered.extraction.get("feature_layer") is not None
     if not reads_features and extract_params.get("self_attention") is False:
         raise ConfigError("self_attention", f"{method} reads attention maps: leave self_attention on")
     if reads_features:

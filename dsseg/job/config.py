@@ -22,6 +22,7 @@ from dsseg.checks import (
     check_captioner,
     check_captioner_used,
     check_classes_given,
+    check_family,
     needs_image_classes,
     shared_preparation,
 )
@@ -29,6 +30,7 @@ from dsseg.errors import ConfigError
 from dsseg.io.images import DEFAULT_MAX_PIXELS
 from dsseg.io.sources import is_uri
 from dsseg.model.config import DEFAULT_BACKBONE, RUNTIME_FIELDS, Preparation
+from dsseg.model.families import backbone_family
 from dsseg.model.filter_specs import (
     check_candidates_file,
     check_filter_spec,
@@ -223,6 +225,7 @@ class SegmentJob:
             filter_may_read_captions=filter_may_read_captions(self.class_filter),
         )
         shared_preparation(configs)
+        check_family(configs, backbone_family(self.backbone))
 
     def check_paths(self) -> None:
         """What the settings alone cannot tell, checked where the job will run (before any model

@@ -15,13 +15,13 @@ if TYPE_CHECKING:
     from dsseg.model.extract import AttentionBundle
     from dsseg.timing import StageTimer
 
-METHOD_NAMES = ("diffseg", "ncut", "openvocab", "diffcut")
+METHOD_NAMES = ("diffseg", "ncut", "openvocab", "diffcut", "seg4diff")
 
 
 @functools.cache
 def _registry() -> dict[str, Method]:
     from dsseg.methods.base import Method
-    from dsseg.methods.configs import DiffCutConfig, DiffSegConfig, NCutConfig, OpenVocabConfig
+    from dsseg.methods.configs import DiffCutConfig, DiffSegConfig, NCutConfig, OpenVocabConfig, Seg4DiffConfig
 
     return {
         "diffseg": Method("diffseg", DiffSegConfig, "dsseg.methods.diffseg:segment_diffseg"),
@@ -54,6 +54,25 @@ def _registry() -> dict[str, Method]:
                 "self_attention": False,
                 "geometry": "squash",
                 "image_size": 1024,
+            },
+        ),
+        # Seg4Diff as released on SD3-medium: 1024² squashed, flow-matching noise at timesteps[-8] of 28
+        # (σ ≈ 0.515), block 9's image→text joint attention, class names joined by spaces when given
+        "seg4diff": Method(
+            "seg4diff",
+            Seg4DiffConfig,
+            "dsseg.methods.seg4diff:segment_seg4diff",
+            extraction={
+                "noise": "flow",
+                "num_inference_steps": 28,
+                "flow_step": -8,
+                "layers": (9,),
+                "self_attention": False,
+                "cross_attention": True,
+                "geometry": "squash",
+                "image_size": 1024,
+                "joint_prefix": "",
+                "joint_separator": " ",
             },
         ),
     }

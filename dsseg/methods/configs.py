@@ -248,3 +248,31 @@ class DiffCutConfig:
             max_depth=self.max_depth, split_candidates=self.split_candidates, candidate_span=CANDIDATE_SPAN,
             eigensolver="dense_laplacian", drop_zero_rows=self.drop_zero_rows,
         )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Seg4DiffConfig:
+    """Seg4Diff parameters (cvlab-kaist/Seg4Diff, ``seg4diff_model_unsup.py``, commit c81a2c62; the
+    released code is followed where it and its config disagree). ``kl_threshold``: the symmetric KL
+    below which a proposal joins an anchor's group (the released code hard-codes 0.1; its config's
+    KL_THRESHOLD 0.035 is printed but not read). ``max_masks``: keep at most this many merged maps,
+    the first in token order (the config's MAX_MASK 32, which the released code never applies: None).
+    ``text_tokens``: the image→text columns read as proposals (77: the CLIP part of the 154; the T5
+    part is zeros without T5 and is not read). ``minmax_tokens``: each position's proposal values
+    min-max normalised over the tokens first, as the released ``att2mask`` (the definition that wins).
+    ``upsample_factor``: pixels per token in the label map (16: 8-pixel latent cells, patch 2)."""
+
+    kl_threshold: float = 0.1
+    max_masks: int | None = None
+    text_tokens: int = 77
+    minmax_tokens: bool = True
+    upsample_factor: int = 16
+
+    def __post_init__(self) -> None:
+        if not self.kl_threshold > 0:
+            raise ConfigError("kl_threshold", f"must be > 0; got {self.kl_threshold}")
+        if self.max_masks is not None and self.max_masks < 1:
+            raise ConfigError("max_masks", f"must be ≥ 1 or None (no cap); got {self.max_masks}")
+        for name in ("text_tokens", "upsample_factor"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be ≥ 1; got {getattr(self, name)}")

@@ -29,11 +29,13 @@ MAX_CHUNK_ELEMENTS = 2**28
 
 @dataclass(frozen=True)
 class AttentionLayer:
-    """One attention layer of the UNet: its processor key, kind and place."""
+    """One attention layer: its processor key, kind and place (a UNet block, or ``"layer"`` and the
+    block ``index`` in an MM-DiT)."""
 
     name: str
     kind: Kind
-    block: Block
+    block: Block | Literal["layer"]
+    index: int | None = None
 
 
 def attention_layers(unet: UNet2DConditionModel) -> list[AttentionLayer]:
@@ -68,9 +70,10 @@ class AttentionStore:
     captured layers of that level.
     """
 
-    def __init__(self, spec: Capture, latent_hw: Grid) -> None:
+    def __init__(self, spec: Capture, latent_hw: Grid, grids: list[Grid] | None = None) -> None:
+        """``grids``: the token grids layers may have (default: the UNet levels of ``latent_hw``)."""
         self.spec = spec
-        self._grids = {h * w: (h, w) for h, w in level_grids(latent_hw)}
+        self._grids = {h * w: (h, w) for h, w in (grids or level_grids(latent_hw))}
         self._sums: dict[tuple[Kind, Grid], torch.Tensor] = {}
         self._counts: dict[tuple[Kind, Grid], int] = {}
 
@@ -79,7 +82,7 @@ class AttentionStore:
         resolution filter applies to self-attention; cross-attention is kept at every level)."""
         grid = self._grids.get(num_tokens)
         if grid is None:
-            raise ValueError(f"{num_tokens} query tokens match no UNet level of {sorted(self._grids.values())}")
+            raise ValueError(f"{num_tokens} query tokens match no token grid of {sorted(self._grids.values())}")
         if kind == "self" and not self.spec.keeps_self_attention_at(max(grid)):
             return None
         return grid

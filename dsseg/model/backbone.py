@@ -32,10 +32,11 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from dsseg.errors import ConfigError, WeightsNotFoundError
 from dsseg.model.config import DEFAULT_BACKBONE
+from dsseg.model.families import RANDOM_BACKBONES, RANDOM_MMDITS, backbone_family
 from dsseg.model.hub import is_local, weights_problem
+from dsseg.model.mmdit import MMDiTBackbone, build_random_mmdit, load_pretrained_mmdit, mmdit_weights_problem
 from dsseg.model.tokenizer import CONTEXT_LENGTH, clip_tokenizer
 
-RANDOM_BACKBONES = ("tiny", "sd-v1-random", "tiny-sdxl", "sdxl-random")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # SD v1 noise schedule (scheduler/scheduler_config.json of the v1.x checkpoints).
@@ -129,6 +130,21 @@ class Backbone:
     tokenizer_2: CLIPTokenizer | None = None
     _prompt_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
+    family = "unet"
+    latent_shift = 0.0  # subtracted from the VAE posterior before scaling (SD3's VAE has one)
+
+    @property
+    def denoiser(self) -> UNet2DConditionModel:
+        """The network one step runs (the UNet; ``MMDiTBackbone.denoiser`` is its transformer)."""
+        return self.unet
+
+    def modules_to_place(self) -> list[tuple[torch.nn.Module, bool]]:
+        """(module, keep float32) for every model part to move to the device and dtype: SDXL's VAE
+        overflows in float16 (its config says force_upcast) and stays float32."""
+        upcast = self.is_xl and getattr(self.vae.config, "force_upcast", False)
+        parts = [(self.vae, upcast), (self.unet, False), (self.text_encoder, False), (self.text_encoder_2, False)]
+        return [(module, keep) for module, keep in parts if module is not None]
+
     @property
     def is_xl(self) -> bool:
         """Whether this is an SDXL-class backbone (two text encoders, pooled and size conditioning)."""
@@ -168,6 +184,10 @@ class Backbone:
         return tokenizer(
             prompt, padding="max_length", max_length=CONTEXT_LENGTH, truncation=True, return_tensors="pt"
         ).input_ids.to(self.device)
+
+    def denoise(self, latents: torch.Tensor, timestep: int | torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """One network call, the name both families share (``run_unet``)."""
+        return self.run_unet(latents, timestep, condition)
 
     def run_unet(self, latents: torch.Tensor, timestep: int | torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         """One UNet call: latents (B, 4, h, w) at ``timestep`` (one, or (B,) per latent) with
@@ -212,26 +232,28 @@ def load_backbone(
     offline: bool = False,
     seed: int = 0,
     compile: bool = False,
-) -> Backbone:
-    """Load a backbone by name (see module docstring); frozen, in eval mode, on ``device``.
+) -> Backbone | MMDiTBackbone:
+    """Load a backbone by name (see module docstring and ``dsseg.model.mmdit``); frozen, in eval mode,
+    on ``device``.
 
     ``offline=True`` never contacts the hub (weights must be in a local folder or the HF cache).
     ``seed`` only affects the random backbones. ``compile``: see ``compile_backbone``.
     """
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    if name in RANDOM_BACKBONES:
+    family = backbone_family(name)
+    if name in RANDOM_MMDITS:
+        parts = build_random_mmdit(name, seed)
+    elif name in RANDOM_BACKBONES:
         parts = _build_random(name, seed)
     else:
-        parts = _load_pretrained(name, dtype, offline)
-    backbone = Backbone(name=name, device=device, dtype=dtype, **parts)
-    for module in (backbone.vae, backbone.unet, backbone.text_encoder, backbone.text_encoder_2):
-        if module is None:
-            continue
-        # SDXL's VAE overflows in float16 (its config says force_upcast): it stays float32.
-        upcast = module is backbone.vae and backbone.is_xl and getattr(module.config, "force_upcast", False)
+        parts = _load_pretrained(name, dtype, offline, family)
+    kind = MMDiTBackbone if family == "mmdit" else Backbone
+    backbone = kind(name=name, device=device, dtype=dtype, **parts)
+    for module, keep_float32 in backbone.modules_to_place():
         # nn.Module.to, not diffusers' override: that one warns on every dtype cast (diffusers 0.42).
-        torch.nn.Module.to(module, device=device, dtype=torch.float32 if upcast else dtype).eval().requires_grad_(False)
+        torch.nn.Module.to(module, device=device, dtype=torch.float32 if keep_float32 else dtype)
+        module.eval().requires_grad_(False)
     if compile:
         compile_backbone(backbone)
     return backbone
@@ -251,7 +273,7 @@ def compile_backbone(backbone: Backbone) -> int:
 
     modules = [
         backbone.vae.encoder,
-        *(m for m in backbone.unet.modules() if isinstance(m, (ResnetBlock2D, FeedForward))),
+        *(m for m in backbone.denoiser.modules() if isinstance(m, (ResnetBlock2D, FeedForward))),
     ]
     # Blocks of one class share their forward's code, compiled once per instance and input shape:
     # past the default limit (8) the rest would silently run eager.
@@ -336,46 +358,57 @@ def _sharpen_attention(unet: UNet2DConditionModel, gain: float) -> None:
 
 def check_backbone_available(name: str, offline: bool = False) -> None:
     """Fail fast, before any worker starts, when weights certainly cannot be loaded: a local
-    folder without ``unet/``, or a hub id absent from the cache when offline or unreachable."""
+    folder without ``unet/`` (SD3: ``transformer/``), or a hub id absent from the cache when offline
+    or unreachable."""
     if name in RANDOM_BACKBONES:
         return
-    problem = weights_problem(name, "unet/config.json", offline)
+    if backbone_family(name) == "mmdit":
+        problem = mmdit_weights_problem(name, offline)
+    else:
+        problem = weights_problem(name, "unet/config.json", offline)
     if problem:
         raise BackboneNotFoundError(_missing_weights_message(name, problem))
 
 
-def _load_pretrained(source: str, dtype: torch.dtype, offline: bool) -> dict:
+def _load_pretrained(source: str, dtype: torch.dtype, offline: bool, family: str = "unet") -> dict:
     check_backbone_available(source, offline)
-    source = str(Path(source).expanduser()) if is_local(source) else source
-    common = dict(local_files_only=offline)
     try:
-        parts = dict(
-            tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common),
-            text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype, **common),
-            vae=AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **common),
-            unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **common),
-            # SDXL ships an Euler scheduler: its noise schedule (betas) is what DDIM takes from it.
-            scheduler=DDIMScheduler.from_pretrained(source, subfolder="scheduler", **common),
-        )
-        if parts["unet"].config.addition_embed_type == "text_time":  # SDXL-class: the second text encoder
-            parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", **common)
-            parts["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(
-                source, subfolder="text_encoder_2", dtype=dtype, **common
-            )
-        return parts
+        if family == "mmdit":
+            return load_pretrained_mmdit(source, dtype, offline)
+        return _load_pretrained_unet(source, dtype, offline)
     except (OSError, ValueError) as error:  # hub errors and missing files are OSError subclasses
         raise BackboneNotFoundError(_missing_weights_message(source, f"{type(error).__name__}: {error}")) from error
+
+
+def _load_pretrained_unet(source: str, dtype: torch.dtype, offline: bool) -> dict:
+    source = str(Path(source).expanduser()) if is_local(source) else source
+    common = dict(local_files_only=offline)
+    parts = dict(
+        tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common),
+        text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype, **common),
+        vae=AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **common),
+        unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **common),
+        # SDXL ships an Euler scheduler: its noise schedule (betas) is what DDIM takes from it.
+        scheduler=DDIMScheduler.from_pretrained(source, subfolder="scheduler", **common),
+    )
+    if parts["unet"].config.addition_embed_type == "text_time":  # SDXL-class: the second text encoder
+        parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", **common)
+        parts["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(
+            source, subfolder="text_encoder_2", dtype=dtype, **common
+        )
+    return parts
 
 
 def _missing_weights_message(source: str, reason: str) -> str:
     return (
         f"Could not load Stable Diffusion weights from {source!r} ({reason.splitlines()[0]}).\n"
         "dsseg needs a diffusers-format SD v1.x/v2.x pipeline (folders unet/, vae/, text_encoder/, "
-        "tokenizer/, scheduler/), or an SDXL-class one (also text_encoder_2/, tokenizer_2/: SDXL base, SSD-1B). "
-        "To provide one:\n"
+        "tokenizer/, scheduler/), an SDXL-class one (also text_encoder_2/, tokenizer_2/: SDXL base, SSD-1B), "
+        "or an SD3 / SD3.5 one (transformer/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, "
+        "scheduler/; text_encoder_3/ and tokenizer_3/ (T5) are used when present). To provide one:\n"
         f"  1. on a machine with internet access: huggingface-cli download {DEFAULT_BACKBONE} "
         "--local-dir /models/sd-v1-4 (accept the licence on huggingface.co first; set HF_TOKEN),\n"
         "     then pass --backbone /models/sd-v1-4 (a local folder), or\n"
         "  2. keep a hub id and point HF_HOME at a cache that holds it; add --offline on machines without internet.\n"
-        "For a smoke test without weights use --backbone tiny or tiny-sdxl (random weights, same layouts)."
+        "For a smoke test without weights use --backbone tiny, tiny-sdxl or tiny-sd3 (random weights, same layouts)."
     )

@@ -29,10 +29,12 @@ DEFAULT_BACKBONE = "CompVis/stable-diffusion-v1-4"  # Stable Diffusion v1.4, the
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"  # the DiffSeg demo's BLIP
 Block = Literal["down", "mid", "up"]
 BLOCKS: tuple[Block, ...] = ("down", "mid", "up")
+MMDIT_BLOCK = "layer"  # the AttentionLayer block (and feature_layer prefix) of an MM-DiT transformer block
 UNET_LEVELS = 4  # attention resolutions of the SD UNet: the latent and three halvings
 LATENT_FACTOR = 8  # image pixels per latent cell in every SD VAE
-NoiseMode = Literal["none", "noise", "ddim_inversion"]
-NOISE_MODES: tuple[NoiseMode, ...] = ("none", "noise", "ddim_inversion")
+NoiseMode = Literal["none", "noise", "ddim_inversion", "flow"]
+NOISE_MODES: tuple[NoiseMode, ...] = ("none", "noise", "ddim_inversion", "flow")
+DDPM_NOISE_MODES: tuple[NoiseMode, ...] = ("noise", "ddim_inversion")  # read a UNet's DDPM schedule
 DEFAULT_TIMESTEP = 300
 CLASS_PLACEHOLDER = "{class}"
 DEFAULT_TEMPLATE = "a photograph of {class}"  # DiffSegmenter's released VOC prompt (no article)
@@ -41,6 +43,8 @@ ClassWeighting = Literal["scale", "compel"]
 CLASS_WEIGHTINGS: tuple[ClassWeighting, ...] = ("scale", "compel")
 ClassTokenMode = Literal["mean", "first", "last"]
 CLASS_TOKEN_MODES: tuple[ClassTokenMode, ...] = ("mean", "first", "last")
+JOINT_PREFIX = "a photograph of "  # joint prompts: "a photograph of horse, grass"
+JOINT_SEPARATOR = ", "
 CAPTION = "caption"  # descriptors="caption", naming="caption": the words come from a captioner
 
 
@@ -79,7 +83,11 @@ class Noising:
     ``num_inference_steps``, then the step at the last inverted timestep; ``timestep`` unset).
     ``timesteps`` (instead of ``timestep``; ``none`` or ``noise``): the attention is the mean of
     the captures at each of these steps, stacked in the batch of one UNet call (DiffSegmenter's
-    pseudo-labels: 1, 50, 100, 150)."""
+    pseudo-labels: 1, 50, 100, 150). ``flow`` (MM-DiT, flow matching): x_t = (1 − σ)·x₀ + σ·ε with
+    seeded ε, at the σ of inference step ``flow_step`` (Python indexing: −8 is the eighth from the
+    end) of ``num_inference_steps`` in the backbone's scheduler (its shift applied), the transformer
+    called at that step's timestep σ·1000 (Seg4Diff's NOISE_STEPS 8 reads ``timesteps[-8]`` of 28:
+    σ ≈ 0.515)."""
 
     noise: NoiseMode = "none"
     timestep: int | None = None
@@ -87,10 +95,24 @@ class Noising:
     inversion_steps: int = 10
     num_inference_steps: int = 50
     seed: int = 0
+    flow_step: int | None = field(default=None, metadata=ADDED)
 
     def __post_init__(self) -> None:
         if self.noise not in NOISE_MODES:
             raise ConfigError("noise", f"must be one of {NOISE_MODES}; got {self.noise!r}")
+        if self.noise == "flow":
+            if self.timestep is not None or self.timesteps is not None:
+                given = "timestep" if self.timestep is not None else "timesteps"
+                raise ConfigError(given, "is set by flow_step under noise='flow'; leave it unset")
+            steps = self.num_inference_steps
+            if self.flow_step is None or not -steps <= self.flow_step < steps:
+                raise ConfigError(
+                    "flow_step",
+                    f"noise='flow' needs a step index in [-{steps}, {steps}) of num_inference_steps={steps} "
+                    f"(Python indexing; Seg4Diff: -8 of 28); got {self.flow_step}",
+                )
+        elif self.flow_step is not None:
+            raise ConfigError("flow_step", f"applies to noise='flow' only; got noise={self.noise!r}")
         if self.noise == "ddim_inversion" and self.timestep is not None:
             raise ConfigError("timestep", "is set by inversion_steps under noise='ddim_inversion'; leave it unset")
         if self.timestep is not None and not 0 <= self.timestep < 1000:
@@ -124,16 +146,26 @@ class Capture:
     ``self_attention`` (False: none, for methods that read features only). ``feature_layer``:
     ``"BLOCK:INDEX"`` keeps the output features of one self-attention layer, the INDEX-th (Python
     indexing, forward order) of the ``down``, ``mid`` or ``up`` blocks' self-attention layers;
-    ``"down:-1"``, the last of the down path, is DiffCut's layer on SD 1.x and SDXL alike."""
+    ``"down:-1"``, the last of the down path, is DiffCut's layer on SD 1.x and SDXL alike. On an MM-DiT
+    (SD3) ``layers`` picks the transformer blocks whose joint attention is kept (0-based; None: all;
+    ``blocks`` does not apply) and ``feature_layer="layer:K"`` keeps block K's image-token output."""
 
     blocks: tuple[Block, ...] = BLOCKS
     capture_resolutions: tuple[int, ...] | None = None
     cross_attention: bool = False
     self_attention: bool = field(default=True, metadata=ADDED)
     feature_layer: str | None = field(default=None, metadata=ADDED)
+    layers: tuple[int, ...] | None = field(default=None, metadata=ADDED)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", tuple(self.blocks))
+        if self.layers is not None:
+            if isinstance(self.layers, int) or any(isinstance(i, (bool, str, float)) for i in self.layers):
+                raise ConfigError("layers", f"expects a list of MM-DiT block indices, e.g. [9]; got {self.layers!r}")
+            layers = tuple(sorted({int(i) for i in self.layers}))
+            if not layers or layers[0] < 0:
+                raise ConfigError("layers", f"must be block indices ≥ 0 (0-based), e.g. [9]; got {list(self.layers)}")
+            object.__setattr__(self, "layers", layers)
         if set(self.blocks) - set(BLOCKS) or not self.blocks:
             raise ConfigError("blocks", f"must be a non-empty subset of {BLOCKS}; got {self.blocks}")
         if self.feature_layer is not None:
@@ -147,6 +179,9 @@ class Capture:
 
     def selects(self, layer) -> bool:
         """Whether to capture ``layer`` (a ``dsseg.model.attention.AttentionLayer``), whatever its level."""
+        if layer.block == "layer":  # an MM-DiT block's joint attention holds both kinds
+            wanted = self.self_attention or self.cross_attention
+            return wanted and (self.layers is None or layer.index in self.layers)
         wanted_kind = self.self_attention if layer.kind == "self" else self.cross_attention
         return wanted_kind and layer.block in self.blocks
 
@@ -155,16 +190,18 @@ class Capture:
         return self.capture_resolutions is None or side in self.capture_resolutions
 
 
-def parse_feature_layer(spec: str) -> tuple[Block, int]:
-    """``"down:-1"`` → ("down", −1); a ``ConfigError`` naming the form otherwise."""
+def parse_feature_layer(spec: str) -> tuple[Block | Literal["layer"], int]:
+    """``"down:-1"`` → ("down", −1); ``"layer:9"`` (an MM-DiT block) → ("layer", 9); a ``ConfigError``
+    naming the form otherwise."""
     block, _, index = str(spec).partition(":")
     try:
         position = int(index)
     except ValueError:
         position = None
-    if block not in BLOCKS or position is None:
+    if block not in (*BLOCKS, MMDIT_BLOCK) or position is None:
         raise ConfigError(
-            "feature_layer", f"expects BLOCK:INDEX with BLOCK one of {BLOCKS}, e.g. 'down:-1'; got {spec!r}"
+            "feature_layer",
+            f"expects BLOCK:INDEX with BLOCK one of {BLOCKS} (UNet), e.g. 'down:-1', or 'layer:K' (MM-DiT block K); got {spec!r}",
         )
     return block, position  # type: ignore[return-value]
 
@@ -193,7 +230,9 @@ class Prompting:
     code's spellings, "plane" for aeroplane) or {class: words}; segments keep the class names.
     ``joint_names`` (set by ``dsseg.spec`` when segments are named, not a parameter): prompt with
     the joint names even when only the images carry classes. ``caption_names`` (set for
-    ``naming="caption"``): each image's prompt is its caption and its classes the caption's nouns."""
+    ``naming="caption"``): each image's prompt is its caption and its classes the caption's nouns.
+    ``joint_prefix`` and ``joint_separator``: the joint prompt's form, prefix + names joined by the
+    separator ("a photograph of horse, grass"; Seg4Diff's released code: "" and " ", "horse grass")."""
 
     prompt: str = ""
     classes: tuple[str, ...] = field(default=(), metadata=OWN_TYPE_CHECK)  # one string: a message of its own
@@ -206,6 +245,8 @@ class Prompting:
     class_tokens: ClassTokenMode = field(default="mean", metadata=ADDED)
     participle_offset: int = field(default=1, metadata=ADDED)
     spellings: str | tuple[tuple[str, str], ...] | None = field(default=None, metadata=ADDED)
+    joint_prefix: str = field(default=JOINT_PREFIX, metadata=ADDED)
+    joint_separator: str = field(default=JOINT_SEPARATOR, metadata=ADDED)
     joint_names: bool = field(default=False, metadata=DERIVED)
     caption_names: bool = field(default=False, metadata=DERIVED)
 
@@ -245,6 +286,8 @@ class Prompting:
         if self.participle_offset < 0:
             raise ConfigError("participle_offset", f"must be ≥ 0 (0: never); got {self.participle_offset}")
         object.__setattr__(self, "spellings", check_spellings(self.spellings))
+        if not self.joint_separator:
+            raise ConfigError("joint_separator", "must not be empty (names would run together), e.g. ' ' or ', '")
 
     def spelled(self, name: str) -> str:
         """The word(s) a class prompt names class ``name`` by (``spellings``; else the name)."""
@@ -311,6 +354,8 @@ def check_class_names(names: Sequence[str]) -> None:
 
 PARTS = {"preparation": Preparation, "noising": Noising, "capture": Capture, "prompting": Prompting}
 REPLACES = {"timestep": "timesteps", "timesteps": "timestep"}  # parameters that stand for each other
+# The step parameters each noise mode takes (the optional ones, None by default).
+NOISE_STEP_PARAMS = {"none": ("timestep", "timesteps"), "noise": ("timestep", "timesteps"), "flow": ("flow_step",)}
 RUNTIME_FIELDS = ("class_batch_size",)  # change speed or memory but not results: left out of config ids
 
 
@@ -341,6 +386,11 @@ class ExtractConfig:
         # One of two parameters that replace each other, given over a base, clears the base's other
         # (openvocab's default timestep 100, then timesteps=[1, 50, 100, 150]); both given is an error.
         cleared = {REPLACES[name]: None for name in params if name in REPLACES and REPLACES[name] not in params}
+        # A noise mode given over a base clears the base's step settings that mode does not take (openvocab's
+        # timestep 100 under noise="flow"; seg4diff's flow_step under noise="none").
+        if "noise" in params:
+            kept = NOISE_STEP_PARAMS.get(params["noise"], ())
+            cleared.update({name: None for names in NOISE_STEP_PARAMS.values() for name in names if name not in kept})
         params = {**cleared, **params}
         parts = {}
         for name, part_class in PARTS.items():

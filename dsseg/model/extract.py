@@ -32,7 +32,7 @@ import torch
 from dsseg.errors import ConfigError
 from dsseg.model.attention import Grid, attention_layers, capture_attention, level_grids
 from dsseg.model.backbone import Backbone
-from dsseg.model.config import DEFAULT_TIMESTEP, ExtractConfig, check_class_names, parse_feature_layer
+from dsseg.model.config import DEFAULT_TIMESTEP, MMDIT_BLOCK, ExtractConfig, check_class_names, parse_feature_layer
 from dsseg.model.prompts import ImageTexts, PromptPlan, class_prompt_plan, joint_prompt_plans
 from dsseg.timing import StageTimer
 
@@ -84,7 +84,12 @@ class AttentionBundle:
     def __len__(self) -> int:
         if self.features is not None:
             return self.features.shape[0]
-        return next(iter(self.self_attention.values())).shape[0]
+        if self.class_names is not None:
+            return len(self.class_names)
+        for maps in (self.self_attention, self.cross_attention):
+            if maps:
+                return next(iter(maps.values())).shape[0]
+        raise ValueError("the bundle holds no attention, features or class maps")
 
     def image(self, index: int) -> AttentionBundle:
         """The bundle of one image of the batch (views, B = 1)."""
@@ -124,6 +129,20 @@ def inversion_timesteps(scheduler, num_inference_steps: int, steps: int) -> list
     return ascending[:steps]
 
 
+def flow_sigma(scheduler, num_inference_steps: int, step: int) -> tuple[float, float]:
+    """(σ, timestep) of inference step ``step`` (Python indexing) of ``num_inference_steps`` in a
+    flow-matching scheduler, its shift applied (SD3, 28 steps, shift 3: step −8 → σ ≈ 0.515, t ≈ 515.1)."""
+    if not hasattr(scheduler, "sigmas") or hasattr(scheduler, "alphas_cumprod"):
+        raise ConfigError(
+            "noise", "'flow' needs a flow-matching backbone (SD3 / SD3.5); UNets take none, noise or ddim_inversion"
+        )
+    if scheduler.config.get("use_dynamic_shifting", False):
+        raise ConfigError("noise", "'flow' does not support schedulers with dynamic shifting (FLUX-class)")
+    scheduler.set_timesteps(num_inference_steps)
+    index = step % num_inference_steps  # sigmas has one more entry (the final 0) than timesteps
+    return float(scheduler.sigmas[index]), float(scheduler.timesteps[index])
+
+
 def ddim_invert(
     latents: torch.Tensor,
     predict_noise: Callable[[torch.Tensor, int], torch.Tensor],
@@ -148,9 +167,23 @@ def ddim_invert(
     return x
 
 
-def feature_module(unet, spec: str) -> torch.nn.Module:
-    """The self-attention module ``spec`` (``"BLOCK:INDEX"``, see ``Capture``) names in ``unet``."""
+def feature_module(denoiser, spec: str) -> torch.nn.Module:
+    """The module whose output ``spec`` names (see ``Capture``): in a UNet the self-attention layer
+    ``"BLOCK:INDEX"``; in an MM-DiT the transformer block ``"layer:K"``."""
     block, index = parse_feature_layer(spec)
+    if hasattr(denoiser, "transformer_blocks"):
+        blocks = denoiser.transformer_blocks
+        if block != MMDIT_BLOCK or not -len(blocks) <= index < len(blocks):
+            raise ConfigError(
+                "feature_layer",
+                f"{spec!r}: an MM-DiT names its {len(blocks)} blocks 'layer:0' … 'layer:{len(blocks) - 1}'",
+            )
+        return blocks[index]
+    if block == MMDIT_BLOCK:
+        raise ConfigError(
+            "feature_layer", f"{spec!r} names an MM-DiT block; on a UNet give BLOCK:INDEX, e.g. 'down:-1'"
+        )
+    unet = denoiser
     layers = [layer for layer in attention_layers(unet) if layer.kind == "self" and layer.block == block]
     if not -len(layers) <= index < len(layers):
         raise ConfigError("feature_layer", f"{spec!r}: the {block} blocks hold {len(layers)} self-attention layers")
@@ -163,16 +196,45 @@ def keep_output(module: torch.nn.Module | None, kept: list[torch.Tensor]):
     if module is None:
         yield
         return
-    handle = module.register_forward_hook(lambda _module, _inputs, output: kept.append(output.detach()))
+
+    def keep(_module, _inputs, output) -> None:
+        # An MM-DiT block returns (text states, image states): the image tokens are the features.
+        kept.append((output[1] if isinstance(output, tuple) else output).detach())
+
+    handle = module.register_forward_hook(keep)
     try:
         yield
     finally:
         handle.remove()
 
 
-def feature_grid(latent_hw: Grid, tokens: int) -> Grid:
-    """The UNet level grid (h, w) of a feature map with ``tokens`` positions."""
-    for grid in level_grids(latent_hw):
+def token_grids(backbone, latent_hw: Grid) -> list[Grid]:
+    """The token grids of ``backbone``'s attention for a latent of ``latent_hw``: the UNet levels
+    (h, w), (h/2, w/2), …; an MM-DiT's one grid, the latent over its patch size."""
+    if backbone.family == "mmdit":
+        patch = backbone.patch_size
+        if latent_hw[0] % patch or latent_hw[1] % patch:
+            raise ValueError(f"latent size {latent_hw} must be divisible by the patch size {patch}")
+        return [(latent_hw[0] // patch, latent_hw[1] // patch)]
+    return level_grids(latent_hw)
+
+
+@contextmanager
+def capture(backbone, spec, latent_hw: Grid):
+    """``capture_attention`` on a UNet, ``capture_joint_attention`` on an MM-DiT: yields the store."""
+    if backbone.family == "mmdit":
+        from dsseg.model.joint_attention import capture_joint_attention
+
+        with capture_joint_attention(backbone.denoiser, spec, token_grids(backbone, latent_hw)[0]) as store:
+            yield store
+    else:
+        with capture_attention(backbone.denoiser, spec, latent_hw) as store:
+            yield store
+
+
+def feature_grid(latent_hw: Grid, tokens: int, backbone=None) -> Grid:
+    """The token grid (h, w) of a feature map with ``tokens`` positions (UNet levels by default)."""
+    for grid in level_grids(latent_hw) if backbone is None else token_grids(backbone, latent_hw):
         if grid[0] * grid[1] == tokens:
             return grid
     raise ValueError(f"{tokens} feature tokens match no level of the latent grid {latent_hw}")
@@ -187,14 +249,21 @@ class AttentionExtractor:
         self.condition = backbone.encode_prompt(config.prompting.prompt)  # (1, 77, D); SDXL (1, 78, D)
         layer = config.capture.feature_layer
         # The module whose output ``feature_layer`` names, found now: a bad index fails before any image.
-        self.feature_module = None if layer is None else feature_module(backbone.unet, layer)
+        self.feature_module = None if layer is None else feature_module(backbone.denoiser, layer)
         self._class_conditions: OrderedDict[tuple[str, tuple[int, ...]], torch.Tensor] = OrderedDict()
         scheduler = backbone.scheduler
-        self.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)
+        # A flow-matching scheduler has no ᾱ: only noise="flow" (or none) reads its schedule.
+        alphas = getattr(scheduler, "alphas_cumprod", None)
+        self.alphas_cumprod = None if alphas is None else alphas.to(torch.float64)
         noising = config.noising
+        self.sigma: float | None = None
         if noising.noise == "ddim_inversion":
             self.inversion = inversion_timesteps(scheduler, noising.num_inference_steps, noising.inversion_steps)
             self.timesteps = (self.inversion[-1],)
+        elif noising.noise == "flow":
+            self.inversion = []
+            self.sigma, timestep = flow_sigma(scheduler, noising.num_inference_steps, noising.flow_step)
+            self.timesteps = (timestep,)
         else:
             self.inversion = []
             self.timesteps = noising.timesteps or (DEFAULT_TIMESTEP if noising.timestep is None else noising.timestep,)
@@ -237,7 +306,7 @@ class AttentionExtractor:
             self_maps, cross_maps, features = self.capture_stacked(
                 noised, self.condition.expand(latents.shape[0], -1, -1)
             )
-        grid = None if features is None else feature_grid(latent_hw, features.shape[1])
+        grid = None if features is None else feature_grid(latent_hw, features.shape[1], self.backbone)
         return replace(
             bundle, self_attention=self_maps, cross_attention=cross_maps, features=features, feature_grid=grid
         )
@@ -261,7 +330,7 @@ class AttentionExtractor:
         )
         kept: list[torch.Tensor] = []
         with (
-            capture_attention(self.backbone.unet, self.config.captured, tuple(noised.shape[-2:])) as store,
+            capture(self.backbone, self.config.captured, tuple(noised.shape[-2:])) as store,
             keep_output(self.feature_module, kept),
         ):
             self.run_unet(noised.flatten(0, 1), timesteps, condition.repeat(steps, 1, 1))
@@ -295,7 +364,9 @@ class AttentionExtractor:
         if config.class_template is None:
             if texts.caption:
                 return joint_prompt_plans(tokenizer, names, texts.caption, [texts.phrases.get(n, n) for n in names])
-            return joint_prompt_plans(tokenizer, names, config.prompt)
+            return joint_prompt_plans(
+                tokenizer, names, config.prompt, prefix=config.joint_prefix, separator=config.joint_separator
+            )
         if not names:
             return [PromptPlan(config.prompt, ())]
         descriptors = {} if config.caption_descriptors else dict(config.descriptors)
@@ -385,10 +456,11 @@ class AttentionExtractor:
         return condition
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, h, w) in [-1, 1] → VAE posterior mean × scaling factor, (B, 4, h/8, w/8)."""
+        """(B, 3, h, w) in [-1, 1] → (VAE posterior mean − shift) × scaling factor, (B, C, h/8, w/8)
+        (C = 4; SD3: 16 channels, shift 0.0609)."""
         backbone = self.backbone
         images = images.to(backbone.device, next(backbone.vae.parameters()).dtype)  # float32 for an upcast VAE
-        latents = backbone.vae.encode(images).latent_dist.mean * backbone.latent_scaling
+        latents = (backbone.vae.encode(images).latent_dist.mean - backbone.latent_shift) * backbone.latent_scaling
         return latents.to(backbone.dtype)
 
     def add_noise(self, latents: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
@@ -396,9 +468,11 @@ class AttentionExtractor:
         ``timesteps``; ddim_inversion ends at its own)."""
         if self.config.noising.noise == "none":
             return latents
-        if self.config.noising.noise == "noise":
+        if self.config.noising.noise in ("noise", "flow"):
             generator = torch.Generator().manual_seed(self.config.noising.seed)
             noise = torch.randn((1, *latents.shape[1:]), generator=generator).to(latents)
+            if self.sigma is not None:  # flow matching
+                return (1.0 - self.sigma) * latents + self.sigma * noise.expand_as(latents)
             alpha = float(self.alphas_cumprod[self.timestep if timestep is None else timestep])
             return math.sqrt(alpha) * latents + math.sqrt(1.0 - alpha) * noise.expand_as(latents)
         scheduler_config = self.backbone.scheduler.config
@@ -406,9 +480,9 @@ class AttentionExtractor:
         return ddim_invert(latents, self._predict_noise, self.alphas_cumprod, self.inversion, start_alpha)
 
     def run_unet(self, latents: torch.Tensor, timestep: int | torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        """One UNet call (``Backbone.run_unet``): latents (B, 4, h, w) at ``timestep`` (one, or (B,)
+        """One network call (``Backbone.denoise``): latents (B, C, h, w) at ``timestep`` (one, or (B,)
         per latent) with conditions from ``encode_prompt`` → its output, same shape as latents."""
-        return self.backbone.run_unet(latents, timestep, condition)
+        return self.backbone.denoise(latents, timestep, condition)
 
     def _predict_noise(self, latents: torch.Tensor, timestep: int) -> torch.Tensor:
         """ε predicted at ``timestep``, converting v- or x₀-prediction models (SD 2.x) to ε."""

@@ -25,10 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dsseg.model.config import CLASS_PLACEHOLDER, ClassTokenMode, check_template
+from dsseg.model.config import CLASS_PLACEHOLDER, JOINT_PREFIX, JOINT_SEPARATOR, ClassTokenMode, check_template
 from dsseg.model.tokenizer import CONTEXT_LENGTH
-
-JOINT_PREFIX = "a photograph of "
 
 
 @dataclass(frozen=True)
@@ -173,30 +171,35 @@ def class_prompt_plan(
 
 
 def joint_prompt_plans(
-    tokenizer, names: Sequence[str], caption: str = "", phrases: Sequence[str] | None = None
+    tokenizer,
+    names: Sequence[str],
+    caption: str = "",
+    phrases: Sequence[str] | None = None,
+    prefix: str = JOINT_PREFIX,
+    separator: str = JOINT_SEPARATOR,
 ) -> list[PromptPlan]:
     """Prompts naming every class: ``caption`` if given (each name, or its ``phrases`` entry, is found in it,
-    ``phrases_apart``), else
-    ``"a photograph of NAME1, NAME2, …"`` — as many such prompts as CLIP's 77 tokens need, each
-    naming a run of consecutive classes (so any vocabulary fits; each extra prompt is a UNet call)."""
+    ``phrases_apart``), else ``prefix`` + the names joined by ``separator`` (``"a photograph of NAME1,
+    NAME2, …"``) — as many such prompts as CLIP's 77 tokens need, each naming a run of consecutive
+    classes (so any vocabulary fits; each extra prompt is a UNet call)."""
     if not names:
         return [PromptPlan(caption, ())]
     if caption:
         return [PromptPlan(caption, tuple(ClassTokens(p) for p in phrases_apart(tokenizer, caption, phrases or names)))]
-    budget = CONTEXT_LENGTH - 2 - len(token_ids(tokenizer, JOINT_PREFIX))  # start and end tokens
+    budget = CONTEXT_LENGTH - 2 - len(token_ids(tokenizer, prefix))  # start and end tokens
     groups: list[list[str]] = [[]]
     for name in names:
         candidate = [*groups[-1], name]
-        if groups[-1] and len(token_ids(tokenizer, ", ".join(candidate))) > budget:
+        if groups[-1] and len(token_ids(tokenizer, separator.join(candidate))) > budget:
             groups.append([name])
         else:
             groups[-1] = candidate
-    return [_joint_plan(tokenizer, group) for group in groups]
+    return [_joint_plan(tokenizer, group, prefix, separator) for group in groups]
 
 
-def _joint_plan(tokenizer, names: Sequence[str]) -> PromptPlan:
-    text = JOINT_PREFIX + ", ".join(names)
-    after = len(token_ids(tokenizer, JOINT_PREFIX)) + 1  # names are searched after the prefix ("a")
+def _joint_plan(tokenizer, names: Sequence[str], prefix: str, separator: str) -> PromptPlan:
+    text = prefix + separator.join(names)
+    after = len(token_ids(tokenizer, prefix)) + 1  # names are searched after the prefix ("a")
     found = []
     for name in names:  # in order, so "dog" is not found inside an earlier "hot dog"
         positions = phrase_positions(tokenizer, text, name, after=after)
