@@ -9,12 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from oracles.diffcut_reference import reference_affinity, reference_labels, reference_leaves
+from oracles.diffcut_reference import (
+    reference_affinity,
+    reference_autosc,
+    reference_cluster_qr,
+    reference_labels,
+    reference_leaves,
+)
 
 from dsseg.errors import ConfigError
 from dsseg.methods.diffcut import (
+    AutoSCPartition,
     DiffCutConfig,
     assign_cells,
+    autosc_partition,
+    cluster_qr,
     diffcut_labels,
     diffcut_partition,
     released_leaf_order,
@@ -215,3 +224,92 @@ def test_configs_that_capture_what_their_method_does_not_read_are_refused(tiny):
         segment_attention({8: np.eye(64, dtype=np.float32)}, "diffcut")
     with pytest.raises(ConfigError, match="hold 1 self-attention"):  # before any image: at construction
         AttentionExtractor(tiny, ExtractConfig.from_params({"image_size": 64, "feature_layer": "mid:3"}))
+
+
+# AutoSC (tau="auto"): the released diffcut/autosc.py, against its float64 transcription.
+
+
+@pytest.mark.parametrize("seed, noise", [(0, 0.6), (1, 0.6), (3, 1.0), (8, 1.2), (1, 1.0)])
+def test_autosc_is_the_released_algorithm(seed, noise):
+    # Clear clusters (k = 4), k chosen at α 10, a wrong k (7), and the eigengap's known failure on
+    # noisy features: the last gap, k = N − 1 = 255 at α 15. The same k, α and partition each time.
+    features, _ = planted_features(seed, noise=noise)
+    partition = autosc_partition(torch.from_numpy(features))
+    labels, clusters, alpha = reference_autosc(features)
+    assert (partition.clusters, partition.alpha) == (clusters, alpha)
+    assert same_partition(partition.assignment.numpy(), labels)
+    np.testing.assert_array_equal(np.unique(partition.assignment.numpy()), np.arange(labels.max() + 1))
+
+
+def test_autosc_clusters_the_last_alphas_eigenvectors_as_released():
+    # Here α 10 has the largest gap (k = 4); the eigenvectors of α 15 cut the planted regions
+    # otherwise than α 10's, which recover them: the released code takes α 15's ("last").
+    features, regions = planted_features(7, noise=1.0)
+    last = autosc_partition(torch.from_numpy(features))
+    chosen = autosc_partition(torch.from_numpy(features), "chosen")
+    assert (last.clusters, last.alpha) == (chosen.clusters, chosen.alpha) == (4, 10.0)
+    assert same_partition(last.assignment.numpy(), reference_autosc(features, "last")[0])
+    assert same_partition(chosen.assignment.numpy(), reference_autosc(features, "chosen")[0])
+    assert same_partition(chosen.assignment.numpy(), regions)
+    assert not same_partition(last.assignment.numpy(), regions)
+
+
+@pytest.mark.parametrize("name", ["diffcut_a.npz", "diffcut_b.npz", "diffcut_c.npz"])
+def test_autosc_finds_the_number_of_planted_regions(name):
+    golden = np.load(GOLDEN / name)  # 1024 nodes (a 1024² input's 32² grid), 5, 9 and 7 regions
+    truth = golden["truth"].reshape(-1)
+    partition = autosc_partition(torch.from_numpy(golden["features"]))
+    assert partition.clusters == len(np.unique(truth)) and same_partition(partition.assignment.numpy(), truth)
+    assert same_partition(partition.assignment.numpy(), reference_autosc(golden["features"])[0])
+    labels, found = diffcut_labels(torch.from_numpy(golden["features"]), (32, 32), DiffCutConfig(tau="auto"))
+    assert isinstance(found, AutoSCPartition) and labels.shape == (128, 128)
+    expected = reference_labels(golden["features"], (32, 32), found.assignment.numpy(), (128, 128))
+    assert (labels.numpy() == expected).mean() > 0.999  # assigned as the cut's leaves are
+
+
+def test_cluster_qr_is_scikit_learns():
+    from sklearn.cluster._spectral import cluster_qr as sklearn_cluster_qr
+
+    rng = np.random.default_rng(0)
+    for n, k, dtype in ((300, 5, np.float64), (1024, 9, np.float32), (50, 1, np.float64), (64, 12, np.float32)):
+        vectors = rng.normal(size=(n, k)).astype(dtype)
+        expected = sklearn_cluster_qr(vectors)
+        np.testing.assert_array_equal(cluster_qr(vectors), expected)
+        np.testing.assert_array_equal(reference_cluster_qr(vectors), expected)  # and the oracle's transcription
+    features, regions = planted_features(0)
+    labels = cluster_qr(np.eye(4)[regions] + 0.05 * rng.normal(size=(len(regions), 4)))
+    assert same_partition(labels, regions)  # near-indicator vectors: their clusters
+
+
+def test_autosc_settings_are_checked():
+    from dsseg.job.config import config_id, id_params
+    from dsseg.spec import MethodSpec
+
+    with pytest.raises(ConfigError, match="^tau: must be a number > 0 or 'auto'"):
+        DiffCutConfig(tau="foo")
+    with pytest.raises(ConfigError, match="^tau: must be a number"):
+        MethodSpec("diffcut", {"tau": "foo"})  # named by the config, not the generic type check
+    with pytest.raises(ConfigError, match="^tau: must be a number"):
+        DiffCutConfig(tau=True)
+    with pytest.raises(ConfigError, match="^autosc_vectors: must be one of"):
+        DiffCutConfig(tau="auto", autosc_vectors="first")
+    with pytest.raises(ConfigError, match="^autosc_vectors: is read by AutoSC only"):
+        DiffCutConfig(autosc_vectors="chosen")
+    for name, value in (("alpha", 5.0), ("split_candidates", 50), ("max_depth", 8), ("drop_zero_rows", False)):
+        with pytest.raises(ConfigError, match=f"^{name}: belongs to the recursive cut"):
+            DiffCutConfig(tau="auto", **{name: value})
+    with pytest.raises(ValueError, match="runs AutoSC"):
+        DiffCutConfig(tau="auto").cut_config()
+    spec = MethodSpec("diffcut", {"tau": "auto"})
+    assert spec.resolved.params.autosc and "autosc_vectors" not in id_params(DiffCutConfig())  # earlier ids hold
+    ids = {config_id("tiny", "float32", MethodSpec("diffcut", params)) for params in (
+        {}, {"tau": "auto"}, {"tau": "auto", "autosc_vectors": "chosen"})}  # fmt: skip
+    assert len(ids) == 3
+
+
+def test_diffcut_autosc_runs_end_to_end(tiny, bsds_image):
+    from dsseg import segment_image
+
+    result = segment_image(bsds_image, "diffcut", tiny, image_size=256, tau="auto", pamr_iterations=2)
+    assert result.labels.shape == bsds_image.shape[:2] and result.num_segments >= 2
+    assert result.parents is None  # flat segments

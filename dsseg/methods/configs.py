@@ -4,12 +4,13 @@ without loading a model; each method's module imports its config from here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from numbers import Real
 from typing import Literal
 
 from dsseg.errors import ConfigError
 from dsseg.methods.dense_crf import CRF_INSTALL, crf_available
-from dsseg.params import ADDED
+from dsseg.params import ADDED, OWN_TYPE_CHECK
 
 GraphMode = Literal["random_walk", "dot", "cosine", "diffcut"]
 Stopping = Literal["manc_ncut", "manc_mincut", "threshold"]
@@ -25,6 +26,10 @@ LEVEL_WEIGHTS = (0.3, 0.5, 0.1, 0.1)  # 8², 16², 32², 64² at 512² (DiffSegm
 ScoreSize = Literal["image", "model"]
 SCORE_SIZES: tuple[ScoreSize, ...] = ("image", "model")
 CANDIDATE_SPAN = 0.99  # the released code's candidate range: 0.99·min y … 0.99·max y
+AUTO_TAU = "auto"  # DiffCut's tau that runs AutoSC (diffcut/autosc.py) instead of the recursive cut
+AutoSCVectors = Literal["last", "chosen"]
+AUTOSC_VECTORS: tuple[AutoSCVectors, ...] = ("last", "chosen")
+CUT_ONLY = ("alpha", "split_candidates", "max_depth", "drop_zero_rows")  # DiffCutConfig fields AutoSC does not read
 
 
 def check_pamr(config: object) -> None:
@@ -213,15 +218,21 @@ class OpenVocabConfig:
 @dataclass(frozen=True)
 class DiffCutConfig:
     """DiffCut parameters. ``tau``: the NCut cost below which a split is kept (0.5 for SSD-1B, 0.2
-    for SD 1.4 in the paper). ``alpha``: the affinity exponent. ``split_candidates``: split values
-    tried per cut. ``max_depth``: deepest split (the released code has no limit; ours stops at 30).
-    ``assign_factor``: cells of the assignment grid per feature cell along each side (4: the latent
-    grid). ``pamr_iterations`` (0 = off) and ``pamr_dilations``: step 4. ``upsample_factor``: pixels
-    per assignment cell in the label map (8: the model input's pixels). ``drop_zero_rows``: below
-    the root, leave the nodes with a zero in their row of W out of the cuts, as released (see the
-    module docstring)."""
+    for SD 1.4 in the paper), or ``"auto"``: AutoSC instead of the recursive cut (the released
+    ``diffcut/autosc.py``: the number of segments from the eigengaps over α ∈ {1, 5, 10, 15}, the
+    segments by ``cluster_qr``; see ``dsseg.methods.diffcut``). ``alpha``: the affinity exponent.
+    ``split_candidates``: split values tried per cut. ``max_depth``: deepest split (the released
+    code has no limit; ours stops at 30). ``assign_factor``: cells of the assignment grid per feature
+    cell along each side (4: the latent grid). ``pamr_iterations`` (0 = off) and ``pamr_dilations``:
+    step 4. ``upsample_factor``: pixels per assignment cell in the label map (8: the model input's
+    pixels). ``drop_zero_rows``: below the root, leave the nodes with a zero in their row of W out of
+    the cuts, as released (see the module docstring). ``autosc_vectors`` (``tau="auto"`` only):
+    ``last``, as released, clusters the eigenvectors of the last α tried (15), whichever α chose the
+    number of segments; ``chosen`` those of the α that chose it. ``alpha``, ``split_candidates``,
+    ``max_depth`` and ``drop_zero_rows`` belong to the recursive cut: with ``tau="auto"`` they must
+    keep their defaults."""
 
-    tau: float = 0.5
+    tau: float | str = field(default=0.5, metadata=OWN_TYPE_CHECK)  # "auto": a message of its own
     alpha: float = 10.0
     split_candidates: int = 100
     max_depth: int = 30
@@ -230,19 +241,43 @@ class DiffCutConfig:
     pamr_dilations: tuple[int, ...] = (1, 2, 4, 8)
     upsample_factor: int = 8
     drop_zero_rows: bool = True
+    autosc_vectors: AutoSCVectors = field(default="last", metadata=ADDED)
 
     def __post_init__(self) -> None:
-        for name in ("tau", "alpha"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(name, f"must be > 0; got {getattr(self, name)}")
+        if not self.autosc:
+            if isinstance(self.tau, bool) or not isinstance(self.tau, Real):
+                raise ConfigError("tau", f"must be a number > 0 or {AUTO_TAU!r} (AutoSC); got {self.tau!r}")
+            if self.tau <= 0:
+                raise ConfigError("tau", f"must be > 0; got {self.tau}")
+        if self.alpha <= 0:
+            raise ConfigError("alpha", f"must be > 0; got {self.alpha}")
         for name in ("split_candidates", "assign_factor", "upsample_factor"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be ≥ 1; got {getattr(self, name)}")
+        if not 1 <= self.max_depth <= MAX_DEPTH_LIMIT:
+            raise ConfigError("max_depth", f"must be in [1, {MAX_DEPTH_LIMIT}]; got {self.max_depth}")
+        if self.autosc_vectors not in AUTOSC_VECTORS:
+            raise ConfigError("autosc_vectors", f"must be one of {AUTOSC_VECTORS}; got {self.autosc_vectors!r}")
+        if self.autosc:
+            for f in fields(self):
+                if f.name in CUT_ONLY and getattr(self, f.name) != f.default:
+                    raise ConfigError(
+                        f.name, f"belongs to the recursive cut, which tau={AUTO_TAU!r} (AutoSC) does not run; "
+                        f"leave it at {f.default!r}",
+                    )  # fmt: skip
+        elif self.autosc_vectors != "last":
+            raise ConfigError("autosc_vectors", f"is read by AutoSC only: set tau={AUTO_TAU!r}")
         check_pamr(self)
-        self.cut_config()  # validates max_depth
+
+    @property
+    def autosc(self) -> bool:
+        """Whether ``tau`` is ``"auto"``: AutoSC instead of the recursive cut."""
+        return self.tau == AUTO_TAU
 
     def cut_config(self) -> NCutConfig:
-        """The recursive-NCut settings that run DiffCut's cut."""
+        """The recursive-NCut settings that run DiffCut's cut (not with ``tau="auto"``)."""
+        if self.autosc:
+            raise ValueError(f"tau={AUTO_TAU!r} runs AutoSC, not the recursive cut")
         return NCutConfig(
             graph="diffcut", stopping="threshold", threshold=self.tau, alpha=self.alpha, min_segment_size=1,
             max_depth=self.max_depth, split_candidates=self.split_candidates, candidate_span=CANDIDATE_SPAN,

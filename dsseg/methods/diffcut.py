@@ -40,6 +40,22 @@ its side instead. Config ids: ``drop_zero_rows`` is an ordinary field (not ``ADD
 diffcut config id changed when it came (with the released eigensolver, leaf order and PAMR): no
 output computed before can be taken for one computed now, whatever the field's value.
 
+AutoSC (``tau="auto"``, the released ``diffcut/autosc.py`` at commit 4f99ed57, ``DiffCut_AutoSC``):
+steps 1–2 give way to spectral clustering with the number of segments chosen by an eigengap
+heuristic (``autosc_partition``): the same scaled cosine S, and for α = 1, 5, 10, 15 the full dense
+float32 eigendecomposition of D^-½(D − S^α)D^-½; k is the position of the largest relative gap
+(λ_k − mean λ₀..λ_k)/(mean + 10⁻⁶) of the α with the largest such gap (strictly larger: ties keep
+the earlier α); then ``cluster_qr`` on the first k generalised eigenvectors D^-½·v. Reading: the
+released code clusters the eigenvectors of the LAST α tried (15), not of the α that chose k (it
+stores the chosen ones in a variable it never reads); ``autosc_vectors="last"`` (default) does
+that, ``"chosen"`` takes the chosen α's. The segments are numbered by rank of their
+``cluster_qr`` column and go through steps 3–5 unchanged: AutoSC's ``generate_masks`` is the
+recursive cut's from the mask pooling on (step 3); no released script calls it, so PAMR (step 4)
+follows it as it follows the cut in ``eval_diffcut.py``. The released code fails (an unbound name)
+where no α has a gap above 0 (a graph without edges); we give one segment. AutoSC reads none of
+``alpha``, ``split_candidates``, ``max_depth``, ``drop_zero_rows``: with ``tau="auto"`` the config
+refuses values other than their defaults. Its segments are flat (no parents).
+
 Deliberate differences from the released code: splits stop at ``max_depth`` 30 (the code has no
 limit); NCut costs are evaluated in float64 from prefix sums (the code: the float32 Rayleigh
 quotient, equal in exact arithmetic); leaves are ordered by exact integer codes (the code's float32
@@ -48,14 +64,17 @@ codes collide once they pass 2²⁴, from about 40 accepted splits on, and merge
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import scipy.linalg
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import median_filter
 
 from dsseg.methods.base import MethodResult
-from dsseg.methods.configs import DiffCutConfig
-from dsseg.methods.ncut import Hierarchy, member_means, recursive_ncut, scaled_cosine_graph, unit_rows
+from dsseg.methods.configs import AutoSCVectors, DiffCutConfig
+from dsseg.methods.ncut import Hierarchy, member_means, recursive_ncut, scaled_cosine, scaled_cosine_graph, unit_rows
 from dsseg.methods.pamr import pamr
 from dsseg.model.extract import AttentionBundle
 from dsseg.timing import StageTimer
@@ -76,6 +95,65 @@ def diffcut_partition(features: torch.Tensor, config: DiffCutConfig) -> Hierarch
         parents=[hierarchy.parents[i] for i in order],
         heaps=[hierarchy.heaps[i] for i in order],
     )
+
+
+AUTOSC_ALPHAS = (1.0, 5.0, 10.0, 15.0)  # diffcut/autosc.py's α, in the order it tries them
+AUTOSC_EPSILON = 1e-6  # its eigengap's regulariser
+
+
+@dataclass(frozen=True)
+class AutoSCPartition:
+    """The segments AutoSC finds on N nodes: ``assignment`` (N,) int64 ids 0..S−1, the ranks of the
+    ``cluster_qr`` columns that some node takes (the released code numbers them so); ``clusters``:
+    the number k of eigenvectors clustered (S ≤ k); ``alpha``: the α whose eigengap chose k."""
+
+    assignment: torch.Tensor
+    clusters: int
+    alpha: float
+
+
+def autosc_partition(features: torch.Tensor, vectors: AutoSCVectors = "last") -> AutoSCPartition:
+    """AutoSC (``tau="auto"``) on one image's features (N, C), as ``diffcut/autosc.py`` runs it.
+
+    S: the min–max scaled cosine of the (twice normalised) rows, as the recursive cut's. For each α
+    of 1, 5, 10, 15: W = S^α, d = W·1, the dense float32 ``eigh`` of D^-½(D − W)D^-½ (eigenvalues
+    λ₀ ≤ … ≤ λ_{N−1}, eigenvectors v mapped to x = D^-½·v), and the gaps g_i = (λ_i − m_i)/(m_i +
+    10⁻⁶) with m_i the mean of λ₀..λ_i. k = the first arg-max of g for the first α whose max g is
+    larger than every earlier α's (and than 0). Then ``cluster_qr`` on the first k eigenvectors x of
+    the last α (``vectors="last"``, as released: the code keeps the chosen α's vectors in a variable
+    it never reads) or of the chosen α (``vectors="chosen"``). The four eigenproblems are solved as
+    one batch. No gap above 0 (a graph without edges): one segment, k = 1, ``alpha`` 0."""
+    scaled = scaled_cosine(unit_rows(features.float()))  # normalised twice, as the code (see diffcut_partition)
+    weights = torch.stack([scaled.pow(alpha) for alpha in AUTOSC_ALPHAS])
+    degrees = weights.sum(-1)  # (4, N)
+    inv_sqrt = 1.0 / degrees.sqrt()
+    laplacian = torch.diag_embed(degrees) - weights
+    values, eigenvectors = torch.linalg.eigh(inv_sqrt[:, :, None] * laplacian * inv_sqrt[:, None, :])
+    count = torch.arange(1, values.shape[-1] + 1, device=values.device)
+    means = values.cumsum(-1) / count
+    gaps = (values - means) / (means + AUTOSC_EPSILON)
+    best_gap, chosen, clusters = 0.0, None, 1
+    for index, (largest, position) in enumerate(zip(gaps.max(-1).values.tolist(), gaps.argmax(-1).tolist())):
+        if largest > best_gap:  # strictly: ties keep the earlier α; NaN never wins
+            best_gap, chosen, clusters = largest, index, position
+    if chosen is None:
+        return AutoSCPartition(torch.zeros(weights.shape[-1], dtype=torch.int64, device=features.device), 1, 0.0)
+    source = chosen if vectors == "chosen" else len(AUTOSC_ALPHAS) - 1
+    embedding = (inv_sqrt[source, :, None] * eigenvectors[source, :, :clusters]).cpu().numpy()
+    labels = np.unique(cluster_qr(embedding), return_inverse=True)[1].reshape(-1)
+    return AutoSCPartition(torch.from_numpy(labels).to(features.device), clusters, AUTOSC_ALPHAS[chosen])
+
+
+def cluster_qr(vectors: np.ndarray) -> np.ndarray:
+    """The discrete partition closest to a spectral embedding ``vectors`` (N, k) (Damle, Minden and
+    Ying, 2019), as scikit-learn's ``sklearn.cluster._spectral.cluster_qr`` and DiffCut's AutoSC
+    compute it: k pivot rows from the column-pivoted QR of vectorsᵀ, the orthogonal factor U·Vᵀ of
+    those rows' SVD (their transpose), and per node the arg-max of |vectors·U·Vᵀ|; (N,) int64 in
+    0..k−1 (ties: the lower column). In the dtype given (the released code: float32)."""
+    k = vectors.shape[1]
+    _, _, pivots = scipy.linalg.qr(vectors.T, pivoting=True)
+    left, _, right = scipy.linalg.svd(vectors[pivots[:k], :].T)
+    return np.abs(vectors @ (left @ right.conj())).argmax(axis=1)
 
 
 def released_leaf_order(heaps: list[int]) -> list[int]:
@@ -125,12 +203,16 @@ def assign_cells(
 
 def diffcut_labels(
     features: torch.Tensor, grid: tuple[int, int], config: DiffCutConfig
-) -> tuple[torch.Tensor, Hierarchy]:
+) -> tuple[torch.Tensor, Hierarchy | AutoSCPartition]:
     """Steps 1–3 on one image's features (N, C) on ``grid`` (h, w) → ((h·a, w·a) int64 labels at
-    the assignment grid, a = ``assign_factor``, and the cut's hierarchy)."""
-    hierarchy = diffcut_partition(features, config)
+    the assignment grid, a = ``assign_factor``, and the cut's hierarchy, or with ``tau="auto"``
+    AutoSC's partition, assigned alike)."""
+    if config.autosc:
+        partition = autosc_partition(features, config.autosc_vectors)
+    else:
+        partition = diffcut_partition(features, config)
     size = (grid[0] * config.assign_factor, grid[1] * config.assign_factor)
-    return assign_cells(features, grid, hierarchy.assignment, size), hierarchy
+    return assign_cells(features, grid, partition.assignment, size), partition
 
 
 def refine_labels(labels: torch.Tensor, image: torch.Tensor, config: DiffCutConfig) -> torch.Tensor:
@@ -156,7 +238,8 @@ def segment_diffcut(
     bundle: AttentionBundle, config: DiffCutConfig, timer: StageTimer | None = None
 ) -> list[MethodResult]:
     """DiffCut on every image of ``bundle`` (its ``features``): labels at the model input's pixels,
-    each segment with its parent heap index in the cut's tree."""
+    each segment with its parent heap index in the cut's tree (none with ``tau="auto"``: AutoSC's
+    segments are flat)."""
     if bundle.features is None or bundle.feature_grid is None:
         raise ValueError(
             "diffcut reads the output features of one self-attention layer: keep feature_layer set ('down:-1')"
@@ -165,11 +248,12 @@ def segment_diffcut(
     results = []
     for index in range(len(bundle)):
         with timer.stage("segment"):
-            labels, hierarchy = diffcut_labels(bundle.features[index], bundle.feature_grid, config)
+            labels, partition = diffcut_labels(bundle.features[index], bundle.feature_grid, config)
             if config.pamr_iterations:
                 if bundle.images is None:
                     raise ValueError("pamr_iterations needs the image: segment images, not cached features")
                 labels = refine_labels(labels, bundle.images[index : index + 1], config)
             labels = labels.repeat_interleave(config.upsample_factor, 0).repeat_interleave(config.upsample_factor, 1)
-        results.append(MethodResult(labels, parents=list(hierarchy.parents)))
+        parents = list(partition.parents) if isinstance(partition, Hierarchy) else None  # AutoSC: flat
+        results.append(MethodResult(labels, parents=parents))
     return results

@@ -100,11 +100,16 @@ def unit_rows(features: torch.Tensor) -> torch.Tensor:
 def scaled_cosine_graph(features: torch.Tensor, alpha: float) -> DenseGraph:
     """DiffCut's graph over the rows of ``features`` (N, C): W = ((S − min S)/(max S − min S))^α, S
     the cosine similarities, min and max over the whole matrix."""
+    return DenseGraph(scaled_cosine(features).pow(alpha))
+
+
+def scaled_cosine(features: torch.Tensor) -> torch.Tensor:
+    """(N, N) float32 (S − min S)/(max S − min S), S the cosine similarities of the rows of
+    ``features`` (N, C), min and max over the whole matrix: DiffCut's affinity before the power α."""
     rows = unit_rows(features.float())
     similarity = rows @ rows.T
     low, high = similarity.min(), similarity.max()
-    scaled = (similarity - low) / (high - low).clamp_min(torch.finfo(torch.float32).tiny)
-    return DenseGraph(scaled.pow(alpha))
+    return (similarity - low) / (high - low).clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def manc_threshold(nodes: int, total: float, edges: int) -> float:

@@ -9,11 +9,16 @@ accepted masks as the code assembles them (float64 codes: its ids while they sta
 affinity to any node before each cut (see ``dsseg.methods.diffcut``). Being float64, it may take
 the other side as "upper" where a cut is decided by rounding (two-node cuts): compare its leaves
 with dsseg's and the released code's as partitions.
+
+``reference_autosc``: AutoSC (``tau="auto"``) after the released ``diffcut/autosc.py`` (commit
+4f99ed57), its eigengap over α ∈ {1, 5, 10, 15} and ``cluster_qr``, in float64 (numpy's ``eigh``
+for torch's float32 one).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg
 import torch
 import torch.nn.functional as F
 
@@ -85,3 +90,45 @@ def reference_labels(
     field = torch.from_numpy(rows.T.reshape(1, -1, *grid).copy())
     upsampled = F.interpolate(field, size=size, mode="bilinear", align_corners=False)[0].numpy()
     return np.einsum("chw,sc->shw", upsampled, embeddings).argmax(0)
+
+
+# AutoSC (``tau="auto"``), transcribed from the released ``diffcut/autosc.py`` (PaulCouairon/DiffCut,
+# commit 4f99ed577051674a6b041a36da1b378cbd348496, ``DiffCut_AutoSC.ncut`` and ``cluster_qr``), in float64.
+
+AUTOSC_ALPHAS = (1, 5, 10, 15)
+
+
+def reference_cluster_qr(vectors: np.ndarray) -> np.ndarray:
+    """The released ``cluster_qr``, line by line: (N, k) → (N,) column ids."""
+    k = vectors.shape[1]
+    _, _, piv = scipy.linalg.qr(vectors.T, pivoting=True)
+    ut, _, v = scipy.linalg.svd(vectors[piv[:k], :].T)
+    vectors = abs(np.dot(vectors, np.dot(ut, v.conj())))
+    return vectors.argmax(axis=1)
+
+
+def reference_autosc(features: np.ndarray, vectors: str = "last") -> tuple[np.ndarray, int, int]:
+    """The released ``DiffCut_AutoSC.ncut`` on (N, C) features → ((N,) ids 0..S−1, the ranks of the
+    ``cluster_qr`` ids present, as its ``generate_masks`` numbers them; k; the α that chose k).
+
+    For each α in 1, 5, 10, 15 (in order): A = minmax(cosine)^α, D = diag(A·1), the eigenpairs of
+    D^-½(D − A)D^-½ (ascending), the eigenvectors mapped by D^-½; regL_i = (λ_i − m_i)/(m_i + 1e-6),
+    m_i the running mean; when max regL > the best so far (0 to start), k = argmax regL (the first)
+    and α is kept. Then ``cluster_qr`` on the first k eigenvectors of the LAST α's decomposition (the
+    code's ``vectors = eigenvectors`` inside the loop is never read) — or, ``vectors="chosen"``, of
+    the chosen α's (the other reading)."""
+    affinity = reference_affinity(features, 1.0)
+    max_gap, nb_clusters, chosen, kept = 0.0, None, None, None
+    for alpha in AUTOSC_ALPHAS:
+        A = affinity**alpha
+        D = np.diag(A.sum(axis=1))
+        D_inv_sqrt = np.diag(1 / np.diag(D) ** 0.5)
+        eigenvalues, eigenvectors = np.linalg.eigh(D_inv_sqrt @ (D - A) @ D_inv_sqrt)
+        eigenvectors = D_inv_sqrt @ eigenvectors
+        cummean = np.cumsum(eigenvalues) / np.arange(1, len(eigenvalues) + 1)
+        reg_L = (eigenvalues - cummean) / (cummean + 1e-6)
+        if reg_L.max() > max_gap:
+            max_gap, nb_clusters, chosen, kept = reg_L.max(), int(np.argmax(reg_L)), alpha, eigenvectors
+    source = kept if vectors == "chosen" else eigenvectors
+    ids = reference_cluster_qr(source[:, :nb_clusters])
+    return np.unique(ids, return_inverse=True)[1].reshape(-1), nb_clusters, chosen
