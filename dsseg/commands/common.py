@@ -125,7 +125,8 @@ def add_model_arguments(
     group.add_argument(
         "--backbone",
         default=backbone_default,
-        help="tiny | sd-v1-random | tiny-sdxl | sdxl-random | hub id | local diffusers folder" + shown,
+        help="tiny | sd-v1-random | tiny-sdxl | sdxl-random | tiny-sd3 | sd3-random | hub id | local diffusers folder"
+        + shown,
     )
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     group.add_argument(

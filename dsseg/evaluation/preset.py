@@ -17,6 +17,7 @@ from dsseg.model.filter_specs import CANDIDATES_PREFIX
 SD14 = "CompVis/stable-diffusion-v1-4"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the hub mirror of runwayml/stable-diffusion-v1-5
 SSD1B = "segmind/SSD-1B"  # DiffCut's backbone: a distilled SDXL
+SD3_MEDIUM = "stabilityai/stable-diffusion-3-medium-diffusers"  # Seg4Diff's default backbone
 
 BLIP_LARGE = "Salesforce/blip-image-captioning-large"  # the released code's conditional captioner
 
