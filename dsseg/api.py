@@ -41,7 +41,9 @@ def segment_image(
 
     Open vocabulary: ``segment_image(img, method="openvocab", classes=["horse", "grass"])`` gives
     ``labels`` indexing ``names`` with ``names[0] == "background"``. ``classes`` with another
-    method names its segments (``names``, ``scores``). ``class_filter`` (see
+    method names its segments (``names``, ``scores``); with ``naming="clip"`` a CLIP names them
+    among the classes (``clip_model``: the released DiffCut CLIP by default, or ``"tiny-clip"``),
+    the UNet prompted with none of them. ``class_filter`` (see
     ``dsseg.model.class_filters``) narrows the candidates to those the image plausibly shows.
 
     Captions: ``captioner`` is a ``Captioner`` (``dsseg.model.captioner.load_captioner``) or its name

@@ -12,7 +12,8 @@ settings (``dsseg.job.config.SegmentJob``) and the evaluation's manifest.
   filter narrowing a config's classes, reads captions (and in a job, ``check_captioner_used``,
   refused when none may read them);
 - ``needs_image_classes`` / ``check_classes_given`` / ``check_candidates``: a config that labels
-  pixels by class needs candidate classes for every image (its own, the image's, or the class filter's).
+  pixels by class needs candidate classes for every image (its own, the image's, or the class filter's),
+  and so does one that names its segments with CLIP (its own or the image's; ``clip_candidates``).
 
 Errors are ``ConfigError``s naming the parameter (the command line names its flag). No model code here.
 """
@@ -99,7 +100,10 @@ def check_captioner_used(configs: Sequence[SegmentConfig], *, captioner: bool, f
 def needs_image_classes(config: SegmentConfig, *, filter_supplies_classes: bool = False) -> bool:
     """Whether each image must bring its own candidate classes for ``config``: it labels pixels by
     class (a class template) and names none itself, and no class filter gives images their
-    candidates (``filter_supplies_classes``: ``candidates:FILE``)."""
+    candidates (``filter_supplies_classes``: ``candidates:FILE``); or it names segments with CLIP
+    (``naming="clip"``) and names no classes (class filters do not narrow CLIP's candidates)."""
+    if config.clip is not None:
+        return not config.clip.classes
     prompting = config.extraction.prompting
     return prompting.class_template is not None and not prompting.classes and not filter_supplies_classes
 
@@ -107,9 +111,9 @@ def needs_image_classes(config: SegmentConfig, *, filter_supplies_classes: bool 
 def classes_error(config: SegmentConfig, lacking: str) -> ConfigError:
     """The error of ``config`` labelling pixels by class where ``lacking`` (e.g. "image 0 of the
     batch has") no candidate classes."""
+    what = "names its segments with CLIP (naming='clip')" if config.clip is not None else "labels pixels by class"
     return ConfigError(
-        "classes",
-        f"{lacking} no candidate classes, and the {config.method} config labels pixels by class: {HOW_TO_GIVE_CLASSES}",
+        "classes", f"{lacking} no candidate classes, and the {config.method} config {what}: {HOW_TO_GIVE_CLASSES}"
     )
 
 
@@ -139,8 +143,26 @@ def check_candidates(
             raise classes_error(config, f"image {index} of the batch has")
 
 
+def clip_candidates(
+    config: SegmentConfig, classes: Sequence[Sequence[str] | None] | None, images: int
+) -> list[tuple[str, ...]]:
+    """Per image of a batch of ``images``, the classes ``naming="clip"`` names its segments among:
+    its own list where given (``classes``), else the config's; a ``ConfigError`` (``classes``) for
+    an image left with none."""
+    assert config.clip is not None
+    lists = [
+        config.clip.classes if c is None else tuple(str(name).strip() for name in c)
+        for c in (classes or [None] * images)
+    ]
+    for index, names in enumerate(lists):
+        if not names:
+            raise classes_error(config, f"image {index} of the batch has")
+    return lists
+
+
 __all__ = [
     "caption_reader",
+    "clip_candidates",
     "check_candidates",
     "check_captioner",
     "check_captioner_used",

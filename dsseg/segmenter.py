@@ -16,13 +16,13 @@ results, ``frame="model"``) and the benchmark's timings all call ``segment``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 
-from dsseg.checks import check_candidates, check_captioner, check_family, shared_preparation
+from dsseg.checks import check_candidates, check_captioner, check_family, clip_candidates, shared_preparation
 from dsseg.errors import ConfigError
 from dsseg.io.images import Geometry
 from dsseg.methods import get_method, name_results
@@ -115,7 +115,9 @@ class Segmenter:
     ``specs``: ``MethodSpec``s, or a method name with ``params`` (one config). ``class_filter``
     narrows each image's candidate classes for configs that prompt with classes. ``captioner``
     (``dsseg.model.captioner.Captioner``): for configs named by captions or with caption
-    descriptors, and for filters that read captions; each batch is captioned once.
+    descriptors, and for filters that read captions; each batch is captioned once. ``clips``: the
+    CLIP models (``dsseg.model.clip.load_clip``) of configs named by CLIP (``naming="clip"``), by
+    their ``clip_model``; those not given are loaded here (cached per name and device).
     """
 
     def __init__(
@@ -125,6 +127,7 @@ class Segmenter:
         params: dict | None = None,
         class_filter: ClassFilter | None = None,
         captioner=None,
+        clips: Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(specs, str):
             specs = [MethodSpec(specs, params or {})]
@@ -146,6 +149,12 @@ class Segmenter:
         ]
         self.class_filter = class_filter
         self.captioner = captioner
+        self.clips = dict(clips or {})
+        for config in self.configs:
+            if config.clip is not None and config.clip.clip_model not in self.clips:
+                from dsseg.model.clip import cached_clip
+
+                self.clips[config.clip.clip_model] = cached_clip(config.clip.clip_model, device=str(backbone.device))
 
     @property
     def config(self) -> SegmentConfig:
@@ -213,6 +222,9 @@ class Segmenter:
         own = [StageTimer(device) for _ in self.configs]
         results: list[list[MethodResult]] = [[] for _ in self.configs]
         read: list[list[str] | None] = [None] * len(self.configs)
+        for i, config in enumerate(self.configs):  # naming="clip" candidates, checked before any forward
+            if config.clip is not None and (wanted is None or i in wanted):
+                clip_candidates(config, batch.classes, len(batch))
         model_input = to_model_input(batch.pixels, device, self.backbone.dtype)
         # 1. caption: on first use (a config or filter that reads captions), once per batch
         captions = LazyCaptions(self.captioner, list(batch.pixels), timer)
@@ -224,7 +236,9 @@ class Segmenter:
             bundle, read_by_group = self.forward(batch, group, timer, captions, model_input)
             for i in members:
                 found = run_config(self.configs[i], bundle, own[i])  # 4. segment with each config
-                results[i] = name_segments(self.configs[i], bundle, found, own[i])  # 5. name the segments
+                config = self.configs[i]
+                clip = self.clips.get(config.clip.clip_model) if config.clip else None
+                results[i] = name_segments(config, bundle, found, own[i], batch.classes, clip)  # 5. name the segments
                 read[i] = read_by_group
             del bundle  # the next group's forward may need the memory
         in_model_frame = [
@@ -298,11 +312,28 @@ def run_config(config: SegmentConfig, bundle: AttentionBundle, timer: StageTimer
 
 
 def name_segments(
-    config: SegmentConfig, bundle: AttentionBundle, results: list[MethodResult], timer: StageTimer | None = None
+    config: SegmentConfig,
+    bundle: AttentionBundle,
+    results: list[MethodResult],
+    timer: StageTimer | None = None,
+    classes: ClassLists | None = None,
+    clip=None,
 ) -> list[MethodResult]:
     """Step 5: the segments ``run_config`` left unnamed, named from the bundle's class maps by
-    ``config.naming`` (unchanged when the bundle holds none)."""
-    return name_results(results, bundle, timer, config.naming)
+    ``config.naming`` (unchanged when the bundle holds none). ``naming="clip"``: every segment named
+    by ``clip`` (default: ``config``'s CLIP, loaded on first use) among each image's candidates
+    (``classes``: per image its own list or None for the config's), from the bundle's images."""
+    if config.clip is None:
+        return name_results(results, bundle, timer, config.naming)
+    from dsseg.methods.clip_naming import name_with_clip
+
+    if clip is None:
+        from dsseg.model.clip import cached_clip
+
+        device = bundle.images.device if bundle.images is not None else None
+        clip = cached_clip(config.clip.clip_model, device=None if device is None else str(device))
+    candidates = clip_candidates(config, classes, len(results))
+    return name_with_clip(results, bundle.images, candidates, clip, config.clip, timer)
 
 
 def model_frame_results(

@@ -20,8 +20,63 @@ from dsseg.errors import ConfigError
 from dsseg.model.config import EXTRACT_PARAMS, ExtractConfig, check_resolutions
 from dsseg.params import check_param_types
 
-NamingMode = Literal["majority", "mean", "caption"]
-NAMING_MODES: tuple[NamingMode, ...] = ("majority", "mean", "caption")
+NamingMode = Literal["majority", "mean", "caption", "clip"]
+NAMING_MODES: tuple[NamingMode, ...] = ("majority", "mean", "caption", "clip")
+# The CLIP of DiffCut's released open-vocabulary evaluation: open_clip convnext_large_d_320, laion2b_s29b_b131k_ft_soup.
+DEFAULT_CLIP_MODEL = "laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup"
+CLIP_FEATURE_STRIDE = 32  # input pixels per cell of the ConvNeXt trunk's dense features
+
+
+@dataclass(frozen=True)
+class ClipNaming:
+    """What ``naming="clip"`` names segments with (``dsseg.methods.clip_naming``): the candidate
+    ``classes`` (or a shipped ``vocabulary``; per-image lists given at call time replace them),
+    the CLIP (``clip_model``: a hub id or a local folder of an open_clip ConvNeXt CLIP, or
+    ``tiny-clip``), the size CLIP reads the image at (``clip_image_size``: the longer side; None,
+    the model input's, as DiffCut's released VOC and Context runs; 2048 for its COCO-Object run)
+    and whether ``background`` is a class beside the candidates (``clip_background``, as released).
+    The classes are not put in any prompt: the UNet runs as it would without them."""
+
+    classes: tuple[str, ...] = ()
+    vocabulary: str | None = None
+    clip_model: str = DEFAULT_CLIP_MODEL
+    clip_image_size: int | None = None
+    clip_background: bool = True
+
+    def __post_init__(self) -> None:
+        from dsseg.model.config import check_class_names
+        from dsseg.model.vocabularies import get_vocabulary
+
+        if isinstance(self.classes, str):
+            raise ConfigError(
+                "classes",
+                f"must be a list of names; got the string {self.classes!r} (for a shipped list use vocabulary=...)",
+            )
+        classes = tuple(str(name).strip() for name in self.classes)
+        if self.vocabulary is not None:
+            try:
+                shipped = get_vocabulary(self.vocabulary)
+            except ValueError as error:
+                raise ConfigError("vocabulary", str(error)) from None
+            if classes and classes != shipped:
+                raise ConfigError("vocabulary", "give either classes or vocabulary, not both")
+            classes = shipped
+        check_class_names(classes)
+        object.__setattr__(self, "classes", classes)
+        if not isinstance(self.clip_model, str) or not self.clip_model.strip():
+            raise ConfigError("clip_model", f"expects a hub id, a local folder or 'tiny-clip'; got {self.clip_model!r}")
+        size = self.clip_image_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < CLIP_FEATURE_STRIDE):
+            raise ConfigError(
+                "clip_image_size", f"must be a whole number of pixels ≥ {CLIP_FEATURE_STRIDE} or None; got {size!r}"
+            )
+
+    def flat(self) -> dict[str, Any]:
+        """The settings by name, as config ids hash them."""
+        return dataclasses.asdict(self)
+
+
+CLIP_PARAMS = frozenset(f.name for f in dataclasses.fields(ClipNaming)) - {"classes", "vocabulary"}
 
 
 @dataclass(frozen=True)
@@ -30,16 +85,20 @@ class SegmentConfig:
     frozen config, e.g. ``DiffSegConfig``) and ``naming`` (how class maps name the segments of a
     method that does not label pixels itself: ``majority`` of pixel votes or ``mean`` score;
     ``caption``: the nouns of each image's caption, prompted with that caption, by ``mean`` score
-    as DiffSeg's demo votes; None: not named)."""
+    as DiffSeg's demo votes; ``clip``: a CLIP among the candidate classes, as DiffCut's released
+    open-vocabulary evaluation, with ``clip`` its settings; None: not named)."""
 
     method: str
     extraction: ExtractConfig
     params: Any
     naming: NamingMode | None = None
+    clip: ClipNaming | None = None
 
     def flat_extraction(self) -> dict[str, Any]:
-        """The extraction parameters by name, with ``naming``: the form config ids hash."""
-        return {**self.extraction.flat(), "naming": self.naming}
+        """The extraction parameters by name, with ``naming`` (and ``clip``, its settings, under
+        ``naming="clip"``): the form config ids hash."""
+        flat = {**self.extraction.flat(), "naming": self.naming}
+        return flat if self.clip is None else {**flat, "clip": self.clip.flat()}
 
 
 def resolve(method: str, params: Mapping[str, Any]) -> SegmentConfig:
@@ -54,6 +113,7 @@ def resolve(method: str, params: Mapping[str, Any]) -> SegmentConfig:
     registered = get_method(method)
     params = dict(params)
     naming = params.pop("naming", None)
+    clip = clip_naming(method, registered, naming, params)  # takes the classes out of params: no prompt names them
     extract_params = {k: v for k, v in params.items() if k in EXTRACT_PARAMS}
     method_params = {k: v for k, v in params.items() if k not in EXTRACT_PARAMS}
     unknown = sorted(set(method_params) - registered.param_names)
@@ -61,11 +121,11 @@ def resolve(method: str, params: Mapping[str, Any]) -> SegmentConfig:
         raise ConfigError(
             unknown[0],
             f"is not a parameter of {method!r}; its parameters: {sorted(registered.param_names)}; "
-            f"extraction parameters: {sorted(EXTRACT_PARAMS | {'naming'})}",
+            f"extraction parameters: {sorted(EXTRACT_PARAMS | {'naming'})}; naming='clip' parameters: {sorted(CLIP_PARAMS)}",
         )
     check_param_types(registered.config_class, method_params)
     method_config = registered.config_class(**method_params)
-    check_features_and_attention(method, registered, {**extract_params, "naming": naming})
+    check_features_and_attention(method, registered, {**extract_params, "naming": None if clip else naming})
     levels = getattr(method_config, "resolutions", None)
     if levels is not None and "capture_resolutions" not in extract_params:
         extract_params["capture_resolutions"] = levels  # capture only the levels the method aggregates
@@ -77,7 +137,7 @@ def resolve(method: str, params: Mapping[str, Any]) -> SegmentConfig:
         raise ConfigError("naming", f"must be one of {NAMING_MODES} or None; got {naming!r}")
     if naming == "caption":
         check_caption_naming(method, prompting)
-    if naming is not None and not prompting.joint_names:
+    if naming not in (None, "clip") and not prompting.joint_names:
         prompting = dataclasses.replace(prompting, joint_names=True, caption_names=naming == "caption")
         extraction = dataclasses.replace(extraction, prompting=prompting)
     if levels is not None:
@@ -87,7 +147,29 @@ def resolve(method: str, params: Mapping[str, Any]) -> SegmentConfig:
             raise ConfigError(
                 "capture_resolutions", f"{list(captured)} leave out levels the method reads: {list(levels)}"
             )
-    return SegmentConfig(method, extraction, method_config, naming)
+    return SegmentConfig(method, extraction, method_config, naming, clip)
+
+
+def clip_naming(method: str, registered, naming: str | None, params: dict[str, Any]) -> ClipNaming | None:
+    """``naming="clip"``'s settings, taken out of ``params`` (its classes and vocabulary with them,
+    so that no prompt names them), or None for other namings; ``ConfigError`` for its parameters
+    given without it, and for methods or settings it does not go with."""
+    given = sorted(CLIP_PARAMS & set(params))
+    if naming != "clip":
+        if given:
+            raise ConfigError(given[0], "is a parameter of naming='clip': add naming='clip' or leave it out")
+        return None
+    if registered.extraction.get("class_template") is not None:
+        raise ConfigError(
+            "naming",
+            f"'clip' names the segments of diffseg, ncut, diffcut and seg4diff; {method} labels pixels by class itself",
+        )
+    for name in ("class_template", "descriptors", "spellings"):
+        if params.get(name):
+            raise ConfigError(name, "belongs to class prompts; naming='clip' prompts no classes: leave it out")
+    own = {name: params.pop(name) for name in ("classes", "vocabulary", *given) if name in params}
+    check_param_types(ClipNaming, {k: v for k, v in own.items() if k not in ("classes", "vocabulary")})
+    return ClipNaming(**own)
 
 
 def check_features_and_attention(method: str, registered, extract_params: Mapping[str, Any]) -> None:
@@ -102,7 +184,9 @@ def check_features_and_attention(method: str, registered, extract_params: Mappin
         named = [k for k in ("classes", "vocabulary", "class_template", "naming") if extract_params.get(k)]
         if named:
             raise ConfigError(
-                named[0], f"{method} reads features, not attention, and does not name segments: leave out {named[0]}"
+                named[0],
+                f"{method} reads features, not attention, and names segments only with CLIP: leave out {named[0]}, "
+                "or name them with naming='clip'",
             )
 
 
@@ -152,4 +236,13 @@ class MethodSpec:
         return MethodSpec(self.method, {**self.params, **params})
 
 
-__all__ = ["NAMING_MODES", "MethodSpec", "NamingMode", "SegmentConfig", "resolve"]
+__all__ = [
+    "CLIP_PARAMS",
+    "DEFAULT_CLIP_MODEL",
+    "NAMING_MODES",
+    "ClipNaming",
+    "MethodSpec",
+    "NamingMode",
+    "SegmentConfig",
+    "resolve",
+]

@@ -262,6 +262,11 @@ class SegmentJob:
         ]
 
     @property
+    def clip_models(self) -> list[str]:
+        """The CLIP models of the configs named by CLIP (``naming="clip"``), each once, in config order."""
+        return list(dict.fromkeys(spec.resolved.clip.clip_model for spec in self.configs if spec.resolved.clip))
+
+    @property
     def rows_per_model_call(self) -> int:
         """Rows Ray hands a model actor at once: the batch size, or ``AUTO_BATCH_ROWS`` under "auto"."""
         return AUTO_BATCH_ROWS if self.batch_size == AUTO_BATCH else int(self.batch_size)

@@ -24,6 +24,7 @@ from dsseg.job.memory import is_out_of_memory, probe_batch_size
 from dsseg.model.backbone import load_backbone
 from dsseg.model.captioner import load_captioner
 from dsseg.model.class_filters import load_class_filter
+from dsseg.model.clip import load_clip
 from dsseg.segmenter import Batch, Segmenter
 from dsseg.timing import StageTimer
 
@@ -51,7 +52,8 @@ class SegmentWorker:
             if job.captioner
             else None
         )
-        self.segmenter = Segmenter(backbone, job.configs, class_filter=class_filter, captioner=captioner)
+        clips = {name: load_clip(name, device=backbone.device, offline=job.offline) for name in job.clip_models}
+        self.segmenter = Segmenter(backbone, job.configs, class_filter=class_filter, captioner=captioner, clips=clips)
         self.config_ids = job.config_ids()
         self.batch_limit = job.rows_per_model_call
         if job.batch_size == AUTO_BATCH:
@@ -70,7 +72,7 @@ class SegmentWorker:
         configured = max((len(p.classes) for p in promptings), default=0)
         names = (
             [f"thing {i}" for i in range(max(probe_classes, configured))]
-            if any(p.uses_classes for p in promptings)
+            if any(p.uses_classes for p in promptings) or job.clip_models
             else None
         )
         row = {

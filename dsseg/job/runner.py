@@ -255,6 +255,12 @@ def run_segment_job(job: SegmentJob, address: str | None = None, worker: type | 
             from dsseg.model.captioner import check_captioner_available
 
             check_captioner_available(job.captioner, job.offline)
+        clip_models = job.clip_models
+        if clip_models:
+            from dsseg.model.clip import check_clip_available
+
+            for name in clip_models:
+                check_clip_available(name, job.offline)
         write_config(job.output, job.record() | {"versions": library_versions()})
         clear_success(job.output, job.shard)
         on_cluster = init_ray(address)
