@@ -211,7 +211,7 @@ def test_naming_clip_refuses_without_candidates_and_out_of_place():
     assert error.value.param == "classes"
     with pytest.raises(ConfigError, match="^clip_model: is a parameter of naming='clip'"):
         MethodSpec("diffseg", {"clip_model": "tiny-clip"})
-    with pytest.raises(ConfigError, match="^naming: 'clip' names the segments of diffseg, ncut and diffcut"):
+    with pytest.raises(ConfigError, match="^naming: 'clip' names the segments of diffseg, ncut, diffcut and seg4diff"):
         MethodSpec("openvocab", {"naming": "clip", "classes": CLASSES})
     with pytest.raises(ConfigError, match="^class_template: belongs to class prompts"):
         MethodSpec("diffseg", {"naming": "clip", "classes": CLASSES, "class_template": "a {class}"})
@@ -280,9 +280,9 @@ def test_an_open_clip_folder_loads_strictly(tmp_path, monkeypatch):
     open_clip_model.safetensors) loads into the same network: equal outputs."""
     from safetensors.torch import save_file
 
-    from dsseg.model import clip as clip_module
+    from dsseg.model import clip_network
 
-    monkeypatch.setitem(clip_module.CONVNEXT_TRUNKS, "convnext_test", ((1, 1, 1, 1), (8, 16, 24, 32)))
+    monkeypatch.setitem(clip_network.CONVNEXT_TRUNKS, "convnext_test", ((1, 1, 1, 1), (8, 16, 24, 32)))
     model = build_random_clip("tiny-clip", seed=5)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "open_clip_model.safetensors"))
     config = {

@@ -235,3 +235,30 @@ def test_flow_settings_are_validated():
         ExtractConfig.from_params({"noise": "noise", "flow_step": 3})
     with pytest.raises(ConfigError, match="layers"):
         Capture(layers=(-1,))
+
+
+@pytest.mark.slow
+def test_sd3_random_has_sd3_mediums_layout_and_runs_seg4diff(bsds_image):
+    """The full-size random SD3 (about 45 s to build and 12 GB of host memory on 2 cores)."""
+    from dsseg import segment_image
+    from dsseg.model.backbone import load_backbone
+
+    backbone = load_backbone("sd3-random", device="cpu")
+    config = backbone.transformer.config
+    assert (config.num_layers, config.num_attention_heads, config.attention_head_dim) == (24, 24, 64)
+    assert (config.joint_attention_dim, config.pooled_projection_dim, backbone.vae.config.latent_channels) == (
+        4096,
+        2048,
+        16,
+    )
+    assert backbone.encode_prompt("").shape == (1, 155, 4096)
+    result = segment_image(bsds_image, "seg4diff", backbone, image_size=256)
+    assert result.labels.shape == bsds_image.shape[:2] and result.num_segments >= 1
+
+
+def test_seg4diffs_segments_can_be_named_by_clip(tiny_sd3, bsds_image):
+    from dsseg import segment_image
+
+    params = {"image_size": 128, "kl_threshold": 0.001, "naming": "clip", "clip_model": "tiny-clip"}
+    result = segment_image(bsds_image, "seg4diff", tiny_sd3, classes=["horse", "grass"], **params)
+    assert result.num_segments >= 2 and set(result.names) <= {"background", "horse", "grass"}
