@@ -44,25 +44,9 @@ class ClipNaming:
     clip_background: bool = True
 
     def __post_init__(self) -> None:
-        from dsseg.model.config import check_class_names
-        from dsseg.model.vocabularies import get_vocabulary
+        from dsseg.model.config import candidate_classes
 
-        if isinstance(self.classes, str):
-            raise ConfigError(
-                "classes",
-                f"must be a list of names; got the string {self.classes!r} (for a shipped list use vocabulary=...)",
-            )
-        classes = tuple(str(name).strip() for name in self.classes)
-        if self.vocabulary is not None:
-            try:
-                shipped = get_vocabulary(self.vocabulary)
-            except ValueError as error:
-                raise ConfigError("vocabulary", str(error)) from None
-            if classes and classes != shipped:
-                raise ConfigError("vocabulary", "give either classes or vocabulary, not both")
-            classes = shipped
-        check_class_names(classes)
-        object.__setattr__(self, "classes", classes)
+        object.__setattr__(self, "classes", candidate_classes(self.classes, self.vocabulary))
         if not isinstance(self.clip_model, str) or not self.clip_model.strip():
             raise ConfigError("clip_model", f"expects a hub id, a local folder or 'tiny-clip'; got {self.clip_model!r}")
         size = self.clip_image_size

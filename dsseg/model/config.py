@@ -251,19 +251,7 @@ class Prompting:
     caption_names: bool = field(default=False, metadata=DERIVED)
 
     def __post_init__(self) -> None:
-        if isinstance(self.classes, str):
-            raise ConfigError(
-                "classes",
-                f"must be a list of names; got the string {self.classes!r} (for a shipped list use vocabulary=...)",
-            )
-        classes = tuple(str(name).strip() for name in self.classes)
-        if self.vocabulary is not None:
-            shipped = get_vocabulary(self.vocabulary)
-            if classes and classes != shipped:  # equal: this config was copied with replace()
-                raise ConfigError("vocabulary", "give either classes or vocabulary, not both")
-            classes = shipped
-        check_class_names(classes)
-        object.__setattr__(self, "classes", classes)
+        object.__setattr__(self, "classes", candidate_classes(self.classes, self.vocabulary))
         if isinstance(self.descriptors, str) and self.descriptors != CAPTION:
             raise ConfigError(
                 "descriptors", f"expects {{class: [words]}} or {CAPTION!r} (from a captioner); got {self.descriptors!r}"
@@ -310,6 +298,27 @@ class Prompting:
     def needs_captioner(self) -> bool:
         """Whether this prompting reads captions (named by them, or prompts continued by them)."""
         return self.caption_names or self.caption_descriptors
+
+
+def candidate_classes(classes: Sequence[str] | str, vocabulary: str | None) -> tuple[str, ...]:
+    """``classes`` (names) or a shipped ``vocabulary``'s, checked: a ``ConfigError`` for a bare string,
+    an unknown vocabulary, both given (unless equal: a config copied with ``replace()``), empty or
+    repeated names."""
+    if isinstance(classes, str):
+        raise ConfigError(
+            "classes", f"must be a list of names; got the string {classes!r} (for a shipped list use vocabulary=...)"
+        )
+    names = tuple(str(name).strip() for name in classes)
+    if vocabulary is not None:
+        try:
+            shipped = get_vocabulary(vocabulary)
+        except ValueError as error:
+            raise ConfigError("vocabulary", str(error)) from None
+        if names and names != shipped:
+            raise ConfigError("vocabulary", "give either classes or vocabulary, not both")
+        names = shipped
+    check_class_names(names)
+    return names
 
 
 def check_spellings(spellings: Any) -> str | tuple[tuple[str, str], ...] | None:
