@@ -97,7 +97,7 @@ def test_seg4diff_merge_matches_the_released_steps_on_seeded_maps():
 
 
 def test_seg4diff_unsupervised_runs_as_released_on_tiny_sd3(tiny_sd3, bsds_image):
-    from dsseg.methods.upsample import upsample_argmax
+    from dsseg.methods.upsample import compact_labels
     from dsseg.segmenter import Segmenter
 
     segmenter = Segmenter(tiny_sd3, "seg4diff", {"image_size": 256, "kl_threshold": 0.001})
@@ -109,10 +109,12 @@ def test_seg4diff_unsupervised_runs_as_released_on_tiny_sd3(tiny_sd3, bsds_image
     assert set(bundle.cross_attention) == {(16, 16)} and bundle.cross_attention[(16, 16)].shape == (1, 256, 154)
     ((result,),) = segmenter.segment(batch, frame="model")
     labels = result.result.labels
-    assert labels.shape == (256, 256)
-    # The released merge on the captured maps, arg-maxed after bilinear upsampling to the model input.
+    # The released merge on the captured maps, upsampled bilinearly to the image's own size (squashed:
+    # the whole photo), then the arg-max, as sem_seg_postprocess and the evaluation's argmax.
     expected = seg4diff_unsupervised(bundle.cross_attention[(16, 16)][0], (16, 16), 0.001)
-    assert torch.equal(labels, upsample_argmax(expected.float(), 16)) and len(labels.unique()) > 1
+    up = torch.nn.functional.interpolate(expected[None].float(), size=bsds_image.shape[:2], mode="bilinear")
+    assert labels.shape == bsds_image.shape[:2] and len(labels.unique()) > 1
+    assert torch.equal(labels, compact_labels(up[0].argmax(0)))
 
 
 def test_seg4diff_open_vocabulary_reads_each_class_tokens_in_the_space_joined_prompt(tiny_sd3, bsds_image):

@@ -295,7 +295,8 @@ class Seg4DiffConfig:
     ``text_tokens``: the image→text columns read as proposals (77: the CLIP part of the 154; the T5
     part is zeros without T5 and is not read). ``minmax_tokens``: each position's proposal values
     min-max normalised over the tokens first, as the released ``att2mask`` (the definition that wins).
-    ``upsample_factor``: pixels per token in the label map (16: 8-pixel latent cells, patch 2)."""
+    ``upsample_factor``: pixels per token in the label map when the image's own size is not known
+    (cached attention; 16: 8-pixel latent cells, patch 2); images are labelled at their own size."""
 
     kl_threshold: float = 0.1
     max_masks: int | None = None

@@ -9,11 +9,13 @@ averaged), the image rows × the first 77 text columns (the CLIP tokens) as 77 p
 3. one greedy pass in token order: a token not yet grouped anchors a group of every proposal (grouped
    or not: groups may overlap, as released) whose symmetric KL ½(KL(a‖b) + KL(b‖a)) to it is below
    ``kl_threshold``; the group's map is the plain mean of its members;
-4. labels: the arg-max of the merged maps, upsampled bilinearly.
+4. labels: the arg-max of the merged maps, upsampled bilinearly to the image's own size (the crop
+   box's, when the model input was cut from it), as the released code upsamples to the original.
 
 Open vocabulary, as the released ``Seg4DiffOVSS``: with candidate classes the image is prompted with
 their names joined by spaces, and each class's map is the mean of its CLIP tokens' image→text columns
-(raw probabilities, no background class); each pixel takes the class of the largest upsampled map.
+(raw probabilities, no background class); each pixel takes the class of the largest map upsampled
+to the image's size.
 The released code prompts with the classes present in the ground truth; dsseg prompts with the
 image's candidate classes (a manifest's per-image classes reproduce that protocol).
 """
@@ -69,9 +71,10 @@ def greedy_merge(proposals: torch.Tensor, threshold: float, max_masks: int | Non
 def segment_seg4diff(
     bundle: AttentionBundle, config: Seg4DiffConfig, timer: StageTimer | None = None
 ) -> list[MethodResult]:
-    """Seg4Diff on every image of ``bundle``: label maps at (f·h, f·w) for the token grid (h, w) and
-    ``upsample_factor`` f (1024² for SD3 at 1024²). Unsupervised without class maps, open-vocabulary
-    with them (named by class). Stages timed: segment."""
+    """Seg4Diff on every image of ``bundle``: label maps at the size of each image's crop box (its
+    ``source_hw``), or without one at (f·h, f·w) for the token grid (h, w) and ``upsample_factor`` f
+    (1024² for SD3 at 1024²). Unsupervised without class maps, open-vocabulary with them (named by
+    class). Stages timed: segment."""
     timer = timer or StageTimer()
     results = []
     with timer.stage("segment"):
@@ -84,7 +87,7 @@ def segment_seg4diff(
                 raise ValueError("seg4diff reads image→text attention: capture it (cross_attention=True)")
             grid, image_to_text = next(iter(image.cross_attention.items()))
             merged = greedy_merge(token_proposals(image_to_text[0], config), config.kl_threshold, config.max_masks)
-            labels = upsample_argmax_index(merged.float().reshape(-1, *grid), config.upsample_factor)
+            labels = upsample_argmax_index(merged.float().reshape(-1, *grid), config.upsample_factor, label_size(image))
             results.append(MethodResult(labels=compact_labels(labels)))
     return results
 
@@ -93,8 +96,13 @@ def label_by_class(image: AttentionBundle, config: Seg4DiffConfig) -> MethodResu
     """Open vocabulary: one image's class maps → each pixel the class of the largest upsampled map."""
     names = list(image.class_names[0])
     grid, maps = next(iter(image.class_attention[0].items()))  # (C, N) at the one token grid
+    size = label_size(image) or (grid[0] * config.upsample_factor, grid[1] * config.upsample_factor)
     if not names:
-        size = (grid[0] * config.upsample_factor, grid[1] * config.upsample_factor)
         return MethodResult(labels=torch.zeros(size, dtype=torch.int64), names=[None])
-    labels = upsample_argmax_index(maps.float().reshape(-1, *grid), config.upsample_factor)
+    labels = upsample_argmax_index(maps.float().reshape(-1, *grid), config.upsample_factor, size)
     return MethodResult(labels=labels, names=names)
+
+
+def label_size(image: AttentionBundle) -> tuple[int, int] | None:
+    """The (h, w) pixels one image's model input was resized from (its crop box), or None."""
+    return None if image.source_hw is None else image.source_hw[0]

@@ -18,13 +18,14 @@ def upsample_argmax(maps: torch.Tensor, factor: int) -> torch.Tensor:
     return compact_labels(upsample_argmax_index(maps, factor))
 
 
-def upsample_argmax_index(maps: torch.Tensor, factor: int) -> torch.Tensor:
-    """Per-pixel index of the largest bilinearly upsampled map: maps (K, H, W) → (f·H, f·W) int64 in 0..K−1.
+def upsample_argmax_index(maps: torch.Tensor, factor: int, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Per-pixel index of the largest bilinearly upsampled map: maps (K, H, W) → (f·H, f·W) int64 in
+    0..K−1 (or at ``size`` (h, w) when given, whatever the factor).
 
     Upsampling uses half-pixel centres (TF/Keras bilinear); ties keep the lower index. Processed
     in chunks of maps so memory stays bounded for large K.
     """
-    size = (maps.shape[1] * factor, maps.shape[2] * factor)
+    size = tuple(size) if size is not None else (maps.shape[1] * factor, maps.shape[2] * factor)
     best_value = torch.full(size, -torch.inf, device=maps.device)
     best_index = torch.zeros(size, dtype=torch.int64, device=maps.device)
     for start in range(0, len(maps), ARGMAX_CHUNK):
