@@ -117,6 +117,22 @@ def test_cocostuff27_maps_fine_ids_and_checks_the_curated_list(tmp_path):
         load_dataset("cocostuff27", tmp_path)  # the curated 2,175 ids, only one present
 
 
+def test_coco_object_curated_reads_things_from_stuffthingmaps_and_the_rest_as_background(tmp_path):
+    """DiffCut's open-vocabulary COCO-Object: stuffthingmaps (COCO id − 1), the 80 things in COCO id
+    order → 1..80, stuff and unlabelled → background; nothing ignored."""
+    fine = np.array([[0, 18, 89], [123, 255, 90]])  # person, horse, toothbrush; grass, unlabelled, unused id 91
+    _png(tmp_path / "stuffthingmaps_trainval2017/val2017/000000000139.png", fine)
+    _image(tmp_path / "images/val2017/000000000139.jpg")
+    dataset = load_dataset("coco_object_curated", tmp_path, curated=False)
+    label = dataset.load_label(dataset.samples()[0])
+    np.testing.assert_array_equal(label, [[1, 18, 80], [0, 0, 0]])
+    assert dataset.num_classes == 81 and [dataset.class_names[c] for c in (0, 1, 18, 80)] == [
+        "background", "person", "horse", "toothbrush",
+    ]  # fmt: skip
+    with pytest.raises(DatasetRootError, match="4348 of the split's 4350 image and label files are missing"):
+        load_dataset("coco_object_curated", tmp_path)  # the curated 2,175 ids of cocostuff27, only one present
+
+
 def test_voc_and_context_label_conventions(tmp_path):
     raw = np.array([[0, 15, 255], [13, 13, 0]])
     _png(tmp_path / "SegmentationClass" / "2007_000033.png", raw, palette=True)

@@ -26,6 +26,7 @@ from dsseg.evaluation.preset import settings_key
 from dsseg.evaluation.presets import PRESETS, get_preset, list_presets, matching_presets
 from dsseg.io.images import decode_image
 from dsseg.job.config import SegmentJob
+from dsseg.model.vocabularies import COCO80, CONTEXT59, VOC20
 from dsseg.spec import MethodSpec
 
 # ---- presets ------------------------------------------------------------------------------
@@ -92,7 +93,9 @@ def test_every_preset_publishes_the_numbers_of_the_references():
 
     assert protocol("per_image_avg") == {"dwc-diffseg-per-image-avg", "dwc-ncut-per-image-avg"}  # DWC Table 6
     assert protocol("oracle_merged") == {"dwc-diffseg-oracle-merged", "dwc-ncut-oracle-merged"}
-    assert protocol("semantic") == {name for name in PRESETS if name.startswith("diffsegmenter-")}
+    assert protocol("semantic") == {
+        name for name in PRESETS if name.startswith(("diffsegmenter-", "diffcut-ssd1b-openvoc-"))
+    }
     assert {preset.protocol for preset in PRESETS.values()} == {
         "per_image",
         "per_image_avg",
@@ -114,13 +117,37 @@ def test_each_preset_takes_the_levels_and_settings_of_its_row():
     assert levels("dwc-manc-ncut-two-levels") == levels("dwc-scaled-mincut-two-levels") == (64, 32)
     assert levels("dwc-manc-ncut-one-level") == levels("dwc-scaled-mincut-one-level") == (64,)
     for preset in PRESETS.values():  # where each number comes from, and which reading takes the levels
-        if preset.method == "diffcut":
+        if preset.method == "diffcut" and preset.params.get("naming") != "clip":
             assert any(choice.startswith("the number: ") for choice in preset.choices), preset.name
             assert preset.score_size == 128 and preset.params["geometry"] == "diffcut_crop", preset.name
         if preset.row.startswith("Table 1"):
             assert any("§3.1" in choice for choice in preset.choices), preset.name
     with pytest.raises(ValueError, match="list-presets"):
         get_preset("diffseg-coco")
+
+
+def test_diffcut_open_vocabulary_presets_take_eval_diffcut_openvoc_settings():
+    """eval_diffcut_openvoc.py's defaults: SSD-1B, t = 50, the crop at 1024², τ 0.5, α 10, masks assigned at
+    1024² (mask_size=(1024, 1024)), PAMR(15, [1, 2, 4, 8, 12, 24, 32, 64]) + median, CLIP at the model input's
+    size (COCO-Object at 2048²) among the dataset's classes with background first; scored in the 1024² frame."""
+    presets = {name: preset for name, preset in PRESETS.items() if preset.params.get("naming") == "clip"}
+    assert sorted(presets) == [
+        "diffcut-ssd1b-openvoc-coco-object", "diffcut-ssd1b-openvoc-context60", "diffcut-ssd1b-openvoc-voc2012",
+    ]  # fmt: skip
+    expected = {"voc2012": (None, "val"), "context60": (None, "val"), "coco_object_curated": (2048, "val2017")}
+    for name, preset in presets.items():
+        resolved = preset.spec().resolved
+        extraction, params, clip = resolved.extraction.flat(), resolved.params, resolved.clip
+        assert preset.backbone == "segmind/SSD-1B" and preset.method == "diffcut" and preset.protocol == "semantic"
+        assert (extraction["timestep"], extraction["image_size"], extraction["geometry"]) == (50, 1024, "diffcut_crop")
+        assert (params.tau, params.alpha, params.assign_factor, params.upsample_factor) == (0.5, 10.0, 32, 1)
+        assert (params.pamr_iterations, params.pamr_dilations) == (15, (1, 2, 4, 8, 12, 24, 32, 64))
+        assert (preset.frame, preset.score_size) == ("model", None)  # scored at the 1024² masks' pixels
+        assert (clip.clip_image_size, preset.split) == expected[preset.dataset], name
+        assert clip.clip_background and clip.clip_model == "laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup"
+        vocabulary = {"voc2012": VOC20, "context60": CONTEXT59, "coco_object_curated": COCO80}[preset.dataset]
+        assert clip.classes == vocabulary  # + background first: the dataset's class names, in label order
+        assert not preset.published and any("eval_diffcut_openvoc.py" in choice for choice in preset.choices), name
 
 
 def test_list_presets_prints_every_setting_and_every_choice():
@@ -132,9 +159,11 @@ def test_list_presets_prints_every_setting_and_every_choice():
     assert "timestep=300" in text and "noise='ddim_inversion'" in text and "inversion_steps=10" in text
     # Every row's number is in REFERENCES.md, except rows whose number could not be checked against
     # its paper (Seg4Diff's, quoted by other papers): those say so in a choice instead of citing it.
+    # DiffCut's open-vocabulary rows: the paper's numbers in our references are its unsupervised ones.
     unrecorded = [preset for preset in PRESETS.values() if not preset.published]
-    assert {preset.method for preset in unrecorded} == {"seg4diff"}
-    assert all(any("could not be checked" in choice for choice in preset.choices) for preset in unrecorded)
+    assert {preset.method for preset in unrecorded} == {"seg4diff", "diffcut"}
+    assert all(preset.params.get("naming") == "clip" for preset in unrecorded if preset.method == "diffcut")
+    assert all(any(choice.startswith("no published figure") for choice in preset.choices) for preset in unrecorded)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -288,6 +317,21 @@ def test_a_diffcut_preset_crops_as_released_and_scores_at_128(ray_local, tmp_pat
     (row,) = pq.read_table(out / "run" / "segments").to_pylist()
     assert {tuple(s["rle"]["size"]) for s in row["segments"]} == {(1024, 1024)}  # the 127² crop at 1024²
     assert (row["height"], row["width"]) == (128, 256)
+
+
+@pytest.mark.slow  # ~35 s on 2 cores: the settings are tested apart by default (no CLIP weights here: tiny-clip)
+def test_a_diffcut_open_vocabulary_preset_runs_end_to_end_with_another_clip(ray_local, tmp_path):
+    root = _voc_root(tmp_path / "voc")
+    out = tmp_path / "eval"
+    argv = ["--preset", "diffcut-ssd1b-openvoc-voc2012", "--root", str(root), "--output", str(out), *TINY]
+    assert evaluate_main([*argv, "--param", "clip_model=tiny-clip"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    (config,) = metrics["configs"].values()
+    assert (metrics["frame"], metrics["score_size"], config["failed"]) == ("model", None, 0)
+    assert "semantic" in config and config["presets"] == []  # another CLIP: the preset's settings, not its run
+    (row,) = pq.read_table(out / "run" / "segments").to_pylist()
+    assert {tuple(s["rle"]["size"]) for s in row["segments"]} == {(1024, 1024)}  # assigned and scored at 1024²
+    assert {s["label"] for s in row["segments"]} <= {"background", *VOC20}
 
 
 def _mkdir(path: Path) -> Path:

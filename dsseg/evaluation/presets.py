@@ -88,6 +88,59 @@ DIFFCUT_CHOICES = (
     "rows, where a leaf with no pixel at 128² leaves an empty id in the released code's Hungarian matrix (ties "
     "between equally good assignments may then go otherwise)",
 )
+DIFFCUT_OPENVOC_CHOICES = (
+    "as the released code (eval_diffcut_openvoc.py at PaulCouairon/DiffCut 10663580, with dataloader/iterator.py, "
+    "tools/ldm.py, diffcut/recursive_normalized_cut.py, tools/pamr.py, tools/clip_classifier.py) at its command-line "
+    "defaults: SSD-1B, step 50, img_size 1024, τ 0.5, α 10, and PAMR (--refinement is store_true with default True: "
+    "it always refines); the centred square of side min(H, W) − 1 at torchvision's CenterCrop offsets, bilinear "
+    "1024² without antialiasing; the output of the last down-path self-attention layer at t = 50; W = "
+    "minmax(cosine)^10; dense float32 eigenvectors; 100 split values from 0.99·min to 0.99·max of the Fiedler "
+    "vector; below the root, nodes whose affinity row holds a zero dropped from the cuts; leaves numbered by the "
+    "released assembly and assigned at 1024² (generate_masks(mask_size=(1024, 1024)): assign_factor 32 on the 32² "
+    "feature grid, upsample_factor 1); PAMR at 1024² with the 1024² image, 15 iterations, dilations 1, 2, 4, 8, 12, "
+    "24, 32, 64 (centre pixel in the local spread), then a 3×3 median filter",
+    "each segment named by CLIP as associate_label does (naming='clip'): open_clip's convnext_large_d_320 "
+    "(laion2b_s29b_b131k_ft_soup) in float32 reads the whole cropped 1024² image in [0, 1] without CLIP's "
+    "normalisation (COCO-Object: resized bilinearly to 2048² first, clip_image_size 2048); its dense features "
+    "pooled under each segment (mask nearest-exact to the feature grid), the head and projection, 14 ViLD "
+    "templates, the max over a class's synonyms, arg-max of the softmax; background a text class, first",
+    "the class names are dsseg's plain ones (vocabularies voc20, context59, coco80, and 'background'): the released "
+    "run prompts with synonym lists read from files on the authors' machine (data/metadata/datasets/"
+    "openseg_classes.py opens ODISE's *_with_prompt_eng.txt, of which FC-CLIP publishes copies; the detectron2 "
+    "registration modules that load them are not released): e.g. VOC's background with some 70 synonyms (crops, "
+    "bush, wall, sky, …), 'tvmonitor,monitor,tv'; Context's road 'street,streets', computer 'computer case', light "
+    "'lamp,lamps,bulb,bulbs'; COCO's orange 'orange fruit'. dsseg's naming cannot prompt a class with synonyms and "
+    "still name the segment by the dataset's class, so these prompts differ from the released ones",
+    "scored in dsseg's semantic protocol in the model frame at 1024² (the label cropped like the image, "
+    "nearest-exact to 1024², as released): the class × class confusion summed over the split, IoU per class over "
+    "the split, the mean over classes; the released script scores each image with torchmetrics' JaccardIndex("
+    "task='multiclass', num_classes=K), macro, no ignore index, and averages the per-image values (a recent "
+    "torchmetrics leaves the classes absent from both prediction and label out of an image's mean; older ones "
+    "count them as 0; the version is not pinned): dsseg has no such per-image semantic average, so the numbers "
+    "are not comparable",
+    "the resized image is rounded to 8-bit before the VAE, PAMR and CLIP (the released code keeps float values): "
+    "at most half a grey level",
+    "seeded noise with dsseg's seed; the released code draws its noise with seed 42 on the GPU",
+    "deliberately otherwise, as the unsupervised DiffCut presets: splits stop at depth 30, NCut costs in float64, "
+    "leaves kept apart by exact codes",
+    "no published figure: our references record DiffCut's VOC 65.2, Context 56.5 and COCO-Object 34.1 as its "
+    "unsupervised (per-image Hungarian) numbers, and no open-vocabulary number of the paper",
+)
+DIFFCUT_OPENVOC_DATA = {
+    "voc2012": "VOC: the 1,449 val images (FC-CLIP's pascal_voc_d2 'validation', from ImageSets/Segmentation/val.txt) "
+    "and the released list's order 'background' + the 20 classes; its labels (annotations_pascal20: background and "
+    "the 255 object borders both 255, then −1, +1) count the borders as background and score them, where dsseg's "
+    "voc2012 reader ignores them",
+    "context60": "Context: the val split; the released labels (FC-CLIP's annotations_ctx59: 255 = Context's "
+    "background, then −1, +1) put background at class 0 as context60 does; 'background' inserted before the 59 "
+    "classes, as released",
+    "coco_object_curated": "COCO-Object: the 2,175 curated val2017 images (Coco164kFull_Stuff_Coarse_7.txt) and their "
+    "stuffthingmaps, the 80 things → 1..80, stuff and unlabelled → background, every pixel scored (the reader "
+    "coco_object_curated); the released mapping (dataloader/coco/coco_object_mapping.pickle) is binary and not read "
+    "here: things in COCO id order, the order of the CLIP class list it is scored against ('background' + the 80 "
+    "thing_classes: with FC-CLIP's registration, the one the code adapts, that metadata holds no stuff_classes, "
+    "so the classifier falls back to thing_classes, as N_CLASS = 81 requires)",
+}
 DWC_TABLE1_LEVELS = (
     "Table 1 does not state its resolutions: §3.1 makes all four levels (8, 16, 32, 64) the default and the preset "
     "takes that reading (the best row's {64, 32, 16} comes from the level ablation of Table 3)"
@@ -211,6 +264,28 @@ def _diffcut(
     )  # fmt: skip
 
 
+DIFFCUT_OPENVOC_PARAMS = {  # eval_diffcut_openvoc.py's defaults: masks at 1024², PAMR(15, [1, …, 64]), CLIP names
+    **DIFFCUT_PARAMS,
+    "tau": 0.5,
+    "assign_factor": 32,
+    "upsample_factor": 1,
+    "pamr_iterations": 15,
+    "pamr_dilations": (1, 2, 4, 8, 12, 24, 32, 64),
+    "naming": "clip",
+    "clip_background": True,
+}
+
+
+def _diffcut_openvoc(name: str, row: str, dataset: str, split: str, vocabulary: str, **changes: Any) -> Preset:
+    """An open-vocabulary row of DiffCut on SSD-1B as eval_diffcut_openvoc.py runs it: segments named by
+    CLIP among the dataset's classes, scored in the 1024² model frame (no published number recorded)."""
+    params = {**DIFFCUT_OPENVOC_PARAMS, "vocabulary": vocabulary, **changes}
+    return Preset(
+        name, DIFFCUT, row, dataset, "semantic", {}, SSD1B, "diffcut", params, frame="model", split=split,
+        choices=(*DIFFCUT_OPENVOC_CHOICES, DIFFCUT_OPENVOC_DATA[dataset]),
+    )  # fmt: skip
+
+
 def _seg4diff(name: str, row: str, dataset: str) -> Preset:
     """An unsupervised row of Seg4Diff as its released code runs it (see ``SEG4DIFF_CHOICES``)."""
     params = {"geometry": "squash", "image_size": 1024}
@@ -279,6 +354,13 @@ def _presets() -> list[Preset]:
                        _released("voc10", "4b3a4807a961afd4beba1340e099db23b395e8f31a01d35a2cd049f4efe62aa3")),
         _diffsegmenter("diffsegmenter-coco-object", "coco_object", "val2014_5k", 37.9, DIFFSEGMENTER_COCO,
                        _released("coco", "2917fa1e5e4aa920a688f63b9d0ae4404a9b943a53ee79dc3cdfc86a990f517c")),
+    ]  # fmt: skip
+    openvoc = "open vocabulary: DiffCut on SSD-1B, τ 0.5, PAMR, segments named by CLIP (eval_diffcut_openvoc.py)"
+    presets += [
+        _diffcut_openvoc("diffcut-ssd1b-openvoc-voc2012", f"VOC (21 classes), {openvoc}", "voc2012", "val", "voc20"),
+        _diffcut_openvoc("diffcut-ssd1b-openvoc-context60", f"Context (60 classes), {openvoc}", "context60", "val", "context59"),
+        _diffcut_openvoc("diffcut-ssd1b-openvoc-coco-object", f"COCO-Object (81 classes, curated val2017), {openvoc}",
+                         "coco_object_curated", "val2017", "coco80", clip_image_size=2048),
     ]  # fmt: skip
     presets += [
         _seg4diff("seg4diff-cocostuff27", "COCO-Stuff-27: Seg4Diff on SD3-medium, unsupervised", coco),

@@ -19,7 +19,7 @@ from dsseg.evaluation.datasets.base import (
     read_list,
     require,
 )
-from dsseg.model.vocabularies import ADE150_NAMES, CONTEXT59, VOC20
+from dsseg.model.vocabularies import ADE150_NAMES, COCO80, CONTEXT59, VOC20
 
 COCOSTUFF27_NAMES = (
     "electronic", "appliance", "food-things", "furniture-things", "indoor", "kitchen", "accessory", "animal",
@@ -87,6 +87,32 @@ def cocostuff27(root: str | Path, split: str = "val2017", curated: bool = True) 
     fine_to_coarse = json.loads((data / "fine_to_coarse.json").read_text())["fine_index_to_coarse_index"]
     table = lookup_table({int(fine): coarse for fine, coarse in fine_to_coarse.items()})
     return LabelPngDataset("cocostuff27", COCOSTUFF27_NAMES, _pairs(images, labels, ids, ".jpg", ".png"), table)
+
+
+# COCO's 80 thing category ids (1..90 without the ten unused), in id order: class i + 1 of COCO-Object.
+COCO_THING_IDS = tuple(i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83))
+
+
+def coco_object_curated(root: str | Path, split: str = "val2017", curated: bool = True) -> LabelPngDataset:
+    """COCO-Object as DiffCut's released open-vocabulary evaluation reads it (``dataloader/iterator.py``
+    with ``coco_object_mapping.pickle``): cocostuff27's layout and, with ``curated``, its 2,175 curated
+    val2017 images; the stuffthingmaps' 80 things (stored as COCO id − 1) → classes 1..80 in COCO id
+    order, and everything else, stuff and unlabelled (255) included, → background 0: no pixel ignored."""
+    root = Path(root)
+    layout = f"  images/{split}/<id>.jpg\n  stuffthingmaps_trainval2017/{split}/<id>.png"
+    images = require(root / "images" / split, "images", "coco_object_curated", layout)
+    labels = require(
+        root / "stuffthingmaps_trainval2017" / split, "stuff+thing label maps", "coco_object_curated", layout
+    )
+    if curated:
+        data = resources.files("dsseg.evaluation.datasets") / "data" / "cocostuff27"
+        ids = read_list(Path(str(data / "curated_val2017_ids.txt")))
+    else:
+        ids = sorted(p.stem for p in labels.glob("*.png"))
+    table = np.zeros(256, dtype=np.uint8)
+    table[[cat - 1 for cat in COCO_THING_IDS]] = np.arange(1, len(COCO_THING_IDS) + 1)
+    samples = _pairs(images, labels, ids, ".jpg", ".png")
+    return LabelPngDataset("coco_object_curated", ("background", *COCO80), samples, table)
 
 
 def cityscapes27(root: str | Path, split: str = "val") -> LabelPngDataset:
