@@ -82,7 +82,7 @@ def test_the_tiny_blip_loads_back_and_captions_batches_as_single_images(tiny_bli
 
 def test_missing_captioner_weights_say_what_to_do(tmp_path):
     with pytest.raises(
-        CaptionerNotFoundError, match="(?s)has no config.json.*huggingface-cli download.*--captioner tiny"
+        CaptionerNotFoundError, match="(?s)nothing: no such folder.*huggingface-cli download.*--captioner tiny"
     ):
         load_captioner(str(tmp_path / "nothing"), device="cpu")
     with pytest.raises(CaptionerNotFoundError, match="offline is set"):

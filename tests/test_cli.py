@@ -115,7 +115,7 @@ def test_missing_weights_stop_the_job_before_ray_starts(tmp_path, capsys):
     )
     assert code == 2
     error = capsys.readouterr().err
-    assert "has no unet/config.json" in error and "huggingface-cli download" in error
+    assert "sd: no such folder" in error and "huggingface-cli download" in error
     assert not (tmp_path / "segments").exists()
 
 

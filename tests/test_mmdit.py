@@ -183,14 +183,19 @@ def test_what_a_unet_cannot_run_is_refused(method, params, flag):
     assert error.value.param == flag
 
 
-def test_a_segment_job_on_a_unet_refuses_seg4diff_at_planning(tmp_path):
+def test_a_segment_job_refuses_seg4diff_on_a_unet_at_planning(tmp_path):
     from helpers import IMAGES
 
     from dsseg.job.config import SegmentJob
     from dsseg.spec import MethodSpec
 
+    job = SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", configs=[MethodSpec("seg4diff")])
     with pytest.raises(ConfigError, match="SD3 backbone"):
-        SegmentJob(input=str(IMAGES), output=str(tmp_path), backbone="tiny", configs=[MethodSpec("seg4diff")])
+        job.check_paths()  # the family is read from the name or folder where the job runs
+    typo = SegmentJob(
+        input=str(IMAGES), output=str(tmp_path), backbone=str(tmp_path / "sd3"), configs=[MethodSpec("seg4diff")]
+    )
+    typo.check_paths()  # a missing folder is left to the weights check, which says how to get weights
 
 
 def test_the_segment_job_takes_an_sd3_backbone(tmp_path):

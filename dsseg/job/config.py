@@ -38,6 +38,7 @@ from dsseg.model.filter_specs import (
     filter_reads_captions,
     filter_supplies_classes,
 )
+from dsseg.model.hub import is_local
 from dsseg.params import added_at_default
 from dsseg.spec import MethodSpec
 
@@ -225,17 +226,21 @@ class SegmentJob:
             filter_may_read_captions=filter_may_read_captions(self.class_filter),
         )
         shared_preparation(configs)
-        check_family(configs, backbone_family(self.backbone))
 
     def check_paths(self) -> None:
         """What the settings alone cannot tell, checked where the job will run (before any model
-        loads): the input and a candidates file exist, and under ``ray job submit`` the output is
-        not relative to the temporary copy of the working dir. ``ConfigError`` otherwise."""
+        loads): the input and a candidates file exist, every config can run on
+        the backbone's family (read from its name or folder: ``dsseg.checks.check_family``), and under
+        ``ray job submit`` the output is not relative to the temporary copy of the working dir.
+        ``ConfigError`` otherwise."""
         if not is_uri(self.input) and not any(c in self.input for c in "*?[") and not Path(self.input).exists():
             raise ConfigError(
                 "input",
                 f"{self.input!r} does not exist; give an image file, a folder, a glob, a manifest or a .tar shard",
             )
+        missing_folder = is_local(self.backbone) and not Path(self.backbone).expanduser().is_dir()
+        if not missing_folder:  # a missing folder is reported with how to get weights (check_backbone_available)
+            check_family([spec.resolved for spec in self.configs], backbone_family(self.backbone))
         copy = temporary_working_dir()
         if copy and not is_uri(self.output) and not Path(self.output).is_absolute():
             raise ConfigError(

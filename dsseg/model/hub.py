@@ -24,6 +24,8 @@ def weights_problem(source: str, marker: str, offline: bool = False) -> str | No
     """Why ``source`` (folder or hub id) cannot give the file ``marker`` (e.g. ``unet/config.json``),
     or None when it may."""
     if is_local(source):
+        if not Path(source).expanduser().is_dir():
+            return f"{source}: no such folder"
         if not (Path(source).expanduser() / marker).is_file():
             return f"{source} has no {marker}"
         return None
