@@ -144,8 +144,8 @@ def test_many_configs_share_one_forward_per_extraction_setting(tmp_path):
     assert [len(indices) for _, indices in forward_groups([spec.resolved for spec in job.configs])] == [3, 1]
     worker = SegmentWorker(job)
     unet_calls = []
-    worker.segmenter.backbone.unet.register_forward_hook(
-        lambda module, args, output: unet_calls.append(args[0].shape[0])
+    worker.segmenter.backbone.unet.register_forward_pre_hook(  # a pre-hook: the capture stops the forward early
+        lambda module, args: unet_calls.append(args[0].shape[0])
     )
     rows = worker(decoded(job, {"135069.jpg", "horses/horse001.jpg"})).to_pylist()
     assert unet_calls == [2, 2]  # one batched UNet step per extraction setting, not per config

@@ -197,7 +197,8 @@ class LatencyRequest(ModelSettings):
     """What ``dsseg benchmark`` times: ``method`` with ``params`` on ``backbone`` over ``image``
     (a file path; None: a synthetic BSDS500-sized JPEG drawn in process), per batch size (ints or "auto"), each timed ``repeats`` times after a warm-up;
     ``class_counts``: also per number of candidate classes; ``compare``: each stage against its
-    straightforward version."""
+    straightforward version; ``full_forward``: capturing forwards run to their end instead of stopping
+    after the last module read (``dsseg.model.early_stop``), to measure what the early stop saves."""
 
     image: str | None = None
     method: str = "diffseg"
@@ -207,6 +208,14 @@ class LatencyRequest(ModelSettings):
     compare: bool = False
     class_counts: tuple[int, ...] = ()
     captioner: str | None = None
+    full_forward: bool = False
+
+
+def full_forward(segmenter: Segmenter, args: LatencyRequest) -> Segmenter:
+    """``segmenter``, its capturing forwards run to their end when ``args.full_forward``."""
+    for group in segmenter.groups:
+        group.extractor.early_stop = not args.full_forward
+    return segmenter
 
 
 def benchmark(args: LatencyRequest) -> dict:
@@ -223,7 +232,7 @@ def benchmark(args: LatencyRequest) -> dict:
         captioner = load_captioner(args.captioner, device=backbone.device, dtype=backbone.dtype, offline=args.offline)
     load_seconds = time.perf_counter() - start
     params = dict(args.params)
-    segmenter = Segmenter(backbone, MethodSpec(args.method, params), captioner=captioner)
+    segmenter = full_forward(Segmenter(backbone, MethodSpec(args.method, params), captioner=captioner), args)
     data = synthetic_jpeg() if args.image is None else Path(args.image).read_bytes()
     comparison = None
     if args.compare:
@@ -234,9 +243,8 @@ def benchmark(args: LatencyRequest) -> dict:
         params = {k: v for k, v in params.items() if k not in ("classes", "vocabulary")}
         runs = []
         for count in args.class_counts:
-            counted = Segmenter(
-                backbone, MethodSpec(args.method, params | {"classes": tuple(names[:count])}), captioner=captioner
-            )
+            spec = MethodSpec(args.method, params | {"classes": tuple(names[:count])})
+            counted = full_forward(Segmenter(backbone, spec, captioner=captioner), args)
             runs.extend(timed_runs(counted, data, args.batch_sizes, args.repeats, classes=count))
     else:
         runs = timed_runs(
@@ -260,6 +268,7 @@ def benchmark(args: LatencyRequest) -> dict:
         "extract_config": segmenter.config.flat_extraction(),
         "image": IMAGE_NAME if args.image is None else str(args.image),
         "repeats": args.repeats,
+        "full_forward": args.full_forward,
         "backbone_load_seconds": round(load_seconds, 2),
         "peak_host_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "versions": library_versions(),

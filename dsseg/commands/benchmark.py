@@ -57,6 +57,11 @@ def build_parser() -> CommandParser:
     )
     parser.add_argument("--json", metavar="OUT", help="write the JSON report to this file instead of stdout")
     parser.add_argument(
+        "--full-forward",
+        action="store_true",
+        help="run every capturing forward to its end (the default stops after the last module the method reads)",
+    )
+    parser.add_argument(
         "--compare",
         action="store_true",
         help="also time each stage's straightforward version (slow; needs a source checkout: tests/oracles)",
@@ -179,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         image=args.image, backbone=args.backbone, method=args.method, params=params, batch_sizes=args.batch_sizes,
         repeats=args.repeats, compare=args.compare, class_counts=args.class_counts or (), captioner=args.captioner,
         device=args.device, dtype=args.dtype, offline=args.offline, compile=args.compile,
+        full_forward=args.full_forward,
     )  # fmt: skip
     report = benchmark(request)
     print_table(report)

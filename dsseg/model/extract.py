@@ -33,6 +33,7 @@ from dsseg.errors import ConfigError
 from dsseg.model.attention import Grid, attention_layers, capture_attention, level_grids
 from dsseg.model.backbone import Backbone
 from dsseg.model.config import DEFAULT_TIMESTEP, MMDIT_BLOCK, ExtractConfig, check_class_names, parse_feature_layer
+from dsseg.model.early_stop import last_read_module, stop_after
 from dsseg.model.prompts import ImageTexts, PromptPlan, class_prompt_plan, joint_prompt_plans
 from dsseg.timing import StageTimer
 
@@ -241,7 +242,10 @@ def feature_grid(latent_hw: Grid, tokens: int, backbone=None) -> Grid:
 
 
 class AttentionExtractor:
-    """Runs ``ExtractConfig`` on a backbone: call with a (B, 3, h, w) batch in [-1, 1]."""
+    """Runs ``ExtractConfig`` on a backbone: call with a (B, 3, h, w) batch in [-1, 1]. A capturing
+    forward stops after the last module it reads (``early_stop``; ``dsseg.model.early_stop``)."""
+
+    early_stop = True
 
     def __init__(self, backbone: Backbone, config: ExtractConfig) -> None:
         self.backbone = backbone
@@ -329,9 +333,12 @@ class AttentionExtractor:
             torch.tensor(self.timesteps, device=noised.device).repeat_interleave(k) if steps > 1 else self.timestep
         )
         kept: list[torch.Tensor] = []
+        latent_hw = tuple(noised.shape[-2:])
+        last = last_read_module(self.backbone, self.config.captured, latent_hw, self.feature_module)
         with (
-            capture(self.backbone, self.config.captured, tuple(noised.shape[-2:])) as store,
+            capture(self.backbone, self.config.captured, latent_hw) as store,
             keep_output(self.feature_module, kept),
+            stop_after(last if self.early_stop else None),  # nothing after the last module read is used
         ):
             self.run_unet(noised.flatten(0, 1), timesteps, condition.repeat(steps, 1, 1))
 
