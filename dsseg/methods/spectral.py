@@ -81,13 +81,18 @@ class DenseGraph:
 
 class FeatureGraph:
     """Weights W = F·Fᵀ from node features ``features`` (n, f) float32, non-negative; W is never built
-    except for small sub-graphs."""
+    except for small sub-graphs. Sub-graphs keep every feature column, so each row's squared norm
+    and whether all features are positive carry over from the parent instead of being recomputed."""
 
     directed = False
 
-    def __init__(self, features: torch.Tensor) -> None:
+    def __init__(
+        self, features: torch.Tensor, row_norms2: torch.Tensor | None = None, positive: bool | None = None
+    ) -> None:
         self.features = features.float()
         self._degrees: torch.Tensor | None = None
+        self._row_norms2 = row_norms2
+        self._positive = positive
 
     @property
     def size(self) -> int:
@@ -97,9 +102,23 @@ class FeatureGraph:
     def device(self) -> torch.device:
         return self.features.device
 
+    @property
+    def row_norms2(self) -> torch.Tensor:
+        """(n,) float64 ‖F_i‖² = W_ii (computed once, inherited by sub-graphs)."""
+        if self._row_norms2 is None:
+            self._row_norms2 = torch.linalg.vector_norm(self.features, dim=1).double() ** 2
+        return self._row_norms2
+
+    @property
+    def positive(self) -> bool:
+        """Whether every feature is > 0 (then every pair of nodes is an edge); inherited by sub-graphs."""
+        if self._positive is None:
+            self._positive = bool((self.features > 0).all())
+        return self._positive
+
     def subgraph(self, nodes: torch.Tensor) -> FeatureGraph:
         """The graph restricted to ``nodes`` (k,) int64 (features keep all f columns)."""
-        return FeatureGraph(self.features[nodes])
+        return FeatureGraph(self.features[nodes], self.row_norms2[nodes], self._positive)
 
     def degrees(self) -> torch.Tensor:
         """(n,) row sums F·(Fᵀ·1) (computed once)."""
@@ -118,13 +137,12 @@ class FeatureGraph:
         return self.features @ self.features.T
 
     def edge_stats(self) -> tuple[float, int]:
-        """(T, m) as ``DenseGraph.edge_stats``; T = (‖Σ_i F_i‖² − Σ_i ‖F_i‖²)/2. Features without
-        zeros give a complete graph; otherwise pairs with disjoint supports are not edges."""
+        """(T, m) as ``DenseGraph.edge_stats``; T = (‖Σ_i F_i‖² − Σ_i ‖F_i‖²)/2, with ‖Σ_i F_i‖² = Σ_i d_i
+        from the degrees. Features without zeros give a complete graph; otherwise pairs with disjoint
+        supports are not edges."""
         n = self.size
-        column_sums = self.features.sum(0).double()
-        row_norms = torch.linalg.vector_norm(self.features, dim=1).double()
-        total = float((column_sums @ column_sums) - (row_norms @ row_norms)) / 2.0
-        if bool((self.features > 0).all()):
+        total = float(self.degrees().double().sum() - self.row_norms2.sum()) / 2.0
+        if self.positive:
             return total, n * (n - 1) // 2
         support = (self.features > 0).float()
         overlaps = torch.triu(support @ support.T, diagonal=1)
@@ -139,10 +157,10 @@ class FeatureGraph:
         Σ_{i,j≤r} F_i·F_j, the last from the block's B × B Gram matrix.
         """
         n, width = self.features.shape
-        ordered = self.features[order]
         blocks_count = -(-n // PREFIX_BLOCK)
-        padded = ordered.new_zeros(blocks_count * PREFIX_BLOCK, width)
-        padded[:n] = ordered
+        padded = self.features.new_empty(blocks_count * PREFIX_BLOCK, width)
+        torch.index_select(self.features, 0, order, out=padded[:n])  # gathered in place: one copy, not two
+        padded[n:] = 0.0
         blocks = padded.view(blocks_count, PREFIX_BLOCK, width)
         sums = blocks.sum(1).double()
         offsets = sums.cumsum(0) - sums  # (blocks, f): sum of the rows before each block
