@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,7 +15,7 @@ from dsseg.checks import check_classes_given
 from dsseg.io.frames import resize_labels
 from dsseg.io.images import load_rgb
 from dsseg.methods import get_method
-from dsseg.model.backbone import DEFAULT_BACKBONE, Backbone, cached_backbone
+from dsseg.model.backbone import DEFAULT_BACKBONE, AnyBackbone, cached_backbone
 from dsseg.model.class_filters import ClassFilter
 from dsseg.model.extract import AttentionBundle
 from dsseg.segmentation import Segmentation
@@ -26,7 +27,7 @@ from dsseg.timing import StageTimer
 def segment_image(
     image: str | Image.Image | np.ndarray,
     method: str = "diffseg",
-    backbone: str | Backbone = DEFAULT_BACKBONE,
+    backbone: str | os.PathLike | AnyBackbone = DEFAULT_BACKBONE,
     device: str | None = None,
     dtype: str | None = None,
     class_filter: ClassFilter | None = None,
@@ -55,8 +56,8 @@ def segment_image(
     spec = MethodSpec(method, params)  # validated before a model loads
     supplied = getattr(class_filter, "supplies_classes", False)
     check_classes_given([spec.resolved], "the image has", filter_supplies_classes=supplied)
-    if isinstance(backbone, str):
-        backbone = cached_backbone(backbone, device=device, dtype=dtype)
+    if isinstance(backbone, (str, os.PathLike)):  # a name, hub id or folder; else a loaded backbone
+        backbone = cached_backbone(str(backbone), device=device, dtype=dtype)
     if isinstance(captioner, str):
         from dsseg.model.captioner import cached_captioner
 

@@ -27,7 +27,7 @@ from dsseg.errors import ConfigError
 from dsseg.io.images import Geometry
 from dsseg.methods import get_method, name_results
 from dsseg.methods.base import MethodResult, memoised
-from dsseg.model.backbone import Backbone
+from dsseg.model.backbone import AnyBackbone
 from dsseg.model.caption_prompts import LazyCaptions, conditional_texts, located_nouns
 from dsseg.model.class_filters import ClassFilter, filter_classes, needs_captions
 from dsseg.model.config import ExtractConfig
@@ -122,7 +122,7 @@ class Segmenter:
 
     def __init__(
         self,
-        backbone: Backbone,
+        backbone: AnyBackbone,
         specs: str | MethodSpec | Sequence[MethodSpec] = "diffseg",
         params: dict | None = None,
         class_filter: ClassFilter | None = None,

@@ -287,3 +287,12 @@ def test_an_sd3_folder_in_diffusers_layout_loads_through_from_pretrained(tiny_sd
         torch.testing.assert_close(
             loaded.denoise(latents, 500.0, condition), tiny_sd3.denoise(latents, 500.0, condition)
         )
+
+
+def test_segment_image_takes_a_backbone_by_path(bsds_image):
+    from pathlib import Path
+
+    from dsseg import segment_image
+
+    result = segment_image(bsds_image, "seg4diff", Path("tiny-sd3"), image_size=128, kl_threshold=0.001)
+    assert result.num_segments >= 2

@@ -204,6 +204,9 @@ class Backbone:
         ).sample
 
 
+AnyBackbone = Backbone | MMDiTBackbone  # what load_backbone returns: a UNet or an MM-DiT pipeline's parts
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None``/``"auto"`` → CUDA when available, else CPU."""
     if device is None or device == "auto":
@@ -232,7 +235,7 @@ def load_backbone(
     offline: bool = False,
     seed: int = 0,
     compile: bool = False,
-) -> Backbone | MMDiTBackbone:
+) -> AnyBackbone:
     """Load a backbone by name (see module docstring and ``dsseg.model.mmdit``); frozen, in eval mode,
     on ``device``.
 
@@ -291,7 +294,9 @@ def compile_backbone(backbone: Backbone) -> int:
 
 
 @functools.lru_cache(maxsize=2)
-def cached_backbone(name: str, device: str | None = None, dtype: str | None = None, offline: bool = False) -> Backbone:
+def cached_backbone(
+    name: str, device: str | None = None, dtype: str | None = None, offline: bool = False
+) -> AnyBackbone:
     """``load_backbone`` memoised per (name, device, dtype, offline), for interactive use."""
     return load_backbone(name, device=device, dtype=dtype, offline=offline)
 

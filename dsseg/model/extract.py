@@ -31,7 +31,7 @@ import torch
 
 from dsseg.errors import ConfigError
 from dsseg.model.attention import Grid, attention_layers, capture_attention, level_grids
-from dsseg.model.backbone import Backbone
+from dsseg.model.backbone import AnyBackbone
 from dsseg.model.config import DEFAULT_TIMESTEP, MMDIT_BLOCK, ExtractConfig, check_class_names, parse_feature_layer
 from dsseg.model.early_stop import last_read_module, stop_after
 from dsseg.model.prompts import ImageTexts, PromptPlan, class_prompt_plan, joint_prompt_plans
@@ -247,7 +247,7 @@ class AttentionExtractor:
 
     early_stop = True
 
-    def __init__(self, backbone: Backbone, config: ExtractConfig) -> None:
+    def __init__(self, backbone: AnyBackbone, config: ExtractConfig) -> None:
         self.backbone = backbone
         self.config = config
         self.condition = backbone.encode_prompt(config.prompting.prompt)  # (1, 77, D); SDXL (1, 78, D)
