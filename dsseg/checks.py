@@ -24,6 +24,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from dsseg.errors import ConfigError
+from dsseg.model.config import (
+    BLOCKS,
+    LATENT_FACTOR,
+    MMDIT_BLOCK,
+    MMDIT_PATCH,
+    parse_feature_layer,
+    per_image_classes,
+)
 
 if TYPE_CHECKING:
     from dsseg.model.config import Preparation
@@ -150,10 +158,7 @@ def clip_candidates(
     its own list where given (``classes``), else the config's; a ``ConfigError`` (``classes``) for
     an image left with none."""
     assert config.clip is not None
-    lists = [
-        config.clip.classes if c is None else tuple(str(name).strip() for name in c)
-        for c in (classes or [None] * images)
-    ]
+    lists = per_image_classes(config.clip.classes, classes, images)
     for index, names in enumerate(lists):
         if not names:
             raise classes_error(config, f"image {index} of the batch has")
@@ -192,7 +197,7 @@ def check_family(configs: Sequence[SegmentConfig], family: str) -> None:
         extraction = config.extraction
         noise, capture = extraction.noising.noise, extraction.capture
         feature_layer = capture.feature_layer
-        on_mmdit_layer = feature_layer is not None and feature_layer.startswith("layer:")
+        on_mmdit_layer = feature_layer is not None and parse_feature_layer(feature_layer)[0] == MMDIT_BLOCK
         if family == "mmdit":
             _check_on_mmdit(config, noise, capture, feature_layer, on_mmdit_layer)
         else:
@@ -211,8 +216,6 @@ def check_family(configs: Sequence[SegmentConfig], family: str) -> None:
 def _check_on_mmdit(
     config: SegmentConfig, noise: str, capture, feature_layer: str | None, on_mmdit_layer: bool
 ) -> None:
-    from dsseg.model.config import BLOCKS
-
     if noise in ("noise", "ddim_inversion"):
         raise ConfigError(
             "noise",
@@ -226,7 +229,7 @@ def _check_on_mmdit(
             "feature_layer",
             f"{feature_layer!r} names a UNet layer; on an MM-DiT give one transformer block's output, e.g. 'layer:9'",
         )
-    side = config.extraction.preparation.image_size // 16  # one token grid: 8 px per latent cell, patch 2
+    side = config.extraction.preparation.image_size // LATENT_FACTOR // MMDIT_PATCH  # the one token grid
     levels = set(capture.capture_resolutions or ()) | set(getattr(config.params, "resolutions", None) or ())
     if levels - {side}:
         name = "resolutions" if getattr(config.params, "resolutions", None) else "capture_resolutions"

@@ -32,6 +32,7 @@ BLOCKS: tuple[Block, ...] = ("down", "mid", "up")
 MMDIT_BLOCK = "layer"  # the AttentionLayer block (and feature_layer prefix) of an MM-DiT transformer block
 UNET_LEVELS = 4  # attention resolutions of the SD UNet: the latent and three halvings
 LATENT_FACTOR = 8  # image pixels per latent cell in every SD VAE
+MMDIT_PATCH = 2  # latent cells per token side in SD3 / SD3.5 (transformer patch_size)
 NoiseMode = Literal["none", "noise", "ddim_inversion", "flow"]
 NOISE_MODES: tuple[NoiseMode, ...] = ("none", "noise", "ddim_inversion", "flow")
 DDPM_NOISE_MODES: tuple[NoiseMode, ...] = ("noise", "ddim_inversion")  # read a UNet's DDPM schedule
@@ -298,6 +299,16 @@ class Prompting:
     def needs_captioner(self) -> bool:
         """Whether this prompting reads captions (named by them, or prompts continued by them)."""
         return self.caption_names or self.caption_descriptors
+
+
+def per_image_classes(
+    default: tuple[str, ...], classes: Sequence[Sequence[str] | None] | None, count: int
+) -> list[tuple[str, ...]]:
+    """Each of ``count`` images' candidate classes: its own list in ``classes`` where given (names
+    stripped), else ``default``; ``ValueError`` when ``classes`` holds another number of lists."""
+    if classes is not None and len(classes) != count:
+        raise ValueError(f"{len(classes)} class lists given for {count} images")
+    return [default if c is None else tuple(str(name).strip() for name in c) for c in (classes or [None] * count)]
 
 
 def candidate_classes(classes: Sequence[str] | str, vocabulary: str | None) -> tuple[str, ...]:

@@ -32,7 +32,14 @@ import torch
 from dsseg.errors import ConfigError
 from dsseg.model.attention import Grid, attention_layers, capture_attention, level_grids
 from dsseg.model.backbone import AnyBackbone
-from dsseg.model.config import DEFAULT_TIMESTEP, MMDIT_BLOCK, ExtractConfig, check_class_names, parse_feature_layer
+from dsseg.model.config import (
+    DEFAULT_TIMESTEP,
+    MMDIT_BLOCK,
+    ExtractConfig,
+    check_class_names,
+    parse_feature_layer,
+    per_image_classes,
+)
 from dsseg.model.early_stop import last_read_module, stop_after
 from dsseg.model.prompts import ImageTexts, PromptPlan, class_prompt_plan, joint_prompt_plans
 from dsseg.timing import StageTimer
@@ -233,9 +240,9 @@ def capture(backbone, spec, latent_hw: Grid):
             yield store
 
 
-def feature_grid(latent_hw: Grid, tokens: int, backbone=None) -> Grid:
-    """The token grid (h, w) of a feature map with ``tokens`` positions (UNet levels by default)."""
-    for grid in level_grids(latent_hw) if backbone is None else token_grids(backbone, latent_hw):
+def feature_grid(backbone, latent_hw: Grid, tokens: int) -> Grid:
+    """The token grid (h, w) of ``backbone``'s feature map with ``tokens`` positions."""
+    for grid in token_grids(backbone, latent_hw):
         if grid[0] * grid[1] == tokens:
             return grid
     raise ValueError(f"{tokens} feature tokens match no level of the latent grid {latent_hw}")
@@ -255,6 +262,7 @@ class AttentionExtractor:
         # The module whose output ``feature_layer`` names, found now: a bad index fails before any image.
         self.feature_module = None if layer is None else feature_module(backbone.denoiser, layer)
         self._class_conditions: OrderedDict[tuple[str, tuple[int, ...]], torch.Tensor] = OrderedDict()
+        self._stop_points: dict[Grid, torch.nn.Module | None] = {}  # per latent size: last_read_module
         scheduler = backbone.scheduler
         # A flow-matching scheduler has no ᾱ: only noise="flow" (or none) reads its schedule.
         alphas = getattr(scheduler, "alphas_cumprod", None)
@@ -310,7 +318,7 @@ class AttentionExtractor:
             self_maps, cross_maps, features = self.capture_stacked(
                 noised, self.condition.expand(latents.shape[0], -1, -1)
             )
-        grid = None if features is None else feature_grid(latent_hw, features.shape[1], self.backbone)
+        grid = None if features is None else feature_grid(self.backbone, latent_hw, features.shape[1])
         return replace(
             bundle, self_attention=self_maps, cross_attention=cross_maps, features=features, feature_grid=grid
         )
@@ -334,7 +342,11 @@ class AttentionExtractor:
         )
         kept: list[torch.Tensor] = []
         latent_hw = tuple(noised.shape[-2:])
-        last = last_read_module(self.backbone, self.config.captured, latent_hw, self.feature_module)
+        if latent_hw not in self._stop_points:  # the same for every batch of one input size
+            self._stop_points[latent_hw] = last_read_module(
+                self.backbone, self.config.captured, latent_hw, self.feature_module
+            )
+        last = self._stop_points[latent_hw]
         with (
             capture(self.backbone, self.config.captured, latent_hw) as store,
             keep_output(self.feature_module, kept),
@@ -352,12 +364,7 @@ class AttentionExtractor:
     def class_lists(self, batch: int, classes: Sequence[Sequence[str] | None] | None) -> list[tuple[str, ...]]:
         """Each image's candidate classes: its own list where given, else the config's (an image
         without any is checked by ``dsseg.checks.check_candidates``)."""
-        if classes is not None and len(classes) != batch:
-            raise ValueError(f"{len(classes)} class lists given for {batch} images")
-        lists = [
-            self.config.prompting.classes if c is None else tuple(str(name).strip() for name in c)
-            for c in (classes or [None] * batch)
-        ]
+        lists = per_image_classes(self.config.prompting.classes, classes, batch)
         for names in lists:
             check_class_names(names)
         return lists
