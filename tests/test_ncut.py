@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -9,16 +11,20 @@ import dsseg
 from dsseg.api import bundle_from_attention
 from dsseg.benchmark.planted import pixel_regions, planted_attention, planted_regions, voronoi_regions
 from dsseg.evaluation.metrics import adjusted_rand_index, relabelled_agreement
-from dsseg.methods import get_method
+from dsseg.methods import get_method, spectral
 from dsseg.methods.aggregate import aggregate_self_attention
 from dsseg.methods.ncut import NCutConfig, cosine_scores, cut_hierarchy, manc_threshold, ncut_partition
 from dsseg.methods.spectral import (
     DENSE_EIGEN_LIMIT,
+    FEATURE_DENSE_EIGEN_LIMIT,
+    PREFIX_BLOCK,
     DenseGraph,
     FeatureGraph,
     best_split,
     deflated_lazy_walk,
+    fiedler,
     fiedler_vector,
+    prefix_norms,
     random_walk_vector,
 )
 from dsseg.methods.upsample import upsample_argmax_index
@@ -133,7 +139,7 @@ def test_same_partition_as_the_float64_reference(params):
     assert relabelled_agreement(ours, reference) >= (0.99 if config.graph == "random_walk" else 1.0)
 
 
-@pytest.mark.parametrize("n", [DENSE_EIGEN_LIMIT // 2, 3 * DENSE_EIGEN_LIMIT])
+@pytest.mark.parametrize("n", [FEATURE_DENSE_EIGEN_LIMIT, 3 * DENSE_EIGEN_LIMIT])
 def test_fiedler_vector_solves_the_generalised_eigenproblem(n):
     graph = FeatureGraph(clustered_features(n, 3, seed=n))
     x, eigenvalue = fiedler_vector(graph, tolerance=1e-6)
@@ -187,6 +193,77 @@ def test_chosen_split_cost_equals_the_definition_and_is_the_minimum(kind):
     limited = best_split(graph, x, min_size=5, candidates=7)
     assert limited.ncut >= split.ncut - 1e-9
     assert best_split(graph, x, min_size=76) is None
+
+
+@pytest.mark.parametrize("n", [5, PREFIX_BLOCK, 37, 160])
+def test_prefix_norms_and_block_sums_equal_the_direct_sums(n):
+    rows = torch.rand(n, 24, generator=torch.Generator().manual_seed(n))
+    norms, running = prefix_norms(rows)
+    direct = rows.double().cumsum(0)
+    assert torch.allclose(norms, (direct**2).sum(1), rtol=1e-6)
+    block_ends = [min((b + 1) * PREFIX_BLOCK, n) - 1 for b in range(running.shape[1])]
+    assert torch.allclose(running.T, direct[block_ends], rtol=1e-6)
+
+
+def split_of(graph: FeatureGraph):
+    """The Fiedler split of ``graph`` with its warm-start hint, as ``two_way_split`` makes it."""
+    solution = fiedler(graph)
+    return replace(best_split(graph, solution.vector, min_size=8), hint=solution.next_vector)
+
+
+def test_children_are_the_sorted_rows_of_each_side_and_pending_sides_survive_deeper_sorts():
+    features = clustered_features(600, 4, seed=4)
+    graph = FeatureGraph(features)
+    split = split_of(graph)
+    lower_nodes, lower, upper_nodes, upper = graph.children(split)
+    assert torch.equal(upper_nodes.sort().values, torch.nonzero(split.right)[:, 0])
+    assert torch.equal(torch.cat([lower_nodes, upper_nodes]).sort().values, torch.arange(600))
+    for nodes, child in ((lower_nodes, lower), (upper_nodes, upper)):
+        assert torch.equal(child.features, features[nodes])
+        weights = features[nodes].double() @ features[nodes].double().T
+        assert torch.allclose(child.degrees().double(), weights.sum(1), rtol=1e-5)
+        assert torch.equal(child.start_values(), graph.start_values()[nodes])
+        assert torch.equal(child.hint, split.hint[nodes])
+    # the two sides are adjacent rows of one buffer: views, not copies
+    assert upper.features.data_ptr() == lower.features.data_ptr() + lower.size * features.shape[1] * 4
+    # sorting the lower side and its descendants never touches the pending upper side's rows
+    sub = lower
+    while sub.size > 2 * FEATURE_DENSE_EIGEN_LIMIT:
+        _, sub, _, _ = sub.children(split_of(sub))
+    assert torch.equal(upper.features, features[upper_nodes])
+    with pytest.raises(ValueError, match="children"):
+        FeatureGraph(features).children(split)
+
+
+@pytest.mark.parametrize("seed, count", [(1, 8), (2, 12)])
+def test_warm_starts_give_the_same_partition_with_fewer_mat_vecs(seed, count, monkeypatch):
+    attention = planted_attention(voronoi_regions(32, count, seed=seed), resolutions=(32, 16, 8), noise=1.5, seed=seed)
+    transition = aggregate_self_attention(bundle_from_attention(attention).self_attention)[0][0]
+    mat_vecs = {}
+    plain = FeatureGraph.matmul
+
+    def counted(graph, x):
+        mat_vecs[run] += 1
+        return plain(graph, x)
+
+    monkeypatch.setattr(FeatureGraph, "matmul", counted)
+    run, mat_vecs["warm"] = "warm", 0
+    warm = ncut_partition(transition, NCutConfig()).assignment
+    monkeypatch.setattr(spectral, "warm_start", lambda graph, degrees: graph.start_values())
+    run, mat_vecs["cold"] = "cold", 0
+    cold = ncut_partition(transition, NCutConfig()).assignment
+    assert torch.equal(warm, cold) and int(warm.max()) + 1 == count
+    assert mat_vecs["warm"] < 0.9 * mat_vecs["cold"]
+
+
+def test_reused_sort_buffers_do_not_carry_results_between_images():
+    first = planted_attention(voronoi_regions(32, 6, seed=1), resolutions=(32, 16, 8), noise=1.0, seed=1)
+    second = planted_attention(voronoi_regions(32, 9, seed=2), resolutions=(32, 16, 8), noise=1.0, seed=2)
+    transitions = [aggregate_self_attention(bundle_from_attention(a).self_attention)[0][0] for a in (first, second)]
+    alone = ncut_partition(transitions[0], NCutConfig()).assignment
+    ncut_partition(transitions[1], NCutConfig())  # same size: the same thread's buffers are reused
+    again = ncut_partition(transitions[0], NCutConfig()).assignment
+    assert torch.equal(alone, again) and int(alone.max()) >= 3
 
 
 def test_edge_statistics_and_manc_threshold():

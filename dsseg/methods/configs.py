@@ -106,7 +106,7 @@ class NCutConfig:
     ``eigen_tolerance``: residual at which the eigen-solvers stop. ``walk_iterations``: most power
     iterations per random-walk eigenvector (near-equal eigenvalues converge slowly, but the split
     needs only the dominant invariant subspace, reached in tens of iterations).
-    ``eigensolver``: ``auto`` (dense up to 256 nodes, else Lanczos: ``spectral.fiedler_vector``) or
+    ``eigensolver``: ``auto`` (dense up to 256 nodes of explicit weights or 128 of features, else Lanczos warm-started from the parent's next Ritz vector: ``spectral.fiedler``) or
     ``dense_laplacian`` (DiffCut's released solver, ``spectral.laplacian_fiedler_vector``).
     ``drop_zero_rows`` (``graph="diffcut"`` only): below the root, nodes whose row of W holds a
     zero are left out of every cut and follow the lower side, as DiffCut's released code does.

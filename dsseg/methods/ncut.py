@@ -33,7 +33,7 @@ weights the threshold has no such meaning; use ``threshold`` there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ from dsseg.methods.spectral import (
     Graph,
     Split,
     best_split,
-    fiedler_vector,
+    fiedler,
     laplacian_fiedler_vector,
     random_walk_vector,
 )
@@ -141,7 +141,11 @@ def two_way_split(graph: Graph, config: NCutConfig) -> Split | None:
     elif config.eigensolver == "dense_laplacian":
         vector = laplacian_fiedler_vector(graph)
     else:
-        vector, _ = fiedler_vector(graph, tolerance=config.eigen_tolerance)
+        solution = fiedler(graph, tolerance=config.eigen_tolerance)
+        split = best_split(
+            graph, solution.vector, config.min_segment_size, config.split_candidates, config.candidate_span
+        )
+        return None if split is None else replace(split, hint=solution.next_vector)
     return best_split(graph, vector, config.min_segment_size, config.split_candidates, config.candidate_span)
 
 
@@ -155,18 +159,25 @@ def recursive_ncut(graph: Graph, config: NCutConfig) -> Hierarchy:
     parents: list[int | None] = []
     heaps: list[int] = []
     dropped = zero_rows(graph) if config.drop_zero_rows else None
-    stack = [(torch.arange(graph.size, device=device), 1, 0)]  # (nodes, heap index, depth)
+    every = torch.arange(graph.size, device=device)
+    # (nodes, the nodes that are sub's rows in its order, sub, heap index, depth); nodes ⊇ rows
+    stack: list[tuple[torch.Tensor, torch.Tensor, Graph, int, int]] = [(every, every, graph, 1, 0)]
     while stack:
-        nodes, heap, depth = stack.pop()
-        cut_nodes = nodes if dropped is None or depth == 0 else nodes[~dropped[nodes]]
-        sub = graph if depth == 0 else graph.subgraph(cut_nodes)
+        nodes, rows, sub, heap, depth = stack.pop()
         split = two_way_split(sub, config) if depth < config.max_depth else None
         if split is not None and accept_split(sub, split, config):
-            upper = cut_nodes[split.right]
+            lower_local, lower, upper_local, upper = sub.children(split)
+            upper_rows, lower_rows = rows[upper_local], rows[lower_local]
             in_upper = torch.zeros(graph.size, dtype=torch.bool, device=device)
-            in_upper[upper] = True
-            stack.append((upper, 2 * heap + 1, depth + 1))
-            stack.append((nodes[~in_upper[nodes]], 2 * heap, depth + 1))
+            in_upper[upper_rows] = True
+            if (
+                dropped is not None and depth == 0
+            ):  # dropped nodes leave every cut below the root, follow the lower side
+                kept_lower, kept_upper = ~dropped[lower_rows], ~dropped[upper_rows]
+                lower, lower_rows = sub.subgraph(lower_local[kept_lower]), lower_rows[kept_lower]
+                upper, upper_rows = sub.subgraph(upper_local[kept_upper]), upper_rows[kept_upper]
+            stack.append((rows[upper_local], upper_rows, upper, 2 * heap + 1, depth + 1))
+            stack.append((nodes[~in_upper[nodes]], lower_rows, lower, 2 * heap, depth + 1))
             continue
         assignment[nodes] = len(parents)
         parents.append(heap // 2 if heap > 1 else None)
