@@ -47,7 +47,8 @@ def build_parser() -> CommandParser:
 
 def run(args: argparse.Namespace) -> int:
     from dsseg.commands.common import request_from
-    from dsseg.export import ExportSettings, export
+    from dsseg.export.run import export
+    from dsseg.export.settings import ExportSettings
 
     summary = export(request_from(args, ExportSettings))
     print(json.dumps(summary, indent=2))

@@ -113,7 +113,8 @@ class LabelStudioWriter:
         prediction: dict[str, Any] = {"model_version": f"dsseg-{self.config_id}", "result": results}
         if scores:
             prediction["score"] = float(np.mean(scores))
-        image = self.images.source_of(row.row)
+        root = self.images.root
+        image = f"{root.rstrip('/')}/{row.image_id}" if root else row.row["source"]  # a URL prefix, kept as given
         self.tasks.add({"data": {"image": image, "image_id": row.image_id}, "predictions": [prediction]})
         self.results += len(results)
 

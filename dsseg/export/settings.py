@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dsseg.errors import ConfigError
-from dsseg.io.sources import is_uri
 
 FORMATS = ("hf", "labelstudio", "cvat", "fiftyone", "coco", "voc")
 # Formats that hold the images themselves (read from each row's source, or ROOT/<image_id> with --images).
@@ -36,7 +35,7 @@ class ExportSettings:
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ConfigError("format", f"must be one of {', '.join(FORMATS)}; got {self.format!r}")
-        if not self.to or is_uri(self.to):
+        if not self.to or "://" in self.to:
             raise ConfigError("to", f"must be a local folder; got {self.to!r}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError("limit", f"must be ≥ 1; got {self.limit}")
