@@ -1,9 +1,9 @@
 """``dsseg export`` at scale: a synthetic segment-job output of many rows with small masks, exported in
 each format by a separate process whose time and peak resident memory are measured.
 
-    python -m dsseg.benchmark.export [--rows 1000000] [--formats coco,hf] [--work DIR] [--side 32] [--named]
+    python tests/export_scale.py [--rows 1000000] [--formats coco,hf] [--work DIR] [--side 32] [--named]
 
-Prints one JSON document. The synthetic output is written as the job writes it (parts of 256
+runs ``run_benchmark`` and prints its report as JSON. The synthetic output is written as the job writes it (parts of 256
 rows through ``write_parts``): a handful of small PNG images under ``WORK/images`` that the rows'
 sources cycle over, four segments per ok row (the image's quadrants; named ``background``,
 ``cat``, ``dog``, ``ignore`` with scores under ``--named``) and one error row in every 100.
@@ -12,7 +12,6 @@ sources cycle over, four segments per ok row (the image's quadrants; named ``bac
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,42 +126,34 @@ def measure(arguments: list[str], timeout: float) -> dict[str, Any]:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dsseg.benchmark.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--formats", default="coco,hf", help="comma-separated formats, each its own process")
-    parser.add_argument("--work", help="keep the synthetic output and the exports here (reused when present)")
-    parser.add_argument("--side", type=int, default=32, help="image and mask side in pixels (default 32)")
-    parser.add_argument("--named", action="store_true", help="named segments with scores (default class-agnostic)")
-    parser.add_argument("--limit", type=int, help="export only the first N ok rows")
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds one export may run")
-    args = parser.parse_args(argv)
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="dsseg-export-bench-"))
-    output = work / f"output-{args.rows}-{args.side}{'-named' if args.named else ''}"
+def run_benchmark(
+    rows: int,
+    formats: Sequence[str],
+    work: Path,
+    side: int = 32,
+    named: bool = False,
+    limit: int | None = None,
+    timeout: float = 3600,
+) -> dict[str, Any]:
+    """Write (or reuse) the synthetic output of ``rows`` rows under ``work`` and export it in each of
+    ``formats`` (its own process each, into ``work/export-<format>``); the report."""
+    output = work / f"output-{rows}-{side}{'-named' if named else ''}"
     report: dict[str, Any] = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
-    marker = output / "_SUCCESS"
-    if not marker.is_file():
+    if not (output / "_SUCCESS").is_file():
         shutil.rmtree(output, ignore_errors=True)
-        report["output"] = write_synthetic_output(output, args.rows, args.side, args.named)
+        report["output"] = write_synthetic_output(output, rows, side, named)
     else:
-        report["output"] = {"rows": args.rows, "reused": str(output)}
+        report["output"] = {"rows": rows, "reused": str(output)}
     print(f"output ready: {report['output']}", file=sys.stderr, flush=True)
     report["exports"] = {}
-    for name in args.formats.split(","):
+    for name in formats:
         to = work / f"export-{name}"
         arguments = ["export", str(output), "--format", name, "--to", str(to), "--overwrite"]
-        result = measure(arguments + (["--limit", str(args.limit)] if args.limit else []), args.timeout)
+        result = measure(arguments + (["--limit", str(limit)] if limit else []), timeout)
         exported = (result.get("summary") or {}).get("rows_exported")
         if exported:
             result["rows_per_s"] = round(exported / result["seconds"], 1)
         result["export_mib"] = round(sum(f.stat().st_size for f in to.rglob("*") if f.is_file()) / 2**20, 1)
         report["exports"][name] = result
         print(f"{name}: {result['seconds']} s", file=sys.stderr, flush=True)
-    print(json.dumps(report, indent=2))
-    if not args.work:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0 if all(r["status"] == 0 for r in report["exports"].values()) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,7 @@ def export(settings: ExportSettings) -> dict[str, Any]:
     counts, seconds). ``ConfigError`` for an output, config or target that cannot work."""
     start = time.perf_counter()
     output, known = resolve_output(settings.output)
-    settings = ExportSettings(**{**settings.__dict__, "output": output})
+    settings = dataclasses.replace(settings, output=output)
     config_id = choose_config(output, settings.config_id)
     kind = Kind.of(first_ok_row(output, config_id))
     classes = ClassNames(known) if kind.named else None
