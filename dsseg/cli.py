@@ -8,6 +8,7 @@
     dsseg manc-study   NCut stopping rules on planted attention (jobs/manc_study.py)
     dsseg explore      local web app: re-segment one image from cached attention, browse a job's output
     dsseg compact      merge a job output's small part files into large ones (jobs/compact.py)
+    dsseg export       an output for Hugging Face datasets, Label Studio, CVAT, FiftyOne, COCO or VOC (jobs/export.py)
 
 The commands live in ``dsseg.commands`` (one module each); method and extraction parameters are
 given as ``--param NAME=VALUE`` (VALUE read as JSON when it parses).

@@ -29,6 +29,7 @@ COMMANDS = {
     "manc-study": "NCut stopping rules on planted attention (jobs/manc_study.py)",
     "explore": "local web app: re-segment one image from cached attention, browse a job's output",
     "compact": "merge a job output's small part files into large ones (jobs/compact.py)",
+    "export": "an output for Hugging Face datasets, Label Studio, CVAT, FiftyOne, COCO or VOC (jobs/export.py)",
 }
 # What a command's library code raises about the user's input; anything else is a bug and keeps its traceback.
 USER_ERRORS = (UsageError, ValueError, OSError, WeightsNotFoundError)
