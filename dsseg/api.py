@@ -57,7 +57,7 @@ def segment_image(
     supplied = getattr(class_filter, "supplies_classes", False)
     check_classes_given([spec.resolved], "the image has", filter_supplies_classes=supplied)
     if isinstance(backbone, (str, os.PathLike)):  # a name, hub id or folder; else a loaded backbone
-        backbone = cached_backbone(str(backbone), device=device, dtype=dtype)
+        backbone = cached_backbone(str(backbone), device=device, dtype=dtype, methods=(spec.method,))
     if isinstance(captioner, str):
         from dsseg.model.captioner import cached_captioner
 

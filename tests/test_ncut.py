@@ -347,3 +347,16 @@ def test_segment_image_with_ncut_fills_parents(tiny, bsds_image):
     segments = result.to_rles()
     assert all(isinstance(s["parent"], int) for s in segments)
     assert {"invert", "unet", "aggregate", "segment"} <= set(result.timings_ms)
+
+
+def test_benchmark_times_ncut_against_diffseg_on_the_same_attention(tiny):
+    from helpers import IMAGES
+
+    from dsseg.benchmark.latency import versus_method
+    from dsseg.segmenter import Segmenter
+
+    data = (IMAGES / "135069.jpg").read_bytes()
+    report = versus_method(Segmenter(tiny, "ncut", {"inversion_steps": 2}), data, "diffseg", repeats=1)
+    assert report["methods"] == ["ncut", "diffseg"]
+    assert report["segments"]["ncut"] > 1 and report["segments"]["diffseg"] >= 1
+    assert report["ratio"] == round(report["median_ms"]["ncut"] / report["median_ms"]["diffseg"], 2) > 0

@@ -153,6 +153,31 @@ def compare_ncut(bundle: AttentionBundle, config: NCutConfig) -> dict:
     return comparison_record("aggregate+segment (NCut)", ours_ms, reference_ms, ours, reference)
 
 
+def versus_method(segmenter: Segmenter, data: bytes, other: str, repeats: int) -> dict:
+    """The benchmark's method and ``other`` (defaults) on the same attention of one image (the
+    benchmark method's forward): aggregate + segment milliseconds of each, runs interleaved after a
+    warm-up (so that drifts of the machine hit both alike), medians and the ratio of the medians."""
+    bundle, _ = segmenter.forward(segmenter.batch([decode_image(data, max_pixels=None)[0]]))
+    configs = {segmenter.config.method: segmenter.config, other: MethodSpec(other).resolved}
+    ms: dict[str, list[float]] = {name: [] for name in configs}
+    segments = {}
+    for repeat in range(repeats + 1):
+        for name, config in configs.items():
+            timer = StageTimer(segmenter.backbone.device)
+            (result,) = run_config(config, bundle, timer)  # no memo: each run computes afresh
+            if repeat:
+                ms[name].append(timer.ms["aggregate"] + timer.ms["segment"])
+            segments[name] = int(result.labels.unique().numel())
+    medians = {name: statistics.median(values) for name, values in ms.items()}
+    return {
+        "methods": list(configs),
+        "median_ms": {name: round(value, 1) for name, value in medians.items()},
+        "segments": segments,
+        "ratio": round(medians[segmenter.config.method] / medians[other], 2),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
 def timed_runs(
     segmenter: Segmenter, data: bytes, batch_sizes: list[int | str], repeats: int, classes: int | None = None
 ) -> list[dict]:
@@ -198,7 +223,8 @@ class LatencyRequest(ModelSettings):
     (a file path; None: a synthetic BSDS500-sized JPEG drawn in process), per batch size (ints or "auto"), each timed ``repeats`` times after a warm-up;
     ``class_counts``: also per number of candidate classes; ``compare``: each stage against its
     straightforward version; ``full_forward``: capturing forwards run to their end instead of stopping
-    after the last module read (``dsseg.model.early_stop``), to measure what the early stop saves."""
+    after the last module read (``dsseg.model.early_stop``), to measure what the early stop saves;
+    ``versus``: another method's aggregate + segment on the same attention (``versus_method``)."""
 
     image: str | None = None
     method: str = "diffseg"
@@ -209,6 +235,7 @@ class LatencyRequest(ModelSettings):
     class_counts: tuple[int, ...] = ()
     captioner: str | None = None
     full_forward: bool = False
+    versus: str | None = None
 
 
 def full_forward(segmenter: Segmenter, args: LatencyRequest) -> Segmenter:
@@ -237,6 +264,7 @@ def benchmark(args: LatencyRequest) -> dict:
     comparison = None
     if args.compare:
         comparison = compare_with_reference(segmenter, data)
+    versus = versus_method(segmenter, data, args.versus, args.repeats) if args.versus else None
     if args.class_counts:
         # Cost against the number of candidate classes: the first N of the configured list.
         names = segmenter.config.extraction.prompting.classes or COCO80
@@ -274,6 +302,33 @@ def benchmark(args: LatencyRequest) -> dict:
         "versions": library_versions(),
         "runs": runs,
         "comparison": comparison,
+        "versus": versus,
+    }
+
+
+def side_by_side(reports: list[dict]) -> dict:
+    """Reports of one benchmark in several precisions → ``{"dtypes", "reports", "speedup"}``: per
+    batch size, each precision's end-to-end speed-up over the first's (ms of the first / ms of it)."""
+    first = reports[0]
+    speedup = {}
+    for report in reports[1:]:
+        speedup[report["dtype"]] = [
+            {
+                "batch_size": run["batch_size"],
+                "classes": run["classes"],
+                "end_to_end": round(base["end_to_end_ms_per_image"] / run["end_to_end_ms_per_image"], 2),
+                "stages": {
+                    stage: round(base["ms_per_image"][stage] / ms, 2)
+                    for stage, ms in run["ms_per_image"].items()
+                    if ms and base["ms_per_image"].get(stage)
+                },
+            }
+            for base, run in zip(first["runs"], report["runs"])
+        ]
+    return {
+        "dtypes": [report["dtype"] for report in reports],
+        "reports": reports,
+        "speedup_over_" + first["dtype"]: speedup,
     }
 
 

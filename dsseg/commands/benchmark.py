@@ -72,6 +72,19 @@ def build_parser() -> CommandParser:
         help="comma-separated numbers of candidate classes to time (the first N of --classes/--vocabulary, else COCO-80)",
     )
     parser.add_argument(
+        "--versus",
+        choices=["diffseg", "ncut"],
+        help="also time this method's aggregate + segment (defaults) on the same self-attention as --method's "
+        "(interleaved runs, medians, their ratio), e.g. --method ncut --versus diffseg",
+    )
+    parser.add_argument(
+        "--precision-study",
+        nargs="+",
+        metavar="IMAGE",
+        help="instead of timing: how far each --dtype's labels and attention are from float32's on these images, "
+        "for diffseg, ncut, openvocab and diffcut (dsseg.benchmark.precision); on the CPU",
+    )
+    parser.add_argument(
         "--captioner",
         help=CAPTIONER_HELP + "; tiny or blip-base-random (BLIP-base's architecture, random weights) time it",
     )
@@ -85,7 +98,7 @@ def build_parser() -> CommandParser:
     group.add_argument(
         "--explore-rows", type=int, help="with --explore: also open, query and page a synthetic output of N rows"
     )
-    add_model_arguments(parser)
+    add_model_arguments(parser, dtype_list=True)
     add_method_arguments(parser)
     return parser
 
@@ -143,6 +156,19 @@ def explore_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def precision_run(args: argparse.Namespace) -> int:
+    """``--precision-study``: each non-float32 ``--dtype`` against float32 (``dsseg.benchmark.precision``)."""
+    from dsseg.benchmark.precision import STUDY_METHODS, precision_study
+
+    missing = [path for path in args.precision_study if not Path(path).is_file()]
+    if missing:
+        raise ConfigError("precision_study", f"{missing[0]}: no such file")
+    others = [dtype for dtype in args.dtype if dtype not in ("auto", "float32")] or ["bfloat16"]
+    reports = [precision_study(args.backbone, args.precision_study, other, STUDY_METHODS) for other in others]
+    write_report(reports[0] if len(reports) == 1 else {"studies": reports}, args.json)
+    return 0
+
+
 def class_counts_value(text: str) -> tuple[int, ...]:
     """``--class-counts``: comma-separated integers ≥ 1."""
     try:
@@ -166,13 +192,15 @@ def run(args: argparse.Namespace) -> int:
         return explore_run(args)
     if args.browser or args.explore_rows:
         raise UsageError("--browser and --explore-rows go with --explore")
-    from dsseg.benchmark.latency import LatencyRequest, benchmark, print_comparison, print_table
+    from dsseg.benchmark.latency import LatencyRequest, benchmark, print_comparison, print_table, side_by_side
     from dsseg.spec import MethodSpec
 
     params = params_from_args(args)
     spec = MethodSpec(args.method, params)
     if args.compare and not spec.resolved.extraction.capture.self_attention:
         raise ConfigError("compare", f"times the attention stages; {args.method} reads one layer's features instead")
+    if args.versus and not spec.resolved.extraction.capture.self_attention:
+        raise ConfigError("versus", f"compares self-attention methods; {args.method} reads none")
     if args.compare and spec.resolved.extraction.preparation.geometry == "aspect":
         raise ConfigError("compare", "needs square inputs: geometry center_crop or squash")
     if args.compare:
@@ -180,15 +208,39 @@ def run(args: argparse.Namespace) -> int:
 
         if not oracles_available():
             raise ConfigError("compare", NEEDS_CHECKOUT)
-    request = LatencyRequest(
-        image=args.image, backbone=args.backbone, method=args.method, params=params, batch_sizes=args.batch_sizes,
-        repeats=args.repeats, compare=args.compare, class_counts=args.class_counts or (), captioner=args.captioner,
-        device=args.device, dtype=args.dtype, offline=args.offline, compile=args.compile,
-        full_forward=args.full_forward,
-    )  # fmt: skip
-    report = benchmark(request)
-    print_table(report)
-    if report["comparison"]:
-        print_comparison(report["comparison"])
-    write_report(report, args.json)
+    if args.precision_study:
+        return precision_run(args)
+    requests = [
+        LatencyRequest(
+            image=args.image,
+            backbone=args.backbone,
+            method=args.method,
+            params=params,
+            batch_sizes=args.batch_sizes,
+            repeats=args.repeats,
+            compare=args.compare,
+            class_counts=args.class_counts or (),
+            captioner=args.captioner,
+            device=args.device,
+            dtype=dtype,
+            offline=args.offline,
+            compile=args.compile,
+            full_forward=args.full_forward,
+            versus=args.versus,
+        )  # fmt: skip
+        for dtype in args.dtype
+    ]
+    reports = []
+    for request in requests:
+        reports.append(benchmark(request))
+        print_table(reports[-1])
+        if reports[-1]["comparison"]:
+            print_comparison(reports[-1]["comparison"])
+        if reports[-1]["versus"]:
+            versus = reports[-1]["versus"]
+            print(
+                f"aggregate + segment on the same attention, median ms: {versus['median_ms']} (ratio {versus['ratio']})",
+                file=sys.stderr,
+            )
+    write_report(reports[0] if len(reports) == 1 else side_by_side(reports), args.json)
     return 0

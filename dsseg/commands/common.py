@@ -115,8 +115,25 @@ def batch_size_value(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a positive integer or auto; got {text!r}") from None
 
 
+DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
+
+
+def dtypes_value(text: str) -> tuple[str, ...]:
+    """``--dtype`` of ``dsseg benchmark``: comma-separated precisions, no repeats."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in DTYPE_CHOICES]
+    if not names or unknown or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated precisions from {', '.join(DTYPE_CHOICES)} without repeats; got {text!r}"
+        )
+    return names
+
+
 def add_model_arguments(
-    parser: argparse.ArgumentParser, backbone_default: str | None = DEFAULT_BACKBONE, note: str = ""
+    parser: argparse.ArgumentParser,
+    backbone_default: str | None = DEFAULT_BACKBONE,
+    note: str = "",
+    dtype_list: bool = False,
 ) -> None:
     """The model flags. ``backbone_default`` None leaves ``--backbone`` unset when not given (a run
     file or a preset supplies it); the help then still names the default, with ``note``."""
@@ -129,12 +146,19 @@ def add_model_arguments(
         + shown,
     )
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    group.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "float32", "float16", "bfloat16"],
-        help="auto: float16 on CUDA, float32 on CPU",
+    dtype_help = (
+        "auto: float16 on CUDA; on a CPU float32, or bfloat16 where the CPU runs it natively and the "
+        "methods are known to agree in it (see docs/speed.md)"
     )
+    if dtype_list:
+        group.add_argument(
+            "--dtype",
+            default=("auto",),
+            type=dtypes_value,
+            help="comma-separated precisions, each measured in turn (e.g. float32,bfloat16); " + dtype_help,
+        )
+    else:
+        group.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help=dtype_help)
     group.add_argument("--offline", action="store_true", help="never contact the Hugging Face hub")
     group.add_argument(
         "--compile",

@@ -47,7 +47,12 @@ def run(args: argparse.Namespace) -> int:
     spec = MethodSpec(args.method, params_from_args(args))
     items = list_inputs(args.input, args.limit)
     backbone = load_backbone(
-        args.backbone, device=args.device, dtype=args.dtype, offline=args.offline, compile=args.compile
+        args.backbone,
+        device=args.device,
+        dtype=args.dtype,
+        offline=args.offline,
+        compile=args.compile,
+        methods=[spec.method],
     )
     captioner = (
         load_captioner(args.captioner, device=backbone.device, dtype=backbone.dtype, offline=args.offline)

@@ -39,6 +39,7 @@ from dsseg.model.filter_specs import (
     filter_supplies_classes,
 )
 from dsseg.model.hub import is_local
+from dsseg.model.precision import auto_dtype
 from dsseg.params import added_at_default
 from dsseg.spec import MethodSpec
 
@@ -196,9 +197,6 @@ class SegmentJob:
             raise ConfigError("limit", f"must be ≥ 1; got {self.limit}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError("device", f"must be auto, cpu or cuda; got {self.device!r}")
-        if self.dtype == "auto" and self.device != "auto":
-            # Pin what "auto" means, so the config ids name the precision the rows were made in.
-            object.__setattr__(self, "dtype", "float32" if self.device == "cpu" else "float16")
         if self.mask_frame not in MASK_FRAMES:
             raise ConfigError("mask_frame", f"must be one of {MASK_FRAMES}; got {self.mask_frame!r}")
         if self.gpus_per_worker is not None and not 0 <= self.gpus_per_worker <= 8:
@@ -211,6 +209,11 @@ class SegmentJob:
             raise ConfigError("configs", "a run needs at least one method config")
         object.__setattr__(self, "configs", specs)
         object.__setattr__(self, "shard", parse_shard(self.shard))
+        if self.dtype == "auto" and self.device != "auto":
+            # Pin what "auto" means, so the config ids name the precision the rows were made in (a CPU
+            # job: as this machine's CPU resolves it, see dsseg.model.precision).
+            dtype, _ = auto_dtype(self.device, [spec.method for spec in specs])
+            object.__setattr__(self, "dtype", dtype)
         ids = self.config_ids()
         if len(set(ids)) != len(ids):
             raise ConfigError("configs", "two of the run's configs are the same; remove the repeat")

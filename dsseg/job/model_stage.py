@@ -37,7 +37,12 @@ class SegmentWorker:
 
     def __init__(self, job: SegmentJob, probe_classes: int = PROBE_CLASSES) -> None:
         backbone = load_backbone(
-            job.backbone, device=job.device, dtype=job.dtype, offline=job.offline, compile=job.compile
+            job.backbone,
+            device=job.device,
+            dtype=job.dtype,
+            offline=job.offline,
+            compile=job.compile,
+            methods=[spec.method for spec in job.configs],
         )
         if backbone.device.type == "cpu":
             # Ray limits an actor to its num_cpus threads; a CPU model actor may use the node's cores.

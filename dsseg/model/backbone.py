@@ -23,6 +23,7 @@ condition is one tensor that prompts can be concatenated and re-weighted in; ``r
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from dsseg.model.config import DEFAULT_BACKBONE
 from dsseg.model.families import RANDOM_BACKBONES, RANDOM_MMDITS, backbone_family
 from dsseg.model.hub import is_local, weights_problem
 from dsseg.model.mmdit import MMDiTBackbone, build_random_mmdit, load_pretrained_mmdit, mmdit_weights_problem
+from dsseg.model.precision import announce, auto_dtype
 from dsseg.model.tokenizer import CONTEXT_LENGTH, clip_tokenizer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -217,12 +219,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``None``/``"auto"`` → float16 on CUDA, float32 on CPU."""
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, methods: Collection[str] = ()) -> torch.dtype:
+    """``None``/``"auto"`` → ``dsseg.model.precision.auto_dtype`` for ``device`` and the run's
+    ``methods`` (empty: any method), announced in one line on stderr; a name → its torch dtype."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None or dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        name, why = auto_dtype(device.type, methods)
+        announce(name, why, device.type)
+        return DTYPES[name]
     if dtype not in DTYPES:
         raise ConfigError("dtype", f"must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
     return DTYPES[dtype]
@@ -235,15 +240,17 @@ def load_backbone(
     offline: bool = False,
     seed: int = 0,
     compile: bool = False,
+    methods: Collection[str] = (),
 ) -> AnyBackbone:
     """Load a backbone by name (see module docstring and ``dsseg.model.mmdit``); frozen, in eval mode,
-    on ``device``.
+    on ``device``. ``methods``: those the backbone will run, which ``dtype="auto"`` considers
+    (``resolve_dtype``).
 
     ``offline=True`` never contacts the hub (weights must be in a local folder or the HF cache).
     ``seed`` only affects the random backbones. ``compile``: see ``compile_backbone``.
     """
     device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
+    dtype = resolve_dtype(dtype, device, methods)
     family = backbone_family(name)
     if name in RANDOM_MMDITS:
         parts = build_random_mmdit(name, seed)
@@ -293,11 +300,22 @@ def compile_backbone(backbone: Backbone) -> int:
     return len(modules)
 
 
-@functools.lru_cache(maxsize=2)
 def cached_backbone(
-    name: str, device: str | None = None, dtype: str | None = None, offline: bool = False
+    name: str,
+    device: str | None = None,
+    dtype: str | None = None,
+    offline: bool = False,
+    methods: tuple[str, ...] = (),
 ) -> AnyBackbone:
-    """``load_backbone`` memoised per (name, device, dtype, offline), for interactive use."""
+    """``load_backbone`` memoised per (name, device, resolved dtype, offline), for interactive use;
+    ``methods`` count only for what ``dtype="auto"`` resolves to."""
+    resolved = resolve_device(device)
+    precision = str(resolve_dtype(dtype, resolved, methods)).removeprefix("torch.")
+    return _cached_backbone(name, str(resolved), precision, offline)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_backbone(name: str, device: str, dtype: str, offline: bool) -> AnyBackbone:
     return load_backbone(name, device=device, dtype=dtype, offline=offline)
 
 
