@@ -360,3 +360,33 @@ def test_benchmark_times_ncut_against_diffseg_on_the_same_attention(tiny):
     assert report["methods"] == ["ncut", "diffseg"]
     assert report["segments"]["ncut"] > 1 and report["segments"]["diffseg"] >= 1
     assert report["ratio"] == round(report["median_ms"]["ncut"] / report["median_ms"]["diffseg"], 2) > 0
+
+
+def test_every_split_costs_at_least_the_fiedler_eigenvalue():
+    features = clustered_features(200, 3, seed=6)
+    graph = FeatureGraph(features)
+    eigenvalue = fiedler(graph, tolerance=1e-7).value
+    weights = graph.dense().double().numpy()
+    generator = torch.Generator().manual_seed(0)
+    costs = [
+        reference_ncut_cost(weights, (torch.rand(200, generator=generator) < p).numpy())[0] for p in (0.1, 0.5, 0.9)
+    ]
+    costs.append(best_split(graph, fiedler(graph).vector, min_size=1).ncut)
+    assert min(costs) >= eigenvalue - 1e-6
+
+
+def test_splits_the_spectral_bound_refuses_are_never_formed_and_change_nothing(monkeypatch):
+    from dsseg.methods import ncut
+
+    attention = planted_attention(voronoi_regions(32, 8, seed=1), resolutions=(32, 16, 8), noise=1.5, seed=1)
+    transition = aggregate_self_attention(bundle_from_attention(attention).self_attention)[0][0]
+    formed = []
+    plain = FeatureGraph.prefix_association
+    monkeypatch.setattr(FeatureGraph, "prefix_association", lambda g, order: formed.append(g.size) or plain(g, order))
+    bounded = ncut_partition(transition, NCutConfig()).assignment
+    with_bound = len(formed)
+    monkeypatch.setattr(ncut, "SPECTRAL_BOUND_MARGIN", float("inf"))  # the bound never refuses
+    formed.clear()
+    unbounded = ncut_partition(transition, NCutConfig()).assignment
+    assert torch.equal(bounded, unbounded) and int(bounded.max()) + 1 == 8
+    assert with_bound < len(formed)

@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
             compile=args.compile,
             full_forward=args.full_forward,
             versus=args.versus,
-        )  # fmt: skip
+        )
         for dtype in args.dtype
     ]
     reports = []

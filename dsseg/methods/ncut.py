@@ -118,6 +118,23 @@ def manc_threshold(nodes: int, total: float, edges: int) -> float:
     return nodes * total / (2 * edges) if edges else 0.0
 
 
+# A split is not formed when the Fiedler eigenvalue λ₂ exceeds the stopping rule's NCut limit by this
+# much: every split's NCut is ≥ λ₂ (Shi & Malik: NCut is the Rayleigh quotient of a vector ⊥ D·1), so
+# none could be kept. The margin covers the solver's error in λ₂ (its residual tolerance is 1e-5).
+SPECTRAL_BOUND_MARGIN = 1e-4
+
+
+def ncut_limit(graph: Graph, config: NCutConfig) -> float | None:
+    """The NCut cost below which ``config``'s stopping rule keeps a split of ``graph``, or None when the
+    rule compares something else (``manc_mincut``) or the graph has no edge weight."""
+    if config.stopping == "threshold":
+        return config.threshold
+    if config.stopping == "manc_ncut":
+        total, edges = graph.edge_stats()
+        return manc_threshold(graph.size, total, edges) if total > 0 else None
+    return None
+
+
 def accept_split(graph: Graph, split: Split, config: NCutConfig) -> bool:
     """Whether ``config``'s stopping rule keeps ``split`` of ``graph``."""
     if config.stopping == "threshold":
@@ -142,6 +159,9 @@ def two_way_split(graph: Graph, config: NCutConfig) -> Split | None:
         vector = laplacian_fiedler_vector(graph)
     else:
         solution = fiedler(graph, tolerance=config.eigen_tolerance)
+        limit = ncut_limit(graph, config)
+        if limit is not None and solution.value - SPECTRAL_BOUND_MARGIN >= limit:
+            return None  # every split's NCut is ≥ λ₂ ≥ the limit: none would be kept, so none is formed
         split = best_split(
             graph, solution.vector, config.min_segment_size, config.split_candidates, config.candidate_span
         )

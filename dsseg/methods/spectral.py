@@ -54,6 +54,7 @@ class DenseGraph:
         self.directed = directed
         self.hint: torch.Tensor | None = None  # (n,) a guess at the Fiedler vector (``Split.hint``)
         self._degrees: torch.Tensor | None = None
+        self._edge_stats: tuple[float, int] | None = None
 
     @property
     def size(self) -> int:
@@ -98,9 +99,11 @@ class DenseGraph:
 
     def edge_stats(self) -> tuple[float, int]:
         """(T, m): total weight of the undirected edges {i, j}, i ≠ j, with weight (W_ij + W_ji)/2,
-        and the number of such edges with positive weight."""
-        upper = torch.triu(self.weights + self.weights.T, diagonal=1)
-        return float(upper.double().sum()) / 2.0, int((upper > 0).sum())
+        and the number of such edges with positive weight (computed once)."""
+        if self._edge_stats is None:
+            upper = torch.triu(self.weights + self.weights.T, diagonal=1)
+            self._edge_stats = float(upper.double().sum()) / 2.0, int((upper > 0).sum())
+        return self._edge_stats
 
     def prefix_association(self, order: torch.Tensor) -> torch.Tensor:
         """(n,) float64: entry m−1 is Σ_{i,j ∈ A_m} W_ij for A_m = the first m nodes of ``order``."""
@@ -162,6 +165,7 @@ class FeatureGraph:
         self.features = features.float()
         self.hint: torch.Tensor | None = None  # (n,) a guess at the Fiedler vector (``Split.hint``)
         self._degrees: torch.Tensor | None = None
+        self._edge_stats: tuple[float, int] | None = None
         self._row_norms2 = row_norms2
         self._positive = positive
         self._start = start
@@ -252,9 +256,14 @@ class FeatureGraph:
         return self.features @ self.features.T
 
     def edge_stats(self) -> tuple[float, int]:
-        """(T, m) as ``DenseGraph.edge_stats``; T = (‖Σ_i F_i‖² − Σ_i ‖F_i‖²)/2, with ‖Σ_i F_i‖² = Σ_i d_i
+        """(T, m) as ``DenseGraph.edge_stats`` (computed once); T = (‖Σ_i F_i‖² − Σ_i ‖F_i‖²)/2, with ‖Σ_i F_i‖² = Σ_i d_i
         from the degrees. Features without zeros give a complete graph; otherwise pairs with disjoint
         supports are not edges."""
+        if self._edge_stats is None:
+            self._edge_stats = self._count_edges()
+        return self._edge_stats
+
+    def _count_edges(self) -> tuple[float, int]:
         n = self.size
         total = float(self.degrees().double().sum() - self.row_norms2.sum()) / 2.0
         if self.positive:
