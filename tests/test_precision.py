@@ -79,7 +79,7 @@ def bfloat16_tiny():
 
 @pytest.mark.parametrize("method", ["diffseg", "openvocab", "diffcut"])
 def test_float32_islands_of_a_bfloat16_run(bfloat16_tiny, bsds_image, method):
-    params = {"classes": ["horse", "grass"]} if method == "openvocab" else {}
+    params = {"image_size": 256} | ({"classes": ["horse", "grass"]} if method == "openvocab" else {})
     segmenter = Segmenter(bfloat16_tiny, method, params)
     batch = segmenter.batch([bsds_image], classes=[["horse", "grass"]] if method == "openvocab" else None)
     bundle, _ = segmenter.forward(batch)

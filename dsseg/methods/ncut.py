@@ -190,9 +190,7 @@ def recursive_ncut(graph: Graph, config: NCutConfig) -> Hierarchy:
             upper_rows, lower_rows = rows[upper_local], rows[lower_local]
             in_upper = torch.zeros(graph.size, dtype=torch.bool, device=device)
             in_upper[upper_rows] = True
-            if (
-                dropped is not None and depth == 0
-            ):  # dropped nodes leave every cut below the root, follow the lower side
+            if dropped is not None and depth == 0:  # dropped nodes leave the cuts below the root
                 kept_lower, kept_upper = ~dropped[lower_rows], ~dropped[upper_rows]
                 lower, lower_rows = sub.subgraph(lower_local[kept_lower]), lower_rows[kept_lower]
                 upper, upper_rows = sub.subgraph(upper_local[kept_upper]), upper_rows[kept_upper]
