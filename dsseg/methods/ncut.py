@@ -137,15 +137,14 @@ def ncut_limit(graph: Graph, config: NCutConfig) -> float | None:
 
 def accept_split(graph: Graph, split: Split, config: NCutConfig) -> bool:
     """Whether ``config``'s stopping rule keeps ``split`` of ``graph``."""
-    if config.stopping == "threshold":
-        return split.ncut < config.threshold
+    if config.stopping != "manc_mincut":
+        limit = ncut_limit(graph, config)
+        return limit is not None and split.ncut < limit
     total, edges = graph.edge_stats()
     if total <= 0:
         return False
-    threshold = manc_threshold(graph.size, total, edges)
-    if config.stopping == "manc_ncut":
-        return split.ncut < threshold
-    return (split.cut / 2) / total < threshold  # undirected cut = (cut(A,B) + cut(B,A)) / 2
+    # undirected cut = (cut(A,B) + cut(B,A)) / 2, scaled by the total weight
+    return (split.cut / 2) / total < manc_threshold(graph.size, total, edges)
 
 
 def two_way_split(graph: Graph, config: NCutConfig) -> Split | None:
@@ -187,14 +186,15 @@ def recursive_ncut(graph: Graph, config: NCutConfig) -> Hierarchy:
         split = two_way_split(sub, config) if depth < config.max_depth else None
         if split is not None and accept_split(sub, split, config):
             lower_local, lower, upper_local, upper = sub.children(split)
-            upper_rows, lower_rows = rows[upper_local], rows[lower_local]
+            upper_nodes = upper_rows = rows[upper_local]
+            lower_rows = rows[lower_local]
             in_upper = torch.zeros(graph.size, dtype=torch.bool, device=device)
-            in_upper[upper_rows] = True
+            in_upper[upper_nodes] = True
             if dropped is not None and depth == 0:  # dropped nodes leave the cuts below the root
                 kept_lower, kept_upper = ~dropped[lower_rows], ~dropped[upper_rows]
                 lower, lower_rows = sub.subgraph(lower_local[kept_lower]), lower_rows[kept_lower]
                 upper, upper_rows = sub.subgraph(upper_local[kept_upper]), upper_rows[kept_upper]
-            stack.append((rows[upper_local], upper_rows, upper, 2 * heap + 1, depth + 1))
+            stack.append((upper_nodes, upper_rows, upper, 2 * heap + 1, depth + 1))
             stack.append((nodes[~in_upper[nodes]], lower_rows, lower, 2 * heap, depth + 1))
             continue
         assignment[nodes] = len(parents)

@@ -41,9 +41,6 @@ START_SEED = 0
 # Weight of the seeded start vector in a warm start (``Split.hint``), so that no start is orthogonal to
 # the wanted eigenvector.
 HINT_NOISE = 1e-2
-# Lanczos steps between convergence checks: each is a small tridiagonal eigenproblem on the CPU, far
-# cheaper than a mat-vec, so every step is checked and a solve stops at the first converged step.
-RITZ_CHECK_EVERY = 1
 
 
 class DenseGraph:
@@ -218,24 +215,30 @@ class FeatureGraph:
         if full:
             lower_sums += running[:, full - 1]
         column_sums = (lower_sums, running[:, -1] - lower_sums)
-        sides = []
-        for nodes, part, offset, sums in (
-            (order[:k], rows[:k], self._offset, column_sums[0]),
-            (order[k:], rows[k:], self._offset + k, column_sums[1]),
-        ):
-            child = FeatureGraph(
-                part,
-                row_norms2=self.row_norms2[nodes],
-                positive=self._positive,
-                start=self.start_values()[nodes],
-                buffers=self._buffers,
-                offset=offset,
-                depth=self._depth + 1,
-                column_sums=sums,
-            )
-            child.hint = None if split.hint is None else split.hint[nodes]
-            sides += [nodes, child]
-        return sides[0], sides[1], sides[2], sides[3]
+        lower, upper = order[:k], order[k:]
+        return (
+            lower,
+            self._side(lower, rows[:k], self._offset, column_sums[0], split.hint),
+            upper,
+            self._side(upper, rows[k:], self._offset + k, column_sums[1], split.hint),
+        )
+
+    def _side(
+        self, nodes: torch.Tensor, rows: torch.Tensor, offset: int, column_sums: torch.Tensor, hint: torch.Tensor | None
+    ) -> FeatureGraph:
+        """The sub-graph of ``nodes`` whose features are ``rows`` at ``offset`` of the sort buffers."""
+        side = FeatureGraph(
+            rows,
+            row_norms2=self.row_norms2[nodes],
+            positive=self._positive,
+            start=self.start_values()[nodes],
+            buffers=self._buffers,
+            offset=offset,
+            depth=self._depth + 1,
+            column_sums=column_sums,
+        )
+        side.hint = None if hint is None else hint[nodes]
+        return side
 
     def degrees(self) -> torch.Tensor:
         """(n,) row sums F·(Fᵀ·1) (computed once)."""
@@ -256,8 +259,8 @@ class FeatureGraph:
         return self.features @ self.features.T
 
     def edge_stats(self) -> tuple[float, int]:
-        """(T, m) as ``DenseGraph.edge_stats`` (computed once); T = (‖Σ_i F_i‖² − Σ_i ‖F_i‖²)/2, with ‖Σ_i F_i‖² = Σ_i d_i
-        from the degrees. Features without zeros give a complete graph; otherwise pairs with disjoint
+        """(T, m) as ``DenseGraph.edge_stats`` (computed once); T = (‖Σ_i F_i‖² − Σ_i ‖F_i‖²)/2, with
+        ‖Σ_i F_i‖² = Σ_i d_i from the degrees. Features without zeros give a complete graph; otherwise pairs with disjoint
         supports are not edges."""
         if self._edge_stats is None:
             self._edge_stats = self._count_edges()
@@ -367,8 +370,8 @@ def fiedler(graph: Graph, max_steps: int = 200, tolerance: float = 1e-5) -> Fied
     the top eigenvector of M, D^½·1, is known and deflated; the largest remaining eigenpair comes
     from a dense eigendecomposition for n ≤ ``DENSE_EIGEN_LIMIT`` (``FEATURE_DENSE_EIGEN_LIMIT`` for a
     ``FeatureGraph``), else from Lanczos with full reorthogonalisation (matrix-free, restarted until
-    the residual ‖M·y − μ·y‖ ≤ ``tolerance``), started from ``graph.hint`` where there is one (a warm start: fewer steps, the same converged
-    vector). The sign is fixed (largest |x_i| positive).
+    the residual ‖M·y − μ·y‖ ≤ ``tolerance``), started from ``graph.hint`` where there is one (a
+    warm start: fewer steps, the same converged vector). The sign is fixed (largest |x_i| positive).
     """
     n = graph.size
     degrees = graph.degrees().clamp_min(torch.finfo(torch.float32).tiny)
@@ -469,10 +472,7 @@ def _lanczos_cycle(
         w = _orthonormalise(w, rows[: j + 2], normalise=False)
         beta = float(w.norm())
         last = j + 1 == steps or beta < 1e-7
-        if not last and (j + 1) % RITZ_CHECK_EVERY:
-            off_diagonal.append(beta)
-            basis[j + 1] = w / beta
-            continue
+        # every step checks convergence: the tridiagonal eigenproblem is far cheaper than a mat-vec
         value, ritz = _top_ritz(diagonal, off_diagonal)
         residual = beta * abs(float(ritz[-1, -1]))
         if last or residual <= tolerance:
