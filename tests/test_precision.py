@@ -51,7 +51,7 @@ def test_auto_dtype_by_device_flags_and_methods():
 def test_auto_is_announced_once_in_one_line(monkeypatch, capsys):
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"amx_bf16"}))
     monkeypatch.setattr(precision, "HALF_PRECISION_METHODS", frozenset({"diffseg"}))
-    precision._announce.cache_clear()
+    precision.announce.cache_clear()
     assert resolve_dtype("auto", torch.device("cpu"), ["diffseg"]) == torch.bfloat16
     assert resolve_dtype("auto", torch.device("cpu"), ["diffseg"]) == torch.bfloat16
     assert resolve_dtype("auto", torch.device("cpu"), ["ncut"]) == torch.float32

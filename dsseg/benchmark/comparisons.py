@@ -163,6 +163,21 @@ def compare_capture(extractor: AttentionExtractor, images: torch.Tensor) -> Stag
     )  # fmt: skip
 
 
+def aggregation_levels(
+    method: str, config: Any, self_attention: dict[Grid, torch.Tensor]
+) -> tuple[tuple[int, ...] | None, tuple[float, ...] | None]:
+    """(levels, weights) that ``method`` with ``config`` aggregates from ``self_attention``: NCut's
+    default is its three largest levels (``ncut_levels``), any other method's its ``resolutions``
+    (None: all); the weights are the config's ``resolution_weights`` (None: by size)."""
+    if method == "ncut":
+        from dsseg.methods.ncut import ncut_levels
+
+        levels = ncut_levels(list(self_attention), config)
+    else:
+        levels = getattr(config, "resolutions", None)
+    return levels, getattr(config, "resolution_weights", None)
+
+
 def compare_aggregate(self_attention: dict[Grid, torch.Tensor], resolutions=None, weights=None) -> StageComparison:
     """One image's aggregation, ours (float32 torch) against float64 NumPy level by level, with the
     same levels and weights."""

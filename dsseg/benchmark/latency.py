@@ -33,6 +33,7 @@ import torch
 from dsseg.benchmark.checkout import load_oracle
 from dsseg.benchmark.comparisons import (
     SAME_CODE_STAGES,
+    aggregation_levels,
     compare_aggregate,
     compare_capture,
     compare_rle,
@@ -80,12 +81,9 @@ def compare_with_reference(segmenter: Segmenter, data: bytes) -> dict:
     images = to_model_input(batch.pixels, backbone.device, backbone.dtype)
     bundle, _ = segmenter.forward(batch, model_input=images)
     config = segmenter.config.params
-    levels = (
-        ncut_levels(list(bundle.self_attention), config) if method == "ncut" else getattr(config, "resolutions", None)
-    )
     stages = [compare_capture(extractor, images).record()]
     stages.append(
-        compare_aggregate(bundle.self_attention, levels, getattr(config, "resolution_weights", None)).record()
+        compare_aggregate(bundle.self_attention, *aggregation_levels(method, config, bundle.self_attention)).record()
     )
     compare_method = {"diffseg": compare_diffseg, "ncut": compare_ncut}.get(method)
     if compare_method is not None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dsseg.benchmark.comparisons import aggregation_levels
 from dsseg.evaluation.metrics import adjusted_rand_index
 from dsseg.io.images import load_rgb
 from dsseg.methods.aggregate import aggregate_self_attention
@@ -39,16 +40,9 @@ STUDY_CLASSES = ("horse", "person", "bird", "car", "grass", "sky", "tree", "buil
 def method_input(spec: MethodSpec, bundle: AttentionBundle) -> torch.Tensor:
     """What the method of ``spec`` segments, for the first image of ``bundle``: the aggregated
     self-attention (N, N) float32 at its config's levels, or the feature map (N, C) it reads."""
-    params = spec.resolved.params
     if bundle.self_attention:
-        levels = getattr(params, "resolutions", None)
-        if spec.method == "ncut":
-            from dsseg.methods.ncut import ncut_levels
-
-            levels = ncut_levels(list(bundle.self_attention), params)
-        aggregated, _ = aggregate_self_attention(
-            bundle.self_attention, levels, getattr(params, "resolution_weights", None)
-        )
+        levels = aggregation_levels(spec.method, spec.resolved.params, bundle.self_attention)
+        aggregated, _ = aggregate_self_attention(bundle.self_attention, *levels)
         return aggregated[0].float()
     return bundle.features[0].float()  # (N, C)
 

@@ -84,11 +84,7 @@ def auto_dtype(
     return "bfloat16", f"this CPU runs bfloat16 natively ({flag})"
 
 
+@functools.lru_cache(maxsize=16)
 def announce(dtype: str, why: str, device_type: str) -> None:
     """One line on stderr saying what "auto" chose and why (once per process and choice)."""
-    _announce(dtype, why, device_type)
-
-
-@functools.lru_cache(maxsize=16)
-def _announce(dtype: str, why: str, device_type: str) -> None:
     print(f"dsseg: dtype auto → {dtype} on {device_type}: {why}", file=sys.stderr)
