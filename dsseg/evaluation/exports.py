@@ -19,10 +19,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
 from dsseg.io.files import write_file
-from dsseg.io.masks import class_labels, decode_segments
+from dsseg.io.masks import class_labels, decode_segments, png_bytes
 from dsseg.model.vocabularies import BACKGROUND_NAME, IGNORE_LABEL, VOC20
 
 VOC_CLASSES = (BACKGROUND_NAME, *VOC20)
@@ -116,9 +115,8 @@ def agnostic_segments(
 
 def write_voc_png(path: Path, labels: np.ndarray) -> Path:
     """(H, W) uint8 class map → palette PNG (``SegmentationClassAug`` style), atomically."""
-    image = Image.fromarray(labels.astype(np.uint8), mode="P")
-    image.putpalette(voc_palette())
-    return write_file(path, lambda stream: image.save(stream, format="PNG"))
+    data = png_bytes(labels.astype(np.uint8), voc_palette())
+    return write_file(path, lambda stream: stream.write(data))
 
 
 def coco_document(

@@ -15,19 +15,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from dsseg.evaluation.exports import AGNOSTIC_CATEGORY  # as the pseudo-label COCO file names proposals
 from dsseg.export.folder import JsonArray
-from dsseg.export.rows import ClassNames, Kind, Row
+from dsseg.export.rows import ClassNames, Row
 from dsseg.model.vocabularies import BACKGROUND_NAME, IGNORE_LABEL
 
-AGNOSTIC_CATEGORY = "fg"  # as the pseudo-label COCO file names class-agnostic proposals
 AGNOSTIC_ID = 1
 
 
 class CocoWriter:
-    reads_images = False
-
-    def __init__(self, folder: Path, kind: Kind, classes: ClassNames | None) -> None:
-        self.folder, self.kind, self.classes = folder, kind, classes
+    def __init__(self, folder: Path, classes: ClassNames | None) -> None:
+        self.folder, self.classes = folder, classes
         self.parts = folder / ".images.json.part", folder / ".annotations.json.part"
         self.streams = [path.open("w") for path in self.parts]
         self.images, self.annotations = (JsonArray(stream) for stream in self.streams)

@@ -17,21 +17,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dsseg.export.rows import ClassNames, ImageReader, Kind, Row, flat_stem, png_bytes
+from dsseg.export.rows import ClassNames, ImageReader, Row
+from dsseg.io.files import file_stem
+from dsseg.io.masks import png_bytes
 
 
 class FiftyOneWriter:
-    reads_images = True
-
-    def __init__(self, folder: Path, kind: Kind, classes: ClassNames | None, images: ImageReader) -> None:
-        self.folder, self.kind, self.classes, self.images = folder, kind, classes, images
+    def __init__(self, folder: Path, classes: ClassNames | None, images: ImageReader) -> None:
+        self.folder, self.classes, self.images = folder, classes, images
         (folder / "data").mkdir()
         (folder / "labels").mkdir()
         self.count = 0
         self.max_segment = -1
 
     def write(self, row: Row) -> None:
-        stem = flat_stem(row.image_id)
+        stem = file_stem(row.image_id)
         label = self.folder / "labels" / f"{stem}.png"
         if label.exists():
             raise FileExistsError(f"two image ids give the file name labels/{stem}.png")

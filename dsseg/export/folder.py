@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from dsseg.errors import ConfigError
-
-STALE_SECONDS = 3600
+from dsseg.io.files import STALE_SECONDS
 
 
 def check_target(target: Path, overwrite: bool) -> None:
@@ -95,13 +94,3 @@ class JsonArray:
 
     def close(self) -> None:
         self.stream.write("\n]" if self.count else "]")
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    """``data`` to a new file ``path`` inside the staging folder (its folders created)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
-def write_text(path: Path, text: str) -> None:
-    write_bytes(path, text.encode())

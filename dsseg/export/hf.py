@@ -23,7 +23,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dsseg.export.rows import ClassNames, ImageReader, Kind, Row, png_bytes
+from dsseg.export.rows import ClassNames, ImageReader, Kind, Row
+from dsseg.io.masks import png_bytes
 
 ROW_GROUP_ROWS = 128
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -55,8 +56,6 @@ def schema_for(kind: Kind) -> pa.Schema:
 
 
 class HfWriter:
-    reads_images = True
-
     def __init__(
         self, folder: Path, kind: Kind, classes: ClassNames | None, images: ImageReader, shard_rows: int
     ) -> None:

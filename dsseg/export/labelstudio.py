@@ -20,16 +20,15 @@ width (2 bits), the run length minus one (that many bits) and, for a repeat, the
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from dsseg.evaluation.exports import voc_palette
 from dsseg.export.folder import JsonArray
-from dsseg.export.rows import ClassNames, ImageReader, Kind, Row
+from dsseg.export.rows import ClassNames, ImageReader, Row
+from dsseg.export.voc import COLOURS
 from dsseg.io.masks import rle_to_mask
 
 RUN_WIDTHS = np.array([3, 4, 8, 16])  # bits of a chunk's run length − 1, chosen by a 2-bit index
@@ -68,23 +67,18 @@ def brush_rle(mask: np.ndarray) -> list[int]:
 
 def labeling_config(labels: list[str]) -> str:
     """The labeling config: an image with brush labels for ``labels``, each its VOC palette colour."""
-    palette = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
     lines = ["<View>", f'  <Image name="{TO_NAME}" value="$image" zoom="true"/>']
     lines.append(f'  <BrushLabels name="{FROM_NAME}" toName="{TO_NAME}">')
     for index, name in enumerate(labels):
-        colour = "#" + "".join(f"{int(c):02x}" for c in palette[(index + 1) % 256])
+        colour = "#" + "".join(f"{int(c):02x}" for c in COLOURS[(index + 1) % 256])
         lines.append(f"    <Label value={quoteattr(name)} background={quoteattr(colour)}/>")
     lines += ["  </BrushLabels>", "</View>", ""]
     return "\n".join(lines)
 
 
 class LabelStudioWriter:
-    reads_images = False
-
-    def __init__(
-        self, folder: Path, kind: Kind, classes: ClassNames | None, images: ImageReader, config_id: str
-    ) -> None:
-        self.folder, self.kind, self.classes, self.images, self.config_id = folder, kind, classes, images, config_id
+    def __init__(self, folder: Path, classes: ClassNames | None, images: ImageReader, config_id: str) -> None:
+        self.folder, self.classes, self.images, self.config_id = folder, classes, images, config_id
         self.stream = (folder / "tasks.json").open("w")
         self.tasks = JsonArray(self.stream)
         self.labels: dict[str, None] = {}  # every label used, in first-use order
@@ -123,8 +117,3 @@ class LabelStudioWriter:
         self.stream.close()
         (self.folder / "labeling_config.xml").write_text(labeling_config(list(self.labels)))
         return {"tasks": self.tasks.count, "results": self.results, "labels": len(self.labels)}
-
-
-def read_tasks(path: Path) -> list[dict[str, Any]]:
-    """The tasks of a ``tasks.json`` (for tests and small exports: it reads the whole file)."""
-    return json.loads(Path(path).read_text())

@@ -33,18 +33,6 @@ PSEUDOLABEL_RUNS = ("run-weak", "run-agnostic")
 MAX_CLASSES = IGNORE_LABEL  # class ids 0..254 in 8-bit label PNGs; 255 is ignore
 
 
-def flat_stem(image_id: str) -> str:
-    """A flat file name for an image id: folders → ``__``, extension dropped (as the pseudo-label VOC export)."""
-    return tree_stem(image_id).replace("/", "__")
-
-
-def tree_stem(image_id: str) -> str:
-    """The image id without its extension, folders kept (``horses/horse001``)."""
-    head, _, tail = image_id.rpartition("/")
-    stem = tail.rsplit(".", 1)[0] if "." in tail.lstrip(".") else tail
-    return f"{head}/{stem}" if head else stem
-
-
 def resolve_output(output: str) -> tuple[str, tuple[str, ...] | None]:
     """(the segment-job output to read, the class list its pseudo-label run recorded, if any).
 
@@ -275,18 +263,3 @@ class ImageReader:
 @functools.lru_cache(maxsize=16)
 def _tar_members(source: str) -> dict[str, dict[str, Any]]:
     return {item["image_id"]: item for item in list_tar(source)}
-
-
-def png_bytes(labels: np.ndarray, palette: Sequence[int] | None = None) -> bytes:
-    """(H, W) label map → PNG bytes: 8-bit (with ``palette``: a palette PNG) when it fits, else 16-bit grey."""
-    if labels.max(initial=0) <= 255:
-        data = np.ascontiguousarray(labels, dtype=np.uint8)
-        mode = "P" if palette else "L"
-        image = Image.frombuffer(mode, (data.shape[1], data.shape[0]), data.tobytes(), "raw", mode, 0, 1)
-        if palette:
-            image.putpalette(list(palette))
-    else:
-        image = Image.fromarray(labels.astype(np.uint16))  # mode I;16
-    stream = io.BytesIO()
-    image.save(stream, format="PNG")
-    return stream.getvalue()

@@ -39,22 +39,22 @@ def make_writer(settings: ExportSettings, folder: Path, kind: Kind, classes: Cla
     if settings.format == "coco":
         from dsseg.export.coco import CocoWriter
 
-        return CocoWriter(folder, kind, classes)
+        return CocoWriter(folder, classes)
     if settings.format in ("voc", "cvat"):
         from dsseg.export.voc import VocWriter
 
-        return VocWriter(folder, kind, classes, copied, cvat=settings.format == "cvat")
+        return VocWriter(folder, classes, copied, cvat=settings.format == "cvat")
     if settings.format == "fiftyone":
         from dsseg.export.fiftyone import FiftyOneWriter
 
-        return FiftyOneWriter(folder, kind, classes, images)
+        return FiftyOneWriter(folder, classes, images)
     if settings.format == "hf":
         from dsseg.export.hf import HfWriter
 
         return HfWriter(folder, kind, classes, images, settings.shard_rows)
     from dsseg.export.labelstudio import LabelStudioWriter
 
-    return LabelStudioWriter(folder, kind, classes, images, config_id)
+    return LabelStudioWriter(folder, classes, images, config_id)
 
 
 def row_problem(error: Exception) -> str | None:

@@ -7,10 +7,6 @@ from dataclasses import dataclass
 from dsseg.errors import ConfigError
 
 FORMATS = ("hf", "labelstudio", "cvat", "fiftyone", "coco", "voc")
-# Formats that hold the images themselves (read from each row's source, or ROOT/<image_id> with --images).
-IMAGE_FORMATS = frozenset({"hf", "fiftyone"})
-# Formats that copy the images beside the masks unless --no-images.
-OPTIONAL_IMAGE_FORMATS = frozenset({"voc", "cvat"})
 
 
 @dataclass(frozen=True)
@@ -41,8 +37,3 @@ class ExportSettings:
             raise ConfigError("limit", f"must be ≥ 1; got {self.limit}")
         if self.shard_rows < 1:
             raise ConfigError("shard_rows", f"must be ≥ 1; got {self.shard_rows}")
-
-    @property
-    def reads_images(self) -> bool:
-        """Whether the export reads image bytes (the formats that hold or copy them)."""
-        return self.format in IMAGE_FORMATS or (self.format in OPTIONAL_IMAGE_FORMATS and self.copy_images)

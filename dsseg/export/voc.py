@@ -30,7 +30,9 @@ import numpy as np
 from PIL import Image
 
 from dsseg.evaluation.exports import voc_palette
-from dsseg.export.rows import ClassNames, ImageReader, Kind, Row, flat_stem, png_bytes, tree_stem
+from dsseg.export.rows import ClassNames, ImageReader, Row
+from dsseg.io.files import file_stem, tree_stem
+from dsseg.io.masks import png_bytes
 from dsseg.model.vocabularies import IGNORE_LABEL, IGNORE_NAME
 
 PALETTE = voc_palette()
@@ -61,10 +63,9 @@ class VocWriter:
     """Writes ``voc`` (``cvat=False``) or ``cvat`` (``cvat=True``)."""
 
     def __init__(
-        self, folder: Path, kind: Kind, classes: ClassNames | None, images: ImageReader | None, cvat: bool = False
+        self, folder: Path, classes: ClassNames | None, images: ImageReader | None, cvat: bool = False
     ) -> None:
-        self.folder, self.kind, self.classes, self.images, self.cvat = folder, kind, classes, images, cvat
-        self.reads_images = images is not None
+        self.folder, self.classes, self.images, self.cvat = folder, classes, images, cvat
         listing = folder / "ImageSets" / "Segmentation" / ("default.txt" if cvat else "train.txt")
         listing.parent.mkdir(parents=True)
         self.listing = listing.open("w")
@@ -72,7 +73,7 @@ class VocWriter:
         self.max_segment = -1  # class-agnostic CVAT: the labels segment_0..segment_<max>
 
     def name(self, row: Row) -> str:
-        return tree_stem(row.image_id) if self.cvat else flat_stem(row.image_id)
+        return tree_stem(row.image_id) if self.cvat else file_stem(row.image_id)
 
     def target(self, folder: str, name: str, extension: str = ".png") -> Path:
         path = self.folder / folder / f"{name}{extension}"

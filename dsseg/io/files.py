@@ -11,12 +11,22 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 import pyarrow.fs as pafs
 
 STALE_SECONDS = 3600  # a temporary file this old belongs to a writer that died
+
+
+def tree_stem(image_id: str) -> str:
+    """An image id without its extension, folders kept (``horses/horse001.jpg`` → ``horses/horse001``)."""
+    return PurePosixPath(image_id).with_suffix("").as_posix()
+
+
+def file_stem(image_id: str) -> str:
+    """A flat file name for an image id: ``tree_stem`` with folders → ``__`` (``horses__horse001``)."""
+    return tree_stem(image_id).replace("/", "__")
 
 
 def write_atomically(fs: pafs.FileSystem, path: str, write: Callable[[IO[bytes]], Any]) -> str:

@@ -10,9 +10,11 @@ every segment's run lengths from them, instead of scanning one binary mask per s
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image
 from pycocotools import mask as mask_utils
 
 
@@ -114,3 +116,19 @@ def class_labels(labels: np.ndarray, segments: Sequence[dict], class_names: Sequ
     for segment in segments:
         lookup[segment["segment_id"]] = index.get(segment.get("label"), other)
     return lookup[labels]
+
+
+def png_bytes(labels: np.ndarray, palette: Sequence[int] | None = None) -> bytes:
+    """(H, W) label map → PNG bytes: 8-bit (with ``palette``, 768 ints: a palette PNG) when every id
+    fits, else 16-bit grey."""
+    if labels.max(initial=0) <= 255:
+        data = np.ascontiguousarray(labels, dtype=np.uint8)
+        mode = "P" if palette else "L"
+        image = Image.frombuffer(mode, (data.shape[1], data.shape[0]), data.tobytes(), "raw", mode, 0, 1)
+        if palette:
+            image.putpalette(list(palette))
+    else:
+        image = Image.fromarray(labels.astype(np.uint16))  # mode I;16
+    stream = io.BytesIO()
+    image.save(stream, format="PNG")
+    return stream.getvalue()

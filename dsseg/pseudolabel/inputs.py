@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from dsseg.errors import ConfigError
 from dsseg.evaluation.exports import class_list as labels_class_list
 from dsseg.evaluation.exports import labels_from_coco, labels_from_voc, manifest_ids
-from dsseg.io.files import write_file
+from dsseg.io.files import file_stem, write_file
 from dsseg.io.results import read_results
 from dsseg.io.sources import list_inputs
 from dsseg.job.config import SegmentJob, parse_shard
@@ -55,11 +55,6 @@ def classes_for(request: PseudoLabelRequest, rows: list[dict[str, Any]]) -> tupl
     if len(classes) > 255:
         raise ValueError(f"{len(classes)} classes with background do not fit 8-bit label PNGs (0..254, 255 = ignore)")
     return classes
-
-
-def file_stem(image_id: str) -> str:
-    """A flat file name for an image id (folders → "__", extension dropped)."""
-    return Path(image_id).with_suffix("").as_posix().replace("/", "__")
 
 
 def check_unique_stems(rows: list[dict[str, Any]]) -> None:
